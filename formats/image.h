@@ -1,0 +1,171 @@
+// The interface every format engine implements (raw, qcow, qcow2, vmdk).
+//
+// An Image is one file of a backing chain (plus its own data files: vmdk
+// extents, a qcow2 external data file).  It answers "where do the guest bytes
+// [offset, offset + length) live?" for the longest prefix that has one answer,
+// and, when opened read-write, prepares ranges for writing and commits
+// metadata.  It never moves guest data itself: the caller (the kernel through
+// the daemon, or the in-process transport of `dmu io`) reads and writes the
+// data files at the places the engine names.  The one exception is
+// read_compressed(), which decodes a compressed cluster.
+//
+// Write protocol (the caller's side, for a guest write to [off, off + len)):
+//   1. old = chain.map(...)            how the range reads now
+//   2. t = image.prepare_write(off, len)
+//   3. if t.fresh: fill the parts of t's range the write does not cover with
+//      their old contents (copy from `old`, or zeros), so no sector is left
+//      with stale bytes
+//   4. write the guest data at t.file / t.host_offset
+//   5. image.write_done(t.token, ok)   now metadata may point at the data
+//   6. on a guest flush: sync the data files, then image.commit()
+// commit() makes durable exactly the allocations that reached write_done, in
+// the order data -> refcounts -> L2 -> L1/header with a sync between
+// dependent steps, so a crash at any point leaves a consistent image that
+// holds every write acknowledged by a completed commit.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "fileio/file.h"
+
+namespace dmu::formats {
+
+enum class Access { ReadOnly, ReadWrite };
+
+// What one guest range of one image is.
+enum class MapKind {
+  Data,         // the bytes are in data_files()[file] at host_offset
+  Zero,         // reads as zeros in this image (zero cluster, zero grain)
+  Unallocated,  // not in this image: read the backing image (zeros if none)
+  Compressed,   // stored compressed: read_compressed() returns the bytes
+};
+
+struct Mapping {
+  uint64_t length = 0;  // bytes from the asked offset for which this holds, > 0
+  MapKind kind = MapKind::Unallocated;
+  unsigned file = 0;         // Data: index into data_files()
+  uint64_t host_offset = 0;  // Data: where the asked offset lives in that file
+  // Data that a guest write may overwrite in place (allocated in this image,
+  // not shared with a snapshot, not compressed): the daemon can hand it out
+  // writable on a read miss and save the write miss later.
+  bool writable = false;
+};
+
+struct ImageInfo {
+  std::string format;        // "raw", "qcow", "qcow2", "vmdk" (as qemu-img names it)
+  std::string filename;      // the path it was opened with
+  uint64_t virtual_size = 0;
+  uint64_t cluster_size = 0;  // qemu-img info's cluster-size; 0 where it has none
+  // The smallest aligned unit whose mapping can differ from its neighbours
+  // (subcluster for extended L2, grain for vmdk, 512 for raw).  Mapping
+  // lengths and prepare_write ranges are multiples of it, except at the end
+  // of the virtual disk.  The daemon uses it as the dm block size.
+  uint64_t granularity = 512;
+  std::optional<std::string> backing_file;         // as written in the image
+  std::optional<std::string> backing_file_format;  // as written, if it says
+  bool dirty = false;                              // needs check/repair before use
+  nlohmann::json format_specific;  // qemu-img info's "format-specific" object, or null
+};
+
+// A range prepared for a guest write.
+struct WriteTarget {
+  uint64_t offset = 0;  // guest range, granularity-aligned, covers the start
+  uint64_t length = 0;  // of the asked range (may be shorter or longer)
+  unsigned file = 0;
+  uint64_t host_offset = 0;
+  // Newly allocated: holds garbage until the caller fills it (step 3) and
+  // reports write_done; until then commit() will not point metadata at it.
+  bool fresh = false;
+  uint64_t token = 0;  // names this preparation in write_done
+};
+
+// Findings of check(), as qemu-img check reports them.
+struct CheckReport {
+  uint64_t corruptions = 0;
+  uint64_t leaks = 0;
+  uint64_t check_errors = 0;
+  uint64_t corruptions_fixed = 0;
+  uint64_t leaks_fixed = 0;
+  uint64_t allocated_clusters = 0;
+  uint64_t total_clusters = 0;
+  uint64_t fragmented_clusters = 0;
+  uint64_t compressed_clusters = 0;
+  std::optional<uint64_t> image_end_offset;
+  std::vector<std::string> messages;  // one line per finding
+};
+
+enum class Repair { None, Leaks, All };
+
+class Image {
+ public:
+  virtual ~Image() = default;
+  Image() = default;
+  Image(const Image&) = delete;
+  Image& operator=(const Image&) = delete;
+
+  virtual const ImageInfo& info() const = 0;
+  // The files holding guest data; Mapping::file and WriteTarget::file index it.
+  virtual std::vector<File*> data_files() = 0;
+
+  // Where [offset, offset + length) lives, for the longest prefix with one
+  // answer.  offset < virtual_size, length > 0.
+  virtual Result<Mapping> map(uint64_t offset, uint64_t length) = 0;
+
+  // Decodes the guest bytes [offset, offset + out.size()) of a Compressed
+  // range (the range must lie inside one Compressed mapping).
+  virtual Result<void> read_compressed(uint64_t offset, std::span<uint8_t> out) = 0;
+
+  // --- read-write images only ---
+
+  // Makes guest range [offset, ...) writable in place (see WriteTarget).
+  virtual Result<WriteTarget> prepare_write(uint64_t offset, uint64_t length) = 0;
+  // The caller finished step 3 and 4 for token (ok = the writes succeeded).
+  virtual Result<void> write_done(uint64_t token, bool ok) = 0;
+  // [offset, offset + length) reads as zeros afterwards.  may_unmap: the
+  // space may be released (discard / write -z -u).  Returns ENOTSUP when the
+  // format cannot express zeros for this range (qcow v1 with a backing file):
+  // the caller then writes zero bytes through prepare_write.
+  virtual Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) = 0;
+  // A discard: the range's contents become unspecified-but-stable; engines
+  // release space where they can (QEMU semantics for the format).
+  virtual Result<void> discard(uint64_t offset, uint64_t length) = 0;
+  // Makes all completed writes' metadata durable (see the top of this file).
+  virtual Result<void> commit() = 0;
+
+  // Checks (and with Repair, fixes) the image's metadata.
+  virtual Result<CheckReport> check(Repair repair) = 0;
+};
+
+struct CreateOptions {
+  uint64_t virtual_size = 0;
+  std::map<std::string, std::string> options;  // -o key=value, as qemu-img names them
+  std::optional<std::string> backing_file;
+  std::optional<std::string> backing_format;
+};
+
+// One format: a row in the registry (formats/registry.cc).
+struct Driver {
+  const char* name;  // "qcow2"
+  // Confidence 0..100 that the first bytes (up to 4 KiB, may be shorter) are
+  // this format; raw answers 1 for anything.
+  int (*probe)(std::span<const uint8_t> head, const std::string& path);
+  Result<std::unique_ptr<Image>> (*open)(Env& env, const std::string& path, Access access);
+  Result<void> (*create)(Env& env, const std::string& path, const CreateOptions& options);
+};
+
+// All drivers, raw last.
+std::span<const Driver> drivers();
+const Driver* find_driver(const std::string& name);
+// The best driver for a file by probing its first bytes.
+Result<const Driver*> probe(Env& env, const std::string& path);
+
+}  // namespace dmu::formats

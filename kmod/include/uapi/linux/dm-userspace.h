@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * dm-userspace: a device-mapper target whose block map lives in a userspace
+ * daemon.  This header is the only definition of the protocol between the
+ * target and the daemon; both sides assert the sizes below.
+ *
+ * Table line:
+ *   <start> <len> userspace <key> <block_sectors> <nr_devs> <dev>...
+ *       [<#opt_args> <opt_arg>...]
+ *   key            1..DMU_KEY_LEN-1 printable characters; binds one daemon
+ *                  connection to this target
+ *   block_sectors  the mapping granularity in 512-byte sectors (power of two,
+ *                  8 .. 2^20); normally the image's cluster size
+ *   dev            the data devices (loop devices of the image chain, scratch
+ *                  store); messages name them by index 0..nr_devs-1
+ *   optional:      daemon_timeout <seconds>   how long I/O waits for a
+ *                                             daemon to (re)bind
+ *                  max_extents <n>            bound on cached extents
+ *
+ * Control device: /dev/dm-userspace (misc, root only).  A daemon opens it,
+ * binds to a target with DMU_IOC_BIND, then read()s requests and write()s
+ * responses, each a whole number of fixed-size 64-byte messages, and uses
+ * poll() to wait for requests.  Closing the file unbinds: requests the daemon
+ * read but did not answer are handed to the next daemon that binds.
+ *
+ * Units: "block" = block_sectors sectors, counted from the start of the
+ * target; "sector" = 512 bytes on a data device.  An extent maps the virtual
+ * blocks [block, block + nr_blocks) linearly onto dev starting at sector.
+ *
+ * Conversation (kernel -> daemon requests, daemon -> kernel responses):
+ *
+ *  MAP        the kernel needs blocks [block, block + nr_blocks) for reading
+ *             (flags 0), writing (DMU_MAP_WRITE) or discarding
+ *             (DMU_MAP_DISCARD).  The daemon answers with any number of
+ *             DMU_RSP_EXTENT and DMU_RSP_COPY messages carrying the same id;
+ *             the last one has DMU_RSP_FINAL.  Extents may cover more than
+ *             was asked (read-ahead of the map); the answer must cover the
+ *             first block of the request, or the request's I/O fails with
+ *             EIO.  Or the daemon ends the request with DMU_RSP_COMPLETE:
+ *             status 0 completes a discard without I/O; a negative errno
+ *             fails the request's I/O with it.
+ *  COMMIT     a guest flush (or FUA write) needs the daemon's metadata to be
+ *             durable.  The kernel has already flushed the data devices.  The
+ *             daemon answers DMU_RSP_COMMITTED with the same id when its
+ *             metadata is on stable storage (status 0) or cannot be (errno).
+ *  DONE       sent for every MAP with DMU_MAP_WRITE and every push that
+ *             carried DMU_EXT_NEW extents, once all copies and all writes
+ *             waiting on it have completed; status is 0 or the first error.
+ *             Only after DONE may the daemon make metadata point at those
+ *             blocks durable: before it, their data is not on disk.
+ *
+ *  EXTENT     one extent.  kind ZERO: reads return zeros without I/O, writes
+ *             ask again.  kind REMAP: I/O goes to dev at sector; writes only
+ *             when DMU_EXT_WRITABLE.  DMU_EXT_NEW (with WRITABLE) marks a
+ *             freshly allocated range: before any I/O may use it, the kernel
+ *             fills every sector of it that the waiting writes do not cover,
+ *             from the COPY messages of the same answer that describe it, and
+ *             with zeros where no COPY does.
+ *  COPY       the old contents of virtual sectors [sector, sector +
+ *             nr_sectors) are on src_dev at src_sector (sector granular, so
+ *             a block may have several sources).  Only meaningful inside a
+ *             DMU_EXT_NEW extent of the same answer.
+ *  COMPLETE   ends a MAP request without (more) extents, see MAP.
+ *  COMMITTED  answers COMMIT.
+ *  INVALIDATE drops cached extents in [block, block + nr_blocks); id 0.
+ *
+ * Pushes: the daemon may send EXTENT/COPY messages nobody asked for, under an
+ * id of its own choosing with DMU_PUSH_ID set, the batch ending in
+ * DMU_RSP_FINAL.  DMU_IOC_LIST_EXTENTS reports which pushed extents were used.
+ *
+ * Validation: the kernel checks every field of every message (type, flags,
+ * kind, device index, sector ranges within the device and the target, lengths
+ * non-zero, reserved and unused fields zero, id pending).  A bad message is
+ * counted, fails only the I/O of its request, and ends the write() at that
+ * message: write() returns the bytes consumed before it, or -EINVAL if it was
+ * the first.  A write() whose length is not a multiple of the message size is
+ * refused with -EINVAL before anything is processed.
+ */
+#ifndef _UAPI_LINUX_DM_USERSPACE_H
+#define _UAPI_LINUX_DM_USERSPACE_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+#define DMU_VERSION_MAJOR	1	/* incompatible changes */
+#define DMU_VERSION_MINOR	0	/* compatible additions */
+#define DMU_VERSION_PATCH	0
+
+#define DMU_TARGET_NAME		"userspace"
+#define DMU_CONTROL_NAME	"dm-userspace"	/* /dev/dm-userspace */
+#define DMU_KEY_LEN		64
+#define DMU_MSG_SIZE		64
+
+/* Feature bits, negotiated in DMU_IOC_BIND. */
+#define DMU_FEATURE_PUSH	(1ULL << 0)	/* pushed extents, LIST_EXTENTS */
+#define DMU_FEATURE_COPY	(1ULL << 1)	/* DMU_EXT_NEW and COPY */
+#define DMU_FEATURE_DISCARD	(1ULL << 2)	/* MAP with DMU_MAP_DISCARD */
+#define DMU_FEATURE_ALL		(DMU_FEATURE_PUSH | DMU_FEATURE_COPY | \
+				 DMU_FEATURE_DISCARD)
+
+/* Request types (kernel -> daemon). */
+#define DMU_REQ_MAP		1
+#define DMU_REQ_COMMIT		2
+#define DMU_REQ_DONE		3
+
+/* DMU_REQ_MAP flags */
+#define DMU_MAP_WRITE		(1U << 0)
+#define DMU_MAP_DISCARD		(1U << 1)
+
+/* Response types (daemon -> kernel). */
+#define DMU_RSP_EXTENT		1
+#define DMU_RSP_COPY		2
+#define DMU_RSP_COMPLETE	3
+#define DMU_RSP_COMMITTED	4
+#define DMU_RSP_INVALIDATE	5
+
+/* Response flags */
+#define DMU_RSP_FINAL		(1U << 0)	/* last message of an answer */
+
+/* Extent kinds */
+#define DMU_EXT_ZERO		1
+#define DMU_EXT_REMAP		2
+
+/* Extent flags */
+#define DMU_EXT_WRITABLE	(1U << 0)
+#define DMU_EXT_NEW		(1U << 1)	/* fill before use, then DONE */
+
+/* Ids with this bit belong to the daemon's pushes; kernel ids never have it. */
+#define DMU_PUSH_ID		(1ULL << 63)
+
+/* kernel -> daemon, read() from the control device */
+struct dmu_request {
+	__u32 type;		/* DMU_REQ_* */
+	__u32 flags;		/* MAP: DMU_MAP_* */
+	__u64 id;		/* MAP, COMMIT: unique while pending; DONE: the
+				 * MAP or push id it reports on */
+	__u64 block;		/* MAP: first block */
+	__u64 nr_blocks;	/* MAP: blocks the I/O touches, >= 1 */
+	__s32 status;		/* DONE: 0 or -errno */
+	__u32 reserved0;	/* zero */
+	__u64 reserved[3];	/* zero */
+};
+
+/* daemon -> kernel, write() to the control device */
+struct dmu_response {
+	__u32 type;		/* DMU_RSP_* */
+	__u32 flags;		/* DMU_RSP_FINAL */
+	__u64 id;		/* request answered, push id, or 0 (INVALIDATE) */
+	__u64 block;		/* EXTENT, INVALIDATE: first virtual block;
+				 * COPY: first virtual sector */
+	__u64 nr_blocks;	/* EXTENT, INVALIDATE: blocks; COPY: sectors */
+	__u32 kind;		/* EXTENT: DMU_EXT_ZERO or DMU_EXT_REMAP */
+	__u32 ext_flags;	/* EXTENT: DMU_EXT_* */
+	__u32 dev;		/* EXTENT REMAP: device index; COPY: source */
+	__s32 status;		/* COMPLETE, COMMITTED: 0 or -errno */
+	__u64 sector;		/* EXTENT REMAP: sector of 'block' on dev;
+				 * COPY: source sector on dev */
+	__u64 reserved;		/* zero */
+};
+
+/* DMU_IOC_BIND: attach this file to the target whose table names key. */
+struct dmu_bind {
+	__u32 version_major;	/* in: daemon's; out: kernel's */
+	__u32 version_minor;
+	__u32 version_patch;
+	__u32 reserved0;	/* zero */
+	__u64 features;		/* in: wanted; out: granted */
+	char key[DMU_KEY_LEN];	/* in: NUL-terminated */
+	__u64 target_sectors;	/* out */
+	__u32 block_sectors;	/* out */
+	__u32 nr_devs;		/* out */
+	__u64 resent;		/* out: unanswered requests queued again */
+	__u64 reserved[3];	/* zero */
+};
+
+/* One cached extent, as DMU_IOC_LIST_EXTENTS reports it. */
+struct dmu_extent_info {
+	__u64 block;
+	__u64 nr_blocks;
+	__u64 sector;
+	__u32 dev;
+	__u32 kind;		/* DMU_EXT_ZERO, DMU_EXT_REMAP */
+	__u32 ext_flags;	/* DMU_EXT_WRITABLE */
+	__u32 state;		/* DMU_EXTENT_* */
+};
+
+#define DMU_EXTENT_PUSHED	(1U << 0)	/* came from a push */
+#define DMU_EXTENT_USED		(1U << 1)	/* I/O has used it */
+#define DMU_EXTENT_BUSY		(1U << 2)	/* being filled */
+
+/*
+ * DMU_IOC_LIST_EXTENTS: copy up to max cached extents that end after
+ * start_block, in block order, to the array at buf.  Repeat with
+ * start_block = next_block until count < max.
+ */
+struct dmu_list_extents {
+	__u64 start_block;	/* in */
+	__u64 buf;		/* in: user pointer to struct dmu_extent_info[] */
+	__u32 max;		/* in */
+	__u32 count;		/* out */
+	__u64 next_block;	/* out */
+	__u64 reserved[2];	/* zero */
+};
+
+#define DMU_IOC_MAGIC		0xDB
+#define DMU_IOC_BIND		_IOWR(DMU_IOC_MAGIC, 0, struct dmu_bind)
+#define DMU_IOC_LIST_EXTENTS	_IOWR(DMU_IOC_MAGIC, 1, struct dmu_list_extents)
+
+#endif /* _UAPI_LINUX_DM_USERSPACE_H */
