@@ -16,11 +16,25 @@ case $line in
   6.12) pattern='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' ;;
   *) log "unknown kernel line '$line' (want 6.1 or 6.12)"; exit 2 ;;
 esac
-image=$(apt-cache search --names-only "$pattern" | awk '{print $1}' | sort -V | tail -1)
-[ -n "$image" ] || { log "no package matches $pattern; run apt-get update"; exit 1; }
+newest() { apt-cache search --names-only "$pattern" | awk '{print $1}' | sort -V | tail -1; }
+image=$(newest)
+if [ -z "$image" ]; then   # fresh machine: package lists not downloaded yet
+  log "no package matches $pattern; running apt-get update"
+  apt-get update -qq >&2
+  image=$(newest)
+fi
+[ -n "$image" ] || { log "no package matches $pattern, even after apt-get update"; exit 1; }
 krel=${image#linux-image-}
 krel=${krel%-unsigned}
 dir=$cache/$krel
+if [ -f "$dir/complete" ]; then
+  echo "$krel"
+  exit 0
+fi
+# Two builds may want the same kernel at once: one downloads, the other waits.
+mkdir -p "$cache"
+exec 9>"$cache/$krel.lock"
+flock 9
 if [ -f "$dir/complete" ]; then
   echo "$krel"
   exit 0

@@ -1,0 +1,97 @@
+# Sourced by the VM and Xen harness scripts: paths, logging, locking and the
+# content stamps that let every preparation step be skipped when nothing changed.
+# Not executable on its own.
+
+vm_lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+src_root=$(cd "$vm_lib/../../.." && pwd)
+cache_root=${DMU_CACHE_DIR:-/var/cache/dmu}
+
+log() { echo "${log_prefix:-vm}: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# with_lock FILE CMD...: runs CMD while holding an exclusive flock on FILE, so
+# parallel CTest runs build each shared piece once.
+with_lock() {
+  local lock=$1
+  shift
+  mkdir -p "$(dirname "$lock")"
+  (
+    flock 9
+    "$@"
+  ) 9>"$lock"
+}
+
+# files_stamp FILE...: one line per file (name, size, mtime) hashed; changes
+# whenever any input file changes.
+files_stamp() {
+  stat -L -c '%n %s %Y' "$@" | sha256sum | cut -d' ' -f1
+}
+
+# tree_stamp DIR: hash over the contents of every file below DIR.
+tree_stamp() {
+  (cd "$1" && find . -type f ! -name '*.o' ! -name '*.ko' -print0 | sort -z |
+    xargs -0 -r sha256sum) | sha256sum | cut -d' ' -f1
+}
+
+# up_to_date OUT STAMP: true if OUT exists and was made from inputs with STAMP.
+up_to_date() {
+  [ -f "$1" ] && [ -f "$1.stamp" ] && [ "$(cat "$1.stamp")" = "$2" ]
+}
+
+# pack_cpio DIR OUT: the tree under DIR as a zstd-compressed newc cpio archive.
+pack_cpio() {
+  local dir=$1 out=$2
+  (cd "$dir" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+    cpio --null -o -H newc --quiet --owner=0:0) | zstd -q -1 -T0 -f -o "$out.tmp"
+  mv "$out.tmp" "$out"
+}
+
+# kernel_env BUILD LINE: sources the kernel fixture's result (KREL, KROOT) for LINE.
+kernel_env() {
+  local env=$1/tests/vm/kernels/$2.env
+  [ -f "$env" ] || return 1
+  # shellcheck disable=SC1090
+  . "$env"
+}
+
+# read_header CASE KIND: sets h_<key>=<value> for each key=value on the
+# "# KIND:" header line within the first 20 lines of CASE (KIND: vm or xen).
+read_header() {
+  local line kv
+  line=$(head -n 20 "$1" | grep -m1 "^# $2:" || true)
+  for kv in ${line#"# $2:"}; do
+    case $kv in
+      [a-z]*=*) printf -v "h_${kv%%=*}" '%s' "${kv#*=}" ;;
+      *) die "$1: bad header item '$kv' (want key=value)" ;;
+    esac
+  done
+}
+
+# result_of CONSOLE_LOG: the guest's exit status from its @@DMU-RESULT marker,
+# or nothing if the guest never printed one.
+result_of() {
+  tr -d '\r' <"$1" | sed -n 's/.*@@DMU-RESULT rc=\([0-9]*\)@@$/\1/p' | tail -1
+}
+
+# report NAME CONSOLE_LOG QEMU_RC SECONDS: prints the outcome of one boot and
+# returns the test's exit status (the guest's, 124 timeout, 125 no result).
+report() {
+  local name=$1 console=$2 qemu_rc=$3 secs=$4 rc booted
+  booted=$(tr -d '\r' <"$console" | sed -n 's/.*dmu-init: booted \(Linux [^ ]*\).*/\1/p' | head -1)
+  rc=$(result_of "$console")
+  if [ "$qemu_rc" = 124 ]; then
+    log "TIMEOUT after ${secs}s; QEMU killed. Last console lines:"
+    rc=124
+  elif [ -z "$rc" ]; then
+    log "guest ended without a result (QEMU status $qemu_rc, ${secs}s). Last console lines:"
+    rc=125
+  elif [ "$rc" != 0 ]; then
+    log "FAILED with status $rc (${booted:-no Linux booted}, ${secs}s). Last console lines:"
+  fi
+  if [ "$rc" != 0 ]; then
+    tr -d '\r' <"$console" | tail -n 60 | sed 's/^/  | /' >&2
+  else
+    log "passed (${booted}, ${secs}s)"
+  fi
+  return "$rc"
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Usage: run-case.sh [--build DIR] [--kernel 6.1|6.12] [--verbose] CASE.sh
+# Runs one VM test case on one kernel line: prepares what is missing (kernel,
+# kmod build, initramfs pieces), assembles the initrd and the case's disks,
+# boots QEMU, and exits with the guest's status (124 timeout, 125 no result).
+# Results: BUILD/tests/vm/results/<case>.<line>/ (console.log + /results).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+build=$src_root/build line=6.12 verbose=${DMU_VM_VERBOSE:-0}
+while [ $# -gt 1 ]; do
+  case $1 in
+    --build) build=$2; shift 2 ;;
+    --kernel) line=$2; shift 2 ;;
+    --verbose) verbose=1; shift ;;
+    *) die "unknown option $1" ;;
+  esac
+done
+case_file=$(realpath "${1:?usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] CASE.sh}")
+build=$(realpath -m "$build")
+name=$(basename "$case_file" .sh)
+h_timeout=300 h_mem=1024 h_smp=1 h_disks= h_kmod=load
+read_header "$case_file" vm
+log_prefix="vm.$name.$line"
+
+"$vm_lib/prepare-kernel.sh" "$line" "$build"
+kernel_env "$build" "$line" || die "kernel $line was not prepared"
+pieces=$build/tests/vm/pieces
+tools_piece=${DMU_VM_PIECES:-$pieces}/tools.cpio.zst   # the self-test shares the main build's
+with_lock "$tools_piece.lock" "$vm_lib/make-tools-piece.sh" "$vm_lib/tools.list" "$tools_piece"
+with_lock "$pieces/progs.lock" "$vm_lib/make-progs-piece.sh" "$build/tests/guest-programs.txt" "$pieces/progs.cpio.zst"
+
+run=$build/tests/vm/runs/$name.$line
+results=$build/tests/vm/results/$name.$line
+rm -rf "$run" "$results"
+mkdir -p "$run/case/etc/dmu" "$results"
+cp "$case_file" "$run/case/test.sh"
+cat >"$run/case/etc/dmu/run.conf" <<EOT
+DMU_ROLE=vm
+DMU_CASE=$name
+DMU_KERNEL_LINE=$line
+DMU_MODULES="virtio_pci virtio_blk 9pnet_virtio 9p dm-mod dm-log-writes dm-flakey loop crc32c_generic ext4"
+DMU_KMOD=$h_kmod
+DMU_SHARES="results src"
+EOT
+pack_cpio "$run/case" "$run/case.cpio.zst"
+cat "$tools_piece" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$run/case.cpio.zst" >"$run/initrd"
+
+args=(-accel "$("$vm_lib/kvm-probe.sh" "$KERNEL_IMAGE")" -m "$h_mem" -smp "$h_smp"
+  -kernel "$KERNEL_IMAGE" -initrd "$run/initrd"
+  -append "console=ttyS0 panic=-1 oops=panic quiet mitigations=off"
+  -virtfs "local,path=$results,mount_tag=results,security_model=none,id=results"
+  -virtfs "local,path=$src_root,mount_tag=src,security_model=none,readonly=on,id=src")
+i=0
+for size in ${h_disks//,/ }; do
+  truncate -s "$size" "$run/disk$i.img"
+  args+=(-drive "file=$run/disk$i.img,format=raw,if=virtio,cache=unsafe")
+  i=$((i + 1))
+done
+
+log "booting $KREL (timeout ${h_timeout}s, ${h_mem} MiB, $h_smp vCPU, disks: ${h_disks:-none})"
+start=$SECONDS
+qemu_rc=0
+opt=()
+[ "$verbose" = 1 ] && opt=(--verbose)
+"$vm_lib/boot-qemu.sh" "${opt[@]}" "$h_timeout" "$run/console.log" "${args[@]}" || qemu_rc=$?
+cp "$run/console.log" "$results/console.log"
+[ "${DMU_VM_KEEP:-0}" = 1 ] || rm -rf "$run"
+report "vm.$name.$line" "$results/console.log" "$qemu_rc" $((SECONDS - start))
