@@ -1,0 +1,129 @@
+// ControlChannel implementation: BIND, poll + read batches, write batches
+// with partial-write accounting, LIST_EXTENTS paging.
+#include "mapper/control_channel.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace dmu {
+
+Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes, const std::string& what) {
+  if (ret >= 0) {
+    auto bytes = static_cast<size_t>(ret);
+    if (bytes > total_bytes || bytes % DMU_MSG_SIZE != 0)
+      return fail(EPROTO, what + ": write of " + std::to_string(total_bytes) + " bytes returned " +
+                              std::to_string(ret) + ", not a whole number of messages");
+    if (bytes == total_bytes) return WriteOutcome{bytes / DMU_MSG_SIZE, 0};
+    return WriteOutcome{bytes / DMU_MSG_SIZE, EINVAL};
+  }
+  if (err == EINVAL) return WriteOutcome{0, EINVAL};
+  return fail(errno_error(what + ": write of " + std::to_string(total_bytes) + " bytes", err));
+}
+
+Result<ControlChannel> ControlChannel::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return fail(errno_error(path + ": open control device"));
+  return ControlChannel(UniqueFd(fd), path);
+}
+
+std::string ControlChannel::what() const {
+  return key_.empty() ? path_ : path_ + " (key " + key_ + ")";
+}
+
+Result<BindInfo> ControlChannel::bind(const std::string& key, uint64_t features) {
+  if (key.empty() || key.size() >= DMU_KEY_LEN)
+    return fail(EINVAL, path_ + ": key '" + key + "' must be 1.." +
+                            std::to_string(DMU_KEY_LEN - 1) + " characters");
+  dmu_bind b{};
+  b.version_major = DMU_VERSION_MAJOR;
+  b.version_minor = DMU_VERSION_MINOR;
+  b.version_patch = DMU_VERSION_PATCH;
+  b.features = features;
+  std::memcpy(b.key, key.data(), key.size());
+  if (::ioctl(fd_.get(), DMU_IOC_BIND, &b) != 0)
+    return fail(errno_error(path_ + ": bind to key '" + key + "'"));
+  if (b.version_major != DMU_VERSION_MAJOR)
+    return fail(EPROTO, path_ + ": kernel speaks protocol " + std::to_string(b.version_major) +
+                            "." + std::to_string(b.version_minor) + ", this daemon " +
+                            std::to_string(DMU_VERSION_MAJOR) + "." +
+                            std::to_string(DMU_VERSION_MINOR));
+  if (b.features & ~features)
+    return fail(EPROTO, path_ + ": kernel granted features " + hex(b.features) +
+                            " beyond the requested " + hex(features));
+  key_ = key;
+  return BindInfo{b.version_major, b.version_minor, b.version_patch, b.features,
+                  b.target_sectors, b.block_sectors, b.nr_devs, b.resent};
+}
+
+Result<size_t> ControlChannel::read_requests(std::span<dmu_request> out,
+                                             std::chrono::milliseconds timeout) {
+  if (out.empty()) return size_t{0};
+  pollfd p{fd_.get(), POLLIN, 0};
+  int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(timeout.count(), INT32_MAX)));
+  if (n < 0) {
+    if (errno == EINTR) return size_t{0};
+    return fail(errno_error(what() + ": poll"));
+  }
+  if (n == 0) return size_t{0};
+  if (p.revents & (POLLERR | POLLHUP | POLLNVAL) && !(p.revents & POLLIN))
+    return fail(ENODEV, what() + ": control channel closed by the kernel (poll revents " +
+                            hex(static_cast<unsigned>(p.revents)) + ")");
+  ssize_t r = ::read(fd_.get(), out.data(), out.size_bytes());
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EINTR) return size_t{0};
+    return fail(errno_error(what() + ": read requests"));
+  }
+  if (r % DMU_MSG_SIZE != 0)
+    return fail(EPROTO, what() + ": read returned " + std::to_string(r) +
+                            " bytes, not a whole number of messages");
+  return static_cast<size_t>(r) / DMU_MSG_SIZE;
+}
+
+Result<WriteOutcome> ControlChannel::write_responses(std::span<const dmu_response> batch) {
+  if (batch.empty()) return WriteOutcome{};
+  ssize_t r;
+  do {
+    r = ::write(fd_.get(), batch.data(), batch.size_bytes());
+  } while (r < 0 && errno == EINTR);
+  return interpret_write(r, r < 0 ? errno : 0, batch.size_bytes(), what());
+}
+
+long ControlChannel::write_raw(std::span<const uint8_t> bytes) {
+  ssize_t r = ::write(fd_.get(), bytes.data(), bytes.size());
+  return r < 0 ? -errno : r;
+}
+
+Result<std::vector<dmu_extent_info>> ControlChannel::list_extents(uint64_t start_block,
+                                                                   size_t max_total) {
+  constexpr uint32_t kPage = 256;
+  std::vector<dmu_extent_info> all;
+  std::vector<dmu_extent_info> page(kPage);
+  uint64_t next = start_block;
+  while (all.size() < max_total) {
+    dmu_list_extents req{};
+    req.start_block = next;
+    req.buf = reinterpret_cast<uintptr_t>(page.data());
+    req.max = kPage;
+    if (::ioctl(fd_.get(), DMU_IOC_LIST_EXTENTS, &req) != 0)
+      return fail(errno_error(what() + ": list extents from block " + std::to_string(next)));
+    if (req.count > kPage)
+      return fail(EPROTO, what() + ": kernel listed " + std::to_string(req.count) +
+                              " extents into room for " + std::to_string(kPage));
+    size_t take = std::min<size_t>(req.count, max_total - all.size());
+    all.insert(all.end(), page.begin(), page.begin() + static_cast<ptrdiff_t>(take));
+    if (req.count < kPage) break;
+    if (req.next_block <= next)
+      return fail(EPROTO, what() + ": list extents did not advance past block " +
+                              std::to_string(next));
+    next = req.next_block;
+  }
+  return all;
+}
+
+}  // namespace dmu

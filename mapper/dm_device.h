@@ -1,0 +1,69 @@
+// DmDevice: one device-mapper device created through libdevmapper and owned
+// for its lifetime (removed on destruction unless release()d).  Works with
+// and without udev: when udev is not running (or DM_DISABLE_UDEV is set) the
+// library is told not to wait for udev and creates /dev/mapper/NAME itself.
+// libdevmapper's log lines are captured and become the context of errors.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace dmu {
+
+// One table line: <start> <length> <type> <params>, in 512-byte sectors.
+struct DmTableLine {
+  uint64_t start = 0;
+  uint64_t length = 0;
+  std::string type;
+  std::string params;
+};
+
+struct DmCreateOptions {
+  bool read_only = false;
+  std::string uuid = {};  // optional, e.g. "DMU-<something>"
+};
+
+class DmDevice {
+ public:
+  static Result<DmDevice> create(const std::string& name, const std::vector<DmTableLine>& table,
+                                 const DmCreateOptions& options = {});
+  // Takes ownership of an existing device (e.g. to remove a leftover).
+  static Result<DmDevice> adopt(const std::string& name);
+
+  DmDevice(DmDevice&& other) noexcept;
+  DmDevice& operator=(DmDevice&& other) noexcept;
+  DmDevice(const DmDevice&) = delete;
+  DmDevice& operator=(const DmDevice&) = delete;
+  // Removes the device (errors ignored; call remove() to see them).
+  ~DmDevice();
+
+  // `dmsetup status NAME`: one line per target, params only for one target.
+  Result<std::vector<DmTableLine>> status() const;
+  // `dmsetup message NAME <sector> <text>`; returns the target's reply.
+  Result<std::string> message(const std::string& text, uint64_t sector = 0) const;
+  // Removes the device now; retries briefly while something (udev, blkid)
+  // still holds it open.
+  Result<void> remove();
+  // Gives up ownership: the device outlives this object.
+  void release() { name_.clear(); }
+
+  const std::string& name() const { return name_; }
+  std::string node_path() const { return "/dev/mapper/" + name_; }
+  dev_t dev() const { return dev_; }
+
+  // True when libdevmapper can talk to the kernel's device mapper.
+  static bool available();
+
+ private:
+  DmDevice() = default;
+
+  std::string name_;
+  dev_t dev_ = 0;
+};
+
+}  // namespace dmu

@@ -1,0 +1,68 @@
+// LoopDevice: a loop block device over an image file, owned for its
+// lifetime.  attach() takes a free /dev/loopN and configures it atomically
+// with LOOP_CONFIGURE (direct I/O where the file system allows it, so guest
+// data skips the host page cache; optional read-only; autoclear so the device
+// goes away with its last user even if we crash); destruction detaches it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/error.h"
+#include "mapper/unique_fd.h"
+
+namespace dmu {
+
+struct LoopOptions {
+  bool read_only = false;
+  // Ask for direct I/O; if the backing file system refuses it, the device is
+  // set up with buffered I/O instead (direct_io() tells which one it got).
+  bool direct_io = true;
+  // Detach automatically when the last opener (dm table, us) closes.
+  bool autoclear = true;
+  // Logical block size of the loop device; 512 keeps 512-byte direct I/O
+  // working for the guest.
+  uint32_t block_size = 512;
+};
+
+class LoopDevice {
+ public:
+  static Result<LoopDevice> attach(const std::string& file, const LoopOptions& options = {});
+
+  LoopDevice(LoopDevice&& other) noexcept;
+  LoopDevice& operator=(LoopDevice&& other) noexcept;
+  LoopDevice(const LoopDevice&) = delete;
+  LoopDevice& operator=(const LoopDevice&) = delete;
+  // Detaches (errors are ignored here; call detach() to see them).
+  ~LoopDevice();
+
+  // Detaches now.  While another opener (a dm table) still holds the device,
+  // the kernel defers the detach to its last close (autoclear).
+  Result<void> detach();
+
+  const std::string& path() const { return path_; }  // /dev/loopN
+  const std::string& file() const { return file_; }
+  int number() const { return number_; }
+  dev_t dev() const { return dev_; }
+  bool read_only() const { return read_only_; }
+  bool direct_io() const { return direct_io_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  // "major:minor", the form a dm table line accepts.
+  std::string dev_string() const;
+
+ private:
+  LoopDevice() = default;
+
+  UniqueFd fd_;  // open /dev/loopN; the loop stays attached while held
+  std::string path_;
+  std::string file_;
+  int number_ = -1;
+  dev_t dev_ = 0;
+  bool read_only_ = false;
+  bool direct_io_ = false;
+  uint64_t size_bytes_ = 0;
+};
+
+}  // namespace dmu

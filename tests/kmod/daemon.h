@@ -1,0 +1,87 @@
+// Daemon: the test daemon's request loop over a DaemonChannel.  It reads
+// batches, answers MAP through the Responder (hostile answers in their own
+// write() with the return value checked), delays COMMITTED by the configured
+// time without blocking MAP answers, logs and counts DONE, resumes a batch
+// after a message the kernel rejected, and prints everything as
+// `dmu-test-daemon: event=<name> key=value ...` lines the VM cases parse.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "tests/kmod/daemon_channel.h"
+#include "tests/kmod/daemon_config.h"
+#include "tests/kmod/responder.h"
+
+namespace dmu::testd {
+
+struct Counters {
+  uint64_t requests = 0;  // every message read from the kernel
+  uint64_t maps = 0;
+  uint64_t map_reads = 0;
+  uint64_t map_writes = 0;
+  uint64_t map_discards = 0;
+  uint64_t commits = 0;
+  uint64_t dones = 0;
+  uint64_t done_errors = 0;
+  uint64_t bad_requests = 0;   // malformed messages from the kernel
+  uint64_t responses = 0;      // messages the kernel accepted
+  uint64_t rejected = 0;       // messages the kernel refused (not hostile ones)
+  uint64_t pushed_extents = 0;
+  uint64_t hostile_sent = 0;
+  uint64_t hostile_as_promised = 0;  // write() returned what the header promises
+  uint64_t hostile_broken = 0;       // it did not
+  uint64_t resent = 0;               // from BIND
+};
+
+// "key=value key=value ..." of every counter, in declaration order.
+std::string format_counters(const Counters& c);
+
+class Daemon {
+ public:
+  using Clock = std::function<std::chrono::steady_clock::time_point()>;
+
+  Daemon(const DaemonConfig& config, const BindInfo& bind, Responder responder,
+         DaemonChannel& channel, std::ostream& log, Clock clock);
+
+  // --push-all: pushes the whole target, then checks LIST_EXTENTS shows the
+  // pushed extents.
+  Result<void> push_all();
+  // One cycle: answer commits that are due, wait up to max_wait for requests
+  // (less when a commit falls due sooner), answer them.
+  Result<void> step(std::chrono::milliseconds max_wait);
+  // Logs event=extents with cached/pushed/used counts from LIST_EXTENTS.
+  Result<void> report_extents();
+  void report_counters();
+
+  const Counters& counters() const { return counters_; }
+  size_t commits_waiting() const { return pending_commits_.size(); }
+
+ private:
+  void event(const std::string& name, const std::string& fields);
+  void count_map(const dmu_request& q);
+  void handle(const dmu_request& q, std::vector<dmu_response>& out);
+  // Writes the batch; after a rejected message, logs it and goes on with the
+  // rest.  Clears the batch.
+  Result<void> send(std::vector<dmu_response>& batch);
+  Result<void> send_hostile(const dmu_request& q);
+  Result<void> answer_due_commits();
+
+  DaemonConfig config_;
+  BindInfo bind_;
+  Responder responder_;
+  DaemonChannel& channel_;
+  std::ostream& log_;
+  Clock clock_;
+  Counters counters_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, uint64_t>> pending_commits_;
+  std::vector<dmu_request> inbox_;
+};
+
+}  // namespace dmu::testd

@@ -1,0 +1,47 @@
+// DaemonChannel: what the test daemon needs from its control channel.  The
+// real one (KernelChannel) forwards to mapper/control_channel.h; the unit
+// tests put a scripted fake kernel behind the same interface.  Every fake
+// behaviour has a real counterpart in the VM cases (tests/vm/cases/kmod-*).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "common/error.h"
+#include "mapper/control_channel.h"
+
+namespace dmu::testd {
+
+class DaemonChannel {
+ public:
+  virtual ~DaemonChannel() = default;
+  virtual Result<size_t> read_requests(std::span<dmu_request> out,
+                                       std::chrono::milliseconds timeout) = 0;
+  virtual Result<WriteOutcome> write_responses(std::span<const dmu_response> batch) = 0;
+  // write() of raw bytes; returns bytes written or -errno.
+  virtual long write_raw(std::span<const uint8_t> bytes) = 0;
+  virtual Result<std::vector<dmu_extent_info>> list_extents() = 0;
+};
+
+class KernelChannel final : public DaemonChannel {
+ public:
+  explicit KernelChannel(ControlChannel& channel) : channel_(channel) {}
+  Result<size_t> read_requests(std::span<dmu_request> out,
+                               std::chrono::milliseconds timeout) override {
+    return channel_.read_requests(out, timeout);
+  }
+  Result<WriteOutcome> write_responses(std::span<const dmu_response> batch) override {
+    return channel_.write_responses(batch);
+  }
+  long write_raw(std::span<const uint8_t> bytes) override { return channel_.write_raw(bytes); }
+  Result<std::vector<dmu_extent_info>> list_extents() override {
+    return channel_.list_extents();
+  }
+
+ private:
+  ControlChannel& channel_;
+};
+
+}  // namespace dmu::testd

@@ -1,0 +1,111 @@
+// LoopDevice against the host's loop driver (needs root and /dev/loop-control;
+// skipped otherwise).  The VM cases use the same class under both Debian
+// kernels through kmod-devices.
+#include "mapper/loop_device.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "tests/support/test_support.h"
+
+namespace dmu {
+namespace {
+
+bool loop_usable() { return ::geteuid() == 0 && ::access("/dev/loop-control", R_OK | W_OK) == 0; }
+
+std::string sysfs(const LoopDevice& d, const std::string& leaf) {
+  std::ifstream in("/sys/block/loop" + std::to_string(d.number()) + "/" + leaf);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+class LoopDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!loop_usable()) GTEST_SKIP() << "needs root and /dev/loop-control";
+    image_ = dir_.file("disk.img");
+    test::write_file(image_, test::random_bytes(1 << 20, 42));
+  }
+  test::TempDir dir_;
+  std::string image_;
+};
+
+TEST_F(LoopDeviceTest, Attach_ShowsFileContentsAndSize) {
+  auto loop = LoopDevice::attach(image_);
+  ASSERT_TRUE(loop) << loop.error().message;
+  EXPECT_EQ(loop->size_bytes(), 1u << 20);
+  EXPECT_EQ(sysfs(*loop, "loop/backing_file"), image_);
+  EXPECT_EQ(sysfs(*loop, "loop/autoclear"), "1");
+  EXPECT_EQ(test::read_file(loop->path()), test::read_file(image_));
+  EXPECT_EQ(loop->dev_string(), std::to_string(major(loop->dev())) + ":" +
+                                    std::to_string(minor(loop->dev())));
+}
+
+TEST_F(LoopDeviceTest, Attach_UsesDirectIoWhereTheFileSystemAllows) {
+  auto loop = LoopDevice::attach(image_);
+  ASSERT_TRUE(loop) << loop.error().message;
+  // The flag we report is the kernel's own view of the device.
+  EXPECT_EQ(sysfs(*loop, "loop/dio"), loop->direct_io() ? "1" : "0");
+  auto buffered = LoopDevice::attach(image_, {.direct_io = false});
+  ASSERT_TRUE(buffered) << buffered.error().message;
+  EXPECT_FALSE(buffered->direct_io());
+  EXPECT_EQ(sysfs(*buffered, "loop/dio"), "0");
+}
+
+TEST_F(LoopDeviceTest, ReadOnly_RefusesWrites) {
+  auto loop = LoopDevice::attach(image_, {.read_only = true});
+  ASSERT_TRUE(loop) << loop.error().message;
+  EXPECT_EQ(sysfs(*loop, "ro"), "1");
+  // Depending on the kernel, either the open for writing or the write fails.
+  int fd = ::open(loop->path().c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char block[512] = {1};
+    EXPECT_LT(::pwrite(fd, block, sizeof block, 0), 0);
+    EXPECT_TRUE(errno == EPERM || errno == EROFS) << std::strerror(errno);
+    ::close(fd);
+  } else {
+    EXPECT_EQ(errno, EROFS);
+  }
+  EXPECT_EQ(test::read_file(loop->path()), test::read_file(image_));
+}
+
+TEST_F(LoopDeviceTest, Destruction_DetachesTheDevice) {
+  int number;
+  {
+    auto loop = LoopDevice::attach(image_);
+    ASSERT_TRUE(loop) << loop.error().message;
+    number = loop->number();
+  }
+  // LOOP_CLR_FD finishes asynchronously on recent kernels; give it a moment.
+  std::string backing = "/sys/block/loop" + std::to_string(number) + "/loop/backing_file";
+  for (int i = 0; i < 100 && ::access(backing.c_str(), F_OK) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_NE(::access(backing.c_str(), F_OK), 0) << "loop" << number << " still attached";
+}
+
+TEST_F(LoopDeviceTest, Move_TransfersOwnershipWithoutDetaching) {
+  auto loop = LoopDevice::attach(image_);
+  ASSERT_TRUE(loop) << loop.error().message;
+  LoopDevice moved = std::move(*loop);
+  EXPECT_EQ(sysfs(moved, "loop/backing_file"), image_);
+  auto detached = moved.detach();
+  EXPECT_TRUE(detached) << detached.error().message;
+}
+
+TEST(LoopDevice, Attach_MissingFileNamesIt) {
+  auto loop = LoopDevice::attach("/nonexistent/disk.img");
+  ASSERT_FALSE(loop);
+  EXPECT_EQ(loop.error().code, ENOENT);
+  EXPECT_NE(loop.error().message.find("/nonexistent/disk.img"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dmu

@@ -1,0 +1,288 @@
+// The kernel target's test daemon (tests/kmod/) against FakeKernel: each mode
+// answers as the VM cases rely on, hostile answers provoke exactly the write()
+// results the protocol header promises, commits wait for the configured delay
+// without holding up MAP answers, and rejected messages do not swallow the
+// rest of a batch.  tests/vm/cases/kmod-*.sh run the same daemon against the
+// real module.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "tests/kmod/daemon.h"
+#include "tests/kmod/responder.h"
+#include "tests/unit/fake_kernel.h"
+
+namespace dmu::testd {
+namespace {
+
+using proto::map_request;
+constexpr uint32_t kBs = 8;           // 4 KiB blocks
+constexpr uint64_t kSectors = 8192;   // 4 MiB target = 1024 blocks
+
+Geometry geometry(uint32_t devs = 2) { return {kSectors, kBs, devs, DMU_FEATURE_ALL}; }
+
+Responder make(const DaemonConfig& c, uint32_t devs = 2) {
+  auto r = Responder::create(c, geometry(devs));
+  EXPECT_TRUE(r) << r.error().message;
+  return std::move(*r);
+}
+
+TEST(TestDaemonResponder, Identity_ReadMapsSameSectorOnDev0ReadOnly) {
+  auto r = make({});
+  auto a = r.answer_map(map_request(1, 10, 2, 0));
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(proto::describe(a[0]), "EXTENT id=1 block=10+2 REMAP dev=0 sector=80 final");
+}
+
+TEST(TestDaemonResponder, Identity_WriteAndWritableReadsGetWritableExtents) {
+  auto r = make({});
+  EXPECT_EQ(r.answer_map(map_request(1, 10, 1, DMU_MAP_WRITE))[0].ext_flags,
+            uint32_t{DMU_EXT_WRITABLE});
+  auto w = make({.writable_reads = true});
+  EXPECT_EQ(w.answer_map(map_request(2, 10, 1, 0))[0].ext_flags, uint32_t{DMU_EXT_WRITABLE});
+}
+
+TEST(TestDaemonResponder, Identity_ExtentBlocksReadsAheadButStopsAtTargetEnd) {
+  auto r = make({.extent_blocks = 64});
+  EXPECT_EQ(r.answer_map(map_request(1, 100, 1, 0))[0].nr_blocks, 64u);
+  EXPECT_EQ(r.answer_map(map_request(2, 1000, 1, 0))[0].nr_blocks, 24u);  // 1024 - 1000
+  EXPECT_EQ(r.answer_map(map_request(3, 100, 80, 0))[0].nr_blocks, 80u);  // request is longer
+}
+
+TEST(TestDaemonResponder, Error_FailsRequestsTouchingTheRangeWithTheErrno) {
+  auto r = make({.mode = Mode::Error, .extent_blocks = 64, .blocks = {200, 10}, .error_errno = ENOSPC});
+  auto a = r.answer_map(map_request(1, 205, 1, 0));
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(proto::describe(a[0]), "COMPLETE id=1 status=-28 final");
+  EXPECT_EQ(r.answer_map(map_request(2, 195, 10, DMU_MAP_WRITE))[0].type,
+            uint32_t{DMU_RSP_COMPLETE});
+  // Read-ahead before the range stops at its first block, so its requests
+  // still reach the daemon.
+  auto before = r.answer_map(map_request(3, 180, 1, 0));
+  EXPECT_EQ(before[0].block + before[0].nr_blocks, 200u);
+  EXPECT_EQ(r.answer_map(map_request(4, 210, 1, 0))[0].kind, uint32_t{DMU_EXT_REMAP});
+}
+
+TEST(TestDaemonResponder, Zero_ReadsAreZeroUntilWrittenThenRemapped) {
+  auto r = make({.mode = Mode::Zero, .extent_blocks = 16});
+  auto read = r.answer_map(map_request(1, 0, 1, 0));
+  ASSERT_EQ(read.size(), 1u);
+  EXPECT_EQ(proto::describe(read[0]), "EXTENT id=1 block=0+16 ZERO final");
+  auto write = r.answer_map(map_request(2, 4, 2, DMU_MAP_WRITE));
+  ASSERT_EQ(write.size(), 1u);  // NEW without COPY: the kernel fills zeros
+  EXPECT_EQ(proto::describe(write[0]),
+            "EXTENT id=2 block=4+2 REMAP dev=0 sector=32 writable new final");
+  auto again = r.answer_map(map_request(3, 0, 1, 0));
+  ASSERT_EQ(again.size(), 3u);  // zero 0..3, remap 4..5, zero 6..15
+  EXPECT_EQ(again[0].kind, uint32_t{DMU_EXT_ZERO});
+  EXPECT_EQ(again[0].nr_blocks, 4u);
+  EXPECT_EQ(proto::describe(again[1]), "EXTENT id=3 block=4+2 REMAP dev=0 sector=32");
+  EXPECT_EQ(again[2].block, 6u);
+  EXPECT_EQ(again[2].flags, uint32_t{DMU_RSP_FINAL});
+}
+
+TEST(TestDaemonResponder, Copy_WriteGetsNewExtentOnDev1WithCopyFromDev0) {
+  auto r = make({.mode = Mode::Copy});
+  auto a = r.answer_map(map_request(5, 3, 2, DMU_MAP_WRITE));
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(proto::describe(a[0]), "EXTENT id=5 block=3+2 REMAP dev=1 sector=24 writable new");
+  EXPECT_EQ(proto::describe(a[1]), "COPY id=5 vsector=24+16 from dev=0 sector=24 final");
+  EXPECT_TRUE(r.allocated(3));
+  EXPECT_TRUE(r.allocated(4));
+  EXPECT_FALSE(r.allocated(5));
+}
+
+TEST(TestDaemonResponder, Copy_ReadsOldDataReadOnlyUntilAllocated) {
+  auto r = make({.mode = Mode::Copy, .writable_reads = true, .extent_blocks = 4});
+  r.answer_map(map_request(1, 2, 1, DMU_MAP_WRITE));
+  auto a = r.answer_map(map_request(2, 0, 1, 0));
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(proto::describe(a[0]), "EXTENT id=2 block=0+2 REMAP dev=0 sector=0");
+  EXPECT_EQ(proto::describe(a[1]), "EXTENT id=2 block=2+1 REMAP dev=1 sector=16 writable");
+  EXPECT_EQ(proto::describe(a[2]), "EXTENT id=2 block=3+1 REMAP dev=0 sector=24 final");
+}
+
+TEST(TestDaemonResponder, CopyHalf_CopiesOnlyTheFirstHalfOfEachBlock) {
+  auto r = make({.mode = Mode::Copy, .copy_half = true});
+  auto a = r.answer_map(map_request(1, 10, 2, DMU_MAP_WRITE));
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(proto::describe(a[1]), "COPY id=1 vsector=80+4 from dev=0 sector=80");
+  EXPECT_EQ(proto::describe(a[2]), "COPY id=1 vsector=88+4 from dev=0 sector=88 final");
+}
+
+TEST(TestDaemonResponder, Create_RefusesModesTheTargetCannotServe) {
+  DaemonConfig copy{.mode = Mode::Copy};
+  EXPECT_FALSE(Responder::create(copy, geometry(1)));
+  Geometry no_copy = geometry();
+  no_copy.features = DMU_FEATURE_PUSH;
+  EXPECT_FALSE(Responder::create(copy, no_copy));
+  EXPECT_FALSE(Responder::create({.mode = Mode::Zero, .push_all = true}, geometry()));
+  Geometry no_push = geometry();
+  no_push.features = DMU_FEATURE_COPY;
+  EXPECT_FALSE(Responder::create({.push_all = true}, no_push));
+}
+
+TEST(TestDaemonResponder, PushBatches_CoverTheTargetOnceWithPushIdsEachEndingFinal) {
+  auto r = make({.push_all = true, .push_extent_blocks = 10});
+  auto batches = r.push_batches();
+  uint64_t next = 0;
+  std::set<uint64_t> ids;
+  for (const auto& b : batches) {
+    ASSERT_FALSE(b.empty());
+    for (size_t i = 0; i < b.size(); ++i) {
+      EXPECT_TRUE(proto::is_push_id(b[i].id));
+      EXPECT_EQ(b[i].id, b[0].id);
+      EXPECT_EQ(b[i].block, next);
+      EXPECT_EQ(b[i].sector, next * kBs);
+      EXPECT_EQ(b[i].ext_flags, uint32_t{DMU_EXT_WRITABLE});
+      EXPECT_EQ(b[i].flags == DMU_RSP_FINAL, i + 1 == b.size());
+      next += b[i].nr_blocks;
+    }
+    ids.insert(b[0].id);
+  }
+  EXPECT_EQ(next, 1024u);
+  EXPECT_EQ(ids.size(), batches.size());
+}
+
+// Every hostile kind, alone (bad message first) and after a valid prefix:
+// the fake kernel, applying the header's rules, returns what the daemon
+// expects, and the follow-up COMPLETE meets the daemon's expectation.
+TEST(TestDaemonResponder, Hostile_EveryKindGetsTheWriteResultTheHeaderPromises) {
+  for (HostileKind kind : kAllHostileKinds) {
+    for (uint64_t seq : {0u, 1u}) {
+      SCOPED_TRACE(std::string(hostile_name(kind)) + " seq " + std::to_string(seq));
+      FakeKernel k(kSectors, kBs, {kSectors, kSectors});
+      auto r = make({.mode = Mode::Hostile, .blocks = {0, 16}, .hostile = kind});
+      const auto q = map_request(7, 3, 1, DMU_MAP_WRITE);
+      k.issue(q);
+      ASSERT_TRUE(r.hostile_for(q));
+      HostileAnswer a = r.hostile_answer(q, seq);
+      EXPECT_EQ(k.write_raw(a.bytes), a.expected_return);
+      const bool still_pending = k.pending(q.id);
+      if (a.followup == FollowUp::Accepted) {
+        EXPECT_TRUE(still_pending);
+      } else if (a.followup == FollowUp::Rejected) {
+        EXPECT_FALSE(still_pending);
+      }
+    }
+  }
+}
+
+TEST(TestDaemonResponder, Hostile_OnlyRequestsTouchingTheRangeAreHostile) {
+  auto r = make({.mode = Mode::Hostile, .extent_blocks = 64, .blocks = {100, 4}});
+  EXPECT_TRUE(r.hostile_for(map_request(1, 103, 1, 0)));
+  EXPECT_TRUE(r.hostile_for(map_request(1, 98, 4, 0)));
+  EXPECT_FALSE(r.hostile_for(map_request(1, 104, 1, 0)));
+  auto a = r.answer_map(map_request(2, 50, 1, 0));
+  EXPECT_EQ(a[0].block + a[0].nr_blocks, 100u);  // read-ahead stops before the range
+}
+
+// --- The loop -------------------------------------------------------------
+
+struct Loop {
+  explicit Loop(const DaemonConfig& c)
+      : kernel(kSectors, kBs, {kSectors, kSectors}),
+        daemon(c, kernel.bind_info(3), make(c), kernel, log, [this] { return now; }) {}
+  FakeKernel kernel;
+  std::ostringstream log;
+  std::chrono::steady_clock::time_point now{};
+  Daemon daemon;
+};
+
+TEST(TestDaemonLoop, Commit_AnsweredOnlyAfterTheDelayWhileMapsGoOn) {
+  Loop t({.commit_delay_ms = 50});
+  t.kernel.issue(proto::commit_request(11));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_FALSE(t.kernel.committed.count(11));
+  t.now += std::chrono::milliseconds(30);
+  t.kernel.issue(map_request(12, 0, 1, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_TRUE(t.kernel.completed.count(12));  // MAP answered while the commit waits
+  EXPECT_FALSE(t.kernel.committed.count(11));
+  t.now += std::chrono::milliseconds(20);
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  ASSERT_TRUE(t.kernel.committed.count(11));
+  EXPECT_EQ(t.kernel.committed[11], 0);
+  EXPECT_EQ(t.daemon.counters().commits, 1u);
+}
+
+TEST(TestDaemonLoop, Done_IsCountedAndLogged) {
+  Loop t({});
+  t.kernel.issue(proto::done_request(4, 0));
+  t.kernel.issue(proto::done_request(5, -5));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(t.daemon.counters().dones, 2u);
+  EXPECT_EQ(t.daemon.counters().done_errors, 1u);
+  EXPECT_NE(t.log.str().find("event=done id=5 status=-5"), std::string::npos);
+  EXPECT_EQ(t.kernel.writes, 0);  // DONE needs no answer
+}
+
+TEST(TestDaemonLoop, RejectedMessage_RestOfTheBatchIsStillDelivered) {
+  Loop t({});
+  t.kernel.issue(map_request(1, 0, 1, 0));
+  t.kernel.issue(map_request(2, 1, 1, 0));
+  t.kernel.issue(map_request(3, 2, 1, 0));
+  t.kernel.issue(proto::commit_request(99));
+  // Request 2 ends before the daemon answers it, so its answer is refused.
+  auto early = proto::complete(2, 0);
+  ASSERT_TRUE(t.kernel.write_responses({&early, 1}));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(t.daemon.counters().rejected, 1u);
+  EXPECT_TRUE(t.kernel.completed.count(1));
+  EXPECT_TRUE(t.kernel.completed.count(3));
+  EXPECT_TRUE(t.kernel.committed.count(99));
+  EXPECT_NE(t.log.str().find("event=rejected errno=22 msg=\"EXTENT id=2"), std::string::npos);
+}
+
+TEST(TestDaemonLoop, Hostile_LogsEachAnswerAsPromised) {
+  Loop t({.mode = Mode::Hostile, .blocks = {0, 8}, .hostile = HostileKind::BadDevice});
+  t.kernel.issue(map_request(1, 0, 1, 0));
+  t.kernel.issue(map_request(2, 100, 1, 0));
+  t.kernel.issue(map_request(3, 1, 1, DMU_MAP_WRITE));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(t.daemon.counters().hostile_sent, 2u);
+  EXPECT_EQ(t.daemon.counters().hostile_as_promised, 2u);
+  EXPECT_EQ(t.daemon.counters().hostile_broken, 0u);
+  EXPECT_EQ(t.kernel.failed.size(), 2u);
+  EXPECT_TRUE(t.kernel.completed.count(2));  // outside the range: served
+  EXPECT_NE(t.log.str().find("kind=bad-dev id=1 block=0 bytes=64 expected=-22 got=-22"),
+            std::string::npos);
+  EXPECT_NE(t.log.str().find("id=3 block=1 bytes=128 expected=64 got=64"), std::string::npos);
+}
+
+TEST(TestDaemonLoop, Hostile_KernelBreakingThePromiseIsReportedBroken) {
+  // The kernel no longer knows the request, so it refuses the first of the
+  // two answers instead of the second: write() returns -EINVAL, not 64.
+  Loop t({.mode = Mode::Hostile, .blocks = {0, 8}, .hostile = HostileKind::DuplicateFinal});
+  t.kernel.issue(map_request(1, 0, 1, 0));
+  auto early = proto::complete(1, 0);
+  ASSERT_TRUE(t.kernel.write_responses({&early, 1}));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(t.daemon.counters().hostile_sent, 1u);
+  EXPECT_EQ(t.daemon.counters().hostile_broken, 1u);
+  EXPECT_NE(t.log.str().find("expected=64 got=-22"), std::string::npos);
+  EXPECT_NE(t.log.str().find("ok=0"), std::string::npos);
+}
+
+TEST(TestDaemonLoop, PushAll_PushesAndReportsTheListedExtents) {
+  Loop t({.push_all = true, .push_extent_blocks = 256});
+  ASSERT_TRUE(t.daemon.push_all());
+  EXPECT_EQ(t.daemon.counters().pushed_extents, 4u);
+  EXPECT_EQ(t.kernel.cache.size(), 4u);
+  EXPECT_NE(t.log.str().find("event=push extents=4 batches=1"), std::string::npos);
+  EXPECT_NE(t.log.str().find("event=extents cached=4 blocks=1024 pushed=4 pushed_used=0"),
+            std::string::npos);
+}
+
+TEST(TestDaemonLoop, Counters_AreOneParseableLine) {
+  Loop t({});
+  t.kernel.issue(map_request(1, 0, 1, DMU_MAP_WRITE));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  t.daemon.report_counters();
+  EXPECT_NE(t.log.str().find("event=counters requests=1 maps=1 map_reads=0 map_writes=1 "),
+            std::string::npos);
+  EXPECT_NE(t.log.str().find(" resent=3\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dmu::testd
