@@ -18,7 +18,7 @@ done
 case_file=$(realpath "${1:?usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] CASE.sh}")
 build=$(realpath -m "$build")
 name=$(basename "$case_file" .sh)
-h_timeout=300 h_mem=1024 h_smp=1 h_disks= h_kmod=load
+h_timeout=300 h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline=
 read_header "$case_file" vm
 log_prefix="vm.$name.$line"
 
@@ -47,7 +47,7 @@ cat "$tools_piece" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$run/case.cpio.zst
 
 args=(-accel "$("$vm_lib/kvm-probe.sh" "$KERNEL_IMAGE")" -m "$h_mem" -smp "$h_smp"
   -kernel "$KERNEL_IMAGE" -initrd "$run/initrd"
-  -append "console=ttyS0 panic=-1 oops=panic quiet mitigations=off"
+  -append "console=ttyS0 panic=-1 oops=panic quiet mitigations=off ${h_cmdline//+/ }"
   -virtfs "local,path=$results,mount_tag=results,security_model=none,id=results"
   -virtfs "local,path=$src_root,mount_tag=src,security_model=none,readonly=on,id=src")
 i=0
