@@ -132,8 +132,8 @@
 struct dmu_request {
 	__u32 type;		/* DMU_REQ_* */
 	__u32 flags;		/* MAP: DMU_MAP_* */
-	__u64 id;		/* MAP, COMMIT: unique while pending; DONE: the
-				 * MAP or push id it reports on */
+	/* MAP, COMMIT: unique while pending; DONE: the id it reports on */
+	__u64 id;
 	__u64 block;		/* MAP: first block */
 	__u64 nr_blocks;	/* MAP: blocks the I/O touches, >= 1 */
 	__s32 status;		/* DONE: 0 or -errno */
@@ -146,15 +146,15 @@ struct dmu_response {
 	__u32 type;		/* DMU_RSP_* */
 	__u32 flags;		/* DMU_RSP_FINAL */
 	__u64 id;		/* request answered, push id, or 0 (INVALIDATE) */
-	__u64 block;		/* EXTENT, INVALIDATE: first virtual block;
-				 * COPY: first virtual sector */
+	/* EXTENT, INVALIDATE: first virtual block; COPY: first virtual sector */
+	__u64 block;
 	__u64 nr_blocks;	/* EXTENT, INVALIDATE: blocks; COPY: sectors */
 	__u32 kind;		/* EXTENT: DMU_EXT_ZERO or DMU_EXT_REMAP */
 	__u32 ext_flags;	/* EXTENT: DMU_EXT_* */
 	__u32 dev;		/* EXTENT REMAP: device index; COPY: source */
 	__s32 status;		/* COMPLETE, COMMITTED: 0 or -errno */
-	__u64 sector;		/* EXTENT REMAP: sector of 'block' on dev;
-				 * COPY: source sector on dev */
+	/* EXTENT REMAP: sector of 'block' on dev; COPY: source sector on dev */
+	__u64 sector;
 	__u64 reserved;		/* zero */
 };
 

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-userspace extent cache: which virtual blocks map where.
+ *
+ * An rbtree of non-overlapping extents keyed by first block, plus a list in
+ * insertion order that a clock hand sweeps for eviction, all under one
+ * spinlock.  Chosen over the maple tree because the hit path needs one
+ * lookup and a few flag updates under the same lock, inserts happen in
+ * process context with preallocated nodes (so map() never allocates), and
+ * an extent must be trimmed or split in place when a newer answer overlaps
+ * it: an extent is a linear mapping, so any sub-range of it stays valid.
+ *
+ * Memory is bounded by cache->max extents.  Eviction drops extents that are
+ * not BUSY (being filled), giving those used since the last sweep a second
+ * chance.  BUSY extents are never evicted, trimmed or invalidated: their
+ * owner request still points at them.  They are bounded by the number of
+ * pending answers times DMU_MAX_ANSWER_MSGS.
+ */
+#include <linux/slab.h>
+
+#include "dmu.h"
+
+int dmu_cache_init(struct dmu_cache *cache, unsigned long max)
+{
+	spin_lock_init(&cache->lock);
+	cache->root = RB_ROOT;
+	INIT_LIST_HEAD(&cache->lru);
+	cache->nr = 0;
+	cache->max = max;
+	cache->slab = dmu_extent_slab;
+	return 0;
+}
+
+void dmu_cache_exit(struct dmu_cache *cache)
+{
+	struct dmu_extent *e, *tmp;
+
+	rbtree_postorder_for_each_entry_safe(e, tmp, &cache->root, node)
+		kmem_cache_free(cache->slab, e);
+	cache->root = RB_ROOT;
+	INIT_LIST_HEAD(&cache->lru);
+	cache->nr = 0;
+}
+
+struct dmu_extent *dmu_extent_alloc(struct dmu_cache *cache)
+{
+	return kmem_cache_zalloc(cache->slab, GFP_KERNEL);
+}
+
+void dmu_extent_free(struct dmu_cache *cache, struct dmu_extent *e)
+{
+	if (e)
+		kmem_cache_free(cache->slab, e);
+}
+
+static inline u64 dmu_extent_end(const struct dmu_extent *e)
+{
+	return e->block + e->nr_blocks;
+}
+
+/* The extent containing block, or NULL. */
+struct dmu_extent *dmu_cache_find(struct dmu_cache *cache, u64 block)
+{
+	struct rb_node *n = cache->root.rb_node;
+
+	lockdep_assert_held(&cache->lock);
+	while (n) {
+		struct dmu_extent *e = rb_entry(n, struct dmu_extent, node);
+
+		if (block < e->block)
+			n = n->rb_left;
+		else if (block >= dmu_extent_end(e))
+			n = n->rb_right;
+		else
+			return e;
+	}
+	return NULL;
+}
+
+/* The first extent that ends after block (extents do not overlap, so their
+ * ends are ordered like their starts).
+ */
+static struct dmu_extent *dmu_cache_first_after(struct dmu_cache *cache,
+						u64 block)
+{
+	struct rb_node *n = cache->root.rb_node;
+	struct dmu_extent *found = NULL;
+
+	lockdep_assert_held(&cache->lock);
+	while (n) {
+		struct dmu_extent *e = rb_entry(n, struct dmu_extent, node);
+
+		if (dmu_extent_end(e) > block) {
+			found = e;
+			n = n->rb_left;
+		} else {
+			n = n->rb_right;
+		}
+	}
+	return found;
+}
+
+static struct dmu_extent *dmu_extent_next(struct dmu_extent *e)
+{
+	struct rb_node *n = rb_next(&e->node);
+
+	return n ? rb_entry(n, struct dmu_extent, node) : NULL;
+}
+
+static void dmu_cache_link(struct dmu_cache *cache, struct dmu_extent *e)
+{
+	struct rb_node **link = &cache->root.rb_node, *parent = NULL;
+
+	while (*link) {
+		struct dmu_extent *x = rb_entry(*link, struct dmu_extent, node);
+
+		parent = *link;
+		if (e->block < x->block)
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(&e->node, parent, link);
+	rb_insert_color(&e->node, &cache->root);
+	list_add_tail(&e->lru, &cache->lru);
+	cache->nr++;
+}
+
+static void dmu_cache_unlink(struct dmu_cache *cache, struct dmu_extent *e)
+{
+	rb_erase(&e->node, &cache->root);
+	list_del(&e->lru);
+	cache->nr--;
+}
+
+/* Drop the first d blocks of e; a REMAP extent's sector moves along. */
+static void dmu_extent_trim_front(struct dmu_target *dt, struct dmu_extent *e,
+				  u64 d)
+{
+	e->block += d;
+	e->nr_blocks -= d;
+	if (e->kind == DMU_EXT_REMAP)
+		e->sector += d << dt->block_shift;
+}
+
+bool dmu_cache_range_busy(struct dmu_cache *cache, u64 block, u64 nr_blocks)
+{
+	struct dmu_extent *e = dmu_cache_first_after(cache, block);
+
+	for (; e && e->block < block + nr_blocks; e = dmu_extent_next(e))
+		if (e->state & DMU_EXTENT_BUSY)
+			return true;
+	return false;
+}
+
+/*
+ * Remove [block, block + nr_blocks) from the cache, trimming extents that
+ * stick out of it.  Splitting one extent in two uses *spare (set to NULL
+ * when taken); at most one extent can need it.  With skip_busy, BUSY
+ * extents are left alone.  Returns the number of extents dropped.
+ */
+static unsigned long dmu_cache_carve(struct dmu_target *dt, u64 block,
+				     u64 nr_blocks, struct dmu_extent **spare,
+				     bool skip_busy)
+{
+	struct dmu_cache *cache = &dt->cache;
+	u64 end = block + nr_blocks;
+	struct dmu_extent *e, *next;
+	unsigned long dropped = 0;
+
+	lockdep_assert_held(&cache->lock);
+	for (e = dmu_cache_first_after(cache, block); e && e->block < end; e = next) {
+		u64 e_end = dmu_extent_end(e);
+
+		next = dmu_extent_next(e);
+		if (skip_busy && (e->state & DMU_EXTENT_BUSY))
+			continue;
+		if (e->block >= block && e_end <= end) {
+			dmu_cache_unlink(cache, e);
+			kmem_cache_free(cache->slab, e);
+			dropped++;
+		} else if (e->block < block && e_end > end) {
+			struct dmu_extent *right = *spare;
+
+			*spare = NULL;
+			*right = *e;
+			e->nr_blocks = block - e->block;
+			dmu_extent_trim_front(dt, right, end - right->block);
+			dmu_cache_link(cache, right);
+			break;
+		} else if (e->block < block) {
+			e->nr_blocks = block - e->block;
+		} else {
+			/* Trimming the front keeps the tree order. */
+			dmu_extent_trim_front(dt, e, end - e->block);
+		}
+	}
+	return dropped;
+}
+
+static void dmu_cache_evict(struct dmu_target *dt)
+{
+	struct dmu_cache *cache = &dt->cache;
+	unsigned long budget = 2 * cache->nr;
+
+	lockdep_assert_held(&cache->lock);
+	while (cache->nr > cache->max && budget--) {
+		struct dmu_extent *e = list_first_entry(&cache->lru,
+							struct dmu_extent, lru);
+
+		if ((e->state & DMU_EXTENT_BUSY) || e->referenced) {
+			e->referenced = 0;
+			list_move_tail(&e->lru, &cache->lru);
+			continue;
+		}
+		dmu_cache_unlink(cache, e);
+		kmem_cache_free(cache->slab, e);
+		atomic64_inc(&dt->c.evicted);
+	}
+}
+
+/*
+ * Insert e, replacing whatever overlaps it.  The caller has checked under
+ * the same lock hold that nothing in the range is BUSY, and supplies a
+ * spare node in case an older extent must be split.
+ */
+void dmu_cache_insert(struct dmu_target *dt, struct dmu_extent *e,
+		      struct dmu_extent **spare)
+{
+	lockdep_assert_held(&dt->cache.lock);
+	dmu_cache_carve(dt, e->block, e->nr_blocks, spare, false);
+	dmu_cache_link(&dt->cache, e);
+	dmu_cache_evict(dt);
+}
+
+unsigned long dmu_cache_invalidate(struct dmu_target *dt, u64 block,
+				   u64 nr_blocks, struct dmu_extent **spare)
+{
+	lockdep_assert_held(&dt->cache.lock);
+	return dmu_cache_carve(dt, block, nr_blocks, spare, true);
+}
+
+void dmu_cache_remove(struct dmu_target *dt, struct dmu_extent *e)
+{
+	lockdep_assert_held(&dt->cache.lock);
+	dmu_cache_unlink(&dt->cache, e);
+	kmem_cache_free(dt->cache.slab, e);
+}
+
+/* Copy up to max extents ending after start into out; see LIST_EXTENTS. */
+int dmu_cache_list(struct dmu_cache *cache, u64 start,
+		   struct dmu_extent_info *out, unsigned int max, u64 *next)
+{
+	struct dmu_extent *e;
+	unsigned int n = 0;
+
+	lockdep_assert_held(&cache->lock);
+	*next = start;
+	for (e = dmu_cache_first_after(cache, start); e && n < max;
+	     e = dmu_extent_next(e), n++) {
+		out[n].block = e->block;
+		out[n].nr_blocks = e->nr_blocks;
+		out[n].sector = e->sector;
+		out[n].dev = e->dev;
+		out[n].kind = e->kind;
+		out[n].ext_flags = e->ext_flags;
+		out[n].state = e->state;
+		*next = dmu_extent_end(e);
+	}
+	return n;
+}

@@ -1,0 +1,584 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-userspace responses: everything a daemon write()s is checked here,
+ * field by field, before it can touch the cache or any bio.
+ *
+ * EXTENT and COPY messages are accumulated under the request (or push)
+ * they belong to until DMU_RSP_FINAL; then the whole answer is checked
+ * (extents do not overlap each other or an extent being filled, COPY lies
+ * inside a NEW extent of the same answer) and applied: extents enter the
+ * cache, NEW ones start filling, and the waiting bios are driven through
+ * the cache again.  A bad message is counted, fails the I/O of the request
+ * it names (if that request is pending), and stops the write().
+ */
+#include <linux/blkdev.h>
+#include <linux/err.h>
+#include <linux/slab.h>
+
+#include "dmu.h"
+
+static const char *dmu_check_extent(struct dmu_target *dt,
+				    const struct dmu_response *r)
+{
+	sector_t mapped, dev_size;
+
+	if (r->status)
+		return "EXTENT with a status";
+	if (!r->nr_blocks)
+		return "EXTENT of zero blocks";
+	if (r->block >= dt->target_blocks ||
+	    r->nr_blocks > dt->target_blocks - r->block)
+		return "EXTENT beyond the end of the target";
+	if (r->ext_flags & ~(DMU_EXT_WRITABLE | DMU_EXT_NEW))
+		return "EXTENT with unknown flags";
+	if (r->kind == DMU_EXT_ZERO) {
+		if (r->dev || r->sector || r->ext_flags)
+			return "ZERO extent with a device, sector or flags";
+		return NULL;
+	}
+	if (r->kind != DMU_EXT_REMAP)
+		return "EXTENT of unknown kind";
+	if (r->dev >= dt->nr_devs)
+		return "EXTENT names a device index past nr_devs";
+	/* Only the part inside the target must exist on the device. */
+	mapped = min_t(u64, r->nr_blocks << dt->block_shift,
+		       dt->ti->len - dmu_block_start(dt, r->block));
+	dev_size = bdev_nr_sectors(dt->devs[r->dev]->bdev);
+	if (r->sector > dev_size || mapped > dev_size - r->sector)
+		return "EXTENT past the end of its device";
+	if ((r->ext_flags & DMU_EXT_NEW) && !(r->ext_flags & DMU_EXT_WRITABLE))
+		return "NEW extent that is not writable";
+	if ((r->ext_flags & DMU_EXT_NEW) && !(dt->features & DMU_FEATURE_COPY))
+		return "NEW extent without DMU_FEATURE_COPY";
+	return NULL;
+}
+
+static const char *dmu_check_copy(struct dmu_target *dt,
+				  const struct dmu_response *r)
+{
+	sector_t dev_size;
+
+	if (!(dt->features & DMU_FEATURE_COPY))
+		return "COPY without DMU_FEATURE_COPY";
+	if (r->kind || r->ext_flags || r->status)
+		return "COPY with kind, extent flags or status set";
+	if (!r->nr_blocks)
+		return "COPY of zero sectors";
+	if (r->block >= dt->ti->len || r->nr_blocks > dt->ti->len - r->block)
+		return "COPY beyond the end of the target";
+	if (r->dev >= dt->nr_devs)
+		return "COPY names a device index past nr_devs";
+	dev_size = bdev_nr_sectors(dt->devs[r->dev]->bdev);
+	if (r->sector > dev_size || r->nr_blocks > dev_size - r->sector)
+		return "COPY source past the end of its device";
+	return NULL;
+}
+
+static bool dmu_only_status(const struct dmu_response *r)
+{
+	return !r->block && !r->nr_blocks && !r->kind && !r->ext_flags &&
+	       !r->dev && !r->sector;
+}
+
+/* Checks that need no state: every field of one message. */
+static const char *dmu_check_fields(struct dmu_target *dt,
+				    const struct dmu_response *r)
+{
+	if (r->reserved)
+		return "reserved field set";
+	if (r->flags & ~DMU_RSP_FINAL)
+		return "unknown response flags";
+	switch (r->type) {
+	case DMU_RSP_EXTENT:
+		return dmu_check_extent(dt, r);
+	case DMU_RSP_COPY:
+		return dmu_check_copy(dt, r);
+	case DMU_RSP_COMPLETE:
+	case DMU_RSP_COMMITTED:
+		if (!dmu_only_status(r))
+			return "unused field set";
+		if (r->status > 0 || r->status < -MAX_ERRNO)
+			return "status is not 0 or a negative errno";
+		if (r->id & DMU_PUSH_ID)
+			return "push id where a request id is needed";
+		return NULL;
+	case DMU_RSP_INVALIDATE:
+		if (r->id || r->flags)
+			return "INVALIDATE with an id or flags";
+		if (r->kind || r->ext_flags || r->dev || r->sector || r->status)
+			return "unused field set";
+		if (!r->nr_blocks)
+			return "INVALIDATE of zero blocks";
+		if (r->block >= dt->target_blocks ||
+		    r->nr_blocks > dt->target_blocks - r->block)
+			return "INVALIDATE beyond the end of the target";
+		return NULL;
+	default:
+		return "unknown response type";
+	}
+}
+
+static bool dmu_ranges_overlap(u64 a, u64 an, u64 b, u64 bn)
+{
+	return a < b + bn && b < a + an;
+}
+
+/* Checks across the messages of one answer. */
+static const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req)
+{
+	const struct dmu_response *m = req->msgs, *a, *b;
+	unsigned int i, j;
+
+	for (i = 0; i < req->nr_msgs; i++) {
+		a = &m[i];
+		for (j = i + 1; j < req->nr_msgs; j++) {
+			b = &m[j];
+			if (a->type != b->type)
+				continue;
+			if (dmu_ranges_overlap(a->block, a->nr_blocks,
+					       b->block, b->nr_blocks))
+				return a->type == DMU_RSP_EXTENT ?
+					"extents of one answer overlap" :
+					"COPY ranges of one answer overlap";
+		}
+		if (a->type == DMU_RSP_EXTENT && (a->ext_flags & DMU_EXT_NEW) &&
+		    (req->map_flags & DMU_MAP_DISCARD))
+			return "NEW extent in the answer to a discard";
+		if (a->type != DMU_RSP_COPY)
+			continue;
+		for (j = 0; j < req->nr_msgs; j++) {
+			sector_t start, end;
+
+			b = &m[j];
+			if (b->type != DMU_RSP_EXTENT ||
+			    !(b->ext_flags & DMU_EXT_NEW))
+				continue;
+			start = dmu_block_start(dt, b->block);
+			end = min_t(u64, dt->ti->len,
+				    dmu_block_start(dt, b->block + b->nr_blocks));
+			if (a->block >= start && a->block + a->nr_blocks <= end)
+				break;
+		}
+		if (j == req->nr_msgs)
+			return "COPY outside every NEW extent of its answer";
+	}
+	return NULL;
+}
+
+void dmu_drop_pushes(struct dmu_target *dt)
+{
+	struct dmu_req *req, *tmp;
+
+	lockdep_assert_held(&dt->mutex);
+	list_for_each_entry_safe(req, tmp, &dt->pushes, list) {
+		list_del_init(&req->list);
+		dmu_req_free(req);
+	}
+	dt->nr_pushes = 0;
+}
+
+static struct dmu_req *dmu_find_push(struct dmu_target *dt, u64 id)
+{
+	struct dmu_req *req;
+
+	list_for_each_entry(req, &dt->pushes, list)
+		if (req->id == id)
+			return req;
+	return NULL;
+}
+
+/* Unlink a sent MAP or COMMIT named by id, or NULL if none is sent. */
+static struct dmu_req *dmu_take_sent(struct dmu_target *dt, u64 id)
+{
+	struct dmu_req *req;
+
+	spin_lock_irq(&dt->lock);
+	req = dmu_req_lookup(dt, id);
+	if (req && req->state == DMU_RS_SENT)
+		dmu_req_unlink(req);
+	else
+		req = NULL;
+	spin_unlock_irq(&dt->lock);
+	return req;
+}
+
+/* Fail an answered (already unlinked) request or push. */
+static void dmu_fail_answered(struct dmu_target *dt, struct dmu_req *req,
+			      int error)
+{
+	if (req->kind == DMU_RQ_PUSH) {
+		dmu_req_free(req);
+	} else if (req->kind == DMU_RQ_COMMIT) {
+		dmu_commit_answered(dt, error);
+	} else {
+		req->needs_done = !!(req->map_flags & DMU_MAP_WRITE);
+		dmu_req_fail(req, error);
+	}
+}
+
+static void dmu_bad(struct dmu_target *dt, const struct dmu_response *r,
+		    const char *why)
+{
+	struct dmu_req *req = NULL;
+
+	atomic64_inc(&dt->c.bad);
+	DMERR_LIMIT("%s: bad message from daemon: %s (type %u flags %#x id %#llx block %llu nr %llu dev %u sector %llu)",
+		    dt->key, why, r->type, r->flags, r->id, r->block,
+		    r->nr_blocks, r->dev, r->sector);
+	if (r->id & DMU_PUSH_ID) {
+		req = dmu_find_push(dt, r->id);
+		if (req) {
+			list_del_init(&req->list);
+			dt->nr_pushes--;
+		}
+	} else if (r->id) {
+		req = dmu_take_sent(dt, r->id);
+	}
+	if (req)
+		dmu_fail_answered(dt, req, -EIO);
+}
+
+static int dmu_append(struct dmu_req *req, const struct dmu_response *r)
+{
+	if (req->nr_msgs == DMU_MAX_ANSWER_MSGS)
+		return -E2BIG;
+	if (req->nr_msgs == req->max_msgs) {
+		unsigned int max = min_t(unsigned int, max(8U, 2 * req->max_msgs),
+					 DMU_MAX_ANSWER_MSGS);
+		struct dmu_response *msgs;
+
+		msgs = krealloc_array(req->msgs, max, sizeof(*msgs), GFP_KERNEL);
+		if (!msgs)
+			return -ENOMEM;
+		req->msgs = msgs;
+		req->max_msgs = max;
+	}
+	req->msgs[req->nr_msgs++] = *r;
+	return 0;
+}
+
+static void dmu_free_nodes(struct dmu_target *dt, struct dmu_extent **nodes,
+			   unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		dmu_extent_free(&dt->cache, nodes[i]);
+	kfree(nodes);
+}
+
+/*
+ * Put the answer's extents into the cache.  NEW extents go in BUSY, owned
+ * by req, and are remembered in req->new_ext for the fill.
+ */
+static const char *dmu_insert_answer(struct dmu_target *dt, struct dmu_req *req,
+				     int *error)
+{
+	struct dmu_cache *cache = &dt->cache;
+	unsigned int i, n = 0, nr_new = 0, k = 0;
+	struct dmu_extent **nodes;
+	const struct dmu_response *m;
+
+	for (i = 0; i < req->nr_msgs; i++) {
+		m = &req->msgs[i];
+		if (m->type != DMU_RSP_EXTENT)
+			continue;
+		n++;
+		if (m->ext_flags & DMU_EXT_NEW)
+			nr_new++;
+	}
+	if (!n)
+		return NULL;
+	*error = -ENOMEM;
+	nodes = kcalloc(2 * n, sizeof(*nodes), GFP_KERNEL);
+	if (!nodes)
+		return NULL;
+	for (i = 0; i < 2 * n; i++) {
+		nodes[i] = dmu_extent_alloc(cache);
+		if (!nodes[i]) {
+			dmu_free_nodes(dt, nodes, 2 * n);
+			return NULL;
+		}
+	}
+	if (nr_new) {
+		req->new_ext = kcalloc(nr_new, sizeof(*req->new_ext), GFP_KERNEL);
+		if (!req->new_ext) {
+			dmu_free_nodes(dt, nodes, 2 * n);
+			return NULL;
+		}
+	}
+	*error = 0;
+
+	spin_lock_irq(&cache->lock);
+	for (i = 0; i < req->nr_msgs; i++) {
+		m = &req->msgs[i];
+		if (m->type == DMU_RSP_EXTENT &&
+		    dmu_cache_range_busy(cache, m->block, m->nr_blocks)) {
+			spin_unlock_irq(&cache->lock);
+			dmu_free_nodes(dt, nodes, 2 * n);
+			kfree(req->new_ext);
+			req->new_ext = NULL;
+			return "EXTENT overlaps an extent that is being filled";
+		}
+	}
+	for (i = 0, n = 0; i < req->nr_msgs; i++) {
+		struct dmu_extent *e, *spare;
+
+		m = &req->msgs[i];
+		if (m->type != DMU_RSP_EXTENT)
+			continue;
+		e = nodes[2 * n];
+		spare = nodes[2 * n + 1];
+		nodes[2 * n] = NULL;
+		e->block = m->block;
+		e->nr_blocks = m->nr_blocks;
+		e->sector = m->sector;
+		e->dev = m->dev;
+		e->kind = m->kind;
+		e->ext_flags = m->ext_flags & DMU_EXT_WRITABLE;
+		if (req->kind == DMU_RQ_PUSH)
+			e->state |= DMU_EXTENT_PUSHED;
+		if (m->ext_flags & DMU_EXT_NEW) {
+			e->state |= DMU_EXTENT_BUSY;
+			e->owner = req;
+			req->new_ext[k++] = e;
+		}
+		dmu_cache_insert(dt, e, &spare);
+		nodes[2 * n + 1] = spare;
+		n++;
+	}
+	req->nr_new = k;
+	spin_unlock_irq(&cache->lock);
+	dmu_free_nodes(dt, nodes, 2 * n);
+	if (req->kind == DMU_RQ_PUSH)
+		atomic64_add(n, &dt->c.pushed);
+	return NULL;
+}
+
+/* Is the bio inside one of req's NEW extents? */
+static bool dmu_in_new_extent(struct dmu_target *dt, struct dmu_req *req,
+			      struct bio *bio)
+{
+	u64 block = dmu_block_of(dt, dm_target_offset(dt->ti,
+						      bio->bi_iter.bi_sector));
+	unsigned int i;
+
+	for (i = 0; i < req->nr_new; i++)
+		if (block >= req->new_ext[i]->block &&
+		    block - req->new_ext[i]->block < req->new_ext[i]->nr_blocks)
+			return true;
+	return false;
+}
+
+/*
+ * The answer to req is complete (FINAL, or COMPLETE with status): apply
+ * it.  Returns NULL, or why the answer is bad (then nothing was applied
+ * and req is still linked).
+ */
+static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
+				     int status)
+{
+	struct bio_list bios = BIO_EMPTY_LIST;
+	const char *why;
+	struct bio *bio;
+	int error = 0;
+
+	lockdep_assert_held(&dt->mutex);
+	if (!status) {
+		why = dmu_check_answer(dt, req);
+		if (!why)
+			why = dmu_insert_answer(dt, req, &error);
+		if (why)
+			return why;
+	}
+	if (req->kind == DMU_RQ_PUSH) {
+		list_del_init(&req->list);
+		dt->nr_pushes--;
+	} else {
+		spin_lock_irq(&dt->lock);
+		dmu_req_unlink(req);
+		bio_list_merge(&bios, &req->bios);
+		bio_list_init(&req->bios);
+		spin_unlock_irq(&dt->lock);
+	}
+	if (status || error) {
+		bio_list_merge(&req->bios, &bios);
+		dmu_fail_answered(dt, req, status ? status : error);
+		return NULL;
+	}
+
+	req->needs_done = (req->map_flags & DMU_MAP_WRITE) || req->nr_new;
+	if (req->needs_done)
+		dmu_tracker_start(req);
+	if (req->map_flags & DMU_MAP_DISCARD) {
+		set_bit(DMU_DIRTY, &dt->flags);
+		while ((bio = bio_list_pop(&bios)))
+			bio_endio(bio);
+	}
+	if (req->nr_new) {
+		struct bio_list rest = BIO_EMPTY_LIST;
+
+		while ((bio = bio_list_pop(&bios))) {
+			if (op_is_write(bio_op(bio)) &&
+			    dmu_in_new_extent(dt, req, bio))
+				bio_list_add(&req->direct, bio);
+			else
+				bio_list_add(&rest, bio);
+		}
+		bios = rest;
+		dmu_fill_start(req);
+	}
+	while ((bio = bio_list_pop(&bios)))
+		dmu_map_bio(dt, bio, DMU_ROUTE_ANSWER, req);
+	kfree(req->msgs);
+	req->msgs = NULL;
+	req->nr_msgs = 0;
+	req->max_msgs = 0;
+	if (req->needs_done)
+		dmu_tracker_put(req, 0);
+	else
+		dmu_req_free(req);
+	return NULL;
+}
+
+static const char *dmu_handle_invalidate(struct dmu_target *dt,
+					 const struct dmu_response *r)
+{
+	return dmu_invalidate(dt, r->block, r->nr_blocks) ?
+		"no memory for INVALIDATE" : NULL;
+}
+
+int dmu_invalidate(struct dmu_target *dt, u64 block, u64 nr_blocks)
+{
+	struct dmu_extent *spare = dmu_extent_alloc(&dt->cache);
+	unsigned long n;
+
+	if (!spare)
+		return -ENOMEM;
+	spin_lock_irq(&dt->cache.lock);
+	n = dmu_cache_invalidate(dt, block, nr_blocks, &spare);
+	spin_unlock_irq(&dt->cache.lock);
+	atomic64_add(n, &dt->c.invalidated);
+	dmu_extent_free(&dt->cache, spare);
+	return 0;
+}
+
+/* An EXTENT or COPY message: accumulate it; FINAL applies the answer. */
+static const char *dmu_handle_piece(struct dmu_target *dt,
+				    const struct dmu_response *r)
+{
+	struct dmu_req *req;
+	int error;
+
+	if (r->id & DMU_PUSH_ID) {
+		if (!(dt->features & DMU_FEATURE_PUSH))
+			return "push without DMU_FEATURE_PUSH";
+		req = dmu_find_push(dt, r->id);
+		if (!req) {
+			if (dt->nr_pushes >= DMU_MAX_OPEN_PUSHES)
+				return "too many push batches without FINAL";
+			req = dmu_req_alloc(dt, GFP_KERNEL);
+			if (!req)
+				return "no memory for a push";
+			req->kind = DMU_RQ_PUSH;
+			req->id = r->id;
+			list_add_tail(&req->list, &dt->pushes);
+			dt->nr_pushes++;
+		}
+	} else {
+		spin_lock_irq(&dt->lock);
+		req = dmu_req_lookup(dt, r->id);
+		if (req && (req->state != DMU_RS_SENT || req->kind != DMU_RQ_MAP))
+			req = NULL;
+		spin_unlock_irq(&dt->lock);
+		if (!req)
+			return "answer to an id that is not a pending MAP";
+		if (req->map_flags & DMU_MAP_DISCARD && r->type == DMU_RSP_COPY)
+			return "COPY in the answer to a discard";
+	}
+	error = dmu_append(req, r);
+	if (error)
+		return error == -E2BIG ? "answer has too many messages" :
+					 "no memory for the answer";
+	if (r->flags & DMU_RSP_FINAL)
+		return dmu_finish_answer(dt, req, 0);
+	return NULL;
+}
+
+static const char *dmu_handle_complete(struct dmu_target *dt,
+				       const struct dmu_response *r)
+{
+	struct dmu_req *req;
+
+	spin_lock_irq(&dt->lock);
+	req = dmu_req_lookup(dt, r->id);
+	if (req && (req->state != DMU_RS_SENT || req->kind != DMU_RQ_MAP))
+		req = NULL;
+	spin_unlock_irq(&dt->lock);
+	if (!req)
+		return "COMPLETE for an id that is not a pending MAP";
+	return dmu_finish_answer(dt, req, r->status);
+}
+
+static const char *dmu_handle_committed(struct dmu_target *dt,
+					const struct dmu_response *r)
+{
+	struct dmu_req *req;
+
+	spin_lock_irq(&dt->lock);
+	req = dmu_req_lookup(dt, r->id);
+	if (req && req->kind == DMU_RQ_COMMIT && req->state == DMU_RS_SENT)
+		dmu_req_unlink(req);
+	else
+		req = NULL;
+	spin_unlock_irq(&dt->lock);
+	if (!req)
+		return "COMMITTED for an id that is not a pending COMMIT";
+	atomic64_inc(&dt->c.commits);
+	dmu_commit_answered(dt, r->status);
+	return NULL;
+}
+
+static const char *dmu_handle_one(struct dmu_target *dt,
+				  const struct dmu_response *r)
+{
+	const char *why = dmu_check_fields(dt, r);
+
+	if (why)
+		return why;
+	switch (r->type) {
+	case DMU_RSP_EXTENT:
+	case DMU_RSP_COPY:
+		return dmu_handle_piece(dt, r);
+	case DMU_RSP_COMPLETE:
+		return dmu_handle_complete(dt, r);
+	case DMU_RSP_COMMITTED:
+		return dmu_handle_committed(dt, r);
+	default:
+		return dmu_handle_invalidate(dt, r);
+	}
+}
+
+/*
+ * Process n messages from the bound daemon.  Returns how many were
+ * accepted; *bad is set when processing stopped at a bad message.
+ */
+unsigned int dmu_handle_responses(struct dmu_target *dt,
+				  const struct dmu_response *msgs,
+				  unsigned int n, bool *bad)
+{
+	unsigned int i;
+
+	lockdep_assert_held(&dt->mutex);
+	*bad = false;
+	for (i = 0; i < n; i++) {
+		const char *why = dmu_handle_one(dt, &msgs[i]);
+
+		if (why) {
+			dmu_bad(dt, &msgs[i], why);
+			*bad = true;
+			break;
+		}
+	}
+	return i;
+}
