@@ -1,16 +1,28 @@
-// Placeholder until the qcow engine lands: refuses every image.
+// The qcow row of the format registry.
+#include "common/endian.h"
 #include "formats/image.h"
+#include "formats/qcow/create.h"
+#include "formats/qcow/header.h"
+#include "formats/qcow/qcow_image.h"
 
 namespace dmu::formats {
 namespace {
-int probe_qcow(std::span<const uint8_t>, const std::string&) { return 0; }
-Result<std::unique_ptr<Image>> open_qcow(Env&, const std::string& path, Access) {
-  return fail(ENOTSUP, path + ": qcow images are not supported yet");
+
+// As QEMU: the magic and version 1 in a full header.
+int probe_qcow(std::span<const uint8_t> head, const std::string&) {
+  if (head.size() < qcow::kHeaderSize) return 0;
+  return load_be32(head.data()) == qcow::kMagic && load_be32(head.data() + 4) == qcow::kVersion
+             ? 100
+             : 0;
 }
-Result<void> create_qcow(Env&, const std::string& path, const CreateOptions&) {
-  return fail(ENOTSUP, path + ": creating qcow images is not supported yet");
+
+Result<std::unique_ptr<Image>> open_qcow(Env& env, const std::string& path, Access access) {
+  return qcow::QcowImage::open(env, path, access);
 }
+
 }  // namespace
+
 extern const Driver qcow_driver;
-const Driver qcow_driver = {"qcow", probe_qcow, open_qcow, create_qcow};
+const Driver qcow_driver = {"qcow", probe_qcow, open_qcow, qcow::create};
+
 }  // namespace dmu::formats
