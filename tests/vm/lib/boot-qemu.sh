@@ -23,7 +23,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 if ((verbose)); then
-  tail -n +1 -f --pid="$qemu" "$console" | tr -d '\r' &
+  # Without carriage returns and the BIOS's terminal escape sequences.
+  tail -n +1 -f --pid="$qemu" "$console" | tr -d '\r' |
+    sed -u -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' &
   tailer=$!
 fi
 rc=0

@@ -7,6 +7,8 @@
 # Extra libraries that are loaded with dlopen (ldd cannot see them) can be
 # passed as FILEs too. With PROGRAM_DIR set (e.g. /usr/local/bin), the FILEs
 # themselves go there instead, under their own names; libraries stay put.
+# With STRIP_PREFIX set (an unpacked package tree, found through
+# LD_LIBRARY_PATH), files below it are placed as if it were the root.
 set -euo pipefail
 root=${1:?usage: copy-with-libs.sh ROOT FILE...}
 shift
@@ -15,6 +17,7 @@ shift
 usr_path() {
   local dir
   dir=$(readlink -f "$(dirname "$1")")
+  [ -z "${STRIP_PREFIX:-}" ] || dir=${dir#"$(readlink -f "$STRIP_PREFIX")"}
   echo "$dir/$(basename "$1")"
 }
 

@@ -41,6 +41,7 @@ DMU_KERNEL_LINE=$line
 DMU_MODULES="virtio_pci virtio_blk 9pnet_virtio 9p dm-mod dm-log-writes dm-flakey loop crc32c_generic ext4"
 DMU_KMOD=$h_kmod
 DMU_SHARES="results src"
+DMU_INIT_DEBUG=${DMU_VM_DEBUG:-}
 EOT
 pack_cpio "$run/case" "$run/case.cpio.zst"
 cat "$tools_piece" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$run/case.cpio.zst" >"$run/initrd"

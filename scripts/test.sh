@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the whole test suite, from a fresh Debian 12 machine:
+# installs missing host packages, builds the CMake project, then runs CTest:
+# the unit label first (fast failures show early), then everything else (VM
+# tests on Debian's 6.1 and 6.12 kernels, Xen tests, and any test without a
+# label). Kernels and Xen are downloaded once into /var/cache/dmu.
+# Idempotent; exit status 0 only if every test passed.
+# Environment: DMU_BUILD_DIR (default ./build), DMU_JOBS (default: nproc),
+# DMU_CACHE_DIR (default /var/cache/dmu), CI=true (progress every minute).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${DMU_BUILD_DIR:-$root/build}
+jobs=${DMU_JOBS:-$(nproc)}
+logs=$build/test-logs
+say() { printf 'test.sh [%dm%02ds]: %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+
+heartbeat=
+stop_heartbeat() { [ -z "$heartbeat" ] || kill "$heartbeat" 2>/dev/null || true; }
+trap stop_heartbeat EXIT
+if [ "${CI:-}" = true ] || [ "${DMU_PROGRESS:-0}" = 1 ]; then
+  # A long VM or Xen test prints nothing until it ends; say we are alive.
+  (while sleep 60; do say "still running"; done) &
+  heartbeat=$!
+fi
+
+say "1/4 host packages"
+"$root/scripts/lib/setup-host.sh"
+say "2/4 configure and build in $build"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j "$jobs"
+mkdir -p "$logs"
+
+# run_ctest NAME ARGS...: one CTest run; its summary line feeds the totals.
+passed=0 failed=0 status=0
+run_ctest() {
+  local name=$1 rc line
+  shift
+  set +e
+  ctest --test-dir "$build" --output-on-failure -j "$jobs" "$@" 2>&1 | tee "$logs/$name.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$logs/$name.log" | tail -1 || true)
+  if [[ $line =~ ([0-9]+)\ tests?\ failed\ out\ of\ ([0-9]+) ]]; then
+    failed=$((failed + BASH_REMATCH[1]))
+    passed=$((passed + BASH_REMATCH[2] - BASH_REMATCH[1]))
+  fi
+  [ "$rc" = 0 ] || status=1
+}
+say "3/4 unit tests"
+run_ctest unit -L unit
+say "4/4 VM, Xen and other tests (both kernels; this takes a while)"
+run_ctest rest -LE unit
+
+booted=$(cat "$build"/tests/{vm,xen}/results/*/console.log 2>/dev/null | tr -d '\r' |
+  sed -n 's/.*dmu-init: booted \(Linux [^ ]*\) as \([a-z0-9]*\).*/\1 (\2)/p' | sort | uniq -c || true)
+say "kernels booted (count, release, role):"
+echo "${booted:-  none}"
+say "done in $((SECONDS / 60))m$((SECONDS % 60))s; logs in $logs"
+echo "suite: $passed passed, $failed failed"
+exit "$status"
