@@ -193,9 +193,14 @@ Result<std::vector<DmTableLine>> DmDevice::status() const {
 }
 
 Result<std::string> DmDevice::message(const std::string& text, uint64_t sector) const {
-  const std::string what = "dm device " + name_ + ": message '" + text + "'";
+  return dm_message(name_, text, sector);
+}
+
+Result<std::string> dm_message(const std::string& name, const std::string& text,
+                               uint64_t sector) {
+  const std::string what = "dm device " + name + ": message '" + text + "'";
   begin_operation();
-  DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_TARGET_MSG, name_, what));
+  DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_TARGET_MSG, name, what));
   if (!dm_task_set_sector(t.get(), sector) || !dm_task_set_message(t.get(), text.c_str()))
     return fail(operation_error(what));
   if (!dm_task_run(t.get())) return fail(operation_error(what));

@@ -66,4 +66,9 @@ class DmDevice {
   dev_t dev_ = 0;
 };
 
+// `dmsetup message NAME <sector> <text>` to any dm device, owned or not
+// (e.g. a dm-log-writes mark); returns the target's reply.
+Result<std::string> dm_message(const std::string& name, const std::string& text,
+                               uint64_t sector = 0);
+
 }  // namespace dmu

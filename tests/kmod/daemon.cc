@@ -174,7 +174,9 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
     }
     case DMU_REQ_COMMIT:
       ++counters_.commits;
+      if (marker_) marker_("commit-recv-" + std::to_string(q.id));
       if (config_.commit_delay_ms == 0) {
+        if (marker_) marker_("committed-" + std::to_string(q.id));
         out.push_back(proto::committed(q.id, 0));
         event("commit", "id=" + std::to_string(q.id) + " delay_ms=0");
       } else {
@@ -200,6 +202,7 @@ Result<void> Daemon::answer_due_commits() {
   while (!pending_commits_.empty() && pending_commits_.front().first <= now) {
     const uint64_t id = pending_commits_.front().second;
     pending_commits_.pop_front();
+    if (marker_) marker_("committed-" + std::to_string(id));
     out.push_back(proto::committed(id, 0));
     event("commit", "id=" + std::to_string(id) +
                         " delay_ms=" + std::to_string(config_.commit_delay_ms));
@@ -208,6 +211,7 @@ Result<void> Daemon::answer_due_commits() {
 }
 
 Result<void> Daemon::step(milliseconds max_wait) {
+  if (hung_) return {};
   DMU_TRY(answer_due_commits());
   milliseconds wait = max_wait;
   if (!pending_commits_.empty()) {
@@ -216,6 +220,12 @@ Result<void> Daemon::step(milliseconds max_wait) {
   }
   DMU_ASSIGN_OR_RETURN(size_t n, channel_.read_requests(inbox_, wait));
   counters_.requests += n;
+  if (config_.hang_after_requests && counters_.requests >= config_.hang_after_requests && n) {
+    hung_ = true;
+    event("hang", "unanswered=" + std::to_string(n) + " requests=" +
+                      std::to_string(counters_.requests));
+    return {};
+  }
   std::vector<dmu_response> out;
   for (size_t i = 0; i < n; ++i) {
     const dmu_request& q = inbox_[i];

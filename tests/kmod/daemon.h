@@ -60,6 +60,13 @@ class Daemon {
   Result<void> report_extents();
   void report_counters();
 
+  // Called with "commit-recv-<id>" when a COMMIT arrives and "committed-<id>"
+  // right before its answer is written (dm-log-writes marks in kmod-flush).
+  void set_marker(std::function<void(const std::string&)> marker) { marker_ = std::move(marker); }
+  // True once --hang-after-requests was reached: the last batch read stays
+  // unanswered and nothing more is read.
+  bool hung() const { return hung_; }
+
   const Counters& counters() const { return counters_; }
   size_t commits_waiting() const { return pending_commits_.size(); }
 
@@ -82,6 +89,8 @@ class Daemon {
   Counters counters_;
   std::deque<std::pair<std::chrono::steady_clock::time_point, uint64_t>> pending_commits_;
   std::vector<dmu_request> inbox_;
+  std::function<void(const std::string&)> marker_;
+  bool hung_ = false;
 };
 
 }  // namespace dmu::testd

@@ -60,6 +60,7 @@ struct DaemonConfig {
   HostileKind hostile = HostileKind::BadDevice;
   bool copy_half = false;           // copy: COPY only the first half of each block
   size_t batch = 64;                // requests read per read()
+  uint64_t hang_after_requests = 0; // stop answering once this many were read (restart tests)
   bool verbose = false;             // log every request and response
 };
 

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "mapper/control_channel.h"
+#include "mapper/dm_device.h"
 #include "tests/kmod/daemon.h"
 
 namespace po = boost::program_options;
@@ -48,7 +49,8 @@ std::string hostile_kinds() {
 }
 
 // Parses the command line; returns 0 to go on, else the exit code.
-int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms) {
+int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
+          std::string& mark_device) {
   std::string mode = "identity", hostile, blocks;
   po::options_description opts(
       "dmu-test-daemon --key KEY [--mode MODE] [options]\n"
@@ -78,6 +80,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms) {
        "copy mode: COPY only the first half of each block (the kernel zeroes the rest)")
       ("features", po::value(&c.features)->default_value(c.features), "feature bits to ask for")
       ("batch", po::value(&c.batch)->default_value(c.batch), "requests per read()")
+      ("mark-device", po::value(&mark_device),
+       "dm-log-writes device to mark commit-recv-<id> / committed-<id> in")
+      ("hang-after-requests", po::value(&c.hang_after_requests)->default_value(0),
+       "read N requests, then answer nothing more (for kill -9 restart tests)")
       ("bind-wait-ms", po::value(&bind_wait_ms)->default_value(0),
        "retry BIND for up to N ms (target not created yet, old daemon still closing)")
       ("verbose,v", po::bool_switch(&c.verbose), "log every request and response");
@@ -131,7 +137,7 @@ Result<BindInfo> bind_with_retry(ControlChannel& ch, const DaemonConfig& c, unsi
   }
 }
 
-int run(const DaemonConfig& c, unsigned bind_wait_ms) {
+int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_device) {
   auto channel = ControlChannel::open(c.control_path);
   if (!channel) {
     std::cerr << "dmu-test-daemon: " << channel.error().message << "\n";
@@ -157,6 +163,12 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms) {
   KernelChannel kernel(*channel);
   Daemon daemon(c, *bind, std::move(*responder), kernel, std::cerr,
                 [] { return std::chrono::steady_clock::now(); });
+  if (!mark_device.empty()) {
+    daemon.set_marker([&mark_device](const std::string& text) {
+      if (auto r = dm_message(mark_device, "mark " + text); !r)
+        std::cerr << "dmu-test-daemon: event=mark_failed " << r.error().message << "\n";
+    });
+  }
   if (c.push_all) {
     if (auto r = daemon.push_all(); !r) {
       std::cerr << "dmu-test-daemon: key " << c.key << ": push: " << r.error().message << "\n";
@@ -166,6 +178,10 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms) {
   std::cerr << "dmu-test-daemon: event=ready pid=" << ::getpid() << std::endl;
   int rc = 0;
   while (!g_stop) {
+    if (daemon.hung()) {
+      ::pause();  // until a signal; kill -9 is the point
+      continue;
+    }
     if (auto r = daemon.step(std::chrono::milliseconds(200)); !r) {
       std::cerr << "dmu-test-daemon: key " << c.key << ": " << r.error().message << "\n";
       rc = 1;
@@ -189,7 +205,9 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms) {
 int main(int argc, char** argv) {
   DaemonConfig config;
   unsigned bind_wait_ms = 0;
-  if (int rc = parse(argc, argv, config, bind_wait_ms); rc != 0) return rc < 0 ? 0 : rc;
+  std::string mark_device;
+  if (int rc = parse(argc, argv, config, bind_wait_ms, mark_device); rc != 0)
+    return rc < 0 ? 0 : rc;
   install_signals();
-  return run(config, bind_wait_ms);
+  return run(config, bind_wait_ms, mark_device);
 }

@@ -206,6 +206,35 @@ TEST(TestDaemonLoop, Commit_AnsweredOnlyAfterTheDelayWhileMapsGoOn) {
   EXPECT_EQ(t.daemon.counters().commits, 1u);
 }
 
+TEST(TestDaemonLoop, Marker_SeesCommitArriveThenItsAnswerAfterTheDelay) {
+  Loop t({.commit_delay_ms = 10});
+  std::vector<std::string> marks;
+  t.daemon.set_marker([&](const std::string& m) {
+    marks.push_back(m + (t.kernel.committed.count(5) ? " after" : " before"));
+  });
+  t.kernel.issue(proto::commit_request(5));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  t.now += std::chrono::milliseconds(10);
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(marks, (std::vector<std::string>{"commit-recv-5 before", "committed-5 before"}));
+  EXPECT_TRUE(t.kernel.committed.count(5));
+}
+
+TEST(TestDaemonLoop, HangAfterRequests_LeavesTheBatchUnansweredAndStopsReading) {
+  Loop t({.hang_after_requests = 2});
+  t.kernel.issue(map_request(1, 0, 1, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_TRUE(t.kernel.completed.count(1));
+  t.kernel.issue(map_request(2, 1, 1, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_TRUE(t.daemon.hung());
+  EXPECT_TRUE(t.kernel.pending(2));
+  t.kernel.issue(map_request(3, 2, 1, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_TRUE(t.kernel.pending(3));
+  EXPECT_NE(t.log.str().find("event=hang unanswered=1 requests=2"), std::string::npos);
+}
+
 TEST(TestDaemonLoop, Done_IsCountedAndLogged) {
   Loop t({});
   t.kernel.issue(proto::done_request(4, 0));
