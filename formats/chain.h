@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "fileio/image_lock.h"
 #include "formats/image.h"
 
 namespace dmu::formats {
@@ -19,6 +20,12 @@ struct ChainOptions {
   std::optional<std::string> format;  // of the top image; probed when absent
   Access access = Access::ReadOnly;   // of the top image; backing images are always read-only
   unsigned max_depth = 64;            // images in the chain, top included
+  // Take QEMU-compatible locks (fileio/image_lock.h) on every file of the
+  // chain before opening it: writer locks on the top image when it is opened
+  // read-write, reader locks elsewhere.  Only meaningful with posix_env().
+  bool lock = false;
+  // Open only the top image (qemu-img check, info without the chain).
+  bool open_backing = true;
 };
 
 // How one guest range reads through the whole chain.
@@ -31,28 +38,44 @@ struct ChainMapping {
   bool writable = false;     // Data in the top image, writable in place
 };
 
+// QEMU's rule for naming a backing file: relative names are relative to the
+// directory of the image that names them, absolute names are used as is.
+std::string resolve_backing_path(const std::string& image_path, const std::string& backing);
+
 class Chain {
  public:
   static Result<std::unique_ptr<Chain>> open(Env& env, const std::string& path,
                                              const ChainOptions& options);
+  // A chain of images opened by the caller, top first (tests, tools that
+  // open images themselves).  `access` is the top image's.
+  static Result<std::unique_ptr<Chain>> assemble(std::vector<std::unique_ptr<Image>> images,
+                                                 Access access);
 
   Image& top() { return *images_.front(); }
   std::span<const std::unique_ptr<Image>> images() const { return images_; }
+  size_t size() const { return images_.size(); }
   uint64_t virtual_size() const { return images_.front()->info().virtual_size; }
+  bool writable() const { return access_ == Access::ReadWrite; }
   // Every data file of every image, top first: the devices a dm table lists.
   const std::vector<File*>& devices() const { return devices_; }
   // Index into devices() of image `depth`'s data file `file`.
   unsigned device_index(unsigned depth, unsigned file) const;
+  // The image whose data file devices()[device] is.
+  unsigned device_depth(unsigned device) const;
 
   // Where [offset, offset + length) reads from, for the longest prefix with
   // one answer.  Backing images shorter than the top read as zeros past
-  // their end.
+  // their end.  offset < virtual_size(), length > 0.
   Result<ChainMapping> map(uint64_t offset, uint64_t length);
 
   // Guest bytes [offset, offset + out.size()), decompressing where needed.
   Result<void> read(uint64_t offset, std::span<uint8_t> out);
 
  private:
+  Result<void> add_image(std::unique_ptr<Image> image);
+
+  Access access_ = Access::ReadOnly;
+  std::vector<ImageLock> locks_;  // released after the images are closed (declared first)
   std::vector<std::unique_ptr<Image>> images_;
   std::vector<File*> devices_;
   std::vector<unsigned> first_device_;  // per image

@@ -1,0 +1,249 @@
+// Map service: construction, block size choice, request dispatch, and the
+// small answers (DONE, DISCARD, COMMIT).  MAP reads and writes live in
+// map_service_read.cc and map_service_write.cc.
+#include "mapper/map_service.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/checked.h"
+
+namespace dmu::mapper {
+
+using formats::Chain;
+
+namespace {
+constexpr uint64_t kMinBlock = 4096;            // protocol: block_sectors >= 8
+constexpr uint64_t kMaxBlock = 2 << 20;         // no image maps coarser than 2 MiB
+constexpr uint64_t kLinearChainBlock = 64 << 10;
+
+// Raw files and flat vmdk extents map the guest linearly onto their files:
+// their mapping never changes inside an extent, so they need no small block.
+bool maps_linearly(const formats::ImageInfo& info) {
+  if (info.format == "raw") return true;
+  if (info.format == "vmdk" && info.format_specific.is_object()) {
+    const auto& data = info.format_specific.value("data", nlohmann::json::object());
+    std::string type = data.is_object() ? data.value("create-type", std::string()) : "";
+    return type.size() >= 4 && type.compare(type.size() - 4, 4, "Flat") == 0;
+  }
+  return false;
+}
+
+uint64_t floor_power_of_two(uint64_t v) {
+  uint64_t p = 1;
+  while (p <= v / 2) p *= 2;
+  return p;
+}
+}  // namespace
+
+uint64_t choose_block_size(Chain& chain) {
+  uint64_t finest = 0;
+  for (const auto& image : chain.images()) {
+    const auto& info = image->info();
+    if (maps_linearly(info)) continue;
+    uint64_t g = std::max<uint64_t>(info.granularity, 512);
+    finest = finest ? std::min(finest, g) : g;
+  }
+  if (!finest) finest = kLinearChainBlock;
+  return std::clamp(floor_power_of_two(finest), kMinBlock, kMaxBlock);
+}
+
+Result<std::unique_ptr<MapService>> MapService::create(Chain& chain,
+                                                       std::unique_ptr<ScratchStore> scratch,
+                                                       const MapServiceOptions& options) {
+  uint64_t block = options.block_size ? options.block_size : choose_block_size(chain);
+  const std::string& name = chain.top().info().filename;
+  if (!is_power_of_two(block) || block < kMinBlock || block > (uint64_t(1) << 29))
+    return fail(EINVAL, name + ": block size " + std::to_string(block) +
+                            " is not a power of two between 4 KiB and 512 MiB");
+  if (!scratch) return fail(EINVAL, name + ": the map service needs a scratch store");
+  if (scratch->slot_size() != block)
+    return fail(EINVAL, name + ": scratch slots of " + std::to_string(scratch->slot_size()) +
+                            " bytes, block size " + std::to_string(block));
+  return std::unique_ptr<MapService>(new MapService(chain, std::move(scratch), options, block));
+}
+
+MapService::MapService(Chain& chain, std::unique_ptr<ScratchStore> scratch,
+                       const MapServiceOptions& options, uint64_t block_size)
+    : chain_(chain), scratch_(std::move(scratch)), options_(options), block_size_(block_size) {
+  devices_ = chain_.devices();
+  devices_.push_back(&scratch_->file());
+  device_sizes_.assign(devices_.size(), 0);
+}
+
+uint64_t MapService::target_blocks() const {
+  return chain_.virtual_size() / block_size_ + (chain_.virtual_size() % block_size_ != 0);
+}
+
+int MapService::record_error(const Error& e) {
+  last_error_ = e.message;
+  return -(e.code > 0 ? e.code : EIO);
+}
+
+void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
+  scratch_->tick();
+  switch (r.type) {
+    case DMU_REQ_MAP: {
+      const uint32_t known = DMU_MAP_WRITE | DMU_MAP_DISCARD;
+      const uint64_t blocks = target_blocks();
+      if ((r.flags & ~known) || (r.flags & known) == known || r.nr_blocks == 0 ||
+          r.block >= blocks || r.nr_blocks > blocks - r.block) {
+        last_error_ = "malformed MAP request for block " + std::to_string(r.block);
+        out.push_back(make_complete(r.id, -EINVAL));
+        return;
+      }
+      if (r.flags & DMU_MAP_DISCARD) return answer_discard(r, out);
+      if (r.flags & DMU_MAP_WRITE) return answer_map_write(r, out);
+      return answer_map_read(r, out);
+    }
+    case DMU_REQ_COMMIT:
+      return answer_commit(r, out);
+    case DMU_REQ_DONE:
+      return handle_done(r, out);
+    default:
+      last_error_ = "unknown request type " + std::to_string(r.type);
+      out.push_back(make_complete(r.id, -EINVAL));
+  }
+}
+
+void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& out) {
+  auto it = pending_.find(r.id);
+  if (it == pending_.end()) return;  // a MAP we failed, or one a previous daemon answered
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  const bool ok = r.status == 0;
+  for (uint64_t token : p.tokens)
+    if (auto done = chain_.top().write_done(token, ok); !done) record_error(done.error());
+  for (size_t slot : p.pinned_slots) scratch_->unpin(slot);
+  // A failed write leaves its allocation abandoned: the kernel must not keep
+  // extents pointing at it.
+  if (!ok && p.nr_blocks) out.push_back(make_invalidate(p.first_block, p.nr_blocks));
+}
+
+void MapService::answer_discard(const dmu_request& r, std::vector<dmu_response>& out) {
+  if (!chain_.writable()) {
+    out.push_back(make_complete(r.id, -EROFS));
+    return;
+  }
+  const uint64_t start = r.block * block_size_;
+  const uint64_t end = std::min<uint64_t>(chain_.virtual_size(), (r.block + r.nr_blocks) * block_size_);
+  auto done = chain_.top().discard(start, end - start);
+  forget_scratch(r.block, r.nr_blocks);
+  // Cached extents of the range may point at clusters the discard released.
+  out.push_back(make_invalidate(r.block, r.nr_blocks));
+  out.push_back(make_complete(r.id, done ? 0 : record_error(done.error())));
+}
+
+void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& out) {
+  if (!chain_.writable()) {
+    out.push_back(make_committed(r.id, 0));
+    return;
+  }
+  // The kernel flushed the data devices already; syncing our descriptors of
+  // the top image's files is cheap when they are clean and makes the
+  // ordering data -> metadata independent of how the caller wrote the data.
+  std::set<File*> synced;
+  for (File* f : chain_.top().data_files()) {
+    if (!synced.insert(f).second) continue;
+    if (auto s = f->sync(); !s) {
+      out.push_back(make_committed(r.id, record_error(s.error())));
+      return;
+    }
+  }
+  auto c = chain_.top().commit();
+  out.push_back(make_committed(r.id, c ? 0 : record_error(c.error())));
+}
+
+void MapService::forget_scratch(uint64_t first_block, uint64_t nr_blocks) {
+  for (uint64_t b = first_block; b < first_block + nr_blocks; ++b) scratch_->forget(b);
+}
+
+Result<size_t> MapService::scratch_block(uint64_t block, std::vector<dmu_response>& out) {
+  if (auto slot = scratch_->find(block)) return *slot;
+  std::vector<uint64_t> evicted;
+  auto slot = scratch_->allocate(block, evicted);
+  for (uint64_t b : evicted) out.push_back(make_invalidate(b, 1));
+  if (!slot) return fail(slot.error());
+  std::vector<uint8_t> bytes(block_size_, 0);
+  const uint64_t start = block * block_size_;
+  const uint64_t len = std::min(block_size_, chain_.virtual_size() - start);
+  auto filled = chain_.read(start, std::span(bytes).first(len));
+  if (filled) filled = scratch_->file().write(scratch_->offset_of(*slot), bytes);
+  if (!filled) {
+    scratch_->forget(block);
+    return fail(filled.error());
+  }
+  return *slot;
+}
+
+Result<uint64_t> MapService::device_size(unsigned device, bool refresh) {
+  if (device_sizes_[device] == 0 || refresh) {
+    DMU_ASSIGN_OR_RETURN(device_sizes_[device], devices_[device]->size());
+  }
+  return device_sizes_[device];
+}
+
+Result<void> MapService::ensure_device_size(unsigned device, uint64_t end) {
+  DMU_ASSIGN_OR_RETURN(uint64_t size, device_size(device, true));
+  if (size >= end) return {};
+  // A freshly allocated cluster at the end of the file: the data device must
+  // reach it before the kernel writes there (a loop device cannot grow
+  // through I/O).
+  DMU_TRY(devices_[device]->truncate(end));
+  device_sizes_[device] = end;
+  return {};
+}
+
+dmu_response make_extent(uint64_t id, uint64_t block, uint64_t nr_blocks, uint32_t kind,
+                         uint32_t ext_flags, uint32_t dev, uint64_t sector) {
+  dmu_response m{};
+  m.type = DMU_RSP_EXTENT;
+  m.id = id;
+  m.block = block;
+  m.nr_blocks = nr_blocks;
+  m.kind = kind;
+  m.ext_flags = ext_flags;
+  m.dev = kind == DMU_EXT_REMAP ? dev : 0;
+  m.sector = kind == DMU_EXT_REMAP ? sector : 0;
+  return m;
+}
+
+dmu_response make_copy(uint64_t id, uint64_t sector, uint64_t nr_sectors, uint32_t src_dev,
+                       uint64_t src_sector) {
+  dmu_response m{};
+  m.type = DMU_RSP_COPY;
+  m.id = id;
+  m.block = sector;
+  m.nr_blocks = nr_sectors;
+  m.dev = src_dev;
+  m.sector = src_sector;
+  return m;
+}
+
+dmu_response make_complete(uint64_t id, int32_t status) {
+  dmu_response m{};
+  m.type = DMU_RSP_COMPLETE;
+  m.flags = DMU_RSP_FINAL;
+  m.id = id;
+  m.status = status;
+  return m;
+}
+
+dmu_response make_committed(uint64_t id, int32_t status) {
+  dmu_response m{};
+  m.type = DMU_RSP_COMMITTED;
+  m.flags = DMU_RSP_FINAL;
+  m.id = id;
+  m.status = status;
+  return m;
+}
+
+dmu_response make_invalidate(uint64_t block, uint64_t nr_blocks) {
+  dmu_response m{};
+  m.type = DMU_RSP_INVALIDATE;
+  m.block = block;
+  m.nr_blocks = nr_blocks;
+  return m;
+}
+
+}  // namespace dmu::mapper

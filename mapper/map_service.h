@@ -1,0 +1,138 @@
+// The map service: the brain of the mapping daemon.  It turns protocol
+// requests (struct dmu_request, kmod/include/uapi/linux/dm-userspace.h) into
+// protocol answers (struct dmu_response) from an image chain.  The daemon
+// feeds it what it reads from the control device; the in-process transport
+// (mapper/inprocess_transport.h) feeds it the requests it makes while doing
+// the kernel's job with pread/pwrite, so `dmu io` and the unit tests run the
+// very code the daemon runs.
+//
+// Devices: the chain's devices (Chain::devices(), top image first) followed
+// by the scratch store (mapper/scratch_store.h), which holds decompressed
+// clusters and blocks whose parts live in different places.
+//
+// Block size (the dm table's block_sectors), choose_block_size():
+//   - every image that maps at a fine granularity (qcow, qcow2, sparse vmdk)
+//     limits the block to its granularity (ImageInfo::granularity: cluster,
+//     subcluster, grain); the block is the smallest of those, so a block
+//     never straddles two clusters of any image in the chain and an extent
+//     can map it linearly;
+//   - raw images and flat vmdk extents map linearly and impose nothing; a
+//     chain of only those uses 64 KiB;
+//   - the protocol bounds the result to 4 KiB .. 2 MiB (a power of two).
+//     Below 4 KiB (2 KiB subclusters, 512-byte clusters) a block can hold
+//     parts with different mappings: reads of such a block are served from
+//     the scratch store; writes work when the top image keeps the block's
+//     parts contiguous on disk (always for subclusters, which share their
+//     cluster), and otherwise fail that write with EIO.
+//
+// Writes (the "pending list"): a write MAP allocates with
+// Image::prepare_write and answers DMU_EXT_NEW extents plus COPY messages
+// describing the old contents; the preparation tokens are remembered per
+// request id until the kernel's DONE, which calls Image::write_done.  The
+// engine makes durable, on COMMIT, only allocations whose write_done
+// arrived, so a flush never publishes metadata pointing at unwritten data.
+#pragma once
+
+#include <linux/dm-userspace.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "common/error.h"
+#include "formats/chain.h"
+#include "mapper/scratch_store.h"
+
+namespace dmu::mapper {
+
+static_assert(sizeof(dmu_request) == DMU_MSG_SIZE);
+static_assert(sizeof(dmu_response) == DMU_MSG_SIZE);
+
+struct MapServiceOptions {
+  uint64_t block_size = 0;               // bytes; 0 = choose_block_size(chain)
+  uint64_t read_ahead = 4 << 20;         // bytes a read answer may map beyond the request
+  unsigned max_messages = 128;           // per answer (a read answer stops early)
+  uint64_t max_scratch_per_answer = 8 << 20;  // bytes decompressed for one read answer
+  uint64_t max_write_span = 4 << 20;          // bytes of the asked range one write answer maps
+};
+
+// The block size the service uses for this chain (see the top of this file).
+uint64_t choose_block_size(formats::Chain& chain);
+
+class MapService {
+ public:
+  // The scratch store's slots must be block_size (choose_block_size(chain)
+  // unless options say otherwise).
+  static Result<std::unique_ptr<MapService>> create(formats::Chain& chain,
+                                                    std::unique_ptr<ScratchStore> scratch,
+                                                    const MapServiceOptions& options);
+
+  uint64_t block_size() const { return block_size_; }
+  uint32_t block_sectors() const { return uint32_t(block_size_ / 512); }
+  uint64_t virtual_size() const { return chain_.virtual_size(); }
+  uint64_t target_blocks() const;  // blocks covering the virtual disk (last may be partial)
+  // Chain devices, then the scratch store.
+  const std::vector<File*>& devices() const { return devices_; }
+  unsigned scratch_device() const { return unsigned(devices_.size() - 1); }
+
+  // Answers one request: appends the response messages (possibly none, for
+  // DONE) to `out`.  Never fails: engine errors become COMPLETE/COMMITTED
+  // with -errno, and the last message of an answer carries DMU_RSP_FINAL.
+  void handle(const dmu_request& request, std::vector<dmu_response>& out);
+
+  // Writes prepared but not yet reported DONE.
+  size_t pending_writes() const { return pending_.size(); }
+  // The last engine error, for logs ("" if none).
+  const std::string& last_error() const { return last_error_; }
+
+ private:
+  struct Pending {
+    std::vector<uint64_t> tokens;        // Image::prepare_write tokens
+    std::vector<size_t> pinned_slots;    // scratch slots used as COPY sources
+    uint64_t first_block = 0, nr_blocks = 0;  // what the NEW extents covered
+  };
+  class ReadAnswer;
+  class WriteAnswer;
+
+  MapService(formats::Chain& chain, std::unique_ptr<ScratchStore> scratch,
+             const MapServiceOptions& options, uint64_t block_size);
+
+  void answer_map_read(const dmu_request& r, std::vector<dmu_response>& out);
+  void answer_map_write(const dmu_request& r, std::vector<dmu_response>& out);
+  void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
+  void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);
+  void handle_done(const dmu_request& r, std::vector<dmu_response>& out);
+
+  // Fills a scratch slot with the guest contents of `block` (or finds the
+  // one that has them); evicted blocks get INVALIDATE messages in `out`.
+  Result<size_t> scratch_block(uint64_t block, std::vector<dmu_response>& out);
+  // Forgets scratch slots of blocks whose contents change.
+  void forget_scratch(uint64_t first_block, uint64_t nr_blocks);
+  // Size of a device, cached (the top image's files are re-read when stale).
+  Result<uint64_t> device_size(unsigned device, bool refresh);
+  Result<void> ensure_device_size(unsigned device, uint64_t end);
+
+  int record_error(const Error& e);
+
+  formats::Chain& chain_;
+  std::unique_ptr<ScratchStore> scratch_;
+  MapServiceOptions options_;
+  uint64_t block_size_;
+  std::vector<File*> devices_;
+  std::vector<uint64_t> device_sizes_;  // 0 = unknown
+  std::map<uint64_t, Pending> pending_;  // by MAP request id
+  std::string last_error_;
+};
+
+// Response builders (also used by tests).
+dmu_response make_extent(uint64_t id, uint64_t block, uint64_t nr_blocks, uint32_t kind,
+                         uint32_t ext_flags, uint32_t dev, uint64_t sector);
+dmu_response make_copy(uint64_t id, uint64_t sector, uint64_t nr_sectors, uint32_t src_dev,
+                       uint64_t src_sector);
+dmu_response make_complete(uint64_t id, int32_t status);
+dmu_response make_committed(uint64_t id, int32_t status);
+dmu_response make_invalidate(uint64_t block, uint64_t nr_blocks);
+
+}  // namespace dmu::mapper

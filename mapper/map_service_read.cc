@@ -1,0 +1,129 @@
+// Map service: MAP requests for reading.  The answer maps the asked blocks and
+// reads ahead up to a cap, in runs as long as the chain allows: REMAP for
+// data (writable when the top image can be written in place), ZERO for zero
+// and unallocated ranges, and REMAP to the scratch store for compressed
+// clusters and for blocks whose parts map to different places.
+#include <algorithm>
+
+#include "common/checked.h"
+#include "mapper/map_service.h"
+#include "mapper/map_service_internal.h"
+
+namespace dmu::mapper {
+
+using formats::ChainMapping;
+
+void merge_remap(std::vector<dmu_response>& extents, const dmu_response& e,
+                 uint64_t block_sectors) {
+  if (!extents.empty()) {
+    dmu_response& last = extents.back();
+    if (last.block + last.nr_blocks == e.block && last.kind == e.kind &&
+        last.ext_flags == e.ext_flags && last.dev == e.dev &&
+        (e.kind == DMU_EXT_ZERO || last.sector + last.nr_blocks * block_sectors == e.sector)) {
+      last.nr_blocks += e.nr_blocks;
+      return;
+    }
+  }
+  extents.push_back(e);
+}
+
+void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>& out) {
+  const uint64_t B = block_size_;
+  const uint64_t vsize = chain_.virtual_size();
+  const uint64_t start = r.block * B;
+  const uint64_t asked_end = std::min<uint64_t>(vsize, (r.block + r.nr_blocks) * B);
+  const uint64_t limit =
+      std::min(vsize, std::max(asked_end, checked_add(start, options_.read_ahead).value_or(vsize)));
+  const unsigned max_extents = std::max(options_.max_messages, 2u);
+  // A read answer never takes more than an eighth of the scratch store.
+  uint64_t scratch_budget = std::max(
+      std::min(options_.max_scratch_per_answer, scratch_->slot_count() / 8 * B), B);
+
+  std::vector<dmu_response> extents;
+  std::vector<dmu_response> invalidations;
+  uint64_t pos = start;
+  int error = 0;
+
+  // Maps one block through the scratch store; false ends the answer.
+  auto bounce = [&](uint64_t block) {
+    if (scratch_budget < B && !extents.empty()) return false;
+    auto slot = scratch_block(block, invalidations);
+    if (!slot) {
+      error = record_error(slot.error());
+      return false;
+    }
+    scratch_budget -= std::min(scratch_budget, B);
+    merge_remap(extents,
+                make_extent(r.id, block, 1, DMU_EXT_REMAP, 0, scratch_device(),
+                            scratch_->offset_of(*slot) / 512),
+                B / 512);
+    return true;
+  };
+
+  while (pos < limit && extents.size() < max_extents) {
+    const uint64_t block = pos / B;
+    auto m = chain_.map(pos, limit - pos);
+    if (!m) {
+      error = record_error(m.error());
+      break;
+    }
+    const bool reaches_end = pos + m->length >= vsize;
+    uint64_t bytes = reaches_end ? vsize - pos : align_down(m->length, B);
+    if (bytes == 0) {  // the block's parts map differently (granularity < block)
+      if (!bounce(block)) break;
+      pos += B;
+      continue;
+    }
+    if (m->kind == ChainMapping::Kind::Data) {
+      const unsigned dev = m->device;
+      if (m->host_offset % 512 != 0) {  // cannot be remapped sector-wise
+        if (!bounce(block)) break;
+        pos += B;
+        continue;
+      }
+      // Data past the end of its file reads as zeros (QEMU's rule), but a
+      // kernel extent may not point past the device: serve the block that
+      // crosses the end from the scratch store.
+      auto size = device_size(dev, chain_.device_depth(dev) == 0);
+      if (!size) {
+        error = record_error(size.error());
+        break;
+      }
+      if (m->host_offset + bytes > *size) {
+        uint64_t inside = *size > m->host_offset ? align_down(*size - m->host_offset, B) : 0;
+        if (inside == 0) {
+          if (!bounce(block)) break;
+          pos += B;
+          continue;
+        }
+        bytes = inside;
+      }
+      const uint32_t flags = m->writable ? DMU_EXT_WRITABLE : 0;
+      merge_remap(extents,
+                  make_extent(r.id, block, ceil_div(bytes, B), DMU_EXT_REMAP, flags, dev,
+                              m->host_offset / 512),
+                  B / 512);
+    } else if (m->kind == ChainMapping::Kind::Zero) {
+      merge_remap(extents, make_extent(r.id, block, ceil_div(bytes, B), DMU_EXT_ZERO, 0, 0, 0),
+                  B / 512);
+    } else {  // Compressed: decompress block by block into the scratch store
+      const uint64_t nblocks = ceil_div(bytes, B);
+      uint64_t i = 0;
+      while (i < nblocks && bounce(block + i)) ++i;
+      pos += i * B;
+      if (i < nblocks) break;
+      continue;
+    }
+    pos += ceil_div(bytes, B) * B;
+  }
+
+  out.insert(out.end(), invalidations.begin(), invalidations.end());
+  if (extents.empty()) {
+    out.push_back(make_complete(r.id, error ? error : -EIO));
+    return;
+  }
+  extents.back().flags |= DMU_RSP_FINAL;
+  out.insert(out.end(), extents.begin(), extents.end());
+}
+
+}  // namespace dmu::mapper

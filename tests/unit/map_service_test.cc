@@ -1,0 +1,327 @@
+// The map service at the protocol level: requests in, responses out, on
+// chains of the in-memory fake engine (tests/unit/fake_image.h), so every
+// answer shape (runs, zero, compressed, fresh clusters over a backing image,
+// subclusters finer than the block) is checked independently of the real
+// engines.
+#include <gtest/gtest.h>
+
+#include "formats/chain.h"
+#include "mapper/map_service.h"
+#include "tests/support/test_support.h"
+#include "tests/unit/fake_image.h"
+
+namespace dmu::mapper {
+namespace {
+
+using test::FakeImage;
+
+constexpr uint64_t K = 1024;
+
+struct Rig {
+  MemEnv env;
+  FakeImage* top = nullptr;
+  FakeImage* base = nullptr;
+  std::unique_ptr<formats::Chain> chain;
+  std::unique_ptr<MapService> service;
+
+  // top over an optional base; sizes in bytes.
+  void build(uint64_t size, uint64_t top_cluster, uint64_t base_cluster = 0,
+             formats::Access access = formats::Access::ReadWrite, uint64_t top_granularity = 0,
+             MapServiceOptions options = {}) {
+    std::vector<std::unique_ptr<formats::Image>> images;
+    auto t = std::make_unique<FakeImage>(env, "top", size, top_cluster, top_granularity);
+    top = t.get();
+    images.push_back(std::move(t));
+    if (base_cluster) {
+      auto b = std::make_unique<FakeImage>(env, "base", size, base_cluster, 0, false);
+      base = b.get();
+      images.push_back(std::move(b));
+    }
+    chain = *formats::Chain::assemble(std::move(images), access);
+    uint64_t block = options.block_size ? options.block_size : choose_block_size(*chain);
+    auto scratch = ScratchStore::create(env, "scratch", 1 << 20, block, false);
+    auto s = MapService::create(*chain, std::move(*scratch), options);
+    ASSERT_TRUE(s) << s.error().message;
+    service = std::move(*s);
+  }
+
+  std::vector<dmu_response> send(uint32_t type, uint32_t flags, uint64_t id, uint64_t block,
+                                 uint64_t nr, int32_t status = 0) {
+    dmu_request r{};
+    r.type = type;
+    r.flags = flags;
+    r.id = id;
+    r.block = block;
+    r.nr_blocks = nr;
+    r.status = status;
+    std::vector<dmu_response> out;
+    service->handle(r, out);
+    return out;
+  }
+  std::vector<dmu_response> map(uint64_t id, uint64_t block, uint64_t nr, uint32_t flags = 0) {
+    return send(DMU_REQ_MAP, flags, id, block, nr);
+  }
+  std::vector<uint8_t> device_bytes(unsigned dev, uint64_t sector, size_t n) {
+    std::vector<uint8_t> b(n);
+    EXPECT_TRUE(service->devices()[dev]->read(sector * 512, b));
+    return b;
+  }
+};
+
+std::vector<dmu_response> of_type(const std::vector<dmu_response>& v, uint32_t type) {
+  std::vector<dmu_response> r;
+  for (const auto& m : v)
+    if (m.type == type) r.push_back(m);
+  return r;
+}
+
+TEST(ChooseBlockSize, IsTheFinestGranularityOfTheChain) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 8 * K);
+  EXPECT_EQ(s.service->block_size(), 8 * K);
+}
+
+TEST(ChooseBlockSize, IsAtLeastFourKibibytesForSubclusters) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 0, formats::Access::ReadWrite, 2 * K);
+  EXPECT_EQ(s.service->block_size(), 4 * K);
+}
+
+TEST(ChooseBlockSize, IsAtMostTwoMebibytes) {
+  Rig s;
+  s.build(16 << 20, 4 << 20);
+  EXPECT_EQ(s.service->block_size(), 2u << 20);
+}
+
+TEST(MapRead, AnswersOneExtentForContiguousDataAndReadsAhead) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->put_data(0, test::random_bytes(256 * K, 1));
+  auto out = s.map(7, 0, 1);
+  ASSERT_EQ(out.size(), 2u);  // data [0, 256K) then zero (unallocated) to the end
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_EXTENT));
+  EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_REMAP));
+  EXPECT_EQ(out[0].id, 7u);
+  EXPECT_EQ(out[0].block, 0u);
+  EXPECT_EQ(out[0].nr_blocks, 4u);
+  EXPECT_EQ(out[0].sector, 64 * K / 512);
+  EXPECT_EQ(out[0].ext_flags, uint32_t(DMU_EXT_WRITABLE));
+  EXPECT_EQ(out[1].kind, uint32_t(DMU_EXT_ZERO));
+  EXPECT_EQ(out[1].block + out[1].nr_blocks, s.service->target_blocks());
+  EXPECT_EQ(out[1].flags, uint32_t(DMU_RSP_FINAL));
+  EXPECT_EQ(out[0].flags, 0u);
+}
+
+TEST(MapRead, ReadAheadStopsAtTheCap) {
+  Rig s;
+  MapServiceOptions o;
+  o.read_ahead = 128 * K;
+  s.build(1 << 20, 64 * K, 0, formats::Access::ReadWrite, 0, o);
+  auto out = s.map(1, 0, 1);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].nr_blocks, 2u);
+}
+
+TEST(MapRead, DataInAReadOnlyChainIsNotWritable) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 0, formats::Access::ReadOnly);
+  s.top->put_data(0, test::random_bytes(64 * K, 1));
+  auto out = s.map(1, 0, 1);
+  EXPECT_EQ(out[0].ext_flags, 0u);
+}
+
+TEST(MapRead, FallsThroughToTheBackingImage) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 64 * K);
+  s.base->put_data(64 * K, test::random_bytes(64 * K, 2));
+  auto out = s.map(1, 1, 1);
+  ASSERT_GE(out.size(), 1u);
+  EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_REMAP));
+  EXPECT_EQ(out[0].dev, 1u);  // base's file
+  EXPECT_EQ(out[0].ext_flags, 0u);  // backing data is never writable
+}
+
+TEST(MapRead, CompressedClusterIsDecompressedIntoTheScratchStore) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  auto plain = test::random_bytes(64 * K, 3);
+  s.top->put_compressed(128 * K, plain);
+  auto out = s.map(1, 2, 1);
+  ASSERT_GE(out.size(), 1u);
+  EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_REMAP));
+  EXPECT_EQ(out[0].dev, s.service->scratch_device());
+  EXPECT_EQ(out[0].ext_flags, 0u);
+  EXPECT_EQ(s.device_bytes(out[0].dev, out[0].sector, 64 * K), plain);
+}
+
+TEST(MapRead, BlockWithDifferentlyMappedPartsIsServedFromScratch) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 64 * K, formats::Access::ReadWrite, 2 * K);  // block 4K
+  auto low = test::random_bytes(2 * K, 4), high = test::random_bytes(2 * K, 5);
+  s.top->put_data(0, low);                       // subcluster 0 in the top
+  s.base->put_data(0, test::random_bytes(4 * K, 6));
+  s.base->put_data(2 * K, high);                 // subcluster 1 from the base
+  auto out = s.map(1, 0, 1);
+  ASSERT_GE(out.size(), 1u);
+  EXPECT_EQ(out[0].dev, s.service->scratch_device());
+  auto got = s.device_bytes(out[0].dev, out[0].sector, 4 * K);
+  EXPECT_TRUE(std::equal(low.begin(), low.end(), got.begin()));
+  EXPECT_TRUE(std::equal(high.begin(), high.end(), got.begin() + 2 * K));
+}
+
+TEST(MapRead, MalformedRequestsFailWithEinval) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  for (auto out : {s.map(1, 16, 1), s.map(2, 0, 0), s.map(3, 15, 2),
+                   s.map(4, 0, 1, DMU_MAP_WRITE | DMU_MAP_DISCARD), s.map(5, 0, 1, 1u << 7)}) {
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMPLETE));
+    EXPECT_EQ(out[0].status, -EINVAL);
+    EXPECT_EQ(out[0].flags, uint32_t(DMU_RSP_FINAL));
+  }
+}
+
+TEST(MapWrite, FreshClusterIsNewWithCopiesFromTheBacking) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 4 * K);  // block 4K, top allocates 64K clusters
+  s.base->put_data(64 * K, test::random_bytes(8 * K, 7));  // two 4K base clusters
+  auto out = s.map(9, 16 + 5, 1, DMU_MAP_WRITE);            // a block inside [64K, 128K)
+  auto extents = of_type(out, DMU_RSP_EXTENT);
+  auto copies = of_type(out, DMU_RSP_COPY);
+  ASSERT_EQ(extents.size(), 1u);
+  EXPECT_EQ(extents[0].block, 16u);  // the whole fresh cluster, not just the asked block
+  EXPECT_EQ(extents[0].nr_blocks, 16u);
+  EXPECT_EQ(extents[0].ext_flags, uint32_t(DMU_EXT_WRITABLE | DMU_EXT_NEW));
+  ASSERT_EQ(copies.size(), 1u);  // the two base clusters are adjacent on the base's file
+  EXPECT_EQ(copies[0].block, 64 * K / 512);
+  EXPECT_EQ(copies[0].nr_blocks, 8 * K / 512);
+  EXPECT_EQ(copies[0].dev, 1u);
+  EXPECT_EQ(out.back().flags, uint32_t(DMU_RSP_FINAL));
+  EXPECT_EQ(s.service->pending_writes(), 1u);
+}
+
+TEST(MapWrite, CommitBeforeDoneDoesNotPublishTheAllocation) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.map(9, 0, 1, DMU_MAP_WRITE);
+  auto c = s.send(DMU_REQ_COMMIT, 0, 10, 0, 0);
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].type, uint32_t(DMU_RSP_COMMITTED));
+  EXPECT_EQ(c[0].status, 0);
+  EXPECT_TRUE(s.top->committed_granules.empty());
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, 0, 9, 0, 0).empty());
+  EXPECT_EQ(s.service->pending_writes(), 0u);
+  EXPECT_EQ(s.top->done_tokens.size(), 1u);
+  s.send(DMU_REQ_COMMIT, 0, 11, 0, 0);
+  EXPECT_EQ(s.top->committed_granules.count(0), 1u);
+}
+
+TEST(MapWrite, FailedDoneAbandonsTheAllocationAndInvalidatesIt) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.map(9, 3, 1, DMU_MAP_WRITE);
+  auto out = s.send(DMU_REQ_DONE, 0, 9, 0, 0, -EIO);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_INVALIDATE));
+  EXPECT_EQ(out[0].block, 3u);
+  EXPECT_EQ(s.top->failed_tokens.size(), 1u);
+  EXPECT_EQ(s.top->granule(3 * 64 * K).kind, FakeImage::Kind::Unallocated);
+}
+
+TEST(MapWrite, AllocatedDataIsWrittenInPlaceWithoutNew) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->put_data(0, test::random_bytes(128 * K, 8));
+  auto out = s.map(9, 0, 2, DMU_MAP_WRITE);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].ext_flags, uint32_t(DMU_EXT_WRITABLE));
+  EXPECT_EQ(out[0].nr_blocks, 2u);
+}
+
+TEST(MapWrite, CompressedOldContentsAreCopiedFromScratch) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  auto plain = test::random_bytes(64 * K, 9);
+  s.top->put_compressed(0, plain);
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  auto copies = of_type(out, DMU_RSP_COPY);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0].dev, s.service->scratch_device());
+  EXPECT_EQ(copies[0].nr_blocks, 64 * K / 512);
+  EXPECT_EQ(s.device_bytes(copies[0].dev, copies[0].sector, 64 * K), plain);
+}
+
+TEST(MapWrite, ZeroOldContentsNeedNoCopy) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 64 * K);
+  s.top->put_zero(0, 64 * K);
+  s.base->put_data(0, test::random_bytes(64 * K, 10));  // hidden by the zero cluster
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  EXPECT_TRUE(of_type(out, DMU_RSP_COPY).empty());
+  EXPECT_EQ(of_type(out, DMU_RSP_EXTENT).size(), 1u);
+}
+
+TEST(MapWrite, SubclusterBlockKeepsItsAllocatedHalfBySelfCopy) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 64 * K, formats::Access::ReadWrite, 2 * K);  // block 4K
+  s.top->put_data(0, test::random_bytes(2 * K, 11));       // subcluster 0 allocated
+  s.base->put_data(0, test::random_bytes(64 * K, 12));
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  auto extents = of_type(out, DMU_RSP_EXTENT);
+  auto copies = of_type(out, DMU_RSP_COPY);
+  ASSERT_EQ(extents.size(), 1u);
+  EXPECT_EQ(extents[0].ext_flags, uint32_t(DMU_EXT_WRITABLE | DMU_EXT_NEW));
+  ASSERT_EQ(copies.size(), 2u);
+  EXPECT_EQ(copies[0].dev, 0u);  // subcluster 0 from itself
+  EXPECT_EQ(copies[0].sector, extents[0].sector);
+  EXPECT_EQ(copies[1].dev, 1u);  // subcluster 1 from the base
+  EXPECT_EQ(copies[1].block, 2 * K / 512);
+}
+
+TEST(MapWrite, EngineErrorsKeepTheirErrno) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->fail_next_prepare(ENOSPC);
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMPLETE));
+  EXPECT_EQ(out[0].status, -ENOSPC);
+  EXPECT_EQ(s.service->pending_writes(), 0u);
+}
+
+TEST(MapWrite, ReadOnlyChainRefusesWithErofs) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 0, formats::Access::ReadOnly);
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].status, -EROFS);
+  EXPECT_EQ(s.top->prepares(), 0u);
+}
+
+TEST(Discard, ReleasesInvalidatesAndCompletes) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->put_data(0, test::random_bytes(128 * K, 13));
+  auto out = s.map(9, 0, 2, DMU_MAP_DISCARD);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_INVALIDATE));
+  EXPECT_EQ(out[0].block, 0u);
+  EXPECT_EQ(out[0].nr_blocks, 2u);
+  EXPECT_EQ(out[1].type, uint32_t(DMU_RSP_COMPLETE));
+  EXPECT_EQ(out[1].status, 0);
+  EXPECT_EQ(s.top->granule(0).kind, FakeImage::Kind::Zero);
+}
+
+TEST(Commit, EngineFailureIsReportedInCommitted) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->fail_commit(ENOSPC);
+  auto out = s.send(DMU_REQ_COMMIT, 0, 3, 0, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMMITTED));
+  EXPECT_EQ(out[0].status, -ENOSPC);
+  EXPECT_EQ(out[0].id, 3u);
+}
+
+}  // namespace
+}  // namespace dmu::mapper
