@@ -1,16 +1,13 @@
-// Placeholder until the qcow2 engine lands: refuses every image.
+// The qcow2 row of the format registry (formats/registry.cc).
 #include "formats/image.h"
+#include "formats/qcow2/qcow2_image.h"
 
 namespace dmu::formats {
 namespace {
-int probe_qcow2(std::span<const uint8_t>, const std::string&) { return 0; }
-Result<std::unique_ptr<Image>> open_qcow2(Env&, const std::string& path, Access) {
-  return fail(ENOTSUP, path + ": qcow2 images are not supported yet");
-}
-Result<void> create_qcow2(Env&, const std::string& path, const CreateOptions&) {
-  return fail(ENOTSUP, path + ": creating qcow2 images is not supported yet");
+Result<std::unique_ptr<Image>> open_qcow2(Env& env, const std::string& path, Access access) {
+  return qcow2::open(env, path, access);
 }
 }  // namespace
 extern const Driver qcow2_driver;
-const Driver qcow2_driver = {"qcow2", probe_qcow2, open_qcow2, create_qcow2};
+const Driver qcow2_driver = {"qcow2", qcow2::probe, open_qcow2, qcow2::create};
 }  // namespace dmu::formats
