@@ -18,6 +18,16 @@ std::string resolve_backing_path(const std::string& image_path, const std::strin
   return image_path.substr(0, slash + 1) + backing;
 }
 
+bool maps_linearly(const ImageInfo& info) {
+  if (info.format == "raw") return true;
+  if (info.format == "vmdk" && info.format_specific.is_object()) {
+    const auto& data = info.format_specific.value("data", nlohmann::json::object());
+    std::string type = data.is_object() ? data.value("create-type", std::string()) : "";
+    return type.size() >= 4 && type.compare(type.size() - 4, 4, "Flat") == 0;
+  }
+  return false;
+}
+
 namespace {
 
 Result<const Driver*> driver_for(Env& env, const std::string& path,
@@ -132,7 +142,7 @@ Result<ChainMapping> Chain::map(uint64_t offset, uint64_t length) {
     const uint64_t image_size = image.info().virtual_size;
     if (offset >= image_size) {
       // A backing image shorter than the image above it reads as zeros past its end.
-      return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, unsigned(images_.size()), false};
+      return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, depth - 1, false, false};
     }
     DMU_ASSIGN_OR_RETURN(Mapping m, image.map(offset, std::min(length, image_size - offset)));
     if (m.length == 0)
@@ -145,19 +155,19 @@ Result<ChainMapping> Chain::map(uint64_t offset, uint64_t length) {
           return fail(EIO, image.info().filename + ": engine mapped " + hex(offset) +
                                " to data file " + std::to_string(m.file) + " of " +
                                std::to_string(files.size()));
-        return ChainMapping{length,         ChainMapping::Kind::Data,
-                            device_index(depth, m.file), m.host_offset,
-                            depth,          depth == 0 && writable() && m.writable};
+        return ChainMapping{length, ChainMapping::Kind::Data, device_index(depth, m.file),
+                            m.host_offset, depth, true, depth == 0 && writable() && m.writable};
       }
       case MapKind::Zero:
-        return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, depth, false};
+        return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, depth, true, false};
       case MapKind::Compressed:
-        return ChainMapping{length, ChainMapping::Kind::Compressed, 0, 0, depth, false};
+        return ChainMapping{length, ChainMapping::Kind::Compressed, 0, 0, depth, true, false};
       case MapKind::Unallocated:
         break;
     }
   }
-  return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, unsigned(images_.size()), false};
+  return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, unsigned(images_.size() - 1), false,
+                      false};
 }
 
 Result<void> Chain::read(uint64_t offset, std::span<uint8_t> out) {

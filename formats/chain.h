@@ -34,9 +34,18 @@ struct ChainMapping {
   enum class Kind { Data, Zero, Compressed } kind = Kind::Zero;
   unsigned device = 0;       // Data: index into Chain::devices()
   uint64_t host_offset = 0;  // Data
-  unsigned depth = 0;        // the image that answered (0 = top); Zero past the chain: size()
-  bool writable = false;     // Data in the top image, writable in place
+  // The image that answered (0 = top).  When no image holds the range
+  // (present == false: unallocated everywhere, or past the end of a shorter
+  // backing image), the deepest image that was asked, as qemu-img map counts.
+  unsigned depth = 0;
+  bool present = true;
+  bool writable = false;  // Data in the top image, writable in place
 };
+
+// Raw files and flat vmdk extents map the guest linearly onto their files:
+// their mapping never changes inside an extent (block size choice, and
+// qemu-img map looks through them at the file's holes).
+bool maps_linearly(const ImageInfo& info);
 
 // QEMU's rule for naming a backing file: relative names are relative to the
 // directory of the image that names them, absolute names are used as is.

@@ -17,18 +17,6 @@ constexpr uint64_t kMinBlock = 4096;            // protocol: block_sectors >= 8
 constexpr uint64_t kMaxBlock = 2 << 20;         // no image maps coarser than 2 MiB
 constexpr uint64_t kLinearChainBlock = 64 << 10;
 
-// Raw files and flat vmdk extents map the guest linearly onto their files:
-// their mapping never changes inside an extent, so they need no small block.
-bool maps_linearly(const formats::ImageInfo& info) {
-  if (info.format == "raw") return true;
-  if (info.format == "vmdk" && info.format_specific.is_object()) {
-    const auto& data = info.format_specific.value("data", nlohmann::json::object());
-    std::string type = data.is_object() ? data.value("create-type", std::string()) : "";
-    return type.size() >= 4 && type.compare(type.size() - 4, 4, "Flat") == 0;
-  }
-  return false;
-}
-
 uint64_t floor_power_of_two(uint64_t v) {
   uint64_t p = 1;
   while (p <= v / 2) p *= 2;
@@ -40,7 +28,7 @@ uint64_t choose_block_size(Chain& chain) {
   uint64_t finest = 0;
   for (const auto& image : chain.images()) {
     const auto& info = image->info();
-    if (maps_linearly(info)) continue;
+    if (formats::maps_linearly(info)) continue;
     uint64_t g = std::max<uint64_t>(info.granularity, 512);
     finest = finest ? std::min(finest, g) : g;
   }

@@ -1,0 +1,149 @@
+// dmu export: the guest-visible bytes of an image (through its backing
+// chain) as a raw file.  Zero and unallocated ranges, and data blocks that
+// are all zeros, become holes, so the output is as sparse as qemu-img
+// convert's.  Progress goes to stderr when it is a terminal.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "cli/cli_common.h"
+
+namespace dmu::cli {
+
+extern const Command kExport;
+
+namespace {
+
+constexpr uint64_t kChunk = 4 << 20;    // bytes read at once
+constexpr uint64_t kSparseUnit = 4096;  // all-zero units of this size become holes
+
+bool all_zero(const uint8_t* p, size_t n) {
+  // Word-wise first (buffers are large and aligned), then the tail.
+  size_t i = 0;
+  for (; i + sizeof(uint64_t) <= n; i += sizeof(uint64_t)) {
+    uint64_t w;
+    std::memcpy(&w, p + i, sizeof w);
+    if (w) return false;
+  }
+  for (; i < n; ++i)
+    if (p[i]) return false;
+  return true;
+}
+
+class Progress {
+ public:
+  Progress(uint64_t total) : total_(total), enabled_(::isatty(STDERR_FILENO) == 1) {}
+  void update(uint64_t done, bool final = false) {
+    if (!enabled_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (!final && now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    double secs = std::chrono::duration<double>(now - start_).count();
+    double pct = total_ ? 100.0 * double(done) / double(total_) : 100.0;
+    double mbs = secs > 0 ? double(done) / 1e6 / secs : 0;
+    std::fprintf(stderr, "\r    (%6.2f/100%%) %8.1f MB/s", pct, mbs);
+    if (final) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  uint64_t total_;
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Writes the non-zero kSparseUnit runs of buf (guest offset `at`).
+Result<void> write_sparse(File& out, uint64_t at, const uint8_t* buf, uint64_t n) {
+  uint64_t run_start = 0;
+  bool in_run = false;
+  for (uint64_t pos = 0; pos < n; pos += kSparseUnit) {
+    const uint64_t len = std::min(kSparseUnit, n - pos);
+    const bool zero = all_zero(buf + pos, len);
+    if (!zero && !in_run) {
+      run_start = pos;
+      in_run = true;
+    } else if (zero && in_run) {
+      DMU_TRY(out.write(at + run_start, std::span(buf + run_start, pos - run_start)));
+      in_run = false;
+    }
+  }
+  if (in_run) DMU_TRY(out.write(at + run_start, std::span(buf + run_start, n - run_start)));
+  return {};
+}
+
+Result<void> export_chain(formats::Chain& chain, File& out) {
+  const uint64_t size = chain.virtual_size();
+  DMU_TRY(out.truncate(size));  // everything not written stays a hole
+  std::vector<uint8_t> buf(kChunk);
+  Progress progress(size);
+  for (uint64_t pos = 0; pos < size;) {
+    DMU_ASSIGN_OR_RETURN(formats::ChainMapping m, chain.map(pos, std::min(size - pos, kChunk * 16)));
+    if (m.kind == formats::ChainMapping::Kind::Zero) {
+      pos += m.length;
+      progress.update(pos);
+      continue;
+    }
+    for (uint64_t done = 0; done < m.length;) {
+      const uint64_t n = std::min(kChunk, m.length - done);
+      std::span<uint8_t> part(buf.data(), n);
+      if (m.kind == formats::ChainMapping::Kind::Data) {
+        DMU_ASSIGN_OR_RETURN(size_t got,
+                             chain.devices()[m.device]->read_some(m.host_offset + done, part));
+        std::memset(part.data() + got, 0, n - got);  // past the file's end reads as zeros
+      } else {
+        DMU_TRY(chain.read(pos + done, part));
+      }
+      DMU_TRY(write_sparse(out, pos + done, part.data(), n));
+      done += n;
+      progress.update(pos + done);
+    }
+    pos += m.length;
+  }
+  DMU_TRY(out.sync());
+  progress.update(size, true);
+  return {};
+}
+
+}  // namespace
+
+int export_main(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("format,f", po::value<std::string>(), "image format (probed if absent)")(
+      "image", po::value<std::string>()->required(), "the image")(
+      "output", po::value<std::string>()->required(), "the raw file to write");
+  po::positional_options_description positional;
+  positional.add("image", 1).add("output", 1);
+  int code = kExitOk;
+  auto vm = parse_args(args, kExport, options, positional, &code);
+  if (!vm) return code;
+  const std::string image = (*vm)["image"].as<std::string>();
+  const std::string output = (*vm)["output"].as<std::string>();
+  std::optional<std::string> format;
+  if (vm->count("format")) format = (*vm)["format"].as<std::string>();
+
+  auto chain = open_chain(image, format, formats::Access::ReadOnly, true);
+  if (!chain) return report(chain.error());
+  if (auto out_id = posix_env().identity(output)) {
+    for (File* f : (*chain)->devices()) {
+      auto id = posix_env().identity(f->path());
+      if (id && *id == *out_id)
+        return report(Error{EINVAL, output + ": is part of the image being exported"});
+    }
+  }
+  auto out = posix_env().open(output, OpenMode::CreateTruncate);
+  if (!out) return report(out.error());
+  if (auto r = export_chain(**chain, **out); !r) {
+    // What was written is no export of the image: do not leave it behind
+    // (unless OUTPUT is a device node, which must never be unlinked).
+    struct stat st {};
+    out->reset();
+    if (::stat(output.c_str(), &st) == 0 && S_ISREG(st.st_mode)) (void)posix_env().remove(output);
+    return report(r.error());
+  }
+  return kExitOk;
+}
+
+}  // namespace dmu::cli
