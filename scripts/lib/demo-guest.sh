@@ -17,7 +17,8 @@ loop=$(losetup --find --show /tmp/disk.img) || fail "losetup"
 echo "$loop -> /tmp/disk.img"
 
 step "the test daemon serves key 'demo'; dm device 'demo' uses the userspace target"
-dmu-test-daemon --key demo --mode identity 2>/tmp/daemon.log &
+# The daemon retries binding until the target with its key exists.
+dmu-test-daemon --key demo --mode identity --bind-wait-ms 20000 2>/tmp/daemon.log &
 daemon=$!
 table="0 131072 userspace demo 8 1 $loop"
 echo "table: $table"
