@@ -1,0 +1,63 @@
+#!/bin/sh
+# Guest half of bench/kmod/run.sh (not a test): fio 4k randread, 4k randwrite
+# and 1M seqwrite (direct=1, libaio) on the userspace target with every
+# mapping pushed (no daemon on the I/O path) and on dm-linear over the same
+# loop device, interleaved A/B, REPS repetitions.  One line per run in
+# /results/bench.csv: rep,job,device,start_s,end_s,iops,bw_kib,requests.
+# vm: kernels=6.1,6.12 timeout=1500 disks=1G mem=1024
+. /src/tests/kmod/vm-lib.sh
+REPS=${REPS:-3}
+RUNTIME=${RUNTIME:-8}
+LOG=/tmp/daemon.log
+[ -f /src/bench/kmod/settings ] && . /src/bench/kmod/settings
+
+step "256 MiB file on ext4, direct-I/O loop device, dm-linear and userspace over it"
+data_fs
+make_file /data/disk.img 256
+LOOP=$(loop_dio /data/disk.img)
+SECTORS=$(blockdev --getsz "$LOOP")
+echo "0 $SECTORS linear $LOOP 0" | dmsetup create lin || fail "create dm-linear"
+dmu_create u bench 8 "" "$LOOP"
+daemon_start $LOG --key bench --mode identity --push-all --push-extent-blocks 1024
+dmsetup status u
+
+run_fio() {  # job device -> "iops bw_kib" (reads for randread, writes otherwise)
+  case $1 in
+    randread) args="--rw=randread --bs=4k --iodepth=16" ;;
+    randwrite) args="--rw=randwrite --bs=4k --iodepth=16" ;;
+    seqwrite) args="--rw=write --bs=1M --iodepth=4" ;;
+  esac
+  # shellcheck disable=SC2086
+  fio --name="$1" --filename="$2" $args --direct=1 --ioengine=libaio --size=256M \
+    --time_based --runtime="$RUNTIME" --ramp_time=1 --minimal >/tmp/fio.out 2>&1 ||
+    { cat /tmp/fio.out; fail "fio $1 on $2"; }
+  if [ "$1" = randread ]; then
+    awk -F';' '{print $8, $7}' /tmp/fio.out
+  else
+    awk -F';' '{print $49, $48}' /tmp/fio.out
+  fi
+}
+
+echo "rep,job,device,start_s,end_s,iops,bw_kib,requests" >/results/bench.csv
+for rep in $(seq 1 "$REPS"); do
+  for job in randread randwrite seqwrite; do
+    # Alternate which device goes first so drift does not favour one.
+    if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
+    for dev in $order; do
+      r0=$(dmu_stat u requests)
+      t0=$(cut -d' ' -f1 /proc/uptime)
+      set -- $(run_fio $job /dev/mapper/$dev)
+      t1=$(cut -d' ' -f1 /proc/uptime)
+      r1=$(dmu_stat u requests)
+      echo "$rep,$job,$dev,$t0,$t1,$1,$2,$((r1 - r0))" | tee -a /results/bench.csv
+    done
+  done
+done
+daemon_report $LOG
+dmsetup status u
+daemon_stop $LOG
+cp $LOG /results/
+dmsetup remove u
+dmsetup remove lin
+losetup -d "$LOOP"
+step "ok"

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# bench/kmod/run.sh [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]
+# Boots one VM (through the VM harness) that runs bench/kmod/kmod-bench.sh:
+# fio on the userspace target (all mappings pushed) and on dm-linear over the
+# same loop device, interleaved, N repetitions.  Meanwhile samples the host's
+# CPU time used by everything except that VM (vm-recipes §6 "Noise") and flags
+# runs during which other work used more than a quarter of a core.  Prints a
+# markdown table of IOPS/bandwidth and userspace/dm-linear ratios.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+build=$src/build line=6.12 reps=3 runtime=8
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build) build=$2; shift 2 ;;
+    --kernel) line=$2; shift 2 ;;
+    --reps) reps=$2; shift 2 ;;
+    --runtime) runtime=$2; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]" >&2; exit 2 ;;
+  esac
+done
+build=$(realpath "$build")
+results=$build/tests/vm/results/kmod-bench.$line
+samples=$(mktemp)
+settings=$here/settings
+trap 'rm -f "$samples" "$settings"' EXIT
+printf 'REPS=%s\nRUNTIME=%s\n' "$reps" "$runtime" >"$settings"
+
+# sample_load: every 2 s, "<seconds since QEMU started> <other CPU, % of one core>".
+sample_load() {
+  local qpid= t0 prev_busy=0 prev_total=0 prev_own=0 busy total own ncpu
+  ncpu=$(nproc)
+  while [ -z "$qpid" ]; do
+    qpid=$(pgrep -f -- "runs/kmod-bench.$line/initrd" | head -1 || true)
+    sleep 0.2
+  done
+  t0=$(date +%s.%N)
+  while kill -0 "$qpid" 2>/dev/null; do
+    read -r busy total < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    own=$(awk '{print $14+$15}' "/proc/$qpid/stat" 2>/dev/null || echo "$prev_own")
+    if [ "$prev_total" != 0 ]; then
+      awk -v t="$(date +%s.%N)" -v t0="$t0" -v db=$((busy - prev_busy)) -v dt=$((total - prev_total)) \
+        -v dq=$((own - prev_own)) -v n="$ncpu" \
+        'BEGIN { o = dt > 0 ? (db - dq) * 100 * n / dt : 0; if (o < 0) o = 0; printf "%.1f %.0f\n", t - t0, o }'
+    fi
+    prev_busy=$busy prev_total=$total prev_own=$own
+    sleep 2
+  done
+}
+
+cmake --build "$build" -j2 --target dmu-test-daemon >/dev/null
+sample_load >"$samples" &
+sampler=$!
+rc=0
+"$src/tests/vm/lib/run-case.sh" --build "$build" --kernel "$line" "$here/kmod-bench.sh" || rc=$?
+wait "$sampler" || true
+cp "$samples" "$results/host-load.txt"
+[ "$rc" = 0 ] || { echo "bench VM failed (rc $rc); console: $results/console.log" >&2; exit "$rc"; }
+
+# Report: per job, median of each device over the repetitions, ratio, and
+# the repetitions whose runs overlapped host load above 25% of a core.
+awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" '
+  BEGIN {
+    while ((getline l < loadfile) > 0) { split(l, a, " "); n++; lt[n] = a[1]; lo[n] = a[2] }
+  }
+  function load(s, e,   i, sum, c) {
+    sum = 0; c = 0
+    for (i = 1; i <= n; i++) if (lt[i] >= s && lt[i] <= e + 2) { sum += lo[i]; c++ }
+    return c ? sum / c : 0
+  }
+  function median(arr, k,   i, j, t, b) {
+    for (i = 1; i <= k; i++) b[i] = arr[i]
+    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }
+    return k % 2 ? b[(k + 1) / 2] : (b[k / 2] + b[k / 2 + 1]) / 2
+  }
+  NR == 1 { next }
+  {
+    job = $2; dev = $3; key = job SUBSEP dev
+    cnt[key]++; iops[key, cnt[key]] = $6; bw[key, cnt[key]] = $7; req[key] += $8
+    l = load($4, $5); if (l > maxload[job]) maxload[job] = l
+    if (l > 25) loaded[job] = loaded[job] " rep" $1 "/" dev "(" int(l) "%)"
+    jobs[job] = 1
+  }
+  END {
+    printf "| job (kernel %s) | dm-linear IOPS | userspace IOPS | ratio IOPS | dm-linear MiB/s | userspace MiB/s | ratio MiB/s | per-rep ratios | daemon requests during runs | max other host load | loaded runs |\n", kernel
+    print "|---|---|---|---|---|---|---|---|---|---|---|"
+    split("randread randwrite seqwrite", order, " ")
+    for (o = 1; o <= 3; o++) {
+      job = order[o]; if (!(job in jobs)) continue
+      k = cnt[job, "lin"]
+      for (i = 1; i <= k; i++) { a[i] = iops[job, "lin", i]; b[i] = iops[job, "u", i]; c[i] = bw[job, "lin", i]; d[i] = bw[job, "u", i] }
+      li = median(a, k); ui = median(b, k); lb = median(c, k); ub = median(d, k)
+      reps = ""
+      for (i = 1; i <= k; i++) reps = reps sprintf("%s%.2f", i > 1 ? " " : "", a[i] > 0 ? b[i] / a[i] : 0)
+      printf "| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %s | %d | %d%% | %s |\n", job, li, ui, li > 0 ? ui / li : 0, lb / 1024, ub / 1024, lb > 0 ? ub / lb : 0, reps, req[job, "u"], maxload[job], loaded[job] == "" ? "none" : loaded[job]
+    }
+  }' "$results/bench.csv"
+echo
+echo "raw: $results/bench.csv, host load samples: $results/host-load.txt"
