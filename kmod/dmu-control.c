@@ -155,14 +155,17 @@ static struct dmu_target *dmu_registry_find(const char *key)
 	return NULL;
 }
 
+/* A new daemon: count what it gets again; its answer clock starts now. */
 static unsigned int dmu_count_resent(struct dmu_target *dt)
 {
 	struct dmu_req *req;
 	unsigned int n = 0;
 
 	lockdep_assert_held(&dt->lock);
-	list_for_each_entry(req, &dt->send_queue, list)
+	list_for_each_entry(req, &dt->send_queue, list) {
 		n += req->resent;
+		req->queued_at = jiffies;
+	}
 	return n;
 }
 
@@ -214,8 +217,9 @@ static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
 		spin_lock(&ch->lock);
 		ch->dt = dt;
 		spin_unlock(&ch->lock);
-		if (!dt->suspending)
-			cancel_delayed_work(&dt->timeout_work);
+		if (dt->daemon_timeout)
+			mod_delayed_work(dt->wq, &dt->timeout_work,
+					 (unsigned long)dt->daemon_timeout * HZ);
 		b.features = dt->features;
 		b.target_sectors = dt->ti->len;
 		b.block_sectors = dt->block_sectors;

@@ -33,8 +33,7 @@ void dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
 	bio_list_add(&dt->flush_bios, bio);
 	kick = dt->commit_stage == DMU_CS_IDLE;
 	if (dt->state == DMU_DAEMON_ABSENT)
-		queue_delayed_work(dt->wq, &dt->timeout_work,
-				   (unsigned long)dt->daemon_timeout * HZ);
+		dmu_arm_timeout(dt);
 	spin_unlock_irqrestore(&dt->lock, flags);
 	if (kick)
 		queue_work(dt->wq, &dt->flush_work);
@@ -145,6 +144,8 @@ void dmu_flush_work(struct work_struct *work)
 	req->id = ++dt->next_id;
 	req->state = DMU_RS_QUEUED;
 	req->resent = false;
+	req->queued_at = jiffies;
+	dmu_arm_timeout(dt);
 	hash_add(dt->ids, &req->hash, req->id);
 	list_add_tail(&req->list, &dt->send_queue);
 	dt->nr_pending++;
@@ -152,6 +153,14 @@ void dmu_flush_work(struct work_struct *work)
 	dmu_wake_daemon(dt);
 unlock:
 	spin_unlock_irq(&dt->lock);
+}
+
+/* The daemon did not answer the COMMIT in time: fail this cycle. */
+void dmu_commit_expired(struct dmu_target *dt)
+{
+	lockdep_assert_held(&dt->mutex);
+	set_bit(DMU_DIRTY, &dt->flags);
+	dmu_commit_done(dt, -ETIMEDOUT);
 }
 
 /* Fail every waiting flush and the cycle under way (no daemon to commit). */

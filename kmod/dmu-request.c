@@ -161,10 +161,9 @@ void dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 		list_add(&req->pending, &dt->pending_maps);
 		list_add_tail(&req->list, &dt->send_queue);
 		dt->nr_pending++;
+		req->queued_at = jiffies;
 		atomic64_inc(&dt->c.requests);
-		if (dt->state == DMU_DAEMON_ABSENT)
-			queue_delayed_work(dt->wq, &dt->timeout_work,
-					   (unsigned long)dt->daemon_timeout * HZ);
+		dmu_arm_timeout(dt);
 		dmu_wake_daemon(dt);
 	}
 	bio_list_add(&req->bios, bio);
@@ -439,33 +438,96 @@ void dmu_daemon_gone(struct dmu_target *dt)
 	}
 }
 
+/* Start the timeout clock unless it runs already (0: no timeout). */
+void dmu_arm_timeout(struct dmu_target *dt)
+{
+	if (dt->daemon_timeout)
+		queue_delayed_work(dt->wq, &dt->timeout_work,
+				   (unsigned long)dt->daemon_timeout * HZ);
+}
+
 /*
- * No daemon bound within daemon_timeout (or, while suspending, a bound
- * daemon did not answer in time): fail what waits, and while unbound fail
- * new misses at once until a daemon binds.
+ * A bound daemon must answer each request within daemon_timeout: fail the
+ * I/O of those it left unanswered for longer (the daemon stays bound and a
+ * late answer counts as bad).  Re-arm for the oldest remaining request.
+ */
+static void dmu_expire_requests(struct dmu_target *dt)
+{
+	unsigned long limit = (unsigned long)dt->daemon_timeout * HZ;
+	unsigned long now = jiffies, next = 0;
+	struct dmu_req *req, *tmp;
+	bool commit = false;
+	LIST_HEAD(victims);
+	struct list_head *queues[] = { &dt->sent, &dt->send_queue };
+	unsigned int i, n = 0;
+
+	lockdep_assert_held(&dt->mutex);
+	spin_lock_irq(&dt->lock);
+	for (i = 0; i < ARRAY_SIZE(queues); i++) {
+		list_for_each_entry_safe(req, tmp, queues[i], list) {
+			if (req->kind == DMU_RQ_DONE)
+				continue;
+			if (time_before(now, req->queued_at + limit)) {
+				if (!next || time_before(req->queued_at + limit, next))
+					next = req->queued_at + limit;
+				continue;
+			}
+			dmu_req_unlink(req);
+			n++;
+			if (req->kind == DMU_RQ_COMMIT)
+				commit = true;
+			else
+				list_add_tail(&req->list, &victims);
+		}
+	}
+	spin_unlock_irq(&dt->lock);
+
+	if (n) {
+		atomic64_inc(&dt->c.timeouts);
+		DMWARN("%s: daemon left %u requests unanswered for %u s; failing their I/O",
+		       dt->key, n, dt->daemon_timeout);
+	}
+	list_for_each_entry_safe(req, tmp, &victims, list) {
+		list_del_init(&req->list);
+		dmu_req_fail(req, -EIO);
+	}
+	if (commit)
+		dmu_commit_expired(dt);
+	if (next)
+		queue_delayed_work(dt->wq, &dt->timeout_work,
+				   time_after(next, now) ? next - now : 1);
+}
+
+/*
+ * The timeout clock ran out.  Unbound: no daemon came back within
+ * daemon_timeout, so fail what waits and, until a daemon binds, fail new
+ * misses at once.  Bound: fail requests the daemon sits on for too long.
  */
 void dmu_timeout_work(struct work_struct *work)
 {
 	struct dmu_target *dt = container_of(to_delayed_work(work),
 					     struct dmu_target, timeout_work);
-	bool expire;
+	bool expire = false, bound;
 
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
-	expire = !dt->dying &&
-		 (dt->state != DMU_DAEMON_BOUND || dt->suspending);
-	/* Before any daemon bound, only I/O that waited counts. */
-	if (dt->state == DMU_DAEMON_ABSENT && !dt->nr_pending &&
-	    bio_list_empty(&dt->flush_bios) && bio_list_empty(&dt->commit_bios))
-		expire = false;
-	if (expire && dt->state != DMU_DAEMON_BOUND)
-		dt->state = DMU_DAEMON_TIMED_OUT;
+	bound = dt->state == DMU_DAEMON_BOUND;
+	if (!dt->dying && !bound) {
+		/* Before any daemon bound, only I/O that waited counts. */
+		expire = dt->state != DMU_DAEMON_ABSENT || dt->nr_pending ||
+			 !bio_list_empty(&dt->flush_bios) ||
+			 !bio_list_empty(&dt->commit_bios);
+		if (expire)
+			dt->state = DMU_DAEMON_TIMED_OUT;
+	}
 	spin_unlock_irq(&dt->lock);
 	if (expire) {
 		atomic64_inc(&dt->c.timeouts);
-		DMWARN("%s: no daemon answered within %u s; failing waiting I/O",
+		DMWARN("%s: no daemon bound within %u s; failing waiting I/O",
 		       dt->key, dt->daemon_timeout);
 		dmu_fail_all(dt, BLK_STS_IOERR);
+	} else if (bound && !dt->dying) {
+		dmu_expire_requests(dt);
 	}
 	mutex_unlock(&dt->mutex);
 }

@@ -348,10 +348,8 @@ static void dmu_presuspend(struct dm_target *ti)
 	dt->suspending = true;
 	bound = dt->state == DMU_DAEMON_BOUND;
 	spin_unlock_irq(&dt->lock);
-	if (bound)	/* give the daemon daemon_timeout to answer */
-		mod_delayed_work(dt->wq, &dt->timeout_work,
-				 (unsigned long)dt->daemon_timeout * HZ);
-	else		/* nobody can answer: suspend must not hang */
+	/* A bound daemon answers within daemon_timeout or its I/O fails. */
+	if (!bound)	/* nobody can answer: suspend must not hang */
 		dmu_fail_all(dt, BLK_STS_IOERR);
 	mutex_unlock(&dt->mutex);
 }
@@ -363,8 +361,6 @@ static void dmu_resume(struct dm_target *ti)
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	dt->suspending = false;
-	if (dt->state == DMU_DAEMON_BOUND)
-		cancel_delayed_work(&dt->timeout_work);
 	spin_unlock_irq(&dt->lock);
 	mutex_unlock(&dt->mutex);
 }

@@ -124,6 +124,7 @@ struct dmu_req {
 	u64 block;
 	u64 nr_blocks;
 	u64 seq;			/* tracker order, for the flush barrier */
+	unsigned long queued_at;	/* jiffies: for the answer timeout */
 	enum dmu_req_kind kind;
 	enum dmu_req_state state;
 	u32 map_flags;			/* DMU_MAP_* */
@@ -317,6 +318,7 @@ void dmu_fail_all(struct dmu_target *dt, blk_status_t status);
 void dmu_daemon_gone(struct dmu_target *dt);
 void dmu_deferred_work(struct work_struct *work);
 void dmu_timeout_work(struct work_struct *work);
+void dmu_arm_timeout(struct dmu_target *dt);
 bool dmu_must_fail_now(struct dmu_target *dt);
 void dmu_wake_daemon(struct dmu_target *dt);
 void dmu_end_bio(struct bio *bio, int error);
@@ -338,6 +340,7 @@ void dmu_flush_defer(struct dmu_target *dt, struct bio *bio);
 void dmu_flush_work(struct work_struct *work);
 void dmu_commit_answered(struct dmu_target *dt, int status);
 void dmu_flush_fail_all(struct dmu_target *dt, blk_status_t status);
+void dmu_commit_expired(struct dmu_target *dt);
 
 /* dmu-control.c */
 int dmu_control_init(void);
