@@ -55,6 +55,15 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
+// Bytes from `offset` (at most `length`) that are a hole of the file, as
+// SEEK_DATA tells; 0 when they start with data or the file cannot tell.
+uint64_t hole_bytes(File& file, uint64_t offset, uint64_t length) {
+  if (file.fd() < 0) return 0;
+  off_t data = ::lseek(file.fd(), off_t(offset), SEEK_DATA);
+  if (data < 0) return errno == ENXIO ? length : 0;  // ENXIO: only a hole up to the end
+  return std::min<uint64_t>(length, uint64_t(data) - offset);
+}
+
 // Writes the non-zero kSparseUnit runs of buf (guest offset `at`).
 Result<void> write_sparse(File& out, uint64_t at, const uint8_t* buf, uint64_t n) {
   uint64_t run_start = 0;
@@ -86,12 +95,21 @@ Result<void> export_chain(formats::Chain& chain, File& out) {
       progress.update(pos);
       continue;
     }
+    File* device = m.kind == formats::ChainMapping::Kind::Data ? chain.devices()[m.device] : nullptr;
     for (uint64_t done = 0; done < m.length;) {
+      if (device) {
+        // Holes of the data file read as zeros: skip them without reading.
+        const uint64_t skip = hole_bytes(*device, m.host_offset + done, m.length - done);
+        if (skip) {
+          done += skip;
+          progress.update(pos + done);
+          continue;
+        }
+      }
       const uint64_t n = std::min(kChunk, m.length - done);
       std::span<uint8_t> part(buf.data(), n);
-      if (m.kind == formats::ChainMapping::Kind::Data) {
-        DMU_ASSIGN_OR_RETURN(size_t got,
-                             chain.devices()[m.device]->read_some(m.host_offset + done, part));
+      if (device) {
+        DMU_ASSIGN_OR_RETURN(size_t got, device->read_some(m.host_offset + done, part));
         std::memset(part.data() + got, 0, n - got);  // past the file's end reads as zeros
       } else {
         DMU_TRY(chain.read(pos + done, part));

@@ -2,6 +2,7 @@
 // qemu-img map prints it (json: one object per line with start, length,
 // depth, present, zero, data and, where the data has a plain place, offset;
 // adjacent entries merged by qemu-img's rule).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cinttypes>
@@ -72,15 +73,15 @@ std::vector<std::pair<uint64_t, bool>> holes(int fd, uint64_t offset, uint64_t l
 
 // QEMU's qcow2 looks through data clusters at the file's holes when the
 // image seems to have been created with preallocation=metadata
-// (qcow2_detect_metadata_preallocation: far more clusters in the file than
-// blocks allocated to it).
-bool metadata_preallocated(const formats::ImageInfo& info, File& file) {
+// (qcow2_detect_metadata_preallocation: far more clusters in the image file
+// than blocks allocated to it; the image file, not an external data file).
+bool metadata_preallocated(const formats::ImageInfo& info) {
   if (info.format != "qcow2" || !info.cluster_size) return false;
-  auto size = file.size();
-  if (!size) return false;
-  const uint64_t real = allocated_bytes(file.path()) / info.cluster_size;
+  struct stat st {};
+  if (::stat(info.filename.c_str(), &st) != 0) return false;
+  const uint64_t real = uint64_t(st.st_blocks) * 512 / info.cluster_size;
   const uint64_t threshold = std::max(real * 10 / 9, real + 2);
-  return (*size + info.cluster_size - 1) / info.cluster_size > threshold;
+  return (uint64_t(st.st_size) + info.cluster_size - 1) / info.cluster_size > threshold;
 }
 
 Result<std::vector<Entry>> collect(formats::Chain& chain) {
@@ -114,7 +115,7 @@ Result<std::vector<Entry>> collect(formats::Chain& chain) {
         e.has_offset = true;
         e.file = file->path();
         const auto& info = chain.images()[m.depth]->info();
-        if (!formats::maps_linearly(info) && !metadata_preallocated(info, *file)) {
+        if (!formats::maps_linearly(info) && !metadata_preallocated(info)) {
           e.offset = m.host_offset;
           add(entries, e);
           break;
