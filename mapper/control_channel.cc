@@ -13,7 +13,8 @@
 
 namespace dmu {
 
-Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes, const std::string& what) {
+Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes,
+                                     const std::string& what) {
   if (ret >= 0) {
     auto bytes = static_cast<size_t>(ret);
     if (bytes > total_bytes || bytes % DMU_MSG_SIZE != 0)
@@ -57,8 +58,8 @@ Result<BindInfo> ControlChannel::bind(const std::string& key, uint64_t features)
     return fail(EPROTO, path_ + ": kernel granted features " + hex(b.features) +
                             " beyond the requested " + hex(features));
   key_ = key;
-  return BindInfo{b.version_major, b.version_minor, b.version_patch, b.features,
-                  b.target_sectors, b.block_sectors, b.nr_devs, b.resent};
+  return BindInfo{b.version_major,  b.version_minor, b.version_patch, b.features,
+                  b.target_sectors, b.block_sectors, b.nr_devs,       b.resent};
 }
 
 Result<size_t> ControlChannel::read_requests(std::span<dmu_request> out,
@@ -100,7 +101,7 @@ long ControlChannel::write_raw(std::span<const uint8_t> bytes) {
 }
 
 Result<std::vector<dmu_extent_info>> ControlChannel::list_extents(uint64_t start_block,
-                                                                   size_t max_total) {
+                                                                  size_t max_total) {
   constexpr uint32_t kPage = 256;
   std::vector<dmu_extent_info> all;
   std::vector<dmu_extent_info> page(kPage);
@@ -119,8 +120,8 @@ Result<std::vector<dmu_extent_info>> ControlChannel::list_extents(uint64_t start
     all.insert(all.end(), page.begin(), page.begin() + static_cast<ptrdiff_t>(take));
     if (req.count < kPage) break;
     if (req.next_block <= next)
-      return fail(EPROTO, what() + ": list extents did not advance past block " +
-                              std::to_string(next));
+      return fail(EPROTO,
+                  what() + ": list extents did not advance past block " + std::to_string(next));
     next = req.next_block;
   }
   return all;

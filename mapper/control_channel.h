@@ -46,7 +46,8 @@ struct WriteOutcome {
 // first message was refused (or the length was not a whole number of
 // messages); a short count means the message right after it was refused.
 // Other errors (EBADF, ENODEV, ...) are failures of the channel itself.
-Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes, const std::string& what);
+Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes,
+                                     const std::string& what);
 
 class ControlChannel {
  public:
@@ -75,7 +76,7 @@ class ControlChannel {
   // Cached extents that end after start_block, in block order, up to
   // max_total of them.
   Result<std::vector<dmu_extent_info>> list_extents(uint64_t start_block = 0,
-                                                     size_t max_total = SIZE_MAX);
+                                                    size_t max_total = SIZE_MAX);
 
   const std::string& path() const { return path_; }
   const std::string& key() const { return key_; }

@@ -161,7 +161,9 @@ Result<DmDevice> DmDevice::adopt(const std::string& name) {
   return dev;
 }
 
-DmDevice::DmDevice(DmDevice&& other) noexcept { *this = std::move(other); }
+DmDevice::DmDevice(DmDevice&& other) noexcept {
+  *this = std::move(other);
+}
 
 DmDevice& DmDevice::operator=(DmDevice&& other) noexcept {
   if (this != &other) {
@@ -172,7 +174,9 @@ DmDevice& DmDevice::operator=(DmDevice&& other) noexcept {
   return *this;
 }
 
-DmDevice::~DmDevice() { (void)remove(); }
+DmDevice::~DmDevice() {
+  (void)remove();
+}
 
 Result<std::vector<DmTableLine>> DmDevice::status() const {
   const std::string what = "dm device " + name_;
@@ -196,8 +200,7 @@ Result<std::string> DmDevice::message(const std::string& text, uint64_t sector) 
   return dm_message(name_, text, sector);
 }
 
-Result<std::string> dm_message(const std::string& name, const std::string& text,
-                               uint64_t sector) {
+Result<std::string> dm_message(const std::string& name, const std::string& text, uint64_t sector) {
   const std::string what = "dm device " + name + ": message '" + text + "'";
   begin_operation();
   DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_TARGET_MSG, name, what));

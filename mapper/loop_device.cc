@@ -50,14 +50,12 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const LoopOptions
   config.info.lo_flags = (options.read_only ? LO_FLAGS_READ_ONLY : 0) |
                          (options.autoclear ? LO_FLAGS_AUTOCLEAR : 0) |
                          (options.direct_io ? LO_FLAGS_DIRECT_IO : 0);
-  std::strncpy(reinterpret_cast<char*>(config.info.lo_file_name), file.c_str(),
-               LO_NAME_SIZE - 1);
+  std::strncpy(reinterpret_cast<char*>(config.info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
 
   for (int attempt = 0; attempt < kClaimAttempts; ++attempt) {
     int n = ::ioctl(control.get(), LOOP_CTL_GET_FREE);
     if (n < 0) return fail(errno_error(file + ": find a free loop device"));
-    DMU_ASSIGN_OR_RETURN(UniqueFd loop,
-                         open_loop_node(n, options.read_only ? O_RDONLY : O_RDWR));
+    DMU_ASSIGN_OR_RETURN(UniqueFd loop, open_loop_node(n, options.read_only ? O_RDONLY : O_RDWR));
     int rc = ::ioctl(loop.get(), LOOP_CONFIGURE, &config);
     if (rc != 0 && errno == EINVAL && (config.info.lo_flags & LO_FLAGS_DIRECT_IO)) {
       // Some kernels refuse direct I/O outright instead of falling back.
@@ -92,7 +90,9 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const LoopOptions
                          std::to_string(kClaimAttempts) + " attempts)");
 }
 
-LoopDevice::LoopDevice(LoopDevice&& other) noexcept { *this = std::move(other); }
+LoopDevice::LoopDevice(LoopDevice&& other) noexcept {
+  *this = std::move(other);
+}
 
 LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
   if (this != &other) {
@@ -109,7 +109,9 @@ LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
   return *this;
 }
 
-LoopDevice::~LoopDevice() { (void)detach(); }
+LoopDevice::~LoopDevice() {
+  (void)detach();
+}
 
 Result<void> LoopDevice::detach() {
   if (!fd_.valid()) return {};

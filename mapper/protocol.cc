@@ -14,21 +14,31 @@ std::string id_text(uint64_t id) {
 
 const char* request_type_name(uint32_t type) {
   switch (type) {
-    case DMU_REQ_MAP: return "MAP";
-    case DMU_REQ_COMMIT: return "COMMIT";
-    case DMU_REQ_DONE: return "DONE";
-    default: return nullptr;
+    case DMU_REQ_MAP:
+      return "MAP";
+    case DMU_REQ_COMMIT:
+      return "COMMIT";
+    case DMU_REQ_DONE:
+      return "DONE";
+    default:
+      return nullptr;
   }
 }
 
 const char* response_type_name(uint32_t type) {
   switch (type) {
-    case DMU_RSP_EXTENT: return "EXTENT";
-    case DMU_RSP_COPY: return "COPY";
-    case DMU_RSP_COMPLETE: return "COMPLETE";
-    case DMU_RSP_COMMITTED: return "COMMITTED";
-    case DMU_RSP_INVALIDATE: return "INVALIDATE";
-    default: return nullptr;
+    case DMU_RSP_EXTENT:
+      return "EXTENT";
+    case DMU_RSP_COPY:
+      return "COPY";
+    case DMU_RSP_COMPLETE:
+      return "COMPLETE";
+    case DMU_RSP_COMMITTED:
+      return "COMMITTED";
+    case DMU_RSP_INVALIDATE:
+      return "INVALIDATE";
+    default:
+      return nullptr;
   }
 }
 

@@ -69,8 +69,12 @@ static_assert(offsetof(dmu_list_extents, reserved) == 32);
 
 namespace dmu::proto {
 
-inline constexpr bool is_push_id(uint64_t id) { return (id & DMU_PUSH_ID) != 0; }
-inline constexpr uint32_t final_flag(bool final) { return final ? DMU_RSP_FINAL : 0; }
+inline constexpr bool is_push_id(uint64_t id) {
+  return (id & DMU_PUSH_ID) != 0;
+}
+inline constexpr uint32_t final_flag(bool final) {
+  return final ? DMU_RSP_FINAL : 0;
+}
 
 // --- Responses (daemon -> kernel) ----------------------------------------
 

@@ -11,9 +11,12 @@ using namespace std::chrono;
 
 const char* followup_name(FollowUp f) {
   switch (f) {
-    case FollowUp::Rejected: return "rejected";
-    case FollowUp::Accepted: return "accepted";
-    case FollowUp::Either: return "either";
+    case FollowUp::Rejected:
+      return "rejected";
+    case FollowUp::Accepted:
+      return "accepted";
+    case FollowUp::Either:
+      return "either";
   }
   return "?";
 }
@@ -65,7 +68,9 @@ void Daemon::event(const std::string& name, const std::string& fields) {
   log_ << '\n' << std::flush;
 }
 
-void Daemon::report_counters() { event("counters", format_counters(counters_)); }
+void Daemon::report_counters() {
+  event("counters", format_counters(counters_));
+}
 
 Result<void> Daemon::report_extents() {
   DMU_ASSIGN_OR_RETURN(auto extents, channel_.list_extents());
@@ -78,11 +83,11 @@ Result<void> Daemon::report_extents() {
     if (e.state & DMU_EXTENT_BUSY) ++busy;
     if (e.kind == DMU_EXT_ZERO) ++zero;
   }
-  event("extents", "cached=" + std::to_string(extents.size()) + " blocks=" +
-                       std::to_string(blocks) + " pushed=" + std::to_string(pushed) +
-                       " pushed_used=" + std::to_string(pushed_used) + " used=" +
-                       std::to_string(used) + " zero=" + std::to_string(zero) + " busy=" +
-                       std::to_string(busy));
+  event("extents", "cached=" + std::to_string(extents.size()) +
+                       " blocks=" + std::to_string(blocks) + " pushed=" + std::to_string(pushed) +
+                       " pushed_used=" + std::to_string(pushed_used) +
+                       " used=" + std::to_string(used) + " zero=" + std::to_string(zero) +
+                       " busy=" + std::to_string(busy));
   return {};
 }
 
@@ -96,8 +101,8 @@ Result<void> Daemon::push_all() {
     extents += n - (counters_.rejected - rejected_before);
   }
   counters_.pushed_extents += extents;
-  event("push", "extents=" + std::to_string(extents) + " batches=" +
-                    std::to_string(batches.size()));
+  event("push",
+        "extents=" + std::to_string(extents) + " batches=" + std::to_string(batches.size()));
   return report_extents();
 }
 
@@ -132,20 +137,19 @@ Result<void> Daemon::send_hostile(const dmu_request& q) {
   const dmu_response follow = proto::complete(q.id, -EIO);
   DMU_ASSIGN_OR_RETURN(WriteOutcome fo, channel_.write_responses({&follow, 1}));
   const bool accepted = fo.complete();
-  const bool follow_ok = a.followup == FollowUp::Either ||
-                         (a.followup == FollowUp::Accepted) == accepted;
+  const bool follow_ok =
+      a.followup == FollowUp::Either || (a.followup == FollowUp::Accepted) == accepted;
   if (as_promised && follow_ok)
     ++counters_.hostile_as_promised;
   else
     ++counters_.hostile_broken;
   if (accepted) ++counters_.responses;
-  event("hostile", "kind=" + std::string(hostile_name(config_.hostile)) + " id=" +
-                       std::to_string(q.id) + " block=" + std::to_string(q.block) + " bytes=" +
-                       std::to_string(a.bytes.size()) + " expected=" +
-                       std::to_string(a.expected_return) + " got=" + std::to_string(got) +
-                       " followup=" + (accepted ? "accepted" : "rejected") +
-                       " followup_expected=" + followup_name(a.followup) +
-                       " ok=" + ((as_promised && follow_ok) ? "1" : "0"));
+  event("hostile",
+        "kind=" + std::string(hostile_name(config_.hostile)) + " id=" + std::to_string(q.id) +
+            " block=" + std::to_string(q.block) + " bytes=" + std::to_string(a.bytes.size()) +
+            " expected=" + std::to_string(a.expected_return) + " got=" + std::to_string(got) +
+            " followup=" + (accepted ? "accepted" : "rejected") + " followup_expected=" +
+            followup_name(a.followup) + " ok=" + ((as_promised && follow_ok) ? "1" : "0"));
   return {};
 }
 
@@ -186,9 +190,9 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
     case DMU_REQ_DONE:
       ++counters_.dones;
       if (q.status != 0) ++counters_.done_errors;
-      event("done", "id=" + (proto::is_push_id(q.id)
-                                 ? "push:" + std::to_string(q.id & ~DMU_PUSH_ID)
-                                 : std::to_string(q.id)) +
+      event("done", "id=" +
+                        (proto::is_push_id(q.id) ? "push:" + std::to_string(q.id & ~DMU_PUSH_ID)
+                                                 : std::to_string(q.id)) +
                         " status=" + std::to_string(q.status));
       break;
     default:
@@ -204,8 +208,8 @@ Result<void> Daemon::answer_due_commits() {
     pending_commits_.pop_front();
     if (marker_) marker_("committed-" + std::to_string(id));
     out.push_back(proto::committed(id, 0));
-    event("commit", "id=" + std::to_string(id) +
-                        " delay_ms=" + std::to_string(config_.commit_delay_ms));
+    event("commit",
+          "id=" + std::to_string(id) + " delay_ms=" + std::to_string(config_.commit_delay_ms));
   }
   return send(out);
 }
@@ -222,8 +226,8 @@ Result<void> Daemon::step(milliseconds max_wait) {
   counters_.requests += n;
   if (config_.hang_after_requests && counters_.requests >= config_.hang_after_requests && n) {
     hung_ = true;
-    event("hang", "unanswered=" + std::to_string(n) + " requests=" +
-                      std::to_string(counters_.requests));
+    event("hang",
+          "unanswered=" + std::to_string(n) + " requests=" + std::to_string(counters_.requests));
     return {};
   }
   std::vector<dmu_response> out;

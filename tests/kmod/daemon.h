@@ -30,9 +30,9 @@ struct Counters {
   uint64_t commits = 0;
   uint64_t dones = 0;
   uint64_t done_errors = 0;
-  uint64_t bad_requests = 0;   // malformed messages from the kernel
-  uint64_t responses = 0;      // messages the kernel accepted
-  uint64_t rejected = 0;       // messages the kernel refused (not hostile ones)
+  uint64_t bad_requests = 0;  // malformed messages from the kernel
+  uint64_t responses = 0;     // messages the kernel accepted
+  uint64_t rejected = 0;      // messages the kernel refused (not hostile ones)
   uint64_t pushed_extents = 0;
   uint64_t hostile_sent = 0;
   uint64_t hostile_as_promised = 0;  // write() returned what the header promises

@@ -36,9 +36,7 @@ class KernelChannel final : public DaemonChannel {
     return channel_.write_responses(batch);
   }
   long write_raw(std::span<const uint8_t> bytes) override { return channel_.write_raw(bytes); }
-  Result<std::vector<dmu_extent_info>> list_extents() override {
-    return channel_.list_extents();
-  }
+  Result<std::vector<dmu_extent_info>> list_extents() override { return channel_.list_extents(); }
 
  private:
   ControlChannel& channel_;

@@ -11,8 +11,10 @@ struct ModeName {
   Mode mode;
   std::string_view name;
 };
-constexpr ModeName kModes[] = {{Mode::Identity, "identity"}, {Mode::Zero, "zero"},
-                               {Mode::Copy, "copy"},         {Mode::Error, "error"},
+constexpr ModeName kModes[] = {{Mode::Identity, "identity"},
+                               {Mode::Zero, "zero"},
+                               {Mode::Copy, "copy"},
+                               {Mode::Error, "error"},
                                {Mode::Hostile, "hostile"}};
 
 struct HostileName {
@@ -20,16 +22,11 @@ struct HostileName {
   std::string_view name;
 };
 constexpr HostileName kHostile[] = {
-    {HostileKind::BadDevice, "bad-dev"},
-    {HostileKind::PastEnd, "past-end"},
-    {HostileKind::ZeroLength, "zero-length"},
-    {HostileKind::Overlong, "overlong"},
-    {HostileKind::UnknownId, "unknown-id"},
-    {HostileKind::DuplicateFinal, "duplicate-final"},
-    {HostileKind::Truncated, "truncated"},
-    {HostileKind::Garbage, "garbage"},
-    {HostileKind::Reserved, "reserved"},
-    {HostileKind::CopyOutsideNew, "copy-outside-new"},
+    {HostileKind::BadDevice, "bad-dev"},      {HostileKind::PastEnd, "past-end"},
+    {HostileKind::ZeroLength, "zero-length"}, {HostileKind::Overlong, "overlong"},
+    {HostileKind::UnknownId, "unknown-id"},   {HostileKind::DuplicateFinal, "duplicate-final"},
+    {HostileKind::Truncated, "truncated"},    {HostileKind::Garbage, "garbage"},
+    {HostileKind::Reserved, "reserved"},      {HostileKind::CopyOutsideNew, "copy-outside-new"},
 };
 
 bool parse_u64(std::string_view s, uint64_t& out) {

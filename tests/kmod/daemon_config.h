@@ -50,18 +50,18 @@ struct DaemonConfig {
   std::string control_path = kControlDevicePath;
   Mode mode = Mode::Identity;
   uint64_t features = DMU_FEATURE_ALL;
-  bool writable_reads = false;      // identity/zero: read answers are writable too
-  uint64_t extent_blocks = 1;       // answer with at least this many blocks (read-ahead)
-  bool push_all = false;            // identity: push the whole target at start
+  bool writable_reads = false;  // identity/zero: read answers are writable too
+  uint64_t extent_blocks = 1;   // answer with at least this many blocks (read-ahead)
+  bool push_all = false;        // identity: push the whole target at start
   uint64_t push_extent_blocks = 1024;
-  uint32_t commit_delay_ms = 0;     // delay before COMMITTED
-  BlockRange blocks = {};           // error/hostile: the blocks the mode applies to
-  int error_errno = EIO;            // error mode
+  uint32_t commit_delay_ms = 0;  // delay before COMMITTED
+  BlockRange blocks = {};        // error/hostile: the blocks the mode applies to
+  int error_errno = EIO;         // error mode
   HostileKind hostile = HostileKind::BadDevice;
-  bool copy_half = false;           // copy: COPY only the first half of each block
-  size_t batch = 64;                // requests read per read()
-  uint64_t hang_after_requests = 0; // stop answering once this many were read (restart tests)
-  bool verbose = false;             // log every request and response
+  bool copy_half = false;            // copy: COPY only the first half of each block
+  size_t batch = 64;                 // requests read per read()
+  uint64_t hang_after_requests = 0;  // stop answering once this many were read (restart tests)
+  bool verbose = false;              // log every request and response
 };
 
 std::string_view mode_name(Mode m);
@@ -72,9 +72,9 @@ std::optional<HostileKind> parse_hostile(std::string_view name);
 std::optional<BlockRange> parse_block_range(std::string_view text);
 // Every hostile kind, in declaration order (for --help and the tests).
 inline constexpr HostileKind kAllHostileKinds[] = {
-    HostileKind::BadDevice,  HostileKind::PastEnd,        HostileKind::ZeroLength,
-    HostileKind::Overlong,   HostileKind::UnknownId,      HostileKind::DuplicateFinal,
-    HostileKind::Truncated,  HostileKind::Garbage,        HostileKind::Reserved,
+    HostileKind::BadDevice,     HostileKind::PastEnd,   HostileKind::ZeroLength,
+    HostileKind::Overlong,      HostileKind::UnknownId, HostileKind::DuplicateFinal,
+    HostileKind::Truncated,     HostileKind::Garbage,   HostileKind::Reserved,
     HostileKind::CopyOutsideNew};
 
 }  // namespace dmu::testd

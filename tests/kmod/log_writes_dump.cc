@@ -9,10 +9,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cstdint>
-#include <cstdio>
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -34,7 +34,9 @@ bool read_at(int fd, uint64_t offset, void* buf, size_t len) {
   return ::pread(fd, buf, len, static_cast<off_t>(offset)) == static_cast<ssize_t>(len);
 }
 
-uint64_t le64(const uint8_t* p) { return dmu::load_le64(p); }
+uint64_t le64(const uint8_t* p) {
+  return dmu::load_le64(p);
+}
 
 std::string flag_names(uint64_t f) {
   std::string s;
@@ -67,8 +69,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dmu-log-writes-dump: %s: cannot read the super block\n", path);
     return 1;
   }
-  Super sb{le64(raw), le64(raw + 8), le64(raw + 16),
-           dmu::load_le32(raw + 24)};
+  Super sb{le64(raw), le64(raw + 8), le64(raw + 16), dmu::load_le32(raw + 24)};
   if (sb.magic != kMagic || sb.version != kVersion || sb.sectorsize < 512 ||
       (sb.sectorsize & (sb.sectorsize - 1))) {
     std::fprintf(stderr,
@@ -85,8 +86,8 @@ int main(int argc, char** argv) {
   uint64_t pos = unit;  // in 512-byte sectors of the log device
   for (uint64_t i = 0; i < sb.nr_entries; ++i) {
     if (!read_at(fd, pos * 512, block.data(), block.size())) {
-      std::fprintf(stderr, "dmu-log-writes-dump: %s: entry %llu at sector %llu unreadable\n",
-                   path, static_cast<unsigned long long>(i), static_cast<unsigned long long>(pos));
+      std::fprintf(stderr, "dmu-log-writes-dump: %s: entry %llu at sector %llu unreadable\n", path,
+                   static_cast<unsigned long long>(i), static_cast<unsigned long long>(pos));
       return 1;
     }
     const uint64_t sector = le64(block.data()), nr = le64(block.data() + 8);

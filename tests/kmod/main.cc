@@ -55,6 +55,7 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
   po::options_description opts(
       "dmu-test-daemon --key KEY [--mode MODE] [options]\n"
       "Serves one dm-userspace target in a test mode; events go to stderr");
+  // clang-format off
   opts.add_options()
       ("help,h", "this help")
       ("key", po::value(&c.key)->required(), "the key in the target's table line")
@@ -87,6 +88,7 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       ("bind-wait-ms", po::value(&bind_wait_ms)->default_value(0),
        "retry BIND for up to N ms (target not created yet, old daemon still closing)")
       ("verbose,v", po::bool_switch(&c.verbose), "log every request and response");
+  // clang-format on
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, opts), vm);

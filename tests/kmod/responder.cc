@@ -18,7 +18,9 @@ constexpr size_t kPushBatchExtents = 64;
 constexpr uint64_t kFarPastEndSector = uint64_t{1} << 50;  // 512 PiB
 constexpr uint64_t kForeignIdBit = uint64_t{1} << 40;      // ids the kernel never issued
 
-bool is_write(const dmu_request& q) { return q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD); }
+bool is_write(const dmu_request& q) {
+  return q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD);
+}
 
 void mark_final(std::vector<dmu_response>& msgs) {
   if (!msgs.empty()) msgs.back().flags |= DMU_RSP_FINAL;
@@ -41,8 +43,7 @@ Result<Responder> Responder::create(const DaemonConfig& config, const Geometry& 
   if (config.mode == Mode::Copy && g.nr_devs < 2)
     return fail(EINVAL, "copy mode needs two devices in the table, the target has " +
                             std::to_string(g.nr_devs));
-  if ((config.mode == Mode::Copy || config.mode == Mode::Zero) &&
-      !(g.features & DMU_FEATURE_COPY))
+  if ((config.mode == Mode::Copy || config.mode == Mode::Zero) && !(g.features & DMU_FEATURE_COPY))
     return fail(EINVAL, std::string(mode_name(config.mode)) +
                             " mode needs DMU_FEATURE_COPY, which the kernel did not grant");
   if ((config.mode == Mode::Copy || config.mode == Mode::Zero) && g.blocks() > kMaxTrackedBlocks)
@@ -74,7 +75,9 @@ bool Responder::hostile_for(const dmu_request& q) const {
 uint64_t Responder::answer_end(const dmu_request& q, bool readahead) const {
   const uint64_t limit = geometry_.blocks();
   uint64_t end = q.block + std::min<uint64_t>(q.nr_blocks, limit - q.block);
-  if (readahead) end = std::max<uint64_t>(end, q.block + std::min<uint64_t>(config_.extent_blocks, limit - q.block));
+  if (readahead)
+    end = std::max<uint64_t>(end,
+                             q.block + std::min<uint64_t>(config_.extent_blocks, limit - q.block));
   // Never let read-ahead cover blocks whose requests must reach the daemon.
   if (config_.blocks.count && q.block < config_.blocks.start)
     end = std::min<uint64_t>(end, std::max<uint64_t>(config_.blocks.start, q.block + 1));
@@ -154,8 +157,8 @@ std::vector<dmu_response> Responder::copy_mode(const dmu_request& q) {
         out.push_back(remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE, false));
         return;
       }
-      out.push_back(remap_extent(q.id, b, e - b, 1, sector_of(b),
-                                 DMU_EXT_WRITABLE | DMU_EXT_NEW, false));
+      out.push_back(
+          remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, false));
       if (!config_.copy_half) {
         out.push_back(copy_source(q.id, sector_of(b), (e - b) * bs, 0, sector_of(b), false));
       } else {
@@ -235,8 +238,8 @@ HostileAnswer Responder::hostile_answer(const dmu_request& q, uint64_t sequence)
     case HostileKind::CopyOutsideNew: {
       dmu_response plain = valid;
       plain.flags = 0;  // not final: the COPY follows
-      msgs = {plain, copy_source(q.id, sector_of(b), geometry_.block_sectors, 0, sector_of(b),
-                                 true)};
+      msgs = {plain,
+              copy_source(q.id, sector_of(b), geometry_.block_sectors, 0, sector_of(b), true)};
       bad_index = 1;
       break;
     }

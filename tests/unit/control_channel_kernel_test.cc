@@ -53,10 +53,9 @@ class ControlChannelKernelTest : public ::testing::Test {
     ASSERT_TRUE(loop) << loop.error().message;
     loop_ = std::make_unique<LoopDevice>(std::move(*loop));
     key_ = "cc-test-" + std::to_string(::getpid());
-    auto dev = DmDevice::create(
-        key_, {{0, kSectors, "userspace",
-                key_ + " " + std::to_string(kBlockSectors) + " 1 " + loop_->dev_string() +
-                    " 2 daemon_timeout 10"}});
+    auto dev = DmDevice::create(key_, {{0, kSectors, "userspace",
+                                        key_ + " " + std::to_string(kBlockSectors) + " 1 " +
+                                            loop_->dev_string() + " 2 daemon_timeout 10"}});
     ASSERT_TRUE(dev) << dev.error().message;
     dev_ = std::make_unique<DmDevice>(std::move(*dev));
   }

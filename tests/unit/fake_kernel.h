@@ -21,12 +21,18 @@ namespace dmu::testd {
 class FakeKernel final : public DaemonChannel {
  public:
   FakeKernel(uint64_t target_sectors, uint32_t block_sectors, std::vector<uint64_t> dev_sectors)
-      : target_sectors_(target_sectors), block_sectors_(block_sectors),
+      : target_sectors_(target_sectors),
+        block_sectors_(block_sectors),
         dev_sectors_(std::move(dev_sectors)) {}
 
   BindInfo bind_info(uint64_t resent = 0) const {
-    return {DMU_VERSION_MAJOR, DMU_VERSION_MINOR, DMU_VERSION_PATCH, DMU_FEATURE_ALL,
-            target_sectors_,   block_sectors_,    static_cast<uint32_t>(dev_sectors_.size()),
+    return {DMU_VERSION_MAJOR,
+            DMU_VERSION_MINOR,
+            DMU_VERSION_PATCH,
+            DMU_FEATURE_ALL,
+            target_sectors_,
+            block_sectors_,
+            static_cast<uint32_t>(dev_sectors_.size()),
             resent};
   }
 
@@ -117,8 +123,8 @@ class FakeKernel final : public DaemonChannel {
         return false;
       }
       case DMU_RSP_COMPLETE:
-        return pending_maps_.count(r.id) && r.status <= 0 && !r.block && !r.nr_blocks &&
-               !r.kind && !r.ext_flags && !r.dev && !r.sector;
+        return pending_maps_.count(r.id) && r.status <= 0 && !r.block && !r.nr_blocks && !r.kind &&
+               !r.ext_flags && !r.dev && !r.sector;
       case DMU_RSP_COMMITTED:
         return pending_commits_.count(r.id) && r.status <= 0;
       case DMU_RSP_INVALIDATE:

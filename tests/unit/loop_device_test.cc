@@ -18,7 +18,9 @@
 namespace dmu {
 namespace {
 
-bool loop_usable() { return ::geteuid() == 0 && ::access("/dev/loop-control", R_OK | W_OK) == 0; }
+bool loop_usable() {
+  return ::geteuid() == 0 && ::access("/dev/loop-control", R_OK | W_OK) == 0;
+}
 
 std::string sysfs(const LoopDevice& d, const std::string& leaf) {
   std::ifstream in("/sys/block/loop" + std::to_string(d.number()) + "/" + leaf);
@@ -45,8 +47,8 @@ TEST_F(LoopDeviceTest, Attach_ShowsFileContentsAndSize) {
   EXPECT_EQ(sysfs(*loop, "loop/backing_file"), image_);
   EXPECT_EQ(sysfs(*loop, "loop/autoclear"), "1");
   EXPECT_EQ(test::read_file(loop->path()), test::read_file(image_));
-  EXPECT_EQ(loop->dev_string(), std::to_string(major(loop->dev())) + ":" +
-                                    std::to_string(minor(loop->dev())));
+  EXPECT_EQ(loop->dev_string(),
+            std::to_string(major(loop->dev())) + ":" + std::to_string(minor(loop->dev())));
 }
 
 TEST_F(LoopDeviceTest, Attach_UsesDirectIoWhereTheFileSystemAllows) {

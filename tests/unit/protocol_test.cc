@@ -22,7 +22,10 @@ bool zero_except(const T& msg, std::initializer_list<std::pair<size_t, size_t>> 
   return true;
 }
 
-#define FIELD(T, f) std::pair<size_t, size_t>{offsetof(T, f), sizeof(T::f)}
+#define FIELD(T, f)              \
+  std::pair<size_t, size_t> {    \
+    offsetof(T, f), sizeof(T::f) \
+  }
 
 TEST(Protocol, RemapExtent_FillsOnlyExtentFields) {
   dmu_response r = remap_extent(7, 16, 4, 1, 128, DMU_EXT_WRITABLE, true);
@@ -41,9 +44,9 @@ TEST(Protocol, RemapExtent_FillsOnlyExtentFields) {
 
 TEST(Protocol, ZeroExtent_HasNoDeviceOrSector) {
   dmu_response r = zero_extent(3, 10, 2, false);
-  EXPECT_TRUE(zero_except(r, {FIELD(dmu_response, type), FIELD(dmu_response, id),
-                              FIELD(dmu_response, block), FIELD(dmu_response, nr_blocks),
-                              FIELD(dmu_response, kind)}));
+  EXPECT_TRUE(zero_except(
+      r, {FIELD(dmu_response, type), FIELD(dmu_response, id), FIELD(dmu_response, block),
+          FIELD(dmu_response, nr_blocks), FIELD(dmu_response, kind)}));
   EXPECT_EQ(r.kind, uint32_t{DMU_EXT_ZERO});
   EXPECT_EQ(r.flags, 0u);
 }

@@ -16,10 +16,12 @@ namespace dmu::testd {
 namespace {
 
 using proto::map_request;
-constexpr uint32_t kBs = 8;           // 4 KiB blocks
-constexpr uint64_t kSectors = 8192;   // 4 MiB target = 1024 blocks
+constexpr uint32_t kBs = 8;          // 4 KiB blocks
+constexpr uint64_t kSectors = 8192;  // 4 MiB target = 1024 blocks
 
-Geometry geometry(uint32_t devs = 2) { return {kSectors, kBs, devs, DMU_FEATURE_ALL}; }
+Geometry geometry(uint32_t devs = 2) {
+  return {kSectors, kBs, devs, DMU_FEATURE_ALL};
+}
 
 Responder make(const DaemonConfig& c, uint32_t devs = 2) {
   auto r = Responder::create(c, geometry(devs));
@@ -50,7 +52,8 @@ TEST(TestDaemonResponder, Identity_ExtentBlocksReadsAheadButStopsAtTargetEnd) {
 }
 
 TEST(TestDaemonResponder, Error_FailsRequestsTouchingTheRangeWithTheErrno) {
-  auto r = make({.mode = Mode::Error, .extent_blocks = 64, .blocks = {200, 10}, .error_errno = ENOSPC});
+  auto r =
+      make({.mode = Mode::Error, .extent_blocks = 64, .blocks = {200, 10}, .error_errno = ENOSPC});
   auto a = r.answer_map(map_request(1, 205, 1, 0));
   ASSERT_EQ(a.size(), 1u);
   EXPECT_EQ(proto::describe(a[0]), "COMPLETE id=1 status=-28 final");
