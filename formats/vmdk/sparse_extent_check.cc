@@ -1,9 +1,11 @@
-// Sparse extent check.  qemu-img check -f vmdk walks every grain and fails
-// with one corruption at the first grain table or grain outside the file; we
-// report every such entry, plus grain tables outside the file in either
-// directory and grains used twice or overlapping metadata (counted at grain
-// granularity; skipped for compressed extents, whose grains are packed).
-// Like QEMU we report no leaks: vmdk has no notion of them.
+// Sparse extent check.  qemu-img check -f vmdk walks every grain and stops
+// at the first grain outside the file with one corruption and a failed check
+// (exit 1); we report every such grain the same way (a corruption and a check
+// error each).  Beyond QEMU we report, as corruptions only, grain tables
+// outside the file in either directory (QEMU reads them as zeros) and grains
+// used twice or overlapping metadata (counted at grain granularity; skipped
+// for compressed extents, whose grains are packed).  Like QEMU we report no
+// leaks: vmdk has no notion of them.
 #include <algorithm>
 
 #include "common/checked.h"
@@ -62,7 +64,10 @@ Result<void> SparseExtent::check(CheckReport& r, const std::string& label) {
       if (grain >= grains || e == 0 || (e == kGteZeroed && header_.zero_grain())) continue;
       auto g = decode(grain, e);
       if (!g) {
+        // qemu-img check stops here with "Check failed" (exit 1): count a
+        // check error too, so dmu check exits as it does.
         corrupt(g.error().message);
+        ++r.check_errors;
         continue;
       }
       if (!overlap_checks) continue;

@@ -94,13 +94,10 @@ Result<void> VmdkImage::open_descriptor_file(Env& env, std::unique_ptr<File> fil
                              "' is not supported in a descriptor file");
   if (d.extents.empty()) return fail(EINVAL, path + ": descriptor names no extents");
   for (const DescriptorExtent& de : d.extents) DMU_TRY(add_extent(env, path, de));
-  // Two sparse extents in one file would allocate over each other; an extent
-  // in the descriptor file itself would overwrite it.
-  DMU_ASSIGN_OR_RETURN(std::string self, env.identity(path));
+  // Two sparse extents in one file would allocate over each other.
   std::vector<std::string> ids;
   for (const Extent& e : extents_) {
     DMU_ASSIGN_OR_RETURN(std::string id, env.identity(e.filename));
-    if (id == self) return fail(EINVAL, path + ": extent '" + e.filename + "' is the descriptor");
     if (!e.flat && std::count(ids.begin(), ids.end(), id))
       return fail(EINVAL, path + ": sparse extent '" + e.filename + "' is named twice");
     ids.push_back(id);
@@ -129,7 +126,13 @@ Result<void> VmdkImage::add_extent(Env& env, const std::string& desc_path,
     return fail(EFBIG, where + ": extents add up to more than 64 PiB");
   std::string path = dirname_of(desc_path) + d.filename;
   auto mode = access_ == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly;
-  DMU_ASSIGN_OR_RETURN(auto file, env.open(path, mode));
+  auto opened = env.open(path, mode);
+  if (!opened) return fail(opened.error().context(where + ": extent"));
+  auto file = std::move(*opened);
+  // An extent in the descriptor file itself would be overwritten by guest data.
+  auto self = env.identity(desc_path), id = env.identity(path);
+  if (self && id && *self == *id)
+    return fail(EINVAL, where + ": extent '" + path + "' is the descriptor");
   Extent e;
   e.start = start;
   e.size = *bytes;
@@ -147,7 +150,9 @@ Result<void> VmdkImage::add_extent(Env& env, const std::string& desc_path,
                               " sectors");
     e.flat_offset = *off;
   } else {
-    DMU_ASSIGN_OR_RETURN(e.sparse, SparseExtent::open(*file, path));
+    auto sparse = SparseExtent::open(*file, path);
+    if (!sparse) return fail(sparse.error().context(where));
+    e.sparse = std::move(*sparse);
     const SparseHeader& h = e.sparse->header();
     if (h.capacity != d.sectors)
       return fail(EINVAL, where + ": extent '" + path + "' has a capacity of " +
