@@ -15,7 +15,7 @@ say "1/4 host packages (apt-get install of whatever is missing)"
 "$root/scripts/lib/setup-host.sh"
 say "2/4 build the project (cmake) in $build"
 cmake -S "$root" -B "$build" >/dev/null
-cmake --build "$build" -j "$(nproc)" 2>&1 | tail -n 3
+cmake --build "$build" -j "$(nproc)"
 say "3/4 Debian 12's 6.12 kernel (apt-get download into the cache) and the module built for it"
 "$root/tests/vm/lib/prepare-kernel.sh" 6.12 "$build"
 say "4/4 boot it under QEMU; the guest's console follows"
