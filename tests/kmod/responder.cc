@@ -17,6 +17,8 @@ constexpr uint64_t kMaxTrackedBlocks = uint64_t{1} << 28;  // 32 MiB of bits
 constexpr size_t kPushBatchExtents = 64;
 constexpr uint64_t kFarPastEndSector = uint64_t{1} << 50;  // 512 PiB
 constexpr uint64_t kForeignIdBit = uint64_t{1} << 40;      // ids the kernel never issued
+// The kernel accepts at most this many messages per answer (kmod/README.md).
+constexpr size_t kMaxAnswerMessages = 256;
 
 bool is_write(const dmu_request& q) {
   return q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD);
@@ -111,35 +113,42 @@ std::vector<dmu_response> Responder::identity(const dmu_request& q) const {
 }
 
 template <class F>
-void Responder::for_each_run(uint64_t begin, uint64_t end, F&& f) const {
+uint64_t Responder::for_each_run(uint64_t begin, uint64_t end, F&& f) const {
   while (begin < end) {
     const bool state = allocated(begin);
     uint64_t run_end = begin + 1;
     while (run_end < end && allocated(run_end) == state) ++run_end;
-    f(begin, run_end, state);
+    const uint64_t done = f(begin, run_end, state);
+    if (done != run_end) return done;  // out of room in this answer
     begin = run_end;
   }
+  return end;
 }
 
 std::vector<dmu_response> Responder::zero_mode(const dmu_request& q) {
   std::vector<dmu_response> out;
   if (q.flags & DMU_MAP_DISCARD) return {complete(q.id, 0)};
+  auto room = [&] { return out.size() < kMaxAnswerMessages; };
   if (q.flags & DMU_MAP_WRITE) {
     // Unwritten blocks get a NEW extent without COPY: the kernel must fill
     // what the write does not cover with zeros.
-    for_each_run(q.block, answer_end(q, false), [&](uint64_t b, uint64_t e, bool alloc) {
-      const uint32_t flags = DMU_EXT_WRITABLE | (alloc ? 0 : DMU_EXT_NEW);
-      out.push_back(remap_extent(q.id, b, e - b, 0, sector_of(b), flags, false));
-    });
-    std::fill(allocated_.begin() + static_cast<ptrdiff_t>(q.block),
-              allocated_.begin() + static_cast<ptrdiff_t>(answer_end(q, false)), true);
+    const uint64_t end =
+        for_each_run(q.block, answer_end(q, false), [&](uint64_t b, uint64_t e, bool alloc) {
+          if (!room()) return b;
+          const uint32_t flags = DMU_EXT_WRITABLE | (alloc ? 0 : DMU_EXT_NEW);
+          out.push_back(remap_extent(q.id, b, e - b, 0, sector_of(b), flags, false));
+          return e;
+        });
+    mark_allocated(q.block, end);
   } else {
     for_each_run(q.block, answer_end(q, true), [&](uint64_t b, uint64_t e, bool alloc) {
+      if (!room()) return b;
       if (alloc)
         out.push_back(remap_extent(q.id, b, e - b, 0, sector_of(b),
                                    config_.writable_reads ? DMU_EXT_WRITABLE : 0, false));
       else
         out.push_back(zero_extent(q.id, b, e - b, false));
+      return e;
     });
   }
   mark_final(out);
@@ -151,35 +160,46 @@ std::vector<dmu_response> Responder::copy_mode(const dmu_request& q) {
   const uint32_t bs = geometry_.block_sectors;
   if (q.flags & DMU_MAP_DISCARD) return {complete(q.id, 0)};
   if (q.flags & DMU_MAP_WRITE) {
-    const uint64_t end = answer_end(q, false);
-    for_each_run(q.block, end, [&](uint64_t b, uint64_t e, bool alloc) {
-      if (alloc) {
-        out.push_back(remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE, false));
-        return;
-      }
-      out.push_back(
-          remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, false));
-      if (!config_.copy_half) {
-        out.push_back(copy_source(q.id, sector_of(b), (e - b) * bs, 0, sector_of(b), false));
-      } else {
-        // Only the first half of each block has an old copy; the kernel must
-        // zero the second half (unless the write covers it).
-        for (uint64_t blk = b; blk < e; ++blk)
-          out.push_back(copy_source(q.id, sector_of(blk), bs / 2, 0, sector_of(blk), false));
-      }
-    });
-    std::fill(allocated_.begin() + static_cast<ptrdiff_t>(q.block),
-              allocated_.begin() + static_cast<ptrdiff_t>(end), true);
+    const uint64_t end = for_each_run(
+        q.block, answer_end(q, false), [&](uint64_t b, uint64_t e, bool alloc) -> uint64_t {
+          if (out.size() + 2 > kMaxAnswerMessages) return b;
+          if (alloc) {
+            out.push_back(remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE, false));
+            return e;
+          }
+          // --copy-half needs one COPY per block: shorten the run to what
+          // fits; the kernel asks again for the rest.
+          if (config_.copy_half) e = std::min<uint64_t>(e, b + kMaxAnswerMessages - 1 - out.size());
+          out.push_back(
+              remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, false));
+          if (!config_.copy_half) {
+            out.push_back(copy_source(q.id, sector_of(b), (e - b) * bs, 0, sector_of(b), false));
+          } else {
+            // Only the first half of each block has an old copy; the kernel
+            // must zero the second half (unless the write covers it).
+            for (uint64_t blk = b; blk < e; ++blk)
+              out.push_back(copy_source(q.id, sector_of(blk), bs / 2, 0, sector_of(blk), false));
+          }
+          return e;
+        });
+    mark_allocated(q.block, end);
   } else {
     for_each_run(q.block, answer_end(q, true), [&](uint64_t b, uint64_t e, bool alloc) {
+      if (out.size() >= kMaxAnswerMessages) return b;
       if (alloc)
         out.push_back(remap_extent(q.id, b, e - b, 1, sector_of(b), DMU_EXT_WRITABLE, false));
       else
         out.push_back(remap_extent(q.id, b, e - b, 0, sector_of(b), 0, false));  // old data
+      return e;
     });
   }
   mark_final(out);
   return out;
+}
+
+void Responder::mark_allocated(uint64_t begin, uint64_t end) {
+  std::fill(allocated_.begin() + static_cast<ptrdiff_t>(begin),
+            allocated_.begin() + static_cast<ptrdiff_t>(end), true);
 }
 
 HostileAnswer Responder::hostile_answer(const dmu_request& q, uint64_t sequence) const {

@@ -66,9 +66,12 @@ class Responder {
   std::vector<dmu_response> identity(const dmu_request& q) const;
   std::vector<dmu_response> zero_mode(const dmu_request& q);
   std::vector<dmu_response> copy_mode(const dmu_request& q);
-  // Splits [begin, end) into runs of equal allocation state.
+  // Splits [begin, end) into runs of equal allocation state and calls
+  // f(run_begin, run_end, allocated), which returns how far it got; stops
+  // early when f did not get to the run's end.  Returns where it stopped.
   template <class F>
-  void for_each_run(uint64_t begin, uint64_t end, F&& f) const;
+  uint64_t for_each_run(uint64_t begin, uint64_t end, F&& f) const;
+  void mark_allocated(uint64_t begin, uint64_t end);
 
   DaemonConfig config_;
   Geometry geometry_;

@@ -113,6 +113,27 @@ TEST(TestDaemonResponder, CopyHalf_CopiesOnlyTheFirstHalfOfEachBlock) {
   EXPECT_EQ(proto::describe(a[2]), "COPY id=1 vsector=88+4 from dev=0 sector=88 final");
 }
 
+TEST(TestDaemonResponder, CopyHalf_LongWriteIsCutToTheKernelsMessageLimit) {
+  auto r = make({.mode = Mode::Copy, .copy_half = true});
+  auto a = r.answer_map(map_request(1, 0, 300, DMU_MAP_WRITE));
+  ASSERT_EQ(a.size(), 256u);  // one NEW extent + 255 COPY
+  EXPECT_EQ(a[0].block, 0u);
+  EXPECT_EQ(a[0].nr_blocks, 255u);
+  EXPECT_EQ(a.back().flags, uint32_t{DMU_RSP_FINAL});
+  EXPECT_TRUE(r.allocated(254));
+  EXPECT_FALSE(r.allocated(255));  // asked again later, then allocated
+  auto rest = r.answer_map(map_request(2, 255, 45, DMU_MAP_WRITE));
+  EXPECT_EQ(rest.size(), 46u);
+}
+
+TEST(TestDaemonResponder, Zero_AlternatingBlocksStayWithinTheMessageLimit) {
+  auto r = make({.mode = Mode::Zero, .extent_blocks = 1024});
+  for (uint64_t b = 0; b < 1024; b += 2) r.answer_map(map_request(b + 1, b, 1, DMU_MAP_WRITE));
+  auto a = r.answer_map(map_request(5000, 0, 1, 0));
+  EXPECT_EQ(a.size(), 256u);
+  EXPECT_EQ(a.back().flags, uint32_t{DMU_RSP_FINAL});
+}
+
 TEST(TestDaemonResponder, Create_RefusesModesTheTargetCannotServe) {
   DaemonConfig copy{.mode = Mode::Copy};
   EXPECT_FALSE(Responder::create(copy, geometry(1)));

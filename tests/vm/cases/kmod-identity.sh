@@ -17,7 +17,7 @@ daemon_start $LOG --key id1 --mode identity --extent-blocks 16
 
 step "fio randwrite 4k..1M, 3 jobs, verify"
 fio --name=identity --filename=/dev/mapper/u --rw=randwrite --bsrange=4k-1M --numjobs=3 \
-  --size=16M --offset_increment=20M --direct=1 --ioengine=libaio --iodepth=4 \
+  --size=8M --offset_increment=20M --direct=1 --ioengine=libaio --iodepth=4 \
   --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting >/tmp/fio.log 2>&1 ||
   { cat /tmp/fio.log; fail "fio with verify failed"; }
 grep -q "err= 0" /tmp/fio.log || { cat /tmp/fio.log; fail "fio reported errors"; }
@@ -59,7 +59,7 @@ expect_eq "pushed extents (64 MiB / 2 MiB)" 32 "$pushed"
 expect_eq "listed as pushed right after the push" 32 "$(daemon_value $LOG extents pushed)"
 expect_eq "none used yet" 0 "$(daemon_value $LOG extents pushed_used)"
 r0=$(dmu_stat p requests)
-fio --name=pushed --filename=/dev/mapper/p --rw=randrw --bs=4k --size=64M --io_size=8M \
+fio --name=pushed --filename=/dev/mapper/p --rw=randrw --bs=4k --size=64M --io_size=4M \
   --direct=1 --ioengine=libaio --iodepth=4 >/tmp/fio2.log 2>&1 || { cat /tmp/fio2.log; fail "fio on pushed extents"; }
 expect_eq "requests while I/O ran on pushed extents" "$r0" "$(dmu_stat p requests)"
 expect_gt "kernel pushed_used" 0 "$(dmu_stat p pushed_used)"
