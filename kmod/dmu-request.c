@@ -265,8 +265,12 @@ int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
 		return DM_MAPIO_SUBMITTED;
 	}
 	atomic64_inc(&dt->c.misses);
+	/*
+	 * Only the deferral worker may sleep for a request: the daemon's
+	 * write() holds dt->mutex, and the pool refills when it answers.
+	 */
 	dmu_queue_request(dt, bio, block, span, write ? DMU_MAP_WRITE : 0,
-			  !in_map);
+			  how == DMU_ROUTE_DEFERRED);
 	return DM_MAPIO_SUBMITTED;
 }
 
@@ -283,7 +287,7 @@ void dmu_deferred_work(struct work_struct *work)
 	bio_list_init(&dt->deferred);
 	spin_unlock_irq(&dt->lock);
 	while ((bio = bio_list_pop(&bios)))
-		dmu_map_bio(dt, bio, DMU_ROUTE_RETRY, NULL);
+		dmu_map_bio(dt, bio, DMU_ROUTE_DEFERRED, NULL);
 }
 
 void dmu_set_error(struct dmu_req *req, int error)

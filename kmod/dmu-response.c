@@ -386,7 +386,10 @@ static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
 	lockdep_assert_held(&dt->mutex);
 	if (!status) {
 		why = dmu_check_answer(dt, req);
-		if (!why)
+		/* A discard drops stale mappings even if the daemon forgets to. */
+		if (!why && (req->map_flags & DMU_MAP_DISCARD))
+			error = dmu_invalidate(dt, req->block, req->nr_blocks);
+		if (!why && !error)
 			why = dmu_insert_answer(dt, req, &error);
 		if (why)
 			return why;

@@ -299,7 +299,8 @@ int dmu_cache_list(struct dmu_cache *cache, u64 start,
 enum dmu_route {
 	DMU_ROUTE_MAP,		/* from map(): may shorten the bio */
 	DMU_ROUTE_ANSWER,	/* re-driven by origin's answer */
-	DMU_ROUTE_RETRY,	/* re-driven after a fill or a deferral */
+	DMU_ROUTE_RETRY,	/* re-driven after a fill */
+	DMU_ROUTE_DEFERRED,	/* retried by the worker: may sleep */
 };
 
 int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
