@@ -31,7 +31,7 @@ sample_load() {
   local qpid= t0 prev_busy=0 prev_total=0 prev_own=0 busy total own ncpu
   ncpu=$(nproc)
   while [ -z "$qpid" ]; do
-    qpid=$(pgrep -f -- "runs/kmod-bench.$line/initrd" | head -1 || true)
+    qpid=$(pgrep -f -- "^qemu-system-x86_64 .*runs/kmod-bench.$line/initrd" | head -1 || true)
     sleep 0.2
   done
   t0=$(date +%s.%N)
@@ -59,41 +59,6 @@ cp "$samples" "$results/host-load.txt"
 
 # Report: per job, median of each device over the repetitions, ratio, and
 # the repetitions whose runs overlapped host load above 25% of a core.
-awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" '
-  BEGIN {
-    while ((getline l < loadfile) > 0) { split(l, a, " "); n++; lt[n] = a[1]; lo[n] = a[2] }
-  }
-  function load(s, e,   i, sum, c) {
-    sum = 0; c = 0
-    for (i = 1; i <= n; i++) if (lt[i] >= s && lt[i] <= e + 2) { sum += lo[i]; c++ }
-    return c ? sum / c : 0
-  }
-  function median(arr, k,   i, j, t, b) {
-    for (i = 1; i <= k; i++) b[i] = arr[i]
-    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }
-    return k % 2 ? b[(k + 1) / 2] : (b[k / 2] + b[k / 2 + 1]) / 2
-  }
-  NR == 1 { next }
-  {
-    job = $2; dev = $3; key = job SUBSEP dev
-    cnt[key]++; iops[key, cnt[key]] = $6; bw[key, cnt[key]] = $7; req[key] += $8
-    l = load($4, $5); if (l > maxload[job]) maxload[job] = l
-    if (l > 25) loaded[job] = loaded[job] " rep" $1 "/" dev "(" int(l) "%)"
-    jobs[job] = 1
-  }
-  END {
-    printf "| job (kernel %s) | dm-linear IOPS | userspace IOPS | ratio IOPS | dm-linear MiB/s | userspace MiB/s | ratio MiB/s | per-rep ratios | daemon requests during runs | max other host load | loaded runs |\n", kernel
-    print "|---|---|---|---|---|---|---|---|---|---|---|"
-    split("randread randwrite seqwrite", order, " ")
-    for (o = 1; o <= 3; o++) {
-      job = order[o]; if (!(job in jobs)) continue
-      k = cnt[job, "lin"]
-      for (i = 1; i <= k; i++) { a[i] = iops[job, "lin", i]; b[i] = iops[job, "u", i]; c[i] = bw[job, "lin", i]; d[i] = bw[job, "u", i] }
-      li = median(a, k); ui = median(b, k); lb = median(c, k); ub = median(d, k)
-      reps = ""
-      for (i = 1; i <= k; i++) reps = reps sprintf("%s%.2f", i > 1 ? " " : "", a[i] > 0 ? b[i] / a[i] : 0)
-      printf "| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %s | %d | %d%% | %s |\n", job, li, ui, li > 0 ? ui / li : 0, lb / 1024, ub / 1024, lb > 0 ? ub / lb : 0, reps, req[job, "u"], maxload[job], loaded[job] == "" ? "none" : loaded[job]
-    }
-  }' "$results/bench.csv"
+awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" -f "$here/report.awk" "$results/bench.csv"
 echo
 echo "raw: $results/bench.csv, host load samples: $results/host-load.txt"

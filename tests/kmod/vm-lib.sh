@@ -50,6 +50,7 @@ dmu_stat() {
 daemon_start() {
   _log=$1
   shift
+  touch "$_log"
   dmu-test-daemon "$@" 2>>"$_log" &
   DAEMON_PID=$!
   _i=0
