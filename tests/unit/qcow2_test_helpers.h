@@ -34,32 +34,33 @@ inline std::string describe(const Error& e) { return e.message; }
 
 // Guest bytes [offset, offset + out.size()) as the caller of the interface
 // would read them.
-inline void read_guest(Image& im, uint64_t offset, std::span<uint8_t> out,
-                       const BackingReader& backing = zeros) {
+inline Result<void> try_read_guest(Image& im, uint64_t offset, std::span<uint8_t> out,
+                                   const BackingReader& backing = zeros) {
   uint64_t done = 0;
   while (done < out.size()) {
-    auto m = im.map(offset + done, out.size() - done);
-    ASSERT_TRUE(m) << describe(m.error());
-    ASSERT_GT(m->length, 0u);
-    auto part = out.subspan(done, std::min<uint64_t>(m->length, out.size() - done));
-    switch (m->kind) {
+    DMU_ASSIGN_OR_RETURN(formats::Mapping m, im.map(offset + done, out.size() - done));
+    if (m.length == 0) return fail(EIO, "map answered an empty mapping");
+    auto part = out.subspan(done, std::min<uint64_t>(m.length, out.size() - done));
+    switch (m.kind) {
       case MapKind::Data: {
-        File* f = im.data_files().at(m->file);
-        auto n = f->read_some(m->host_offset, part);
-        ASSERT_TRUE(n) << describe(n.error());
-        std::fill(part.begin() + long(*n), part.end(), 0);
+        File* f = im.data_files().at(m.file);
+        DMU_ASSIGN_OR_RETURN(size_t n, f->read_some(m.host_offset, part));
+        std::fill(part.begin() + long(n), part.end(), 0);
         break;
       }
       case MapKind::Zero: std::fill(part.begin(), part.end(), 0); break;
       case MapKind::Unallocated: backing(offset + done, part); break;
-      case MapKind::Compressed: {
-        auto r = im.read_compressed(offset + done, part);
-        ASSERT_TRUE(r) << describe(r.error());
-        break;
-      }
+      case MapKind::Compressed: DMU_TRY(im.read_compressed(offset + done, part)); break;
     }
     done += part.size();
   }
+  return {};
+}
+
+inline void read_guest(Image& im, uint64_t offset, std::span<uint8_t> out,
+                       const BackingReader& backing = zeros) {
+  auto r = try_read_guest(im, offset, out, backing);
+  ASSERT_TRUE(r) << r.error().message;
 }
 
 inline std::vector<uint8_t> read_all(Image& im, const BackingReader& backing = zeros) {
@@ -68,10 +69,9 @@ inline std::vector<uint8_t> read_all(Image& im, const BackingReader& backing = z
   return out;
 }
 
-// One guest write through the protocol of formats/image.h; `ok` is what
-// write_done reports.
-inline void write_guest(Image& im, uint64_t offset, std::span<const uint8_t> data,
-                        const BackingReader& backing = zeros) {
+// One guest write through the protocol of formats/image.h.
+inline Result<void> try_write_guest(Image& im, uint64_t offset, std::span<const uint8_t> data,
+                                    const BackingReader& backing = zeros) {
   const uint64_t end = offset + data.size();
   const uint64_t cs = im.info().cluster_size;
   uint64_t pos = offset;
@@ -80,28 +80,39 @@ inline void write_guest(Image& im, uint64_t offset, std::span<const uint8_t> dat
     uint64_t hull_start = pos - pos % cs;
     uint64_t hull_end = std::min(*align_up(end, cs), im.info().virtual_size);
     std::vector<uint8_t> old(hull_end - hull_start);
-    read_guest(im, hull_start, old, backing);
-    auto t = im.prepare_write(pos, end - pos);
-    ASSERT_TRUE(t) << describe(t.error());
-    ASSERT_LE(t->offset, pos);
-    ASSERT_GT(t->offset + t->length, pos);
-    ASSERT_GE(t->offset, hull_start);
-    ASSERT_LE(t->offset + t->length, hull_end);
-    File* f = im.data_files().at(t->file);
-    const uint64_t a = std::max(pos, t->offset), b = std::min(end, t->offset + t->length);
-    if (t->fresh) {
-      std::vector<uint8_t> buf(old.begin() + long(t->offset - hull_start),
-                               old.begin() + long(t->offset - hull_start + t->length));
-      std::memcpy(buf.data() + (a - t->offset), data.data() + (a - offset), b - a);
-      ASSERT_TRUE(f->write(t->host_offset, buf));
+    DMU_TRY(try_read_guest(im, hull_start, old, backing));
+    DMU_ASSIGN_OR_RETURN(formats::WriteTarget t, im.prepare_write(pos, end - pos));
+    if (t.offset > pos || t.offset + t.length <= pos || t.offset < hull_start ||
+        t.offset + t.length > hull_end)
+      return fail(EINVAL, "prepare_write answered a target outside the asked clusters");
+    File* f = im.data_files().at(t.file);
+    const uint64_t a = std::max(pos, t.offset), b = std::min(end, t.offset + t.length);
+    if (t.fresh) {
+      std::vector<uint8_t> buf(old.begin() + long(t.offset - hull_start),
+                               old.begin() + long(t.offset - hull_start + t.length));
+      std::memcpy(buf.data() + (a - t.offset), data.data() + (a - offset), b - a);
+      auto w = f->write(t.host_offset, buf);
+      if (!w) {
+        (void)im.write_done(t.token, false);
+        return w;
+      }
     } else {
-      ASSERT_TRUE(f->write(t->host_offset + (a - t->offset),
-                           data.subspan(a - offset, b - a)));
+      auto w = f->write(t.host_offset + (a - t.offset), data.subspan(a - offset, b - a));
+      if (!w) {
+        (void)im.write_done(t.token, false);
+        return w;
+      }
     }
-    auto d = im.write_done(t->token, true);
-    ASSERT_TRUE(d) << describe(d.error());
+    DMU_TRY(im.write_done(t.token, true));
     pos = b;
   }
+  return {};
+}
+
+inline void write_guest(Image& im, uint64_t offset, std::span<const uint8_t> data,
+                        const BackingReader& backing = zeros) {
+  auto r = try_write_guest(im, offset, data, backing);
+  ASSERT_TRUE(r) << r.error().message;
 }
 
 inline std::vector<uint8_t> pattern(size_t n, uint8_t p) { return std::vector<uint8_t>(n, p); }
