@@ -10,9 +10,9 @@
  * an extent must be trimmed or split in place when a newer answer overlaps
  * it: an extent is a linear mapping, so any sub-range of it stays valid.
  *
- * Memory is bounded by cache->max extents.  Eviction drops extents that are
- * not BUSY (being filled), giving those used since the last sweep a second
- * chance.  BUSY extents are never evicted, trimmed or invalidated: their
+ * Memory is bounded by cache->max extents (plus at most one answer's worth).
+ * Eviction drops extents that are not BUSY (being filled), giving those used
+ * since the last sweep a second chance.  BUSY extents are never evicted, trimmed or invalidated: their
  * owner request still points at them.  They are bounded by the number of
  * pending answers times DMU_MAX_ANSWER_MSGS.
  */
@@ -143,14 +143,30 @@ static void dmu_extent_trim_front(struct dmu_target *dt, struct dmu_extent *e,
 		e->sector += d << dt->block_shift;
 }
 
-bool dmu_cache_range_busy(struct dmu_cache *cache, u64 block, u64 nr_blocks)
+/* The first BUSY extent overlapping [block, block + nr_blocks), or NULL. */
+struct dmu_extent *dmu_cache_first_busy(struct dmu_cache *cache, u64 block,
+					u64 nr_blocks)
 {
 	struct dmu_extent *e = dmu_cache_first_after(cache, block);
 
+	lockdep_assert_held(&cache->lock);
 	for (; e && e->block < block + nr_blocks; e = dmu_extent_next(e))
 		if (e->state & DMU_EXTENT_BUSY)
-			return true;
-	return false;
+			return e;
+	return NULL;
+}
+
+/* How many BUSY extents overlap [block, block + nr_blocks). */
+unsigned int dmu_cache_count_busy(struct dmu_cache *cache, u64 block,
+				  u64 nr_blocks)
+{
+	struct dmu_extent *e = dmu_cache_first_after(cache, block);
+	unsigned int n = 0;
+
+	lockdep_assert_held(&cache->lock);
+	for (; e && e->block < block + nr_blocks; e = dmu_extent_next(e))
+		n += !!(e->state & DMU_EXTENT_BUSY);
+	return n;
 }
 
 /*
@@ -198,13 +214,18 @@ static unsigned long dmu_cache_carve(struct dmu_target *dt, u64 block,
 	return dropped;
 }
 
-static void dmu_cache_evict(struct dmu_target *dt)
+/*
+ * Evict until incoming new extents fit under max.  Called before an answer
+ * is inserted, so an answer's own extents are never evicted before its bios
+ * used them; an answer larger than max overshoots until the next one.
+ */
+void dmu_cache_make_room(struct dmu_target *dt, unsigned long incoming)
 {
 	struct dmu_cache *cache = &dt->cache;
 	unsigned long budget = 2 * cache->nr;
 
 	lockdep_assert_held(&cache->lock);
-	while (cache->nr > cache->max && budget--) {
+	while (cache->nr && cache->nr + incoming > cache->max && budget--) {
 		struct dmu_extent *e = list_first_entry(&cache->lru,
 							struct dmu_extent, lru);
 
@@ -221,8 +242,9 @@ static void dmu_cache_evict(struct dmu_target *dt)
 
 /*
  * Insert e, replacing whatever overlaps it.  The caller has checked under
- * the same lock hold that nothing in the range is BUSY, and supplies a
- * spare node in case an older extent must be split.
+ * the same lock hold that nothing in the range is BUSY, made room with
+ * dmu_cache_make_room(), and supplies a spare node in case an older extent
+ * must be split.
  */
 void dmu_cache_insert(struct dmu_target *dt, struct dmu_extent *e,
 		      struct dmu_extent **spare)
@@ -230,7 +252,6 @@ void dmu_cache_insert(struct dmu_target *dt, struct dmu_extent *e,
 	lockdep_assert_held(&dt->cache.lock);
 	dmu_cache_carve(dt, e->block, e->nr_blocks, spare, false);
 	dmu_cache_link(&dt->cache, e);
-	dmu_cache_evict(dt);
 }
 
 unsigned long dmu_cache_invalidate(struct dmu_target *dt, u64 block,

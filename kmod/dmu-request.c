@@ -313,6 +313,8 @@ void dmu_tracker_start(struct dmu_req *req)
 	req->seq = dt->next_seq++;
 	list_add_tail(&req->tracker, &dt->trackers);
 	dt->nr_trackers++;
+	if (req->kind == DMU_RQ_PUSH)
+		dt->nr_push_trackers++;
 	spin_unlock_irq(&dt->lock);
 	set_bit(DMU_DIRTY, &dt->flags);
 }
@@ -330,6 +332,8 @@ void dmu_tracker_put(struct dmu_req *req, int error)
 	spin_lock_irqsave(&dt->lock, flags);
 	list_del_init(&req->tracker);
 	dt->nr_trackers--;
+	if (req->kind == DMU_RQ_PUSH)
+		dt->nr_push_trackers--;
 	if (dt->dying || dt->state == DMU_DAEMON_TIMED_OUT) {
 		dmu_req_free(req);
 	} else {

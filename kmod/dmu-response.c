@@ -257,101 +257,148 @@ static int dmu_append(struct dmu_req *req, const struct dmu_response *r)
 	return 0;
 }
 
-static void dmu_free_nodes(struct dmu_target *dt, struct dmu_extent **nodes,
+/* Extent nodes allocated before cache->lock is taken (map() never allocates). */
+struct dmu_nodes {
+	struct dmu_extent **v;
+	unsigned int n;
+};
+
+static int dmu_nodes_alloc(struct dmu_target *dt, struct dmu_nodes *nodes,
 			   unsigned int n)
 {
-	unsigned int i;
+	nodes->v = kcalloc(n, sizeof(*nodes->v), GFP_KERNEL);
+	if (!nodes->v)
+		return -ENOMEM;
+	for (nodes->n = 0; nodes->n < n; nodes->n++) {
+		nodes->v[nodes->n] = dmu_extent_alloc(&dt->cache);
+		if (!nodes->v[nodes->n])
+			return -ENOMEM;
+	}
+	return 0;
+}
 
-	for (i = 0; i < n; i++)
-		dmu_extent_free(&dt->cache, nodes[i]);
-	kfree(nodes);
+static void dmu_nodes_free(struct dmu_target *dt, struct dmu_nodes *nodes)
+{
+	while (nodes->n)
+		dmu_extent_free(&dt->cache, nodes->v[--nodes->n]);
+	kfree(nodes->v);
+	nodes->v = NULL;
+}
+
+/*
+ * Insert blocks [from, to) of the EXTENT message m; the caller holds
+ * cache->lock and guarantees nothing BUSY overlaps them.  Takes one node
+ * and one spare from nodes, giving the spare back if unused.  A NEW piece
+ * is BUSY before it enters the cache, so eviction cannot take it: the
+ * returned pointer stays valid only for NEW pieces.
+ */
+static struct dmu_extent *dmu_insert_piece(struct dmu_target *dt,
+					   struct dmu_req *req,
+					   const struct dmu_response *m,
+					   u64 from, u64 to,
+					   struct dmu_nodes *nodes)
+{
+	struct dmu_extent *e = nodes->v[--nodes->n];
+	struct dmu_extent *spare = nodes->v[--nodes->n];
+
+	e->block = from;
+	e->nr_blocks = to - from;
+	e->sector = m->kind == DMU_EXT_REMAP ?
+		    m->sector + ((from - m->block) << dt->block_shift) : 0;
+	e->dev = m->dev;
+	e->kind = m->kind;
+	e->ext_flags = m->ext_flags & DMU_EXT_WRITABLE;
+	if (req->kind == DMU_RQ_PUSH)
+		e->state |= DMU_EXTENT_PUSHED;
+	if (m->ext_flags & DMU_EXT_NEW) {
+		e->state |= DMU_EXTENT_BUSY;
+		e->owner = req;
+	}
+	dmu_cache_insert(dt, e, &spare);
+	if (spare)
+		nodes->v[nodes->n++] = spare;
+	return e;
 }
 
 /*
  * Put the answer's extents into the cache.  NEW extents go in BUSY, owned
- * by req, and are remembered in req->new_ext for the fill.
+ * by req, and are remembered in req->new_ext for the fill; they must not
+ * overlap an extent that is still being filled.  Other extents are
+ * inserted around such extents (whose own mapping wins once filled).
  */
 static const char *dmu_insert_answer(struct dmu_target *dt, struct dmu_req *req,
 				     int *error)
 {
 	struct dmu_cache *cache = &dt->cache;
-	unsigned int i, n = 0, nr_new = 0, k = 0;
-	struct dmu_extent **nodes;
+	unsigned int i, pieces = 0, nr_ext = 0, nr_new = 0;
+	struct dmu_nodes nodes = { NULL, 0 };
 	const struct dmu_response *m;
+	const char *why = NULL;
 
-	for (i = 0; i < req->nr_msgs; i++) {
-		m = &req->msgs[i];
-		if (m->type != DMU_RSP_EXTENT)
-			continue;
-		n++;
-		if (m->ext_flags & DMU_EXT_NEW)
-			nr_new++;
-	}
-	if (!n)
-		return NULL;
-	*error = -ENOMEM;
-	nodes = kcalloc(2 * n, sizeof(*nodes), GFP_KERNEL);
-	if (!nodes)
-		return NULL;
-	for (i = 0; i < 2 * n; i++) {
-		nodes[i] = dmu_extent_alloc(cache);
-		if (!nodes[i]) {
-			dmu_free_nodes(dt, nodes, 2 * n);
-			return NULL;
-		}
-	}
-	if (nr_new) {
-		req->new_ext = kcalloc(nr_new, sizeof(*req->new_ext), GFP_KERNEL);
-		if (!req->new_ext) {
-			dmu_free_nodes(dt, nodes, 2 * n);
-			return NULL;
-		}
-	}
-	*error = 0;
-
+	/* BUSY extents only appear under dt->mutex, which we hold: the count
+	 * can only shrink before we insert.
+	 */
+	lockdep_assert_held(&dt->mutex);
 	spin_lock_irq(&cache->lock);
 	for (i = 0; i < req->nr_msgs; i++) {
-		m = &req->msgs[i];
-		if (m->type == DMU_RSP_EXTENT &&
-		    dmu_cache_range_busy(cache, m->block, m->nr_blocks)) {
-			spin_unlock_irq(&cache->lock);
-			dmu_free_nodes(dt, nodes, 2 * n);
-			kfree(req->new_ext);
-			req->new_ext = NULL;
-			return "EXTENT overlaps an extent that is being filled";
-		}
-	}
-	for (i = 0, n = 0; i < req->nr_msgs; i++) {
-		struct dmu_extent *e, *spare;
+		unsigned int busy;
 
 		m = &req->msgs[i];
 		if (m->type != DMU_RSP_EXTENT)
 			continue;
-		e = nodes[2 * n];
-		spare = nodes[2 * n + 1];
-		nodes[2 * n] = NULL;
-		e->block = m->block;
-		e->nr_blocks = m->nr_blocks;
-		e->sector = m->sector;
-		e->dev = m->dev;
-		e->kind = m->kind;
-		e->ext_flags = m->ext_flags & DMU_EXT_WRITABLE;
-		if (req->kind == DMU_RQ_PUSH)
-			e->state |= DMU_EXTENT_PUSHED;
-		if (m->ext_flags & DMU_EXT_NEW) {
-			e->state |= DMU_EXTENT_BUSY;
-			e->owner = req;
-			req->new_ext[k++] = e;
+		busy = dmu_cache_count_busy(cache, m->block, m->nr_blocks);
+		if (busy && (m->ext_flags & DMU_EXT_NEW)) {
+			why = "NEW extent overlaps an extent that is being filled";
+			break;
 		}
-		dmu_cache_insert(dt, e, &spare);
-		nodes[2 * n + 1] = spare;
-		n++;
+		nr_ext++;
+		nr_new += !!(m->ext_flags & DMU_EXT_NEW);
+		pieces += busy + 1;
 	}
-	req->nr_new = k;
 	spin_unlock_irq(&cache->lock);
-	dmu_free_nodes(dt, nodes, 2 * n);
+	if (why || !nr_ext)
+		return why;
+
+	*error = dmu_nodes_alloc(dt, &nodes, 2 * pieces);
+	if (!*error && nr_new) {
+		req->new_ext = kcalloc(nr_new, sizeof(*req->new_ext), GFP_KERNEL);
+		if (!req->new_ext)
+			*error = -ENOMEM;
+	}
+	if (*error) {
+		dmu_nodes_free(dt, &nodes);
+		return NULL;
+	}
+
+	spin_lock_irq(&cache->lock);
+	dmu_cache_make_room(dt, pieces);
+	for (i = 0; i < req->nr_msgs; i++) {
+		u64 pos, end;
+
+		m = &req->msgs[i];
+		if (m->type != DMU_RSP_EXTENT)
+			continue;
+		pos = m->block;
+		end = m->block + m->nr_blocks;
+		if (m->ext_flags & DMU_EXT_NEW) {
+			req->new_ext[req->nr_new++] =
+				dmu_insert_piece(dt, req, m, pos, end, &nodes);
+			continue;
+		}
+		while (pos < end) {
+			struct dmu_extent *busy = dmu_cache_first_busy(cache, pos,
+								       end - pos);
+			u64 stop = busy ? max(busy->block, pos) : end;
+
+			if (stop > pos)
+				dmu_insert_piece(dt, req, m, pos, stop, &nodes);
+			pos = busy ? min(busy->block + busy->nr_blocks, end) : end;
+		}
+	}
+	spin_unlock_irq(&cache->lock);
+	dmu_nodes_free(dt, &nodes);
 	if (req->kind == DMU_RQ_PUSH)
-		atomic64_add(n, &dt->c.pushed);
+		atomic64_add(nr_ext, &dt->c.pushed);
 	return NULL;
 }
 
@@ -370,6 +417,23 @@ static bool dmu_in_new_extent(struct dmu_target *dt, struct dmu_req *req,
 	return false;
 }
 
+static bool dmu_push_fills_too_many(struct dmu_target *dt, struct dmu_req *req)
+{
+	unsigned int i;
+	bool full;
+
+	for (i = 0; i < req->nr_msgs; i++)
+		if (req->msgs[i].type == DMU_RSP_EXTENT &&
+		    (req->msgs[i].ext_flags & DMU_EXT_NEW))
+			break;
+	if (i == req->nr_msgs)
+		return false;
+	spin_lock_irq(&dt->lock);
+	full = dt->nr_push_trackers >= DMU_MAX_PUSH_FILLS;
+	spin_unlock_irq(&dt->lock);
+	return full;
+}
+
 /*
  * The answer to req is complete (FINAL, or COMPLETE with status): apply
  * it.  Returns NULL, or why the answer is bad (then nothing was applied
@@ -384,6 +448,8 @@ static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
 	int error = 0;
 
 	lockdep_assert_held(&dt->mutex);
+	if (req->kind == DMU_RQ_PUSH && dmu_push_fills_too_many(dt, req))
+		return "too many pushes with NEW extents still being filled";
 	if (!status) {
 		why = dmu_check_answer(dt, req);
 		/* A discard drops stale mappings even if the daemon forgets to. */

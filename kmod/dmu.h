@@ -62,6 +62,7 @@
 #define DMU_MAX_DEVS		64
 #define DMU_MAX_ANSWER_MSGS	256	/* messages accumulated per answer */
 #define DMU_MAX_OPEN_PUSHES	16	/* push batches without FINAL yet */
+#define DMU_MAX_PUSH_FILLS	64	/* pushes whose NEW extents are filling */
 #define DMU_IO_MSGS		64	/* messages per read()/write() chunk */
 #define DMU_MAX_LIST		4096	/* extents per LIST_EXTENTS call */
 
@@ -225,6 +226,7 @@ struct dmu_target {
 	unsigned int nr_pending;	/* unanswered MAP and COMMIT */
 	struct list_head trackers;	/* in seq order */
 	unsigned int nr_trackers;
+	unsigned int nr_push_trackers;	/* bounds what a daemon can start */
 	wait_queue_head_t drain_wait;	/* dtr waits for trackers */
 	struct list_head pushes;	/* open push batches (dt->mutex) */
 	unsigned int nr_pushes;
@@ -286,7 +288,11 @@ void dmu_cache_exit(struct dmu_cache *cache);
 struct dmu_extent *dmu_cache_find(struct dmu_cache *cache, u64 block);
 struct dmu_extent *dmu_extent_alloc(struct dmu_cache *cache);
 void dmu_extent_free(struct dmu_cache *cache, struct dmu_extent *e);
-bool dmu_cache_range_busy(struct dmu_cache *cache, u64 block, u64 nr_blocks);
+struct dmu_extent *dmu_cache_first_busy(struct dmu_cache *cache, u64 block,
+					u64 nr_blocks);
+unsigned int dmu_cache_count_busy(struct dmu_cache *cache, u64 block,
+				  u64 nr_blocks);
+void dmu_cache_make_room(struct dmu_target *dt, unsigned long incoming);
 void dmu_cache_insert(struct dmu_target *dt, struct dmu_extent *e,
 		      struct dmu_extent **spare);
 unsigned long dmu_cache_invalidate(struct dmu_target *dt, u64 block,
