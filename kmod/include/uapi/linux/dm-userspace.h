@@ -38,14 +38,21 @@
  *             first block of the request, or the request's I/O fails with
  *             EIO.  Or the daemon ends the request with DMU_RSP_COMPLETE:
  *             status 0 completes a discard without I/O; a negative errno
- *             fails the request's I/O with it.
+ *             fails the request's I/O with it.  A request left unanswered
+ *             for daemon_timeout seconds fails with EIO.  A discard MAP
+ *             names whole blocks only (the kernel rounds inward and drops
+ *             its cached extents for them); a daemon without
+ *             DMU_FEATURE_DISCARD never sees discards.
  *  COMMIT     a guest flush (or FUA write) needs the daemon's metadata to be
  *             durable.  The kernel has already flushed the data devices.  The
  *             daemon answers DMU_RSP_COMMITTED with the same id when its
  *             metadata is on stable storage (status 0) or cannot be (errno).
- *  DONE       sent for every MAP with DMU_MAP_WRITE and every push that
- *             carried DMU_EXT_NEW extents, once all copies and all writes
- *             waiting on it have completed; status is 0 or the first error.
+ *  DONE       sent for every answered MAP with DMU_MAP_WRITE (whatever the
+ *             answer: extents, COMPLETE, or a bad answer, then -EIO) and
+ *             every answer or push that carried DMU_EXT_NEW extents, once
+ *             all copies and all writes waiting on it have completed;
+ *             status is 0 or the first error.  Ignore DONE for unknown ids
+ *             (queued for a daemon that died).
  *             Only after DONE may the daemon make metadata point at those
  *             blocks durable: before it, their data is not on disk.
  *
@@ -73,7 +80,9 @@
  * non-zero, reserved and unused fields zero, id pending).  A bad message is
  * counted, fails only the I/O of its request, and ends the write() at that
  * message: write() returns the bytes consumed before it, or -EINVAL if it was
- * the first.  A write() whose length is not a multiple of the message size is
+ * the first.  At most 256 messages make one answer or push, at most 16 push
+ * batches may be open.  A NEW extent must not overlap one still being filled;
+ * other extents are inserted around such extents.  A write() whose length is not a multiple of the message size is
  * refused with -EINVAL before anything is processed.
  */
 #ifndef _UAPI_LINUX_DM_USERSPACE_H
