@@ -1,5 +1,6 @@
 // The list of formats.  Adding a format: one folder under formats/ and one
 // line here.
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -29,7 +30,9 @@ Result<const Driver*> probe(Env& env, const std::string& path) {
   DMU_ASSIGN_OR_RETURN(auto file, env.open(path, OpenMode::ReadOnly));
   std::vector<uint8_t> head(4096);
   DMU_ASSIGN_OR_RETURN(size_t n, file->read_some(0, head));
-  head.resize(n);
+  // QEMU probes a zero-padded 512-byte buffer: a file cut inside a qcow or
+  // qcow2 header is still that format (and refused), never raw.
+  head.resize(std::max<size_t>(n, 512));
   const Driver* best = nullptr;
   int best_score = 0;
   for (const Driver& d : kDrivers) {
