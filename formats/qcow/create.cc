@@ -13,15 +13,15 @@ namespace dmu::formats::qcow {
 Result<void> create(Env& env, const std::string& path, const CreateOptions& options) {
   for (const auto& [key, value] : options.options) {
     if (key == "preallocation" && value == "off") continue;
-    if ((key == "encryption" && value == "off") || key == "backing_fmt" ||
-        key == "backing_file")
+    if ((key == "encryption" && value == "off") || key == "backing_fmt" || key == "backing_file")
       continue;
     if (key == "encryption" || key == "encrypt.format")
       return fail(ENOTSUP, path + ": encrypted qcow images are not supported");
     return fail(EINVAL, path + ": qcow: unsupported option '" + key + "=" + value + "'");
   }
   std::string backing = options.backing_file.value_or("");
-  if (auto it = options.options.find("backing_file"); it != options.options.end() && backing.empty())
+  if (auto it = options.options.find("backing_file");
+      it != options.options.end() && backing.empty())
     backing = it->second;
   if (backing.size() > kMaxBackingName)
     return fail(EINVAL, path + ": backing file name longer than 1023 bytes");
@@ -51,8 +51,8 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
   DMU_ASSIGN_OR_RETURN(auto file, env.open(path, OpenMode::CreateTruncate));
   DMU_TRY(file->write(0, serialize_header(h)));
   if (!backing.empty())
-    DMU_TRY(file->write(kHeaderSize, std::span(reinterpret_cast<const uint8_t*>(backing.data()),
-                                               backing.size())));
+    DMU_TRY(file->write(
+        kHeaderSize, std::span(reinterpret_cast<const uint8_t*>(backing.data()), backing.size())));
   std::vector<uint8_t> zeros(*align_up(l1_bytes, 512), 0);
   DMU_TRY(file->write(header_size, zeros));
   return file->sync();

@@ -18,7 +18,8 @@ Result<Header> parse_header(std::span<const uint8_t> b, uint64_t file_size,
   if (load_be32(&b[0]) != kMagic) return bad(EINVAL, "not a qcow image (bad magic)");
   uint32_t version = load_be32(&b[4]);
   if (version != kVersion)
-    return bad(ENOTSUP, "qcow version " + std::to_string(version) + " is not supported (expected 1)");
+    return bad(ENOTSUP,
+               "qcow version " + std::to_string(version) + " is not supported (expected 1)");
   Header h;
   h.backing_file_offset = load_be64(&b[8]);
   h.backing_file_size = load_be32(&b[16]);

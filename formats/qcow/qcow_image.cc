@@ -18,8 +18,8 @@ constexpr uint64_t kMaxMapSteps = 1 << 16;
 }  // namespace
 
 Result<std::unique_ptr<Image>> QcowImage::open(Env& env, const std::string& path, Access access) {
-  DMU_ASSIGN_OR_RETURN(
-      auto file, env.open(path, access == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly));
+  DMU_ASSIGN_OR_RETURN(auto file, env.open(path, access == Access::ReadWrite ? OpenMode::ReadWrite
+                                                                             : OpenMode::ReadOnly));
   DMU_ASSIGN_OR_RETURN(uint64_t size, file->size());
   std::vector<uint8_t> head(kHeaderSize);
   DMU_ASSIGN_OR_RETURN(size_t got, file->read_some(0, head));
@@ -172,9 +172,8 @@ Result<Mapping> QcowImage::map(uint64_t offset, uint64_t length) {
   Cluster first;
   DMU_ASSIGN_OR_RETURN(uint64_t n, classify(first_cluster, first));
   uint64_t next = first_cluster + n;
-  for (uint64_t steps = 0; next < end_cluster && first.kind != Cluster::Compressed &&
-                           steps < kMaxMapSteps;
-       ++steps) {
+  for (uint64_t steps = 0;
+       next < end_cluster && first.kind != Cluster::Compressed && steps < kMaxMapSteps; ++steps) {
     Cluster k;
     DMU_ASSIGN_OR_RETURN(n, classify(next, k));
     if (k.kind != first.kind) break;
@@ -185,8 +184,12 @@ Result<Mapping> QcowImage::map(uint64_t offset, uint64_t length) {
   Mapping m;
   m.length = std::min(next * cs, end) - offset;
   switch (first.kind) {
-    case Cluster::Unallocated: m.kind = MapKind::Unallocated; break;
-    case Cluster::Compressed: m.kind = MapKind::Compressed; break;
+    case Cluster::Unallocated:
+      m.kind = MapKind::Unallocated;
+      break;
+    case Cluster::Compressed:
+      m.kind = MapKind::Compressed;
+      break;
     case Cluster::Normal:
       m.kind = MapKind::Data;
       m.host_offset = first.offset + (offset - first_cluster * cs);

@@ -17,7 +17,8 @@ constexpr uint64_t kMaxAllocBytes = uint64_t(16) << 20;
 
 bool QcowImage::busy(uint64_t first, uint64_t count) const {
   for (const auto& [token, f] : inflight_)
-    if (f.count && first < f.first_cluster + f.count && f.first_cluster < first + count) return true;
+    if (f.count && first < f.first_cluster + f.count && f.first_cluster < first + count)
+      return true;
   return false;
 }
 
@@ -152,7 +153,8 @@ Result<void> QcowImage::commit() {
       uint64_t hi = l2_index(std::prev(group_last)->first);
       std::vector<uint8_t> raw((hi - lo + 1) * 8);
       for (uint64_t i = lo; i <= hi; ++i) store_be64(&raw[(i - lo) * 8], (*table)[i]);
-      for (auto p = it; p != group_last; ++p) store_be64(&raw[(l2_index(p->first) - lo) * 8], p->second);
+      for (auto p = it; p != group_last; ++p)
+        store_be64(&raw[(l2_index(p->first) - lo) * 8], p->second);
       DMU_TRY(file_->write(l1_[index] + lo * 8, raw));
     } else {
       bool any = false;

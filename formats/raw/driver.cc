@@ -8,7 +8,9 @@
 namespace dmu::formats {
 namespace {
 
-int probe_raw(std::span<const uint8_t>, const std::string&) { return 1; }
+int probe_raw(std::span<const uint8_t>, const std::string&) {
+  return 1;
+}
 
 Result<std::unique_ptr<Image>> open_raw(Env& env, const std::string& path, Access access) {
   return raw::RawImage::open(env, path, access);
@@ -18,8 +20,7 @@ Result<std::unique_ptr<Image>> open_raw(Env& env, const std::string& path, Acces
 // block is allocated (QEMU writes it so O_DIRECT alignment probing works; we
 // do the same so `qemu-img map` of our images matches theirs).
 Result<void> create_raw(Env& env, const std::string& path, const CreateOptions& options) {
-  if (options.backing_file)
-    return fail(EINVAL, path + ": raw images cannot have a backing file");
+  if (options.backing_file) return fail(EINVAL, path + ": raw images cannot have a backing file");
   for (const auto& [key, value] : options.options) {
     if (key == "preallocation" && value == "off") continue;
     return fail(EINVAL, path + ": raw: unsupported option '" + key + "=" + value + "'");

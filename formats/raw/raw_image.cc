@@ -38,8 +38,8 @@ Result<Run> run_at(File& file, uint64_t offset, uint64_t file_size) {
 }  // namespace
 
 Result<std::unique_ptr<Image>> RawImage::open(Env& env, const std::string& path, Access access) {
-  DMU_ASSIGN_OR_RETURN(
-      auto file, env.open(path, access == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly));
+  DMU_ASSIGN_OR_RETURN(auto file, env.open(path, access == Access::ReadWrite ? OpenMode::ReadWrite
+                                                                             : OpenMode::ReadOnly));
   DMU_ASSIGN_OR_RETURN(uint64_t size, file->size());
   ImageInfo info;
   info.format = "raw";

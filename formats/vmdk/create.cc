@@ -111,7 +111,8 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
   }
   if (hw.empty()) hw = "4";
   if (subformat == "streamOptimized")
-    return fail(ENOTSUP, path + ": streamOptimized is read-only in dmu; make one with qemu-img convert");
+    return fail(ENOTSUP,
+                path + ": streamOptimized is read-only in dmu; make one with qemu-img convert");
   bool split = subformat == "twoGbMaxExtentSparse" || subformat == "twoGbMaxExtentFlat";
   bool flat = subformat == "monolithicFlat" || subformat == "twoGbMaxExtentFlat";
   if (!split && !flat && subformat != "monolithicSparse")

@@ -6,8 +6,12 @@
 namespace dmu::formats::vmdk {
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\t'; }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t';
+}
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 bool is_key_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '.' || c == '_' ||
          c == '-';
@@ -42,8 +46,10 @@ std::optional<uint32_t> parse_hex32(std::string_view s) {
   if (s.empty() || s.size() > 8) return std::nullopt;
   uint32_t v = 0;
   for (char c : s) {
-    int d = is_digit(c) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-                                  : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+    int d = is_digit(c)              ? c - '0'
+            : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+            : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                     : -1;
     if (d < 0) return std::nullopt;
     v = v << 4 | uint32_t(d);
   }
@@ -59,8 +65,8 @@ class Parser {
 
   Result<Descriptor> run() {
     if (text_.size() > kMaxDescriptorBytes)
-      return fail(EFBIG, path_ + ": descriptor larger than " +
-                             std::to_string(kMaxDescriptorBytes) + " bytes");
+      return fail(EFBIG, path_ + ": descriptor larger than " + std::to_string(kMaxDescriptorBytes) +
+                             " bytes");
     size_t pos = 0;
     while (pos < text_.size()) {
       size_t eol = text_.find('\n', pos);
@@ -99,8 +105,7 @@ class Parser {
   // `offset` is where `line` starts in the whole text (for the CID position).
   Result<void> parse_key(std::string_view line, size_t eq, size_t offset) {
     std::string_view key = trim(line.substr(0, eq));
-    if (key.empty() || key.size() > 256)
-      return bad("bad key in '" + shown(line) + "'");
+    if (key.empty() || key.size() > 256) return bad("bad key in '" + shown(line) + "'");
     for (char c : key)
       if (!is_key_char(c)) return bad("bad character in key '" + shown(key) + "'");
     std::string_view after = line.substr(eq + 1);
@@ -115,7 +120,8 @@ class Parser {
         return bad("stray quote in the value of '" + std::string(key) + "'");
     } else {
       for (char c : value)
-        if (is_space(c) || c == '"') return bad("unquoted value of '" + std::string(key) + "' has spaces or quotes");
+        if (is_space(c) || c == '"')
+          return bad("unquoted value of '" + std::string(key) + "' has spaces or quotes");
     }
     if (value.size() > 4096) return bad("value of '" + std::string(key) + "' is too long");
     if (!d_.keys.emplace(std::string(key), std::string(value)).second)
@@ -190,7 +196,8 @@ class Parser {
     auto c = parse_hex32(cid->second), p = parse_hex32(pcid->second);
     if (!c) return fail(EINVAL, path_ + ": descriptor CID '" + shown(cid->second) + "' is not hex");
     if (!p)
-      return fail(EINVAL, path_ + ": descriptor parentCID '" + shown(pcid->second) + "' is not hex");
+      return fail(EINVAL,
+                  path_ + ": descriptor parentCID '" + shown(pcid->second) + "' is not hex");
     d_.cid = *c;
     d_.parent_cid = *p;
     if (auto t = d_.keys.find("createType"); t != d_.keys.end()) d_.create_type = t->second;

@@ -28,10 +28,10 @@ inline constexpr size_t kMaxExtents = 4096;
 inline constexpr uint32_t kNoParentCid = 0xffffffff;
 
 struct DescriptorExtent {
-  std::string access;    // RW, RDONLY, NOACCESS
-  uint64_t sectors = 0;  // > 0
-  std::string type;      // FLAT, SPARSE, ...
-  std::string filename;  // empty only for ZERO
+  std::string access;              // RW, RDONLY, NOACCESS
+  uint64_t sectors = 0;            // > 0
+  std::string type;                // FLAT, SPARSE, ...
+  std::string filename;            // empty only for ZERO
   std::optional<uint64_t> offset;  // in sectors, FLAT/VMFS
   size_t line = 0;                 // 1-based, for messages
 };

@@ -156,9 +156,15 @@ Result<Mapping> SparseExtent::map(uint64_t offset, uint64_t length, bool writabl
   Mapping m;
   m.length = std::min(next * gb, end) - offset;
   switch (g.kind) {
-    case Grain::Unallocated: m.kind = MapKind::Unallocated; break;
-    case Grain::Zero: m.kind = MapKind::Zero; break;
-    case Grain::Compressed: m.kind = MapKind::Compressed; break;
+    case Grain::Unallocated:
+      m.kind = MapKind::Unallocated;
+      break;
+    case Grain::Zero:
+      m.kind = MapKind::Zero;
+      break;
+    case Grain::Compressed:
+      m.kind = MapKind::Compressed;
+      break;
     case Grain::Data:
       m.kind = MapKind::Data;
       m.host_offset = g.offset + (offset - first * gb);

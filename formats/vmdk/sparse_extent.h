@@ -63,13 +63,16 @@ class SparseExtent {
     uint64_t first_grain = 0, count = 0, host_offset = 0;
   };
 
-  SparseExtent(File& file, std::string name, SparseHeader h) : file_(file), name_(std::move(name)), header_(h) {}
+  SparseExtent(File& file, std::string name, SparseHeader h)
+      : file_(file), name_(std::move(name)), header_(h) {}
 
   Result<uint64_t> file_size(bool refresh);
   Result<const std::vector<uint32_t>*> grain_table(uint64_t gd_index);
   Result<uint32_t> entry(uint64_t grain);
   Result<Grain> decode(uint64_t grain, uint32_t entry);
-  Result<Grain> lookup(uint64_t grain) { return entry(grain).and_then([&](uint32_t e) { return decode(grain, e); }); }
+  Result<Grain> lookup(uint64_t grain) {
+    return entry(grain).and_then([&](uint32_t e) { return decode(grain, e); });
+  }
   bool table_range_empty(uint64_t grain) const;
   bool busy(uint64_t first, uint64_t count) const;
   Result<void> inflate_grain(uint64_t grain, const Grain& g);

@@ -22,13 +22,13 @@ bool SparseExtent::busy(uint64_t first, uint64_t count) const {
 }
 
 Result<WriteTarget> SparseExtent::prepare(uint64_t offset, uint64_t length, uint64_t token) {
-  if (header_.compressed())
-    return fail(EROFS, name_ + ": stream-optimized extents are read-only");
+  if (header_.compressed()) return fail(EROFS, name_ + ": stream-optimized extents are read-only");
   const uint64_t gb = grain_bytes();
   const uint64_t first = offset / gb;
   const uint64_t end_grain = (std::min(offset + length, size()) + gb - 1) / gb;
   if (busy(first, 1))
-    return fail(EBUSY, name_ + ": grain at offset " + hex(first * gb) + " is already being written");
+    return fail(EBUSY,
+                name_ + ": grain at offset " + hex(first * gb) + " is already being written");
   DMU_ASSIGN_OR_RETURN(Grain g, lookup(first));
   WriteTarget t;
   t.offset = first * gb;
@@ -75,14 +75,15 @@ bool SparseExtent::done(uint64_t token, bool ok) {
 }
 
 Result<void> SparseExtent::zero(uint64_t offset, uint64_t length, bool has_parent, bool dry_run) {
-  if (header_.compressed())
-    return fail(EROFS, name_ + ": stream-optimized extents are read-only");
+  if (header_.compressed()) return fail(EROFS, name_ + ": stream-optimized extents are read-only");
   const uint64_t gb = grain_bytes();
   const uint64_t end = offset + length;
   const uint64_t first = offset / gb, last = (end - 1) / gb;
   if (busy(first, last - first + 1))
     return fail(EBUSY, name_ + ": zeroing at " + hex(offset) + " overlaps a write in progress");
-  auto whole = [&](uint64_t g) { return offset <= g * gb && std::min((g + 1) * gb, size()) <= end; };
+  auto whole = [&](uint64_t g) {
+    return offset <= g * gb && std::min((g + 1) * gb, size()) <= end;
+  };
   auto reads_zero = [&](uint32_t e) {
     return (e == kGteZeroed && header_.zero_grain()) || (e == 0 && !has_parent);
   };

@@ -56,8 +56,9 @@ Result<void> validate_header(const SparseHeader& h, uint64_t file_size, const st
   if (h.compress_algorithm > kCompressDeflate)
     return bad(ENOTSUP, "unknown compressAlgorithm " + std::to_string(h.compress_algorithm));
   if (h.capacity == 0)
-    return bad(EINVAL, "capacity 0 (an extent whose embedded descriptor names other extents is "
-                       "not supported)");
+    return bad(EINVAL,
+               "capacity 0 (an extent whose embedded descriptor names other extents is "
+               "not supported)");
   if (h.capacity > kMaxCapacitySectors)
     return bad(EFBIG, "capacity of " + std::to_string(h.capacity) + " sectors exceeds 2 TiB");
   if (h.grain_size == 0 || h.grain_size > kMaxGrainSectors || !is_power_of_two(h.grain_size))
@@ -80,8 +81,8 @@ Result<void> validate_header(const SparseHeader& h, uint64_t file_size, const st
     return bad(EINVAL, "redundant grain directory at sector " + std::to_string(h.rgd_offset) +
                            " runs past the end of the file");
   if (!within(h.grain_offset, 0))
-    return bad(EINVAL, "file truncated: grains start at sector " +
-                           std::to_string(h.grain_offset) + ", past its end");
+    return bad(EINVAL, "file truncated: grains start at sector " + std::to_string(h.grain_offset) +
+                           ", past its end");
   if (h.desc_offset && !within(h.desc_offset, 0))
     return bad(EINVAL, "descriptor at sector " + std::to_string(h.desc_offset) +
                            " lies past the end of the file");

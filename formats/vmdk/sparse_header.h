@@ -32,7 +32,7 @@ inline constexpr uint16_t kCompressDeflate = 1;
 inline constexpr uint64_t kMaxCapacitySectors = uint64_t(1) << 32;  // 2 TiB an extent
 inline constexpr uint64_t kMaxGrainSectors = 1 << 15;               // 16 MiB grains
 inline constexpr uint32_t kMaxGtesPerGt = 512;
-inline constexpr uint64_t kMaxGdEntries = uint64_t(4) << 20;         // 16 MiB a directory
+inline constexpr uint64_t kMaxGdEntries = uint64_t(4) << 20;  // 16 MiB a directory
 
 struct SparseHeader {
   uint32_t version = 0;
@@ -42,8 +42,8 @@ struct SparseHeader {
   uint64_t desc_offset = 0;  // sectors
   uint64_t desc_size = 0;    // sectors
   uint32_t gtes_per_gt = 0;
-  uint64_t rgd_offset = 0;  // sectors
-  uint64_t gd_offset = 0;   // sectors
+  uint64_t rgd_offset = 0;    // sectors
+  uint64_t gd_offset = 0;     // sectors
   uint64_t grain_offset = 0;  // sectors ("overHead")
   uint16_t compress_algorithm = 0;
 

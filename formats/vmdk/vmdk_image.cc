@@ -33,8 +33,8 @@ bool safe_extent_name(const std::string& name) {
 
 Result<std::unique_ptr<VmdkImage>> VmdkImage::open(Env& env, const std::string& path,
                                                    Access access) {
-  DMU_ASSIGN_OR_RETURN(
-      auto file, env.open(path, access == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly));
+  DMU_ASSIGN_OR_RETURN(auto file, env.open(path, access == Access::ReadWrite ? OpenMode::ReadWrite
+                                                                             : OpenMode::ReadOnly));
   DMU_ASSIGN_OR_RETURN(uint64_t size, file->size());
   uint8_t magic[4] = {};
   DMU_ASSIGN_OR_RETURN(size_t got, file->read_some(0, magic));
@@ -113,7 +113,8 @@ Result<void> VmdkImage::open_descriptor_file(Env& env, std::unique_ptr<File> fil
 Result<void> VmdkImage::add_extent(Env& env, const std::string& desc_path,
                                    const DescriptorExtent& d) {
   std::string where = desc_path + ": descriptor line " + std::to_string(d.line);
-  if (d.access != "RW") return fail(ENOTSUP, where + ": access '" + d.access + "' is not supported");
+  if (d.access != "RW")
+    return fail(ENOTSUP, where + ": access '" + d.access + "' is not supported");
   bool flat = d.type == "FLAT" || d.type == "VMFS";
   if (!flat && d.type != "SPARSE")
     return fail(ENOTSUP, where + ": extent type '" + d.type + "' is not supported");

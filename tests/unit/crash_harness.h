@@ -118,7 +118,8 @@ inline void run_crash_matrix(const CrashSetup& setup, const std::vector<CrashOp>
   }
   ASSERT_GT(total, 0u);
   for (uint64_t n = 0; n <= total; ++n) {
-    for (CrashKeeps keeps : {CrashKeeps::Nothing, CrashKeeps::Everything, CrashKeeps::RandomSubset}) {
+    for (CrashKeeps keeps :
+         {CrashKeeps::Nothing, CrashKeeps::Everything, CrashKeeps::RandomSubset}) {
       SCOPED_TRACE("power cut after " + std::to_string(n) + " of " + std::to_string(total) +
                    " mutations, crash keeps " + std::to_string(int(keeps)));
       FaultEnv env;

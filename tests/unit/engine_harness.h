@@ -47,9 +47,15 @@ inline Result<void> read_chain(const std::vector<formats::Image*>& chain, size_t
       case formats::MapKind::Data:
         DMU_TRY(img.data_files().at(m.file)->read(m.host_offset, part));
         break;
-      case formats::MapKind::Zero: std::memset(part.data(), 0, part.size()); break;
-      case formats::MapKind::Unallocated: DMU_TRY(read_chain(chain, depth + 1, pos, part)); break;
-      case formats::MapKind::Compressed: DMU_TRY(img.read_compressed(pos, part)); break;
+      case formats::MapKind::Zero:
+        std::memset(part.data(), 0, part.size());
+        break;
+      case formats::MapKind::Unallocated:
+        DMU_TRY(read_chain(chain, depth + 1, pos, part));
+        break;
+      case formats::MapKind::Compressed:
+        DMU_TRY(img.read_compressed(pos, part));
+        break;
     }
     done += m.length;
   }
@@ -150,8 +156,8 @@ inline void expect_map_agrees(formats::Image& img, const std::string& fmt) {
       ASSERT_TRUE(m) << m.error().message;
       ASSERT_GT(m->length, 0u);
       bool data = m->kind == formats::MapKind::Data || m->kind == formats::MapKind::Compressed;
-      EXPECT_EQ(data, q.data) << img.info().filename << " at " << pos << " (qemu range "
-                              << q.start << "+" << q.length << ")";
+      EXPECT_EQ(data, q.data) << img.info().filename << " at " << pos << " (qemu range " << q.start
+                              << "+" << q.length << ")";
       pos += m->length;
     }
   }
@@ -163,8 +169,8 @@ inline void expect_map_agrees(formats::Image& img, const std::string& fmt) {
 // the last completed commit or one written since.
 class CrashModel {
  public:
-  explicit CrashModel(uint64_t size) : durable_(size / 512, 0), current_(size / 512, 0),
-                                       since_(size / 512) {}
+  explicit CrashModel(uint64_t size)
+      : durable_(size / 512, 0), current_(size / 512, 0), since_(size / 512) {}
   void set_initial(const std::vector<uint8_t>& bytes) {
     for (size_t s = 0; s < durable_.size(); ++s) durable_[s] = current_[s] = bytes[s * 512];
   }

@@ -37,7 +37,8 @@ TEST(QcowCrash, OverlayWithBackingFileSurvivesEveryCut) {
   setup.chain = {{"top.qcow", "qcow"}, {"base.raw", "raw"}};
   setup.files["top.qcow"] = made(size, "base.raw");
   std::vector<uint8_t> base(size);
-  for (size_t s = 0; s < size / 512; ++s) std::fill_n(base.begin() + s * 512, 512, uint8_t(200 + s % 50));
+  for (size_t s = 0; s < size / 512; ++s)
+    std::fill_n(base.begin() + s * 512, 512, uint8_t(200 + s % 50));
   setup.files["base.raw"] = base;
   test::run_crash_matrix(setup, test::random_workload(3, size, 14, 2048, false));
 }

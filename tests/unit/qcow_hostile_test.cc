@@ -161,11 +161,11 @@ TEST(QcowCheck, ReportsTablesAndClustersOutsideTheFileOrUsedTwice) {
     const char* what;
     uint64_t at, value;
   };
-  for (const Case& c : {Case{"L2 table at", l1, uint64_t(1) << 40},
-                        Case{"past the end", l2, uint64_t(1) << 33},
-                        Case{"used more than once", l2 + 8, load_be64(&good[l2])},
-                        Case{"used more than once", l2, l2},  // data cluster on its own L2 table
-                        Case{"overlaps", l1 + 8, l2}}) {  // two L1 entries, one table
+  for (const Case& c :
+       {Case{"L2 table at", l1, uint64_t(1) << 40}, Case{"past the end", l2, uint64_t(1) << 33},
+        Case{"used more than once", l2 + 8, load_be64(&good[l2])},
+        Case{"used more than once", l2, l2},  // data cluster on its own L2 table
+        Case{"overlaps", l1 + 8, l2}}) {      // two L1 entries, one table
     auto b = good;
     store_be64(&b[c.at], c.value);
     auto img = open_bytes(dir, b);

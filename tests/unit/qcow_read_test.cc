@@ -32,8 +32,9 @@ TEST(QcowRead, EveryByteMatchesQemuImgConvert) {
   test::TempDir dir;
   std::string img = dir.file("a.qcow");
   run_ok("qemu-img create -f qcow " + img + " 5M");
-  qemu_io(img, "qcow", {"write -P 0x11 0 4k", "write -P 0x22 12345 70000", "write -P 0x33 4M 1M",
-                        "write -P 0x44 2M 512"});
+  qemu_io(img, "qcow",
+          {"write -P 0x11 0 4k", "write -P 0x22 12345 70000", "write -P 0x33 4M 1M",
+           "write -P 0x44 2M 512"});
   auto image = open_qcow(img);
   ASSERT_TRUE(image);
   auto bytes = test::read_all({image.get()});
@@ -74,7 +75,7 @@ TEST(QcowRead, CompressedClustersMatchQemu) {
   std::string raw = dir.file("src.raw"), img = dir.file("c.qcow");
   std::vector<uint8_t> src(3 * 1024 * 1024 + 512, 0);
   auto noise = test::random_bytes(200000, 7);
-  std::copy(noise.begin(), noise.end(), src.begin() + 100000);      // incompressible
+  std::copy(noise.begin(), noise.end(), src.begin() + 100000);              // incompressible
   for (size_t i = 1 << 20; i < (2u << 20); ++i) src[i] = uint8_t(i / 700);  // compressible
   test::write_file(raw, src);
   // QEMU 7.2's convert -c to qcow exits 1 after writing a good image (its

@@ -34,7 +34,9 @@ void create_qcow(const std::string& path, uint64_t size, const std::string& back
   ASSERT_TRUE(r) << r.error().message;
 }
 
-std::vector<uint8_t> pattern(size_t n, uint8_t v) { return std::vector<uint8_t>(n, v); }
+std::vector<uint8_t> pattern(size_t n, uint8_t v) {
+  return std::vector<uint8_t>(n, v);
+}
 
 TEST(QcowWrite, RandomWritesReadBackIdenticallyInQemu) {
   test::TempDir dir;

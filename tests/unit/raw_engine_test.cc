@@ -28,7 +28,8 @@ TEST(RawMap, AgreesWithQemuImgMapOnDataAndHoles) {
   test::TempDir dir;
   std::string img = dir.file("a.raw");
   run_ok("qemu-img create -f raw " + img + " 8M");
-  run_ok("qemu-io -f raw -c 'write -P 1 64k 64k' -c 'write -P 0 1M 4k' -c 'write -P 3 7M 1M' " + img);
+  run_ok("qemu-io -f raw -c 'write -P 1 64k 64k' -c 'write -P 0 1M 4k' -c 'write -P 3 7M 1M' " +
+         img);
   auto image = open_raw(img, Access::ReadOnly);
   ASSERT_TRUE(image);
   test::expect_map_agrees(*image, "raw");

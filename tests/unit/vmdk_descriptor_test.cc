@@ -67,7 +67,8 @@ void expect_error(const std::string& text, const std::string& what) {
 
 TEST(VmdkDescriptor, RefusesMalformedLinesNamingTheLine) {
   const std::string head = "version=1\nCID=1\nparentCID=ffffffff\n";
-  expect_error(head + "createType=\"x\"\n\n\nRW 100 FOO \"a\"\n", "descriptor line 7: unknown extent type 'FOO'");
+  expect_error(head + "createType=\"x\"\n\n\nRW 100 FOO \"a\"\n",
+               "descriptor line 7: unknown extent type 'FOO'");
   expect_error(head + "RW 0 SPARSE \"a\"\n", "line 4: bad extent size '0'");
   expect_error(head + "RW -5 SPARSE \"a\"\n", "bad extent size");
   expect_error(head + "RW 99999999999999999999999 SPARSE \"a\"\n", "bad extent size");

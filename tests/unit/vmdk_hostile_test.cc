@@ -49,19 +49,17 @@ TEST(VmdkHostile, SparseHeaderFieldsOutOfRangeAreRefusedByName) {
     uint64_t value;
     const char* what;
   };
-  for (const Case& c : {Case{4, 4, 4, "sparse version 4"}, Case{4, 4, 0, "sparse version 0"},
-                        Case{77, 2, 2, "compressAlgorithm"}, Case{12, 8, 0, "capacity 0"},
-                        Case{12, 8, uint64_t(1) << 40, "exceeds 2 TiB"},
-                        Case{20, 8, 0, "grainSize of 0"}, Case{20, 8, 3, "grainSize of 3"},
-                        Case{20, 8, uint64_t(1) << 20, "grainSize"},
-                        Case{44, 4, 0, "numGTEsPerGT 0"}, Case{44, 4, 513, "numGTEsPerGT 513"},
-                        Case{56, 8, 1 << 20, "grain directory at sector"},
-                        Case{56, 8, ~uint64_t(0) >> 8, "grain directory at sector"},
-                        Case{48, 8, 1 << 20, "redundant grain directory"},
-                        Case{64, 8, 1 << 20, "file truncated"},
-                        Case{28, 8, 1 << 20, "descriptor at sector"},
-                        Case{56, 8, ~uint64_t(0), "footer"}, Case{0, 4, 0x44574f43, "COWD"},
-                        Case{0, 4, 0x11111111, "bad magic"}}) {
+  for (const Case& c :
+       {Case{4, 4, 4, "sparse version 4"}, Case{4, 4, 0, "sparse version 0"},
+        Case{77, 2, 2, "compressAlgorithm"}, Case{12, 8, 0, "capacity 0"},
+        Case{12, 8, uint64_t(1) << 40, "exceeds 2 TiB"}, Case{20, 8, 0, "grainSize of 0"},
+        Case{20, 8, 3, "grainSize of 3"}, Case{20, 8, uint64_t(1) << 20, "grainSize"},
+        Case{44, 4, 0, "numGTEsPerGT 0"}, Case{44, 4, 513, "numGTEsPerGT 513"},
+        Case{56, 8, 1 << 20, "grain directory at sector"},
+        Case{56, 8, ~uint64_t(0) >> 8, "grain directory at sector"},
+        Case{48, 8, 1 << 20, "redundant grain directory"}, Case{64, 8, 1 << 20, "file truncated"},
+        Case{28, 8, 1 << 20, "descriptor at sector"}, Case{56, 8, ~uint64_t(0), "footer"},
+        Case{0, 4, 0x44574f43, "COWD"}, Case{0, 4, 0x11111111, "bad magic"}}) {
     auto b = good;
     if (c.width == 2) store_le16(&b[c.at], uint16_t(c.value));
     if (c.width == 4) store_le32(&b[c.at], uint32_t(c.value));
@@ -93,7 +91,8 @@ TEST(VmdkHostile, DescriptorFilesNamingBadExtentsAreRefused) {
        {DescriptorCase{"RW 2048 FOO \"f.raw\"", "descriptor line 6: unknown extent type 'FOO'"},
         DescriptorCase{"RDONLY 2048 FLAT \"f.raw\" 0", "line 6: access 'RDONLY' is not supported"},
         DescriptorCase{"RW 2048 ZERO", "extent type 'ZERO' is not supported"},
-        DescriptorCase{"RW 2048 VMFSSPARSE \"s.vmdk\"", "extent type 'VMFSSPARSE' is not supported"},
+        DescriptorCase{"RW 2048 VMFSSPARSE \"s.vmdk\"",
+                       "extent type 'VMFSSPARSE' is not supported"},
         DescriptorCase{"RW 2048 FLAT \"/etc/passwd\" 0", "must be a relative path"},
         DescriptorCase{"RW 2048 FLAT \"../f.raw\" 0", "must be a relative path"},
         DescriptorCase{"RW 2048 FLAT \"a/../../f.raw\" 0", "must be a relative path"},
@@ -105,10 +104,12 @@ TEST(VmdkHostile, DescriptorFilesNamingBadExtentsAreRefused) {
         DescriptorCase{"RW 2048 SPARSE \"s.vmdk\"\nRW 2048 SPARSE \"s.vmdk\"", "named twice"},
         DescriptorCase{"RW 2048 SPARSE \"f.raw\"", "bad magic"},
         DescriptorCase{"", "names no extents"}}) {
-    std::string text = "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n"
-                       "createType=\"monolithicFlat\"\n" + c.extents + "\n";
-    expect_refused(open_bytes(dir, std::vector<uint8_t>(text.begin(), text.end()), "d.vmdk"),
-                   path, c.what);
+    std::string text =
+        "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\n"
+        "createType=\"monolithicFlat\"\n" +
+        c.extents + "\n";
+    expect_refused(open_bytes(dir, std::vector<uint8_t>(text.begin(), text.end()), "d.vmdk"), path,
+                   c.what);
   }
   std::string text = "version=1\nCID=1\nparentCID=ffffffff\ncreateType=\"vmfsSparse\"\n";
   expect_refused(open_bytes(dir, std::vector<uint8_t>(text.begin(), text.end()), "d.vmdk"), path,
@@ -164,9 +165,8 @@ TEST(VmdkHostile, BadCompressedGrainsFailReadsNotTheProcess) {
     auto image = open_bytes(dir, b);
     ASSERT_TRUE(image) << image.error().message;
     std::vector<uint8_t> out(65536);
-    auto r = (*image)->map(0, 65536).and_then([&](formats::Mapping) {
-      return (*image)->read_compressed(0, out);
-    });
+    auto r = (*image)->map(0, 65536).and_then(
+        [&](formats::Mapping) { return (*image)->read_compressed(0, out); });
     ASSERT_FALSE(r) << c.what;
     EXPECT_NE(r.error().message.find(c.what), std::string::npos) << r.error().message;
   }

@@ -103,11 +103,12 @@ std::string small_split(const test::TempDir& dir, bool flat) {
     lines += "RW " + std::to_string(sectors) + (flat ? " FLAT \"" : " SPARSE \"") + name +
              (flat ? "\" 0\n" : "\"\n");
   }
-  std::string desc = std::string("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n") +
-                     "createType=\"" + (flat ? "twoGbMaxExtentFlat" : "twoGbMaxExtentSparse") +
-                     // QEMU's extent parser skips a blank line straight into the next
-                     // line and reads that extent twice: keep a comment between.
-                     "\"\n\n# Extent description\n" + lines + "\nddb.adapterType = \"ide\"\n";
+  std::string desc =
+      std::string("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n") +
+      "createType=\"" + (flat ? "twoGbMaxExtentFlat" : "twoGbMaxExtentSparse") +
+      // QEMU's extent parser skips a blank line straight into the next
+      // line and reads that extent twice: keep a comment between.
+      "\"\n\n# Extent description\n" + lines + "\nddb.adapterType = \"ide\"\n";
   std::string path = dir.file(flat ? "split-flat.vmdk" : "split-sparse.vmdk");
   test::write_file(path, std::vector<uint8_t>(desc.begin(), desc.end()));
   return path;
@@ -137,8 +138,8 @@ TEST(VmdkRead, QemuTwoGbMaxExtentImagesAgreeAroundEveryBoundary) {
     uint64_t offset, length;
     uint8_t value;
   };
-  const Write writes[] = {{2147475456, 16384, 0x81}, {4294966784, 1024, 0x82},
-                          {5368643584, 65536, 0x83}};
+  const Write writes[] = {
+      {2147475456, 16384, 0x81}, {4294966784, 1024, 0x82}, {5368643584, 65536, 0x83}};
   for (std::string sub : {"twoGbMaxExtentSparse", "twoGbMaxExtentFlat"}) {
     std::string img = dir.file(sub + ".vmdk");
     run_ok("qemu-img create -f vmdk -o subformat=" + sub + " " + img + " 5G");
@@ -206,9 +207,10 @@ TEST(VmdkRead, StreamOptimizedFromQemuConvertMatches) {
 // "at the end", grain markers, grain table and directory markers, footer.
 std::vector<uint8_t> vmware_stream(const std::vector<uint8_t>& disk, std::vector<bool> present) {
   const uint64_t grain = 65536, capacity = disk.size() / 512;
-  std::string desc = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
-                     "createType=\"streamOptimized\"\nRW " + std::to_string(capacity) +
-                     " SPARSE \"s.vmdk\"\n";
+  std::string desc =
+      "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
+      "createType=\"streamOptimized\"\nRW " +
+      std::to_string(capacity) + " SPARSE \"s.vmdk\"\n";
   std::vector<uint8_t> f(512 + 1024, 0);
   std::copy(desc.begin(), desc.end(), f.begin() + 512);
   auto header = [&](uint64_t gd) {
@@ -223,7 +225,10 @@ std::vector<uint8_t> vmware_stream(const std::vector<uint8_t>& disk, std::vector
     store_le32(&h[44], 512);
     store_le64(&h[56], gd);
     store_le64(&h[64], 3);
-    h[73] = '\n'; h[74] = ' '; h[75] = '\r'; h[76] = '\n';
+    h[73] = '\n';
+    h[74] = ' ';
+    h[75] = '\r';
+    h[76] = '\n';
     store_le16(&h[77], 1);
     return h;
   };

@@ -60,9 +60,9 @@ TEST(VmdkWrite, EveryWritableSubformatReadsBackInQemuWithCheckClean) {
     uint64_t size;
   };
   const uint64_t gib = uint64_t(1) << 30;
-  for (const Case& c : {Case{"monolithicSparse", 6 << 20}, Case{"monolithicFlat", 6 << 20},
-                        Case{"twoGbMaxExtentSparse", 3 * gib},
-                        Case{"twoGbMaxExtentFlat", 3 * gib}}) {
+  for (const Case& c :
+       {Case{"monolithicSparse", 6 << 20}, Case{"monolithicFlat", 6 << 20},
+        Case{"twoGbMaxExtentSparse", 3 * gib}, Case{"twoGbMaxExtentFlat", 3 * gib}}) {
     SCOPED_TRACE(c.subformat);
     std::string img = dir.file(c.subformat + ".vmdk");
     create_vmdk(img, c.size, {{"subformat", c.subformat}});
@@ -71,7 +71,7 @@ TEST(VmdkWrite, EveryWritableSubformatReadsBackInQemuWithCheckClean) {
     for (int i = 0; i < 30; ++i) {
       uint64_t len = 1 + rng() % 150000;
       uint64_t off = i % 3 == 0 && c.size > 2 * gib ? 2 * gib - 70000 + rng() % 140000
-                                                     : rng() % (c.size - len);
+                                                    : rng() % (c.size - len);
       writes.push_back({off, test::random_bytes(len, i)});
     }
     {
@@ -195,8 +195,9 @@ TEST(VmdkWrite, FirstCommitOfASessionGivesANewCid) {
   std::string img = dir.file("cid.vmdk");
   create_vmdk(img, 1 << 20);
   auto cid = [&] {
-    return nlohmann::json::parse(run_ok("qemu-img info --output=json " + img))["format-specific"]
-        ["data"]["cid"].get<uint64_t>();
+    return nlohmann::json::parse(
+               run_ok("qemu-img info --output=json " + img))["format-specific"]["data"]["cid"]
+        .get<uint64_t>();
   };
   uint64_t before = cid();
   auto image = open_vmdk(img);
@@ -250,7 +251,10 @@ TEST(VmdkCreate, SameFilesAsQemuImgCreate) {
         Case{"adapter_type=lsilogic,hwversion=6", 7 << 20, {}, ""},
         Case{"compat6=on,toolsversion=99", 7 << 20, {}, ""},
         Case{"subformat=monolithicFlat", 3 << 20, {"-flat"}, ""},
-        Case{"subformat=twoGbMaxExtentSparse", (uint64_t(5) << 30) + 4096, {"-s001", "-s002", "-s003"}, ""},
+        Case{"subformat=twoGbMaxExtentSparse",
+             (uint64_t(5) << 30) + 4096,
+             {"-s001", "-s002", "-s003"},
+             ""},
         Case{"subformat=twoGbMaxExtentFlat,adapter_type=buslogic", 3 << 20, {"-f001"}, ""},
         Case{"", 5 << 20, {}, "base.vmdk"},
         Case{"subformat=twoGbMaxExtentSparse", 3 << 20, {"-s001"}, "base.vmdk"}}) {
@@ -262,8 +266,8 @@ TEST(VmdkCreate, SameFilesAsQemuImgCreate) {
     create_vmdk(ours + "/x.vmdk", c.size, opts,
                 c.backing.empty() ? std::nullopt : std::optional(c.backing));
     run_ok("qemu-img create -f vmdk " + (c.opts.empty() ? "" : "-o " + c.opts) +
-           (c.backing.empty() ? "" : " -b " + c.backing + " -F vmdk") + " " + theirs +
-           "/x.vmdk " + std::to_string(c.size));
+           (c.backing.empty() ? "" : " -b " + c.backing + " -F vmdk") + " " + theirs + "/x.vmdk " +
+           std::to_string(c.size));
     EXPECT_EQ(normalized(ours + "/x.vmdk"), normalized(theirs + "/x.vmdk"));
     for (const std::string& e : c.extents) {
       bool flat = c.opts.find("Flat") != std::string::npos;
@@ -281,8 +285,8 @@ TEST(VmdkCreate, SameFilesAsQemuImgCreate) {
 
 TEST(VmdkCreate, RefusesWhatQemuRefusesAndStreamOptimized) {
   test::TempDir dir;
-  auto create = [&](std::map<std::string, std::string> opts, std::optional<std::string> backing =
-                                                                 std::nullopt) {
+  auto create = [&](std::map<std::string, std::string> opts,
+                    std::optional<std::string> backing = std::nullopt) {
     formats::CreateOptions o;
     o.virtual_size = 1 << 20;
     o.options = std::move(opts);
