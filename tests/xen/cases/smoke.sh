@@ -5,7 +5,7 @@
 # the xenstore keys blkback needs; after the domU powers off no loop device,
 # state or backend of it remains; and a missing image fails xl create with a
 # hotplug-error that names the file.
-# xen: timeout=600
+# xen: timeout=900
 . /usr/lib/dmu-test/lib.sh
 . /usr/lib/dmu-test/xen.sh
 

@@ -4,7 +4,8 @@
 # xen-init-dom0 and the xenstore tools from the unpacked packages in XEN_DIR
 # (with their libraries and libgcc_s, which xl dlopens), Debian's and our
 # hotplug scripts in /etc/xen/scripts, the dom0 start-up hook and helpers, and
-# the domU kernel + base ramdisk (lean tools + modules) in /vm.
+# the domU kernel + base ramdisk (lean tools + the few modules in
+# modules-domu.list) in /vm.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/../../vm/lib/common.sh"
@@ -16,9 +17,13 @@ kernel_env_file=${2:?} out=${3:?}
 xroot=$xen_dir/root
 lean=$(dirname "$out")/tools-lean.cpio.zst
 with_lock "$lean.lock" "$vm_lib/make-tools-piece.sh" "$vm_lib/tools-lean.list" "$lean"
+domu_modules=$(dirname "$out")/modules-domu-$KREL.cpio.zst
+mkdir -p "$(dirname "$out")/no-ko"
+with_lock "$domu_modules.lock" "$vm_lib/make-modules-piece.sh" "$KROOT" "$KREL" \
+  "$(dirname "$out")/no-ko" "$domu_modules" "$here/modules-domu.list"
 
 stamp=$(files_stamp "$xen_dir/complete" "$here"/make-xen-piece.sh "$here"/guest/* \
-  "$src_root"/hotplug/* "$KERNEL_IMAGE" "$MODULES_PIECE" "$lean")
+  "$src_root"/hotplug/* "$KERNEL_IMAGE" "$domu_modules" "$lean")
 up_to_date "$out" "$stamp" && exit 0
 log "building $(basename "$out")"
 stage=$out.d
@@ -38,7 +43,7 @@ echo 'autoballoon="off"' >"$stage/etc/xen/xl.conf"
 install -m 644 "$here/guest/50-xen.sh" "$stage/etc/dmu/init.d/50-xen.sh"
 install -D -m 644 "$here/guest/xen.sh" "$stage/usr/lib/dmu-test/xen.sh"
 cp "$KERNEL_IMAGE" "$stage/vm/vmlinuz"
-cat "$lean" "$MODULES_PIECE" >"$stage/vm/domu-base.cpio.zst"
+cat "$lean" "$domu_modules" >"$stage/vm/domu-base.cpio.zst"
 pack_cpio "$stage" "$out"
 rm -rf "$stage"
 echo "$stamp" >"$out.stamp"

@@ -42,10 +42,11 @@ on_poweroff = "destroy"
 on_crash = "destroy"
 ${DOMU_EXTRA_CFG:-}
 EOT
-  echo "--- xl create $_name: disks: $*"
+  echo "--- [$(cut -d' ' -f1 /proc/uptime)s] xl create $_name: disks: $*"
   _rc=0
   xl create "/etc/xen/$_name.cfg" >"/var/log/xen/xl-create-$_name.log" 2>&1 || _rc=$?
   sed "s/^/[xl create $_name] /" "/var/log/xen/xl-create-$_name.log"
+  echo "--- [$(cut -d' ' -f1 /proc/uptime)s] xl create $_name returned $_rc"
   return $_rc
 }
 
@@ -83,7 +84,7 @@ domu_wait() {
   fi
   [ -d /results ] && cp "$(domu_console "$_name")" "/results/domu-$_name.log" 2>/dev/null
   tr -d '\r' <"$(domu_console "$_name")" 2>/dev/null | sed "s/^/[$_name] /"
-  echo "--- domU $_name finished with status $_rc"
+  echo "--- [$(cut -d' ' -f1 /proc/uptime)s] domU $_name finished with status $_rc"
   return "$_rc"
 }
 
