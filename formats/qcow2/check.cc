@@ -36,6 +36,10 @@ class Qcow2Image::Checker {
 
  private:
   void say(std::string line) { r_.messages.push_back(std::move(line)); }
+  // Repairs never write metadata that lies past the end of the file.
+  bool within_file(uint64_t off) const {
+    return (off >> g_.cluster_bits) < g_.clusters_for(file_size_);
+  }
   const char* fixing(bool fix) const { return fix ? "Repairing" : "ERROR"; }
   Result<void> calculate();
   void inc(uint64_t offset, uint64_t size);
@@ -84,6 +88,7 @@ Result<void> Qcow2Image::Checker::write_entry(uint64_t table_offset, uint64_t in
   store_be64(raw, entry);
   store_be64(raw + 8, bitmap);
   uint64_t off = table_offset + index * g_.l2_entry_bytes;
+  if (!within_file(off)) return fail(EIO, "L2 table at " + hex(table_offset) + " is past EOF");
   DMU_TRY(im_.file_->write(off, std::span<const uint8_t>(raw, g_.l2_entry_bytes)));
   return im_.file_->sync();
 }
@@ -391,7 +396,7 @@ Result<void> Qcow2Image::Checker::check_copied() {
       }
     }
     if (l2_changed) {
-      if (im_.reserved(l2 >> g_.cluster_bits)) {
+      if (im_.reserved(l2 >> g_.cluster_bits) || !within_file(l2)) {
         say("ERROR: Could not write L2 table; metadata overlap check failed");
         ++r_.check_errors;
         continue;
@@ -403,6 +408,8 @@ Result<void> Qcow2Image::Checker::check_copied() {
   im_.l2_cache_->clear();
   if (l1_changed) {
     for (uint64_t i : im_.dirty_l1_) {
+      if (!within_file(im_.header_.l1_table_offset + i * 8))
+        return fail(EIO, "L1 table at " + hex(im_.header_.l1_table_offset) + " is past EOF");
       uint8_t raw[8];
       store_be64(raw, im_.l1_[i]);
       DMU_TRY(im_.file_->write(im_.header_.l1_table_offset + i * 8, raw));

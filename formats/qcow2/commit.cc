@@ -34,6 +34,9 @@ Result<uint64_t> Qcow2Image::ensure_l2(uint64_t l1_index) {
     if (g_.offset_in_cluster(off))
       return fail(corrupt("L1 entry " + std::to_string(l1_index) + " points at unaligned " +
                           hex(off)));
+    if ((off >> g_.cluster_bits) >= refcounts_->end_cluster())
+      return fail(corrupt("L1 entry " + std::to_string(l1_index) + " points at " + hex(off) +
+                          ", beyond the end of the image file"));
     return off;
   }
   std::vector<uint8_t> copy;
@@ -97,6 +100,9 @@ Result<void> Qcow2Image::do_commit() {
       while (++it != dirty_l1_.end() && *it == last + 1) last = *it;
       std::vector<uint8_t> raw((last - first + 1) * 8);
       for (uint64_t i = first; i <= last; ++i) store_be64(&raw[(i - first) * 8], l1_[i]);
+      if (((header_.l1_table_offset + first * 8) >> g_.cluster_bits) >= refcounts_->end_cluster())
+        return fail(corrupt("L1 table at " + hex(header_.l1_table_offset) +
+                            " lies beyond the end of the image file"));
       DMU_TRY(file_->write(header_.l1_table_offset + first * 8, raw));
     }
     DMU_TRY(file_->sync());

@@ -116,6 +116,8 @@ Result<void> Qcow2Image::load_metadata() {
   l2_cache_->set_write_guard([this](uint64_t off) -> Result<void> {
     if (reserved(off >> g_.cluster_bits))
       return fail(corrupt("L2 table at " + hex(off) + " overlaps other metadata"));
+    if ((off >> g_.cluster_bits) >= refcounts_->end_cluster())
+      return fail(corrupt("L2 table at " + hex(off) + " lies beyond the end of the image file"));
     return {};
   });
   return reload_refcounts();
@@ -328,6 +330,9 @@ Result<Qcow2Image::Unit> Qcow2Image::describe(uint64_t pos, unsigned& tables_loa
     if (!(bitmap & (1u << sc))) return u;  // unallocated subcluster
   }
   DMU_ASSIGN_OR_RETURN(uint64_t host, data_host(entry, s));
+  if (data_file_ && host != c << g_.cluster_bits)
+    return fail(corrupt(where() + " maps guest cluster " + std::to_string(c) +
+                        " to data file offset " + hex(host) + ", not its own offset"));
   u.kind = MapKind::Data;
   u.host = host + in_cluster;
   u.writable = data_file_ || ((entry & kOflagCopied) && (s.l1_entry & kOflagCopied));

@@ -140,6 +140,7 @@ class Qcow2Image final : public Image {
   Result<WriteTarget> prepare_new(uint64_t start, uint64_t end, const WriteUnit& first);
   Result<void> apply_part(uint64_t cluster, PendingCluster& pc, uint32_t mask);
   void free_cluster_entry(uint64_t entry, bool deferred);
+  Result<void> check_write_host(uint64_t host, uint64_t guest_cluster) const;
   Result<void> check_not_pending(uint64_t first_cluster, uint64_t last_cluster);
   Result<void> zero_cluster(uint64_t cluster, uint32_t mask, bool may_unmap);
   uint32_t unit_mask(uint64_t from, uint64_t to, uint64_t cluster) const;

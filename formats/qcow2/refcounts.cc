@@ -94,9 +94,9 @@ Result<uint8_t*> Refcounts::block_for(uint64_t cluster, bool create_if_missing) 
   if (g_.offset_in_cluster(off))
     return fail(corrupt("refcount block " + std::to_string(r) + " at " + hex(off) +
                         " is not cluster aligned"));
-  if (off >= kMaxHostOffset)
+  if ((off >> g_.cluster_bits) >= end_)
     return fail(corrupt("refcount block " + std::to_string(r) + " at " + hex(off) +
-                        " is beyond the addressable range"));
+                        " lies beyond the end of the image file"));
   return blocks_.get(off);
 }
 
@@ -266,6 +266,7 @@ Result<void> Refcounts::grow_table(uint64_t min_entries) {
     table_clusters_ = uint32_t(t);
     moved_ = true;
     dirty_entries_.clear();
+    end_ = std::max(end_, start + t + nblocks);
     for (uint64_t c = start; c < start + t + nblocks; ++c) DMU_TRY(set_in_block(c, 1));
     defer_decrement({old_offset >> g_.cluster_bits, old_clusters});
     return {};
@@ -337,6 +338,9 @@ Result<void> Refcounts::flush() {
       while (++it != dirty_entries_.end() && *it == last + 1) last = *it;
       std::vector<uint8_t> raw((last - first + 1) * 8);
       for (uint64_t i = first; i <= last; ++i) store_be64(&raw[(i - first) * 8], table_[i]);
+      if (((table_offset_ + first * 8) >> g_.cluster_bits) >= end_)
+        return fail(corrupt("refcount table at " + hex(table_offset_) +
+                            " lies beyond the end of the image file"));
       DMU_TRY(file_.write(table_offset_ + first * 8, raw));
     }
   }

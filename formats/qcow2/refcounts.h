@@ -74,6 +74,9 @@ class Refcounts {
   uint32_t table_clusters() const { return table_clusters_; }
   const std::vector<uint64_t>& table() const { return table_; }
   uint64_t table_entries() const { return table_.size(); }
+  // One past the last cluster of the file or of anything allocated since
+  // open: metadata or data beyond it can only come from a corrupt image.
+  uint64_t end_cluster() const { return end_; }
 
  private:
   Result<uint8_t*> block_for(uint64_t cluster, bool create_if_missing);

@@ -31,6 +31,22 @@ uint32_t Qcow2Image::unit_mask(uint64_t from, uint64_t to, uint64_t cluster) con
   return uint32_t(bits);
 }
 
+// A host cluster the caller will write into must be where the format says
+// it can be: the guest offset itself in an external data file, inside the
+// image file otherwise (a corrupt entry must not make us write 400 GiB away).
+Result<void> Qcow2Image::check_write_host(uint64_t host, uint64_t guest_cluster) const {
+  if (data_file_) {
+    if (host != guest_cluster << g_.cluster_bits)
+      return fail(corrupt("guest cluster " + std::to_string(guest_cluster) +
+                          " maps to data file offset " + hex(host) + ", not its own offset"));
+    return {};
+  }
+  if ((host >> g_.cluster_bits) >= refcounts_->end_cluster())
+    return fail(corrupt("guest cluster " + std::to_string(guest_cluster) + " maps to " +
+                        hex(host) + ", beyond the end of the image file"));
+  return {};
+}
+
 // The units of cluster c that lie inside the virtual disk.
 uint32_t Qcow2Image::full_mask(uint64_t c) const {
   uint64_t base = c << g_.cluster_bits;
@@ -63,6 +79,7 @@ Result<Qcow2Image::WriteUnit> Qcow2Image::classify(uint64_t pos) {
     case ClusterType::ZeroAlloc: {
       // A preallocated zero cluster is reused when it is ours alone.
       DMU_ASSIGN_OR_RETURN(uint64_t host, data_host(entry, s));
+      DMU_TRY(check_write_host(host, c));
       if (data_file_ || ((entry & kOflagCopied) && own_l2)) {
         w.cls = WriteClass::Existing;
         w.host = host + unit_in_cluster;
@@ -75,6 +92,7 @@ Result<Qcow2Image::WriteUnit> Qcow2Image::classify(uint64_t pos) {
       break;
   }
   DMU_ASSIGN_OR_RETURN(uint64_t host, data_host(entry, s));
+  DMU_TRY(check_write_host(host, c));
   const bool own = data_file_ || ((entry & kOflagCopied) && own_l2);
   if (!own) {  // shared with a snapshot: copy the whole cluster
     w.whole_cluster = true;
