@@ -131,9 +131,9 @@ Result<void> RawImage::commit() {
 }
 
 Result<CheckReport> RawImage::check(Repair) {
-  // A raw file has no metadata that could be inconsistent (qemu-img check
-  // refuses raw: "This image format does not support checks").
-  return CheckReport{};
+  // A raw file has no metadata to check; answer as qemu-img does ("This image
+  // format does not support checks", which dmu check turns into exit 63).
+  return fail(ENOTSUP, info_.filename + ": raw images have no metadata to check");
 }
 
 }  // namespace dmu::formats::raw

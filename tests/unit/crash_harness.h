@@ -140,6 +140,7 @@ inline void run_crash_matrix(const CrashSetup& setup, const std::vector<CrashOp>
       std::string bad = model.verify(*bytes);
       ASSERT_EQ(bad, "");
       auto check = c->ptrs.front()->check(formats::Repair::None);
+      if (!check && check.error().code == ENOTSUP) continue;  // raw: nothing to check
       ASSERT_TRUE(check) << check.error().message;
       ASSERT_EQ(check->corruptions, 0u) << (check->messages.empty() ? "" : check->messages[0]);
     }
