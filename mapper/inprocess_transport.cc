@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "common/checked.h"
 
@@ -167,6 +168,9 @@ Result<InprocessTransport::Answer> InprocessTransport::exchange(const dmu_reques
     return a;
   }
   if (!final) return fail(protocol_error("answer without a FINAL message"));
+  if (a.extents.size() + a.copies.size() > kMaxAnswerMessages)
+    return fail(protocol_error("answer of " + std::to_string(a.extents.size() + a.copies.size()) +
+                               " messages, more than " + std::to_string(kMaxAnswerMessages)));
   for (const dmu_response& c : a.copies) DMU_TRY(check_copy(c, a.extents));
   return a;
 }
@@ -180,16 +184,27 @@ Result<InprocessTransport::Answer> InprocessTransport::map(uint64_t block, uint6
   r.block = block;
   r.nr_blocks = nr_blocks;
   ++stats_.requests;
-  DMU_ASSIGN_OR_RETURN(Answer a, exchange(r));
+  auto answer = exchange(r);
+  // The kernel sends DONE for every answered write MAP, whatever the answer.
+  if (!answer && (flags & DMU_MAP_WRITE)) (void)done(r.id, -EIO);
+  if (!answer) return fail(answer.error());
+  Answer a = std::move(*answer);
   a.id = r.id;
+  if (a.status < 0 && (flags & DMU_MAP_WRITE)) DMU_TRY(done(r.id, a.status));
   if (a.status < 0 || (flags & DMU_MAP_DISCARD)) return a;
   for (const dmu_response& e : a.extents)
     insert(e.block, Extent{e.nr_blocks, e.kind, e.ext_flags & ~uint32_t(DMU_EXT_NEW), e.dev,
                            e.sector});
   const auto* first = lookup(block);
-  if (!first) return fail(protocol_error("answer does not cover block " + std::to_string(block)));
-  if ((flags & DMU_MAP_WRITE) && !(first->second.flags & DMU_EXT_WRITABLE))
-    return fail(protocol_error("write answer maps block " + std::to_string(block) + " read-only"));
+  std::optional<Error> bad;
+  if (!first)
+    bad = protocol_error("answer does not cover block " + std::to_string(block));
+  else if ((flags & DMU_MAP_WRITE) && !(first->second.flags & DMU_EXT_WRITABLE))
+    bad = protocol_error("write answer maps block " + std::to_string(block) + " read-only");
+  if (bad) {
+    if (flags & DMU_MAP_WRITE) (void)done(r.id, -EIO);
+    return fail(*bad);
+  }
   const bool has_new = std::any_of(a.extents.begin(), a.extents.end(),
                                    [](const dmu_response& e) { return e.ext_flags & DMU_EXT_NEW; });
   if (has_new && !(flags & DMU_MAP_WRITE)) {  // nothing waits on it: fill all, then DONE
@@ -352,6 +367,7 @@ Result<void> InprocessTransport::discard(uint64_t offset, uint64_t length) {
   uint64_t first = ceil_div(offset, block_size_);
   uint64_t last = *end == virtual_size_ ? ceil_div(*end, block_size_) : *end / block_size_;
   if (first >= last) return {};
+  erase(first, last - first);  // as the kernel does before asking
   DMU_ASSIGN_OR_RETURN(Answer a, map(first, last - first, DMU_MAP_DISCARD));
   if (a.status < 0)
     return fail(-a.status, service_.devices().front()->path() + ": discard at " +

@@ -47,13 +47,16 @@
 
 namespace dmu::mapper {
 
+// dm-userspace.h: "At most 256 messages make one answer or push".
+constexpr unsigned kMaxAnswerMessages = 256;
+
 static_assert(sizeof(dmu_request) == DMU_MSG_SIZE);
 static_assert(sizeof(dmu_response) == DMU_MSG_SIZE);
 
 struct MapServiceOptions {
   uint64_t block_size = 0;               // bytes; 0 = choose_block_size(chain)
   uint64_t read_ahead = 4 << 20;         // bytes a read answer may map beyond the request
-  unsigned max_messages = 128;           // per answer (a read answer stops early)
+  unsigned max_messages = 128;           // per read answer (at most kMaxAnswerMessages)
   uint64_t max_scratch_per_answer = 8 << 20;  // bytes decompressed for one read answer
   uint64_t max_write_span = 4 << 20;          // bytes of the asked range one write answer maps
 };

@@ -34,7 +34,7 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
   const uint64_t asked_end = std::min<uint64_t>(vsize, (r.block + r.nr_blocks) * B);
   const uint64_t limit =
       std::min(vsize, std::max(asked_end, checked_add(start, options_.read_ahead).value_or(vsize)));
-  const unsigned max_extents = std::max(options_.max_messages, 2u);
+  const unsigned max_extents = std::clamp(options_.max_messages, 2u, kMaxAnswerMessages);
   // A read answer never takes more than an eighth of the scratch store.
   uint64_t scratch_budget = std::max(
       std::min(options_.max_scratch_per_answer, scratch_->slot_count() / 8 * B), B);

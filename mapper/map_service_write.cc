@@ -64,6 +64,10 @@ class MapService::WriteAnswer {
   Result<WriteTarget> prepare(uint64_t from, uint64_t to);
   Result<void> prepare_all(uint64_t start, uint64_t end);
   Result<void> build_extents();
+  // Extents and COPY messages for segs_ over [lo_, cov_end_).
+  Result<void> assemble();
+  // Shortens the answer to the protocol's message limit.
+  Result<void> fit(uint64_t start);
   Result<void> copy_old(uint64_t from, uint64_t to);
   Result<void> copy_self(const WriteTarget& t, uint64_t from, uint64_t to);
   void abandon(const Error& e, std::vector<dmu_response>& out);
@@ -226,6 +230,52 @@ Result<void> MapService::WriteAnswer::copy_self(const WriteTarget& t, uint64_t f
   return {};
 }
 
+Result<void> MapService::WriteAnswer::assemble() {
+  extents_.clear();
+  copies_.clear();
+  DMU_TRY(build_extents());
+  const uint64_t first_block = lo_ / B_;
+  for (const WriteTarget& t : segs_) {
+    const uint64_t t_end = std::min(t.offset + t.length, cov_end_);
+    if (t.fresh) {
+      DMU_TRY(copy_old(t.offset, t_end));
+      continue;
+    }
+    // Already-allocated parts of a NEW block keep their contents.
+    for (uint64_t p = std::max(t.offset, lo_); p < t_end;) {
+      const uint64_t b = p / B_, q = std::min(t_end, (b + 1) * B_);
+      if (block_new_[b - first_block]) DMU_TRY(copy_self(t, p, q));
+      p = q;
+    }
+  }
+  return {};
+}
+
+Result<void> MapService::WriteAnswer::fit(uint64_t start) {
+  auto ends_on_block = [&](const WriteTarget& t) {
+    const uint64_t e = t.offset + t.length;
+    return e % B_ == 0 || e >= vsize_;
+  };
+  const uint64_t first_block_end = std::min(vsize_, align_down(start, B_) + B_);
+  while (extents_.size() + copies_.size() > kMaxAnswerMessages) {
+    // Give back the last preparations until the rest ends on a block boundary.
+    size_t keep = segs_.size();
+    do {
+      --keep;
+    } while (keep > 0 && !ends_on_block(segs_[keep - 1]));
+    if (keep == 0 || segs_[keep - 1].offset + segs_[keep - 1].length < first_block_end)
+      return fail(EIO, s_.chain_.top().info().filename + ": the write at " + hex(start) +
+                           " needs more than " + std::to_string(kMaxAnswerMessages) +
+                           " messages (a large cluster over a fragmented backing image)");
+    for (size_t j = keep; j < segs_.size(); ++j)
+      (void)s_.chain_.top().write_done(segs_[j].token, false);
+    segs_.resize(keep);
+    cov_end_ = std::min(cov_end_, segs_.back().offset + segs_.back().length);
+    DMU_TRY(assemble());
+  }
+  return {};
+}
+
 void MapService::WriteAnswer::abandon(const Error& e, std::vector<dmu_response>& out) {
   for (const WriteTarget& t : segs_) (void)s_.chain_.top().write_done(t.token, false);
   for (size_t slot : pinned_) s_.scratch_->unpin(slot);
@@ -250,21 +300,8 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
   auto built = [&]() -> Result<void> {
     DMU_TRY(snapshot(snap_lo, snap_hi, out));
     DMU_TRY(prepare_all(start, end));
-    DMU_TRY(build_extents());
-    const uint64_t first_block = lo_ / B_;
-    for (const WriteTarget& t : segs_) {
-      const uint64_t t_end = std::min(t.offset + t.length, cov_end_);
-      if (t.fresh) {
-        DMU_TRY(copy_old(t.offset, t_end));
-        continue;
-      }
-      // Already-allocated parts of a NEW block keep their contents.
-      for (uint64_t p = std::max(t.offset, lo_); p < t_end;) {
-        const uint64_t b = p / B_, q = std::min(t_end, (b + 1) * B_);
-        if (block_new_[b - first_block]) DMU_TRY(copy_self(t, p, q));
-        p = q;
-      }
-    }
+    DMU_TRY(assemble());
+    DMU_TRY(fit(start));
     // The kernel writes into these ranges through a loop device that cannot
     // grow: the files must already reach them.
     for (const dmu_response& e : extents_) {

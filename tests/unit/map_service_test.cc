@@ -5,6 +5,7 @@
 // engines.
 #include <gtest/gtest.h>
 
+#include "fileio/fault_env.h"
 #include "formats/chain.h"
 #include "mapper/map_service.h"
 #include "tests/support/test_support.h"
@@ -39,7 +40,7 @@ struct Rig {
     }
     chain = *formats::Chain::assemble(std::move(images), access);
     uint64_t block = options.block_size ? options.block_size : choose_block_size(*chain);
-    auto scratch = ScratchStore::create(env, "scratch", 1 << 20, block, false);
+    auto scratch = ScratchStore::create(env, "scratch", 16 << 20, block, false);
     auto s = MapService::create(*chain, std::move(*scratch), options);
     ASSERT_TRUE(s) << s.error().message;
     service = std::move(*s);
@@ -278,6 +279,38 @@ TEST(MapWrite, SubclusterBlockKeepsItsAllocatedHalfBySelfCopy) {
   EXPECT_EQ(copies[1].block, 2 * K / 512);
 }
 
+// Every other 4 KiB of the base holds data: no two COPY sources merge.
+void fragment_base(FakeImage& base, uint64_t from, uint64_t to) {
+  for (uint64_t off = from; off < to; off += 8 * K) base.put_data(off, test::random_bytes(4 * K, 1));
+}
+
+TEST(MapWrite, LongAnswersAreCutToTheProtocolsMessageLimit) {
+  Rig s;
+  s.build(4 << 20, 64 * K, 4 * K);
+  fragment_base(*s.base, 0, 4 << 20);
+  auto out = s.map(9, 0, 512, DMU_MAP_WRITE);  // 2 MiB: 32 fresh clusters, 8 COPYs each
+  ASSERT_LE(out.size(), size_t(kMaxAnswerMessages));
+  ASSERT_EQ(out.front().type, uint32_t(DMU_RSP_EXTENT));
+  EXPECT_EQ(out.front().block, 0u);
+  uint64_t covered = 0;
+  for (const auto& e : of_type(out, DMU_RSP_EXTENT)) covered += e.nr_blocks;
+  EXPECT_EQ(covered % 16, 0u) << "fresh clusters are answered whole";
+  EXPECT_LT(covered, 512u);
+  EXPECT_EQ(s.top->failed_tokens.size(), 32 - covered / 16) << "the rest was given back";
+}
+
+TEST(MapWrite, AClusterNeedingTooManyMessagesFailsWithEio) {
+  Rig s;
+  s.build(4 << 20, 2 << 20, 4 * K);  // 2 MiB clusters over 4 KiB ones: 256 COPYs + 1 extent
+  fragment_base(*s.base, 0, 2 << 20);
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMPLETE));
+  EXPECT_EQ(out[0].status, -EIO);
+  EXPECT_EQ(s.service->pending_writes(), 0u);
+  EXPECT_EQ(s.top->failed_tokens.size(), 1u);
+}
+
 TEST(MapWrite, EngineErrorsKeepTheirErrno) {
   Rig s;
   s.build(1 << 20, 64 * K);
@@ -321,6 +354,83 @@ TEST(Commit, EngineFailureIsReportedInCommitted) {
   EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMMITTED));
   EXPECT_EQ(out[0].status, -ENOSPC);
   EXPECT_EQ(out[0].id, 3u);
+}
+
+}  // namespace
+}  // namespace dmu::mapper
+
+// The same pending-list property with the real qcow2 engine on the crash
+// simulator: an allocation answered to a MAP write is not made durable by a
+// COMMIT that comes before its DONE, and is after it.
+namespace dmu::mapper {
+namespace {
+
+class RealEnginePendingList : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto r = test::run("cd " + test::shell_quote(dir_.path()) +
+                       " && qemu-img create -q -f qcow2 img.qcow2 1M");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    image_ = test::read_file(dir_.file("img.qcow2"));
+  }
+  // Opens the image on env, answers a MAP write of block 0 and optionally
+  // its DONE, then COMMITs and crashes keeping everything that was written.
+  // Returns how guest offset 0 maps afterwards.
+  formats::MapKind allocate_commit_crash(bool send_done) {
+    FaultEnv env;
+    env.set_contents("img.qcow2", image_);
+    {
+      formats::ChainOptions o;
+      o.access = formats::Access::ReadWrite;
+      auto chain = formats::Chain::open(env, "img.qcow2", o);
+      EXPECT_TRUE(chain) << chain.error().message;
+      if (!chain) return formats::MapKind::Unallocated;
+      MemEnv scratch_env;
+      const uint64_t block = choose_block_size(**chain);
+      auto service = *MapService::create(
+          **chain, *ScratchStore::create(scratch_env, "s", 1 << 20, block, false), {});
+      dmu_request r{};
+      r.type = DMU_REQ_MAP;
+      r.flags = DMU_MAP_WRITE;
+      r.id = 5;
+      r.nr_blocks = 1;
+      std::vector<dmu_response> out;
+      service->handle(r, out);
+      EXPECT_EQ(out.front().type, uint32_t(DMU_RSP_EXTENT));
+      EXPECT_TRUE(out.front().ext_flags & DMU_EXT_NEW);
+      if (send_done) {
+        dmu_request done{};
+        done.type = DMU_REQ_DONE;
+        done.id = 5;
+        service->handle(done, out);
+      }
+      dmu_request commit{};
+      commit.type = DMU_REQ_COMMIT;
+      commit.id = 6;
+      out.clear();
+      service->handle(commit, out);
+      EXPECT_EQ(out.back().status, 0);
+      env.power_cut_after(0);  // nothing after the commit reaches the disk
+    }
+    env.crash(CrashKeeps::Everything);
+    auto chain = formats::Chain::open(env, "img.qcow2", formats::ChainOptions{});
+    EXPECT_TRUE(chain) << chain.error().message;
+    if (!chain) return formats::MapKind::Unallocated;
+    auto m = (*chain)->top().map(0, 512);
+    EXPECT_TRUE(m);
+    return m ? m->kind : formats::MapKind::Unallocated;
+  }
+
+  test::TempDir dir_;
+  std::vector<uint8_t> image_;
+};
+
+TEST_F(RealEnginePendingList, CommitBeforeDoneLeavesTheClusterUnallocated) {
+  EXPECT_EQ(allocate_commit_crash(false), formats::MapKind::Unallocated);
+}
+
+TEST_F(RealEnginePendingList, CommitAfterDoneMakesTheClusterDurable) {
+  EXPECT_EQ(allocate_commit_crash(true), formats::MapKind::Data);
 }
 
 }  // namespace
