@@ -120,7 +120,8 @@ Result<void> export_chain(formats::Chain& chain, File& out) {
     }
     pos += m.length;
   }
-  DMU_TRY(out.sync());
+  // No fsync, like cp and qemu-img convert (whose output cache mode is
+  // "unsafe"): the file is complete for every reader once we return.
   progress.update(size, true);
   return {};
 }
