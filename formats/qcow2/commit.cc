@@ -71,6 +71,15 @@ Result<void> Qcow2Image::write_header_u64(unsigned field_offset, uint64_t value)
 // first."  Done once, before the first change of any kind.
 Result<void> Qcow2Image::prepare_header_for_write() {
   if (header_ready_) return {};
+  // Tables we would update in place must be inside the file; otherwise the
+  // image is refused before anything at all is written.
+  const uint64_t file_end = refcounts_->end_cluster() << g_.cluster_bits;
+  if (header_.l1_size && header_.l1_table_offset + uint64_t(header_.l1_size) * 8 > file_end)
+    return fail(corrupt("L1 table at " + hex(header_.l1_table_offset) +
+                        " runs past the end of the image file"));
+  if (refcounts_->table_offset() >= file_end)
+    return fail(corrupt("refcount table at " + hex(refcounts_->table_offset()) +
+                        " lies beyond the end of the image file"));
   if (header_.version >= 3 && (header_.autoclear & ~kAutoclearKnown)) {
     uint64_t kept = header_.autoclear & kAutoclearKnown;
     if (auto r = write_header_u64(field::kAutoclearFeatures, kept); !r)

@@ -196,6 +196,29 @@ TEST(Qcow2Header, RefcountBlockOverHeaderIsNeverWritten) {
       << "header, refcount table, block and L1 must be untouched";
 }
 
+TEST(Qcow2Header, TablesPastTheEndOfTheFileAreReadAsZerosButNeverWritten) {
+  for (unsigned field : {40u, 48u}) {  // L1 table, refcount table
+    auto b = base_image();
+    store_be64(b.data() + field, 0x7fff0000);
+    MemEnv env;
+    env.set_contents(kPath, b);
+    auto im = open_image(env, kPath, Access::ReadWrite);
+    ASSERT_TRUE(im) << im.error().message;
+    if (field == 40) {  // QEMU reads such an image: zeros
+      auto m = (*im)->map(0, 4096);
+      ASSERT_TRUE(m) << m.error().message;
+      EXPECT_EQ(m->kind, MapKind::Unallocated);
+    }
+    auto t = (*im)->prepare_write(0, 4096);
+    ASSERT_FALSE(t);
+    EXPECT_NE(t.error().message.find("end of the image file"), std::string::npos) << t.error().message;
+    EXPECT_FALSE((*im)->write_zeroes(0, 65536, true));
+    EXPECT_FALSE((*im)->discard(0, 65536));
+    im->reset();
+    EXPECT_EQ(env.contents(kPath), b) << "field " << field;
+  }
+}
+
 TEST(Qcow2Header, RefcountEntriesOfEveryWidthRoundTrip) {
   for (unsigned order = 0; order <= 6; ++order) {
     std::vector<uint8_t> block(4096, 0);
