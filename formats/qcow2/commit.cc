@@ -117,10 +117,14 @@ Result<void> Qcow2Image::do_commit() {
     DMU_TRY(file_->sync());
     dirty_l1_.clear();
   }
-  // 5. Nothing durable points at the freed clusters any more.
+  // 5. Nothing durable points at the freed clusters any more: release
+  // them, and give the space of discarded ones back to the file system
+  // (best effort, like QEMU's discard passthrough).
   if (refcounts_->has_deferred()) {
-    DMU_TRY(refcounts_->apply_deferred());
+    DMU_ASSIGN_OR_RETURN(auto released, refcounts_->apply_deferred());
     DMU_TRY(refcounts_->flush());
+    for (const ClusterRun& run : released)
+      (void)file_->punch_hole(run.first << g_.cluster_bits, run.count << g_.cluster_bits);
   }
   l2_cache_->trim();
   refcounts_->trim();

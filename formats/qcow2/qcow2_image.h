@@ -139,7 +139,7 @@ class Qcow2Image final : public Image {
   Result<WriteUnit> classify(uint64_t pos);
   Result<WriteTarget> prepare_new(uint64_t start, uint64_t end, const WriteUnit& first);
   Result<void> apply_part(uint64_t cluster, PendingCluster& pc, uint32_t mask);
-  void free_cluster_entry(uint64_t entry, bool deferred);
+  void free_cluster_entry(uint64_t entry, bool release_space);
   Result<void> check_write_host(uint64_t host, uint64_t guest_cluster) const;
   Result<void> check_not_pending(uint64_t first_cluster, uint64_t last_cluster);
   Result<void> zero_cluster(uint64_t cluster, uint32_t mask, bool may_unmap);

@@ -306,17 +306,25 @@ Result<ClusterRun> Refcounts::allocate(uint64_t want) {
   return fail(EIO, path_ + ": cluster allocation did not converge (corrupt refcounts?)");
 }
 
-Result<void> Refcounts::apply_deferred() {
-  std::vector<ClusterRun> runs;
-  runs.swap(deferred_);
+Result<std::vector<ClusterRun>> Refcounts::apply_deferred() {
+  std::vector<Deferred> queued;
+  queued.swap(deferred_);
+  std::vector<ClusterRun> released;
   // A cluster already at zero means the image was corrupt before; leave it
   // for check() rather than failing a commit whose writes are durable.
-  for (const ClusterRun& run : runs)
-    for (uint64_t c = run.first; c < run.first + run.count; ++c) {
+  for (const Deferred& d : queued)
+    for (uint64_t c = d.run.first; c < d.run.first + d.run.count; ++c) {
       DMU_ASSIGN_OR_RETURN(uint64_t v, get(c));
-      if (v) DMU_TRY(set_in_block(c, v - 1));
+      if (!v) continue;
+      DMU_TRY(set_in_block(c, v - 1));
+      if (v == 1 && d.release) {
+        if (!released.empty() && released.back().first + released.back().count == c)
+          ++released.back().count;
+        else
+          released.push_back({c, 1});
+      }
     }
-  return {};
+  return released;
 }
 
 bool Refcounts::dirty() const { return moved_ || !dirty_entries_.empty() || blocks_.has_dirty(); }

@@ -56,11 +56,15 @@ class Refcounts {
   // Allocates 1..want contiguous free clusters with refcount 1.
   Result<ClusterRun> allocate(uint64_t want);
 
-  void defer_decrement(ClusterRun run) {
-    if (run.count) deferred_.push_back(run);
+  // release: the caller asked for the space back (discard, unmapping zero
+  // writes); clusters it frees are reported by apply_deferred().
+  void defer_decrement(ClusterRun run, bool release = false) {
+    if (run.count) deferred_.push_back({run, release});
   }
   bool has_deferred() const { return !deferred_.empty(); }
-  Result<void> apply_deferred();
+  // Applies the queued decrements; returns the released clusters that are
+  // now free, for the image to punch out of the file.
+  Result<std::vector<ClusterRun>> apply_deferred();
 
   bool dirty() const;
   // Makes every refcount change durable (see the top of this file).
@@ -100,7 +104,11 @@ class Refcounts {
   bool moved_ = false;
   uint64_t free_hint_ = 0;
   uint64_t end_ = 0;  // clusters at or past here were never used (file end)
-  std::vector<ClusterRun> deferred_;
+  struct Deferred {
+    ClusterRun run;
+    bool release = false;
+  };
+  std::vector<Deferred> deferred_;
   std::function<bool(uint64_t)> reserved_;
 };
 

@@ -211,7 +211,9 @@ Result<WriteTarget> Qcow2Image::prepare_new(uint64_t start, uint64_t end, const 
   return t;
 }
 
-void Qcow2Image::free_cluster_entry(uint64_t entry, bool deferred) {
+// Queues the release of the host clusters an L2 entry referenced; applied
+// after the commit that makes the entry's change durable.
+void Qcow2Image::free_cluster_entry(uint64_t entry, bool release_space) {
   if (data_file_) return;  // data file clusters are not refcounted
   ClusterRun run;
   switch (cluster_type(g_, entry, false)) {
@@ -228,8 +230,7 @@ void Qcow2Image::free_cluster_entry(uint64_t entry, bool deferred) {
     default:
       return;
   }
-  if (deferred) refcounts_->defer_decrement(run);
-  else (void)refcounts_->add(run, -1);
+  refcounts_->defer_decrement(run, release_space);
 }
 
 // Points the L2 entry of `cluster` at the pending host and marks the
@@ -243,7 +244,7 @@ Result<void> Qcow2Image::apply_part(uint64_t cluster, PendingCluster& pc, uint32
   const ClusterType type = cluster_type(g_, entry, data_file_ != nullptr);
   const bool same = (type == ClusterType::Normal || type == ClusterType::ZeroAlloc) &&
                     (entry & kL2OffsetMask) == pc.host;
-  if (!same) free_cluster_entry(entry, true);
+  if (!same) free_cluster_entry(entry, false);
   uint64_t new_bitmap = 0;
   if (g_.extended_l2) {
     uint64_t alloc = (same ? bitmap & kBitmapAllAlloc : 0) | mask;
@@ -326,7 +327,7 @@ Result<void> Qcow2Image::zero_cluster(uint64_t c, uint32_t mask, bool may_unmap)
   DMU_TRY(ensure_l2(c >> g_.l2_bits));
   DMU_ASSIGN_OR_RETURN(s, l2_slot(c));
   set_l2(s, new_entry, new_bitmap);
-  if (unmap) free_cluster_entry(entry, true);
+  if (unmap) free_cluster_entry(entry, true);  // the caller allowed unmapping
   return {};
 }
 
@@ -405,7 +406,7 @@ Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
     DMU_TRY(ensure_l2(c >> g_.l2_bits));
     DMU_ASSIGN_OR_RETURN(s, l2_slot(c));
     set_l2(s, new_entry, new_bitmap);
-    free_cluster_entry(entry, true);
+    free_cluster_entry(entry, true);  // a discard gives the space back
   }
   return after_operation();
 }

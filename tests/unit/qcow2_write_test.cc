@@ -4,6 +4,8 @@
 // our model of the disk and `qemu-img check` must find nothing.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <random>
 
 #include "common/endian.h"
@@ -186,6 +188,60 @@ TEST(Qcow2Write, CommitWritesOnlyAllocationsWhoseWriteDoneArrived) {
   expect_clean(img);
 }
 
+TEST(Qcow2Write, WritesInFlightOnOneClusterShareItsAllocation) {
+  test::TempDir dir;
+  run_ok(in(dir, "qemu-img create -q -f qcow2 std.qcow2 4M && "
+                 "qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 4M"));
+  {
+    // Without subclusters the second write joins the first one's new
+    // cluster: same place, not fresh (the first fills the cluster).
+    auto im = open_image(posix_env(), dir.file("std.qcow2"), Access::ReadWrite);
+    ASSERT_TRUE(im) << im.error().message;
+    auto a = (*im)->prepare_write(0, 4096);
+    auto b = (*im)->prepare_write(8192, 4096);
+    ASSERT_TRUE(a && b);
+    EXPECT_TRUE(a->fresh);
+    EXPECT_FALSE(b->fresh);
+    EXPECT_EQ(b->host_offset, a->host_offset);
+    File* f = (*im)->data_files()[0];
+    std::vector<uint8_t> cluster(65536, 0);
+    std::fill(cluster.begin(), cluster.begin() + 4096, 1);
+    ASSERT_TRUE(f->write(a->host_offset, cluster));
+    ASSERT_TRUE(f->write(b->host_offset + 8192, pattern(4096, 2)));
+    // Zeroing or discarding a cluster with writes in flight is refused.
+    EXPECT_EQ((*im)->write_zeroes(0, 65536, true).error().code, EBUSY);
+    EXPECT_EQ((*im)->discard(0, 65536).error().code, EBUSY);
+    ASSERT_TRUE((*im)->write_done(b->token, true));
+    ASSERT_TRUE((*im)->write_done(a->token, true));
+  }
+  run_ok("qemu-io -f qcow2 -c 'read -P 1 0 4k' -c 'read -P 0 4k 4k' -c 'read -P 2 8k 4k' " +
+         shell_quote(dir.file("std.qcow2")));
+  expect_clean(dir.file("std.qcow2"));
+  {
+    // With subclusters both are fresh in the same new cluster, each
+    // filling only its own subclusters.
+    auto im = open_image(posix_env(), dir.file("ext.qcow2"), Access::ReadWrite);
+    ASSERT_TRUE(im) << im.error().message;
+    auto a = (*im)->prepare_write(0, 2048);
+    auto b = (*im)->prepare_write(8192, 2048);
+    ASSERT_TRUE(a && b);
+    EXPECT_TRUE(a->fresh && b->fresh);
+    EXPECT_EQ(a->length, 2048u);
+    EXPECT_EQ(b->host_offset, a->host_offset + 8192);
+    File* f = (*im)->data_files()[0];
+    ASSERT_TRUE(f->write(a->host_offset, pattern(2048, 3)));
+    ASSERT_TRUE(f->write(b->host_offset, pattern(2048, 4)));
+    ASSERT_TRUE((*im)->write_done(a->token, true));
+    ASSERT_TRUE((*im)->write_done(b->token, false));  // its subcluster stays unallocated
+    auto m = (*im)->map(8192, 2048);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->kind, MapKind::Unallocated);
+  }
+  run_ok("qemu-io -f qcow2 -c 'read -P 3 0 2k' -c 'read -P 0 2k 62k' " +
+         shell_quote(dir.file("ext.qcow2")));
+  expect_clean(dir.file("ext.qcow2"));
+}
+
 TEST(Qcow2Write, FailedWriteDoneFreesTheNewCluster) {
   test::TempDir dir;
   const std::string img = dir.file("f.qcow2");
@@ -346,6 +402,32 @@ TEST(Qcow2Write, DiscardWithBackingFileFallsThroughOnV2AndReadsZeroOnV3) {
     run_ok(in(dir, std::string("qemu-io -f qcow2 -c 'read -P ") + expect + " 0 1M' " + name));
     expect_clean(dir.file(name));
   }
+}
+
+uint64_t allocated_bytes(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0);
+  return uint64_t(st.st_blocks) * 512;
+}
+
+TEST(Qcow2Write, DiscardGivesTheSpaceBackAfterTheCommit) {
+  test::TempDir dir;
+  const std::string img = dir.file("d.qcow2");
+  run_ok(in(dir, "qemu-img create -q -f qcow2 d.qcow2 16M && "
+                 "qemu-io -f qcow2 -c 'write -P 3 0 16M' d.qcow2"));
+  const uint64_t before = allocated_bytes(img);
+  {
+    auto im = open_image(posix_env(), img, Access::ReadWrite);
+    ASSERT_TRUE(im) << im.error().message;
+    ASSERT_TRUE((*im)->discard(0, 8 << 20));
+    ASSERT_TRUE((*im)->write_zeroes(8 << 20, 4 << 20, true));
+    // Nothing is released before the commit that unreferences it.
+    EXPECT_GE(allocated_bytes(img), before);
+    ASSERT_TRUE((*im)->commit());
+    EXPECT_LE(allocated_bytes(img) + (12 << 20), before + (64 << 10));
+  }
+  run_ok("qemu-io -f qcow2 -c 'read -P 0 0 12M' -c 'read -P 3 12M 4M' " + shell_quote(img));
+  expect_clean(img);
 }
 
 TEST(Qcow2Write, UnknownAutoclearBitsAreClearedOnTheFirstWrite) {
