@@ -179,6 +179,7 @@ Result<void> MapService::ensure_device_size(unsigned device, uint64_t end) {
   // through I/O).
   DMU_TRY(devices_[device]->truncate(end));
   device_sizes_[device] = end;
+  if (options_.device_grown) DMU_TRY(options_.device_grown(device, end));
   return {};
 }
 

@@ -59,6 +59,11 @@ struct MapServiceOptions {
   unsigned max_messages = 128;           // per read answer (at most kMaxAnswerMessages)
   uint64_t max_scratch_per_answer = 8 << 20;  // bytes decompressed for one read answer
   uint64_t max_write_span = 4 << 20;          // bytes of the asked range one write answer maps
+  // Called after the service extended a data device (a freshly allocated
+  // cluster past the end of the file) and before it answers with an extent
+  // there: the daemon grows the loop device (LOOP_SET_CAPACITY).  An error
+  // fails the write with it.
+  std::function<Result<void>(unsigned device, uint64_t new_size)> device_grown;
 };
 
 // The block size the service uses for this chain (see the top of this file).

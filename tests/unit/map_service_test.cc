@@ -311,6 +311,24 @@ TEST(MapWrite, AClusterNeedingTooManyMessagesFailsWithEio) {
   EXPECT_EQ(s.top->failed_tokens.size(), 1u);
 }
 
+TEST(MapWrite, DataDeviceIsGrownAndReportedBeforeTheAnswer) {
+  Rig s;
+  std::vector<std::pair<unsigned, uint64_t>> grown;
+  MapServiceOptions o;
+  o.device_grown = [&](unsigned dev, uint64_t size) -> Result<void> {
+    grown.emplace_back(dev, size);
+    return {};
+  };
+  s.build(1 << 20, 64 * K, 0, formats::Access::ReadWrite, 0, o);
+  auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
+  ASSERT_EQ(out.front().type, uint32_t(DMU_RSP_EXTENT));
+  const uint64_t end = out.front().sector * 512 + 64 * K;
+  ASSERT_EQ(grown.size(), 1u);
+  EXPECT_EQ(grown[0].first, 0u);
+  EXPECT_EQ(grown[0].second, end);
+  EXPECT_EQ(*s.service->devices()[0]->size(), end);
+}
+
 TEST(MapWrite, EngineErrorsKeepTheirErrno) {
   Rig s;
   s.build(1 << 20, 64 * K);
