@@ -80,9 +80,15 @@ void lookups(benchmark::State& state, bool fragmented, uint64_t cache, uint64_t 
       benchmark::Counter(double(bytes) / (1 << 20), benchmark::Counter::kIsRate);
 }
 
-void BM_Contiguous4KiB(benchmark::State& s) { lookups(s, false, 32 << 20, 4096); }
-void BM_Fragmented1MiB(benchmark::State& s) { lookups(s, true, 32 << 20, 1 << 20); }
-void BM_ColdCache1MiB(benchmark::State& s) { lookups(s, true, 4 * kCluster, 1 << 20); }
+void BM_Contiguous4KiB(benchmark::State& s) {
+  lookups(s, false, 32 << 20, 4096);
+}
+void BM_Fragmented1MiB(benchmark::State& s) {
+  lookups(s, true, 32 << 20, 1 << 20);
+}
+void BM_ColdCache1MiB(benchmark::State& s) {
+  lookups(s, true, 4 * kCluster, 1 << 20);
+}
 
 void BM_WholeDiskWalkContiguous(benchmark::State& state) {
   auto im = open(false, 32 << 20);

@@ -28,8 +28,8 @@ constexpr uint64_t kBitmapEntryReservedMask = 0xff000000000001feull;
 
 class Qcow2Image::Checker {
  public:
-  Checker(Qcow2Image& im, Repair repair, CheckReport& r) : im_(im), g_(im.g_), repair_(repair),
-                                                            r_(r) {}
+  Checker(Qcow2Image& im, Repair repair, CheckReport& r)
+      : im_(im), g_(im.g_), repair_(repair), r_(r) {}
 
   Result<void> run();
   const std::vector<uint32_t>& refs() const { return refs_; }
@@ -49,8 +49,7 @@ class Qcow2Image::Checker {
   void check_refblocks();
   Result<void> compare(bool fix);
   Result<void> check_copied();
-  Result<void> write_entry(uint64_t table_offset, uint64_t index, uint64_t entry,
-                           uint64_t bitmap);
+  Result<void> write_entry(uint64_t table_offset, uint64_t index, uint64_t entry, uint64_t bitmap);
 
   Qcow2Image& im_;
   const Geometry& g_;
@@ -67,7 +66,8 @@ void Qcow2Image::Checker::inc(uint64_t offset, uint64_t size) {
   auto end = checked_add(offset, size);
   if (!end || (*end > file_size_ && *end - file_size_ >= g_.cluster_size)) {
     say("ERROR: counting reference for region exceeding the end of the file by one cluster "
-        "or more: offset " + hex(offset) + " size " + hex(size));
+        "or more: offset " +
+        hex(offset) + " size " + hex(size));
     ++r_.corruptions;
     return;
   }
@@ -82,8 +82,8 @@ void Qcow2Image::Checker::inc(uint64_t offset, uint64_t size) {
   }
 }
 
-Result<void> Qcow2Image::Checker::write_entry(uint64_t table_offset, uint64_t index,
-                                              uint64_t entry, uint64_t bitmap) {
+Result<void> Qcow2Image::Checker::write_entry(uint64_t table_offset, uint64_t index, uint64_t entry,
+                                              uint64_t bitmap) {
   uint8_t raw[16];
   store_be64(raw, entry);
   store_be64(raw + 8, bitmap);
@@ -118,8 +118,8 @@ Result<void> Qcow2Image::Checker::walk_l2(uint64_t l2_offset, bool active) {
           ++r_.corruptions;
         }
         if (data_file) {
-          say("ERROR compressed cluster " + std::to_string(i) + " with data file, entry=" +
-              hex(entry));
+          say("ERROR compressed cluster " + std::to_string(i) +
+              " with data file, entry=" + hex(entry));
           ++r_.corruptions;
           break;
         }
@@ -280,8 +280,8 @@ void Qcow2Image::Checker::check_refblocks() {
     }
     inc(off, g_.cluster_size);
     if (refs_[cluster] != 1) {
-      say("ERROR refcount block " + std::to_string(i) + " refcount=" +
-          std::to_string(refs_[cluster]));
+      say("ERROR refcount block " + std::to_string(i) +
+          " refcount=" + std::to_string(refs_[cluster]));
       ++r_.corruptions;
       rebuild_ = true;
     }
@@ -292,9 +292,11 @@ Result<void> Qcow2Image::Checker::calculate() {
   const Header& h = im_.header_;
   inc(0, g_.cluster_size);
   DMU_TRY(walk_l1(h.l1_table_offset, h.l1_size, true));
-  for (const Snapshot& s : im_.snapshots_.snapshots) DMU_TRY(walk_l1(s.l1_table_offset, s.l1_size, false));
+  for (const Snapshot& s : im_.snapshots_.snapshots)
+    DMU_TRY(walk_l1(s.l1_table_offset, s.l1_size, false));
   if (h.nb_snapshots) inc(h.snapshots_offset, im_.snapshots_.bytes);
-  inc(im_.refcounts_->table_offset(), uint64_t(im_.refcounts_->table_clusters()) << g_.cluster_bits);
+  inc(im_.refcounts_->table_offset(), uint64_t(im_.refcounts_->table_clusters())
+                                          << g_.cluster_bits);
   DMU_TRY(walk_bitmaps());
   check_refblocks();
   return {};
@@ -305,8 +307,7 @@ Result<void> Qcow2Image::Checker::compare(bool fix) {
   for (uint64_t i = 0; i < refs_.size(); ++i) {
     auto stored_r = im_.refcounts_->get(i);
     if (!stored_r) {
-      say("Can't get refcount for cluster " + std::to_string(i) + ": " +
-          stored_r.error().message);
+      say("Can't get refcount for cluster " + std::to_string(i) + ": " + stored_r.error().message);
       ++r_.check_errors;
       continue;
     }
@@ -324,7 +325,9 @@ Result<void> Qcow2Image::Checker::compare(bool fix) {
       fixable = true;
       fixed = &r_.corruptions_fixed;
     }
-    say(std::string(fixable ? "Repairing" : stored < counted ? "ERROR" : "Leaked") +
+    say(std::string(fixable            ? "Repairing"
+                    : stored < counted ? "ERROR"
+                                       : "Leaked") +
         " cluster " + std::to_string(i) + " refcount=" + std::to_string(stored) +
         " reference=" + std::to_string(counted));
     if (fixable) {
@@ -424,7 +427,8 @@ Result<void> Qcow2Image::Checker::run() {
   DMU_ASSIGN_OR_RETURN(file_size_, im_.file_->size());
   const uint64_t nb = g_.clusters_for(file_size_);
   if (nb > kMaxCheckedClusters) {
-    say("ERROR: image file of " + std::to_string(file_size_) + " bytes has too many clusters to "
+    say("ERROR: image file of " + std::to_string(file_size_) +
+        " bytes has too many clusters to "
         "check in memory");
     ++r_.check_errors;
     return {};
@@ -453,8 +457,7 @@ Result<void> Qcow2Image::Checker::run() {
     uint64_t fresh_leaks = r_.leaks;
     saved.messages = r_.messages;
     r_ = saved;
-    if (r_.corruptions < old.corruptions)
-      r_.corruptions_fixed += old.corruptions - r_.corruptions;
+    if (r_.corruptions < old.corruptions) r_.corruptions_fixed += old.corruptions - r_.corruptions;
     if (r_.leaks < old.leaks) r_.leaks_fixed += old.leaks - r_.leaks;
     r_.leaks += fresh_leaks;
   } else if (repair_ != Repair::None) {
@@ -478,8 +481,7 @@ Result<void> Qcow2Image::Checker::run() {
 Result<CheckReport> Qcow2Image::check(Repair repair) {
   if (repair != Repair::None && access_ != Access::ReadWrite)
     return fail(EROFS, path_ + ": repairing needs the image opened read-write");
-  if (!tokens_.empty())
-    return fail(EBUSY, path_ + ": cannot check while writes are in flight");
+  if (!tokens_.empty()) return fail(EBUSY, path_ + ": cannot check while writes are in flight");
   if (access_ == Access::ReadWrite) DMU_TRY(commit());
   CheckReport report;
   {

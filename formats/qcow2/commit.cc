@@ -32,8 +32,8 @@ Result<uint64_t> Qcow2Image::ensure_l2(uint64_t l1_index) {
   const uint64_t off = e & kL1OffsetMask;
   if (off && (e & kOflagCopied)) {
     if (g_.offset_in_cluster(off))
-      return fail(corrupt("L1 entry " + std::to_string(l1_index) + " points at unaligned " +
-                          hex(off)));
+      return fail(
+          corrupt("L1 entry " + std::to_string(l1_index) + " points at unaligned " + hex(off)));
     if ((off >> g_.cluster_bits) >= refcounts_->end_cluster())
       return fail(corrupt("L1 entry " + std::to_string(l1_index) + " points at " + hex(off) +
                           ", beyond the end of the image file"));
@@ -42,8 +42,8 @@ Result<uint64_t> Qcow2Image::ensure_l2(uint64_t l1_index) {
   std::vector<uint8_t> copy;
   if (off) {
     if (g_.offset_in_cluster(off))
-      return fail(corrupt("L1 entry " + std::to_string(l1_index) + " points at unaligned " +
-                          hex(off)));
+      return fail(
+          corrupt("L1 entry " + std::to_string(l1_index) + " points at unaligned " + hex(off)));
     DMU_ASSIGN_OR_RETURN(uint8_t * old, l2_cache_->get(off));
     copy.assign(old, old + g_.cluster_size);
   }
@@ -134,8 +134,8 @@ Result<void> Qcow2Image::do_commit() {
 Result<void> Qcow2Image::commit() {
   if (access_ != Access::ReadWrite) return {};
   if (failed_)
-    return fail(failed_->code, path_ + ": commit after a failed metadata update: " +
-                                   failed_->message);
+    return fail(failed_->code,
+                path_ + ": commit after a failed metadata update: " + failed_->message);
   if (auto r = do_commit(); !r) return fail_writes(r.error());
   return {};
 }

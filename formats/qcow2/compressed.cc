@@ -42,8 +42,7 @@ Result<void> decompress_zstd(std::span<const uint8_t> in, std::span<uint8_t> out
     size_t in_before = i.pos, out_before = o.pos;
     ret = ZSTD_decompressStream(ctx.get(), &o, &i);
     if (ZSTD_isError(ret))
-      return fail(EIO, what + ": corrupt zstd-compressed cluster (" +
-                           ZSTD_getErrorName(ret) + ")");
+      return fail(EIO, what + ": corrupt zstd-compressed cluster (" + ZSTD_getErrorName(ret) + ")");
     if (i.pos <= in_before && o.pos <= out_before)
       return fail(EIO, what + ": zstd-compressed cluster decodes to less than a cluster");
   }
@@ -57,8 +56,10 @@ Result<void> decompress_zstd(std::span<const uint8_t> in, std::span<uint8_t> out
 Result<void> decompress_cluster(CompressionType type, std::span<const uint8_t> in,
                                 std::span<uint8_t> out, const std::string& what) {
   switch (type) {
-    case CompressionType::Zlib: return inflate_raw(in, out, what);
-    case CompressionType::Zstd: return decompress_zstd(in, out, what);
+    case CompressionType::Zlib:
+      return inflate_raw(in, out, what);
+    case CompressionType::Zstd:
+      return decompress_zstd(in, out, what);
   }
   return fail(ENOTSUP, what + ": unknown compression type");
 }

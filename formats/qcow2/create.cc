@@ -27,8 +27,7 @@ Result<bool> parse_bool(const std::string& path, const std::string& key, const s
 }
 
 // "65536", "64k", "2M" (binary multiples, as qemu-img reads sizes).
-Result<uint64_t> parse_size(const std::string& path, const std::string& key,
-                            const std::string& v) {
+Result<uint64_t> parse_size(const std::string& path, const std::string& key, const std::string& v) {
   size_t i = 0;
   uint64_t n = 0;
   while (i < v.size() && v[i] >= '0' && v[i] <= '9') {
@@ -41,12 +40,29 @@ Result<uint64_t> parse_size(const std::string& path, const std::string& key,
   unsigned shift = 0;
   if (i + 1 == v.size()) {
     switch (v[i]) {
-      case 'b': case 'B': shift = 0; break;
-      case 'k': case 'K': shift = 10; break;
-      case 'm': case 'M': shift = 20; break;
-      case 'g': case 'G': shift = 30; break;
-      case 't': case 'T': shift = 40; break;
-      default: i = 0; break;
+      case 'b':
+      case 'B':
+        shift = 0;
+        break;
+      case 'k':
+      case 'K':
+        shift = 10;
+        break;
+      case 'm':
+      case 'M':
+        shift = 20;
+        break;
+      case 'g':
+      case 'G':
+        shift = 30;
+        break;
+      case 't':
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        i = 0;
+        break;
     }
     if (i) ++i;
   }
@@ -111,9 +127,12 @@ Result<Plan> plan(const std::string& path, const CreateOptions& o) {
       return bad("unknown qcow2 option '" + k + "'");
     }
   }
-  if (compat == "1.1" || compat == "v3") h.version = 3;
-  else if (compat == "0.10" || compat == "v2") h.version = 2;
-  else return bad("compat=" + compat + " must be 0.10 or 1.1");
+  if (compat == "1.1" || compat == "v3")
+    h.version = 3;
+  else if (compat == "0.10" || compat == "v2")
+    h.version = 2;
+  else
+    return bad("compat=" + compat + " must be 0.10 or 1.1");
   if (!is_power_of_two(cluster_size) || cluster_size < (1u << kMinClusterBits) ||
       cluster_size > (1u << kMaxClusterBits))
     return bad("cluster_size " + std::to_string(cluster_size) +
@@ -203,7 +222,8 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
     set_refcount_entry(blocks[c >> g.refblock_bits].data(), g.refcount_order,
                        c & (g.refblock_entries - 1), 1);
   std::vector<uint8_t> l1(l1_size * 8, 0);
-  for (uint64_t i = 0; i < l2_tables; ++i) store_be64(&l1[i * 8], ((l2_at + i) * cs) | kOflagCopied);
+  for (uint64_t i = 0; i < l2_tables; ++i)
+    store_be64(&l1[i * 8], ((l2_at + i) * cs) | kOflagCopied);
 
   // Options are valid: now write.
   std::unique_ptr<File> data;

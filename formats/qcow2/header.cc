@@ -169,8 +169,8 @@ Result<Header> parse_header(std::span<const uint8_t> c, uint64_t file_size,
     if (h.header_length < kV3MinHeaderLength)
       return bad(path, "header_length " + std::to_string(h.header_length) + " is below 104");
     if (h.header_length > cs)
-      return bad(path, "header_length " + std::to_string(h.header_length) +
-                           " exceeds the cluster size");
+      return bad(path,
+                 "header_length " + std::to_string(h.header_length) + " exceeds the cluster size");
     if (h.refcount_order > 6)
       return bad(path, "refcount_order " + std::to_string(h.refcount_order) + " exceeds 6");
     uint8_t ctype = h.header_length > field::kCompressionType ? c[field::kCompressionType] : 0;
@@ -178,8 +178,8 @@ Result<Header> parse_header(std::span<const uint8_t> c, uint64_t file_size,
       if (ctype == 0)
         return bad(path, "compression type bit is set but compression_type is zlib (0)");
       if (ctype != uint8_t(CompressionType::Zstd))
-        return fail(ENOTSUP, path + ": qcow2 header: unknown compression_type " +
-                                 std::to_string(ctype));
+        return fail(ENOTSUP,
+                    path + ": qcow2 header: unknown compression_type " + std::to_string(ctype));
     } else if (ctype != 0) {
       return bad(path, "compression_type " + std::to_string(ctype) +
                            " is set but the compression type bit is clear");
@@ -264,7 +264,8 @@ Result<void> check_features(const Header& h, const std::string& path) {
   if (h.has_data_file() && !h.data_file)
     return fail(EINVAL, path + ": qcow2 image needs an external data file but names none");
   if (h.data_file_raw() && !h.has_data_file())
-    return fail(EINVAL, path + ": qcow2 header: data-file-raw is set without an external data file");
+    return fail(EINVAL,
+                path + ": qcow2 header: data-file-raw is set without an external data file");
   return {};
 }
 
@@ -316,10 +317,10 @@ Result<std::vector<uint8_t>> encode_header(const Header& h, const std::string& p
     static const struct {
       uint8_t type, bit;
       const char* name;
-    } kTable[] = {{0, 0, "dirty bit"},          {0, 1, "corrupt bit"},
-                  {0, 2, "external data file"}, {0, 3, "compression type"},
-                  {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
-                  {2, 0, "bitmaps"},            {2, 1, "raw external data"}};
+    } kTable[] = {
+        {0, 0, "dirty bit"},        {0, 1, "corrupt bit"},         {0, 2, "external data file"},
+        {0, 3, "compression type"}, {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
+        {2, 0, "bitmaps"},          {2, 1, "raw external data"}};
     std::vector<uint8_t> table(sizeof kTable / sizeof kTable[0] * kFeatureEntryBytes, 0);
     for (size_t i = 0; i < sizeof kTable / sizeof kTable[0]; ++i) {
       table[i * kFeatureEntryBytes] = kTable[i].type;

@@ -70,9 +70,10 @@ Result<void> Qcow2Image::open() {
   virtual_size_ = header_.size & ~(kSectorSize - 1);  // QEMU counts whole sectors
   corrupt_ = header_.incompatible & kIncompatCorrupt;
   if (access_ == Access::ReadWrite && header_.bitmaps_consistent())
-    return fail(ENOTSUP, path_ + ": image has persistent dirty bitmaps, which this engine "
-                                 "cannot keep up to date; open it read-only or remove them "
-                                 "(qemu-img bitmap --remove)");
+    return fail(ENOTSUP, path_ +
+                             ": image has persistent dirty bitmaps, which this engine "
+                             "cannot keep up to date; open it read-only or remove them "
+                             "(qemu-img bitmap --remove)");
   DMU_TRY(load_metadata());
   if (header_.has_data_file()) DMU_TRY(open_data_file());
   fill_info();
@@ -105,10 +106,10 @@ Result<void> Qcow2Image::load_metadata() {
   auto tables = [&](uint64_t bytes) {
     return size_t(std::max<uint64_t>(bytes >> g_.cluster_bits, 4));
   };
-  l2_cache_ = std::make_unique<TableCache>(*file_, g_.cluster_size,
-                                           tables(options_.l2_cache_bytes), "L2 table");
-  refcounts_ = std::make_unique<Refcounts>(*file_, g_, path_,
-                                           tables(options_.refcount_cache_bytes));
+  l2_cache_ = std::make_unique<TableCache>(*file_, g_.cluster_size, tables(options_.l2_cache_bytes),
+                                           "L2 table");
+  refcounts_ =
+      std::make_unique<Refcounts>(*file_, g_, path_, tables(options_.refcount_cache_bytes));
   refcounts_->set_reserved([this](uint64_t c) { return reserved(c); });
   // Write order: an L2 table reaches the disk only after the refcounts of
   // everything it points at (QEMU's cache dependency).
@@ -161,8 +162,7 @@ bool Qcow2Image::reserved(uint64_t c) const {
   }
   // Disjoint sorted ranges: only the last one starting at or before c can
   // hold it.
-  auto it = std::upper_bound(reserved_.begin(), reserved_.end(),
-                             std::make_pair(c, UINT64_MAX));
+  auto it = std::upper_bound(reserved_.begin(), reserved_.end(), std::make_pair(c, UINT64_MAX));
   return it != reserved_.begin() && c < std::prev(it)->second;
 }
 
@@ -178,8 +178,8 @@ Result<void> Qcow2Image::open_data_file() {
   OpenMode mode = access_ == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly;
   auto f = env_.open(resolved, mode);
   if (!f)
-    return fail(f.error().code, path_ + ": cannot open external data file '" + name +
-                                    "': " + f.error().message);
+    return fail(f.error().code,
+                path_ + ": cannot open external data file '" + name + "': " + f.error().message);
   data_file_ = std::move(*f);
   return {};
 }
@@ -212,9 +212,8 @@ void Qcow2Image::fill_info() {
       nlohmann::json flags = nlohmann::json::array();
       if (b.flags & kBitmapInUse) flags.push_back("in-use");
       if (b.flags & kBitmapAuto) flags.push_back("auto");
-      list.push_back({{"flags", flags},
-                      {"name", b.name},
-                      {"granularity", uint64_t(1) << b.granularity_bits}});
+      list.push_back(
+          {{"flags", flags}, {"name", b.name}, {"granularity", uint64_t(1) << b.granularity_bits}});
     }
     data["bitmaps"] = list;
   }
@@ -225,15 +224,15 @@ Result<Qcow2Image::L2Slot> Qcow2Image::l2_slot(uint64_t guest_cluster) {
   L2Slot s;
   uint64_t l1i = guest_cluster >> g_.l2_bits;
   if (l1i >= l1_.size())
-    return fail(corrupt("guest cluster " + std::to_string(guest_cluster) +
-                        " lies beyond the L1 table"));
+    return fail(
+        corrupt("guest cluster " + std::to_string(guest_cluster) + " lies beyond the L1 table"));
   s.l1_entry = l1_[l1i];
   s.index = guest_cluster & (g_.l2_entries - 1);
   uint64_t off = s.l1_entry & kL1OffsetMask;
   if (!off) return s;
   if (g_.offset_in_cluster(off))
-    return fail(corrupt("L1 entry " + std::to_string(l1i) + " points at unaligned L2 table " +
-                        hex(off)));
+    return fail(
+        corrupt("L1 entry " + std::to_string(l1i) + " points at unaligned L2 table " + hex(off)));
   s.table_offset = off;
   DMU_ASSIGN_OR_RETURN(s.table, l2_cache_->get(off));
   return s;
@@ -381,8 +380,7 @@ Result<void> Qcow2Image::decompress(uint64_t entry, uint64_t guest_cluster) {
   decompressed_.resize(g_.cluster_size);
   DMU_TRY(decompress_cluster(header_.compression_type, in, decompressed_,
                              path_ + ": compressed cluster at " + hex(ext.offset) +
-                                 " (guest offset " + hex(guest_cluster << g_.cluster_bits) +
-                                 ")"));
+                                 " (guest offset " + hex(guest_cluster << g_.cluster_bits) + ")"));
   decompressed_key_ = std::make_pair(guest_cluster, entry);
   return {};
 }

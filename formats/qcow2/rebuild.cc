@@ -61,8 +61,8 @@ Result<void> Qcow2Image::rebuild_refcounts(const std::vector<uint32_t>& counted,
   header_.refcount_table_offset = start << g_.cluster_bits;
   header_.refcount_table_clusters = uint32_t(t);
   report.messages.push_back("Refcount structure rebuilt: table at " +
-                            hex(header_.refcount_table_offset) + ", " +
-                            std::to_string(nblocks) + " block(s)");
+                            hex(header_.refcount_table_offset) + ", " + std::to_string(nblocks) +
+                            " block(s)");
   return reload_refcounts();
 }
 

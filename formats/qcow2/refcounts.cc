@@ -19,30 +19,53 @@ constexpr int kMaxAllocationRestarts = 64;
 
 uint64_t get_refcount_entry(const uint8_t* b, unsigned order, uint64_t i) {
   switch (order) {
-    case 0: return (b[i / 8] >> (i % 8)) & 0x1;
-    case 1: return (b[i / 4] >> (2 * (i % 4))) & 0x3;
-    case 2: return (b[i / 2] >> (4 * (i % 2))) & 0xf;
-    case 3: return b[i];
-    case 4: return load_be16(b + 2 * i);
-    case 5: return load_be32(b + 4 * i);
-    default: return load_be64(b + 8 * i);
+    case 0:
+      return (b[i / 8] >> (i % 8)) & 0x1;
+    case 1:
+      return (b[i / 4] >> (2 * (i % 4))) & 0x3;
+    case 2:
+      return (b[i / 2] >> (4 * (i % 2))) & 0xf;
+    case 3:
+      return b[i];
+    case 4:
+      return load_be16(b + 2 * i);
+    case 5:
+      return load_be32(b + 4 * i);
+    default:
+      return load_be64(b + 8 * i);
   }
 }
 
 void set_refcount_entry(uint8_t* b, unsigned order, uint64_t i, uint64_t v) {
   switch (order) {
-    case 0: b[i / 8] = uint8_t((b[i / 8] & ~(0x1 << (i % 8))) | (v << (i % 8))); break;
-    case 1: b[i / 4] = uint8_t((b[i / 4] & ~(0x3 << (2 * (i % 4)))) | (v << (2 * (i % 4)))); break;
-    case 2: b[i / 2] = uint8_t((b[i / 2] & ~(0xf << (4 * (i % 2)))) | (v << (4 * (i % 2)))); break;
-    case 3: b[i] = uint8_t(v); break;
-    case 4: store_be16(b + 2 * i, uint16_t(v)); break;
-    case 5: store_be32(b + 4 * i, uint32_t(v)); break;
-    default: store_be64(b + 8 * i, v); break;
+    case 0:
+      b[i / 8] = uint8_t((b[i / 8] & ~(0x1 << (i % 8))) | (v << (i % 8)));
+      break;
+    case 1:
+      b[i / 4] = uint8_t((b[i / 4] & ~(0x3 << (2 * (i % 4)))) | (v << (2 * (i % 4))));
+      break;
+    case 2:
+      b[i / 2] = uint8_t((b[i / 2] & ~(0xf << (4 * (i % 2)))) | (v << (4 * (i % 2))));
+      break;
+    case 3:
+      b[i] = uint8_t(v);
+      break;
+    case 4:
+      store_be16(b + 2 * i, uint16_t(v));
+      break;
+    case 5:
+      store_be32(b + 4 * i, uint32_t(v));
+      break;
+    default:
+      store_be64(b + 8 * i, v);
+      break;
   }
 }
 
 Refcounts::Refcounts(File& file, const Geometry& g, std::string path, size_t cache_blocks)
-    : file_(file), g_(g), path_(std::move(path)),
+    : file_(file),
+      g_(g),
+      path_(std::move(path)),
       blocks_(file, g.cluster_size, cache_blocks, "refcount block") {
   // Never write a refcount block over other metadata of a corrupt image.
   blocks_.set_write_guard([this](uint64_t off) -> Result<void> {
@@ -53,8 +76,7 @@ Refcounts::Refcounts(File& file, const Geometry& g, std::string path, size_t cac
 }
 
 Error Refcounts::corrupt(const std::string& what) const {
-  return Error{EIO, path_ + ": qcow2 image is corrupt: " + what +
-                        " (run check with repair)"};
+  return Error{EIO, path_ + ": qcow2 image is corrupt: " + what + " (run check with repair)"};
 }
 
 Result<void> Refcounts::load(uint64_t table_offset, uint32_t table_clusters, uint64_t file_size) {
@@ -187,8 +209,7 @@ Result<void> Refcounts::ensure_block(uint64_t range) {
     dirty_entries_.insert(range);
     return {};
   }
-  return fail(EIO, path_ + ": could not place a refcount block for range " +
-                       std::to_string(range));
+  return fail(EIO, path_ + ": could not place a refcount block for range " + std::to_string(range));
 }
 
 // The first cluster at or after `from` that is free (refcount 0, not
@@ -206,8 +227,7 @@ Result<uint64_t> Refcounts::find_free(uint64_t from) {
     DMU_ASSIGN_OR_RETURN(uint8_t * b, block_for(c, false));
     uint64_t range_end = (r + 1) << g_.refblock_bits;
     for (; c < range_end; ++c)
-      if (!get_refcount_entry(b, g_.refcount_order, c & (g_.refblock_entries - 1)) &&
-          !reserved(c))
+      if (!get_refcount_entry(b, g_.refcount_order, c & (g_.refblock_entries - 1)) && !reserved(c))
         return c;
   }
   return fail(ENOSPC, path_ + ": no free cluster below the 64 PiB qcow2 limit");
@@ -327,7 +347,9 @@ Result<std::vector<ClusterRun>> Refcounts::apply_deferred() {
   return released;
 }
 
-bool Refcounts::dirty() const { return moved_ || !dirty_entries_.empty() || blocks_.has_dirty(); }
+bool Refcounts::dirty() const {
+  return moved_ || !dirty_entries_.empty() || blocks_.has_dirty();
+}
 
 Result<void> Refcounts::flush() {
   if (!dirty()) return {};

@@ -19,7 +19,9 @@ Result<void> read_padded(File& file, uint64_t offset, std::span<uint8_t> out) {
 }
 
 TableCache::TableCache(File& file, uint64_t table_bytes, size_t max_tables, std::string what)
-    : file_(file), table_bytes_(table_bytes), max_tables_(std::max<size_t>(max_tables, 2)),
+    : file_(file),
+      table_bytes_(table_bytes),
+      max_tables_(std::max<size_t>(max_tables, 2)),
       what_(std::move(what)) {}
 
 Result<uint8_t*> TableCache::get(uint64_t offset) {

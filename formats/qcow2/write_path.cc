@@ -12,11 +12,12 @@ namespace dmu::formats::qcow2 {
 Result<void> Qcow2Image::check_writable() {
   if (access_ != Access::ReadWrite) return fail(EROFS, path_ + ": image is open read-only");
   if (corrupt_)
-    return fail(EROFS, path_ + ": image is marked corrupt; repair it (check -r all) before "
-                               "writing");
+    return fail(EROFS, path_ +
+                           ": image is marked corrupt; repair it (check -r all) before "
+                           "writing");
   if (failed_)
-    return fail(failed_->code, path_ + ": refusing writes after a failed metadata update: " +
-                                   failed_->message);
+    return fail(failed_->code,
+                path_ + ": refusing writes after a failed metadata update: " + failed_->message);
   return {};
 }
 
@@ -42,8 +43,8 @@ Result<void> Qcow2Image::check_write_host(uint64_t host, uint64_t guest_cluster)
     return {};
   }
   if ((host >> g_.cluster_bits) >= refcounts_->end_cluster())
-    return fail(corrupt("guest cluster " + std::to_string(guest_cluster) + " maps to " +
-                        hex(host) + ", beyond the end of the image file"));
+    return fail(corrupt("guest cluster " + std::to_string(guest_cluster) + " maps to " + hex(host) +
+                        ", beyond the end of the image file"));
   return {};
 }
 
@@ -277,8 +278,7 @@ Result<void> Qcow2Image::write_done(uint64_t token, bool ok) {
     }
     if (pc.parts.empty()) {
       // Nothing durable points at a never-applied new cluster: free it now.
-      if (!pc.applied && pc.new_host)
-        (void)refcounts_->add({pc.host >> g_.cluster_bits, 1}, -1);
+      if (!pc.applied && pc.new_host) (void)refcounts_->add({pc.host >> g_.cluster_bits, 1}, -1);
       pending_.erase(pit);
     }
   }
@@ -291,8 +291,8 @@ Result<void> Qcow2Image::write_done(uint64_t token, bool ok) {
 Result<void> Qcow2Image::check_not_pending(uint64_t first_cluster, uint64_t last_cluster) {
   auto it = pending_.lower_bound(first_cluster);
   if (it != pending_.end() && it->first <= last_cluster)
-    return fail(EBUSY, path_ + ": guest cluster " + std::to_string(it->first) +
-                           " has a write in flight");
+    return fail(EBUSY,
+                path_ + ": guest cluster " + std::to_string(it->first) + " has a write in flight");
   return {};
 }
 
@@ -338,11 +338,12 @@ Result<void> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length, bool may
                             std::to_string(length) + ") is outside the virtual disk");
   const uint64_t end = offset + length, gran = g_.subcluster_size;
   if (offset % gran || (end % gran && end != virtual_size_))
-    return fail(ENOTSUP, path_ + ": write_zeroes needs " + std::to_string(gran) +
-                             "-byte aligned ranges");
+    return fail(ENOTSUP,
+                path_ + ": write_zeroes needs " + std::to_string(gran) + "-byte aligned ranges");
   if (header_.version < 3 && header_.backing_file)
-    return fail(ENOTSUP, path_ + ": a version 2 (compat 0.10) image with a backing file "
-                                 "cannot record zeros");
+    return fail(ENOTSUP, path_ +
+                             ": a version 2 (compat 0.10) image with a backing file "
+                             "cannot record zeros");
   const uint64_t c0 = offset >> g_.cluster_bits, c1 = (end - 1) >> g_.cluster_bits;
   DMU_TRY(check_not_pending(c0, c1));
   // Part of a compressed cluster cannot be zeroed in place.
@@ -359,10 +360,11 @@ Result<void> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length, bool may
   if (header_.data_file_raw()) {
     // The raw data file must read as zeros too.
     if (auto r = data_file_->punch_hole(offset, length); !r)
-      return fail(ENOTSUP, path_ + ": cannot zero the raw external data file: " +
-                               r.error().message);
+      return fail(ENOTSUP,
+                  path_ + ": cannot zero the raw external data file: " + r.error().message);
   }
-  for (uint64_t c = c0; c <= c1; ++c) DMU_TRY(zero_cluster(c, unit_mask(offset, end, c), may_unmap));
+  for (uint64_t c = c0; c <= c1; ++c)
+    DMU_TRY(zero_cluster(c, unit_mask(offset, end, c), may_unmap));
   return after_operation();
 }
 
@@ -384,8 +386,8 @@ Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
     // release space where the file system can.
     auto r = data_file_->punch_hole(first, last - first);
     if (!r && header_.data_file_raw())
-      return fail(ENOTSUP, path_ + ": cannot discard in the raw external data file: " +
-                               r.error().message);
+      return fail(ENOTSUP,
+                  path_ + ": cannot discard in the raw external data file: " + r.error().message);
   }
   const bool backing = header_.backing_file.has_value();
   for (uint64_t c = c0; c <= c1; ++c) {

@@ -40,7 +40,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         auto t = image.prepare_write(off, len);
         if (!t) break;
         if (t->length > fill.size()) fill.resize(t->length, 0x5a);
-        bool ok = bool(image.data_files().at(t->file)->write(t->host_offset, {fill.data(), t->length}));
+        bool ok =
+            bool(image.data_files().at(t->file)->write(t->host_offset, {fill.data(), t->length}));
         (void)image.write_done(t->token, ok && (steer & 1));
         break;
       }

@@ -72,10 +72,12 @@ void expect_clean(const std::string& img) {
 
 // A 4 MiB image with data, zeros, compressed clusters and fragmentation.
 std::string make_image(const test::TempDir& dir, const char* options = "cluster_size=64k") {
-  run_ok(in(dir, std::string("qemu-img create -q -f qcow2 -o ") + options + " c.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 1 2M 256k' -c 'write -P 2 0 128k' "
-                 "-c 'write -z -u 1M 64k' -c 'write -c -P 3 3M 64k' -c 'write -c -P 4 3200k 64k' "
-                 "c.qcow2"));
+  run_ok(
+      in(dir, std::string("qemu-img create -q -f qcow2 -o ") + options +
+                  " c.qcow2 4M && "
+                  "qemu-io -f qcow2 -c 'write -P 1 2M 256k' -c 'write -P 2 0 128k' "
+                  "-c 'write -z -u 1M 64k' -c 'write -c -P 3 3M 64k' -c 'write -c -P 4 3200k 64k' "
+                  "c.qcow2"));
   return dir.file("c.qcow2");
 }
 
@@ -237,8 +239,9 @@ TEST(Qcow2Check, CorruptBitAllowsOnlyRepairUntilCheckClearsIt) {
 TEST(Qcow2Check, SnapshotAndBitmapClustersAreCounted) {
   test::TempDir dir;
   auto img = make_image(dir);
-  run_ok(in(dir, "qemu-img snapshot -c s1 c.qcow2 && qemu-io -f qcow2 -c 'write -P 7 0 1M' c.qcow2 "
-                 "&& qemu-img snapshot -c s2 c.qcow2 && qemu-img bitmap --add c.qcow2 b0"));
+  run_ok(in(dir,
+            "qemu-img snapshot -c s1 c.qcow2 && qemu-io -f qcow2 -c 'write -P 7 0 1M' c.qcow2 "
+            "&& qemu-img snapshot -c s2 c.qcow2 && qemu-img bitmap --add c.qcow2 b0"));
   auto r = check_ro(img);
   expect_same_counts(r, qemu_check(img));
   EXPECT_EQ(r.corruptions + r.leaks, 0u);

@@ -91,12 +91,14 @@ bool apply(Image& im, const Op& op, std::vector<uint8_t>& current) {
         return apply(im, w, current);
       }
       if (!r) return false;
-      std::fill(current.begin() + long(op.offset), current.begin() + long(op.offset + op.length), 0);
+      std::fill(current.begin() + long(op.offset), current.begin() + long(op.offset + op.length),
+                0);
       return true;
     }
     case Op::Discard: {
       if (!im.discard(op.offset, op.length)) return false;
-      std::fill(current.begin() + long(op.offset), current.begin() + long(op.offset + op.length), 0);
+      std::fill(current.begin() + long(op.offset), current.begin() + long(op.offset + op.length),
+                0);
       return true;
     }
     case Op::Commit:
@@ -126,15 +128,15 @@ Outcome run_until_failure(FaultEnv& env, const std::vector<Op>& ops, std::vector
 
 struct CrashCase {
   const char* name;
-  const char* create;  // qemu-img create -o
+  const char* create;   // qemu-img create -o
   const char* prepare;  // qemu-io commands run on the image first
   const char* size;
   uint64_t io_size;  // guest bytes the workload touches
   bool compress = false;
   bool snapshot = false;
   const char* data_file = nullptr;  // loaded into the FaultEnv beside the image
-  bool moves_reftable = false;       // the workload must relocate the refcount table
-  uint64_t max_write = 0;            // bytes per write; 0: three clusters
+  bool moves_reftable = false;      // the workload must relocate the refcount table
+  uint64_t max_write = 0;           // bytes per write; 0: three clusters
 };
 
 class Qcow2Crash : public ::testing::TestWithParam<CrashCase> {};
@@ -145,7 +147,8 @@ TEST_P(Qcow2Crash, EveryPowerCutLeavesAConsistentImageWithAcknowledgedData) {
   std::string cmd = "cd " + test::shell_quote(dir.path()) + " && qemu-img create -q -f qcow2 -o " +
                     c.create + " base.qcow2 " + c.size + " && qemu-io -f qcow2 " + c.prepare +
                     " base.qcow2";
-  if (c.compress) cmd += " && qemu-img convert -c -O qcow2 base.qcow2 c.qcow2 && mv c.qcow2 base.qcow2";
+  if (c.compress)
+    cmd += " && qemu-img convert -c -O qcow2 base.qcow2 c.qcow2 && mv c.qcow2 base.qcow2";
   if (c.snapshot) cmd += " && qemu-img snapshot -c snap base.qcow2";
   test::run_ok(cmd);
   const auto base = test::read_file(dir.file("base.qcow2"));
@@ -229,8 +232,8 @@ INSTANTIATE_TEST_SUITE_P(
         CrashCase{"cluster_4k", "cluster_size=4k", "-c 'write -P 1 0 256k'", "1M", 1 << 20},
         CrashCase{"v2_cluster_4k", "compat=0.10,cluster_size=4k", "-c 'write -P 1 0 256k'", "1M",
                   1 << 20},
-        CrashCase{"extended_l2", "extended_l2=on,cluster_size=16k", "-c 'write -P 1 0 64k'",
-                  "1M", 1 << 20},
+        CrashCase{"extended_l2", "extended_l2=on,cluster_size=16k", "-c 'write -P 1 0 64k'", "1M",
+                  1 << 20},
         CrashCase{"refcount_table_growth", "cluster_size=512,refcount_bits=64",
                   "-c 'write -P 1 0 1940k'", "4M", 4 << 20, false, false, nullptr, true, 32768},
         CrashCase{"compressed", "cluster_size=4k", "-c 'write -P 1 0 512k'", "1M", 1 << 20, true},

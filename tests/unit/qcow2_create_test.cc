@@ -50,9 +50,10 @@ TEST_P(Qcow2Create, QemuImgInfoMatchesQemuImgCreateAndCheckIsClean) {
   run_ok("cd " + shell_quote(dir.path()) + " && qemu-img create -q -f qcow2" +
          (qopts.empty() ? "" : " -o " + qopts) + " theirs.qcow2 " + std::to_string(c.size));
 
-  auto ours = qemu_json("cd " + shell_quote(dir.path()) + " && qemu-img info --output=json ours.qcow2");
-  auto theirs = qemu_json("cd " + shell_quote(dir.path()) +
-                          " && qemu-img info --output=json theirs.qcow2");
+  auto ours =
+      qemu_json("cd " + shell_quote(dir.path()) + " && qemu-img info --output=json ours.qcow2");
+  auto theirs =
+      qemu_json("cd " + shell_quote(dir.path()) + " && qemu-img info --output=json theirs.qcow2");
   EXPECT_EQ(ours["virtual-size"], theirs["virtual-size"]);
   EXPECT_EQ(ours["cluster-size"], theirs["cluster-size"]);
   EXPECT_EQ(ours["dirty-flag"], theirs["dirty-flag"]);
@@ -68,9 +69,9 @@ TEST_P(Qcow2Create, QemuImgInfoMatchesQemuImgCreateAndCheckIsClean) {
       << "same layout as QEMU";
 
   auto check = qemu_check(dir.file("ours.qcow2"));
-  EXPECT_EQ(json_u64(check, "corruptions") + json_u64(check, "leaks") +
-                json_u64(check, "check-errors"),
-            0u)
+  EXPECT_EQ(
+      json_u64(check, "corruptions") + json_u64(check, "leaks") + json_u64(check, "check-errors"),
+      0u)
       << check.dump();
 
   // Both QEMU and the engine can use it.
@@ -91,24 +92,22 @@ TEST_P(Qcow2Create, QemuImgInfoMatchesQemuImgCreateAndCheckIsClean) {
 
 INSTANTIATE_TEST_SUITE_P(
     Options, Qcow2Create,
-    ::testing::Values(CreateCase{"defaults", "", 1 << 30},
-                      CreateCase{"compat_0_10", "compat=0.10", 1 << 30},
-                      CreateCase{"compat_1_1", "compat=1.1", 1 << 30},
-                      CreateCase{"cluster_512", "cluster_size=512", 64 << 20},
-                      CreateCase{"cluster_2M", "cluster_size=2M", 4ull << 30},
-                      CreateCase{"lazy_refcounts", "lazy_refcounts=on", 1 << 30},
-                      CreateCase{"refcount_bits_1", "refcount_bits=1", 1 << 30},
-                      CreateCase{"refcount_bits_64", "refcount_bits=64", 1 << 30},
-                      CreateCase{"refcount_64_cluster_512", "refcount_bits=64,cluster_size=512",
-                                 256 << 20},
-                      CreateCase{"extended_l2", "extended_l2=on", 1 << 30},
-                      CreateCase{"zstd", "compression_type=zstd", 1 << 30},
-                      CreateCase{"data_file", "data_file=x.data", 64 << 20},
-                      CreateCase{"data_file_raw", "data_file=x.data,data_file_raw=on", 64 << 20},
-                      CreateCase{"data_file_raw_extended_l2",
-                                 "data_file=x.data,data_file_raw=on,extended_l2=on", 64 << 20},
-                      CreateCase{"unaligned_size", "", 1000},
-                      CreateCase{"large_2T", "", 2ull << 40}),
+    ::testing::Values(
+        CreateCase{"defaults", "", 1 << 30}, CreateCase{"compat_0_10", "compat=0.10", 1 << 30},
+        CreateCase{"compat_1_1", "compat=1.1", 1 << 30},
+        CreateCase{"cluster_512", "cluster_size=512", 64 << 20},
+        CreateCase{"cluster_2M", "cluster_size=2M", 4ull << 30},
+        CreateCase{"lazy_refcounts", "lazy_refcounts=on", 1 << 30},
+        CreateCase{"refcount_bits_1", "refcount_bits=1", 1 << 30},
+        CreateCase{"refcount_bits_64", "refcount_bits=64", 1 << 30},
+        CreateCase{"refcount_64_cluster_512", "refcount_bits=64,cluster_size=512", 256 << 20},
+        CreateCase{"extended_l2", "extended_l2=on", 1 << 30},
+        CreateCase{"zstd", "compression_type=zstd", 1 << 30},
+        CreateCase{"data_file", "data_file=x.data", 64 << 20},
+        CreateCase{"data_file_raw", "data_file=x.data,data_file_raw=on", 64 << 20},
+        CreateCase{"data_file_raw_extended_l2", "data_file=x.data,data_file_raw=on,extended_l2=on",
+                   64 << 20},
+        CreateCase{"unaligned_size", "", 1000}, CreateCase{"large_2T", "", 2ull << 40}),
     [](const auto& p) { return std::string(p.param.name); });
 
 TEST(Qcow2Create, BackingFileAndFormatAreRecorded) {

@@ -69,10 +69,12 @@ TEST(Qcow2Header, OutOfRangeFieldsAreRefusedNamingTheField) {
   expect_refused([](auto& b) { store_be32(b.data() + 100, 1 << 20); }, "header_length");
   expect_refused([](auto& b) { store_be32(b.data() + 96, 7); }, "refcount_order 7");
   expect_refused([](auto& b) { store_be64(b.data() + 8, 70000); }, "backing_file_offset");
-  expect_refused([](auto& b) {
-    store_be64(b.data() + 8, 1024);
-    store_be32(b.data() + 16, 2000);
-  }, "backing file name length");
+  expect_refused(
+      [](auto& b) {
+        store_be64(b.data() + 8, 1024);
+        store_be32(b.data() + 16, 2000);
+      },
+      "backing file name length");
   expect_refused([](auto& b) { store_be64(b.data() + 24, uint64_t(1) << 40); }, "l1_size");
   expect_refused([](auto& b) { store_be32(b.data() + 36, 0x10000000); }, "l1_size");
   expect_refused([](auto& b) { store_be64(b.data() + 40, 0x30008); }, "L1 table offset");
@@ -81,10 +83,12 @@ TEST(Qcow2Header, OutOfRangeFieldsAreRefusedNamingTheField) {
   expect_refused([](auto& b) { store_be32(b.data() + 56, 1000); }, "8 MiB");
   expect_refused([](auto& b) { store_be64(b.data() + 48, 0x10100); }, "refcount table offset");
   expect_refused([](auto& b) { store_be32(b.data() + 60, 70000); }, "nb_snapshots");
-  expect_refused([](auto& b) {
-    store_be32(b.data() + 60, 1);
-    store_be64(b.data() + 64, 0x10001);
-  }, "snapshot table offset");
+  expect_refused(
+      [](auto& b) {
+        store_be32(b.data() + 60, 1);
+        store_be64(b.data() + 64, 0x10001);
+      },
+      "snapshot table offset");
   expect_refused([](auto& b) { store_be64(b.data() + 24, (uint64_t(1) << 62)); }, "32 MiB");
 }
 
@@ -92,14 +96,16 @@ TEST(Qcow2Header, UnknownIncompatibleFeaturesAreRefusedByName) {
   // Bit 10 is unknown and the image's feature table does not name it.
   expect_refused([](auto& b) { store_be64(b.data() + 72, uint64_t(1) << 10); }, "bit 10");
   // Named by the feature name table (type 0, bit 9), as QEMU reports it.
-  expect_refused([](auto& b) {
-    store_be64(b.data() + 72, uint64_t(1) << 9);
-    uint64_t ext = 112;
-    ASSERT_EQ(load_be32(b.data() + ext), 0x6803f857u);
-    uint8_t* entry = b.data() + ext + 8;  // first entry: incompatible bit 0 "dirty bit"
-    entry[1] = 9;
-    std::memcpy(entry + 2, "time travel\0", 12);
-  }, "'time travel'");
+  expect_refused(
+      [](auto& b) {
+        store_be64(b.data() + 72, uint64_t(1) << 9);
+        uint64_t ext = 112;
+        ASSERT_EQ(load_be32(b.data() + ext), 0x6803f857u);
+        uint8_t* entry = b.data() + ext + 8;  // first entry: incompatible bit 0 "dirty bit"
+        entry[1] = 9;
+        std::memcpy(entry + 2, "time travel\0", 12);
+      },
+      "'time travel'");
 }
 
 TEST(Qcow2Header, EncryptionIsRefusedNamingTheMethod) {
@@ -109,10 +115,12 @@ TEST(Qcow2Header, EncryptionIsRefusedNamingTheMethod) {
 
 TEST(Qcow2Header, CompressionTypeMustMatchItsFeatureBit) {
   expect_refused([](auto& b) { store_be64(b.data() + 72, 8); }, "compression type bit");
-  expect_refused([](auto& b) {
-    store_be64(b.data() + 72, 8);
-    b[104] = 2;
-  }, "compression_type 2");
+  expect_refused(
+      [](auto& b) {
+        store_be64(b.data() + 72, 8);
+        b[104] = 2;
+      },
+      "compression_type 2");
   expect_refused([](auto& b) { b[104] = 1; }, "compression_type 1");
 }
 
@@ -139,16 +147,20 @@ TEST(Qcow2Header, ExtendedL2NeedsSixteenKiBClusters) {
 
 TEST(Qcow2Header, HeaderExtensionsMustStayInsideTheFirstCluster) {
   expect_refused([](auto& b) { store_be32(b.data() + 112 + 4, 0x10000); }, "header extension");
-  expect_refused([](auto& b) {
-    // A second feature table right after the first.
-    uint64_t next = 112 + 8 + ((load_be32(b.data() + 116) + 7) & ~7u);
-    store_be32(b.data() + next, 0x6803f857);
-    store_be32(b.data() + next + 4, 48);
-  }, "duplicate");
-  expect_refused([](auto& b) {
-    store_be32(b.data() + 112, 0x23852875);  // bitmaps extension with a bad length
-    store_be32(b.data() + 116, 16);
-  }, "bitmaps extension");
+  expect_refused(
+      [](auto& b) {
+        // A second feature table right after the first.
+        uint64_t next = 112 + 8 + ((load_be32(b.data() + 116) + 7) & ~7u);
+        store_be32(b.data() + next, 0x6803f857);
+        store_be32(b.data() + next + 4, 48);
+      },
+      "duplicate");
+  expect_refused(
+      [](auto& b) {
+        store_be32(b.data() + 112, 0x23852875);  // bitmaps extension with a bad length
+        store_be32(b.data() + 116, 16);
+      },
+      "bitmaps extension");
 }
 
 TEST(Qcow2Header, UnknownCompatibleBitsAreIgnoredAndKept) {
@@ -211,7 +223,8 @@ TEST(Qcow2Header, TablesPastTheEndOfTheFileAreReadAsZerosButNeverWritten) {
     }
     auto t = (*im)->prepare_write(0, 4096);
     ASSERT_FALSE(t);
-    EXPECT_NE(t.error().message.find("end of the image file"), std::string::npos) << t.error().message;
+    EXPECT_NE(t.error().message.find("end of the image file"), std::string::npos)
+        << t.error().message;
     EXPECT_FALSE((*im)->write_zeroes(0, 65536, true));
     EXPECT_FALSE((*im)->discard(0, 65536));
     im->reset();

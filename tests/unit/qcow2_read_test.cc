@@ -18,28 +18,33 @@ struct ReadCase {
   const char* name;
   const char* create_options;  // qemu-img create -o
   const char* size;
-  std::vector<std::string> io;  // qemu-io -c commands
+  std::vector<std::string> io;            // qemu-io -c commands
   const char* convert_options = nullptr;  // when set: qemu-img convert -c -o ... from the image
 };
 
 const std::vector<std::string> kMixedWrites = {
-    "write -P 0x11 0 64k",     "write -P 0x22 100k 8k",  "write -z 1M 128k",
-    "write -P 0x33 2M 1M",     "discard 2M 64k",         "write -P 0x44 3M 512",
-    "write -P 0x55 5M 192k",   "write -z -u 5M 64k",     "write -P 0x66 7M 4k"};
+    "write -P 0x11 0 64k",   "write -P 0x22 100k 8k", "write -z 1M 128k",
+    "write -P 0x33 2M 1M",   "discard 2M 64k",        "write -P 0x44 3M 512",
+    "write -P 0x55 5M 192k", "write -z -u 5M 64k",    "write -P 0x66 7M 4k"};
 
 const std::vector<std::string> kSubclusterWrites = {
-    "write -P 0x11 0 4k",      "write -P 0x22 6k 2k",    "write -P 0x33 64k 64k",
-    "write -z 128k 8k",        "write -P 0x44 130k 2k",  "write -z 200k 64k",
-    "write -P 0x55 1M 3k",     "discard 2M 64k",         "write -P 0x66 2M 4k"};
+    "write -P 0x11 0 4k",  "write -P 0x22 6k 2k",   "write -P 0x33 64k 64k",
+    "write -z 128k 8k",    "write -P 0x44 130k 2k", "write -z 200k 64k",
+    "write -P 0x55 1M 3k", "discard 2M 64k",        "write -P 0x66 2M 4k"};
 
 std::vector<ReadCase> cases() {
   return {
       {"v3_default", "compat=1.1", "8M", kMixedWrites},
-      {"v2_compat_0_10", "compat=0.10", "8M",
+      {"v2_compat_0_10",
+       "compat=0.10",
+       "8M",
        {"write -P 0x11 0 64k", "write -P 0x22 100k 8k", "write -P 0x33 2M 1M",
         "write -P 0x44 3M 512", "write -P 0x55 7M 4k"}},
-      {"cluster_512", "cluster_size=512", "2M",
-       {"write -P 0x11 0 1k", "write -P 0x22 1500 100", "write -z 64k 4k", "write -P 0x33 1M 300k"}},
+      {"cluster_512",
+       "cluster_size=512",
+       "2M",
+       {"write -P 0x11 0 1k", "write -P 0x22 1500 100", "write -z 64k 4k",
+        "write -P 0x33 1M 300k"}},
       {"cluster_4k", "cluster_size=4k", "8M", kMixedWrites},
       {"cluster_2M", "cluster_size=2M", "16M", kMixedWrites},
       {"refcount_bits_1", "refcount_bits=1", "8M", kMixedWrites},
@@ -56,8 +61,11 @@ std::vector<ReadCase> cases() {
       {"data_file_extended_l2", "data_file=read.data,extended_l2=on", "8M", kSubclusterWrites},
       {"compressed_zlib", "compat=1.1", "8M", kMixedWrites, "compression_type=zlib"},
       {"compressed_zstd", "compat=1.1", "8M", kMixedWrites, "compression_type=zstd"},
-      {"compressed_v2", "compat=0.10", "4M",
-       {"write -P 0x11 0 64k", "write -P 0x33 2M 1M"}, "compat=0.10"},
+      {"compressed_v2",
+       "compat=0.10",
+       "4M",
+       {"write -P 0x11 0 64k", "write -P 0x33 2M 1M"},
+       "compat=0.10"},
       {"compressed_extended_l2", "compat=1.1", "8M", kMixedWrites,
        "extended_l2=on,compression_type=zstd"},
       {"compressed_cluster_4k", "compat=1.1", "2M", {"write -P 0x11 0 1M"}, "cluster_size=4k"},
@@ -150,10 +158,11 @@ TEST(Qcow2Read, SequentialDataIsOneMappingNotOnePerCluster) {
 
 TEST(Qcow2Read, BackingFileIsReportedAndUnwrittenRangesAreUnallocated) {
   test::TempDir dir;
-  run_ok(in(dir, "qemu-img create -q -f qcow2 base.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 0xaa 0 4M' base.qcow2 && "
-                 "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && "
-                 "qemu-io -f qcow2 -c 'write -P 0xbb 64k 64k' -c 'write -z 1M 64k' top.qcow2"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 base.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -P 0xaa 0 4M' base.qcow2 && "
+            "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && "
+            "qemu-io -f qcow2 -c 'write -P 0xbb 64k 64k' -c 'write -z 1M 64k' top.qcow2"));
   auto top = open_image(posix_env(), dir.file("top.qcow2"), formats::Access::ReadOnly);
   ASSERT_TRUE(top) << top.error().message;
   auto base = open_image(posix_env(), dir.file("base.qcow2"), formats::Access::ReadOnly);
@@ -165,16 +174,18 @@ TEST(Qcow2Read, BackingFileIsReportedAndUnwrittenRangesAreUnallocated) {
   EXPECT_EQ(m->kind, MapKind::Unallocated);
   EXPECT_EQ(m->length, 65536u);
   Image& b = **base;
-  auto got = read_all(**top, [&](uint64_t off, std::span<uint8_t> out) { read_guest(b, off, out); });
+  auto got =
+      read_all(**top, [&](uint64_t off, std::span<uint8_t> out) { read_guest(b, off, out); });
   EXPECT_EQ(got, qemu_raw(dir.file("top.qcow2"), dir.file("top.raw")));
 }
 
 TEST(Qcow2Read, InternalSnapshotsReadTheActiveL1) {
   test::TempDir dir;
-  run_ok(in(dir, "qemu-img create -q -f qcow2 s.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 1 0 1M' s.qcow2 && "
-                 "qemu-img snapshot -c first s.qcow2 && "
-                 "qemu-io -f qcow2 -c 'write -P 2 64k 64k' s.qcow2"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 s.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -P 1 0 1M' s.qcow2 && "
+            "qemu-img snapshot -c first s.qcow2 && "
+            "qemu-io -f qcow2 -c 'write -P 2 64k 64k' s.qcow2"));
   auto im = open_image(posix_env(), dir.file("s.qcow2"), formats::Access::ReadOnly);
   ASSERT_TRUE(im) << im.error().message;
   EXPECT_EQ(read_all(**im), qemu_raw(dir.file("s.qcow2"), dir.file("s.raw")));
@@ -190,9 +201,10 @@ TEST(Qcow2Read, InternalSnapshotsReadTheActiveL1) {
 
 TEST(Qcow2Read, PersistentBitmapsAreListedLikeQemuImgInfoAndOpenReadOnly) {
   test::TempDir dir;
-  run_ok(in(dir, "qemu-img create -q -f qcow2 bm.qcow2 4M && "
-                 "qemu-img bitmap --add bm.qcow2 b0 && "
-                 "qemu-img bitmap --add -g 128k --disable bm.qcow2 b1"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 bm.qcow2 4M && "
+            "qemu-img bitmap --add bm.qcow2 b0 && "
+            "qemu-img bitmap --add -g 128k --disable bm.qcow2 b1"));
   auto im = open_image(posix_env(), dir.file("bm.qcow2"), formats::Access::ReadOnly);
   ASSERT_TRUE(im) << im.error().message;
   auto qinfo = qemu_json(in(dir, "qemu-img info --output=json bm.qcow2"));

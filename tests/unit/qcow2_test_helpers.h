@@ -28,9 +28,13 @@ using formats::MapKind;
 // Reads guest bytes that are Unallocated in the image (the backing file).
 using BackingReader = std::function<void(uint64_t offset, std::span<uint8_t> out)>;
 
-inline void zeros(uint64_t, std::span<uint8_t> out) { std::fill(out.begin(), out.end(), 0); }
+inline void zeros(uint64_t, std::span<uint8_t> out) {
+  std::fill(out.begin(), out.end(), 0);
+}
 
-inline std::string describe(const Error& e) { return e.message; }
+inline std::string describe(const Error& e) {
+  return e.message;
+}
 
 // Guest bytes [offset, offset + out.size()) as the caller of the interface
 // would read them.
@@ -48,9 +52,15 @@ inline Result<void> try_read_guest(Image& im, uint64_t offset, std::span<uint8_t
         std::fill(part.begin() + long(n), part.end(), 0);
         break;
       }
-      case MapKind::Zero: std::fill(part.begin(), part.end(), 0); break;
-      case MapKind::Unallocated: backing(offset + done, part); break;
-      case MapKind::Compressed: DMU_TRY(im.read_compressed(offset + done, part)); break;
+      case MapKind::Zero:
+        std::fill(part.begin(), part.end(), 0);
+        break;
+      case MapKind::Unallocated:
+        backing(offset + done, part);
+        break;
+      case MapKind::Compressed:
+        DMU_TRY(im.read_compressed(offset + done, part));
+        break;
     }
     done += part.size();
   }
@@ -115,7 +125,9 @@ inline void write_guest(Image& im, uint64_t offset, std::span<const uint8_t> dat
   ASSERT_TRUE(r) << r.error().message;
 }
 
-inline std::vector<uint8_t> pattern(size_t n, uint8_t p) { return std::vector<uint8_t>(n, p); }
+inline std::vector<uint8_t> pattern(size_t n, uint8_t p) {
+  return std::vector<uint8_t>(n, p);
+}
 
 // The raw guest bytes according to qemu-img (convert -O raw).
 // qemu-img runs in the image's directory: QEMU 7 resolves external data

@@ -81,10 +81,11 @@ TEST_P(Qcow2Write, RandomWorkloadIsReadBackByQemuAndCheckIsClean) {
   const WriteCase& c = GetParam();
   test::TempDir dir;
   const std::string img = dir.file("w.qcow2");
-  run_ok(in(dir, std::string("qemu-img create -q -f qcow2 -o ") + c.create_options +
-                     " w.qcow2 " + c.size));
-  run_ok(in(dir, "qemu-io -f qcow2 -c 'write -P 0x5a 0 1M' -c 'write -z 1M 256k' "
-                 "-c 'write -P 0xa5 3M 512k' w.qcow2"));
+  run_ok(in(dir, std::string("qemu-img create -q -f qcow2 -o ") + c.create_options + " w.qcow2 " +
+                     c.size));
+  run_ok(in(dir,
+            "qemu-io -f qcow2 -c 'write -P 0x5a 0 1M' -c 'write -z 1M 256k' "
+            "-c 'write -P 0xa5 3M 512k' w.qcow2"));
   if (c.convert_options)
     run_ok(in(dir, std::string("qemu-img convert -c -O qcow2 -o ") + c.convert_options +
                        " w.qcow2 c.qcow2 && mv c.qcow2 w.qcow2"));
@@ -125,8 +126,7 @@ INSTANTIATE_TEST_SUITE_P(
                       WriteCase{"compressed_zlib", "compat=1.1", "8M", "compression_type=zlib"},
                       WriteCase{"compressed_zstd", "compat=1.1", "8M", "compression_type=zstd"},
                       WriteCase{"compressed_v2", "compat=0.10", "8M", "compat=0.10"},
-                      WriteCase{"compressed_extended_l2", "compat=1.1", "8M",
-                                "extended_l2=on"}),
+                      WriteCase{"compressed_extended_l2", "compat=1.1", "8M", "extended_l2=on"}),
     [](const auto& p) { return std::string(p.param.name); });
 
 TEST(Qcow2Write, SequentialWriteGetsOneContiguousFreshTarget) {
@@ -190,8 +190,9 @@ TEST(Qcow2Write, CommitWritesOnlyAllocationsWhoseWriteDoneArrived) {
 
 TEST(Qcow2Write, WritesInFlightOnOneClusterShareItsAllocation) {
   test::TempDir dir;
-  run_ok(in(dir, "qemu-img create -q -f qcow2 std.qcow2 4M && "
-                 "qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 4M"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 std.qcow2 4M && "
+            "qemu-img create -q -f qcow2 -o extended_l2=on ext.qcow2 4M"));
   {
     // Without subclusters the second write joins the first one's new
     // cluster: same place, not fresh (the first fills the cluster).
@@ -262,11 +263,13 @@ TEST(Qcow2Write, FailedWriteDoneFreesTheNewCluster) {
 TEST(Qcow2Write, InternalSnapshotClustersAreCopiedOnWrite) {
   test::TempDir dir;
   const std::string img = dir.file("s.qcow2");
-  run_ok(in(dir, "qemu-img create -q -f qcow2 s.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 1 0 2M' s.qcow2 && "
-                 "qemu-img snapshot -c first s.qcow2"));
-  auto snapshot_before = test::run(in(dir, "qemu-img convert -O raw -l snapshot.name=first "
-                                            "s.qcow2 snap1.raw && md5sum snap1.raw"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 s.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -P 1 0 2M' s.qcow2 && "
+            "qemu-img snapshot -c first s.qcow2"));
+  auto snapshot_before = test::run(in(dir,
+                                      "qemu-img convert -O raw -l snapshot.name=first "
+                                      "s.qcow2 snap1.raw && md5sum snap1.raw"));
   auto model = qemu_raw(img, dir.file("m.raw"));
   {
     auto im = open_image(posix_env(), img, Access::ReadWrite);
@@ -284,8 +287,9 @@ TEST(Qcow2Write, InternalSnapshotClustersAreCopiedOnWrite) {
     ASSERT_TRUE((*im)->commit());
   }
   EXPECT_EQ(qemu_raw(img, dir.file("after.raw")), model);
-  auto snapshot_after = test::run(in(dir, "qemu-img convert -O raw -l snapshot.name=first "
-                                           "s.qcow2 snap2.raw && md5sum snap2.raw"));
+  auto snapshot_after = test::run(in(dir,
+                                     "qemu-img convert -O raw -l snapshot.name=first "
+                                     "s.qcow2 snap2.raw && md5sum snap2.raw"));
   EXPECT_EQ(snapshot_before.output.substr(0, 32), snapshot_after.output.substr(0, 32));
   expect_clean(img);
 }
@@ -335,8 +339,9 @@ TEST(Qcow2Write, SmallMetadataCachesStayCorrectUnderEviction) {
 TEST(Qcow2Write, WriteZeroesOnV3SetsZeroFlagsAndUnmapsOnRequest) {
   test::TempDir dir;
   const std::string img = dir.file("z.qcow2");
-  run_ok(in(dir, "qemu-img create -q -f qcow2 z.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 3 0 4M' z.qcow2"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 z.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -P 3 0 4M' z.qcow2"));
   auto size_before = test::read_file(img).size();
   {
     auto im = open_image(posix_env(), img, Access::ReadWrite);
@@ -363,9 +368,10 @@ TEST(Qcow2Write, WriteZeroesOnV3SetsZeroFlagsAndUnmapsOnRequest) {
 
 TEST(Qcow2Write, WriteZeroesOnV2DeallocatesOrRefusesWithABackingFile) {
   test::TempDir dir;
-  run_ok(in(dir, "qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 3 0 4M' v2.qcow2 && "
-                 "qemu-img create -q -f qcow2 -o compat=0.10 -b v2.qcow2 -F qcow2 top.qcow2"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -P 3 0 4M' v2.qcow2 && "
+            "qemu-img create -q -f qcow2 -o compat=0.10 -b v2.qcow2 -F qcow2 top.qcow2"));
   {
     auto im = open_image(posix_env(), dir.file("v2.qcow2"), Access::ReadWrite);
     ASSERT_TRUE(im) << im.error().message;
@@ -387,10 +393,11 @@ TEST(Qcow2Write, WriteZeroesOnV2DeallocatesOrRefusesWithABackingFile) {
 
 TEST(Qcow2Write, DiscardWithBackingFileFallsThroughOnV2AndReadsZeroOnV3) {
   test::TempDir dir;
-  run_ok(in(dir, "qemu-img create -q -f qcow2 base.qcow2 4M && "
-                 "qemu-io -f qcow2 -c 'write -P 1 0 4M' base.qcow2 && "
-                 "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 v3.qcow2 && "
-                 "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 v2.qcow2"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 base.qcow2 4M && "
+            "qemu-io -f qcow2 -c 'write -P 1 0 4M' base.qcow2 && "
+            "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 v3.qcow2 && "
+            "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 v2.qcow2"));
   for (const char* name : {"v3.qcow2", "v2.qcow2"}) {
     run_ok(in(dir, std::string("qemu-io -f qcow2 -c 'write -P 2 0 1M' ") + name));
     {
@@ -413,8 +420,9 @@ uint64_t allocated_bytes(const std::string& path) {
 TEST(Qcow2Write, DiscardGivesTheSpaceBackAfterTheCommit) {
   test::TempDir dir;
   const std::string img = dir.file("d.qcow2");
-  run_ok(in(dir, "qemu-img create -q -f qcow2 d.qcow2 16M && "
-                 "qemu-io -f qcow2 -c 'write -P 3 0 16M' d.qcow2"));
+  run_ok(in(dir,
+            "qemu-img create -q -f qcow2 d.qcow2 16M && "
+            "qemu-io -f qcow2 -c 'write -P 3 0 16M' d.qcow2"));
   const uint64_t before = allocated_bytes(img);
   {
     auto im = open_image(posix_env(), img, Access::ReadWrite);
