@@ -47,15 +47,17 @@ void print_json(const formats::CheckReport& r, const formats::ImageInfo& info) {
 void print_human(const formats::CheckReport& r) {
   for (const std::string& m : r.messages) std::cout << m << "\n";
   if (r.corruptions_fixed || r.leaks_fixed)
-    std::cout << "The following inconsistencies were found and repaired:\n\n    "
-              << r.leaks_fixed << " leaked clusters\n    " << r.corruptions_fixed
-              << " corruptions\n\n";
-  if (!r.corruptions && !r.leaks && !r.check_errors) std::cout << "No errors were found on the image.\n";
+    std::cout << "The following inconsistencies were found and repaired:\n\n    " << r.leaks_fixed
+              << " leaked clusters\n    " << r.corruptions_fixed << " corruptions\n\n";
+  if (!r.corruptions && !r.leaks && !r.check_errors)
+    std::cout << "No errors were found on the image.\n";
   if (r.corruptions)
-    std::cout << "\n" << r.corruptions << " errors were found on the image.\n"
+    std::cout << "\n"
+              << r.corruptions << " errors were found on the image.\n"
               << "Data may be corrupted, or further writes to the image may corrupt it.\n";
   if (r.leaks)
-    std::cout << "\n" << r.leaks << " leaked clusters were found on the image.\n"
+    std::cout << "\n"
+              << r.leaks << " leaked clusters were found on the image.\n"
               << "This means waste of disk space, but no harm to data.\n";
   if (r.check_errors)
     std::cout << "\n" << r.check_errors << " internal errors have occurred during the check.\n";
@@ -95,9 +97,12 @@ int check_main(const std::vector<std::string>& args) {
   formats::Repair repair = formats::Repair::None;
   if (vm->count("repair")) {
     const std::string r = (*vm)["repair"].as<std::string>();
-    if (r == "leaks") repair = formats::Repair::Leaks;
-    else if (r == "all") repair = formats::Repair::All;
-    else return report(Error{EINVAL, "check: -r must be leaks or all, not '" + r + "'"});
+    if (r == "leaks")
+      repair = formats::Repair::Leaks;
+    else if (r == "all")
+      repair = formats::Repair::All;
+    else
+      return report(Error{EINVAL, "check: -r must be leaks or all, not '" + r + "'"});
   }
   std::optional<std::string> format;
   if (vm->count("format")) format = (*vm)["format"].as<std::string>();

@@ -21,8 +21,8 @@ Result<std::map<std::string, std::string>> parse_options(const std::vector<std::
     size_t start = 0;
     while (start <= group.size()) {
       size_t comma = group.find(',', start);
-      std::string item = group.substr(start, comma == std::string::npos ? std::string::npos
-                                                                       : comma - start);
+      std::string item =
+          group.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
       start = comma == std::string::npos ? group.size() + 1 : comma + 1;
       if (item.empty()) continue;
       auto eq = item.find('=');
@@ -44,9 +44,11 @@ int create_main(const std::vector<std::string>& args) {
       "format options name=value,... as qemu-img names them (cluster_size, compat, ...)")(
       "backing,b", po::value<std::string>(),
       "backing file, relative to the new image's directory unless absolute")(
-      "backing-format,F", po::value<std::string>(), "format of the backing file (probed if absent)")(
+      "backing-format,F", po::value<std::string>(),
+      "format of the backing file (probed if absent)")(
       "image", po::value<std::string>()->required(), "the image to create")(
-      "size", po::value<std::string>(), "virtual size (k, M, G, T suffixes); default: the backing file's");
+      "size", po::value<std::string>(),
+      "virtual size (k, M, G, T suffixes); default: the backing file's");
   po::positional_options_description positional;
   positional.add("image", 1).add("size", 1);
   int code = kExitOk;
@@ -76,7 +78,8 @@ int create_main(const std::vector<std::string>& args) {
   create.backing_file = take("backing_file");
   create.backing_format = take("backing_fmt");
   if (vm->count("backing")) create.backing_file = (*vm)["backing"].as<std::string>();
-  if (vm->count("backing-format")) create.backing_format = (*vm)["backing-format"].as<std::string>();
+  if (vm->count("backing-format"))
+    create.backing_format = (*vm)["backing-format"].as<std::string>();
   if (create.backing_format && !create.backing_file)
     return report(Error{EINVAL, image + ": a backing format (-F) needs a backing file (-b)"});
 

@@ -89,13 +89,15 @@ Result<void> export_chain(formats::Chain& chain, File& out) {
   std::vector<uint8_t> buf(kChunk);
   Progress progress(size);
   for (uint64_t pos = 0; pos < size;) {
-    DMU_ASSIGN_OR_RETURN(formats::ChainMapping m, chain.map(pos, std::min(size - pos, kChunk * 16)));
+    DMU_ASSIGN_OR_RETURN(formats::ChainMapping m,
+                         chain.map(pos, std::min(size - pos, kChunk * 16)));
     if (m.kind == formats::ChainMapping::Kind::Zero) {
       pos += m.length;
       progress.update(pos);
       continue;
     }
-    File* device = m.kind == formats::ChainMapping::Kind::Data ? chain.devices()[m.device] : nullptr;
+    File* device =
+        m.kind == formats::ChainMapping::Kind::Data ? chain.devices()[m.device] : nullptr;
     for (uint64_t done = 0; done < m.length;) {
       if (device) {
         // Holes of the data file read as zeros: skip them without reading.

@@ -31,7 +31,8 @@ ordered image_json(formats::Image& image) {
   uint64_t actual = 0;
   for (const std::string& f : files) actual += allocated_bytes(f);
   j["actual-size"] = actual;
-  if (!info.format_specific.is_null()) j["format-specific"] = ordered::parse(info.format_specific.dump());
+  if (!info.format_specific.is_null())
+    j["format-specific"] = ordered::parse(info.format_specific.dump());
   if (info.backing_file) {
     j["full-backing-filename"] = formats::resolve_backing_path(info.filename, *info.backing_file);
     j["backing-filename"] = *info.backing_file;

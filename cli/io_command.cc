@@ -151,7 +151,8 @@ int io_main(const std::vector<std::string>& args) {
       return report(std::move(r.error()).context(image + ": " + c.text));
     }
     if (c.verb != "flush")
-      print_done(c, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      print_done(c,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   if (writes)
     if (auto r = io.flush(); !r) return report(r.error());

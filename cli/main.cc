@@ -78,4 +78,6 @@ int main(int argc, char** argv) {
 
 }  // namespace dmu::cli
 
-int main(int argc, char** argv) { return dmu::cli::main(argc, argv); }
+int main(int argc, char** argv) {
+  return dmu::cli::main(argc, argv);
+}

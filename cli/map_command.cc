@@ -171,7 +171,8 @@ int map_main(const std::vector<std::string>& args) {
     std::printf("[");
     for (size_t i = 0; i < entries->size(); ++i) {
       const Entry& e = (*entries)[i];
-      std::printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %u, "
+      std::printf("{ \"start\": %" PRIu64 ", \"length\": %" PRIu64
+                  ", \"depth\": %u, "
                   "\"present\": %s, \"zero\": %s, \"data\": %s",
                   e.start, e.length, e.depth, e.present ? "true" : "false",
                   e.zero ? "true" : "false", e.data ? "true" : "false");
@@ -183,14 +184,13 @@ int map_main(const std::vector<std::string>& args) {
   }
   for (const Entry& e : *entries)
     if (e.data && !e.has_offset)
-      return report(Error{ENOTSUP, image +
-                                       ": contains compressed clusters, which have no place to "
-                                       "show; use --output=json"});
+      return report(Error{ENOTSUP, image + ": contains compressed clusters, which have no place to "
+                                           "show; use --output=json"});
   std::printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
   for (const Entry& e : *entries)
     if (e.data && !e.zero)
-      std::printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e.start, e.length,
-                  e.offset, e.file.c_str());
+      std::printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e.start, e.length, e.offset,
+                  e.file.c_str());
   return kExitOk;
 }
 

@@ -81,8 +81,7 @@ Result<ImageLock> ImageLock::acquire(const std::string& path, LockMode mode) {
     if (!(p.unshared & (1u << bit))) continue;
     DMU_ASSIGN_OR_RETURN(bool taken, byte_taken(fd, kPermBase + bit, path));
     if (taken)
-      return fail(EAGAIN,
-                  path + ": Failed to get shared \"" + kPermNames[bit] + "\" lock" + hint);
+      return fail(EAGAIN, path + ": Failed to get shared \"" + kPermNames[bit] + "\" lock" + hint);
   }
   return lock;
 }

@@ -54,10 +54,10 @@ Result<std::unique_ptr<Chain>> Chain::open(Env& env, const std::string& path,
                                            const ChainOptions& options) {
   auto chain = std::unique_ptr<Chain>(new Chain);
   chain->access_ = options.access;
-  std::set<std::string> seen;         // identities of the images, for loop detection
-  std::set<std::string> locked;       // identities of the files locked so far
+  std::set<std::string> seen;    // identities of the images, for loop detection
+  std::set<std::string> locked;  // identities of the files locked so far
   std::string current = path;
-  std::string named_by;               // the image that named `current` (empty for the top)
+  std::string named_by;  // the image that named `current` (empty for the top)
   std::optional<std::string> format = options.format;
   Access access = options.access;
 
@@ -65,9 +65,9 @@ Result<std::unique_ptr<Chain>> Chain::open(Env& env, const std::string& path,
     if (!options.lock) return {};
     DMU_ASSIGN_OR_RETURN(std::string id, env.identity(file));
     if (!locked.insert(id).second) return {};
-    DMU_ASSIGN_OR_RETURN(ImageLock l, ImageLock::acquire(
-                                          file, mode == Access::ReadWrite ? LockMode::Writer
-                                                                          : LockMode::Reader));
+    DMU_ASSIGN_OR_RETURN(
+        ImageLock l,
+        ImageLock::acquire(file, mode == Access::ReadWrite ? LockMode::Writer : LockMode::Reader));
     chain->locks_.push_back(std::move(l));
     return {};
   };
@@ -133,9 +133,8 @@ unsigned Chain::device_depth(unsigned device) const {
 Result<ChainMapping> Chain::map(uint64_t offset, uint64_t length) {
   const uint64_t size = virtual_size();
   if (offset >= size || length == 0)
-    return fail(EINVAL, images_.front()->info().filename + ": map of " +
-                            std::to_string(length) + " bytes at " + hex(offset) +
-                            " is outside the virtual disk");
+    return fail(EINVAL, images_.front()->info().filename + ": map of " + std::to_string(length) +
+                            " bytes at " + hex(offset) + " is outside the virtual disk");
   length = std::min(length, size - offset);
   for (unsigned depth = 0; depth < images_.size(); ++depth) {
     Image& image = *images_[depth];
@@ -155,8 +154,13 @@ Result<ChainMapping> Chain::map(uint64_t offset, uint64_t length) {
           return fail(EIO, image.info().filename + ": engine mapped " + hex(offset) +
                                " to data file " + std::to_string(m.file) + " of " +
                                std::to_string(files.size()));
-        return ChainMapping{length, ChainMapping::Kind::Data, device_index(depth, m.file),
-                            m.host_offset, depth, true, depth == 0 && writable() && m.writable};
+        return ChainMapping{length,
+                            ChainMapping::Kind::Data,
+                            device_index(depth, m.file),
+                            m.host_offset,
+                            depth,
+                            true,
+                            depth == 0 && writable() && m.writable};
       }
       case MapKind::Zero:
         return ChainMapping{length, ChainMapping::Kind::Zero, 0, 0, depth, true, false};

@@ -18,7 +18,9 @@ namespace {
 const std::array<Driver, 4> kDrivers = {qcow2_driver, qcow_driver, vmdk_driver, raw_driver};
 }  // namespace
 
-std::span<const Driver> drivers() { return kDrivers; }
+std::span<const Driver> drivers() {
+  return kDrivers;
+}
 
 const Driver* find_driver(const std::string& name) {
   for (const Driver& d : kDrivers)

@@ -11,13 +11,13 @@
 namespace dmu::mapper {
 
 namespace {
-uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+uint64_t ceil_div(uint64_t a, uint64_t b) {
+  return a / b + (a % b != 0);
+}
 }  // namespace
 
 InprocessTransport::InprocessTransport(MapService& service)
-    : service_(service),
-      block_size_(service.block_size()),
-      virtual_size_(service.virtual_size()) {}
+    : service_(service), block_size_(service.block_size()), virtual_size_(service.virtual_size()) {}
 
 Error InprocessTransport::protocol_error(const std::string& what) const {
   return Error{EIO, service_.devices().front()->path() + ": protocol violation: " + what};
@@ -74,14 +74,14 @@ Result<void> InprocessTransport::check_device_range(uint32_t dev, uint64_t byte,
                                                     const char* what) const {
   const auto& devices = service_.devices();
   if (dev >= devices.size())
-    return fail(protocol_error(std::string(what) + " names device " + std::to_string(dev) +
-                               " of " + std::to_string(devices.size())));
+    return fail(protocol_error(std::string(what) + " names device " + std::to_string(dev) + " of " +
+                               std::to_string(devices.size())));
   DMU_ASSIGN_OR_RETURN(uint64_t size, devices[dev]->size());
   auto end = checked_add(byte, bytes);
   if (!end || *end > align_up(size, 512).value_or(size))
     return fail(protocol_error(std::string(what) + " runs past the end of device " +
-                               std::to_string(dev) + " (" + hex(byte) + " + " + hex(bytes) +
-                               " > " + hex(size) + ")"));
+                               std::to_string(dev) + " (" + hex(byte) + " + " + hex(bytes) + " > " +
+                               hex(size) + ")"));
   return {};
 }
 
@@ -193,8 +193,8 @@ Result<InprocessTransport::Answer> InprocessTransport::map(uint64_t block, uint6
   if (a.status < 0 && (flags & DMU_MAP_WRITE)) DMU_TRY(done(r.id, a.status));
   if (a.status < 0 || (flags & DMU_MAP_DISCARD)) return a;
   for (const dmu_response& e : a.extents)
-    insert(e.block, Extent{e.nr_blocks, e.kind, e.ext_flags & ~uint32_t(DMU_EXT_NEW), e.dev,
-                           e.sector});
+    insert(e.block,
+           Extent{e.nr_blocks, e.kind, e.ext_flags & ~uint32_t(DMU_EXT_NEW), e.dev, e.sector});
   const auto* first = lookup(block);
   std::optional<Error> bad;
   if (!first)
@@ -222,9 +222,8 @@ Result<void> InprocessTransport::fill_new(const Answer& a, uint64_t skip_from, u
     const uint64_t e0 = e.block * block_size_;
     const uint64_t e1 = std::min<uint64_t>(virtual_size_, (e.block + e.nr_blocks) * block_size_);
     // The parts of [e0, e1) outside [skip_from, skip_to).
-    const std::pair<uint64_t, uint64_t> parts[2] = {
-        {e0, std::min(e1, std::max(e0, skip_from))},
-        {std::max(e0, std::min(e1, skip_to)), e1}};
+    const std::pair<uint64_t, uint64_t> parts[2] = {{e0, std::min(e1, std::max(e0, skip_from))},
+                                                    {std::max(e0, std::min(e1, skip_to)), e1}};
     for (auto [x, y] : parts) {
       if (x >= y) continue;
       std::vector<uint8_t> buf(y - x, 0);
@@ -232,8 +231,9 @@ Result<void> InprocessTransport::fill_new(const Answer& a, uint64_t skip_from, u
         const uint64_t c0 = c.block * 512, c1 = (c.block + c.nr_blocks) * 512;
         const uint64_t from = std::max(x, c0), to = std::min(y, c1);
         if (from >= to) continue;
-        DMU_ASSIGN_OR_RETURN(size_t got, devices[c.dev]->read_some(c.sector * 512 + (from - c0),
-                                                                   std::span(buf).subspan(from - x, to - from)));
+        DMU_ASSIGN_OR_RETURN(
+            size_t got, devices[c.dev]->read_some(c.sector * 512 + (from - c0),
+                                                  std::span(buf).subspan(from - x, to - from)));
         std::memset(buf.data() + (from - x) + got, 0, (to - from) - got);
         ++stats_.copies;
       }
@@ -342,8 +342,7 @@ Result<void> InprocessTransport::write(uint64_t offset, std::span<const uint8_t>
       continue;
     }
     const uint64_t block = pos / block_size_;
-    DMU_ASSIGN_OR_RETURN(Answer a,
-                         map(block, ceil_div(*end, block_size_) - block, DMU_MAP_WRITE));
+    DMU_ASSIGN_OR_RETURN(Answer a, map(block, ceil_div(*end, block_size_) - block, DMU_MAP_WRITE));
     if (a.status < 0)
       return fail(-a.status, devices.front()->path() + ": write at " + std::to_string(pos) +
                                  " failed: " + service_.last_error());
@@ -362,8 +361,8 @@ Result<void> InprocessTransport::write(uint64_t offset, std::span<const uint8_t>
 Result<void> InprocessTransport::discard(uint64_t offset, uint64_t length) {
   auto end = checked_add(offset, length);
   if (!end || *end > virtual_size_)
-    return fail(out_of_range(service_.devices().front()->path(), "discard", offset, length,
-                             virtual_size_));
+    return fail(
+        out_of_range(service_.devices().front()->path(), "discard", offset, length, virtual_size_));
   uint64_t first = ceil_div(offset, block_size_);
   uint64_t last = *end == virtual_size_ ? ceil_div(*end, block_size_) : *end / block_size_;
   if (first >= last) return {};

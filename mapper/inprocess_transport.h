@@ -39,9 +39,9 @@ class InprocessTransport {
   Result<void> flush();
 
   struct Stats {
-    uint64_t requests = 0;   // MAP requests sent
-    uint64_t hits = 0;       // block lookups the cache answered
-    uint64_t copies = 0;     // COPY messages executed
+    uint64_t requests = 0;  // MAP requests sent
+    uint64_t hits = 0;      // block lookups the cache answered
+    uint64_t copies = 0;    // COPY messages executed
     uint64_t invalidations = 0;
   };
   const Stats& stats() const { return stats_; }
@@ -85,7 +85,7 @@ class InprocessTransport {
   const uint64_t block_size_;
   const uint64_t virtual_size_;
   std::map<uint64_t, Extent> cache_;  // by first block; entries never overlap
-  std::set<unsigned> written_;         // devices written since the last flush
+  std::set<unsigned> written_;        // devices written since the last flush
   uint64_t next_id_ = 1;
   Stats stats_;
 };

@@ -13,8 +13,8 @@ namespace dmu::mapper {
 using formats::Chain;
 
 namespace {
-constexpr uint64_t kMinBlock = 4096;            // protocol: block_sectors >= 8
-constexpr uint64_t kMaxBlock = 2 << 20;         // no image maps coarser than 2 MiB
+constexpr uint64_t kMinBlock = 4096;     // protocol: block_sectors >= 8
+constexpr uint64_t kMaxBlock = 2 << 20;  // no image maps coarser than 2 MiB
 constexpr uint64_t kLinearChainBlock = 64 << 10;
 
 uint64_t floor_power_of_two(uint64_t v) {
@@ -114,7 +114,8 @@ void MapService::answer_discard(const dmu_request& r, std::vector<dmu_response>&
     return;
   }
   const uint64_t start = r.block * block_size_;
-  const uint64_t end = std::min<uint64_t>(chain_.virtual_size(), (r.block + r.nr_blocks) * block_size_);
+  const uint64_t end =
+      std::min<uint64_t>(chain_.virtual_size(), (r.block + r.nr_blocks) * block_size_);
   auto done = chain_.top().discard(start, end - start);
   forget_scratch(r.block, r.nr_blocks);
   // Cached extents of the range may point at clusters the discard released.

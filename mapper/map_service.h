@@ -54,9 +54,9 @@ static_assert(sizeof(dmu_request) == DMU_MSG_SIZE);
 static_assert(sizeof(dmu_response) == DMU_MSG_SIZE);
 
 struct MapServiceOptions {
-  uint64_t block_size = 0;               // bytes; 0 = choose_block_size(chain)
-  uint64_t read_ahead = 4 << 20;         // bytes a read answer may map beyond the request
-  unsigned max_messages = 128;           // per read answer (at most kMaxAnswerMessages)
+  uint64_t block_size = 0;                    // bytes; 0 = choose_block_size(chain)
+  uint64_t read_ahead = 4 << 20;              // bytes a read answer may map beyond the request
+  unsigned max_messages = 128;                // per read answer (at most kMaxAnswerMessages)
   uint64_t max_scratch_per_answer = 8 << 20;  // bytes decompressed for one read answer
   uint64_t max_write_span = 4 << 20;          // bytes of the asked range one write answer maps
   // Called after the service extended a data device (a freshly allocated
@@ -97,8 +97,8 @@ class MapService {
 
  private:
   struct Pending {
-    std::vector<uint64_t> tokens;        // Image::prepare_write tokens
-    std::vector<size_t> pinned_slots;    // scratch slots used as COPY sources
+    std::vector<uint64_t> tokens;             // Image::prepare_write tokens
+    std::vector<size_t> pinned_slots;         // scratch slots used as COPY sources
     uint64_t first_block = 0, nr_blocks = 0;  // what the NEW extents covered
   };
   class ReadAnswer;
@@ -129,7 +129,7 @@ class MapService {
   MapServiceOptions options_;
   uint64_t block_size_;
   std::vector<File*> devices_;
-  std::vector<uint64_t> device_sizes_;  // 0 = unknown
+  std::vector<uint64_t> device_sizes_;   // 0 = unknown
   std::map<uint64_t, Pending> pending_;  // by MAP request id
   std::string last_error_;
 };

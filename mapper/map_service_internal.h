@@ -8,11 +8,12 @@
 
 namespace dmu::mapper {
 
-inline uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+inline uint64_t ceil_div(uint64_t a, uint64_t b) {
+  return a / b + (a % b != 0);
+}
 
 // Appends extent e, merging it into the previous one when it continues it
 // (same kind and flags, adjacent blocks, and for REMAP adjacent sectors).
-void merge_remap(std::vector<dmu_response>& extents, const dmu_response& e,
-                 uint64_t block_sectors);
+void merge_remap(std::vector<dmu_response>& extents, const dmu_response& e, uint64_t block_sectors);
 
 }  // namespace dmu::mapper

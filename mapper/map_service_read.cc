@@ -36,8 +36,8 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
       std::min(vsize, std::max(asked_end, checked_add(start, options_.read_ahead).value_or(vsize)));
   const unsigned max_extents = std::clamp(options_.max_messages, 2u, kMaxAnswerMessages);
   // A read answer never takes more than an eighth of the scratch store.
-  uint64_t scratch_budget = std::max(
-      std::min(options_.max_scratch_per_answer, scratch_->slot_count() / 8 * B), B);
+  uint64_t scratch_budget =
+      std::max(std::min(options_.max_scratch_per_answer, scratch_->slot_count() / 8 * B), B);
 
   std::vector<dmu_response> extents;
   std::vector<dmu_response> invalidations;

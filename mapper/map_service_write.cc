@@ -96,8 +96,8 @@ Result<void> MapService::WriteAnswer::snapshot(uint64_t lo, uint64_t hi,
     bool needs_scratch = run.mapping.kind == ChainMapping::Kind::Compressed;
     if (run.mapping.kind == ChainMapping::Kind::Data) {
       DMU_ASSIGN_OR_RETURN(uint64_t size, s_.device_size(run.mapping.device, true));
-      needs_scratch = run.mapping.host_offset % 512 != 0 ||
-                      run.mapping.host_offset + run.mapping.length > size;
+      needs_scratch =
+          run.mapping.host_offset % 512 != 0 || run.mapping.host_offset + run.mapping.length > size;
     }
     if (!needs_scratch) continue;
     run.scratch = true;
@@ -177,18 +177,20 @@ Result<void> MapService::WriteAnswer::build_extents() {
     for (size_t k = si; k < segs_.size() && segs_[k].offset < b1; ++k) {
       const WriteTarget& t = segs_[k];
       const uint64_t x = std::max(t.offset, b0);
-      if (chain.device_index(0, t.file) != dev || t.host_offset + (x - t.offset) != host0 + (x - b0))
+      if (chain.device_index(0, t.file) != dev ||
+          t.host_offset + (x - t.offset) != host0 + (x - b0))
         return fail(EIO, chain.images().front()->info().filename + ": block at " + hex(b0) +
                              " is not contiguous on disk; it cannot be written through a " +
                              std::to_string(B_) + "-byte block");
       is_new = is_new || t.fresh;
     }
     if (host0 % 512)
-      return fail(EIO, chain.images().front()->info().filename + ": write target for " +
-                           hex(b0) + " at unaligned host offset " + hex(host0));
+      return fail(EIO, chain.images().front()->info().filename + ": write target for " + hex(b0) +
+                           " at unaligned host offset " + hex(host0));
     block_new_[i] = is_new;
     const uint32_t flags = DMU_EXT_WRITABLE | (is_new ? DMU_EXT_NEW : 0);
-    merge_remap(extents_, make_extent(r_.id, first_block + i, 1, DMU_EXT_REMAP, flags, dev, host0 / 512),
+    merge_remap(extents_,
+                make_extent(r_.id, first_block + i, 1, DMU_EXT_REMAP, flags, dev, host0 / 512),
                 B_ / 512);
   }
   return {};
@@ -210,8 +212,8 @@ Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
       for (uint64_t p = x; p < y;) {  // old contents from the scratch store, block by block
         const uint64_t b = p / B_, q = std::min(y, (b + 1) * B_);
         const uint64_t src = s_.scratch_->offset_of(old_slots_.at(b)) + (p - b * B_);
-        merge_copy(copies_, make_copy(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(),
-                                      src / 512));
+        merge_copy(copies_,
+                   make_copy(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(), src / 512));
         p = q;
       }
     } else if (m.kind == ChainMapping::Kind::Data) {
@@ -288,10 +290,9 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
   // The answer must cover the first block only: bound what one answer
   // prepares (and pins in the scratch store) so a huge request cannot
   // exhaust it.
-  const uint64_t span = std::max(
-      B_, std::min(s_.options_.max_write_span, s_.scratch_->slot_count() / 4 * B_));
-  const uint64_t end =
-      std::min<uint64_t>({vsize_, (r_.block + r_.nr_blocks) * B_, start + span});
+  const uint64_t span =
+      std::max(B_, std::min(s_.options_.max_write_span, s_.scratch_->slot_count() / 4 * B_));
+  const uint64_t end = std::min<uint64_t>({vsize_, (r_.block + r_.nr_blocks) * B_, start + span});
   // Any allocation for [start, end) lies within the clusters around it.
   const uint64_t cluster = std::max({B_, info.cluster_size, info.granularity});
   const uint64_t snap_lo = align_down(start, cluster);

@@ -73,8 +73,7 @@ Result<size_t> ScratchStore::allocate(uint64_t block, std::vector<uint64_t>& evi
   // ahead of need once fewer than a quarter of the slots are free.
   while (free_.size() < slots_.size() / 4 && evict_one(evicted)) {
   }
-  if (free_.empty() && !quarantine_.empty() &&
-      slots_[quarantine_.front()].retired_at < clock_) {
+  if (free_.empty() && !quarantine_.empty() && slots_[quarantine_.front()].retired_at < clock_) {
     // Under extreme pressure, cut the oldest quarantine short rather than
     // fail the guest's I/O.
     slots_[quarantine_.front()].state = Slot::Free;

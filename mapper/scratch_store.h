@@ -76,17 +76,17 @@ class ScratchStore {
 
   ScratchStore(std::unique_ptr<File> file, uint64_t slot_size, size_t slots);
   void retire(size_t index);
-  void recycle();                                   // quarantine -> free
+  void recycle();                                  // quarantine -> free
   bool evict_one(std::vector<uint64_t>& evicted);  // oldest unpinned Used -> Retired
-  void compact_age();                               // drops stale age_ entries
+  void compact_age();                              // drops stale age_ entries
 
   std::unique_ptr<File> file_;
   uint64_t slot_size_;
   std::vector<Slot> slots_;
   std::unordered_map<uint64_t, size_t> by_block_;
-  std::set<size_t> free_;           // lowest first, so runs tend to be contiguous
-  std::deque<size_t> age_;          // Used slots, oldest first (may hold stale entries)
-  std::deque<size_t> quarantine_;   // Retired slots, oldest first
+  std::set<size_t> free_;          // lowest first, so runs tend to be contiguous
+  std::deque<size_t> age_;         // Used slots, oldest first (may hold stale entries)
+  std::deque<size_t> quarantine_;  // Retired slots, oldest first
   uint64_t clock_ = 0;
 };
 

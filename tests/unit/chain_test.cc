@@ -38,9 +38,10 @@ TEST(ResolveBackingPath, IsRelativeToTheDirectoryOfTheNamingImage) {
 
 TEST(Chain, OpensBackingFilesRelativeToTheImageNotTheWorkingDirectory) {
   TempDir dir;
-  sh(dir, "mkdir -p a b; qemu-img create -q -f qcow2 b/base.qcow2 2M;"
-          "qemu-io -f qcow2 b/base.qcow2 -c 'write -P 5 1M 64k' >/dev/null;"
-          "qemu-img create -q -f qcow2 -b ../b/base.qcow2 -F qcow2 a/top.qcow2");
+  sh(dir,
+     "mkdir -p a b; qemu-img create -q -f qcow2 b/base.qcow2 2M;"
+     "qemu-io -f qcow2 b/base.qcow2 -c 'write -P 5 1M 64k' >/dev/null;"
+     "qemu-img create -q -f qcow2 -b ../b/base.qcow2 -F qcow2 a/top.qcow2");
   auto chain = open(dir.file("a/top.qcow2"));  // the test runs elsewhere
   ASSERT_TRUE(chain) << chain.error().message;
   ASSERT_EQ((*chain)->size(), 2u);
@@ -52,8 +53,9 @@ TEST(Chain, OpensBackingFilesRelativeToTheImageNotTheWorkingDirectory) {
 
 TEST(Chain, ProbesTheBackingFormatWhenTheImageDoesNotNameIt) {
   TempDir dir;  // qcow (v1) headers cannot name a backing format
-  sh(dir, "qemu-img create -q -f qcow2 base.qcow2 1M; qemu-img create -q -f qcow -b base.qcow2 "
-          "-F qcow2 top.qcow");
+  sh(dir,
+     "qemu-img create -q -f qcow2 base.qcow2 1M; qemu-img create -q -f qcow -b base.qcow2 "
+     "-F qcow2 top.qcow");
   auto chain = open(dir.file("top.qcow"));
   ASSERT_TRUE(chain) << chain.error().message;
   EXPECT_FALSE((*chain)->top().info().backing_file_format);
@@ -62,8 +64,9 @@ TEST(Chain, ProbesTheBackingFormatWhenTheImageDoesNotNameIt) {
 
 TEST(Chain, RefusesALoopThroughTwoImages) {
   TempDir dir;
-  sh(dir, "qemu-img create -q -f qcow2 a.qcow2 1M; qemu-img create -q -f qcow2 -b a.qcow2 "
-          "-F qcow2 b.qcow2; qemu-img rebase -u -b b.qcow2 -F qcow2 a.qcow2");
+  sh(dir,
+     "qemu-img create -q -f qcow2 a.qcow2 1M; qemu-img create -q -f qcow2 -b a.qcow2 "
+     "-F qcow2 b.qcow2; qemu-img rebase -u -b b.qcow2 -F qcow2 a.qcow2");
   auto chain = open(dir.file("b.qcow2"));
   ASSERT_FALSE(chain);
   EXPECT_EQ(chain.error().code, ELOOP);
@@ -81,8 +84,9 @@ TEST(Chain, RefusesAnImageThatIsItsOwnBackingFile) {
 
 TEST(Chain, RefusesAChainDeeperThanTheLimit) {
   TempDir dir;
-  sh(dir, "qemu-img create -q -f qcow2 i0.qcow2 1M; for i in 1 2 3; do qemu-img create -q -f "
-          "qcow2 -b i$((i - 1)).qcow2 -F qcow2 i$i.qcow2; done");
+  sh(dir,
+     "qemu-img create -q -f qcow2 i0.qcow2 1M; for i in 1 2 3; do qemu-img create -q -f "
+     "qcow2 -b i$((i - 1)).qcow2 -F qcow2 i$i.qcow2; done");
   EXPECT_TRUE(open(dir.file("i3.qcow2"), Access::ReadOnly, 4));
   auto chain = open(dir.file("i3.qcow2"), Access::ReadOnly, 3);
   ASSERT_FALSE(chain);
@@ -92,8 +96,9 @@ TEST(Chain, RefusesAChainDeeperThanTheLimit) {
 
 TEST(Chain, NamesBothImagesWhenTheBackingFileIsMissing) {
   TempDir dir;
-  sh(dir, "qemu-img create -q -f qcow2 base.qcow2 1M; qemu-img create -q -f qcow2 -b base.qcow2 "
-          "-F qcow2 top.qcow2; rm base.qcow2");
+  sh(dir,
+     "qemu-img create -q -f qcow2 base.qcow2 1M; qemu-img create -q -f qcow2 -b base.qcow2 "
+     "-F qcow2 top.qcow2; rm base.qcow2");
   auto chain = open(dir.file("top.qcow2"));
   ASSERT_FALSE(chain);
   EXPECT_EQ(chain.error().code, ENOENT);
@@ -103,8 +108,9 @@ TEST(Chain, NamesBothImagesWhenTheBackingFileIsMissing) {
 
 TEST(Chain, OpensBackingImagesReadOnlyUnderAWritableTop) {
   TempDir dir;
-  sh(dir, "qemu-img create -q -f qcow2 base.qcow2 1M; qemu-img create -q -f qcow2 -b base.qcow2 "
-          "-F qcow2 top.qcow2");
+  sh(dir,
+     "qemu-img create -q -f qcow2 base.qcow2 1M; qemu-img create -q -f qcow2 -b base.qcow2 "
+     "-F qcow2 top.qcow2");
   auto chain = open(dir.file("top.qcow2"), Access::ReadWrite);
   ASSERT_TRUE(chain) << chain.error().message;
   EXPECT_TRUE((*chain)->writable());
@@ -117,10 +123,11 @@ TEST(Chain, OpensBackingImagesReadOnlyUnderAWritableTop) {
 
 TEST(Chain, UnallocatedFallsThroughAndShortBackingReadsZeros) {
   TempDir dir;
-  sh(dir, "qemu-img create -q -f qcow2 base.qcow2 1M;"
-          "qemu-io -f qcow2 base.qcow2 -c 'write -P 7 0 1M' >/dev/null;"
-          "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 2M;"
-          "qemu-io -f qcow2 top.qcow2 -c 'write -P 8 64k 64k' >/dev/null");
+  sh(dir,
+     "qemu-img create -q -f qcow2 base.qcow2 1M;"
+     "qemu-io -f qcow2 base.qcow2 -c 'write -P 7 0 1M' >/dev/null;"
+     "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 2M;"
+     "qemu-io -f qcow2 top.qcow2 -c 'write -P 8 64k 64k' >/dev/null");
   auto chain = open(dir.file("top.qcow2"));
   ASSERT_TRUE(chain) << chain.error().message;
   auto& c = **chain;
@@ -154,8 +161,9 @@ TEST(Chain, UnallocatedFallsThroughAndShortBackingReadsZeros) {
 
 TEST(Chain, DevicesListEveryDataFileTopFirst) {
   TempDir dir;
-  sh(dir, "qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentFlat base.vmdk 3G;"
-          "qemu-img create -q -f qcow2 -o data_file=top.data -b base.vmdk -F vmdk top.qcow2");
+  sh(dir,
+     "qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentFlat base.vmdk 3G;"
+     "qemu-img create -q -f qcow2 -o data_file=top.data -b base.vmdk -F vmdk top.qcow2");
   auto chain = open(dir.file("top.qcow2"));
   ASSERT_TRUE(chain) << chain.error().message;
   auto& c = **chain;

@@ -46,9 +46,9 @@ TEST(Cli, UnknownCommandsAndOptionsAreOneLineErrors) {
 
 TEST(Cli, MissingImageIsNamedByEverySubcommand) {
   TempDir dir;
-  for (const char* args : {"info nope.img", "map nope.img", "check nope.img",
-                           "export nope.img out.raw", "io nope.img -c 'read 0 512'",
-                           "create -f qcow2 -b nope.img top.qcow2"}) {
+  for (const char* args :
+       {"info nope.img", "map nope.img", "check nope.img", "export nope.img out.raw",
+        "io nope.img -c 'read 0 512'", "create -f qcow2 -b nope.img top.qcow2"}) {
     auto r = run_split(dmu(args), dir.path());
     EXPECT_NE(r.exit_code, 0) << args;
     EXPECT_EQ(line_count(r.err), 1u) << args << ": " << r.err;
@@ -99,27 +99,61 @@ TEST_P(CliCreate, ImagePassesQemuImgCheckAndInfoShowsWhatWasAsked) {
 using nlohmann::json;
 const CreateCase kCreateCases[] = {
     {"RawFractionalSize", "-f raw img 1.5M", "raw", 1572864, json::object(), false},
-    {"Qcow2Defaults", "-f qcow2 img 64M", "qcow2", 64 << 20,
-     {{"/cluster-size", 65536}, {"/format-specific/data/compat", "1.1"}}, true},
-    {"Qcow2Compat010SmallClusters", "-f qcow2 -o compat=0.10,cluster_size=4k img 10M", "qcow2",
-     10 << 20, {{"/cluster-size", 4096}, {"/format-specific/data/compat", "0.10"}}, true},
-    {"Qcow2LazyRefcounts8Bit", "-f qcow2 -o lazy_refcounts=on,refcount_bits=8 img 1G", "qcow2",
+    {"Qcow2Defaults",
+     "-f qcow2 img 64M",
+     "qcow2",
+     64 << 20,
+     {{"/cluster-size", 65536}, {"/format-specific/data/compat", "1.1"}},
+     true},
+    {"Qcow2Compat010SmallClusters",
+     "-f qcow2 -o compat=0.10,cluster_size=4k img 10M",
+     "qcow2",
+     10 << 20,
+     {{"/cluster-size", 4096}, {"/format-specific/data/compat", "0.10"}},
+     true},
+    {"Qcow2LazyRefcounts8Bit",
+     "-f qcow2 -o lazy_refcounts=on,refcount_bits=8 img 1G",
+     "qcow2",
      1 << 30,
      {{"/format-specific/data/lazy-refcounts", true}, {"/format-specific/data/refcount-bits", 8}},
      true},
-    {"Qcow2ExtendedL2", "-f qcow2 -o extended_l2=on img 8M", "qcow2", 8 << 20,
-     {{"/format-specific/data/extended-l2", true}}, true},
-    {"Qcow2Zstd", "-f qcow2 -o compression_type=zstd img 8M", "qcow2", 8 << 20,
-     {{"/format-specific/data/compression-type", "zstd"}}, true},
-    {"Qcow2ExternalDataFile", "-f qcow2 -o data_file=img.data img 8M", "qcow2", 8 << 20,
-     {{"/format-specific/data/data-file", "img.data"}}, true},
+    {"Qcow2ExtendedL2",
+     "-f qcow2 -o extended_l2=on img 8M",
+     "qcow2",
+     8 << 20,
+     {{"/format-specific/data/extended-l2", true}},
+     true},
+    {"Qcow2Zstd",
+     "-f qcow2 -o compression_type=zstd img 8M",
+     "qcow2",
+     8 << 20,
+     {{"/format-specific/data/compression-type", "zstd"}},
+     true},
+    {"Qcow2ExternalDataFile",
+     "-f qcow2 -o data_file=img.data img 8M",
+     "qcow2",
+     8 << 20,
+     {{"/format-specific/data/data-file", "img.data"}},
+     true},
     {"Qcow", "-f qcow img 5M", "qcow", 5 << 20, json::object(), false},
-    {"VmdkSparse", "-f vmdk img 100M", "vmdk", 100 << 20,
-     {{"/format-specific/data/create-type", "monolithicSparse"}}, true},
-    {"VmdkFlat", "-f vmdk -o subformat=monolithicFlat img 1024k", "vmdk", 1 << 20,
-     {{"/format-specific/data/create-type", "monolithicFlat"}}, true},
-    {"VmdkTwoGbSparse", "-f vmdk -o subformat=twoGbMaxExtentSparse img 3G", "vmdk",
-     uint64_t(3) << 30, {{"/format-specific/data/create-type", "twoGbMaxExtentSparse"}}, true},
+    {"VmdkSparse",
+     "-f vmdk img 100M",
+     "vmdk",
+     100 << 20,
+     {{"/format-specific/data/create-type", "monolithicSparse"}},
+     true},
+    {"VmdkFlat",
+     "-f vmdk -o subformat=monolithicFlat img 1024k",
+     "vmdk",
+     1 << 20,
+     {{"/format-specific/data/create-type", "monolithicFlat"}},
+     true},
+    {"VmdkTwoGbSparse",
+     "-f vmdk -o subformat=twoGbMaxExtentSparse img 3G",
+     "vmdk",
+     uint64_t(3) << 30,
+     {{"/format-specific/data/create-type", "twoGbMaxExtentSparse"}},
+     true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Formats, CliCreate, ::testing::ValuesIn(kCreateCases),
@@ -157,8 +191,8 @@ TEST(Cli, CreateRefusesBadInputWithOneLineAndNoFile) {
 TEST(Cli, IoWritesWhatQemuIoReadsAndVerifiesPatterns) {
   TempDir dir;
   ASSERT_EQ(run_split("qemu-img create -q -f qcow2 img 1M", dir.path()).exit_code, 0);
-  auto w = run_split(dmu("io img -c 'write -P 0x5a 1000 3000' -c 'read -P 0x5a 1000 3000'"),
-                     dir.path());
+  auto w =
+      run_split(dmu("io img -c 'write -P 0x5a 1000 3000' -c 'read -P 0x5a 1000 3000'"), dir.path());
   ASSERT_EQ(w.exit_code, 0) << w.err;
   EXPECT_NE(w.out.find("wrote 3000/3000 bytes at offset 1000"), std::string::npos) << w.out;
   EXPECT_NE(w.out.find("read 3000/3000 bytes at offset 1000"), std::string::npos) << w.out;
@@ -196,8 +230,8 @@ TEST(Cli, ExportShowsProgressOnATerminalOnly) {
   EXPECT_EQ(quiet.exit_code, 0);
   EXPECT_EQ(quiet.err, "");
   // script(1) gives the command a terminal.
-  auto tty = run_split("script -qec " + shell_quote(dmu("export img b.raw")) + " /dev/null",
-                       dir.path());
+  auto tty =
+      run_split("script -qec " + shell_quote(dmu("export img b.raw")) + " /dev/null", dir.path());
   EXPECT_EQ(tty.exit_code, 0) << tty.err;
   EXPECT_NE(tty.out.find("100.00/100%"), std::string::npos) << tty.out;
   EXPECT_NE(tty.out.find("MB/s"), std::string::npos) << tty.out;

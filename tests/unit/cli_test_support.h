@@ -15,7 +15,9 @@
 
 namespace dmu::test {
 
-inline std::string dmu_bin() { return std::string(DMU_BUILD_DIR) + "/cli/dmu"; }
+inline std::string dmu_bin() {
+  return std::string(DMU_BUILD_DIR) + "/cli/dmu";
+}
 
 struct Outcome {
   int exit_code = -1;  // 124: timed out; >= 128: killed by a signal
@@ -41,7 +43,9 @@ inline Outcome run_split(const std::string& command, const std::string& dir, int
   return o;
 }
 
-inline std::string dmu(const std::string& args) { return dmu_bin() + " " + args; }
+inline std::string dmu(const std::string& args) {
+  return dmu_bin() + " " + args;
+}
 
 inline size_t line_count(const std::string& s) {
   size_t n = 0;

@@ -26,7 +26,7 @@ constexpr uint64_t kSize = 4 * M;
 
 struct Case {
   const char* name;
-  const char* build;  // shell: makes top.img (and backing files) in a directory
+  const char* build;               // shell: makes top.img (and backing files) in a directory
   std::vector<const char*> files;  // files loaded into the simulator, top first
   bool qemu_check;
 };
@@ -122,8 +122,8 @@ class CrashConsistency : public ::testing::TestWithParam<Case> {
   }
 
   void verify(FaultEnv& env, const RunResult& r, uint64_t cut, int keeps, bool qemu_check) {
-    const std::string where = "cut after " + std::to_string(cut) + " mutations, crash keeps " +
-                              std::to_string(keeps);
+    const std::string where =
+        "cut after " + std::to_string(cut) + " mutations, crash keeps " + std::to_string(keeps);
     auto chain = formats::Chain::open(env, "top.img", formats::ChainOptions{});
     ASSERT_TRUE(chain) << where << ": " << chain.error().message;
     auto report = (*chain)->top().check(formats::Repair::None);
@@ -141,7 +141,8 @@ class CrashConsistency : public ::testing::TestWithParam<Case> {
         break;
       }
     if (qemu_check) {
-      for (const auto& [name, bytes] : initial_) write_file(dir_.file("crashed-" + name), env.contents(name));
+      for (const auto& [name, bytes] : initial_)
+        write_file(dir_.file("crashed-" + name), env.contents(name));
       auto c = run_split("qemu-img check crashed-top.img", dir_.path());
       EXPECT_TRUE(c.exit_code == 0 || c.exit_code == 3) << where << "\n" << c.out << c.err;
     }
@@ -166,8 +167,9 @@ TEST_P(CrashConsistency, EveryCutLeavesAConsistentImageWithAcknowledgedData) {
     const int keeps = int(cut % 3);
     FaultEnv env;
     RunResult r = run(env, ops, cut);
-    env.crash(keeps == 0 ? CrashKeeps::Nothing
-                         : keeps == 1 ? CrashKeeps::Everything : CrashKeeps::RandomSubset,
+    env.crash(keeps == 0   ? CrashKeeps::Nothing
+              : keeps == 1 ? CrashKeeps::Everything
+                           : CrashKeeps::RandomSubset,
               uint32_t(cut));
     verify(env, r, cut, keeps, GetParam().qemu_check && (cut % 4 == 0 || cut == total));
     if (HasFailure()) break;
@@ -177,14 +179,19 @@ TEST_P(CrashConsistency, EveryCutLeavesAConsistentImageWithAcknowledgedData) {
 const Case kCases[] = {
     {"Qcow2Compat11", "qemu-img create -q -f qcow2 top.img 4M", {"top.img"}, true},
     {"Qcow2Compat010", "qemu-img create -q -f qcow2 -o compat=0.10 top.img 4M", {"top.img"}, true},
-    {"Qcow2LazyRefcounts", "qemu-img create -q -f qcow2 -o lazy_refcounts=on top.img 4M",
-     {"top.img"}, true},
+    {"Qcow2LazyRefcounts",
+     "qemu-img create -q -f qcow2 -o lazy_refcounts=on top.img 4M",
+     {"top.img"},
+     true},
     {"Qcow2OverBacking",
      "qemu-img create -q -f qcow2 -o cluster_size=4k base.qcow2 4M;"
      "qemu-io -f qcow2 base.qcow2 -c 'write -P 3 0 4M' >/dev/null;"
      "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.img",
-     {"top.img", "base.qcow2"}, true},
-    {"Qcow2ExtendedL2", "qemu-img create -q -f qcow2 -o extended_l2=on top.img 4M", {"top.img"},
+     {"top.img", "base.qcow2"},
+     true},
+    {"Qcow2ExtendedL2",
+     "qemu-img create -q -f qcow2 -o extended_l2=on top.img 4M",
+     {"top.img"},
      true},
     {"Qcow", "qemu-img create -q -f qcow top.img 4M", {"top.img"}, false},
     {"VmdkMonolithicSparse", "qemu-img create -q -f vmdk top.img 4M", {"top.img"}, true},

@@ -14,8 +14,8 @@
 #include <set>
 #include <vector>
 
-#include "formats/image.h"
 #include "fileio/mem_env.h"
+#include "formats/image.h"
 
 namespace dmu::test {
 
@@ -167,10 +167,14 @@ class FakeImage final : public formats::Image {
   static uint64_t align(uint64_t v, uint64_t a) { return v - v % a; }
   static formats::MapKind kind_of(Kind k) {
     switch (k) {
-      case Kind::Data: return formats::MapKind::Data;
-      case Kind::Zero: return formats::MapKind::Zero;
-      case Kind::Compressed: return formats::MapKind::Compressed;
-      default: return formats::MapKind::Unallocated;
+      case Kind::Data:
+        return formats::MapKind::Data;
+      case Kind::Zero:
+        return formats::MapKind::Zero;
+      case Kind::Compressed:
+        return formats::MapKind::Compressed;
+      default:
+        return formats::MapKind::Unallocated;
     }
   }
   // Host place of a guest offset: clusters are allocated at the end of the

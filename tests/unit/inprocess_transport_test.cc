@@ -42,8 +42,9 @@ class TransportRig {
     seed_contents();
     chain_ = *formats::Chain::assemble(std::move(images), formats::Access::ReadWrite);
     const uint64_t block = choose_block_size(*chain_);
-    service_ = *MapService::create(*chain_, *ScratchStore::create(env_, "scratch", 256 * K, block, false),
-                                   MapServiceOptions{});
+    service_ =
+        *MapService::create(*chain_, *ScratchStore::create(env_, "scratch", 256 * K, block, false),
+                            MapServiceOptions{});
     transport_ = std::make_unique<InprocessTransport>(*service_);
   }
 
@@ -112,7 +113,9 @@ TEST_P(InprocessTransportRandom, ReadsEqualTheModelAfterRandomUnalignedIo) {
     const uint64_t off = rng() % size;
     const uint64_t len = 1 + rng() % std::min<uint64_t>(size - off, 150 * K);
     switch (rng() % 8) {
-      case 0: case 1: case 2: {
+      case 0:
+      case 1:
+      case 2: {
         std::vector<uint8_t> got(len);
         auto r = rig.io().read(off, got);
         ASSERT_TRUE(r) << r.error().message;
@@ -122,7 +125,9 @@ TEST_P(InprocessTransportRandom, ReadsEqualTheModelAfterRandomUnalignedIo) {
             << off + uint64_t(diff.first - got.begin());
         break;
       }
-      case 3: case 4: case 5: {
+      case 3:
+      case 4:
+      case 5: {
         auto bytes = test::random_bytes(len, uint32_t(rng()));
         auto w = rig.io().write(off, bytes);
         ASSERT_TRUE(w) << w.error().message;

@@ -82,7 +82,10 @@ TEST_F(LockImage, ReadersShareButExcludeAWriter) {
 }
 
 TEST_F(LockImage, ReleasedWhenTheLockIsDropped) {
-  { auto w = ImageLock::acquire(image_, LockMode::Writer); ASSERT_TRUE(w); }
+  {
+    auto w = ImageLock::acquire(image_, LockMode::Writer);
+    ASSERT_TRUE(w);
+  }
   EXPECT_TRUE(ImageLock::acquire(image_, LockMode::Writer));
 }
 

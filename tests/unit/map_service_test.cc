@@ -138,7 +138,7 @@ TEST(MapRead, FallsThroughToTheBackingImage) {
   auto out = s.map(1, 1, 1);
   ASSERT_GE(out.size(), 1u);
   EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_REMAP));
-  EXPECT_EQ(out[0].dev, 1u);  // base's file
+  EXPECT_EQ(out[0].dev, 1u);        // base's file
   EXPECT_EQ(out[0].ext_flags, 0u);  // backing data is never writable
 }
 
@@ -159,9 +159,9 @@ TEST(MapRead, BlockWithDifferentlyMappedPartsIsServedFromScratch) {
   Rig s;
   s.build(1 << 20, 64 * K, 64 * K, formats::Access::ReadWrite, 2 * K);  // block 4K
   auto low = test::random_bytes(2 * K, 4), high = test::random_bytes(2 * K, 5);
-  s.top->put_data(0, low);                       // subcluster 0 in the top
+  s.top->put_data(0, low);  // subcluster 0 in the top
   s.base->put_data(0, test::random_bytes(4 * K, 6));
-  s.base->put_data(2 * K, high);                 // subcluster 1 from the base
+  s.base->put_data(2 * K, high);  // subcluster 1 from the base
   auto out = s.map(1, 0, 1);
   ASSERT_GE(out.size(), 1u);
   EXPECT_EQ(out[0].dev, s.service->scratch_device());
@@ -184,9 +184,9 @@ TEST(MapRead, MalformedRequestsFailWithEinval) {
 
 TEST(MapWrite, FreshClusterIsNewWithCopiesFromTheBacking) {
   Rig s;
-  s.build(1 << 20, 64 * K, 4 * K);  // block 4K, top allocates 64K clusters
+  s.build(1 << 20, 64 * K, 4 * K);                         // block 4K, top allocates 64K clusters
   s.base->put_data(64 * K, test::random_bytes(8 * K, 7));  // two 4K base clusters
-  auto out = s.map(9, 16 + 5, 1, DMU_MAP_WRITE);            // a block inside [64K, 128K)
+  auto out = s.map(9, 16 + 5, 1, DMU_MAP_WRITE);           // a block inside [64K, 128K)
   auto extents = of_type(out, DMU_RSP_EXTENT);
   auto copies = of_type(out, DMU_RSP_COPY);
   ASSERT_EQ(extents.size(), 1u);
@@ -265,7 +265,7 @@ TEST(MapWrite, ZeroOldContentsNeedNoCopy) {
 TEST(MapWrite, SubclusterBlockKeepsItsAllocatedHalfBySelfCopy) {
   Rig s;
   s.build(1 << 20, 64 * K, 64 * K, formats::Access::ReadWrite, 2 * K);  // block 4K
-  s.top->put_data(0, test::random_bytes(2 * K, 11));       // subcluster 0 allocated
+  s.top->put_data(0, test::random_bytes(2 * K, 11));                    // subcluster 0 allocated
   s.base->put_data(0, test::random_bytes(64 * K, 12));
   auto out = s.map(9, 0, 1, DMU_MAP_WRITE);
   auto extents = of_type(out, DMU_RSP_EXTENT);
@@ -281,7 +281,8 @@ TEST(MapWrite, SubclusterBlockKeepsItsAllocatedHalfBySelfCopy) {
 
 // Every other 4 KiB of the base holds data: no two COPY sources merge.
 void fragment_base(FakeImage& base, uint64_t from, uint64_t to) {
-  for (uint64_t off = from; off < to; off += 8 * K) base.put_data(off, test::random_bytes(4 * K, 1));
+  for (uint64_t off = from; off < to; off += 8 * K)
+    base.put_data(off, test::random_bytes(4 * K, 1));
 }
 
 TEST(MapWrite, LongAnswersAreCutToTheProtocolsMessageLimit) {

@@ -18,10 +18,11 @@ constexpr uint64_t kCluster = 65536;
 class OracleCheck : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto r = run_split("qemu-img create -q -f qcow2 img.qcow2 4M && qemu-io -f qcow2 img.qcow2 "
-                       "-c 'write -P 1 0 64k' -c 'write -P 2 64k 64k' -c 'write -P 3 1M 64k' "
-                       ">/dev/null",
-                       dir_.path());
+    auto r = run_split(
+        "qemu-img create -q -f qcow2 img.qcow2 4M && qemu-io -f qcow2 img.qcow2 "
+        "-c 'write -P 1 0 64k' -c 'write -P 2 64k 64k' -c 'write -P 3 1M 64k' "
+        ">/dev/null",
+        dir_.path());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     path_ = dir_.file("img.qcow2");
     bytes_ = read_file(path_);
@@ -91,8 +92,9 @@ TEST_F(OracleCheck, JsonReportHasQemuImgsFieldsAndCounts) {
   auto a = nlohmann::json::parse(ours.out), b = nlohmann::json::parse(ref.out);
   for (const auto& [key, value] : b.items()) {
     if (key == "filename") continue;
-    EXPECT_EQ(a.value(key, nlohmann::json()), value) << key << "\ndmu:\n" << ours.out
-                                                     << "qemu-img:\n" << ref.out;
+    EXPECT_EQ(a.value(key, nlohmann::json()), value) << key << "\ndmu:\n"
+                                                     << ours.out << "qemu-img:\n"
+                                                     << ref.out;
   }
   for (const auto& [key, value] : a.items())
     EXPECT_TRUE(b.contains(key)) << "dmu reports " << key << " which qemu-img does not";
@@ -110,9 +112,10 @@ TEST_F(OracleCheck, RepairingLeaksLeavesAnImageQemuImgFindsClean) {
 // qemu-img check refuses qcow (exit 63); dmu's qcow engine has a check, and
 // dmu uses it rather than copy the refusal.
 TEST_F(OracleCheck, QcowIsCheckedByTheEngineWhereQemuImgCannot) {
-  auto made = run_split("qemu-img create -q -f qcow q.qcow 1M && qemu-io -f qcow q.qcow "
-                        "-c 'write -P 1 0 8k' >/dev/null",
-                        dir_.path());
+  auto made = run_split(
+      "qemu-img create -q -f qcow q.qcow 1M && qemu-io -f qcow q.qcow "
+      "-c 'write -P 1 0 8k' >/dev/null",
+      dir_.path());
   ASSERT_EQ(made.exit_code, 0);
   auto ref = run_split("qemu-img check q.qcow", dir_.path());
   EXPECT_EQ(ref.exit_code, 63);

@@ -79,7 +79,8 @@ const Case kCases[] = {
     {"Qcow2ChainRelativePaths",
      "mkdir -p a b; truncate -s 8M b/base.raw; fill raw b/base.raw 0;"
      "qemu-img create -q -f qcow2 -b base.raw -F raw b/mid.qcow2; fill qcow2 b/mid.qcow2 30;"
-     "qemu-img create -q -f qcow2 -b ../b/mid.qcow2 -F qcow2 a/top.qcow2; fill qcow2 a/top.qcow2 60",
+     "qemu-img create -q -f qcow2 -b ../b/mid.qcow2 -F qcow2 a/top.qcow2; fill qcow2 a/top.qcow2 "
+     "60",
      "a/top.qcow2"},
     {"Qcow2ExtendedL2OverBacking",
      "qemu-img create -q -f qcow2 b.qcow2 8M; fill qcow2 b.qcow2 0;"
@@ -88,7 +89,8 @@ const Case kCases[] = {
      "70000 2048' >/dev/null",
      "t.qcow2"},
     {"Qcow2LazyRefcounts",
-     "qemu-img create -q -f qcow2 -o lazy_refcounts=on d.qcow2 8M; fill qcow2 d.qcow2 0", "d.qcow2"},
+     "qemu-img create -q -f qcow2 -o lazy_refcounts=on d.qcow2 8M; fill qcow2 d.qcow2 0",
+     "d.qcow2"},
     {"Qcow2RefcountBits1",
      "qemu-img create -q -f qcow2 -o refcount_bits=1 d.qcow2 8M; fill qcow2 d.qcow2 0", "d.qcow2"},
     {"Qcow2RefcountBits64",
@@ -111,7 +113,8 @@ const Case kCases[] = {
      "qemu-img create -q -f vmdk -o subformat=monolithicFlat d.vmdk 8M; fill vmdk d.vmdk 0",
      "d.vmdk"},
     {"VmdkTwoGbMaxExtentSparse",
-     "qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse d.vmdk 2100M; fill vmdk d.vmdk 0;"
+     "qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse d.vmdk 2100M; fill vmdk d.vmdk "
+     "0;"
      "qemu-io -f vmdk d.vmdk -c 'write -P 9 2047M 2M' >/dev/null",
      "d.vmdk"},
     {"VmdkTwoGbMaxExtentFlat",
@@ -182,9 +185,10 @@ TEST_P(OracleExport, ExportIsByteIdenticalToQemuImgConvert) {
   EXPECT_EQ(ours.err, "");
   // qemu-img compare reads both files through their holes (cmp would read
   // 2 GiB of zeros for the twoGbMaxExtent cases); sizes compared apart.
-  auto cmp = run_split("qemu-img compare -q -f raw -F raw ref.raw out.raw && "
-                       "test $(stat -c %s ref.raw) = $(stat -c %s out.raw)",
-                       dir_->path());
+  auto cmp = run_split(
+      "qemu-img compare -q -f raw -F raw ref.raw out.raw && "
+      "test $(stat -c %s ref.raw) = $(stat -c %s out.raw)",
+      dir_->path());
   EXPECT_EQ(cmp.exit_code, 0) << cmp.out << cmp.err;
   // Sparse like qemu-img's output: never more blocks allocated than it.
   auto du = run_split("echo $(stat -c %b out.raw) $(stat -c %b ref.raw)", dir_->path());
@@ -199,23 +203,23 @@ TEST_P(OracleExport, MapAgreesWithQemuImgMapOnDataAndZero) {
   ASSERT_EQ(ref.exit_code, 0) << ref.err;
   auto ours = run_split(dmu("map --output=json " + shell_quote(image_)), dir_->path());
   ASSERT_EQ(ours.exit_code, 0) << ours.err;
-  EXPECT_EQ(flag_runs(ours.out), flag_runs(ref.out)) << "dmu:\n" << ours.out << "qemu-img:\n"
+  EXPECT_EQ(flag_runs(ours.out), flag_runs(ref.out)) << "dmu:\n"
+                                                     << ours.out << "qemu-img:\n"
                                                      << ref.out;
 }
 
 TEST_P(OracleExport, InfoAgreesWithQemuImgInfoAlongTheBackingChain) {
-  auto ref = run_split("qemu-img info --output=json --backing-chain " + shell_quote(image_),
-                       dir_->path());
+  auto ref =
+      run_split("qemu-img info --output=json --backing-chain " + shell_quote(image_), dir_->path());
   ASSERT_EQ(ref.exit_code, 0) << ref.err;
-  auto ours = run_split(dmu("info --output=json --backing-chain " + shell_quote(image_)),
-                        dir_->path());
+  auto ours =
+      run_split(dmu("info --output=json --backing-chain " + shell_quote(image_)), dir_->path());
   ASSERT_EQ(ours.exit_code, 0) << ours.err;
   auto a = nlohmann::json::parse(ours.out), b = nlohmann::json::parse(ref.out);
   ASSERT_EQ(a.size(), b.size()) << ours.out << ref.out;
   for (size_t i = 0; i < a.size(); ++i) {
     for (const char* key : {"format", "virtual-size", "cluster-size", "filename",
-                            "backing-filename", "full-backing-filename",
-                            "backing-filename-format"})
+                            "backing-filename", "full-backing-filename", "backing-filename-format"})
       EXPECT_EQ(a[i].value(key, nlohmann::json()), b[i].value(key, nlohmann::json()))
           << "image " << i << " key " << key;
   }

@@ -58,8 +58,8 @@ const Case kCases[] = {
      "qemu-img create -q -f qcow2 base.qcow2 6M; qemu-io -f qcow2 base.qcow2 -c 'write -P 7 0 6M' "
      ">/dev/null; qemu-img create -q -f qcow2 -o extended_l2=on -b base.qcow2 -F qcow2 top.img",
      6 * M, true},
-    {"Qcow2LazyRefcounts", "qcow2",
-     "qemu-img create -q -f qcow2 -o lazy_refcounts=on top.img 6M", 6 * M, true},
+    {"Qcow2LazyRefcounts", "qcow2", "qemu-img create -q -f qcow2 -o lazy_refcounts=on top.img 6M",
+     6 * M, true},
     {"VmdkMonolithicSparse", "vmdk", "qemu-img create -q -f vmdk top.img 6M", 6 * M, true},
     {"Raw", "raw", "truncate -s 6M top.img", 6 * M, false, false},
 };
@@ -80,13 +80,18 @@ std::vector<std::string> random_commands(std::mt19937& rng, uint64_t size, int c
     len = std::min(len, size - off);
     std::ostringstream c;
     switch (rng() % 10) {
-      case 0: case 1: case 2: case 3:
+      case 0:
+      case 1:
+      case 2:
+      case 3:
         c << "write -P " << (1 + rng() % 250) << " " << off << " " << len;
         break;
-      case 4: case 5:
+      case 4:
+      case 5:
         c << "write -z " << off << " " << len;
         break;
-      case 6: case 7:
+      case 6:
+      case 7:
         if (discards)
           c << "discard " << off << " " << len;
         else
@@ -114,8 +119,9 @@ class OracleIo : public ::testing::TestWithParam<Case> {};
 TEST_P(OracleIo, DmuIoLeavesTheSameImageAsQemuIo) {
   const Case& c = GetParam();
   TempDir dir;
-  auto built = run_split(std::string("set -e; ") + c.build + "; cp --sparse=always top.img dmu.img;"
-                                                               "cp --sparse=always top.img qemu.img",
+  auto built = run_split(std::string("set -e; ") + c.build +
+                             "; cp --sparse=always top.img dmu.img;"
+                             "cp --sparse=always top.img qemu.img",
                          dir.path(), 120);
   ASSERT_EQ(built.exit_code, 0) << built.err;
   const std::string f = c.format;
