@@ -3,7 +3,7 @@
 // compressed clusters on the way) and runs check(); none of it may crash,
 // hang or allocate without bound.
 //
-// Seed corpus (tests/fuzz/corpus/qcow2_open/): small images made with
+// Seed corpus (tests/fuzz/corpus/qcow2_open_fuzz/): small images made with
 // qemu-img create / qemu-io / qemu-img convert -c / snapshot / bitmap in
 // 512-byte to 16 KiB clusters: v2, v3, extended L2, refcount widths 1..64,
 // lazy refcounts, zlib and zstd compression, a snapshot, a bitmap, a

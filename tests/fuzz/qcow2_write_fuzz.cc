@@ -5,8 +5,8 @@
 // None of it may crash or hang; after a successful repair and commit the
 // image must check clean.
 //
-// Seed corpus: tests/fuzz/corpus/qcow2_write/ (the same images as
-// qcow2_open).
+// Seed corpus: tests/fuzz/corpus/qcow2_write_fuzz/ (the same images as
+// qcow2_open_fuzz).
 #include <cstdint>
 #include <vector>
 
