@@ -4,7 +4,9 @@
 # mapping pushed (no daemon on the I/O path) and on dm-linear over the same
 # loop device, interleaved A/B, REPS repetitions.  One line per run in
 # /results/bench.csv: rep,job,device,start_s,end_s,iops,bw_kib,requests.
-# vm: kernels=6.1,6.12 timeout=1500 disks=1G mem=1024
+# A task blocked for 60 s panics the guest, so a stall ends the run at once
+# with its stack on the console instead of waiting for the timeout.
+# vm: kernels=6.1,6.12 timeout=1500 disks=1G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
 . /src/tests/kmod/vm-lib.sh
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-8}

@@ -1,8 +1,10 @@
 # Report of bench/kmod/run.sh: reads bench.csv (rep,job,device,start_s,
 # end_s,iops,bw_kib,requests) and the host-load samples (seconds since QEMU
 # started, other CPU in % of one core); prints a markdown table with, per
-# job, the median of each device, their ratio, the per-repetition ratios and
-# the runs during which other work used more than 25% of a core.
+# job, the median of each device, their ratio, the per-repetition ratios,
+# their median (each repetition ran the two devices back to back, so its ratio
+# is immune to drift across the boot) and the runs during which other work
+# used more than 25% of a core.
   BEGIN {
     while ((getline l < loadfile) > 0) { split(l, a, " "); n++; lt[n] = a[1]; lo[n] = a[2] }
   }
@@ -25,8 +27,8 @@
     jobs[job] = 1
   }
   END {
-    printf "| job (kernel %s) | dm-linear IOPS | userspace IOPS | ratio IOPS | dm-linear MiB/s | userspace MiB/s | ratio MiB/s | per-rep ratios | daemon requests during runs | max other host load | loaded runs |\n", kernel
-    print "|---|---|---|---|---|---|---|---|---|---|---|"
+    printf "| job (kernel %s) | dm-linear IOPS | userspace IOPS | ratio IOPS | dm-linear MiB/s | userspace MiB/s | ratio MiB/s | per-rep ratios | median per-rep ratio | daemon requests during runs | max other host load | loaded runs |\n", kernel
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
     split("randread randwrite seqwrite", order, " ")
     for (o = 1; o <= 3; o++) {
       job = order[o]; if (!(job in jobs)) continue
@@ -37,11 +39,12 @@
       for (i = 1; i <= k; i++) {
         sep = i > 1 ? " " : ""
         r = a[i] > 0 ? b[i] / a[i] : 0
+        pr[i] = r
         reps = reps sprintf("%s%.2f", sep, r)
       }
       ri = li > 0 ? ui / li : 0
       rb = lb > 0 ? ub / lb : 0
       flagged = loaded[job] == "" ? "none" : loaded[job]
-      printf "| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %s | %d | %d%% | %s |\n", job, li, ui, ri, lb / 1024, ub / 1024, rb, reps, req[job, "u"], maxload[job], flagged
+      printf "| %s | %.0f | %.0f | %.2f | %.1f | %.1f | %.2f | %s | %.2f | %d | %d%% | %s |\n", job, li, ui, ri, lb / 1024, ub / 1024, rb, reps, median(pr, k), req[job, "u"], maxload[job], flagged
     }
   }
