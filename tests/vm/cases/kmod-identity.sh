@@ -51,6 +51,25 @@ expect_gt "daemon DONE messages" 0 "$(daemon_value $LOG counters dones)"
 expect_eq "DONE with errors" 0 "$(daemon_value $LOG counters done_errors)"
 dmsetup remove u || fail "dmsetup remove u"
 
+step "bounded cache: max_extents 16 evicts clean extents; reset_counters"
+dmu_create b bound1 8 "2 max_extents 16" "$LOOP"
+daemon_start $LOG --key bound1 --mode identity --extent-blocks 16
+# 8 MiB in 64 KiB extents: 128 distinct extents through a cache of 16.
+want=$(dd if="$LOOP" bs=64k count=128 iflag=direct status=none | sha256sum)
+got=$(dd if=/dev/mapper/b bs=64k count=128 iflag=direct status=none | sha256sum)
+expect_eq "bytes read through a cache of 16 extents" "$want" "$got"
+cached=$(dmu_stat b extents)
+[ "$cached" -le 16 ] || fail "cached extents $cached exceed max_extents 16"
+expect_gt "evicted extents" 100 "$(dmu_stat b evicted)"
+expect_gt "requests" 100 "$(dmu_stat b requests)"
+dmsetup message b 0 reset_counters || fail "dmsetup message reset_counters"
+for f in requests hits misses evicted; do
+  expect_eq "$f after reset_counters" 0 "$(dmu_stat b $f)"
+done
+expect_eq "extents gauge survives reset_counters" "$cached" "$(dmu_stat b extents)"
+daemon_stop $LOG
+dmsetup remove b || fail "dmsetup remove b"
+
 step "pushed extents serve reads and writes without requests"
 dmu_create p push1 8 "" "$LOOP"
 daemon_start $LOG --key push1 --mode identity --push-all --push-extent-blocks 512
