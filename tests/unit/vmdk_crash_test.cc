@@ -80,9 +80,15 @@ TEST(VmdkCrash, ChildOverParentSurvivesEveryCut) {
   char cid[16];
   std::snprintf(cid, sizeof cid, "%08x",
                 (*parent)->info().format_specific["data"]["cid"].get<uint32_t>());
+  // Replace the whole value: the CID written at create time may have fewer
+  // than 8 digits.  The descriptor area is NUL-padded, so the text may grow.
   std::string text(child_bytes.begin() + 512, child_bytes.begin() + 512 + 1024);
-  size_t at = text.find("parentCID=") + 10;
-  std::copy(cid, cid + 8, child_bytes.begin() + 512 + at);
+  const size_t at = text.find("parentCID=") + 10;
+  const size_t eol = text.find('\n', at);
+  ASSERT_NE(eol, std::string::npos);
+  text = text.substr(0, at) + cid + text.substr(eol);
+  text.resize(1024);  // drops only NUL padding: the value grew by at most 7
+  std::copy(text.begin(), text.end(), child_bytes.begin() + 512);
   test::CrashSetup setup;
   setup.chain = {{"child.vmdk", "vmdk"}, {"base.vmdk", "vmdk"}};
   setup.files["child.vmdk"] = child_bytes;
