@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/checked.h"
+#include "mapper/protocol.h"
 
 namespace dmu::mapper {
 
@@ -198,42 +199,23 @@ dmu_response make_extent(uint64_t id, uint64_t block, uint64_t nr_blocks, uint32
   return m;
 }
 
+// The builders below are the protocol's (mapper/protocol.h), under the names
+// the service's answer code uses (a COPY is never the last message).
 dmu_response make_copy(uint64_t id, uint64_t sector, uint64_t nr_sectors, uint32_t src_dev,
                        uint64_t src_sector) {
-  dmu_response m{};
-  m.type = DMU_RSP_COPY;
-  m.id = id;
-  m.block = sector;
-  m.nr_blocks = nr_sectors;
-  m.dev = src_dev;
-  m.sector = src_sector;
-  return m;
+  return proto::copy_source(id, sector, nr_sectors, src_dev, src_sector, false);
 }
 
 dmu_response make_complete(uint64_t id, int32_t status) {
-  dmu_response m{};
-  m.type = DMU_RSP_COMPLETE;
-  m.flags = DMU_RSP_FINAL;
-  m.id = id;
-  m.status = status;
-  return m;
+  return proto::complete(id, status);
 }
 
 dmu_response make_committed(uint64_t id, int32_t status) {
-  dmu_response m{};
-  m.type = DMU_RSP_COMMITTED;
-  m.flags = DMU_RSP_FINAL;
-  m.id = id;
-  m.status = status;
-  return m;
+  return proto::committed(id, status);
 }
 
 dmu_response make_invalidate(uint64_t block, uint64_t nr_blocks) {
-  dmu_response m{};
-  m.type = DMU_RSP_INVALIDATE;
-  m.block = block;
-  m.nr_blocks = nr_blocks;
-  return m;
+  return proto::invalidate(block, nr_blocks);
 }
 
 }  // namespace dmu::mapper
