@@ -9,6 +9,7 @@
 #   DMU_BINARY      default: build/cli/dmu under the source tree
 #   BENCH_DIR       scratch directory (default /tmp/dmu-bench-export); needs
 #                   about 3 GiB free; removed at the end
+#   REPS=N          repetitions (default 3)
 #   DROP_CACHES=1   drop the page cache before every run (root only), to time
 #                   cold reads instead of warm ones
 set -euo pipefail
@@ -16,7 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 dmu=${1:-$here/build/cli/dmu}
 dir=${BENCH_DIR:-/tmp/dmu-bench-export}
-reps=3
+reps=${REPS:-3}
 
 [ -x "$dmu" ] || { echo "run.sh: $dmu: no dmu binary (build it or pass its path)" >&2; exit 1; }
 dmu=$(realpath "$dmu")
