@@ -1,7 +1,8 @@
 // dmu export: the guest-visible bytes of an image (through its backing
 // chain) as a raw file.  Zero and unallocated ranges, and data blocks that
 // are all zeros, become holes, so the output is as sparse as qemu-img
-// convert's.  Progress goes to stderr when it is a terminal.
+// convert's.  Reading overlaps writing: SparseWriter writes on a thread of
+// its own.  Progress goes to stderr when it is a terminal.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstring>
 
 #include "cli/cli_common.h"
+#include "cli/sparse_writer.h"
 
 namespace dmu::cli {
 
@@ -17,21 +19,8 @@ extern const Command kExport;
 
 namespace {
 
-constexpr uint64_t kChunk = 4 << 20;    // bytes read at once
-constexpr uint64_t kSparseUnit = 4096;  // all-zero units of this size become holes
-
-bool all_zero(const uint8_t* p, size_t n) {
-  // Word-wise first (buffers are large and aligned), then the tail.
-  size_t i = 0;
-  for (; i + sizeof(uint64_t) <= n; i += sizeof(uint64_t)) {
-    uint64_t w;
-    std::memcpy(&w, p + i, sizeof w);
-    if (w) return false;
-  }
-  for (; i < n; ++i)
-    if (p[i]) return false;
-  return true;
-}
+constexpr uint64_t kChunk = 1 << 20;  // bytes read at once
+constexpr size_t kBuffers = 8;        // chunks read ahead of the writer
 
 class Progress {
  public:
@@ -64,33 +53,14 @@ uint64_t hole_bytes(File& file, uint64_t offset, uint64_t length) {
   return std::min<uint64_t>(length, uint64_t(data) - offset);
 }
 
-// Writes the non-zero kSparseUnit runs of buf (guest offset `at`).
-Result<void> write_sparse(File& out, uint64_t at, const uint8_t* buf, uint64_t n) {
-  uint64_t run_start = 0;
-  bool in_run = false;
-  for (uint64_t pos = 0; pos < n; pos += kSparseUnit) {
-    const uint64_t len = std::min(kSparseUnit, n - pos);
-    const bool zero = all_zero(buf + pos, len);
-    if (!zero && !in_run) {
-      run_start = pos;
-      in_run = true;
-    } else if (zero && in_run) {
-      DMU_TRY(out.write(at + run_start, std::span(buf + run_start, pos - run_start)));
-      in_run = false;
-    }
-  }
-  if (in_run) DMU_TRY(out.write(at + run_start, std::span(buf + run_start, n - run_start)));
-  return {};
-}
-
 Result<void> export_chain(formats::Chain& chain, File& out) {
   const uint64_t size = chain.virtual_size();
   DMU_TRY(out.truncate(size));  // everything not written stays a hole
-  std::vector<uint8_t> buf(kChunk);
   Progress progress(size);
+  SparseWriter writer(out, kBuffers, kChunk);
   for (uint64_t pos = 0; pos < size;) {
     DMU_ASSIGN_OR_RETURN(formats::ChainMapping m,
-                         chain.map(pos, std::min(size - pos, kChunk * 16)));
+                         chain.map(pos, std::min(size - pos, kChunk * 64)));
     if (m.kind == formats::ChainMapping::Kind::Zero) {
       pos += m.length;
       progress.update(pos);
@@ -109,19 +79,21 @@ Result<void> export_chain(formats::Chain& chain, File& out) {
         }
       }
       const uint64_t n = std::min(kChunk, m.length - done);
-      std::span<uint8_t> part(buf.data(), n);
+      DMU_ASSIGN_OR_RETURN(std::span<uint8_t> buffer, writer.acquire());
+      std::span<uint8_t> part = buffer.first(n);
       if (device) {
         DMU_ASSIGN_OR_RETURN(size_t got, device->read_some(m.host_offset + done, part));
         std::memset(part.data() + got, 0, n - got);  // past the file's end reads as zeros
       } else {
         DMU_TRY(chain.read(pos + done, part));
       }
-      DMU_TRY(write_sparse(out, pos + done, part.data(), n));
+      writer.submit(pos + done, buffer, n);
       done += n;
       progress.update(pos + done);
     }
     pos += m.length;
   }
+  DMU_TRY(writer.finish());
   // No fsync, like cp and qemu-img convert (whose output cache mode is
   // "unsafe"): the file is complete for every reader once we return.
   progress.update(size, true);
