@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Pools the paired ratios of several bench/kmod runs of one kernel.
+
+usage: bench/kmod/pool.py BENCH_CSV...
+
+Each repetition of bench/kmod/run.sh ran the userspace target and dm-linear
+back to back, so userspace IOPS / dm-linear IOPS of one repetition is one
+paired sample.  Under TCG single samples swing far more than the 5% being
+asked (vm-recipes §6 "Noise"); pooling the runs of one kernel gives a median
+and a geometric mean over enough samples to say on which side of 0.95 the
+target is, and the two tails show whether the noise is symmetric.  The
+interval is a bootstrap over the pooled samples (5000 resamples, fixed seed):
+the range that holds the median ratio in 95% of them.
+"""
+import csv
+import random
+import statistics
+import sys
+
+
+def paired_ratios(paths):
+    ratios = {}
+    for path in paths:
+        iops = {}
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                iops[(row["rep"], row["job"], row["device"])] = float(row["iops"])
+        for (rep, job, device), value in iops.items():
+            linear = iops.get((rep, job, "lin"))
+            if device == "u" and linear:
+                ratios.setdefault(job, []).append(value / linear)
+    return ratios
+
+
+def median_interval(samples, resamples=5000, seed=1):
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(samples, k=len(samples)))
+                     for _ in range(resamples))
+    return medians[int(resamples * 0.025)], medians[int(resamples * 0.975) - 1]
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__.strip().splitlines()[2])
+    ratios = paired_ratios(sys.argv[1:])
+    print("| job | paired samples | median ratio | 95% interval of the median | "
+          "geometric mean | below 0.95 | above 1.05 |")
+    print("|---|---|---|---|---|---|---|")
+    for job in ("randread", "randwrite", "seqwrite"):
+        r = ratios.get(job)
+        if not r:
+            continue
+        low, high = median_interval(r)
+        print(f"| {job} | {len(r)} | {statistics.median(r):.3f} | {low:.3f}-{high:.3f} | "
+              f"{statistics.geometric_mean(r):.3f} | {sum(x < 0.95 for x in r)} | "
+              f"{sum(x > 1.05 for x in r)} |")
+
+
+if __name__ == "__main__":
+    main()
