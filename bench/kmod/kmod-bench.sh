@@ -6,17 +6,30 @@
 # /results/bench.csv: rep,job,device,start_s,end_s,iops,bw_kib,requests.
 # A task blocked for 60 s panics the guest, so a stall ends the run at once
 # with its stack on the console instead of waiting for the timeout.
+# BACKING=disk (default): the loop file is on ext4 on the virtio disk, with
+# direct I/O.  BACKING=memory: the loop file is on tmpfs in guest memory
+# (buffered; tmpfs has no direct I/O on 6.1), so no host disk or host page
+# cache is under the devices being compared and every I/O costs CPU only.
 # vm: kernels=6.1,6.12 timeout=1500 disks=1G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
 . /src/tests/kmod/vm-lib.sh
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-8}
+BACKING=${BACKING:-disk}
 LOG=/tmp/daemon.log
 [ -f /src/bench/kmod/settings ] && . /src/bench/kmod/settings
 
-step "256 MiB file on ext4, direct-I/O loop device, dm-linear and userspace over it"
-data_fs
-make_file /data/disk.img 256
-LOOP=$(loop_dio /data/disk.img)
+if [ "$BACKING" = memory ]; then
+  step "256 MiB file on tmpfs, loop device, dm-linear and userspace over it"
+  mkdir -p /data
+  mount -t tmpfs -o size=300m tmpfs /data || fail "mount tmpfs /data"
+  make_file /data/disk.img 256
+  LOOP=$(losetup -f --show /data/disk.img) || fail "losetup /data/disk.img"
+else
+  step "256 MiB file on ext4, direct-I/O loop device, dm-linear and userspace over it"
+  data_fs
+  make_file /data/disk.img 256
+  LOOP=$(loop_dio /data/disk.img)
+fi
 SECTORS=$(blockdev --getsz "$LOOP")
 echo "0 $SECTORS linear $LOOP 0" | dmsetup create lin || fail "create dm-linear"
 dmu_create u bench 8 "" "$LOOP"
@@ -48,6 +61,7 @@ for rep in $(seq 1 "$REPS"); do
     for dev in $order; do
       r0=$(dmu_stat u requests)
       t0=$(cut -d' ' -f1 /proc/uptime)
+      # shellcheck disable=SC2046  # split on purpose: "iops bw_kib"
       set -- $(run_fio $job /dev/mapper/$dev)
       t1=$(cut -d' ' -f1 /proc/uptime)
       r1=$(dmu_stat u requests)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bench/kmod/run.sh [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]
+#                   [--backing disk|memory]
 # Boots one VM (through the VM harness) that runs bench/kmod/kmod-bench.sh:
 # fio on the userspace target (all mappings pushed) and on dm-linear over the
 # same loop device, interleaved, N repetitions.  Meanwhile samples the host's
@@ -9,14 +10,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-build=$src/build line=6.12 reps=3 runtime=8
+build=$src/build line=6.12 reps=3 runtime=8 backing=disk
 while [ $# -gt 0 ]; do
   case $1 in
     --build) build=$2; shift 2 ;;
     --kernel) line=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runtime) runtime=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]" >&2; exit 2 ;;
+    --backing) backing=$2; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S] [--backing disk|memory]" >&2; exit 2 ;;
   esac
 done
 build=$(realpath "$build")
@@ -24,11 +26,12 @@ results=$build/tests/vm/results/kmod-bench.$line
 samples=$(mktemp)
 settings=$here/settings
 trap 'rm -f "$samples" "$settings"' EXIT
-printf 'REPS=%s\nRUNTIME=%s\n' "$reps" "$runtime" >"$settings"
+case $backing in disk | memory) ;; *) echo "$0: --backing is disk or memory" >&2; exit 2 ;; esac
+printf 'REPS=%s\nRUNTIME=%s\nBACKING=%s\n' "$reps" "$runtime" "$backing" >"$settings"
 
 # sample_load: every 2 s, "<seconds since QEMU started> <other CPU, % of one core>".
 sample_load() {
-  local qpid= t0 prev_busy=0 prev_total=0 prev_own=0 busy total own ncpu
+  local qpid='' t0 prev_busy=0 prev_total=0 prev_own=0 busy total own ncpu
   ncpu=$(nproc)
   while [ -z "$qpid" ]; do
     qpid=$(pgrep -f -- "^qemu-system-x86_64 .*runs/kmod-bench.$line/initrd" | head -1 || true)
