@@ -4,6 +4,10 @@
 
 namespace dmu::cli {
 
+namespace {
+
+constexpr uint64_t kSparseUnit = 4096;  // qemu-img convert's default -S
+
 bool all_zero(const uint8_t* p, size_t n) {
   // Word-wise first (buffers are large and aligned), then the tail.
   size_t i = 0;
@@ -16,6 +20,8 @@ bool all_zero(const uint8_t* p, size_t n) {
     if (p[i]) return false;
   return true;
 }
+
+}  // namespace
 
 Result<void> write_sparse(File& out, uint64_t at, std::span<const uint8_t> buf, uint64_t unit) {
   const uint64_t n = buf.size();
@@ -34,10 +40,6 @@ Result<void> write_sparse(File& out, uint64_t at, std::span<const uint8_t> buf, 
   if (in_run) DMU_TRY(out.write(at + run_start, buf.subspan(run_start)));
   return {};
 }
-
-namespace {
-constexpr uint64_t kSparseUnit = 4096;  // qemu-img convert's default -S
-}  // namespace
 
 SparseWriter::SparseWriter(File& out, size_t buffers, size_t buffer_size)
     : out_(out), storage_(buffers, std::vector<uint8_t>(buffer_size)) {

@@ -18,9 +18,6 @@
 
 namespace dmu::cli {
 
-// True when the n bytes at p are all zero.
-bool all_zero(const uint8_t* p, size_t n);
-
 // Writes the runs of buf (guest offset `at`) that are not all-zero units of
 // `unit` bytes; the zero units are left as they are (holes in a new file).
 Result<void> write_sparse(File& out, uint64_t at, std::span<const uint8_t> buf, uint64_t unit);
