@@ -22,19 +22,20 @@ ROW = re.compile(r"^\s+([\d.]+)%\s+(?:([\d.]+)%\s+)?\[[k.]\]\s+(\S+)")
 
 
 def shares(path):
-    """symbol -> percent of samples (the first column) from one perf report."""
-    out = {}
+    """symbol -> percent of samples (the first column) from one perf report;
+    a name that appears in several objects is summed."""
+    out = collections.Counter()
     with open(path) as f:
         for line in f:
             m = ROW.match(line)
             if m:
-                out[m.group(3)] = float(m.group(1))
+                out[m.group(3)] += float(m.group(1))
     return out
 
 
 def iops(path):
-    with open(path) as f:
-        fields = f.read().strip().split(";")
+    with open(path) as f:  # warnings may come first; the result is the last line
+        fields = f.read().strip().splitlines()[-1].split(";")
     # --minimal: field 8 is read IOPS, 49 write IOPS (1-based)
     return max(int(fields[7]), int(fields[48]))
 
