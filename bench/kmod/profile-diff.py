@@ -7,8 +7,9 @@ The guest has one vCPU and fio keeps it busy, so a symbol's share of the
 samples times the time per I/O (1 / IOPS) is the CPU it costs per I/O.  For
 each device (lin = dm-linear, u = the userspace target) this averages, over
 the repetitions, microseconds per I/O by symbol, and prints the symbols whose
-cost differs most, then the inclusive cost (with children) of the
-device-mapper entry point and of every dmu_ function, and fio's IOPS per run.
+cost differs most, the inclusive cost (with children) of the device-mapper
+entry point and of every dmu_ function, the self cost of each target's map
+functions and of the cache lock, and fio's IOPS per run.
 """
 import argparse
 import collections
@@ -73,6 +74,17 @@ def main():
     print("|---|---|---|")
     for k in ["dm_submit_bio"] + sorted(k for k in cu if k.startswith("dmu_")):
         print(f"| {k} | {clin.get(k, 0):.2f} | {cu.get(k, 0):.2f} |")
+    print()
+    # The map step itself: each target's own functions and the lock the
+    # userspace target takes around its cache (time with interrupts off is
+    # charged to the unlock).
+    mine = sorted(k for k in set(lin) | set(u) if k.startswith("dmu_"))
+    step = ["linear_map", "dm_table_find_target"] + mine + [
+        "_raw_spin_lock_irqsave", "_raw_spin_unlock_irqrestore"]
+    print("| self | dm-linear us/IO | userspace us/IO |")
+    print("|---|---|---|")
+    for k in step:
+        print(f"| {k} | {lin.get(k, 0):.2f} | {u.get(k, 0):.2f} |")
     print()
     for d in ("lin", "u"):
         vals = [iops(p.replace("self-", "fio-")) for p in runs[d]]
