@@ -12,40 +12,18 @@
 # cache is under the devices being compared and every I/O costs CPU only.
 # vm: kernels=6.1,6.12 timeout=1500 disks=1G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
 . /src/tests/kmod/vm-lib.sh
+. /src/bench/kmod/bench-lib.sh
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-8}
 BACKING=${BACKING:-disk}
 LOG=/tmp/daemon.log
 [ -f /src/bench/kmod/settings ] && . /src/bench/kmod/settings
 
-if [ "$BACKING" = memory ]; then
-  step "256 MiB file on tmpfs, loop device, dm-linear and userspace over it"
-  mkdir -p /data
-  mount -t tmpfs -o size=300m tmpfs /data || fail "mount tmpfs /data"
-  make_file /data/disk.img 256
-  LOOP=$(losetup -f --show /data/disk.img) || fail "losetup /data/disk.img"
-else
-  step "256 MiB file on ext4, direct-I/O loop device, dm-linear and userspace over it"
-  data_fs
-  make_file /data/disk.img 256
-  LOOP=$(loop_dio /data/disk.img)
-fi
-SECTORS=$(blockdev --getsz "$LOOP")
-echo "0 $SECTORS linear $LOOP 0" | dmsetup create lin || fail "create dm-linear"
-dmu_create u bench 8 "" "$LOOP"
-daemon_start $LOG --key bench --mode identity --push-all --push-extent-blocks 1024
+bench_devices "$BACKING" $LOG
 dmsetup status u
 
 run_fio() {  # job device -> "iops bw_kib" (reads for randread, writes otherwise)
-  case $1 in
-    randread) args="--rw=randread --bs=4k --iodepth=16" ;;
-    randwrite) args="--rw=randwrite --bs=4k --iodepth=16" ;;
-    seqwrite) args="--rw=write --bs=1M --iodepth=4" ;;
-  esac
-  # shellcheck disable=SC2086
-  fio --name="$1" --filename="$2" $args --direct=1 --ioengine=libaio --size=256M \
-    --time_based --runtime="$RUNTIME" --ramp_time=1 --minimal >/tmp/fio.out 2>&1 ||
-    { cat /tmp/fio.out; fail "fio $1 on $2"; }
+  fio_run "$1" "$2" "$RUNTIME"
   if [ "$1" = randread ]; then
     awk -F';' '{print $8, $7}' /tmp/fio.out
   else
@@ -71,9 +49,6 @@ for rep in $(seq 1 "$REPS"); do
 done
 daemon_report $LOG
 dmsetup status u
-daemon_stop $LOG
+bench_devices_remove $LOG
 cp $LOG /results/
-dmsetup remove u
-dmsetup remove lin
-losetup -d "$LOOP"
 step "ok"

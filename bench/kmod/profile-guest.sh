@@ -8,6 +8,7 @@
 # staged by profile.sh in /src/bench/kmod/perf-root.
 # vm: kernels=6.1,6.12 timeout=1200 disks=1G mem=1024
 . /src/tests/kmod/vm-lib.sh
+. /src/bench/kmod/bench-lib.sh
 REPS=3
 JOB=randread
 RUNTIME=8
@@ -15,33 +16,18 @@ RUNTIME=8
 P=/src/bench/kmod/perf-root
 perf() { LD_LIBRARY_PATH=$P/usr/lib/x86_64-linux-gnu "$P/usr/bin/perf" "$@"; }
 
-step "256 MiB file on tmpfs, loop device, dm-linear and userspace over it"
-mkdir -p /data
-mount -t tmpfs -o size=300m tmpfs /data || fail "mount tmpfs /data"
-make_file /data/disk.img 256
-LOOP=$(losetup -f --show /data/disk.img) || fail "losetup /data/disk.img"
-SECTORS=$(blockdev --getsz "$LOOP")
-echo "0 $SECTORS linear $LOOP 0" | dmsetup create lin || fail "create dm-linear"
-dmu_create u bench 8 "" "$LOOP"
-daemon_start /tmp/daemon.log --key bench --mode identity --push-all --push-extent-blocks 1024
+bench_devices memory /tmp/daemon.log
 # Kernel addresses and samples of every task, for a root-only guest.
 echo 0 >/proc/sys/kernel/kptr_restrict
 echo -1 >/proc/sys/kernel/perf_event_paranoid
 
-case $JOB in
-  randread) args="--rw=randread --bs=4k --iodepth=16" ;;
-  randwrite) args="--rw=randwrite --bs=4k --iodepth=16" ;;
-  seqwrite) args="--rw=write --bs=1M --iodepth=4" ;;
-  *) fail "unknown job $JOB" ;;
-esac
+fio_job_args "$JOB" >/dev/null
 for rep in $(seq 1 "$REPS"); do
   if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
   for dev in $order; do
-    # shellcheck disable=SC2086
-    perf record -q -e cpu-clock -F 1000 -a -g -o /tmp/perf.data -- \
-      fio --name="$JOB" --filename=/dev/mapper/$dev $args --direct=1 --ioengine=libaio \
-      --size=256M --time_based --runtime="$RUNTIME" --ramp_time=1 --minimal \
-      >"/results/fio-$dev-$rep.txt" 2>&1 || fail "perf record fio $JOB on $dev"
+    fio_run "$JOB" /dev/mapper/$dev "$RUNTIME" perf record -q -e cpu-clock -F 1000 -a -g \
+      -o /tmp/perf.data --
+    cp /tmp/fio.out "/results/fio-$dev-$rep.txt"
     perf report -i /tmp/perf.data --stdio --no-children --sort sym -g none \
       >"/results/self-$dev-$rep.txt" 2>&1 || fail "perf report"
     perf report -i /tmp/perf.data --stdio --children --sort sym -g none \
@@ -49,8 +35,5 @@ for rep in $(seq 1 "$REPS"); do
     echo "profiled $JOB on $dev, repetition $rep"
   done
 done
-daemon_stop /tmp/daemon.log
-dmsetup remove u
-dmsetup remove lin
-losetup -d "$LOOP"
+bench_devices_remove /tmp/daemon.log
 step "ok"
