@@ -169,6 +169,64 @@ unsigned int dmu_cache_count_busy(struct dmu_cache *cache, u64 block,
 	return n;
 }
 
+/* Does a writable REMAP extent overlap [block, block + nr_blocks)? */
+bool dmu_cache_has_writable(struct dmu_cache *cache, u64 block, u64 nr_blocks)
+{
+	struct dmu_extent *e = dmu_cache_first_after(cache, block);
+
+	lockdep_assert_held(&cache->lock);
+	for (; e && e->block < block + nr_blocks; e = dmu_extent_next(e))
+		if (e->kind == DMU_EXT_REMAP && (e->ext_flags & DMU_EXT_WRITABLE))
+			return true;
+	return false;
+}
+
+/* Mark BUSY extents overlapping the range to be dropped once filled. */
+unsigned int dmu_cache_doom_busy(struct dmu_cache *cache, u64 block,
+				 u64 nr_blocks)
+{
+	struct dmu_extent *e = dmu_cache_first_after(cache, block);
+	unsigned int n = 0;
+
+	lockdep_assert_held(&cache->lock);
+	for (; e && e->block < block + nr_blocks; e = dmu_extent_next(e)) {
+		if (e->state & DMU_EXTENT_BUSY) {
+			e->state |= DMU_EXT_DOOMED;
+			n++;
+		}
+	}
+	return n;
+}
+
+/*
+ * Up to max device ranges of the non-BUSY writable REMAP extents inside
+ * [block, block + nr_blocks), clipped to it and to the target's end.
+ */
+unsigned int dmu_cache_writable_ranges(struct dmu_target *dt, u64 block,
+				       u64 nr_blocks, struct dmu_range *out,
+				       unsigned int max)
+{
+	struct dmu_extent *e = dmu_cache_first_after(&dt->cache, block);
+	u64 end = block + nr_blocks;
+	unsigned int n = 0;
+
+	lockdep_assert_held(&dt->cache.lock);
+	for (; e && e->block < end && n < max; e = dmu_extent_next(e)) {
+		u64 from = max(e->block, block);
+		u64 to = min(dmu_extent_end(e), end);
+		sector_t vend = min_t(u64, dt->len, dmu_block_start(dt, to));
+
+		if (e->kind != DMU_EXT_REMAP || !(e->ext_flags & DMU_EXT_WRITABLE) ||
+		    (e->state & DMU_EXTENT_BUSY) || vend <= dmu_block_start(dt, from))
+			continue;
+		out[n].dev = e->dev;
+		out[n].sector = e->sector + ((from - e->block) << dt->block_shift);
+		out[n].nr_sectors = vend - dmu_block_start(dt, from);
+		n++;
+	}
+	return n;
+}
+
 /*
  * Remove [block, block + nr_blocks) from the cache, trimming extents that
  * stick out of it.  Splitting one extent in two uses *spare (set to NULL
@@ -285,7 +343,8 @@ int dmu_cache_list(struct dmu_cache *cache, u64 start,
 		out[n].dev = e->dev;
 		out[n].kind = e->kind;
 		out[n].ext_flags = e->ext_flags;
-		out[n].state = e->state;
+		out[n].state = e->state & (DMU_EXTENT_PUSHED | DMU_EXTENT_USED |
+					   DMU_EXTENT_BUSY);
 		*next = dmu_extent_end(e);
 	}
 	return n;

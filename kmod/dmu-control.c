@@ -3,18 +3,25 @@
  * dm-userspace control device /dev/dm-userspace (misc, 0600, root only).
  *
  * Each open file is a struct dmu_channel.  DMU_IOC_BIND attaches it to the
- * target whose table names the key (the most recently created one, so a
- * table reload binds to the new table); then read() hands out requests,
- * write() takes responses and poll() waits for requests.  Closing the file
- * unbinds (dmu_daemon_gone()).  When the target is destroyed first, the
- * channel is detached: every later call returns -ENODEV and poll reports
- * EPOLLHUP.  The channel holds a reference on the target, so a detached
- * channel never touches freed memory; it only looks at dt->dying.
+ * target (the per-key state, dmu-pool.c) whose tables name the key; then
+ * read() hands out requests, write() takes responses and poll() waits for
+ * requests.  Closing the file unbinds (dmu_daemon_gone()).  When the
+ * target dies first, the channel is detached: every later call returns
+ * -ENODEV and poll reports EPOLLHUP.  The channel holds a reference on the
+ * target, so a detached channel never touches freed memory.
+ *
+ * Nothing here touches user memory while holding dt->mutex or dt->lock:
+ * requests are formatted into a kernel buffer under the locks and copied
+ * out after, responses are copied in before the locks are taken.  So a
+ * daemon whose buffers fault (even on this very device) cannot hang the
+ * target's timeout work, suspend or dtr.  read() and write() have mutexes
+ * of their own, so one thread may block in read() while another writes.
  */
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/poll.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
@@ -25,45 +32,19 @@ struct dmu_channel {
 	struct dmu_target *dt;		/* bound target (holds a reference) */
 	bool detached;			/* the bound target was destroyed */
 	wait_queue_head_t wait;		/* readers and pollers */
-	struct mutex io_mutex;		/* rbuf, wbuf */
+	struct mutex rmutex;		/* rbuf, rbatch */
+	struct mutex wmutex;		/* wbuf */
 	struct dmu_request rbuf[DMU_IO_MSGS];
-	struct dmu_req *rbatch[DMU_IO_MSGS];	/* what rbuf was made from */
+	struct dmu_msg *rbatch[DMU_IO_MSGS];	/* what rbuf was made from */
 	struct dmu_response wbuf[DMU_IO_MSGS];
 };
-
-static LIST_HEAD(dmu_registry);
-static DEFINE_MUTEX(dmu_registry_lock);
-
-void dmu_registry_add(struct dmu_target *dt)
-{
-	mutex_lock(&dmu_registry_lock);
-	list_add(&dt->registry, &dmu_registry);
-	mutex_unlock(&dmu_registry_lock);
-}
-
-void dmu_registry_del(struct dmu_target *dt)
-{
-	mutex_lock(&dmu_registry_lock);
-	list_del_init(&dt->registry);
-	mutex_unlock(&dmu_registry_lock);
-}
-
-static void dmu_target_release(struct kref *kref)
-{
-	kfree(container_of(kref, struct dmu_target, kref));
-}
-
-void dmu_target_put(struct dmu_target *dt)
-{
-	kref_put(&dt->kref, dmu_target_release);
-}
 
 void dmu_channel_wake(struct dmu_channel *ch)
 {
 	wake_up_interruptible(&ch->wait);
 }
 
-/* dtr: cut the bound channel loose; it keeps dt's memory alive only. */
+/* The target dies: cut the bound channel loose; it keeps dt's memory only. */
 void dmu_channel_detach(struct dmu_target *dt)
 {
 	struct dmu_channel *ch;
@@ -117,7 +98,8 @@ static int dmu_control_open(struct inode *inode, struct file *file)
 		return -ENOMEM;
 	spin_lock_init(&ch->lock);
 	init_waitqueue_head(&ch->wait);
-	mutex_init(&ch->io_mutex);
+	mutex_init(&ch->rmutex);
+	mutex_init(&ch->wmutex);
 	file->private_data = ch;
 	return nonseekable_open(inode, file);
 }
@@ -144,29 +126,67 @@ static int dmu_control_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
-static struct dmu_target *dmu_registry_find(const char *key)
+/*
+ * A new daemon: count what it gets again (b->resent, b->redelivered); its
+ * answer clock starts now.
+ */
+static void dmu_count_resent(struct dmu_target *dt, struct dmu_bind *b)
 {
-	struct dmu_target *dt;
-
-	lockdep_assert_held(&dmu_registry_lock);
-	list_for_each_entry(dt, &dmu_registry, registry)
-		if (!strcmp(dt->key, key))
-			return dt;
-	return NULL;
-}
-
-/* A new daemon: count what it gets again; its answer clock starts now. */
-static unsigned int dmu_count_resent(struct dmu_target *dt)
-{
-	struct dmu_req *req;
-	unsigned int n = 0;
+	struct dmu_msg *m;
 
 	lockdep_assert_held(&dt->lock);
-	list_for_each_entry(req, &dt->send_queue, list) {
-		n += req->resent;
+	b->resent = 0;
+	b->redelivered = 0;
+	list_for_each_entry(m, &dt->send_queue, list) {
+		struct dmu_req *req;
+
+		if (m->kind == DMU_MSG_DONE) {
+			b->redelivered += container_of(m, struct dmu_tracker,
+						       msg)->resent;
+			continue;
+		}
+		req = container_of(m, struct dmu_req, msg);
+		b->resent += req->resent;
 		req->queued_at = jiffies;
 	}
-	return n;
+}
+
+static int dmu_bind_locked(struct dmu_channel *ch, struct dmu_target *dt,
+			   struct dmu_bind *b)
+{
+	int r = 0;
+
+	lockdep_assert_held(&dt->mutex);
+	spin_lock_irq(&dt->lock);
+	if (dt->dying) {
+		r = -ENOENT;
+	} else if (dt->channel) {
+		r = -EBUSY;
+	} else {
+		dt->channel = ch;
+		dt->features = b->features & DMU_FEATURE_ALL;
+		dt->state = DMU_DAEMON_BOUND;
+		dmu_count_resent(dt, b);
+		b->allocations = dt->nr_records;
+		if (!list_empty(&dt->send_queue))
+			dmu_channel_wake(ch);
+	}
+	spin_unlock_irq(&dt->lock);
+	if (r)
+		return r;
+	kref_get(&dt->kref);	/* the binding's reference */
+	spin_lock(&ch->lock);
+	ch->dt = dt;
+	spin_unlock(&ch->lock);
+	if (dt->opt.daemon_timeout)
+		mod_delayed_work(dt->wq, &dt->timeout_work,
+				 (unsigned long)dt->opt.daemon_timeout * HZ);
+	b->features = dt->features;
+	b->target_sectors = dt->len;
+	b->block_sectors = dt->block_sectors;
+	b->nr_devs = dt->nr_devs;
+	b->writable_devs = dt->opt.writable_devs;
+	return 0;
 }
 
 static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
@@ -177,10 +197,17 @@ static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
 
 	if (copy_from_user(&b, arg, sizeof(b)))
 		return -EFAULT;
-	if (b.reserved0 || b.reserved[0] || b.reserved[1] || b.reserved[2])
+	if (b.reserved0 || b.reserved1)
 		return -EINVAL;
-	if (b.version_major != DMU_VERSION_MAJOR)
+	if (b.version_major != DMU_VERSION_MAJOR) {
+		/* As dm-ioctl does: tell the daemon which version we speak. */
+		b.version_major = DMU_VERSION_MAJOR;
+		b.version_minor = DMU_VERSION_MINOR;
+		b.version_patch = DMU_VERSION_PATCH;
+		if (copy_to_user(arg, &b, sizeof(b)))
+			return -EFAULT;
 		return -EPROTO;
+	}
 	if (strnlen(b.key, DMU_KEY_LEN) == DMU_KEY_LEN)
 		return -EINVAL;
 
@@ -193,39 +220,13 @@ static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
 
 	mutex_lock(&dmu_registry_lock);
 	dt = dmu_registry_find(b.key);
-	if (!dt) {
-		mutex_unlock(&dmu_registry_lock);
-		return -ENOENT;
-	}
-	mutex_lock(&dt->mutex);
-	spin_lock_irq(&dt->lock);
-	if (dt->dying) {
-		r = -ENOENT;
-	} else if (dt->channel) {
-		r = -EBUSY;
+	if (dt) {
+		mutex_lock(&dt->mutex);
+		r = dmu_bind_locked(ch, dt, &b);
+		mutex_unlock(&dt->mutex);
 	} else {
-		dt->channel = ch;
-		dt->features = b.features & DMU_FEATURE_ALL;
-		dt->state = DMU_DAEMON_BOUND;
-		b.resent = dmu_count_resent(dt);
-		if (!list_empty(&dt->send_queue))
-			dmu_channel_wake(ch);
+		r = -ENOENT;
 	}
-	spin_unlock_irq(&dt->lock);
-	if (!r) {
-		kref_get(&dt->kref);	/* the binding's reference */
-		spin_lock(&ch->lock);
-		ch->dt = dt;
-		spin_unlock(&ch->lock);
-		if (dt->daemon_timeout)
-			mod_delayed_work(dt->wq, &dt->timeout_work,
-					 (unsigned long)dt->daemon_timeout * HZ);
-		b.features = dt->features;
-		b.target_sectors = dt->ti->len;
-		b.block_sectors = dt->block_sectors;
-		b.nr_devs = dt->nr_devs;
-	}
-	mutex_unlock(&dt->mutex);
 	mutex_unlock(&dmu_registry_lock);
 	if (r)
 		return r;
@@ -238,116 +239,188 @@ static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
 	return 0;
 }
 
-static long dmu_ioctl_list(struct dmu_channel *ch, void __user *arg)
+/* One chunk of LIST_EXTENTS: the cache, under its lock. */
+static int dmu_list_extents_chunk(struct dmu_target *dt, u64 start, void *buf,
+				  unsigned int max, u64 *next)
 {
-	struct dmu_extent_info *buf;
-	struct dmu_list_extents l;
+	int n;
+
+	spin_lock_irq(&dt->cache.lock);
+	n = dmu_cache_list(&dt->cache, start, buf, max, next);
+	spin_unlock_irq(&dt->cache.lock);
+	return n;
+}
+
+/* One chunk of LIST_ALLOCATIONS: the records, under dt->lock. */
+static int dmu_list_allocations_chunk(struct dmu_target *dt, u64 start,
+				      void *buf, unsigned int max, u64 *next)
+{
+	int n;
+
+	spin_lock_irq(&dt->lock);
+	n = dmu_list_allocations(dt, start, buf, max, next);
+	spin_unlock_irq(&dt->lock);
+	return n;
+}
+
+/*
+ * The common shape of the LIST ioctls (struct dmu_list_extents and
+ * struct dmu_list_allocations have the same layout): fill up to max
+ * entries of size bytes at buf, in chunks copied out without locks held,
+ * so that "repeat until count < max" holds for any max.
+ */
+static long dmu_ioctl_list(struct dmu_channel *ch, void __user *arg,
+			   size_t size,
+			   int (*chunk)(struct dmu_target *, u64, void *,
+					unsigned int, u64 *))
+{
+	struct dmu_list_extents l;	/* layout of both LIST structs */
 	struct dmu_target *dt;
-	unsigned int max;
-	u64 next;
-	int r;
+	u64 pos, next;
+	void *buf;
+	int r = 0, n;
 
 	if (copy_from_user(&l, arg, sizeof(l)))
 		return -EFAULT;
 	if (l.count || l.next_block || l.reserved[0] || l.reserved[1])
 		return -EINVAL;
-	max = min_t(u32, l.max, DMU_MAX_LIST);
-	buf = kvmalloc_array(max(max, 1U), sizeof(*buf), GFP_KERNEL);
+	buf = kmalloc_array(DMU_MAX_LIST, size, GFP_KERNEL);
 	if (!buf)
 		return -ENOMEM;
 	dt = dmu_channel_get(ch);
 	if (IS_ERR(dt)) {
-		kvfree(buf);
+		kfree(buf);
 		return PTR_ERR(dt);
 	}
-	mutex_lock(&dt->mutex);
-	r = dmu_channel_check(ch, dt);
-	if (!r) {
-		spin_lock_irq(&dt->cache.lock);
-		l.count = dmu_cache_list(&dt->cache, l.start_block, buf, max, &next);
-		spin_unlock_irq(&dt->cache.lock);
-		l.next_block = next;
+	pos = l.start_block;
+	while (l.count < l.max) {
+		unsigned int want = min_t(u32, l.max - l.count, DMU_MAX_LIST);
+
+		mutex_lock(&dt->mutex);
+		r = dmu_channel_check(ch, dt);
+		n = r ? 0 : chunk(dt, pos, buf, want, &next);
+		mutex_unlock(&dt->mutex);
+		if (r)
+			break;
+		if (n && copy_to_user(u64_to_user_ptr(l.buf) +
+				      (size_t)l.count * size, buf, n * size)) {
+			r = -EFAULT;
+			break;
+		}
+		l.count += n;
+		if (n)
+			pos = next;
+		if (n < want)
+			break;
 	}
-	mutex_unlock(&dt->mutex);
 	dmu_target_put(dt);
-	if (!r && (copy_to_user(u64_to_user_ptr(l.buf), buf,
-				l.count * sizeof(*buf)) ||
-		   copy_to_user(arg, &l, sizeof(l))))
+	kfree(buf);
+	l.next_block = pos;
+	if (!r && copy_to_user(arg, &l, sizeof(l)))
 		r = -EFAULT;
-	kvfree(buf);
 	return r;
 }
+
+static_assert(sizeof(struct dmu_list_allocations) == sizeof(struct dmu_list_extents));
+static_assert(offsetof(struct dmu_list_allocations, next) ==
+	      offsetof(struct dmu_list_extents, next_block));
+static_assert(offsetof(struct dmu_list_allocations, count) ==
+	      offsetof(struct dmu_list_extents, count));
 
 static long dmu_control_ioctl(struct file *file, unsigned int cmd,
 			      unsigned long arg)
 {
 	struct dmu_channel *ch = file->private_data;
+	unsigned int noio = memalloc_noio_save();
+	long r;
 
 	switch (cmd) {
 	case DMU_IOC_BIND:
-		return dmu_ioctl_bind(ch, (void __user *)arg);
+		r = dmu_ioctl_bind(ch, (void __user *)arg);
+		break;
 	case DMU_IOC_LIST_EXTENTS:
-		return dmu_ioctl_list(ch, (void __user *)arg);
+		r = dmu_ioctl_list(ch, (void __user *)arg,
+				   sizeof(struct dmu_extent_info),
+				   dmu_list_extents_chunk);
+		break;
+	case DMU_IOC_LIST_ALLOCATIONS:
+		r = dmu_ioctl_list(ch, (void __user *)arg,
+				   sizeof(struct dmu_allocation),
+				   dmu_list_allocations_chunk);
+		break;
 	default:
-		return -ENOTTY;
+		r = -ENOTTY;
 	}
+	memalloc_noio_restore(noio);
+	return r;
 }
 
-static void dmu_format(struct dmu_request *m, struct dmu_req *req)
+static void dmu_format(struct dmu_request *m, struct dmu_msg *msg)
 {
 	memset(m, 0, sizeof(*m));
-	m->id = req->id;
-	switch (req->kind) {
-	case DMU_RQ_MAP:
-		m->type = DMU_REQ_MAP;
-		m->flags = req->map_flags;
-		m->block = req->block;
-		m->nr_blocks = req->nr_blocks;
-		break;
-	case DMU_RQ_COMMIT:
-		m->type = DMU_REQ_COMMIT;
-		break;
-	default:
+	if (msg->kind == DMU_MSG_DONE) {
+		struct dmu_tracker *tk = container_of(msg, struct dmu_tracker, msg);
+
 		m->type = DMU_REQ_DONE;
-		m->status = req->error;
-		break;
+		m->id = tk->id;
+		m->flags = tk->map_flags;
+		m->block = tk->block;
+		m->nr_blocks = tk->nr_blocks;
+		m->status = tk->error;
+	} else {
+		struct dmu_req *req = container_of(msg, struct dmu_req, msg);
+
+		m->id = req->id;
+		if (msg->kind == DMU_MSG_COMMIT) {
+			m->type = DMU_REQ_COMMIT;
+		} else {
+			m->type = DMU_REQ_MAP;
+			m->flags = req->map_flags;
+			m->block = req->block;
+			m->nr_blocks = req->nr_blocks;
+		}
 	}
 }
 
 /*
- * Move up to max queued requests to the sent list and format them into
- * ch->rbuf.  DONE messages are finished with once read; a discard for a
- * daemon without DMU_FEATURE_DISCARD is completed here instead.
+ * Move up to max queued messages to where read ones go (MAP and COMMIT to
+ * sent, DONE to done_read; a COMMIT covers the DONEs read before it) and
+ * format them into ch->rbuf.  A discard for a daemon without
+ * DMU_FEATURE_DISCARD is completed here instead.
  */
 static unsigned int dmu_take_requests(struct dmu_target *dt,
 				      struct dmu_channel *ch, unsigned int max,
 				      struct list_head *done,
 				      struct bio_list *discards)
 {
-	struct dmu_req *req, *tmp;
+	struct dmu_msg *m, *tmp;
 	unsigned int n = 0;
 
 	spin_lock_irq(&dt->lock);
-	list_for_each_entry_safe(req, tmp, &dt->send_queue, list) {
+	list_for_each_entry_safe(m, tmp, &dt->send_queue, list) {
+		struct dmu_req *req = container_of(m, struct dmu_req, msg);
+
 		if (n == max)
 			break;
-		if (req->kind == DMU_RQ_MAP &&
+		if (m->kind == DMU_MSG_MAP &&
 		    (req->map_flags & DMU_MAP_DISCARD) &&
 		    !(dt->features & DMU_FEATURE_DISCARD)) {
 			dmu_req_unlink(req);
 			bio_list_merge(discards, &req->bios);
 			bio_list_init(&req->bios);
-			list_add_tail(&req->list, done);
+			list_add_tail(&m->list, done);
 			continue;
 		}
-		ch->rbatch[n] = req;
-		dmu_format(&ch->rbuf[n++], req);
-		if (req->kind == DMU_RQ_DONE) {
-			list_move_tail(&req->list, done);
-		} else {
-			req->state = DMU_RS_SENT;
-			list_move_tail(&req->list, &dt->sent);
+		ch->rbatch[n] = m;
+		dmu_format(&ch->rbuf[n++], m);
+		if (m->kind == DMU_MSG_DONE) {
+			dmu_done_read(dt, container_of(m, struct dmu_tracker, msg));
+			continue;
 		}
+		req->state = DMU_RS_SENT;
+		list_move_tail(&m->list, &dt->sent);
+		if (m->kind == DMU_MSG_COMMIT)
+			dmu_commit_read(dt);
 	}
 	spin_unlock_irq(&dt->lock);
 	return n;
@@ -365,30 +438,60 @@ static bool dmu_readable(struct dmu_channel *ch)
 	return r;
 }
 
-/* copy_to_user() failed: put the batch back at the head of the queue. */
-static void dmu_requeue(struct dmu_target *dt, struct dmu_channel *ch,
-			unsigned int n)
+/* Is m on list?  (m may have been freed: only compare pointers.) */
+static bool dmu_on_list(struct list_head *list, struct dmu_msg *m)
 {
+	struct dmu_msg *x;
+
+	list_for_each_entry(x, list, list)
+		if (x == m)
+			return true;
+	return false;
+}
+
+/*
+ * copy_to_user() of a batch failed: put back at the head of the queue, in
+ * order, what is still where the read left it.  MAP and COMMIT requests
+ * are found again by id (a concurrent write() may have answered one); a
+ * DONE only if it is still on done_read (a COMMIT answered meanwhile may
+ * have published and freed it), so its pointer is never dereferenced
+ * unless found there.  A rare error path: the scans are linear.
+ */
+static void dmu_requeue_read(struct dmu_target *dt, struct dmu_channel *ch,
+			     unsigned int n)
+{
+	lockdep_assert_held(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	while (n--) {
-		struct dmu_req *req = ch->rbatch[n];
+		struct dmu_msg *m = ch->rbatch[n];
+		struct dmu_req *req;
 
-		if (req->kind != DMU_RQ_DONE)
-			req->state = DMU_RS_QUEUED;
-		list_move(&req->list, &dt->send_queue);
+		if (ch->rbuf[n].type == DMU_REQ_DONE) {
+			if (dmu_on_list(&dt->done_read, m))
+				list_move(&m->list, &dt->send_queue);
+			continue;
+		}
+		req = dmu_req_lookup(dt, ch->rbuf[n].id);
+		if (!req || req->state != DMU_RS_SENT)
+			continue;
+		req->state = DMU_RS_QUEUED;
+		list_move(&req->msg.list, &dt->send_queue);
+		/* Not read after all: what it covered was read before it. */
+		if (req->msg.kind == DMU_MSG_COMMIT)
+			list_splice_init(&dt->done_covered, &dt->done_read);
 	}
 	spin_unlock_irq(&dt->lock);
 }
 
-/* Free read DONE messages, complete discards nobody needs to see. */
+/* Free discards nobody needs to see. */
 static void dmu_finish_taken(struct list_head *done, struct bio_list *discards)
 {
-	struct dmu_req *req, *tmp;
+	struct dmu_msg *m, *tmp;
 	struct bio *bio;
 
-	list_for_each_entry_safe(req, tmp, done, list) {
-		list_del_init(&req->list);
-		dmu_req_free(req);
+	list_for_each_entry_safe(m, tmp, done, list) {
+		list_del_init(&m->list);
+		dmu_req_free(container_of(m, struct dmu_req, msg));
 	}
 	while ((bio = bio_list_pop(discards)))
 		bio_endio(bio);
@@ -407,7 +510,9 @@ static ssize_t dmu_control_read(struct file *file, char __user *buf,
 
 	if (!max)
 		return -EINVAL;
-	mutex_lock(&ch->io_mutex);
+	/* A second reader waits behind one sleeping for requests: killably. */
+	if (mutex_lock_interruptible(&ch->rmutex))
+		return -ERESTARTSYS;
 	for (;;) {
 		dt = dmu_channel_get(ch);
 		if (IS_ERR(dt)) {
@@ -417,15 +522,19 @@ static ssize_t dmu_control_read(struct file *file, char __user *buf,
 		mutex_lock(&dt->mutex);
 		r = dmu_channel_check(ch, dt);
 		n = r ? 0 : dmu_take_requests(dt, ch, max, &done, &discards);
-		if (n && copy_to_user(buf, ch->rbuf, n * DMU_MSG_SIZE)) {
-			dmu_requeue(dt, ch, n);
-			r = -EFAULT;
-		} else if (n) {
-			r = n * DMU_MSG_SIZE;
-		}
 		/* Under dt->mutex: dtr cannot tear the pool down meanwhile. */
 		dmu_finish_taken(&done, &discards);
 		mutex_unlock(&dt->mutex);
+		if (n) {
+			r = n * DMU_MSG_SIZE;
+			if (copy_to_user(buf, ch->rbuf, r)) {
+				r = -EFAULT;
+				mutex_lock(&dt->mutex);
+				if (!dmu_channel_check(ch, dt))
+					dmu_requeue_read(dt, ch, n);
+				mutex_unlock(&dt->mutex);
+			}
+		}
 		dmu_target_put(dt);
 		if (r)
 			break;
@@ -437,7 +546,7 @@ static ssize_t dmu_control_read(struct file *file, char __user *buf,
 		if (r)
 			break;
 	}
-	mutex_unlock(&ch->io_mutex);
+	mutex_unlock(&ch->rmutex);
 	return r;
 }
 
@@ -445,19 +554,22 @@ static ssize_t dmu_control_write(struct file *file, const char __user *buf,
 				 size_t len, loff_t *ppos)
 {
 	struct dmu_channel *ch = file->private_data;
+	struct dmu_drain_sync *drain = NULL;
 	struct dmu_target *dt;
-	size_t done = 0;
 	bool bad = false;
-	int r;
+	unsigned int noio;
+	size_t done = 0;
+	int r = 0;
 
 	if (!len || len % DMU_MSG_SIZE)
 		return -EINVAL;
 	dt = dmu_channel_get(ch);
 	if (IS_ERR(dt))
 		return PTR_ERR(dt);
-	mutex_lock(&ch->io_mutex);
-	mutex_lock(&dt->mutex);
-	r = dmu_channel_check(ch, dt);
+	if (mutex_lock_interruptible(&ch->wmutex)) {
+		dmu_target_put(dt);
+		return -ERESTARTSYS;
+	}
 	while (!r && !bad && done < len) {
 		unsigned int n = min_t(size_t, (len - done) / DMU_MSG_SIZE,
 				       DMU_IO_MSGS);
@@ -467,11 +579,27 @@ static ssize_t dmu_control_write(struct file *file, const char __user *buf,
 			r = -EFAULT;
 			break;
 		}
-		ok = dmu_handle_responses(dt, ch->wbuf, n, &bad);
-		done += (size_t)ok * DMU_MSG_SIZE;
+		mutex_lock(&dt->mutex);
+		r = dmu_channel_check(ch, dt);
+		if (!r) {
+			/* Answering must not recurse into I/O to this device. */
+			noio = memalloc_noio_save();
+			ok = dmu_handle_responses(dt, ch->wbuf, n, &bad,
+						  &drain);
+			memalloc_noio_restore(noio);
+			done += (size_t)ok * DMU_MSG_SIZE;
+		}
+		mutex_unlock(&dt->mutex);
 	}
-	mutex_unlock(&dt->mutex);
-	mutex_unlock(&ch->io_mutex);
+	mutex_unlock(&ch->wmutex);
+	/*
+	 * INVALIDATE: no I/O through the dropped extents is left in flight.
+	 * Only a fatal signal ends the wait early; the process is going away.
+	 */
+	if (drain) {
+		atomic64_inc(&dt->c.drains);
+		dmu_drain_sync_wait(&dt->drain, drain);
+	}
 	dmu_target_put(dt);
 	if (done)
 		return done;

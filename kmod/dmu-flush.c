@@ -4,31 +4,45 @@
  * core sends the data of a flush with data separately) or a FUA write
  * completes only after
  *   1. every DONE for writes that completed before it has been queued to
- *      the daemon (trackers older than the cycle's barrier have finished),
- *   2. the data devices written since their last flush were flushed, and
- *   3. the daemon answered a COMMIT with COMMITTED status 0.
+ *      the daemon (trackers older than the cycle's barrier have retired),
+ *   2. every data device that a write or fill *completed* on since that
+ *      device's last flush was flushed, and
+ *   3. if any DONE was queued since the last COMMIT, the daemon answered a
+ *      COMMIT with COMMITTED status 0 (an error fails them with EIO).
+ * A device is marked dirty when a write to it completes (end_io, the end
+ * of a fill), never when it is submitted: a write submitted before a cycle
+ * and completed after that cycle's device flush marks its device again,
+ * so the next flush covers it, whatever runs concurrently.
+ *
  * FUA writes are issued without REQ_FUA (step 2 makes them durable) and
  * their completion is held in end_io (DM_ENDIO_INCOMPLETE) until then.
  *
  * As in dm-thin, flushes are batched: everything that arrives while a
  * cycle is under way waits for the next cycle, which the end of the
- * current one starts.  If nothing was written since the last commit, a
- * cycle completes at once without asking the daemon.
+ * current one starts.  The kernel also starts a cycle of its own when too
+ * many allocation records wait to be published (a checkpoint).
  */
 #include <linux/blkdev.h>
 
 #include "dmu.h"
 
-void dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
+/*
+ * Queue a flush (or a completed FUA write) for the next cycle.  Returns
+ * false, without queueing, when dm core should requeue it (a noflush
+ * suspend with nobody to answer); the caller completes it then, as
+ * callers in end_io must not complete their own bio.  A cycle that needs
+ * no COMMIT completes without a daemon; one that does waits for one as
+ * any request does.
+ */
+bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
 {
 	unsigned long flags;
 	bool kick;
 
 	spin_lock_irqsave(&dt->lock, flags);
-	if (dmu_must_fail_now(dt)) {
+	if (dmu_must_requeue(dt)) {
 		spin_unlock_irqrestore(&dt->lock, flags);
-		bio_io_error(bio);
-		return;
+		return false;
 	}
 	bio_list_add(&dt->flush_bios, bio);
 	kick = dt->commit_stage == DMU_CS_IDLE;
@@ -37,6 +51,7 @@ void dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
 	spin_unlock_irqrestore(&dt->lock, flags);
 	if (kick)
 		queue_work(dt->wq, &dt->flush_work);
+	return true;
 }
 
 /* End the cycle under way: complete its bios, start the next one. */
@@ -50,7 +65,7 @@ static void dmu_commit_done(struct dmu_target *dt, int error)
 	bios = dt->commit_bios;
 	bio_list_init(&dt->commit_bios);
 	dt->commit_stage = DMU_CS_IDLE;
-	more = !bio_list_empty(&dt->flush_bios);
+	more = !bio_list_empty(&dt->flush_bios) || dt->checkpoint;
 	spin_unlock_irq(&dt->lock);
 	while ((bio = bio_list_pop(&bios)))
 		dmu_end_bio(bio, error ? -EIO : 0);
@@ -62,22 +77,21 @@ static void dmu_commit_done(struct dmu_target *dt, int error)
 void dmu_commit_answered(struct dmu_target *dt, int status)
 {
 	lockdep_assert_held(&dt->mutex);
-	if (status) {
+	if (status)
 		DMERR_LIMIT("%s: daemon could not commit its metadata: %d; failing flushes",
 			    dt->key, status);
-		set_bit(DMU_DIRTY, &dt->flags);
-	}
+	dmu_commit_outcome(dt, !status);
 	dmu_commit_done(dt, status);
 }
 
 static bool dmu_barrier_passed(struct dmu_target *dt)
 {
-	struct dmu_req *oldest;
+	struct dmu_tracker *oldest;
 
 	lockdep_assert_held(&dt->lock);
-	if (list_empty(&dt->trackers))
+	if (list_empty(&dt->inflight))
 		return true;
-	oldest = list_first_entry(&dt->trackers, struct dmu_req, tracker);
+	oldest = list_first_entry(&dt->inflight, struct dmu_tracker, inflight);
 	return oldest->seq >= dt->commit_barrier;
 }
 
@@ -87,11 +101,11 @@ static int dmu_flush_devices(struct dmu_target *dt)
 	u32 i;
 
 	for (i = 0; i < dt->nr_devs; i++) {
-		if (!test_and_clear_bit(i, &dt->dirty_devs))
+		if (!test_and_clear_bit(i, dt->dirty_devs))
 			continue;
-		r = blkdev_issue_flush(dt->devs[i]->bdev);
+		r = blkdev_issue_flush(dt->bdev[i]);
 		if (r) {
-			set_bit(i, &dt->dirty_devs);
+			set_bit(i, dt->dirty_devs);
 			if (!error)
 				error = r;
 		}
@@ -99,58 +113,80 @@ static int dmu_flush_devices(struct dmu_target *dt)
 	return error;
 }
 
+/* DONEs held back during the device flush join the queue (dt->lock). */
+static void dmu_release_held(struct dmu_target *dt)
+{
+	lockdep_assert_held(&dt->lock);
+	if (list_empty(&dt->done_held))
+		return;
+	list_splice_tail_init(&dt->done_held, &dt->send_queue);
+	dmu_wake_daemon(dt);
+}
+
+/*
+ * The cycle: wait for the barrier, flush the dirty devices, then ask for
+ * a COMMIT.  DONEs of trackers that retire once the devices are being
+ * flushed may describe data this flush does not cover: they are held back
+ * (dt->done_held) and queued behind the COMMIT, so the daemon never reads
+ * them before it, and the next cycle commits them.
+ */
 void dmu_flush_work(struct work_struct *work)
 {
 	struct dmu_target *dt = container_of(work, struct dmu_target, flush_work);
 	struct dmu_req *req = &dt->commit;
+	bool commit;
 	int error;
 
 	spin_lock_irq(&dt->lock);
 	if (dt->commit_stage == DMU_CS_IDLE) {
-		if (bio_list_empty(&dt->flush_bios))
+		if (bio_list_empty(&dt->flush_bios) && !dt->checkpoint)
 			goto unlock;
 		bio_list_merge(&dt->commit_bios, &dt->flush_bios);
 		bio_list_init(&dt->flush_bios);
+		dt->checkpoint = false;
 		dt->commit_barrier = dt->next_seq;
 		dt->commit_stage = DMU_CS_WAIT;
 	}
 	if (dt->commit_stage != DMU_CS_WAIT || !dmu_barrier_passed(dt))
 		goto unlock;
 	dt->commit_stage = DMU_CS_FLUSHING;
+	commit = test_and_clear_bit(DMU_NEEDS_COMMIT, &dt->flags);
 	spin_unlock_irq(&dt->lock);
 
-	if (!test_and_clear_bit(DMU_DIRTY, &dt->flags)) {
-		dmu_commit_done(dt, 0);
-		return;
-	}
 	error = dmu_flush_devices(dt);
-	if (error) {
-		DMERR_LIMIT("%s: flushing a data device failed: %d", dt->key, error);
-		set_bit(DMU_DIRTY, &dt->flags);
+
+	spin_lock_irq(&dt->lock);
+	if (dt->commit_stage != DMU_CS_FLUSHING) {
+		/* failed meanwhile by dmu_flush_fail_all() */
+		if (commit)
+			set_bit(DMU_NEEDS_COMMIT, &dt->flags);
+		dmu_release_held(dt);
+		goto unlock;
+	}
+	if (error || !commit || dmu_must_fail_now(dt)) {
+		if (commit)
+			set_bit(DMU_NEEDS_COMMIT, &dt->flags);
+		dmu_release_held(dt);
+		spin_unlock_irq(&dt->lock);
+		if (error)
+			DMERR_LIMIT("%s: flushing a data device failed: %d",
+				    dt->key, error);
+		else if (commit)
+			error = -EIO;	/* nobody can commit */
 		dmu_commit_done(dt, error);
 		return;
 	}
-
-	spin_lock_irq(&dt->lock);
-	if (dt->commit_stage != DMU_CS_FLUSHING)
-		goto unlock;	/* failed meanwhile by dmu_flush_fail_all() */
-	if (dmu_must_fail_now(dt)) {
-		spin_unlock_irq(&dt->lock);
-		set_bit(DMU_DIRTY, &dt->flags);
-		dmu_commit_done(dt, -EIO);
-		return;
-	}
-	req->kind = DMU_RQ_COMMIT;
-	req->id = ++dt->next_id;
+	req->id = dmu_new_id();
 	req->state = DMU_RS_QUEUED;
 	req->resent = false;
 	req->queued_at = jiffies;
 	dmu_arm_timeout(dt);
 	hash_add(dt->ids, &req->hash, req->id);
-	list_add_tail(&req->list, &dt->send_queue);
+	list_add_tail(&req->msg.list, &dt->send_queue);
 	dt->nr_pending++;
 	dt->commit_stage = DMU_CS_SENT;
 	dmu_wake_daemon(dt);
+	dmu_release_held(dt);
 unlock:
 	spin_unlock_irq(&dt->lock);
 }
@@ -159,29 +195,58 @@ unlock:
 void dmu_commit_expired(struct dmu_target *dt)
 {
 	lockdep_assert_held(&dt->mutex);
-	set_bit(DMU_DIRTY, &dt->flags);
+	dmu_commit_outcome(dt, false);
 	dmu_commit_done(dt, -ETIMEDOUT);
+}
+
+/* Take every waiting flush and held FUA write off the lists. */
+static void dmu_flush_take_all(struct dmu_target *dt, struct bio_list *bios)
+{
+	lockdep_assert_held(&dt->lock);
+	bio_list_merge(bios, &dt->commit_bios);
+	bio_list_merge(bios, &dt->flush_bios);
+	bio_list_init(&dt->commit_bios);
+	bio_list_init(&dt->flush_bios);
 }
 
 /* Fail every waiting flush and the cycle under way (no daemon to commit). */
 void dmu_flush_fail_all(struct dmu_target *dt, blk_status_t status)
 {
 	struct bio_list bios = BIO_EMPTY_LIST;
+	bool unlinked = false;
 	struct bio *bio;
 
 	spin_lock_irq(&dt->lock);
 	if (dt->commit.state != DMU_RS_IDLE) {
 		dmu_req_unlink(&dt->commit);
-		set_bit(DMU_DIRTY, &dt->flags);
+		unlinked = true;
 	}
-	bio_list_merge(&bios, &dt->commit_bios);
-	bio_list_merge(&bios, &dt->flush_bios);
-	bio_list_init(&dt->commit_bios);
-	bio_list_init(&dt->flush_bios);
+	dmu_release_held(dt);
+	dmu_flush_take_all(dt, &bios);
 	dt->commit_stage = DMU_CS_IDLE;
+	dt->checkpoint = false;
 	spin_unlock_irq(&dt->lock);
+	if (unlinked)
+		dmu_commit_outcome(dt, false);
 	while ((bio = bio_list_pop(&bios))) {
 		bio->bi_status = status;
 		bio_endio(bio);
 	}
+}
+
+/*
+ * A noflush suspend with no daemon: hand the flushes (and held FUA writes,
+ * which dm core then writes again) back to dm core.  A cycle under way
+ * goes on without them.
+ */
+void dmu_flush_requeue(struct dmu_target *dt)
+{
+	struct bio_list bios = BIO_EMPTY_LIST;
+	struct bio *bio;
+
+	spin_lock_irq(&dt->lock);
+	dmu_flush_take_all(dt, &bios);
+	spin_unlock_irq(&dt->lock);
+	while ((bio = bio_list_pop(&bios)))
+		dmu_requeue_bio(dt, bio);
 }

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * dm-userspace requests: routing a bio through the cache, parking it on a
- * MAP request when the cache cannot map it, trackers that turn into DONE
- * messages, and what happens to waiting I/O when the daemon goes away or
- * the wait times out.
+ * MAP request when the cache cannot map it, and what happens to waiting
+ * I/O when the daemon goes away, the wait times out or the device is
+ * suspended.
  *
  * A parked bio always lies inside one block (map() cuts it at the block
  * boundary), so when it is driven through the cache again it is either
@@ -13,6 +13,14 @@
 #include <linux/slab.h>
 
 #include "dmu.h"
+
+/* Request ids are unique for the life of the module, across targets. */
+static atomic64_t dmu_last_id = ATOMIC64_INIT(0);
+
+u64 dmu_new_id(void)
+{
+	return (u64)atomic64_inc_return(&dmu_last_id) & ~DMU_PUSH_ID;
+}
 
 void dmu_end_bio(struct bio *bio, int error)
 {
@@ -28,6 +36,17 @@ static void dmu_end_bio_list(struct bio_list *bios, int error)
 		dmu_end_bio(bio, error);
 }
 
+/* Hand a parked bio back to dm core, which issues it again after resume. */
+void dmu_requeue_bio(struct dmu_target *dt, struct bio *bio)
+{
+	struct dmu_bio *pb = dmu_pb(bio);
+
+	atomic64_inc(&dt->c.requeued);
+	pb->flags &= ~DMU_BIO_HELD;
+	bio->bi_status = BLK_STS_DM_REQUEUE;
+	bio_endio(bio);
+}
+
 struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp)
 {
 	struct dmu_req *req = mempool_alloc(&dt->req_pool, gfp);
@@ -35,11 +54,12 @@ struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp)
 	if (!req)
 		return NULL;
 	memset(req, 0, sizeof(*req));
-	INIT_LIST_HEAD(&req->list);
+	INIT_LIST_HEAD(&req->msg.list);
 	INIT_LIST_HEAD(&req->pending);
-	INIT_LIST_HEAD(&req->tracker);
 	INIT_HLIST_NODE(&req->hash);
+	req->msg.kind = DMU_MSG_MAP;
 	req->dt = dt;
+	req->from_pool = true;
 	return req;
 }
 
@@ -47,9 +67,13 @@ struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp)
 void dmu_req_free(struct dmu_req *req)
 {
 	kfree(req->msgs);
-	kfree(req->new_ext);
-	if (req != &req->dt->commit)
+	req->msgs = NULL;
+	if (req == &req->dt->commit)
+		return;
+	if (req->from_pool)
 		mempool_free(req, &req->dt->req_pool);
+	else
+		kmem_cache_free(dmu_req_slab, req);
 }
 
 struct dmu_req *dmu_req_lookup(struct dmu_target *dt, u64 id)
@@ -69,19 +93,28 @@ void dmu_req_unlink(struct dmu_req *req)
 	lockdep_assert_held(&req->dt->lock);
 	hash_del(&req->hash);
 	list_del_init(&req->pending);
-	list_del_init(&req->list);
+	list_del_init(&req->msg.list);
 	req->dt->nr_pending--;
 	req->state = DMU_RS_IDLE;
+}
+
+/*
+ * Called with dt->lock held: a noflush suspend with nobody to answer.  dm
+ * core honours a requeue only while it is noflush suspending (an
+ * interrupted suspend ends that before presuspend_undo), so ask it.
+ */
+bool dmu_must_requeue(struct dmu_target *dt)
+{
+	return dt->suspending && !dt->dying && dt->state != DMU_DAEMON_BOUND &&
+	       dm_noflush_suspending(dt->ti);
 }
 
 /* Called with dt->lock held: I/O that needs the daemon fails at once. */
 bool dmu_must_fail_now(struct dmu_target *dt)
 {
-	lockdep_assert_held(&dt->lock);
 	if (dt->dying || dt->state == DMU_DAEMON_TIMED_OUT)
 		return true;
-	return dt->state != DMU_DAEMON_BOUND &&
-	       (dt->suspending || !dt->daemon_timeout);
+	return dt->state != DMU_DAEMON_BOUND && !dt->opt.daemon_timeout;
 }
 
 void dmu_wake_daemon(struct dmu_target *dt)
@@ -114,22 +147,31 @@ static struct dmu_req *dmu_find_pending(struct dmu_target *dt, u64 block,
  * (then the pieces of one large bio make one request).  A read or write bio
  * lies inside one block; nr_blocks is how many blocks the original bio
  * touched, a hint that lets the daemon answer a large bio with one extent.
- * A discard always gets a request of its own.
+ * A discard always gets a request of its own.  Returns what map() returns.
  */
-void dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
-		       u64 nr_blocks, u32 map_flags, bool can_sleep)
+int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
+		      u64 nr_blocks, u32 map_flags, enum dmu_route how)
 {
 	struct dmu_req *req = NULL, *fresh = NULL;
 	unsigned long flags;
 
 	for (;;) {
 		spin_lock_irqsave(&dt->lock, flags);
-		if (dmu_must_fail_now(dt)) {
+		if (dmu_must_requeue(dt) || dmu_must_fail_now(dt)) {
+			bool requeue = dmu_must_requeue(dt);
+
 			spin_unlock_irqrestore(&dt->lock, flags);
 			if (fresh)
 				dmu_req_free(fresh);
-			bio_io_error(bio);
-			return;
+			if (requeue && how == DMU_ROUTE_MAP) {
+				atomic64_inc(&dt->c.requeued);
+				return DM_MAPIO_REQUEUE;
+			}
+			if (requeue)
+				dmu_requeue_bio(dt, bio);
+			else
+				bio_io_error(bio);
+			return DM_MAPIO_SUBMITTED;
 		}
 		if (!(map_flags & DMU_MAP_DISCARD))
 			req = dmu_find_pending(dt, block,
@@ -138,28 +180,31 @@ void dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 			break;
 		spin_unlock_irqrestore(&dt->lock, flags);
 
-		fresh = dmu_req_alloc(dt, can_sleep ? GFP_NOIO : GFP_NOWAIT);
+		/*
+		 * Only the deferral worker may sleep for a request: map() must
+		 * not, and the pool refills when the daemon answers.
+		 */
+		fresh = dmu_req_alloc(dt, how == DMU_ROUTE_DEFERRED ?
+				      GFP_NOIO : GFP_NOWAIT);
 		if (!fresh) {
-			/* map() must not sleep: let the worker allocate. */
 			spin_lock_irqsave(&dt->lock, flags);
 			bio_list_add(&dt->deferred, bio);
 			spin_unlock_irqrestore(&dt->lock, flags);
 			queue_work(dt->wq, &dt->deferred_work);
-			return;
+			return DM_MAPIO_SUBMITTED;
 		}
 	}
 	if (!req) {
 		req = fresh;
 		fresh = NULL;
-		req->kind = DMU_RQ_MAP;
-		req->id = ++dt->next_id;
+		req->id = dmu_new_id();
 		req->block = block;
 		req->nr_blocks = min(nr_blocks, dt->target_blocks - block);
 		req->map_flags = map_flags;
 		req->state = DMU_RS_QUEUED;
 		hash_add(dt->ids, &req->hash, req->id);
 		list_add(&req->pending, &dt->pending_maps);
-		list_add_tail(&req->list, &dt->send_queue);
+		list_add_tail(&req->msg.list, &dt->send_queue);
 		dt->nr_pending++;
 		req->queued_at = jiffies;
 		atomic64_inc(&dt->c.requests);
@@ -170,32 +215,48 @@ void dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 	spin_unlock_irqrestore(&dt->lock, flags);
 	if (fresh)
 		dmu_req_free(fresh);
+	return DM_MAPIO_SUBMITTED;
+}
+
+/* The answer to 'answered' did not cover its first block: fail the bio. */
+static void dmu_answer_missed(struct dmu_target *dt, struct dmu_req *answered,
+			      struct bio *bio, bool write, u64 block)
+{
+	if (!answered->bad_answer) {
+		answered->bad_answer = true;
+		atomic64_inc(&dt->c.bad);
+		DMERR_LIMIT("%s: answer to request %llu does not cover its first block %llu for %s",
+			    dt->key, answered->id, block, write ? "writing" : "reading");
+	}
+	bio_io_error(bio);
 }
 
 /*
  * Route one bio through the cache.
  *
- * From map() (DMU_ROUTE_MAP, origin NULL): a hit is remapped and DM_MAPIO_REMAPPED
+ * From map() (DMU_ROUTE_MAP): a hit is remapped and DM_MAPIO_REMAPPED
  * returned, after shortening the bio to the extent with
  * dm_accept_partial_bio(); a miss is shortened to its block and parked.
  *
- * Otherwise the bio lies inside one block and is submitted here.  origin
- * is the request whose answer (or fill) re-drives it: a write that hits is
- * tracked by origin when origin reports DONE, and with DMU_ROUTE_ANSWER a
- * bio in origin's first block that the answer did not cover fails (the
- * answer was bad).
+ * Otherwise the bio lies inside one block and is submitted here.  A write
+ * that hits is tracked by origin (the tracker of the answer that re-drives
+ * it) when there is one; with DMU_ROUTE_ANSWER a bio in the first block of
+ * the answered request that the answer did not cover fails.
+ *
+ * A remapped bio joins the current I/O generation while cache->lock is
+ * held, so an invalidation that drops its extent waits for it.
  */
 int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
-		struct dmu_req *origin)
+		struct dmu_tracker *origin, struct dmu_req *answered)
 {
 	bool in_map = how == DMU_ROUTE_MAP;
 	struct dmu_cache *cache = &dt->cache;
-	sector_t offset = dm_target_offset(dt->ti, bio->bi_iter.bi_sector);
+	sector_t offset = dmu_offset(dt, bio);
 	sector_t len = bio_sectors(bio);
 	u64 block = dmu_block_of(dt, offset);
 	u64 span = dmu_block_of(dt, offset + len - 1) - block + 1;
 	bool write = op_is_write(bio_op(bio));
-	struct block_device *bdev;
+	struct dmu_bio *pb = dmu_pb(bio);
 	struct dmu_extent *e;
 	unsigned long flags;
 	sector_t sector, limit;
@@ -225,19 +286,18 @@ int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
 		}
 		dev = e->dev;
 		sector = e->sector + (offset - dmu_block_start(dt, e->block));
+		pb->io_ref = dmu_io_begin(&dt->drain);
 		spin_unlock_irqrestore(&cache->lock, flags);
 
-		bdev = dt->devs[dev]->bdev;
-		if (write)
-			dmu_mark_dirty(dt, dev);
-		bio_set_dev(bio, bdev);
+		pb->dev = dev;
+		bio_set_dev(bio, dt->bdev[dev]);
 		bio->bi_iter.bi_sector = sector;
 		if (in_map) {
 			atomic64_inc(&dt->c.hits);
 			return DM_MAPIO_REMAPPED;
 		}
-		if (write && origin && origin->needs_done) {
-			dmu_pb(bio)->tracker = origin;
+		if (write && origin) {
+			pb->tracker = origin;
 			atomic_inc(&origin->io_pending);
 		}
 		dm_submit_bio_remap(bio, NULL);
@@ -254,24 +314,34 @@ int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
 	}
 	spin_unlock_irqrestore(&cache->lock, flags);
 
-	if (how == DMU_ROUTE_ANSWER && block == origin->block) {
-		if (!origin->error) {
-			atomic64_inc(&dt->c.bad);
-			DMERR_LIMIT("%s: answer to request %llu does not cover its first block %llu for %s",
-				    dt->key, origin->id, block, write ? "writing" : "reading");
-			origin->error = -EIO;
-		}
-		bio_io_error(bio);
+	if (how == DMU_ROUTE_ANSWER && answered && block == answered->block) {
+		dmu_answer_missed(dt, answered, bio, write, block);
 		return DM_MAPIO_SUBMITTED;
 	}
 	atomic64_inc(&dt->c.misses);
-	/*
-	 * Only the deferral worker may sleep for a request: the daemon's
-	 * write() holds dt->mutex, and the pool refills when it answers.
-	 */
-	dmu_queue_request(dt, bio, block, span, write ? DMU_MAP_WRITE : 0,
-			  how == DMU_ROUTE_DEFERRED);
-	return DM_MAPIO_SUBMITTED;
+	return dmu_queue_request(dt, bio, block, span,
+				 write ? DMU_MAP_WRITE : 0, how);
+}
+
+/*
+ * A discard asks the daemon for whole blocks only (advisory: partial blocks
+ * are simply kept); it never goes through the cache.
+ */
+int dmu_queue_discard(struct dmu_target *dt, struct bio *bio,
+		      enum dmu_route how)
+{
+	sector_t offset = dmu_offset(dt, bio);
+	u64 first = dmu_block_of(dt, offset + dt->block_sectors - 1);
+	u64 end = dmu_block_of(dt, offset + bio_sectors(bio));
+
+	if (offset + bio_sectors(bio) == dt->len)
+		end = dt->target_blocks;
+	if (first >= end) {
+		bio_endio(bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	return dmu_queue_request(dt, bio, first, end - first, DMU_MAP_DISCARD,
+				 how);
 }
 
 /* Misses whose request could not be allocated inside map(). */
@@ -286,121 +356,71 @@ void dmu_deferred_work(struct work_struct *work)
 	bios = dt->deferred;
 	bio_list_init(&dt->deferred);
 	spin_unlock_irq(&dt->lock);
-	while ((bio = bio_list_pop(&bios)))
-		dmu_map_bio(dt, bio, DMU_ROUTE_DEFERRED, NULL);
-}
-
-void dmu_set_error(struct dmu_req *req, int error)
-{
-	if (error)
-		cmpxchg(&req->error, 0, error);
+	while ((bio = bio_list_pop(&bios))) {
+		if (bio_op(bio) == REQ_OP_DISCARD)
+			dmu_queue_discard(dt, bio, DMU_ROUTE_DEFERRED);
+		else
+			dmu_map_bio(dt, bio, DMU_ROUTE_DEFERRED, NULL, NULL);
+	}
 }
 
 /*
- * An answered request that must report DONE becomes a tracker: it is
- * ordered against flushes by seq and reports once io_pending drops to 0.
- * The caller holds the initial reference and drops it with
- * dmu_tracker_put() when it has started everything.
+ * A noflush suspend with no daemon: hand every bio that waits for a daemon
+ * back to dm core.  The requests stay pending (a daemon may still answer
+ * them); the bios come back after resume and find them again.
  */
-void dmu_tracker_start(struct dmu_req *req)
+void dmu_requeue_parked(struct dmu_target *dt)
 {
-	struct dmu_target *dt = req->dt;
+	struct bio_list bios = BIO_EMPTY_LIST;
+	struct dmu_req *req;
+	struct bio *bio;
 
 	lockdep_assert_held(&dt->mutex);
-	req->state = DMU_RS_TRACKING;
-	atomic_set(&req->io_pending, 1);
 	spin_lock_irq(&dt->lock);
-	req->seq = dt->next_seq++;
-	list_add_tail(&req->tracker, &dt->trackers);
-	dt->nr_trackers++;
-	if (req->kind == DMU_RQ_PUSH)
-		dt->nr_push_trackers++;
+	list_for_each_entry(req, &dt->pending_maps, pending) {
+		bio_list_merge(&bios, &req->bios);
+		bio_list_init(&req->bios);
+	}
+	bio_list_merge(&bios, &dt->deferred);
+	bio_list_init(&dt->deferred);
 	spin_unlock_irq(&dt->lock);
-	set_bit(DMU_DIRTY, &dt->flags);
-}
-
-/* Drop a tracker reference; the last one queues the DONE message. */
-void dmu_tracker_put(struct dmu_req *req, int error)
-{
-	struct dmu_target *dt = req->dt;
-	unsigned long flags;
-
-	dmu_set_error(req, error);
-	if (!atomic_dec_and_test(&req->io_pending))
-		return;
-
-	spin_lock_irqsave(&dt->lock, flags);
-	list_del_init(&req->tracker);
-	dt->nr_trackers--;
-	if (req->kind == DMU_RQ_PUSH)
-		dt->nr_push_trackers--;
-	if (dt->dying || dt->state == DMU_DAEMON_TIMED_OUT) {
-		dmu_req_free(req);
-	} else {
-		req->kind = DMU_RQ_DONE;
-		req->state = DMU_RS_QUEUED;
-		list_add_tail(&req->list, &dt->send_queue);
-		dmu_wake_daemon(dt);
-	}
-	/* A commit may be waiting for older trackers. */
-	if (dt->commit_stage == DMU_CS_WAIT)
-		queue_work(dt->wq, &dt->flush_work);
-	wake_up(&dt->drain_wait);
-	spin_unlock_irqrestore(&dt->lock, flags);
-}
-
-/*
- * Fail an unlinked MAP request's bios.  A write request that was answered
- * (needs_done) still reports DONE with the error, so that the daemon can
- * forget what it allocated for it.
- */
-void dmu_req_fail(struct dmu_req *req, int error)
-{
-	lockdep_assert_held(&req->dt->mutex);
-	dmu_end_bio_list(&req->bios, error);
-	if (req->needs_done) {
-		dmu_tracker_start(req);
-		dmu_tracker_put(req, error);
-	} else {
-		dmu_req_free(req);
-	}
+	while ((bio = bio_list_pop(&bios)))
+		dmu_requeue_bio(dt, bio);
+	dmu_flush_requeue(dt);
 }
 
 /*
  * Fail every MAP request and every flush that waits for a daemon.  DONE
- * messages stay queued for the next daemon unless nobody can read them.
+ * messages stay queued for the next daemon (dtr frees them).
  */
 void dmu_fail_all(struct dmu_target *dt, blk_status_t status)
 {
 	int error = blk_status_to_errno(status);
-	struct dmu_req *req, *tmp;
+	struct dmu_msg *m, *tmp;
 	struct bio_list deferred;
 	LIST_HEAD(victims);
-	LIST_HEAD(dones);
 
 	lockdep_assert_held(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	list_splice_tail_init(&dt->sent, &dt->send_queue);
-	list_for_each_entry_safe(req, tmp, &dt->send_queue, list) {
-		if (req->kind == DMU_RQ_MAP) {
-			dmu_req_unlink(req);
-			list_add_tail(&req->list, &victims);
-		} else if (req->kind == DMU_RQ_DONE &&
-			   (dt->dying || dt->state == DMU_DAEMON_TIMED_OUT)) {
-			list_move_tail(&req->list, &dones);
-		}
+	list_for_each_entry_safe(m, tmp, &dt->send_queue, list) {
+		struct dmu_req *req;
+
+		if (m->kind != DMU_MSG_MAP)
+			continue;
+		req = container_of(m, struct dmu_req, msg);
+		dmu_req_unlink(req);
+		list_add_tail(&req->msg.list, &victims);
 	}
 	deferred = dt->deferred;
 	bio_list_init(&dt->deferred);
 	spin_unlock_irq(&dt->lock);
 
-	list_for_each_entry_safe(req, tmp, &victims, list) {
-		list_del_init(&req->list);
-		req->needs_done = false;
-		dmu_req_fail(req, error);
-	}
-	list_for_each_entry_safe(req, tmp, &dones, list) {
-		list_del_init(&req->list);
+	list_for_each_entry_safe(m, tmp, &victims, list) {
+		struct dmu_req *req = container_of(m, struct dmu_req, msg);
+
+		list_del_init(&m->list);
+		dmu_end_bio_list(&req->bios, error);
 		dmu_req_free(req);
 	}
 	dmu_end_bio_list(&deferred, error);
@@ -408,33 +428,52 @@ void dmu_fail_all(struct dmu_target *dt, blk_status_t status)
 }
 
 /*
- * The bound daemon closed its file (or died).  What it read but did not
- * answer goes back to the front of the queue for the next daemon; I/O
- * waits for one up to daemon_timeout.
+ * The bound daemon closed its file (or died).  The next daemon first reads
+ * the DONEs no COMMITTED covered, then what this one read but did not
+ * answer; I/O waits for it up to daemon_timeout.
  */
 void dmu_daemon_gone(struct dmu_target *dt)
 {
-	struct dmu_req *req;
-	bool fail_now;
+	bool fail_now, requeue;
+	struct dmu_msg *m;
 
 	lockdep_assert_held(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	dt->channel = NULL;
 	dt->features = 0;
-	list_for_each_entry(req, &dt->sent, list) {
+	list_for_each_entry(m, &dt->sent, list) {
+		struct dmu_req *req = container_of(m, struct dmu_req, msg);
+
 		req->state = DMU_RS_QUEUED;
 		req->resent = true;
 		req->nr_msgs = 0;
 		atomic64_inc(&dt->c.resent);
 	}
 	list_splice_init(&dt->sent, &dt->send_queue);
+	dmu_done_requeue(dt);
+	/*
+	 * A COMMIT it did not answer is withdrawn and the cycle starts over
+	 * (a fresh device flush, then a fresh COMMIT behind every DONE now
+	 * queued), so no COMMIT ever follows a DONE its flush did not cover.
+	 */
+	if (dt->commit.state != DMU_RS_IDLE) {
+		dmu_req_unlink(&dt->commit);
+		set_bit(DMU_NEEDS_COMMIT, &dt->flags);
+		dt->commit_stage = DMU_CS_WAIT;
+		queue_work(dt->wq, &dt->flush_work);
+	}
 	dt->state = DMU_DAEMON_WAITING;
-	fail_now = dt->suspending || dt->dying || !dt->daemon_timeout;
+	requeue = dmu_must_requeue(dt);
+	fail_now = dt->dying || !dt->opt.daemon_timeout;
 	spin_unlock_irq(&dt->lock);
 	dmu_drop_pushes(dt);
 
-	if (fail_now) {
-		if (!dt->suspending && !dt->dying) {
+	if (requeue) {
+		dmu_requeue_parked(dt);
+		mod_delayed_work(dt->wq, &dt->timeout_work,
+				 (unsigned long)dt->opt.daemon_timeout * HZ);
+	} else if (fail_now) {
+		if (!dt->dying) {
 			spin_lock_irq(&dt->lock);
 			dt->state = DMU_DAEMON_TIMED_OUT;
 			spin_unlock_irq(&dt->lock);
@@ -442,16 +481,16 @@ void dmu_daemon_gone(struct dmu_target *dt)
 		dmu_fail_all(dt, BLK_STS_IOERR);
 	} else {
 		mod_delayed_work(dt->wq, &dt->timeout_work,
-				 (unsigned long)dt->daemon_timeout * HZ);
+				 (unsigned long)dt->opt.daemon_timeout * HZ);
 	}
 }
 
 /* Start the timeout clock unless it runs already (0: no timeout). */
 void dmu_arm_timeout(struct dmu_target *dt)
 {
-	if (dt->daemon_timeout)
+	if (dt->opt.daemon_timeout)
 		queue_delayed_work(dt->wq, &dt->timeout_work,
-				   (unsigned long)dt->daemon_timeout * HZ);
+				   (unsigned long)dt->opt.daemon_timeout * HZ);
 }
 
 /*
@@ -461,20 +500,25 @@ void dmu_arm_timeout(struct dmu_target *dt)
  */
 static void dmu_expire_requests(struct dmu_target *dt)
 {
-	unsigned long limit = (unsigned long)dt->daemon_timeout * HZ;
+	unsigned long limit = (unsigned long)dt->opt.daemon_timeout * HZ;
 	unsigned long now = jiffies, next = 0;
-	struct dmu_req *req, *tmp;
-	bool commit = false;
-	LIST_HEAD(victims);
 	struct list_head *queues[] = { &dt->sent, &dt->send_queue };
+	struct dmu_msg *m, *tmp;
+	bool commit = false;
 	unsigned int i, n = 0;
+	LIST_HEAD(victims);
 
 	lockdep_assert_held(&dt->mutex);
+	if (!limit)
+		return;
 	spin_lock_irq(&dt->lock);
 	for (i = 0; i < ARRAY_SIZE(queues); i++) {
-		list_for_each_entry_safe(req, tmp, queues[i], list) {
-			if (req->kind == DMU_RQ_DONE)
+		list_for_each_entry_safe(m, tmp, queues[i], list) {
+			struct dmu_req *req;
+
+			if (m->kind == DMU_MSG_DONE)
 				continue;
+			req = container_of(m, struct dmu_req, msg);
 			if (time_before(now, req->queued_at + limit)) {
 				if (!next || time_before(req->queued_at + limit, next))
 					next = req->queued_at + limit;
@@ -482,10 +526,10 @@ static void dmu_expire_requests(struct dmu_target *dt)
 			}
 			dmu_req_unlink(req);
 			n++;
-			if (req->kind == DMU_RQ_COMMIT)
+			if (m->kind == DMU_MSG_COMMIT)
 				commit = true;
 			else
-				list_add_tail(&req->list, &victims);
+				list_add_tail(&m->list, &victims);
 		}
 	}
 	spin_unlock_irq(&dt->lock);
@@ -493,11 +537,14 @@ static void dmu_expire_requests(struct dmu_target *dt)
 	if (n) {
 		atomic64_inc(&dt->c.timeouts);
 		DMWARN("%s: daemon left %u requests unanswered for %u s; failing their I/O",
-		       dt->key, n, dt->daemon_timeout);
+		       dt->key, n, dt->opt.daemon_timeout);
 	}
-	list_for_each_entry_safe(req, tmp, &victims, list) {
-		list_del_init(&req->list);
-		dmu_req_fail(req, -EIO);
+	list_for_each_entry_safe(m, tmp, &victims, list) {
+		struct dmu_req *req = container_of(m, struct dmu_req, msg);
+
+		list_del_init(&m->list);
+		dmu_end_bio_list(&req->bios, -EIO);
+		dmu_req_free(req);
 	}
 	if (commit)
 		dmu_commit_expired(dt);
@@ -509,7 +556,8 @@ static void dmu_expire_requests(struct dmu_target *dt)
 /*
  * The timeout clock ran out.  Unbound: no daemon came back within
  * daemon_timeout, so fail what waits and, until a daemon binds, fail new
- * misses at once.  Bound: fail requests the daemon sits on for too long.
+ * misses at once (a noflush suspend requeues instead).  Bound: fail
+ * requests the daemon sits on for too long.
  */
 void dmu_timeout_work(struct work_struct *work)
 {
@@ -520,7 +568,10 @@ void dmu_timeout_work(struct work_struct *work)
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	bound = dt->state == DMU_DAEMON_BOUND;
-	if (!dt->dying && !bound) {
+	if (!dt->dying && !bound && dmu_must_requeue(dt)) {
+		/* Nothing waits during a noflush suspend: look again later. */
+		dmu_arm_timeout(dt);
+	} else if (!dt->dying && !bound) {
 		/* Before any daemon bound, only I/O that waited counts. */
 		expire = dt->state != DMU_DAEMON_ABSENT || dt->nr_pending ||
 			 !bio_list_empty(&dt->flush_bios) ||
@@ -532,7 +583,7 @@ void dmu_timeout_work(struct work_struct *work)
 	if (expire) {
 		atomic64_inc(&dt->c.timeouts);
 		DMWARN("%s: no daemon bound within %u s; failing waiting I/O",
-		       dt->key, dt->daemon_timeout);
+		       dt->key, dt->opt.daemon_timeout);
 		dmu_fail_all(dt, BLK_STS_IOERR);
 	} else if (bound && !dt->dying) {
 		dmu_expire_requests(dt);

@@ -6,10 +6,16 @@
  * EXTENT and COPY messages are accumulated under the request (or push)
  * they belong to until DMU_RSP_FINAL; then the whole answer is checked
  * (extents do not overlap each other or an extent being filled, COPY lies
- * inside a NEW extent of the same answer) and applied: extents enter the
- * cache, NEW ones start filling, and the waiting bios are driven through
- * the cache again.  A bad message is counted, fails the I/O of the request
- * it names (if that request is pending), and stops the write().
+ * inside a NEW extent of the same answer, writable extents only on
+ * writable devices) and applied: extents enter the cache, an answer that
+ * must report DONE becomes a tracker (dmu-tracker.c), NEW extents start
+ * filling (dmu-fill.c), discards drain (dmu-discard.c), and the waiting
+ * bios are driven through the cache again.  A bad message is counted,
+ * fails the I/O of the request it names (if that request is pending), and
+ * stops the write().
+ *
+ * Runs under dt->mutex inside memalloc_noio_save() (dmu-control.c), so no
+ * allocation here can recurse into writeback to this device.
  */
 #include <linux/blkdev.h>
 #include <linux/err.h>
@@ -42,12 +48,14 @@ static const char *dmu_check_extent(struct dmu_target *dt,
 		return "EXTENT names a device index past nr_devs";
 	/* Only the part inside the target must exist on the device. */
 	mapped = min_t(u64, r->nr_blocks << dt->block_shift,
-		       dt->ti->len - dmu_block_start(dt, r->block));
-	dev_size = bdev_nr_sectors(dt->devs[r->dev]->bdev);
+		       dt->len - dmu_block_start(dt, r->block));
+	dev_size = bdev_nr_sectors(dt->bdev[r->dev]);
 	if (r->sector > dev_size || mapped > dev_size - r->sector)
 		return "EXTENT past the end of its device";
 	if ((r->ext_flags & DMU_EXT_NEW) && !(r->ext_flags & DMU_EXT_WRITABLE))
 		return "NEW extent that is not writable";
+	if ((r->ext_flags & DMU_EXT_WRITABLE) && r->dev >= dt->opt.writable_devs)
+		return "writable extent on a read-only device";
 	if ((r->ext_flags & DMU_EXT_NEW) && !(dt->features & DMU_FEATURE_COPY))
 		return "NEW extent without DMU_FEATURE_COPY";
 	return NULL;
@@ -64,11 +72,11 @@ static const char *dmu_check_copy(struct dmu_target *dt,
 		return "COPY with kind, extent flags or status set";
 	if (!r->nr_blocks)
 		return "COPY of zero sectors";
-	if (r->block >= dt->ti->len || r->nr_blocks > dt->ti->len - r->block)
+	if (r->block >= dt->len || r->nr_blocks > dt->len - r->block)
 		return "COPY beyond the end of the target";
 	if (r->dev >= dt->nr_devs)
 		return "COPY names a device index past nr_devs";
-	dev_size = bdev_nr_sectors(dt->devs[r->dev]->bdev);
+	dev_size = bdev_nr_sectors(dt->bdev[r->dev]);
 	if (r->sector > dev_size || r->nr_blocks > dev_size - r->sector)
 		return "COPY source past the end of its device";
 	return NULL;
@@ -123,6 +131,11 @@ static bool dmu_ranges_overlap(u64 a, u64 an, u64 b, u64 bn)
 	return a < b + bn && b < a + an;
 }
 
+static bool dmu_is_new(const struct dmu_response *m)
+{
+	return m->type == DMU_RSP_EXTENT && (m->ext_flags & DMU_EXT_NEW);
+}
+
 /* Checks across the messages of one answer. */
 static const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req)
 {
@@ -141,8 +154,7 @@ static const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req)
 					"extents of one answer overlap" :
 					"COPY ranges of one answer overlap";
 		}
-		if (a->type == DMU_RSP_EXTENT && (a->ext_flags & DMU_EXT_NEW) &&
-		    (req->map_flags & DMU_MAP_DISCARD))
+		if (dmu_is_new(a) && (req->map_flags & DMU_MAP_DISCARD))
 			return "NEW extent in the answer to a discard";
 		if (a->type != DMU_RSP_COPY)
 			continue;
@@ -150,11 +162,10 @@ static const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req)
 			sector_t start, end;
 
 			b = &m[j];
-			if (b->type != DMU_RSP_EXTENT ||
-			    !(b->ext_flags & DMU_EXT_NEW))
+			if (!dmu_is_new(b))
 				continue;
 			start = dmu_block_start(dt, b->block);
-			end = min_t(u64, dt->ti->len,
+			end = min_t(u64, dt->len,
 				    dmu_block_start(dt, b->block + b->nr_blocks));
 			if (a->block >= start && a->block + a->nr_blocks <= end)
 				break;
@@ -167,23 +178,26 @@ static const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req)
 
 void dmu_drop_pushes(struct dmu_target *dt)
 {
-	struct dmu_req *req, *tmp;
+	struct dmu_msg *m, *tmp;
 
 	lockdep_assert_held(&dt->mutex);
-	list_for_each_entry_safe(req, tmp, &dt->pushes, list) {
-		list_del_init(&req->list);
-		dmu_req_free(req);
+	list_for_each_entry_safe(m, tmp, &dt->pushes, list) {
+		list_del_init(&m->list);
+		dmu_req_free(container_of(m, struct dmu_req, msg));
 	}
 	dt->nr_pushes = 0;
 }
 
 static struct dmu_req *dmu_find_push(struct dmu_target *dt, u64 id)
 {
-	struct dmu_req *req;
+	struct dmu_msg *m;
 
-	list_for_each_entry(req, &dt->pushes, list)
+	list_for_each_entry(m, &dt->pushes, list) {
+		struct dmu_req *req = container_of(m, struct dmu_req, msg);
+
 		if (req->id == id)
 			return req;
+	}
 	return NULL;
 }
 
@@ -202,18 +216,51 @@ static struct dmu_req *dmu_take_sent(struct dmu_target *dt, u64 id)
 	return req;
 }
 
+static void dmu_end_bios(struct bio_list *bios, int error)
+{
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(bios)))
+		dmu_end_bio(bio, error);
+}
+
+/*
+ * An answered (already unlinked) MAP failed with error: its bios fail; a
+ * write or discard still reports DONE with the error.  If even that cannot
+ * be allocated the daemon never hears of the id, which is safe: nothing of
+ * its answer was applied.
+ */
+static void dmu_answer_failed(struct dmu_target *dt, struct dmu_req *req,
+			      int error)
+{
+	struct dmu_tracker *tk = NULL;
+
+	dmu_end_bios(&req->bios, error);
+	if (req->map_flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD))
+		tk = dmu_tracker_alloc(dt, req->map_flags & DMU_MAP_DISCARD ?
+				       DMU_TK_DISCARD : DMU_TK_WRITE,
+				       req->id, 0);
+	if (tk) {
+		tk->block = req->block;
+		tk->nr_blocks = req->nr_blocks;
+		tk->map_flags = req->map_flags;
+		tk->error = error;
+		dmu_tracker_start(tk);
+		dmu_tracker_put(tk, 0);
+	}
+	dmu_req_free(req);
+}
+
 /* Fail an answered (already unlinked) request or push. */
 static void dmu_fail_answered(struct dmu_target *dt, struct dmu_req *req,
 			      int error)
 {
-	if (req->kind == DMU_RQ_PUSH) {
+	if (req->push)
 		dmu_req_free(req);
-	} else if (req->kind == DMU_RQ_COMMIT) {
+	else if (req->msg.kind == DMU_MSG_COMMIT)
 		dmu_commit_answered(dt, error);
-	} else {
-		req->needs_done = !!(req->map_flags & DMU_MAP_WRITE);
-		dmu_req_fail(req, error);
-	}
+	else
+		dmu_answer_failed(dt, req, error);
 }
 
 static void dmu_bad(struct dmu_target *dt, const struct dmu_response *r,
@@ -228,7 +275,7 @@ static void dmu_bad(struct dmu_target *dt, const struct dmu_response *r,
 	if (r->id & DMU_PUSH_ID) {
 		req = dmu_find_push(dt, r->id);
 		if (req) {
-			list_del_init(&req->list);
+			list_del_init(&req->msg.list);
 			dt->nr_pushes--;
 		}
 	} else if (r->id) {
@@ -285,6 +332,16 @@ static void dmu_nodes_free(struct dmu_target *dt, struct dmu_nodes *nodes)
 	nodes->v = NULL;
 }
 
+/* What an answer needs before it can be applied without failing. */
+struct dmu_plan {
+	struct dmu_nodes nodes;
+	unsigned int nr_ext;
+	unsigned int nr_new;
+	unsigned int nr_copies;
+	bool replaces_writable;		/* a NEW extent over a writable one */
+	struct dmu_tracker *tk;
+};
+
 /*
  * Insert blocks [from, to) of the EXTENT message m; the caller holds
  * cache->lock and guarantees nothing BUSY overlaps them.  Takes one node
@@ -294,6 +351,7 @@ static void dmu_nodes_free(struct dmu_target *dt, struct dmu_nodes *nodes)
  */
 static struct dmu_extent *dmu_insert_piece(struct dmu_target *dt,
 					   struct dmu_req *req,
+					   struct dmu_tracker *tk,
 					   const struct dmu_response *m,
 					   u64 from, u64 to,
 					   struct dmu_nodes *nodes)
@@ -308,11 +366,11 @@ static struct dmu_extent *dmu_insert_piece(struct dmu_target *dt,
 	e->dev = m->dev;
 	e->kind = m->kind;
 	e->ext_flags = m->ext_flags & DMU_EXT_WRITABLE;
-	if (req->kind == DMU_RQ_PUSH)
+	if (req->push)
 		e->state |= DMU_EXTENT_PUSHED;
 	if (m->ext_flags & DMU_EXT_NEW) {
 		e->state |= DMU_EXTENT_BUSY;
-		e->owner = req;
+		e->owner = tk;
 	}
 	dmu_cache_insert(dt, e, &spare);
 	if (spare)
@@ -321,57 +379,126 @@ static struct dmu_extent *dmu_insert_piece(struct dmu_target *dt,
 }
 
 /*
- * Put the answer's extents into the cache.  NEW extents go in BUSY, owned
- * by req, and are remembered in req->new_ext for the fill; they must not
- * overlap an extent that is still being filled.  Other extents are
- * inserted around such extents (whose own mapping wins once filled).
+ * Check an answer against the cache and allocate what applying it needs:
+ * extent nodes, and the tracker with its NEW extent and COPY records.
+ * Returns why the answer is bad, or NULL with *error set on no memory.
+ * Nothing is changed, so a bad or failed answer leaves everything as it
+ * was.  BUSY extents only appear under dt->mutex, which we hold: the count
+ * can only shrink before dmu_apply_extents() inserts.
  */
-static const char *dmu_insert_answer(struct dmu_target *dt, struct dmu_req *req,
-				     int *error)
+static const char *dmu_plan_answer(struct dmu_target *dt, struct dmu_req *req,
+				   struct dmu_plan *plan, int *error)
 {
+	bool discard = req->map_flags & DMU_MAP_DISCARD;
 	struct dmu_cache *cache = &dt->cache;
-	unsigned int i, pieces = 0, nr_ext = 0, nr_new = 0;
-	struct dmu_nodes nodes = { NULL, 0 };
+	unsigned int i, pieces = 0;
 	const struct dmu_response *m;
-	const char *why = NULL;
+	bool tracked;
 
-	/* BUSY extents only appear under dt->mutex, which we hold: the count
-	 * can only shrink before we insert.
-	 */
 	lockdep_assert_held(&dt->mutex);
+	*error = 0;
 	spin_lock_irq(&cache->lock);
 	for (i = 0; i < req->nr_msgs; i++) {
 		unsigned int busy;
 
 		m = &req->msgs[i];
+		plan->nr_copies += m->type == DMU_RSP_COPY;
 		if (m->type != DMU_RSP_EXTENT)
 			continue;
 		busy = dmu_cache_count_busy(cache, m->block, m->nr_blocks);
 		if (busy && (m->ext_flags & DMU_EXT_NEW)) {
-			why = "NEW extent overlaps an extent that is being filled";
-			break;
+			spin_unlock_irq(&cache->lock);
+			return "NEW extent overlaps an extent that is being filled";
 		}
-		nr_ext++;
-		nr_new += !!(m->ext_flags & DMU_EXT_NEW);
+		plan->nr_ext++;
+		plan->nr_new += !!(m->ext_flags & DMU_EXT_NEW);
+		/* Decided before make_room() can evict what it looks for. */
+		if ((m->ext_flags & DMU_EXT_NEW) &&
+		    dmu_cache_has_writable(cache, m->block, m->nr_blocks))
+			plan->replaces_writable = true;
 		pieces += busy + 1;
 	}
 	spin_unlock_irq(&cache->lock);
-	if (why || !nr_ext)
-		return why;
 
-	*error = dmu_nodes_alloc(dt, &nodes, 2 * pieces);
-	if (!*error && nr_new) {
-		req->new_ext = kcalloc(nr_new, sizeof(*req->new_ext), GFP_KERNEL);
-		if (!req->new_ext)
+	tracked = plan->nr_new || (req->map_flags & DMU_MAP_WRITE) || discard;
+	/* A discard may split one cached extent in two. */
+	if (plan->nr_ext || discard)
+		*error = dmu_nodes_alloc(dt, &plan->nodes, 2 * pieces + discard);
+	if (!*error && tracked) {
+		plan->tk = dmu_tracker_alloc(dt, req->push ? DMU_TK_PUSH :
+					     req->map_flags & DMU_MAP_DISCARD ?
+					     DMU_TK_DISCARD : DMU_TK_WRITE,
+					     req->id, plan->nr_new);
+		if (!plan->tk)
+			*error = -ENOMEM;
+	}
+	if (!*error && plan->nr_new) {
+		plan->tk->new_ext = kcalloc(plan->nr_new,
+					    sizeof(*plan->tk->new_ext), GFP_KERNEL);
+		if (plan->nr_copies)
+			plan->tk->copies = kcalloc(plan->nr_copies,
+						   sizeof(*plan->tk->copies),
+						   GFP_KERNEL);
+		if (!plan->tk->new_ext || (plan->nr_copies && !plan->tk->copies))
+			*error = -ENOMEM;
+	}
+	if (!*error && discard && dt->opt.discard_passdown) {
+		plan->tk->passdown = kcalloc(DMU_MAX_PASSDOWN,
+					     sizeof(*plan->tk->passdown),
+					     GFP_KERNEL);
+		if (!plan->tk->passdown)
 			*error = -ENOMEM;
 	}
 	if (*error) {
-		dmu_nodes_free(dt, &nodes);
-		return NULL;
+		dmu_nodes_free(dt, &plan->nodes);
+		if (plan->tk)
+			dmu_tracker_free(plan->tk);
+		plan->tk = NULL;
 	}
+	return NULL;
+}
+
+/* Record the answer's NEW extents and COPY sources in the tracker. */
+static void dmu_plan_records(struct dmu_target *dt, struct dmu_req *req,
+			     struct dmu_tracker *tk)
+{
+	unsigned int i;
+
+	for (i = 0; i < req->nr_msgs; i++) {
+		const struct dmu_response *m = &req->msgs[i];
+
+		if (dmu_is_new(m)) {
+			struct dmu_alloc *a = &tk->allocs[tk->nr_allocs++];
+
+			a->block = m->block;
+			a->nr_blocks = m->nr_blocks;
+			a->sector = m->sector;
+			a->dev = m->dev;
+		} else if (m->type == DMU_RSP_COPY) {
+			tk->copies[tk->nr_copies++] = *m;
+			/* The guest may be writing the source: land that first. */
+			if (m->dev < dt->opt.writable_devs)
+				tk->needs_drain = true;
+		}
+	}
+}
+
+/*
+ * Put the answer's extents into the cache.  NEW extents go in BUSY, owned
+ * by tk, and are remembered in tk->new_ext for the fill; other extents are
+ * inserted around extents still being filled (whose own mapping wins once
+ * filled).
+ */
+static void dmu_apply_extents(struct dmu_target *dt, struct dmu_req *req,
+			      struct dmu_plan *plan)
+{
+	struct dmu_cache *cache = &dt->cache;
+	struct dmu_tracker *tk = plan->tk;
+	const struct dmu_response *m;
+	unsigned int i;
 
 	spin_lock_irq(&cache->lock);
-	dmu_cache_make_room(dt, pieces);
+	dmu_cache_make_room(dt, plan->nr_ext);
 	for (i = 0; i < req->nr_msgs; i++) {
 		u64 pos, end;
 
@@ -381,8 +508,9 @@ static const char *dmu_insert_answer(struct dmu_target *dt, struct dmu_req *req,
 		pos = m->block;
 		end = m->block + m->nr_blocks;
 		if (m->ext_flags & DMU_EXT_NEW) {
-			req->new_ext[req->nr_new++] =
-				dmu_insert_piece(dt, req, m, pos, end, &nodes);
+			tk->new_ext[tk->nr_new++] =
+				dmu_insert_piece(dt, req, tk, m, pos, end,
+						 &plan->nodes);
 			continue;
 		}
 		while (pos < end) {
@@ -391,28 +519,27 @@ static const char *dmu_insert_answer(struct dmu_target *dt, struct dmu_req *req,
 			u64 stop = busy ? max(busy->block, pos) : end;
 
 			if (stop > pos)
-				dmu_insert_piece(dt, req, m, pos, stop, &nodes);
+				dmu_insert_piece(dt, req, tk, m, pos, stop,
+						 &plan->nodes);
 			pos = busy ? min(busy->block + busy->nr_blocks, end) : end;
 		}
 	}
 	spin_unlock_irq(&cache->lock);
-	dmu_nodes_free(dt, &nodes);
-	if (req->kind == DMU_RQ_PUSH)
-		atomic64_add(nr_ext, &dt->c.pushed);
-	return NULL;
+	dmu_nodes_free(dt, &plan->nodes);
+	if (req->push)
+		atomic64_add(plan->nr_ext, &dt->c.pushed);
 }
 
-/* Is the bio inside one of req's NEW extents? */
-static bool dmu_in_new_extent(struct dmu_target *dt, struct dmu_req *req,
+/* Is the bio inside one of tk's NEW extents? */
+static bool dmu_in_new_extent(struct dmu_target *dt, struct dmu_tracker *tk,
 			      struct bio *bio)
 {
-	u64 block = dmu_block_of(dt, dm_target_offset(dt->ti,
-						      bio->bi_iter.bi_sector));
+	u64 block = dmu_block_of(dt, dmu_offset(dt, bio));
 	unsigned int i;
 
-	for (i = 0; i < req->nr_new; i++)
-		if (block >= req->new_ext[i]->block &&
-		    block - req->new_ext[i]->block < req->new_ext[i]->nr_blocks)
+	for (i = 0; i < tk->nr_new; i++)
+		if (block >= tk->new_ext[i]->block &&
+		    block - tk->new_ext[i]->block < tk->new_ext[i]->nr_blocks)
 			return true;
 	return false;
 }
@@ -423,15 +550,31 @@ static bool dmu_push_fills_too_many(struct dmu_target *dt, struct dmu_req *req)
 	bool full;
 
 	for (i = 0; i < req->nr_msgs; i++)
-		if (req->msgs[i].type == DMU_RSP_EXTENT &&
-		    (req->msgs[i].ext_flags & DMU_EXT_NEW))
+		if (dmu_is_new(&req->msgs[i]))
 			break;
 	if (i == req->nr_msgs)
 		return false;
 	spin_lock_irq(&dt->lock);
-	full = dt->nr_push_trackers >= DMU_MAX_PUSH_FILLS;
+	full = dt->nr_push_inflight >= DMU_MAX_PUSH_FILLS ||
+	       dt->nr_unpublished >= DMU_MAX_UNPUBLISHED || dt->suspending;
 	spin_unlock_irq(&dt->lock);
 	return full;
+}
+
+/* Take an answered request off its lists; its bios move to *bios. */
+static void dmu_unlink_answered(struct dmu_target *dt, struct dmu_req *req,
+				struct bio_list *bios)
+{
+	if (req->push) {
+		list_del_init(&req->msg.list);
+		dt->nr_pushes--;
+		return;
+	}
+	spin_lock_irq(&dt->lock);
+	dmu_req_unlink(req);
+	bio_list_merge(bios, &req->bios);
+	bio_list_init(&req->bios);
+	spin_unlock_irq(&dt->lock);
 }
 
 /*
@@ -442,79 +585,81 @@ static bool dmu_push_fills_too_many(struct dmu_target *dt, struct dmu_req *req)
 static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
 				     int status)
 {
+	struct dmu_plan plan = {};
 	struct bio_list bios = BIO_EMPTY_LIST;
+	struct dmu_tracker *tk;
 	const char *why;
 	struct bio *bio;
 	int error = 0;
 
 	lockdep_assert_held(&dt->mutex);
-	if (req->kind == DMU_RQ_PUSH && dmu_push_fills_too_many(dt, req))
-		return "too many pushes with NEW extents still being filled";
+	if (req->push && dmu_push_fills_too_many(dt, req))
+		return "push with NEW extents while too many are filling or unpublished, or the device is suspended";
 	if (!status) {
 		why = dmu_check_answer(dt, req);
-		/* A discard drops stale mappings even if the daemon forgets to. */
-		if (!why && (req->map_flags & DMU_MAP_DISCARD))
-			error = dmu_invalidate(dt, req->block, req->nr_blocks);
-		if (!why && !error)
-			why = dmu_insert_answer(dt, req, &error);
+		if (!why)
+			why = dmu_plan_answer(dt, req, &plan, &error);
 		if (why)
 			return why;
 	}
-	if (req->kind == DMU_RQ_PUSH) {
-		list_del_init(&req->list);
-		dt->nr_pushes--;
-	} else {
-		spin_lock_irq(&dt->lock);
-		dmu_req_unlink(req);
-		bio_list_merge(&bios, &req->bios);
-		bio_list_init(&req->bios);
-		spin_unlock_irq(&dt->lock);
-	}
 	if (status || error) {
+		dmu_unlink_answered(dt, req, &bios);
 		bio_list_merge(&req->bios, &bios);
-		dmu_fail_answered(dt, req, status ? status : error);
+		dmu_answer_failed(dt, req, status ? status : error);
 		return NULL;
 	}
 
-	req->needs_done = (req->map_flags & DMU_MAP_WRITE) || req->nr_new;
-	if (req->needs_done)
-		dmu_tracker_start(req);
-	if (req->map_flags & DMU_MAP_DISCARD) {
-		set_bit(DMU_DIRTY, &dt->flags);
-		while ((bio = bio_list_pop(&bios)))
-			bio_endio(bio);
+	tk = plan.tk;
+	if (tk) {
+		tk->block = req->block;
+		tk->nr_blocks = req->nr_blocks;
+		tk->map_flags = req->map_flags;
+		/* Writes in flight through the replaced extents land first. */
+		tk->needs_drain = plan.replaces_writable;
+		dmu_plan_records(dt, req, tk);
 	}
-	if (req->nr_new) {
+	if (req->map_flags & DMU_MAP_DISCARD) {
+		struct dmu_extent *spare = plan.nodes.v[--plan.nodes.n];
+
+		/* Drop the old mappings before the answer's own go in. */
+		dmu_unlink_answered(dt, req, &bios);
+		tk->discard_bios = bios;
+		dmu_discard_answered(dt, tk, &spare);
+		if (spare)
+			plan.nodes.v[plan.nodes.n++] = spare;
+		dmu_apply_extents(dt, req, &plan);
+		dmu_req_free(req);
+		dmu_tracker_put(tk, 0);
+		return NULL;
+	}
+	/*
+	 * Extents first, then off the pending list: a miss in between finds
+	 * the extent (or waits for its fill), never neither, so the daemon is
+	 * never asked about the same block twice.
+	 */
+	dmu_apply_extents(dt, req, &plan);
+	dmu_unlink_answered(dt, req, &bios);
+	if (tk)
+		dmu_tracker_start(tk);
+	if (plan.nr_new) {
 		struct bio_list rest = BIO_EMPTY_LIST;
 
 		while ((bio = bio_list_pop(&bios))) {
 			if (op_is_write(bio_op(bio)) &&
-			    dmu_in_new_extent(dt, req, bio))
-				bio_list_add(&req->direct, bio);
+			    dmu_in_new_extent(dt, tk, bio))
+				bio_list_add(&tk->direct, bio);
 			else
 				bio_list_add(&rest, bio);
 		}
 		bios = rest;
-		dmu_fill_start(req);
+		dmu_fill_start(tk);
 	}
 	while ((bio = bio_list_pop(&bios)))
-		dmu_map_bio(dt, bio, DMU_ROUTE_ANSWER, req);
-	kfree(req->msgs);
-	req->msgs = NULL;
-	req->nr_msgs = 0;
-	req->max_msgs = 0;
-	if (req->needs_done)
-		dmu_tracker_put(req, 0);
-	else
-		dmu_req_free(req);
+		dmu_map_bio(dt, bio, DMU_ROUTE_ANSWER, tk, req);
+	dmu_req_free(req);
+	if (tk)
+		dmu_tracker_put(tk, 0);
 	return NULL;
-}
-
-static const char *dmu_handle_invalidate(struct dmu_target *dt,
-					 const struct dmu_response *r)
-{
-	return dmu_invalidate(dt, r->block, r->nr_blocks) ?
-		"no memory for INVALIDATE" : NULL;
 }
 
 int dmu_invalidate(struct dmu_target *dt, u64 block, u64 nr_blocks)
@@ -532,6 +677,22 @@ int dmu_invalidate(struct dmu_target *dt, u64 block, u64 nr_blocks)
 	return 0;
 }
 
+static struct dmu_req *dmu_push_alloc(struct dmu_target *dt, u64 id)
+{
+	struct dmu_req *req = kmem_cache_zalloc(dmu_req_slab, GFP_KERNEL);
+
+	if (!req)
+		return NULL;
+	INIT_LIST_HEAD(&req->msg.list);
+	INIT_LIST_HEAD(&req->pending);
+	INIT_HLIST_NODE(&req->hash);
+	req->msg.kind = DMU_MSG_MAP;
+	req->dt = dt;
+	req->push = true;
+	req->id = id;
+	return req;
+}
+
 /* An EXTENT or COPY message: accumulate it; FINAL applies the answer. */
 static const char *dmu_handle_piece(struct dmu_target *dt,
 				    const struct dmu_response *r)
@@ -546,18 +707,18 @@ static const char *dmu_handle_piece(struct dmu_target *dt,
 		if (!req) {
 			if (dt->nr_pushes >= DMU_MAX_OPEN_PUSHES)
 				return "too many push batches without FINAL";
-			req = dmu_req_alloc(dt, GFP_KERNEL);
+			/* Not from the pool: map() alone may rely on it. */
+			req = dmu_push_alloc(dt, r->id);
 			if (!req)
 				return "no memory for a push";
-			req->kind = DMU_RQ_PUSH;
-			req->id = r->id;
-			list_add_tail(&req->list, &dt->pushes);
+			list_add_tail(&req->msg.list, &dt->pushes);
 			dt->nr_pushes++;
 		}
 	} else {
 		spin_lock_irq(&dt->lock);
 		req = dmu_req_lookup(dt, r->id);
-		if (req && (req->state != DMU_RS_SENT || req->kind != DMU_RQ_MAP))
+		if (req && (req->state != DMU_RS_SENT ||
+			    req->msg.kind != DMU_MSG_MAP))
 			req = NULL;
 		spin_unlock_irq(&dt->lock);
 		if (!req)
@@ -581,7 +742,7 @@ static const char *dmu_handle_complete(struct dmu_target *dt,
 
 	spin_lock_irq(&dt->lock);
 	req = dmu_req_lookup(dt, r->id);
-	if (req && (req->state != DMU_RS_SENT || req->kind != DMU_RQ_MAP))
+	if (req && (req->state != DMU_RS_SENT || req->msg.kind != DMU_MSG_MAP))
 		req = NULL;
 	spin_unlock_irq(&dt->lock);
 	if (!req)
@@ -596,7 +757,7 @@ static const char *dmu_handle_committed(struct dmu_target *dt,
 
 	spin_lock_irq(&dt->lock);
 	req = dmu_req_lookup(dt, r->id);
-	if (req && req->kind == DMU_RQ_COMMIT && req->state == DMU_RS_SENT)
+	if (req && req->msg.kind == DMU_MSG_COMMIT && req->state == DMU_RS_SENT)
 		dmu_req_unlink(req);
 	else
 		req = NULL;
@@ -609,7 +770,8 @@ static const char *dmu_handle_committed(struct dmu_target *dt,
 }
 
 static const char *dmu_handle_one(struct dmu_target *dt,
-				  const struct dmu_response *r)
+				  const struct dmu_response *r,
+				  struct dmu_drain_sync **drain)
 {
 	const char *why = dmu_check_fields(dt, r);
 
@@ -624,24 +786,32 @@ static const char *dmu_handle_one(struct dmu_target *dt,
 	case DMU_RSP_COMMITTED:
 		return dmu_handle_committed(dt, r);
 	default:
-		return dmu_handle_invalidate(dt, r);
+		/* The write() waits for a drain: have the waiter first. */
+		if (!*drain)
+			*drain = dmu_drain_sync_alloc();
+		if (!*drain || dmu_invalidate(dt, r->block, r->nr_blocks))
+			return "no memory for INVALIDATE";
+		return NULL;
 	}
 }
 
 /*
  * Process n messages from the bound daemon.  Returns how many were
- * accepted; *bad is set when processing stopped at a bad message.
+ * accepted; *bad is set when processing stopped at a bad message.  An
+ * INVALIDATE leaves a drain waiter in *drain: the caller waits with it for
+ * in-flight I/O before write() returns.
  */
 unsigned int dmu_handle_responses(struct dmu_target *dt,
 				  const struct dmu_response *msgs,
-				  unsigned int n, bool *bad)
+				  unsigned int n, bool *bad,
+				  struct dmu_drain_sync **drain)
 {
 	unsigned int i;
 
 	lockdep_assert_held(&dt->mutex);
 	*bad = false;
 	for (i = 0; i < n; i++) {
-		const char *why = dmu_handle_one(dt, &msgs[i]);
+		const char *why = dmu_handle_one(dt, &msgs[i], drain);
 
 		if (why) {
 			dmu_bad(dt, &msgs[i], why);

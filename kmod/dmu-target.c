@@ -4,8 +4,8 @@
  * (ctr/dtr/suspend/resume), map() and end_io, status and messages.
  *
  * Table: <key> <block_sectors> <nr_devs> <dev>... [<#opt> <opt>...]
- * with options daemon_timeout <s> and max_extents <n>; see
- * include/uapi/linux/dm-userspace.h and README.md.
+ * with options daemon_timeout <s>, max_extents <n>, writable_devs <n> and
+ * discard_passdown; see include/uapi/linux/dm-userspace.h and README.md.
  */
 #include <linux/blkdev.h>
 #include <linux/module.h>
@@ -23,22 +23,25 @@ MODULE_PARM_DESC(max_extents, "Default bound on cached extents per target");
 
 struct kmem_cache *dmu_extent_slab;
 struct kmem_cache *dmu_req_slab;
+struct kmem_cache *dmu_tracker_slab;
 
-static void dmu_put_devs(struct dmu_target *dt)
+static void dmu_put_devs(struct dmu_tc *tc)
 {
 	u32 i;
 
-	for (i = 0; i < dt->nr_devs; i++)
-		dm_put_device(dt->ti, dt->devs[i]);
-	dt->nr_devs = 0;
+	for (i = 0; i < tc->nr_devs; i++)
+		dm_put_device(tc->ti, tc->devs[i]);
+	tc->nr_devs = 0;
 }
 
-static int dmu_parse_options(struct dmu_target *dt, struct dm_arg_set *as)
+static int dmu_parse_options(struct dmu_tc *tc, struct dm_arg_set *as,
+			     u32 nr_devs)
 {
-	static const struct dm_arg opt_count = {0, 4, "Invalid number of optional arguments"};
+	static const struct dm_arg opt_count = {0, 7, "Invalid number of optional arguments"};
 	static const struct dm_arg timeout = {0, 86400, "Invalid daemon_timeout (0..86400 seconds)"};
 	static const struct dm_arg extents = {16, 1U << 30, "Invalid max_extents (16..2^30)"};
-	struct dm_target *ti = dt->ti;
+	struct dm_arg writable = {0, nr_devs, "Invalid writable_devs (0..nr_devs)"};
+	struct dm_target *ti = tc->ti;
 	unsigned int argc;
 	int r;
 
@@ -51,17 +54,23 @@ static int dmu_parse_options(struct dmu_target *dt, struct dm_arg_set *as)
 		const char *name = dm_shift_arg(as);
 
 		argc--;
+		if (!strcasecmp(name, "discard_passdown")) {
+			tc->opt.discard_passdown = true;
+			continue;
+		}
 		if (!argc) {
 			ti->error = "Optional argument is missing its value";
 			return -EINVAL;
 		}
 		argc--;
 		if (!strcasecmp(name, "daemon_timeout"))
-			r = dm_read_arg(&timeout, as, &dt->daemon_timeout, &ti->error);
+			r = dm_read_arg(&timeout, as, &tc->opt.daemon_timeout, &ti->error);
 		else if (!strcasecmp(name, "max_extents"))
-			r = dm_read_arg(&extents, as, &dt->max_extents, &ti->error);
+			r = dm_read_arg(&extents, as, &tc->opt.max_extents, &ti->error);
+		else if (!strcasecmp(name, "writable_devs"))
+			r = dm_read_arg(&writable, as, &tc->opt.writable_devs, &ti->error);
 		else {
-			ti->error = "Unknown optional argument (daemon_timeout, max_extents)";
+			ti->error = "Unknown optional argument (daemon_timeout, max_extents, writable_devs, discard_passdown)";
 			r = -EINVAL;
 		}
 		if (r)
@@ -70,89 +79,10 @@ static int dmu_parse_options(struct dmu_target *dt, struct dm_arg_set *as)
 	return 0;
 }
 
-/* Allocate what the target needs beyond the table arguments. */
-static int dmu_setup(struct dmu_target *dt)
+static int dmu_check_key(struct dm_target *ti, const char *key)
 {
-	struct dm_target *ti = dt->ti;
-	int r;
+	unsigned int i;
 
-	kref_init(&dt->kref);
-	INIT_LIST_HEAD(&dt->registry);
-	mutex_init(&dt->mutex);
-	spin_lock_init(&dt->lock);
-	INIT_LIST_HEAD(&dt->send_queue);
-	INIT_LIST_HEAD(&dt->sent);
-	INIT_LIST_HEAD(&dt->pending_maps);
-	hash_init(dt->ids);
-	INIT_LIST_HEAD(&dt->trackers);
-	init_waitqueue_head(&dt->drain_wait);
-	INIT_LIST_HEAD(&dt->pushes);
-	bio_list_init(&dt->deferred);
-	bio_list_init(&dt->flush_bios);
-	bio_list_init(&dt->commit_bios);
-	INIT_LIST_HEAD(&dt->commit.list);
-	INIT_LIST_HEAD(&dt->commit.pending);
-	INIT_LIST_HEAD(&dt->commit.tracker);
-	INIT_HLIST_NODE(&dt->commit.hash);
-	dt->commit.dt = dt;
-	dt->commit.kind = DMU_RQ_COMMIT;
-	INIT_WORK(&dt->flush_work, dmu_flush_work);
-	INIT_WORK(&dt->deferred_work, dmu_deferred_work);
-	INIT_DELAYED_WORK(&dt->timeout_work, dmu_timeout_work);
-	dt->state = DMU_DAEMON_ABSENT;
-	dt->block_shift = ilog2(dt->block_sectors);
-	dt->target_blocks = DIV_ROUND_UP_SECTOR_T(ti->len, dt->block_sectors);
-
-	dt->wq = alloc_workqueue("kdmu", WQ_MEM_RECLAIM, 0);
-	if (!dt->wq) {
-		ti->error = "Cannot allocate workqueue";
-		return -ENOMEM;
-	}
-	dt->kc = dm_kcopyd_client_create(NULL);
-	if (IS_ERR(dt->kc)) {
-		r = PTR_ERR(dt->kc);
-		dt->kc = NULL;
-		ti->error = "Cannot create kcopyd client";
-		return r;
-	}
-	r = mempool_init_slab_pool(&dt->req_pool, 16, dmu_req_slab);
-	if (r) {
-		ti->error = "Cannot allocate request pool";
-		return r;
-	}
-	return dmu_cache_init(&dt->cache, dt->max_extents);
-}
-
-/* Free what dmu_setup() and the table arguments took; dt itself is put. */
-static void dmu_teardown(struct dmu_target *dt)
-{
-	if (dt->wq)
-		destroy_workqueue(dt->wq);
-	if (dt->kc)
-		dm_kcopyd_client_destroy(dt->kc);
-	dmu_cache_exit(&dt->cache);
-	mempool_exit(&dt->req_pool);
-	dmu_put_devs(dt);
-}
-
-/*
- * <key> <block_sectors> <nr_devs> <dev>... [<#opt_args> <opt_arg>...]
- */
-static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
-{
-	static const struct dm_arg nr_devs_arg = {1, DMU_MAX_DEVS,
-		"Invalid number of devices (1..64)"};
-	struct dm_arg_set as = { .argc = argc, .argv = argv };
-	struct dmu_target *dt;
-	const char *key;
-	unsigned int block_sectors, nr_devs, i;
-	int r;
-
-	if (argc < 4) {
-		ti->error = "Not enough arguments: <key> <block_sectors> <nr_devs> <dev>...";
-		return -EINVAL;
-	}
-	key = dm_shift_arg(&as);
 	if (!*key || strlen(key) >= DMU_KEY_LEN) {
 		ti->error = "Key must have 1 to 63 characters";
 		return -EINVAL;
@@ -163,6 +93,53 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 			return -EINVAL;
 		}
 	}
+	return 0;
+}
+
+/* Devices past writable_devs are opened read-only; nr_devs counts those got. */
+static int dmu_get_devs(struct dmu_tc *tc, char **paths, u32 nr_devs)
+{
+	struct dm_target *ti = tc->ti;
+	u32 i;
+	int r;
+
+	for (i = 0; i < nr_devs; i++) {
+		r = dm_get_device(ti, paths[i],
+				  i < tc->opt.writable_devs ?
+				  dm_table_get_mode(ti->table) :
+				  dm_table_get_mode(ti->table) & ~DMU_MODE_WRITE,
+				  &tc->devs[i]);
+		if (r) {
+			ti->error = "Data device lookup failed";
+			return r;
+		}
+		tc->nr_devs = i + 1;
+	}
+	return 0;
+}
+
+/*
+ * <key> <block_sectors> <nr_devs> <dev>... [<#opt_args> <opt_arg>...]
+ */
+static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
+{
+	static const struct dm_arg nr_devs_arg = {1, DMU_MAX_DEVS,
+		"Invalid number of devices (1..64)"};
+	struct dm_arg_set as = { .argc = argc, .argv = argv };
+	unsigned int block_sectors, nr_devs;
+	struct dmu_tc *tc;
+	const char *key;
+	char **paths;
+	int r;
+
+	if (argc < 4) {
+		ti->error = "Not enough arguments: <key> <block_sectors> <nr_devs> <dev>...";
+		return -EINVAL;
+	}
+	key = dm_shift_arg(&as);
+	r = dmu_check_key(ti, key);
+	if (r)
+		return r;
 	if (kstrtouint(dm_shift_arg(&as), 10, &block_sectors) ||
 	    block_sectors < 8 || block_sectors > (1U << 20) ||
 	    !is_power_of_2(block_sectors)) {
@@ -177,26 +154,20 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		return -EINVAL;
 	}
 
-	dt = kzalloc(sizeof(*dt), GFP_KERNEL);
-	if (!dt) {
-		ti->error = "Cannot allocate target context";
+	tc = kzalloc(sizeof(*tc), GFP_KERNEL);
+	if (!tc) {
+		ti->error = "Cannot allocate table context";
 		return -ENOMEM;
 	}
-	dt->ti = ti;
-	strscpy(dt->key, key, sizeof(dt->key));
-	dt->block_sectors = block_sectors;
-	dt->daemon_timeout = dmu_default_timeout;
-	dt->max_extents = max(dmu_default_max_extents, 16U);
-	for (i = 0; i < nr_devs; i++) {
-		r = dm_get_device(ti, dm_shift_arg(&as), dm_table_get_mode(ti->table),
-				  &dt->devs[i]);
-		if (r) {
-			ti->error = "Data device lookup failed";
-			goto bad;
-		}
-		dt->nr_devs = i + 1;
-	}
-	r = dmu_parse_options(dt, &as);
+	tc->ti = ti;
+	tc->block_sectors = block_sectors;
+	tc->opt.daemon_timeout = dmu_default_timeout;
+	tc->opt.max_extents = max(dmu_default_max_extents, 16U);
+	tc->opt.writable_devs = nr_devs;
+	paths = as.argv;
+	as.argc -= nr_devs;
+	as.argv += nr_devs;
+	r = dmu_parse_options(tc, &as, nr_devs);
 	if (r)
 		goto bad;
 	if (as.argc) {
@@ -204,90 +175,52 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		r = -EINVAL;
 		goto bad;
 	}
-	r = dmu_setup(dt);
+	r = dmu_get_devs(tc, paths, nr_devs);
+	if (r)
+		goto bad;
+	r = dmu_pool_get(tc, key, &ti->error);
 	if (r)
 		goto bad;
 
-	ti->private = dt;
+	ti->private = tc;
 	ti->num_flush_bios = 1;
 	ti->flush_supported = true;
 	ti->num_discard_bios = 1;
 	ti->discards_supported = true;
 	ti->per_io_data_size = sizeof(struct dmu_bio);
-	dmu_registry_add(dt);
+	ti->accounts_remapped_io = true;	/* dm_submit_bio_remap() */
 	return 0;
 bad:
-	dmu_teardown(dt);
-	kfree(dt);
+	dmu_put_devs(tc);
+	kfree(tc);
 	return r;
 }
 
-static bool dmu_drained(struct dmu_target *dt)
-{
-	bool drained;
-
-	spin_lock_irq(&dt->lock);
-	drained = !dt->nr_trackers;
-	spin_unlock_irq(&dt->lock);
-	return drained;
-}
-
-/*
- * Never waits for the daemon: everything that waits for it fails, a bound
- * daemon is detached (its file then answers -ENODEV), and only fills and
- * writes already on their way to the data devices are waited for.
- */
 static void dmu_dtr(struct dm_target *ti)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
 
-	dmu_registry_del(dt);
-	mutex_lock(&dt->mutex);
-	spin_lock_irq(&dt->lock);
-	dt->dying = true;
-	spin_unlock_irq(&dt->lock);
-	dmu_channel_detach(dt);
-	dmu_drop_pushes(dt);
-	dmu_fail_all(dt, BLK_STS_IOERR);
-	mutex_unlock(&dt->mutex);
-
-	cancel_delayed_work_sync(&dt->timeout_work);
-	flush_workqueue(dt->wq);
-	wait_event(dt->drain_wait, dmu_drained(dt));
-	flush_workqueue(dt->wq);
-	dmu_teardown(dt);
-	dmu_target_put(dt);
-}
-
-static int dmu_map_discard(struct dmu_target *dt, struct bio *bio)
-{
-	sector_t offset = dm_target_offset(dt->ti, bio->bi_iter.bi_sector);
-	u64 first = dmu_block_of(dt, offset + dt->block_sectors - 1);
-	u64 end = dmu_block_of(dt, offset + bio_sectors(bio));
-
-	if (offset + bio_sectors(bio) == dt->ti->len)
-		end = dt->target_blocks;
-	/* Discard is advisory: partial blocks are simply kept. */
-	if (first >= end) {
-		bio_endio(bio);
-		return DM_MAPIO_SUBMITTED;
-	}
-	dmu_queue_request(dt, bio, first, end - first, DMU_MAP_DISCARD, false);
-	return DM_MAPIO_SUBMITTED;
+	dmu_pool_put(tc);
+	dmu_put_devs(tc);
+	kfree(tc);
 }
 
 static int dmu_map(struct dm_target *ti, struct bio *bio)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
+	struct dmu_target *dt = tc->dt;
 	struct dmu_bio *pb = dmu_pb(bio);
 
 	pb->tracker = NULL;
+	pb->io_ref = NULL;
 	pb->flags = 0;
 	if (unlikely(bio->bi_opf & REQ_PREFLUSH)) {
 		/* dm core sends the data of a flush separately */
 		if (likely(!bio_sectors(bio))) {
-			dmu_flush_defer(dt, bio);
-			return DM_MAPIO_SUBMITTED;
+			if (dmu_flush_defer(dt, bio))
+				return DM_MAPIO_SUBMITTED;
+			atomic64_inc(&dt->c.requeued);
+			return DM_MAPIO_REQUEUE;
 		}
 		bio->bi_opf &= ~REQ_PREFLUSH;
 		bio->bi_opf |= REQ_FUA;
@@ -297,7 +230,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 	case REQ_OP_WRITE:
 		break;
 	case REQ_OP_DISCARD:
-		return dmu_map_discard(dt, bio);
+		return dmu_queue_discard(dt, bio, DMU_ROUTE_MAP);
 	default:
 		return DM_MAPIO_KILL;
 	}
@@ -305,42 +238,68 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	}
-	if (bio->bi_opf & REQ_FUA) {
+	if ((bio->bi_opf & REQ_FUA) && op_is_write(bio_op(bio))) {
 		pb->flags |= DMU_BIO_FUA;
 		bio->bi_opf &= ~REQ_FUA;
 	}
-	return dmu_map_bio(dt, bio, DMU_ROUTE_MAP, NULL);
+	return dmu_map_bio(dt, bio, DMU_ROUTE_MAP, NULL, NULL);
 }
 
 static int dmu_end_io(struct dm_target *ti, struct bio *bio,
 		      blk_status_t *error)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
+	struct dmu_target *dt = tc->dt;
 	struct dmu_bio *pb = dmu_pb(bio);
-	struct dmu_req *req = pb->tracker;
+	struct dmu_tracker *tk = pb->tracker;
 
 	if (pb->flags & DMU_BIO_HELD)
 		return DM_ENDIO_DONE;
-	if (req) {
+	if (pb->io_ref) {
+		/* Completed: the next flush must cover it (dmu-flush.c). */
+		if (op_is_write(bio_op(bio)) && !*error)
+			dmu_mark_dirty(dt, pb->dev);
+		dmu_io_end(pb->io_ref);
+		pb->io_ref = NULL;
+	}
+	if (tk && (pb->flags & DMU_BIO_DIRECT)) {
+		/*
+		 * One failed write of a fill drops the whole answer's extents:
+		 * hold every write of it until the fill's end decides.
+		 */
 		pb->tracker = NULL;
 		if (*error)
-			dmu_set_error(req, blk_status_to_errno(*error));
-		if (pb->flags & DMU_BIO_DIRECT)
-			dmu_direct_write_done(req);
-		dmu_tracker_put(req, 0);
+			dmu_set_error(tk, blk_status_to_errno(*error));
+		dmu_direct_write_done(tk, bio);
+		return DM_ENDIO_INCOMPLETE;
+	}
+	if (tk) {
+		pb->tracker = NULL;
+		dmu_tracker_put(tk, 0);
 	}
 	if ((pb->flags & DMU_BIO_FUA) && !*error) {
 		/* Complete it after the next commit (dmu-flush.c). */
 		pb->flags |= DMU_BIO_HELD;
-		dmu_flush_defer(dt, bio);
-		return DM_ENDIO_INCOMPLETE;
+		if (dmu_flush_defer(dt, bio))
+			return DM_ENDIO_INCOMPLETE;
+		pb->flags &= ~DMU_BIO_HELD;
+		atomic64_inc(&dt->c.requeued);
+		return DM_ENDIO_REQUEUE;
 	}
 	return DM_ENDIO_DONE;
 }
 
+/*
+ * A suspend must not fail I/O that waits for a daemon.  With a daemon
+ * bound, it answers (within daemon_timeout).  Without one, a noflush
+ * suspend (a table reload) hands waiting bios back to dm core, which
+ * issues them again after resume; a suspend that must flush waits up to
+ * daemon_timeout for a daemon, then fails them.
+ */
 static void dmu_presuspend(struct dm_target *ti)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
+	struct dmu_target *dt = tc->dt;
 	bool bound;
 
 	mutex_lock(&dt->mutex);
@@ -348,21 +307,72 @@ static void dmu_presuspend(struct dm_target *ti)
 	dt->suspending = true;
 	bound = dt->state == DMU_DAEMON_BOUND;
 	spin_unlock_irq(&dt->lock);
-	/* A bound daemon answers within daemon_timeout or its I/O fails. */
-	if (!bound)	/* nobody can answer: suspend must not hang */
-		dmu_fail_all(dt, BLK_STS_IOERR);
+	if (!bound) {
+		if (dm_noflush_suspending(ti))
+			dmu_requeue_parked(dt);
+		else if (!dt->opt.daemon_timeout)
+			dmu_fail_all(dt, BLK_STS_IOERR);
+		else
+			dmu_arm_timeout(dt);
+	}
 	mutex_unlock(&dt->mutex);
 }
 
-static void dmu_resume(struct dm_target *ti)
+static bool dmu_fills_done(struct dmu_target *dt)
 {
-	struct dmu_target *dt = ti->private;
+	bool done;
+
+	spin_lock_irq(&dt->lock);
+	done = !dt->nr_push_inflight;
+	spin_unlock_irq(&dt->lock);
+	return done;
+}
+
+/*
+ * dm waited for our bios; pushes' fills are not bios.  Let them land, so
+ * nothing writes the data devices of a suspended device (a snapshot of the
+ * image files taken now sees no torn fill).  New pushes with NEW extents
+ * are refused until resume; fills don't need the daemon, so this ends.
+ */
+static void dmu_postsuspend(struct dm_target *ti)
+{
+	struct dmu_tc *tc = ti->private;
+	struct dmu_target *dt = tc->dt;
+
+	wait_event(dt->drain_wait, dmu_fills_done(dt));
+	flush_workqueue(dt->wq);
+}
+
+static void dmu_resume_common(struct dmu_target *dt)
+{
+	bool kick;
 
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	dt->suspending = false;
+	kick = !bio_list_empty(&dt->flush_bios) || dt->checkpoint;
+	/* I/O requeued while suspended waits for a daemon again: clock it. */
+	if (dt->state != DMU_DAEMON_BOUND)
+		dmu_arm_timeout(dt);
 	spin_unlock_irq(&dt->lock);
 	mutex_unlock(&dt->mutex);
+	if (kick)
+		queue_work(dt->wq, &dt->flush_work);
+}
+
+static void dmu_presuspend_undo(struct dm_target *ti)
+{
+	struct dmu_tc *tc = ti->private;
+
+	dmu_resume_common(tc->dt);
+}
+
+static void dmu_resume(struct dm_target *ti)
+{
+	struct dmu_tc *tc = ti->private;
+
+	dmu_pool_activate(tc);
+	dmu_resume_common(tc->dt);
 }
 
 static const char *dmu_daemon_state_name(enum dmu_daemon_state state)
@@ -384,9 +394,10 @@ static const char *dmu_daemon_state_name(enum dmu_daemon_state state)
 static void dmu_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result, unsigned int maxlen)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
+	struct dmu_target *dt = tc->dt;
+	unsigned int sz = 0, pending, records;
 	enum dmu_daemon_state state;
-	unsigned int sz = 0, pending;
 	u32 i;
 
 	switch (type) {
@@ -394,6 +405,7 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 		spin_lock_irq(&dt->lock);
 		state = dt->state;
 		pending = dt->nr_pending;
+		records = dt->nr_records;
 		spin_unlock_irq(&dt->lock);
 		DMEMIT("requests=%llu hits=%llu misses=%llu pushed=%llu pushed_used=%llu extents=%lu pending=%u daemon=%s",
 		       DMU_C(requests), DMU_C(hits), DMU_C(misses), DMU_C(pushed),
@@ -403,18 +415,23 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 		       DMU_C(bad), DMU_C(zero_reads), DMU_C(fills), DMU_C(commits),
 		       DMU_C(timeouts), DMU_C(resent), DMU_C(evicted),
 		       DMU_C(invalidated));
+		DMEMIT(" unpublished=%u requeued=%llu drains=%llu",
+		       records, DMU_C(requeued), DMU_C(drains));
 		break;
 	case STATUSTYPE_TABLE:
-		DMEMIT("%s %u %u", dt->key, dt->block_sectors, dt->nr_devs);
-		for (i = 0; i < dt->nr_devs; i++)
-			DMEMIT(" %s", dt->devs[i]->name);
-		DMEMIT(" 4 daemon_timeout %u max_extents %u",
-		       dt->daemon_timeout, dt->max_extents);
+		DMEMIT("%s %u %u", dt->key, tc->block_sectors, tc->nr_devs);
+		for (i = 0; i < tc->nr_devs; i++)
+			DMEMIT(" %s", tc->devs[i]->name);
+		DMEMIT(" %u daemon_timeout %u max_extents %u writable_devs %u",
+		       tc->opt.discard_passdown ? 7 : 6, tc->opt.daemon_timeout,
+		       tc->opt.max_extents, tc->opt.writable_devs);
+		if (tc->opt.discard_passdown)
+			DMEMIT(" discard_passdown");
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
 		DMEMIT(",key=%s,block_sectors=%u,nr_devs=%u;", dt->key,
-		       dt->block_sectors, dt->nr_devs);
+		       tc->block_sectors, tc->nr_devs);
 		break;
 	}
 }
@@ -424,18 +441,23 @@ static void dmu_reset_counters(struct dmu_target *dt)
 	atomic64_t *c = (atomic64_t *)&dt->c;
 	size_t i;
 
+	/* struct dmu_counters is nothing but atomic64_t fields. */
+	BUILD_BUG_ON(sizeof(dt->c) % sizeof(*c));
+
 	for (i = 0; i < sizeof(dt->c) / sizeof(*c); i++)
 		atomic64_set(&c[i], 0);
 }
 
 /*
  * invalidate [<block> <nr_blocks>]   drop cached extents (all by default)
+ *                                    and wait for I/O that used them
  * reset_counters                     zero the counters of the status line
  */
 static int dmu_message(struct dm_target *ti, unsigned int argc, char **argv,
 		       char *result, unsigned int maxlen)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
+	struct dmu_target *dt = tc->dt;
 	u64 block = 0, nr = dt->target_blocks;
 	int r;
 
@@ -444,7 +466,7 @@ static int dmu_message(struct dm_target *ti, unsigned int argc, char **argv,
 		return 0;
 	}
 	if ((argc != 1 && argc != 3) || strcasecmp(argv[0], "invalidate")) {
-		DMERR("%s: unknown message; use 'invalidate [<block> <nr_blocks>]' or 'reset_counters'",
+		DMWARN("%s: unknown message; use 'invalidate [<block> <nr_blocks>]' or 'reset_counters'",
 		      dt->key);
 		return -EINVAL;
 	}
@@ -452,36 +474,44 @@ static int dmu_message(struct dm_target *ti, unsigned int argc, char **argv,
 			  kstrtou64(argv[2], 10, &nr) || !nr ||
 			  block >= dt->target_blocks ||
 			  nr > dt->target_blocks - block)) {
-		DMERR("%s: invalidate: range is not inside the target's %llu blocks",
+		DMWARN("%s: invalidate: range is not inside the target's %llu blocks",
 		      dt->key, dt->target_blocks);
 		return -EINVAL;
 	}
 	mutex_lock(&dt->mutex);
 	r = dmu_invalidate(dt, block, nr);
 	mutex_unlock(&dt->mutex);
+	if (!r) {
+		atomic64_inc(&dt->c.drains);
+		r = dmu_drain_wait(&dt->drain);
+	}
 	return r;
 }
 
 static int dmu_iterate_devices(struct dm_target *ti,
 			       iterate_devices_callout_fn fn, void *data)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
 	int r = 0;
 	u32 i;
 
-	for (i = 0; i < dt->nr_devs && !r; i++)
-		r = fn(ti, dt->devs[i], 0, bdev_nr_sectors(dt->devs[i]->bdev), data);
+	for (i = 0; i < tc->nr_devs && !r; i++)
+		r = fn(ti, tc->devs[i], 0, bdev_nr_sectors(tc->devs[i]->bdev), data);
 	return r;
 }
 
 static void dmu_io_hints(struct dm_target *ti, struct queue_limits *limits)
 {
-	struct dmu_target *dt = ti->private;
+	struct dmu_tc *tc = ti->private;
+	unsigned int block_bytes = tc->block_sectors << SECTOR_SHIFT;
 
 	/* Discards are answered by the daemon, whatever the devices do. */
-	limits->discard_granularity = dt->block_sectors << SECTOR_SHIFT;
+	limits->discard_granularity = block_bytes;
 	limits->max_hw_discard_sectors = 1U << 23;
 	limits->max_discard_sectors = 1U << 23;
+	/* A write of a whole block never needs a fill. */
+	limits->io_min = block_bytes;
+	limits->io_opt = block_bytes;
 }
 
 static struct target_type dmu_target_type = {
@@ -493,7 +523,8 @@ static struct target_type dmu_target_type = {
 	.map = dmu_map,
 	.end_io = dmu_end_io,
 	.presuspend = dmu_presuspend,
-	.presuspend_undo = dmu_resume,
+	.presuspend_undo = dmu_presuspend_undo,
+	.postsuspend = dmu_postsuspend,
 	.resume = dmu_resume,
 	.status = dmu_status,
 	.message = dmu_message,
@@ -501,13 +532,21 @@ static struct target_type dmu_target_type = {
 	.io_hints = dmu_io_hints,
 };
 
+static void dmu_destroy_slabs(void)
+{
+	kmem_cache_destroy(dmu_tracker_slab);
+	kmem_cache_destroy(dmu_req_slab);
+	kmem_cache_destroy(dmu_extent_slab);
+}
+
 static int __init dmu_init(void)
 {
 	int r = -ENOMEM;
 
 	dmu_extent_slab = KMEM_CACHE(dmu_extent, 0);
 	dmu_req_slab = KMEM_CACHE(dmu_req, 0);
-	if (!dmu_extent_slab || !dmu_req_slab)
+	dmu_tracker_slab = KMEM_CACHE(dmu_tracker, 0);
+	if (!dmu_extent_slab || !dmu_req_slab || !dmu_tracker_slab)
 		goto bad_slab;
 	r = dmu_control_init();
 	if (r)
@@ -521,8 +560,7 @@ static int __init dmu_init(void)
 bad_target:
 	dmu_control_exit();
 bad_slab:
-	kmem_cache_destroy(dmu_req_slab);
-	kmem_cache_destroy(dmu_extent_slab);
+	dmu_destroy_slabs();
 	return r;
 }
 
@@ -530,8 +568,7 @@ static void __exit dmu_exit(void)
 {
 	dm_unregister_target(&dmu_target_type);
 	dmu_control_exit();
-	kmem_cache_destroy(dmu_req_slab);
-	kmem_cache_destroy(dmu_extent_slab);
+	dmu_destroy_slabs();
 }
 
 module_init(dmu_init);

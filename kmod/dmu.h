@@ -2,55 +2,73 @@
 /*
  * dm-userspace: internal definitions shared by the target's source files.
  *
- * One struct dmu_target per table target.  A bio that the extent cache
- * (dmu-cache.c) can map is remapped inside map(); any other bio is parked
- * on a struct dmu_request that a daemon reads from /dev/dm-userspace
- * (dmu-control.c), and is driven through the cache again once the answer
- * (dmu-response.c) has been applied.  Freshly allocated extents are filled
- * by kcopyd before use (dmu-fill.c); flushes wait for a metadata commit
- * (dmu-flush.c).
+ * State lives in one struct dmu_target per key (per dm device), shared by
+ * every table of that device: a table reload (ctr of the new table, swap,
+ * dtr of the old one) keeps the cache, the requests, the allocation records
+ * and the bound daemon, as dm-thin's pool outlives its tables.  Each table
+ * has a small struct dmu_tc (ti->private) with its own device references
+ * and options, which become the target's at that table's resume.
  *
- * Life of a MAP request: created by map() -> send_queue -> read() moves it
- * to the sent list -> the daemon's answer is accumulated in msgs[] -> at
- * DMU_RSP_FINAL it leaves every list, its extents enter the cache and its
- * bios are re-driven.  A write request (or a push with DMU_EXT_NEW extents)
- * then lives on as a "tracker" until its fills and the writes it re-drove
- * have completed, and finally turns into the DONE message that reports
- * them (so completion context never allocates).
+ * A bio that the extent cache (dmu-cache.c) can map is remapped inside
+ * map(); any other bio is parked on a struct dmu_req (a MAP request) that a
+ * daemon reads from /dev/dm-userspace (dmu-control.c), and is driven through
+ * the cache again once the answer (dmu-response.c) has been applied.
+ *
+ * An applied answer that must report DONE becomes a struct dmu_tracker
+ * (dmu-tracker.c): it fills its NEW extents with kcopyd (dmu-fill.c), tracks
+ * the writes it re-drove, then queues its DONE.  It stays an unpublished
+ * allocation record until a COMMIT read after its DONE is answered
+ * COMMITTED (dmu-flush.c); a daemon that binds after another one left can
+ * list the records and reads their DONEs again, so it learns every
+ * allocation the kernel may still use.
+ *
+ * Every bio remapped to a data device holds a reference on the current I/O
+ * generation (dmu-drain.c) until it completes; invalidation, discards and
+ * fills that replace cached mappings wait for the older generations to
+ * drain before they let anyone reuse the space.
  *
  * Locking (outermost first):
- *   dmu_registry_lock (mutex, dmu-control.c)  the list of targets by key
+ *   dmu_registry_lock (mutex, dmu-control.c)  targets by key, dt->nr_tables
+ *   ch->rmutex / ch->wmutex  one read() / one write() per channel at a time
  *   dt->mutex     control-plane transitions: answering, binding/unbinding,
- *                 timing out, failing requests, cache mutations from
- *                 userspace.  Held while a request is being answered, so a
- *                 sent request cannot vanish under read() or write().
+ *                 timing out, failing requests, suspend/resume, cache
+ *                 mutations from userspace.  Never held across
+ *                 copy_to_user()/copy_from_user() or a wait for I/O to
+ *                 complete; submitting re-driven bios and kcopyd jobs
+ *                 under it may wait for memory or queue tags, never for
+ *                 the daemon.
  *   dt->lock      (spinlock, irq-safe) send_queue, sent, pending_maps, the
- *                 id hash, req->bios, trackers, the flush lists, daemon
- *                 state and dt->channel.  Taken by map() on a miss and by
- *                 bio completion.
- *   cache->lock   (spinlock, never taken from irq) the rbtree and LRU of
- *                 extents and req->busy_bios (bios waiting for a fill).
- *                 Taken by map() on every bio: the hit path is one lock and
- *                 one tree walk.
+ *                 id hash, req->bios, the tracker lists, the flush lists,
+ *                 daemon state, dt->channel and the live table's geometry.
+ *                 Taken by map() on a miss and by bio completion.
+ *   cache->lock   (spinlock) the rbtree and LRU of extents and
+ *                 tk->busy_bios.  Taken by map() on every bio: the hit path
+ *                 is one lock and one tree walk.  Never taken in hard irq
+ *                 context; taken with irqsave because map() may run in any
+ *                 context that submits bios, and that also makes the
+ *                 section an RCU read side for dmu_io_begin().
+ *   drain->lock   (spinlock, irq-safe) the drain cycle.
  *   ch->lock      (spinlock) ch->dt and ch->detached.
  * dt->lock and cache->lock are never held together.
  *
- * Lifetime: dt is reference counted (kref); the table holds one reference
- * from ctr to dtr and a bound channel holds one.  dtr releases the devices,
- * the cache and the workers and detaches the channel, so a daemon that
- * still holds the file open sees -ENODEV but never freed memory.
+ * Lifetime: dt is reference counted (kref): each table and a bound channel
+ * hold one.  When the live table is destroyed (or the last table), dt dies:
+ * waiting I/O fails, the channel is detached (the daemon then sees -ENODEV
+ * but never freed memory), and the workers are torn down.
  */
 #ifndef DMU_H
 #define DMU_H
 
 #include <linux/atomic.h>
 #include <linux/bio.h>
+#include <linux/blkdev.h>
 #include <linux/device-mapper.h>
 #include <linux/dm-kcopyd.h>
 #include <linux/hashtable.h>
 #include <linux/kref.h>
 #include <linux/mempool.h>
 #include <linux/mutex.h>
+#include <linux/percpu-refcount.h>
 #include <linux/rbtree.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
@@ -64,17 +82,29 @@
 #define DMU_MAX_OPEN_PUSHES	16	/* push batches without FINAL yet */
 #define DMU_MAX_PUSH_FILLS	64	/* pushes whose NEW extents are filling */
 #define DMU_IO_MSGS		64	/* messages per read()/write() chunk */
-#define DMU_MAX_LIST		4096	/* extents per LIST_EXTENTS call */
+#define DMU_MAX_LIST		256	/* entries copied per LIST chunk */
+#define DMU_CHECKPOINT		4096	/* unpublished trackers: ask for a commit */
+#define DMU_MAX_UNPUBLISHED	(4 * DMU_CHECKPOINT)	/* then NEW pushes wait */
+#define DMU_MAX_PASSDOWN	64	/* data ranges one discard passes down */
 
 static_assert(sizeof(struct dmu_request) == DMU_MSG_SIZE);
 static_assert(sizeof(struct dmu_response) == DMU_MSG_SIZE);
 static_assert(sizeof(struct dmu_bind) == 136);
 static_assert(sizeof(struct dmu_extent_info) == 40);
 static_assert(sizeof(struct dmu_list_extents) == 48);
+static_assert(sizeof(struct dmu_allocation) == 40);
+static_assert(sizeof(struct dmu_list_allocations) == 48);
+
+/* 6.5 replaced fmode_t by blk_mode_t in the device-mapper API. */
+#ifdef BLK_OPEN_WRITE
+#define DMU_MODE_WRITE	BLK_OPEN_WRITE
+#else
+#define DMU_MODE_WRITE	FMODE_WRITE
+#endif
 
 /* ---- extent cache (dmu-cache.c) ---- */
 
-struct dmu_req;
+struct dmu_tracker;
 
 struct dmu_extent {
 	struct rb_node node;
@@ -85,10 +115,13 @@ struct dmu_extent {
 	u32 dev;
 	u8 kind;		/* DMU_EXT_ZERO, DMU_EXT_REMAP */
 	u8 ext_flags;		/* DMU_EXT_WRITABLE */
-	u8 state;		/* DMU_EXTENT_PUSHED | USED | BUSY */
+	u8 state;		/* DMU_EXTENT_PUSHED | USED | BUSY, DMU_EXT_DOOMED */
 	u8 referenced;		/* clock bit for eviction */
-	struct dmu_req *owner;	/* while BUSY: the answer filling it */
+	struct dmu_tracker *owner;	/* while BUSY: the answer filling it */
 };
+
+/* state: a discard covered it while BUSY; dropped once its fill ends. */
+#define DMU_EXT_DOOMED		(1U << 7)
 
 struct dmu_cache {
 	spinlock_t lock;
@@ -99,57 +132,136 @@ struct dmu_cache {
 	struct kmem_cache *slab;
 };
 
-/* ---- requests (dmu-request.c) ---- */
+/* ---- I/O generations (dmu-drain.c) ---- */
 
-enum dmu_req_kind {
-	DMU_RQ_MAP,		/* MAP, kernel id */
-	DMU_RQ_COMMIT,		/* COMMIT, embedded in the target */
-	DMU_RQ_PUSH,		/* daemon's push batch, never sent */
-	DMU_RQ_DONE,		/* a finished tracker, waiting to be read */
+struct dmu_drain;
+
+struct dmu_io_gen {
+	struct percpu_ref ref;
+	struct dmu_drain *drain;
+};
+
+/* Called from the drain's workqueue once all I/O begun before it ended. */
+struct dmu_drain_waiter {
+	struct list_head list;
+	void (*fn)(struct dmu_drain_waiter *w);
+};
+
+struct dmu_drain {
+	struct dmu_io_gen gen[2];
+	unsigned int cur;		/* the generation new I/O joins */
+	spinlock_t lock;
+	bool running;			/* a cycle waits for gen[!cur] */
+	bool dead;			/* torn down: waiters run at once */
+	struct list_head next;		/* waiters for the next cycle */
+	struct list_head current_cycle;	/* waiters of the running cycle */
+	struct work_struct work;
+	struct workqueue_struct *wq;
+	wait_queue_head_t idle;
+};
+
+/* ---- requests and trackers (dmu-request.c, dmu-tracker.c) ---- */
+
+/* Something the daemon reads: a MAP or COMMIT request, or a DONE. */
+enum dmu_msg_kind {
+	DMU_MSG_MAP,
+	DMU_MSG_COMMIT,
+	DMU_MSG_DONE,
+};
+
+struct dmu_msg {
+	struct list_head list;	/* send_queue / sent / done_read / done_covered */
+	enum dmu_msg_kind kind;
 };
 
 enum dmu_req_state {
 	DMU_RS_IDLE,		/* on no list */
 	DMU_RS_QUEUED,		/* on send_queue */
 	DMU_RS_SENT,		/* on sent: read by the daemon, unanswered */
-	DMU_RS_TRACKING,	/* answered; fills or writes outstanding */
 };
 
+/* A MAP or COMMIT request, or a push batch being accumulated. */
 struct dmu_req {
-	struct list_head list;		/* send_queue / sent / dt->pushes */
+	struct dmu_msg msg;
 	struct list_head pending;	/* dt->pending_maps (MAP only) */
-	struct list_head tracker;	/* dt->trackers */
 	struct hlist_node hash;		/* dt->ids */
 	struct dmu_target *dt;
 	u64 id;
 	u64 block;
 	u64 nr_blocks;
-	u64 seq;			/* tracker order, for the flush barrier */
 	unsigned long queued_at;	/* jiffies: for the answer timeout */
-	enum dmu_req_kind kind;
 	enum dmu_req_state state;
 	u32 map_flags;			/* DMU_MAP_* */
 	bool resent;			/* was read by a daemon that left */
-	bool needs_done;		/* write MAP or push with NEW extents */
-
+	bool push;			/* a push batch (dt->pushes) */
+	bool from_pool;			/* allocated from dt->req_pool */
+	bool bad_answer;		/* its answer missed its first block */
 	struct bio_list bios;		/* waiting for the answer (dt->lock) */
-	struct bio_list busy_bios;	/* waiting for our fill (cache->lock) */
 
 	/* The answer being accumulated (dt->mutex). */
 	struct dmu_response *msgs;
 	unsigned int nr_msgs;
 	unsigned int max_msgs;
+};
 
-	/* Fill of DMU_EXT_NEW extents (dmu-fill.c). */
+enum dmu_tracker_kind {
+	DMU_TK_WRITE,		/* answer to a write MAP */
+	DMU_TK_PUSH,		/* push with NEW extents */
+	DMU_TK_DISCARD,		/* answer to a discard MAP */
+};
+
+/* One NEW extent of an answer: what LIST_ALLOCATIONS reports. */
+struct dmu_alloc {
+	u64 block;
+	u64 nr_blocks;
+	u64 sector;
+	u32 dev;
+};
+
+/* A data range a discard passes down to its device. */
+struct dmu_range {
+	u64 sector;
+	u64 nr_sectors;
+	u32 dev;
+};
+
+struct dmu_tracker {
+	struct dmu_msg msg;		/* DONE: send_queue, done_read/covered */
+	struct list_head inflight;	/* dt->inflight while work is left */
+	struct list_head record;	/* dt->records until published */
+	struct dmu_target *dt;
+	enum dmu_tracker_kind kind;
+	u64 id;				/* what DONE reports */
+	u64 block;
+	u64 nr_blocks;
+	u32 map_flags;
+	u64 seq;			/* application order */
+	atomic_t io_pending;		/* retired when it drops to 0 */
+	int error;			/* DONE status: first fill/direct error */
+	bool io_done;			/* io_pending reached 0 */
+	bool resent;			/* its DONE was read by a daemon that left */
+
+	struct dmu_alloc *allocs;	/* the answer's NEW extents */
+	unsigned int nr_allocs;
+
+	/* Fill of NEW extents (dmu-fill.c). */
 	struct dmu_extent **new_ext;	/* BUSY extents this answer owns */
 	unsigned int nr_new;
+	struct dmu_response *copies;	/* the answer's COPY messages */
+	unsigned int nr_copies;
 	struct bio_list direct;		/* our writes inside NEW extents */
+	struct bio_list direct_done;	/* ... completed, held (dt->lock) */
+	struct bio_list busy_bios;	/* waiting for our fill (cache->lock) */
 	atomic_t stage_pending;		/* kcopyd jobs or direct writes */
 	int stage;			/* DMU_STAGE_* */
+	bool needs_drain;		/* replaced mappings: drain before filling */
 	struct work_struct stage_work;
+	struct dmu_drain_waiter drain_waiter;
 
-	atomic_t io_pending;		/* tracker: DONE when it drops to 0 */
-	int error;			/* first error (negative errno) */
+	/* Discard. */
+	struct bio_list discard_bios;	/* the guest's discards, until DONE */
+	struct dmu_range *passdown;
+	unsigned int nr_passdown;
 };
 
 /* ---- per-bio data ---- */
@@ -159,8 +271,10 @@ struct dmu_req {
 #define DMU_BIO_DIRECT	(1U << 2)	/* a write issued during a fill */
 
 struct dmu_bio {
-	struct dmu_req *tracker;
+	struct dmu_tracker *tracker;	/* write re-driven by an answer */
+	struct percpu_ref *io_ref;	/* the I/O generation it joined */
 	unsigned int flags;
+	u32 dev;			/* where a remapped write went */
 };
 
 /* ---- the target ---- */
@@ -186,6 +300,8 @@ struct dmu_counters {
 	atomic64_t resent;	/* requests handed to a new daemon */
 	atomic64_t evicted;	/* extents evicted from the cache */
 	atomic64_t invalidated;	/* extents dropped by invalidation */
+	atomic64_t requeued;	/* bios handed back to dm during suspend */
+	atomic64_t drains;	/* waits for in-flight I/O */
 };
 
 enum dmu_commit_stage {
@@ -197,49 +313,82 @@ enum dmu_commit_stage {
 
 struct dmu_channel;
 
-struct dmu_target {
+/* Options of one table line; the live table's are the target's. */
+struct dmu_options {
+	unsigned int daemon_timeout;	/* seconds */
+	unsigned int max_extents;
+	u32 writable_devs;
+	bool discard_passdown;
+};
+
+/* ti->private: one per table. */
+struct dmu_tc {
+	struct list_head list;		/* dt->tables (dmu_registry_lock) */
 	struct dm_target *ti;
+	struct dmu_target *dt;
+	struct dmu_options opt;
+	u32 block_sectors;
+	u32 nr_devs;
+	struct dm_dev *devs[DMU_MAX_DEVS];
+};
+
+struct dmu_target {
 	struct kref kref;
 	struct list_head registry;	/* dmu_registry (dmu_registry_lock) */
 	char key[DMU_KEY_LEN];
+	struct mapped_device *md;	/* the device the key belongs to */
+	unsigned int nr_tables;		/* dmu_registry_lock */
+	struct list_head tables;	/* struct dmu_tc (dmu_registry_lock) */
 	u32 block_sectors;
 	unsigned int block_shift;
-	u64 target_blocks;
 	u32 nr_devs;
-	struct dm_dev *devs[DMU_MAX_DEVS];
-	unsigned int daemon_timeout;	/* seconds */
-	unsigned int max_extents;
+	struct block_device *bdev[DMU_MAX_DEVS];
+
+	/* The live table: set by its resume (and by the first ctr). */
+	struct dm_target *ti;
+	sector_t begin;			/* ti->begin */
+	sector_t len;			/* ti->len */
+	u64 target_blocks;
+	struct dmu_options opt;
 
 	struct mutex mutex;
 	spinlock_t lock;
 	enum dmu_daemon_state state;
-	bool dying;			/* dtr has started */
+	bool dying;			/* the live table was destroyed */
 	bool suspending;		/* between presuspend and resume */
 	struct dmu_channel *channel;	/* bound daemon */
 	u64 features;			/* granted to the bound daemon */
-	struct list_head send_queue;
-	struct list_head sent;
+	struct list_head send_queue;	/* struct dmu_msg */
+	struct list_head sent;		/* read MAP and COMMIT, unanswered */
 	struct list_head pending_maps;
 	DECLARE_HASHTABLE(ids, 8);
-	u64 next_id;
-	u64 next_seq;
 	unsigned int nr_pending;	/* unanswered MAP and COMMIT */
-	struct list_head trackers;	/* in seq order */
-	unsigned int nr_trackers;
-	unsigned int nr_push_trackers;	/* bounds what a daemon can start */
-	wait_queue_head_t drain_wait;	/* dtr waits for trackers */
 	struct list_head pushes;	/* open push batches (dt->mutex) */
 	unsigned int nr_pushes;
 	struct bio_list deferred;	/* misses that could not allocate */
+
+	/* trackers (dmu-tracker.c), under dt->lock */
+	u64 next_seq;
+	struct list_head inflight;	/* work outstanding, in seq order */
+	unsigned int nr_inflight;
+	unsigned int nr_push_inflight;	/* bounds what a daemon can start */
+	struct list_head records;	/* unpublished, in seq order */
+	unsigned int nr_records;
+	unsigned int nr_unpublished;	/* every tracker not yet freed */
+	struct list_head done_read;	/* DONE read, no COMMIT read since */
+	struct list_head done_covered;	/* covered by the COMMIT under way */
+	struct list_head done_held;	/* retired during a device flush */
+	wait_queue_head_t drain_wait;	/* dtr waits for inflight trackers */
 
 	/* flush/commit (dmu-flush.c), under dt->lock */
 	struct bio_list flush_bios;	/* wait for the next commit cycle */
 	struct bio_list commit_bios;	/* covered by the cycle under way */
 	enum dmu_commit_stage commit_stage;
 	u64 commit_barrier;		/* trackers older than this first */
+	bool checkpoint;		/* a cycle without bios was asked for */
 	struct dmu_req commit;
-	unsigned long dirty_devs;	/* written since their last flush */
-	unsigned long flags;		/* DMU_DIRTY */
+	DECLARE_BITMAP(dirty_devs, DMU_MAX_DEVS);	/* written since flushed */
+	unsigned long flags;		/* DMU_NEEDS_COMMIT */
 
 	struct workqueue_struct *wq;
 	struct work_struct flush_work;
@@ -247,12 +396,13 @@ struct dmu_target {
 	struct delayed_work timeout_work;
 	struct dm_kcopyd_client *kc;
 	mempool_t req_pool;
+	struct dmu_drain drain;
 
 	struct dmu_cache cache;
 	struct dmu_counters c;
 };
 
-#define DMU_DIRTY	0	/* written since the last commit was sent */
+#define DMU_NEEDS_COMMIT	0	/* a DONE was queued since the last COMMIT */
 
 static inline u64 dmu_block_of(struct dmu_target *dt, sector_t sector)
 {
@@ -264,23 +414,36 @@ static inline sector_t dmu_block_start(struct dmu_target *dt, u64 block)
 	return (sector_t)block << dt->block_shift;
 }
 
+/* The sector of a bio of the live table, counted from the target's start. */
+static inline sector_t dmu_offset(struct dmu_target *dt, struct bio *bio)
+{
+	return bio->bi_iter.bi_sector - READ_ONCE(dt->begin);
+}
+
 static inline struct dmu_bio *dmu_pb(struct bio *bio)
 {
 	return dm_per_bio_data(bio, sizeof(struct dmu_bio));
 }
 
-/* A write is about to reach dev: the next flush must flush it and commit. */
+/* A write to dev completed: the next flush must flush dev. */
 static inline void dmu_mark_dirty(struct dmu_target *dt, u32 dev)
 {
-	if (!test_bit(dev, &dt->dirty_devs))
-		set_bit(dev, &dt->dirty_devs);
-	if (!test_bit(DMU_DIRTY, &dt->flags))
-		set_bit(DMU_DIRTY, &dt->flags);
+	if (!test_bit(dev, dt->dirty_devs))
+		set_bit(dev, dt->dirty_devs);
 }
 
 /* dmu-target.c */
 extern struct kmem_cache *dmu_extent_slab;
 extern struct kmem_cache *dmu_req_slab;
+extern struct kmem_cache *dmu_tracker_slab;
+
+/* dmu-pool.c: the per-key state */
+int dmu_pool_get(struct dmu_tc *tc, const char *key, char **error);
+void dmu_pool_put(struct dmu_tc *tc);
+void dmu_pool_activate(struct dmu_tc *tc);
+void dmu_target_put(struct dmu_target *dt);
+struct dmu_target *dmu_registry_find(const char *key);
+extern struct mutex dmu_registry_lock;
 
 /* dmu-cache.c */
 int dmu_cache_init(struct dmu_cache *cache, unsigned long max);
@@ -292,14 +455,31 @@ struct dmu_extent *dmu_cache_first_busy(struct dmu_cache *cache, u64 block,
 					u64 nr_blocks);
 unsigned int dmu_cache_count_busy(struct dmu_cache *cache, u64 block,
 				  u64 nr_blocks);
+bool dmu_cache_has_writable(struct dmu_cache *cache, u64 block, u64 nr_blocks);
 void dmu_cache_make_room(struct dmu_target *dt, unsigned long incoming);
 void dmu_cache_insert(struct dmu_target *dt, struct dmu_extent *e,
 		      struct dmu_extent **spare);
 unsigned long dmu_cache_invalidate(struct dmu_target *dt, u64 block,
 				   u64 nr_blocks, struct dmu_extent **spare);
+unsigned int dmu_cache_doom_busy(struct dmu_cache *cache, u64 block,
+				 u64 nr_blocks);
+unsigned int dmu_cache_writable_ranges(struct dmu_target *dt, u64 block,
+				       u64 nr_blocks, struct dmu_range *out,
+				       unsigned int max);
 void dmu_cache_remove(struct dmu_target *dt, struct dmu_extent *e);
 int dmu_cache_list(struct dmu_cache *cache, u64 start,
 		   struct dmu_extent_info *out, unsigned int max, u64 *next);
+
+/* dmu-drain.c */
+int dmu_drain_init(struct dmu_drain *d, struct workqueue_struct *wq);
+void dmu_drain_exit(struct dmu_drain *d);
+struct percpu_ref *dmu_io_begin(struct dmu_drain *d);
+void dmu_io_end(struct percpu_ref *ref);
+void dmu_drain_async(struct dmu_drain *d, struct dmu_drain_waiter *w);
+struct dmu_drain_sync;
+struct dmu_drain_sync *dmu_drain_sync_alloc(void);
+int dmu_drain_sync_wait(struct dmu_drain *d, struct dmu_drain_sync *s);
+int dmu_drain_wait(struct dmu_drain *d);
 
 /* dmu-request.c */
 enum dmu_route {
@@ -310,52 +490,74 @@ enum dmu_route {
 };
 
 int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
-		struct dmu_req *origin);
-void dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
-		       u64 nr_blocks, u32 map_flags, bool can_sleep);
+		struct dmu_tracker *origin, struct dmu_req *answered);
+int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
+		      u64 nr_blocks, u32 map_flags, enum dmu_route how);
+int dmu_queue_discard(struct dmu_target *dt, struct bio *bio,
+		      enum dmu_route how);
 struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp);
 void dmu_req_free(struct dmu_req *req);
 struct dmu_req *dmu_req_lookup(struct dmu_target *dt, u64 id);
 void dmu_req_unlink(struct dmu_req *req);
-void dmu_req_fail(struct dmu_req *req, int error);
-void dmu_tracker_start(struct dmu_req *req);
-void dmu_tracker_put(struct dmu_req *req, int error);
-void dmu_set_error(struct dmu_req *req, int error);
+u64 dmu_new_id(void);
+bool dmu_must_fail_now(struct dmu_target *dt);
+bool dmu_must_requeue(struct dmu_target *dt);
+void dmu_wake_daemon(struct dmu_target *dt);
+void dmu_end_bio(struct bio *bio, int error);
+void dmu_requeue_bio(struct dmu_target *dt, struct bio *bio);
+void dmu_requeue_parked(struct dmu_target *dt);
 void dmu_fail_all(struct dmu_target *dt, blk_status_t status);
 void dmu_daemon_gone(struct dmu_target *dt);
 void dmu_deferred_work(struct work_struct *work);
 void dmu_timeout_work(struct work_struct *work);
 void dmu_arm_timeout(struct dmu_target *dt);
-bool dmu_must_fail_now(struct dmu_target *dt);
-void dmu_wake_daemon(struct dmu_target *dt);
-void dmu_end_bio(struct bio *bio, int error);
+
+/* dmu-tracker.c */
+struct dmu_tracker *dmu_tracker_alloc(struct dmu_target *dt,
+				      enum dmu_tracker_kind kind, u64 id,
+				      unsigned int nr_allocs);
+void dmu_tracker_start(struct dmu_tracker *tk);
+void dmu_tracker_put(struct dmu_tracker *tk, int error);
+void dmu_set_error(struct dmu_tracker *tk, int error);
+void dmu_tracker_free(struct dmu_tracker *tk);
+void dmu_done_read(struct dmu_target *dt, struct dmu_tracker *tk);
+void dmu_done_requeue(struct dmu_target *dt);
+void dmu_commit_read(struct dmu_target *dt);
+void dmu_commit_outcome(struct dmu_target *dt, bool published);
+void dmu_trackers_exit(struct dmu_target *dt);
+unsigned int dmu_list_allocations(struct dmu_target *dt, u64 start,
+				  struct dmu_allocation *out, unsigned int max,
+				  u64 *next);
 
 /* dmu-response.c */
 unsigned int dmu_handle_responses(struct dmu_target *dt,
 				  const struct dmu_response *msgs,
-				  unsigned int n, bool *bad);
+				  unsigned int n, bool *bad,
+				  struct dmu_drain_sync **drain);
 void dmu_drop_pushes(struct dmu_target *dt);
 int dmu_invalidate(struct dmu_target *dt, u64 block, u64 nr_blocks);
 
+/* dmu-discard.c */
+void dmu_discard_answered(struct dmu_target *dt, struct dmu_tracker *tk,
+			  struct dmu_extent **spare);
+
 /* dmu-fill.c */
-void dmu_fill_start(struct dmu_req *req);
+void dmu_fill_start(struct dmu_tracker *tk);
 void dmu_stage_work(struct work_struct *work);
-void dmu_direct_write_done(struct dmu_req *req);
+void dmu_direct_write_done(struct dmu_tracker *tk, struct bio *bio);
 
 /* dmu-flush.c */
-void dmu_flush_defer(struct dmu_target *dt, struct bio *bio);
+bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio);
 void dmu_flush_work(struct work_struct *work);
 void dmu_commit_answered(struct dmu_target *dt, int status);
 void dmu_flush_fail_all(struct dmu_target *dt, blk_status_t status);
 void dmu_commit_expired(struct dmu_target *dt);
+void dmu_flush_requeue(struct dmu_target *dt);
 
 /* dmu-control.c */
 int dmu_control_init(void);
 void dmu_control_exit(void);
-void dmu_registry_add(struct dmu_target *dt);
-void dmu_registry_del(struct dmu_target *dt);
 void dmu_channel_detach(struct dmu_target *dt);
 void dmu_channel_wake(struct dmu_channel *ch);
-void dmu_target_put(struct dmu_target *dt);
 
 #endif /* DMU_H */

@@ -8,20 +8,31 @@
  *   <start> <len> userspace <key> <block_sectors> <nr_devs> <dev>...
  *       [<#opt_args> <opt_arg>...]
  *   key            1..DMU_KEY_LEN-1 printable characters; binds one daemon
- *                  connection to this target
+ *                  connection to this device.  A key belongs to one dm device:
+ *                  a table of another device naming it is refused.
  *   block_sectors  the mapping granularity in 512-byte sectors (power of two,
  *                  8 .. 2^20); normally the image's cluster size
  *   dev            the data devices (loop devices of the image chain, scratch
  *                  store); messages name them by index 0..nr_devs-1
  *   optional:      daemon_timeout <seconds>   how long I/O waits for a
- *                                             daemon to (re)bind
+ *                                             daemon to (re)bind or answer
  *                  max_extents <n>            bound on cached extents
+ *                  writable_devs <n>          only devices 0..n-1 may be
+ *                                             written (default: all); the
+ *                                             others are opened read-only
+ *                  discard_passdown           discard the data of discarded
+ *                                             blocks on their data device
+ *
+ * A table reload (a new table naming the same key on the same dm device)
+ * keeps the target's state: cached extents, pending requests, unpublished
+ * DONEs and the bound daemon.  It must name the same data devices in the
+ * same order and the same block_sectors.
  *
  * Control device: /dev/dm-userspace (misc, root only).  A daemon opens it,
- * binds to a target with DMU_IOC_BIND, then read()s requests and write()s
+ * binds to a key with DMU_IOC_BIND, then read()s requests and write()s
  * responses, each a whole number of fixed-size 64-byte messages, and uses
- * poll() to wait for requests.  Closing the file unbinds: requests the daemon
- * read but did not answer are handed to the next daemon that binds.
+ * poll() to wait for requests.  read() and write() may be called
+ * concurrently from different threads.  Closing the file unbinds.
  *
  * Units: "block" = block_sectors sectors, counted from the start of the
  * target; "sector" = 512 bytes on a data device.  An extent maps the virtual
@@ -43,26 +54,51 @@
  *             names whole blocks only (the kernel rounds inward and drops
  *             its cached extents for them); a daemon without
  *             DMU_FEATURE_DISCARD never sees discards.
- *  COMMIT     a guest flush (or FUA write) needs the daemon's metadata to be
- *             durable.  The kernel has already flushed the data devices.  The
- *             daemon answers DMU_RSP_COMMITTED with the same id when its
- *             metadata is on stable storage (status 0) or cannot be (errno).
- *  DONE       sent for every answered MAP with DMU_MAP_WRITE (whatever the
- *             answer: extents, COMPLETE, or a bad answer, then -EIO) and
- *             every answer or push that carried DMU_EXT_NEW extents, once
- *             all copies and all writes waiting on it have completed;
- *             status is 0 or the first error.  Ignore DONE for unknown ids
- *             (queued for a daemon that died).
- *             Only after DONE may the daemon make metadata point at those
- *             blocks durable: before it, their data is not on disk.
+ *  COMMIT     a guest flush (or FUA write), or the kernel's own bound on
+ *             unpublished DONEs, needs the daemon's metadata durable.  The
+ *             kernel has already queued the DONE of every answer applied
+ *             before the flush arrived, and flushed every data device a
+ *             write completed on since its last flush (so the data of every
+ *             DONE read before this COMMIT is on stable storage).  The
+ *             daemon answers DMU_RSP_COMMITTED with the same id when the
+ *             metadata of every DONE it read before this COMMIT is on
+ *             stable storage (status 0), or cannot be (errno).
+ *  DONE       reports on an answer once its work is finished: sent for every
+ *             answered MAP with DMU_MAP_WRITE (whatever the answer: extents,
+ *             COMPLETE, or a bad answer, then -EIO), every answered discard
+ *             MAP, and every answer or push that carried DMU_EXT_NEW
+ *             extents.  id, flags, block and nr_blocks are those of the MAP
+ *             (flags 0, block 0, nr_blocks 0 for a push); status is 0 or the
+ *             first error: the errno of a COMPLETE, -EIO for a bad answer,
+ *             or that of filling the NEW extents or of the answer's own
+ *             writes into them (on error the kernel has dropped those
+ *             extents, so nothing uses the space).
+ *             Only after DONE may metadata point at the NEW blocks, and
+ *             only a COMMIT read after the DONE says their data is on
+ *             stable storage (the kernel flushes first): make such
+ *             metadata durable in answer to that COMMIT.  A MAP failed by
+ *             the timeout gets no DONE (its late answer is refused); if
+ *             the kernel cannot even allocate the DONE of a failed answer,
+ *             the id is never reported, and nothing of it was applied.
+ *             A discard's DONE (also one answered with an error) comes
+ *             after the DONE of every answer applied before the discard's
+ *             answer, and once no I/O that used the discarded blocks' old
+ *             mappings is in flight: only then may the daemon reuse the
+ *             space those blocks mapped.  Other DONEs may overtake it.
+ *             A daemon should not decide a block again (allocate it, or
+ *             discard it) before the DONE of its earlier decision about
+ *             that block: a daemon restarted in between replays the records
+ *             in the order the answers were applied.
  *
  *  EXTENT     one extent.  kind ZERO: reads return zeros without I/O, writes
  *             ask again.  kind REMAP: I/O goes to dev at sector; writes only
- *             when DMU_EXT_WRITABLE.  DMU_EXT_NEW (with WRITABLE) marks a
- *             freshly allocated range: before any I/O may use it, the kernel
- *             fills every sector of it that the waiting writes do not cover,
- *             from the COPY messages of the same answer that describe it, and
- *             with zeros where no COPY does.
+ *             when DMU_EXT_WRITABLE, which needs a writable dev.
+ *             DMU_EXT_NEW (with WRITABLE) marks a freshly allocated range:
+ *             before any I/O may use it, the kernel fills every sector of it
+ *             that the waiting writes do not cover, from the COPY messages of
+ *             the same answer that describe it, and with zeros where no COPY
+ *             does.  A NEW extent that replaces cached extents is filled only
+ *             after writes in flight through those extents have landed.
  *  COPY       the old contents of virtual sectors [sector, sector +
  *             nr_sectors) are on src_dev at src_sector (sector granular, so
  *             a block may have several sources).  Only meaningful inside a
@@ -70,6 +106,33 @@
  *  COMPLETE   ends a MAP request without (more) extents, see MAP.
  *  COMMITTED  answers COMMIT.
  *  INVALIDATE drops cached extents in [block, block + nr_blocks); id 0.
+ *             Extents still being filled are left alone.  The write() that
+ *             carries INVALIDATE returns only once no I/O that used the
+ *             dropped extents is in flight (the wait is at the end of the
+ *             write(), so the rest of that write() must not hand out what
+ *             the dropped extents mapped).
+ *
+ * Publishing and daemon restart.  The kernel keeps every answer that must
+ * report DONE (an "allocation record") until its DONE has been read and a
+ * COMMIT read after that DONE was answered COMMITTED with status 0.  Request
+ * ids are never reused (they are unique for the life of the module).  When a
+ * daemon goes away (closes the file, dies), the next daemon that binds
+ *   1. can list every record not yet published with DMU_IOC_LIST_ALLOCATIONS
+ *      (in the order the answers were applied, which is the order the old
+ *      daemon made its decisions): the NEW extents of each, or the range of a
+ *      successful discard.  It should do so before it answers anything, so
+ *      that it never hands out space an unpublished allocation uses, and it
+ *      must not use a listed id as a push id of its own;
+ *   2. reads again every DONE the old daemon read but that no successful
+ *      COMMITTED covered (with or without a record; BIND's redelivered
+ *      counts them), in their original order, then every MAP and COMMIT
+ *      the old daemon read but did not answer (BIND's resent counts them),
+ *      then the rest.  DONE for records
+ *      still in flight follows later.
+ * A table reload or a suspend keeps all of this (a reload must keep the data
+ * devices, block_sectors and writable_devs).  I/O waits for a daemon up
+ * to daemon_timeout; a noflush suspend with no daemon bound hands waiting
+ * I/O back to device-mapper, which issues it again after resume.
  *
  * Pushes: the daemon may send EXTENT/COPY messages nobody asked for, under an
  * id of its own choosing with DMU_PUSH_ID set, the batch ending in
@@ -81,9 +144,13 @@
  * counted, fails only the I/O of its request, and ends the write() at that
  * message: write() returns the bytes consumed before it, or -EINVAL if it was
  * the first.  At most 256 messages make one answer or push, at most 16 push
- * batches may be open.  A NEW extent must not overlap one still being filled;
- * other extents are inserted around such extents.  A write() whose length is not a multiple of the message size is
- * refused with -EINVAL before anything is processed.
+ * batches may be open, at most 64 pushes may have NEW extents being filled;
+ * a push with NEW extents is also refused while the device is suspended or
+ * 16384 answers wait to be published.  Only one target of a table may name
+ * a key.
+ * A NEW extent must not overlap one still being filled; other extents are
+ * inserted around such extents.  A write() whose length is not a multiple of
+ * the message size is refused with -EINVAL before anything is processed.
  */
 #ifndef _UAPI_LINUX_DM_USERSPACE_H
 #define _UAPI_LINUX_DM_USERSPACE_H
@@ -91,7 +158,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define DMU_VERSION_MAJOR	1	/* incompatible changes */
+#define DMU_VERSION_MAJOR	2	/* incompatible changes */
 #define DMU_VERSION_MINOR	0	/* compatible additions */
 #define DMU_VERSION_PATCH	0
 
@@ -112,7 +179,7 @@
 #define DMU_REQ_COMMIT		2
 #define DMU_REQ_DONE		3
 
-/* DMU_REQ_MAP flags */
+/* DMU_REQ_MAP (and DONE) flags */
 #define DMU_MAP_WRITE		(1U << 0)
 #define DMU_MAP_DISCARD		(1U << 1)
 
@@ -140,11 +207,11 @@
 /* kernel -> daemon, read() from the control device */
 struct dmu_request {
 	__u32 type;		/* DMU_REQ_* */
-	__u32 flags;		/* MAP: DMU_MAP_* */
-	/* MAP, COMMIT: unique while pending; DONE: the id it reports on */
+	__u32 flags;		/* MAP, DONE: DMU_MAP_* */
+	/* MAP, COMMIT: unique, never reused; DONE: the id it reports on */
 	__u64 id;
-	__u64 block;		/* MAP: first block */
-	__u64 nr_blocks;	/* MAP: blocks the I/O touches, >= 1 */
+	__u64 block;		/* MAP, DONE: first block */
+	__u64 nr_blocks;	/* MAP: blocks the I/O touches, >= 1; DONE */
 	__s32 status;		/* DONE: 0 or -errno */
 	__u32 reserved0;	/* zero */
 	__u64 reserved[3];	/* zero */
@@ -167,7 +234,13 @@ struct dmu_response {
 	__u64 reserved;		/* zero */
 };
 
-/* DMU_IOC_BIND: attach this file to the target whose table names key. */
+/*
+ * DMU_IOC_BIND: attach this file to the device whose table names key.
+ * Errors: -ENOENT no such key, -EBUSY another daemon is bound, -EPROTO the
+ * major version differs (the kernel's version is written back first),
+ * -EALREADY this file is or was bound, -EINVAL a reserved field is set or
+ * the key is not NUL-terminated.
+ */
 struct dmu_bind {
 	__u32 version_major;	/* in: daemon's; out: kernel's */
 	__u32 version_minor;
@@ -179,7 +252,10 @@ struct dmu_bind {
 	__u32 block_sectors;	/* out */
 	__u32 nr_devs;		/* out */
 	__u64 resent;		/* out: unanswered requests queued again */
-	__u64 reserved[3];	/* zero */
+	__u64 allocations;	/* out: unpublished answers LIST_ALLOCATIONS lists */
+	__u32 writable_devs;	/* out: devices 0..n-1 may be written */
+	__u32 reserved1;	/* zero */
+	__u64 redelivered;	/* out: DONEs read by a daemon that left */
 };
 
 /* One cached extent, as DMU_IOC_LIST_EXTENTS reports it. */
@@ -211,8 +287,46 @@ struct dmu_list_extents {
 	__u64 reserved[2];	/* zero */
 };
 
-#define DMU_IOC_MAGIC		0xDB
+/*
+ * One unpublished allocation record, as DMU_IOC_LIST_ALLOCATIONS reports it:
+ * a NEW extent of an applied answer (flags 0 or DMU_ALLOC_PUSH), or the
+ * range of an applied discard (DMU_ALLOC_DISCARD; dev and sector 0).  id is
+ * the request (or push) id its DONE will carry.
+ */
+struct dmu_allocation {
+	__u64 id;
+	__u64 block;
+	__u64 nr_blocks;
+	__u64 sector;
+	__u32 dev;
+	__u32 flags;		/* DMU_ALLOC_* */
+};
+
+#define DMU_ALLOC_DISCARD	(1U << 0)	/* a discard, not an extent */
+#define DMU_ALLOC_PUSH		(1U << 1)	/* a NEW extent of a push */
+#define DMU_ALLOC_DONE		(1U << 2)	/* its DONE has been queued */
+#define DMU_ALLOC_FAILED	(1U << 3)	/* ... with an error: space unused */
+
+/*
+ * DMU_IOC_LIST_ALLOCATIONS: copy up to max records, in the order their
+ * answers were applied, starting at the opaque cursor start (0 for the
+ * first), to the array at buf.  Repeat with start = next until count < max.
+ * Records published between two calls are simply no longer listed.
+ */
+struct dmu_list_allocations {
+	__u64 start;		/* in */
+	__u64 buf;		/* in: user pointer to struct dmu_allocation[] */
+	__u32 max;		/* in */
+	__u32 count;		/* out */
+	__u64 next;		/* out */
+	__u64 reserved[2];	/* zero */
+};
+
+/* 0xDC: not in Documentation/userspace-api/ioctl/ioctl-number.rst */
+#define DMU_IOC_MAGIC		0xDC
 #define DMU_IOC_BIND		_IOWR(DMU_IOC_MAGIC, 0, struct dmu_bind)
 #define DMU_IOC_LIST_EXTENTS	_IOWR(DMU_IOC_MAGIC, 1, struct dmu_list_extents)
+#define DMU_IOC_LIST_ALLOCATIONS \
+	_IOWR(DMU_IOC_MAGIC, 2, struct dmu_list_allocations)
 
 #endif /* _UAPI_LINUX_DM_USERSPACE_H */
