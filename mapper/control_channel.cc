@@ -1,5 +1,5 @@
 // ControlChannel implementation: BIND, poll + read batches, write batches
-// with partial-write accounting, LIST_EXTENTS paging.
+// with partial-write accounting, LIST_EXTENTS and LIST_ALLOCATIONS paging.
 #include "mapper/control_channel.h"
 
 #include <fcntl.h>
@@ -47,19 +47,48 @@ Result<BindInfo> ControlChannel::bind(const std::string& key, uint64_t features)
   b.version_patch = DMU_VERSION_PATCH;
   b.features = features;
   std::memcpy(b.key, key.data(), key.size());
-  if (::ioctl(fd_.get(), DMU_IOC_BIND, &b) != 0)
-    return fail(errno_error(path_ + ": bind to key '" + key + "'"));
-  if (b.version_major != DMU_VERSION_MAJOR)
-    return fail(EPROTO, path_ + ": kernel speaks protocol " + std::to_string(b.version_major) +
-                            "." + std::to_string(b.version_minor) + ", this daemon " +
-                            std::to_string(DMU_VERSION_MAJOR) + "." +
-                            std::to_string(DMU_VERSION_MINOR));
+  const std::string what = path_ + ": bind to key '" + key + "'";
+  if (::ioctl(fd_.get(), DMU_IOC_BIND, &b) != 0) {
+    const int err = errno;
+    // The kernel writes its version back before refusing a major mismatch.
+    if (err == EPROTO) return fail(EPROTO, what + ": " + version_mismatch(b));
+    // A module of protocol 1.x does not know this ioctl (magic 0xDB then).
+    if (err == ENOTTY)
+      return fail(ENOTTY, what + ": not a dm-userspace control device of protocol " +
+                              std::to_string(DMU_VERSION_MAJOR) + ".x (ioctl magic " +
+                              hex(unsigned{DMU_IOC_MAGIC}) + " unknown)");
+    return fail(errno_error(what, err));
+  }
+  if (b.version_major != DMU_VERSION_MAJOR) return fail(EPROTO, what + ": " + version_mismatch(b));
   if (b.features & ~features)
     return fail(EPROTO, path_ + ": kernel granted features " + hex(b.features) +
                             " beyond the requested " + hex(features));
+  if (b.nr_devs && b.writable_devs > b.nr_devs)
+    return fail(EPROTO, what + ": kernel reports " + std::to_string(b.writable_devs) +
+                            " writable devices of " + std::to_string(b.nr_devs));
   key_ = key;
-  return BindInfo{b.version_major,  b.version_minor, b.version_patch, b.features,
-                  b.target_sectors, b.block_sectors, b.nr_devs,       b.resent};
+  BindInfo info;
+  info.version_major = b.version_major;
+  info.version_minor = b.version_minor;
+  info.version_patch = b.version_patch;
+  info.features = b.features;
+  info.target_sectors = b.target_sectors;
+  info.block_sectors = b.block_sectors;
+  info.nr_devs = b.nr_devs;
+  info.resent = b.resent;
+  info.allocations = b.allocations;
+  info.redelivered = b.redelivered;
+  info.writable_devs = b.writable_devs;
+  return info;
+}
+
+std::string version_mismatch(const dmu_bind& kernel) {
+  auto triple = [](uint32_t a, uint32_t b, uint32_t c) {
+    return std::to_string(a) + "." + std::to_string(b) + "." + std::to_string(c);
+  };
+  return "kernel speaks protocol " +
+         triple(kernel.version_major, kernel.version_minor, kernel.version_patch) +
+         ", this daemon " + triple(DMU_VERSION_MAJOR, DMU_VERSION_MINOR, DMU_VERSION_PATCH);
 }
 
 Result<size_t> ControlChannel::read_requests(std::span<dmu_request> out,
@@ -125,6 +154,44 @@ Result<std::vector<dmu_extent_info>> ControlChannel::list_extents(uint64_t start
     next = req.next_block;
   }
   return all;
+}
+
+Result<std::vector<dmu_allocation>> walk_allocations(const ListAllocationsCall& call, uint32_t page,
+                                                     size_t max_total, const std::string& what) {
+  std::vector<dmu_allocation> all;
+  std::vector<dmu_allocation> buf(page);
+  uint64_t cursor = 0;
+  while (all.size() < max_total) {
+    dmu_list_allocations req{};
+    req.start = cursor;
+    req.buf = reinterpret_cast<uintptr_t>(buf.data());
+    req.max = page;
+    if (int err = call(req); err < 0)
+      return fail(errno_error(
+          what + ": list allocations after " + std::to_string(all.size()) + " records", -err));
+    if (req.count > page)
+      return fail(EPROTO, what + ": kernel listed " + std::to_string(req.count) +
+                              " allocation records into room for " + std::to_string(page));
+    const size_t take = std::min<size_t>(req.count, max_total - all.size());
+    all.insert(all.end(), buf.begin(), buf.begin() + static_cast<ptrdiff_t>(take));
+    if (req.count < page) break;
+    // The cursor is opaque, but a full page that hands back the cursor it
+    // was given would list the same records forever.
+    if (req.next == cursor)
+      return fail(EPROTO, what + ": list allocations did not advance past cursor " + hex(cursor));
+    cursor = req.next;
+  }
+  return all;
+}
+
+Result<std::vector<dmu_allocation>> ControlChannel::list_allocations(size_t max_total) {
+  constexpr uint32_t kPage = 256;
+  const int fd = fd_.get();
+  return walk_allocations(
+      [fd](dmu_list_allocations& req) {
+        return ::ioctl(fd, DMU_IOC_LIST_ALLOCATIONS, &req) == 0 ? 0 : -errno;
+      },
+      kPage, max_total, what());
 }
 
 }  // namespace dmu

@@ -2,14 +2,19 @@
 // open control file bound (at most once) to one target: BIND negotiates
 // version and features, read_requests() waits with poll() and reads a batch,
 // write_responses() writes a batch and reports exactly how much of it the
-// kernel accepted (the kernel stops at the first bad message), and
-// list_extents() walks DMU_IOC_LIST_EXTENTS.  Failures are values naming the
-// device and the operation; closing the object unbinds.
+// kernel accepted (the kernel stops at the first bad message),
+// list_extents() walks DMU_IOC_LIST_EXTENTS and list_allocations()
+// DMU_IOC_LIST_ALLOCATIONS (the unpublished records a restarted daemon adopts
+// before it answers anything).  Failures are values naming the device and the
+// operation; closing the object unbinds.  read_requests() and
+// write_responses() may run in different threads at the same time (the
+// kernel allows it and the object keeps no state they share).
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,7 +35,10 @@ struct BindInfo {
   uint64_t target_sectors = 0;
   uint32_t block_sectors = 0;
   uint32_t nr_devs = 0;
-  uint64_t resent = 0;  // unanswered requests queued again for this daemon
+  uint64_t resent = 0;         // unanswered requests queued again for this daemon
+  uint64_t allocations = 0;    // unpublished allocation records (list_allocations())
+  uint64_t redelivered = 0;    // DONEs a daemon that left had read, queued again
+  uint32_t writable_devs = 0;  // devices 0..writable_devs-1 may be written
 };
 
 // What one write() of a batch achieved.  The kernel consumes messages in
@@ -49,6 +57,21 @@ struct WriteOutcome {
 Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes,
                                      const std::string& what);
 
+// "kernel speaks protocol 3.0.0, this daemon 2.0.0": the versions of a BIND
+// the kernel refused (it wrote its own version back).
+std::string version_mismatch(const dmu_bind& kernel);
+
+// One DMU_IOC_LIST_ALLOCATIONS call on `req` (start, buf and max filled in):
+// 0 with req.count and req.next set, or -errno.
+using ListAllocationsCall = std::function<int(dmu_list_allocations& req)>;
+
+// Pages through LIST_ALLOCATIONS as the header says: from cursor 0, `page`
+// records at a time, again with start = next until a page comes back short;
+// at most max_total records.  A page larger than asked for, or a full page
+// that hands back the cursor it was given, is a protocol error.
+Result<std::vector<dmu_allocation>> walk_allocations(const ListAllocationsCall& call, uint32_t page,
+                                                     size_t max_total, const std::string& what);
+
 class ControlChannel {
  public:
   // Opens the control device (non-blocking reads; poll() does the waiting).
@@ -58,8 +81,9 @@ class ControlChannel {
   ControlChannel& operator=(ControlChannel&&) = default;
   ~ControlChannel() = default;
 
-  // Binds to the target whose table line names `key`.  Refuses a kernel whose
-  // major version differs from ours; `features` are the ones wanted.
+  // Binds to the device whose table line names `key`.  Refuses a kernel whose
+  // major version differs from ours (EPROTO, naming both versions); `features`
+  // are the ones wanted.
   Result<BindInfo> bind(const std::string& key, uint64_t features = DMU_FEATURE_ALL);
 
   // Waits up to `timeout` for requests, then reads as many as fit in `out`.
@@ -77,6 +101,11 @@ class ControlChannel {
   // max_total of them.
   Result<std::vector<dmu_extent_info>> list_extents(uint64_t start_block = 0,
                                                     size_t max_total = SIZE_MAX);
+
+  // Every unpublished allocation record, in the order the answers were
+  // applied (pages of DMU_IOC_LIST_ALLOCATIONS until one comes back short),
+  // up to max_total of them.
+  Result<std::vector<dmu_allocation>> list_allocations(size_t max_total = SIZE_MAX);
 
   const std::string& path() const { return path_; }
   const std::string& key() const { return key_; }

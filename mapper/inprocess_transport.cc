@@ -185,13 +185,21 @@ Result<InprocessTransport::Answer> InprocessTransport::map(uint64_t block, uint6
   r.nr_blocks = nr_blocks;
   ++stats_.requests;
   auto answer = exchange(r);
-  // The kernel sends DONE for every answered write MAP, whatever the answer.
-  if (!answer && (flags & DMU_MAP_WRITE)) (void)done(r.id, -EIO);
+  // The kernel sends DONE for every answered write or discard MAP, whatever
+  // the answer (a discard's once no I/O through the old mappings is left,
+  // which here is at once).
+  const bool reports_done = flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD);
+  if (!answer && reports_done) (void)done(r, -EIO);
   if (!answer) return fail(answer.error());
   Answer a = std::move(*answer);
   a.id = r.id;
-  if (a.status < 0 && (flags & DMU_MAP_WRITE)) DMU_TRY(done(r.id, a.status));
-  if (a.status < 0 || (flags & DMU_MAP_DISCARD)) return a;
+  a.request = r;
+  if (a.status < 0 && reports_done) DMU_TRY(done(r, a.status));
+  if (a.status < 0) return a;
+  if (flags & DMU_MAP_DISCARD) {
+    DMU_TRY(done(r, 0));
+    return a;
+  }
   for (const dmu_response& e : a.extents)
     insert(e.block,
            Extent{e.nr_blocks, e.kind, e.ext_flags & ~uint32_t(DMU_EXT_NEW), e.dev, e.sector});
@@ -202,14 +210,14 @@ Result<InprocessTransport::Answer> InprocessTransport::map(uint64_t block, uint6
   else if ((flags & DMU_MAP_WRITE) && !(first->second.flags & DMU_EXT_WRITABLE))
     bad = protocol_error("write answer maps block " + std::to_string(block) + " read-only");
   if (bad) {
-    if (flags & DMU_MAP_WRITE) (void)done(r.id, -EIO);
+    if (flags & DMU_MAP_WRITE) (void)done(r, -EIO);
     return fail(*bad);
   }
   const bool has_new = std::any_of(a.extents.begin(), a.extents.end(),
                                    [](const dmu_response& e) { return e.ext_flags & DMU_EXT_NEW; });
   if (has_new && !(flags & DMU_MAP_WRITE)) {  // nothing waits on it: fill all, then DONE
     auto filled = fill_new(a, 0, 0);
-    DMU_TRY(done(r.id, filled ? 0 : -filled.error().code));
+    DMU_TRY(done(r, filled ? 0 : -filled.error().code));
     DMU_TRY(filled);
   }
   return a;
@@ -244,10 +252,13 @@ Result<void> InprocessTransport::fill_new(const Answer& a, uint64_t skip_from, u
   return {};
 }
 
-Result<void> InprocessTransport::done(uint64_t id, int status) {
+Result<void> InprocessTransport::done(const dmu_request& map, int status) {
   dmu_request r{};
   r.type = DMU_REQ_DONE;
-  r.id = id;
+  r.flags = map.flags;
+  r.id = map.id;
+  r.block = map.block;
+  r.nr_blocks = map.nr_blocks;
   r.status = status;
   DMU_TRY(exchange(r));
   return {};
@@ -351,7 +362,7 @@ Result<void> InprocessTransport::write(uint64_t offset, std::span<const uint8_t>
     to = writable_until(pos);
     auto written = fill_new(a, pos, to);
     if (written) written = write_cached(pos, to);
-    DMU_TRY(done(a.id, written ? 0 : -written.error().code));
+    DMU_TRY(done(a.request, written ? 0 : -written.error().code));
     DMU_TRY(written);
     pos = to;
   }

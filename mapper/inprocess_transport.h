@@ -61,6 +61,7 @@ class InprocessTransport {
     std::vector<dmu_response> extents, copies;
     int status = 0;  // COMPLETE status, 0 when the answer has extents
     uint64_t id = 0;
+    dmu_request request{};  // the MAP it answers (DONE repeats its fields)
   };
   // The cached extent holding block, as (first block, extent).
   const std::pair<const uint64_t, Extent>* lookup(uint64_t block) const;
@@ -78,7 +79,9 @@ class InprocessTransport {
   Result<Answer> map(uint64_t block, uint64_t nr_blocks, uint32_t flags);
   // Fills the DMU_EXT_NEW extents of an answer except [skip_from, skip_to).
   Result<void> fill_new(const Answer& a, uint64_t skip_from, uint64_t skip_to);
-  Result<void> done(uint64_t id, int status);
+  // DONE for an answered MAP: its id, flags, block and nr_blocks, as the
+  // kernel sends it (protocol 2).
+  Result<void> done(const dmu_request& map, int status);
   Error protocol_error(const std::string& what) const;
 
   MapService& service_;

@@ -96,6 +96,11 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
 }
 
 void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& out) {
+  // A discard's DONE (protocol 2) says no I/O through the discarded blocks'
+  // old mappings is left.  The engines released those clusters when the
+  // discard was answered already, so there is nothing to do here; and a
+  // discard id is never a pending write (ids are never reused).
+  if (r.flags & DMU_MAP_DISCARD) return;
   auto it = pending_.find(r.id);
   if (it == pending_.end()) return;  // a MAP we failed, or one a previous daemon answered
   Pending p = std::move(it->second);

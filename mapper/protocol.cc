@@ -49,6 +49,14 @@ bool reserved_zero(const dmu_request& q) {
   return true;
 }
 
+std::string map_range_text(const dmu_request& q) {
+  std::string s = " block=" + std::to_string(q.block) + "+" + std::to_string(q.nr_blocks);
+  if (q.flags & DMU_MAP_WRITE) s += " write";
+  if (q.flags & DMU_MAP_DISCARD) s += " discard";
+  if (!(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD))) s += " read";
+  return s;
+}
+
 }  // namespace
 
 std::string describe(const dmu_request& q) {
@@ -57,12 +65,11 @@ std::string describe(const dmu_request& q) {
   s += " id=" + id_text(q.id);
   switch (q.type) {
     case DMU_REQ_MAP:
-      s += " block=" + std::to_string(q.block) + "+" + std::to_string(q.nr_blocks);
-      if (q.flags & DMU_MAP_WRITE) s += " write";
-      if (q.flags & DMU_MAP_DISCARD) s += " discard";
-      if (!(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD))) s += " read";
+      s += map_range_text(q);
       break;
     case DMU_REQ_DONE:
+      // The MAP it reports on; a push's DONE names no range.
+      if (q.flags || q.block || q.nr_blocks) s += map_range_text(q);
       s += " status=" + std::to_string(q.status);
       break;
     default:
@@ -106,6 +113,20 @@ std::string describe(const dmu_response& r) {
   return s;
 }
 
+std::string describe(const dmu_allocation& a) {
+  std::string s = (a.flags & DMU_ALLOC_DISCARD) ? "DISCARD" : "ALLOC";
+  s += " id=" + id_text(a.id) + " block=" + std::to_string(a.block) + "+" +
+       std::to_string(a.nr_blocks);
+  if (!(a.flags & DMU_ALLOC_DISCARD))
+    s += " dev=" + std::to_string(a.dev) + " sector=" + std::to_string(a.sector);
+  if (a.flags & DMU_ALLOC_PUSH) s += " push";
+  if (a.flags & DMU_ALLOC_DONE) s += " done";
+  if (const uint32_t unknown =
+          a.flags & ~uint32_t{DMU_ALLOC_DISCARD | DMU_ALLOC_PUSH | DMU_ALLOC_DONE})
+    s += " flags=" + std::to_string(unknown);
+  return s;
+}
+
 std::string request_problem(const dmu_request& q) {
   if (!request_type_name(q.type)) return "unknown request type " + std::to_string(q.type);
   if (!reserved_zero(q)) return "non-zero reserved field in " + describe(q);
@@ -124,7 +145,15 @@ std::string request_problem(const dmu_request& q) {
         return "COMMIT with unused fields set: " + describe(q);
       break;
     case DMU_REQ_DONE:
-      if (q.flags || q.block || q.nr_blocks) return "DONE with unused fields set: " + describe(q);
+      // It carries the MAP's flags, block and nr_blocks; a push's DONE none.
+      if (q.flags & ~(DMU_MAP_WRITE | DMU_MAP_DISCARD))
+        return "unknown DONE flags " + std::to_string(q.flags);
+      if ((q.flags & DMU_MAP_WRITE) && (q.flags & DMU_MAP_DISCARD))
+        return "DONE of a MAP both write and discard: " + describe(q);
+      if (is_push_id(q.id) && (q.flags || q.block || q.nr_blocks))
+        return "DONE of a push with a range: " + describe(q);
+      if (!is_push_id(q.id) && q.nr_blocks == 0) return "DONE of zero blocks: " + describe(q);
+      if (q.block + q.nr_blocks < q.block) return "DONE range overflows: " + describe(q);
       if (q.status > 0) return "DONE with positive status: " + describe(q);
       break;
     default:

@@ -48,7 +48,10 @@ static_assert(offsetof(dmu_bind, target_sectors) == 24 + DMU_KEY_LEN);
 static_assert(offsetof(dmu_bind, block_sectors) == 96);
 static_assert(offsetof(dmu_bind, nr_devs) == 100);
 static_assert(offsetof(dmu_bind, resent) == 104);
-static_assert(offsetof(dmu_bind, reserved) == 112);
+static_assert(offsetof(dmu_bind, allocations) == 112);
+static_assert(offsetof(dmu_bind, writable_devs) == 120);
+static_assert(offsetof(dmu_bind, reserved1) == 124);
+static_assert(offsetof(dmu_bind, redelivered) == 128);
 
 static_assert(sizeof(dmu_extent_info) == 40);
 static_assert(offsetof(dmu_extent_info, block) == 0);
@@ -66,6 +69,29 @@ static_assert(offsetof(dmu_list_extents, max) == 16);
 static_assert(offsetof(dmu_list_extents, count) == 20);
 static_assert(offsetof(dmu_list_extents, next_block) == 24);
 static_assert(offsetof(dmu_list_extents, reserved) == 32);
+
+static_assert(sizeof(dmu_allocation) == 40);
+static_assert(offsetof(dmu_allocation, id) == 0);
+static_assert(offsetof(dmu_allocation, block) == 8);
+static_assert(offsetof(dmu_allocation, nr_blocks) == 16);
+static_assert(offsetof(dmu_allocation, sector) == 24);
+static_assert(offsetof(dmu_allocation, dev) == 32);
+static_assert(offsetof(dmu_allocation, flags) == 36);
+
+static_assert(sizeof(dmu_list_allocations) == 48);
+static_assert(offsetof(dmu_list_allocations, start) == 0);
+static_assert(offsetof(dmu_list_allocations, buf) == 8);
+static_assert(offsetof(dmu_list_allocations, max) == 16);
+static_assert(offsetof(dmu_list_allocations, count) == 20);
+static_assert(offsetof(dmu_list_allocations, next) == 24);
+static_assert(offsetof(dmu_list_allocations, reserved) == 32);
+
+// The ioctl numbers as numbers (direction, size, magic 0xDC, number): what a
+// binary built against another copy of the header would send.
+static_assert(DMU_IOC_MAGIC == 0xDC);
+static_assert(DMU_IOC_BIND == 0xc088dc00u);
+static_assert(DMU_IOC_LIST_EXTENTS == 0xc030dc01u);
+static_assert(DMU_IOC_LIST_ALLOCATIONS == 0xc030dc02u);
 
 namespace dmu::proto {
 
@@ -168,12 +194,22 @@ inline dmu_request commit_request(uint64_t id) {
   q.id = id;
   return q;
 }
-inline dmu_request done_request(uint64_t id, int32_t status) {
+// DONE reports on the MAP `id` with that MAP's flags, block and nr_blocks
+// (all 0 for a push).
+inline dmu_request done_request(uint64_t id, int32_t status, uint32_t flags = 0, uint64_t block = 0,
+                                uint64_t nr_blocks = 0) {
   dmu_request q{};
   q.type = DMU_REQ_DONE;
+  q.flags = flags;
   q.id = id;
+  q.block = block;
+  q.nr_blocks = nr_blocks;
   q.status = status;
   return q;
+}
+// The DONE the kernel sends for an answered MAP request.
+inline dmu_request done_for(const dmu_request& map, int32_t status) {
+  return done_request(map.id, status, map.flags, map.block, map.nr_blocks);
 }
 
 // --- Descriptions for logs ------------------------------------------------
@@ -181,6 +217,8 @@ inline dmu_request done_request(uint64_t id, int32_t status) {
 // sector=128 writable final", ...: one line, key=value where it matters.
 std::string describe(const dmu_request& q);
 std::string describe(const dmu_response& r);
+// "ALLOC id=7 block=16+4 dev=0 sector=128", "DISCARD id=9 block=3+2 done".
+std::string describe(const dmu_allocation& a);
 // Why a request from the kernel is malformed (unknown type, flags, non-zero
 // reserved fields, zero length), or "" when it is well formed.
 std::string request_problem(const dmu_request& q);

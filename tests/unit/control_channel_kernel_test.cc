@@ -1,10 +1,14 @@
 // ControlChannel against the real module: BIND geometry, a read served
-// through MAP/EXTENT, whole-write refusal, pushes visible in LIST_EXTENTS, and
-// unanswered requests handed to the next daemon.  Needs root, device-mapper
+// through MAP/EXTENT, whole-write refusal, pushes visible in LIST_EXTENTS,
+// unanswered requests handed to the next daemon, and (protocol 2) DONE with
+// the MAP's range for writes and discards, listed by LIST_ALLOCATIONS and
+// read again by the next daemon until a COMMIT covers it.  Needs root, device-mapper
 // and dm-userspace loaded, so it skips on the host; the VM case kmod-devices
 // runs it under both Debian kernels.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <optional>
 
 #include "mapper/control_channel.h"
 #include "mapper/dm_device.h"
@@ -24,6 +29,32 @@ namespace {
 
 constexpr uint64_t kSectors = 8192;  // 4 MiB
 constexpr uint32_t kBlockSectors = 8;
+
+// One direct 4 KiB write of `data` to block `block` of `path`; true on success.
+bool write_block(const std::string& path, uint64_t block, const std::vector<uint8_t>& data) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) return false;
+  void* buf = nullptr;
+  if (::posix_memalign(&buf, 4096, 4096) != 0) {
+    ::close(fd);
+    return false;
+  }
+  std::memcpy(buf, data.data(), 4096);
+  const bool ok = ::pwrite(fd, buf, 4096, static_cast<off_t>(block * 4096)) == 4096;
+  std::free(buf);
+  ::close(fd);
+  return ok;
+}
+
+// BLKDISCARD of blocks [block, block + n) of `path`; true on success.
+bool discard_blocks(const std::string& path, uint64_t block, uint64_t n) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  uint64_t range[2] = {block * 4096, n * 4096};
+  const bool ok = ::ioctl(fd, BLKDISCARD, range) == 0;
+  ::close(fd);
+  return ok;
+}
 
 // One direct 4 KiB read of block `block` of `path`; the bytes, or empty.
 std::vector<uint8_t> read_block(const std::string& path, uint64_t block) {
@@ -114,6 +145,11 @@ TEST_F(ControlChannelKernelTest, Bind_ReportsTheTargetGeometry) {
   EXPECT_EQ(info.nr_devs, 1u);
   EXPECT_EQ(info.features, uint64_t{DMU_FEATURE_ALL});
   EXPECT_EQ(info.resent, 0u);
+  EXPECT_EQ(info.allocations, 0u);
+  EXPECT_EQ(info.writable_devs, 1u);
+  auto records = ch.list_allocations();
+  ASSERT_TRUE(records) << records.error().message;
+  EXPECT_TRUE(records->empty());
 }
 
 TEST_F(ControlChannelKernelTest, Bind_UnknownKeyFailsAndSecondDaemonIsRefused) {
@@ -175,6 +211,95 @@ TEST_F(ControlChannelKernelTest, ListExtents_ShowsPushedExtents) {
   ASSERT_TRUE(after);
   ASSERT_EQ(after->size(), 1u);
   EXPECT_TRUE((*after)[0].state & DMU_EXTENT_USED);
+}
+
+// Reads requests until one satisfies `want` (up to ~5 s); answers nothing.
+template <class F>
+std::optional<dmu_request> read_until(ControlChannel& ch, F&& want) {
+  dmu_request q[16];
+  for (int i = 0; i < 50; ++i) {
+    auto n = ch.read_requests(q, std::chrono::milliseconds(100));
+    EXPECT_TRUE(n) << n.error().message;
+    if (!n) return std::nullopt;
+    for (size_t j = 0; j < *n; ++j)
+      if (want(q[j])) return q[j];
+  }
+  return std::nullopt;
+}
+
+TEST_F(ControlChannelKernelTest, WriteDone_CarriesTheMapsRangeAndIsRedeliveredUntilCommitted) {
+  const std::vector<uint8_t> pattern(4096, 0x5a);
+  auto writer =
+      std::async(std::launch::async, [&] { return write_block(dev_->node_path(), 9, pattern); });
+  dmu_request map{};
+  {
+    auto first = bound();
+    auto m = read_until(first, [](const dmu_request& q) {
+      return q.type == DMU_REQ_MAP && (q.flags & DMU_MAP_WRITE);
+    });
+    ASSERT_TRUE(m);
+    map = *m;
+    EXPECT_EQ(map.block, 9u);
+    dmu_response fresh = proto::remap_extent(map.id, 9, 1, 0, 9 * kBlockSectors,
+                                             DMU_EXT_WRITABLE | DMU_EXT_NEW, true);
+    auto w = first.write_responses({&fresh, 1});
+    ASSERT_TRUE(w) << w.error().message;
+    ASSERT_TRUE(w->complete());
+    auto done = read_until(
+        first, [&](const dmu_request& q) { return q.type == DMU_REQ_DONE && q.id == map.id; });
+    ASSERT_TRUE(done);
+    EXPECT_EQ(proto::request_problem(*done), "");
+    EXPECT_EQ(done->flags, map.flags);
+    EXPECT_EQ(done->block, map.block);
+    EXPECT_EQ(done->nr_blocks, map.nr_blocks);
+    EXPECT_EQ(done->status, 0);
+    EXPECT_TRUE(writer.get());
+    auto records = first.list_allocations();
+    ASSERT_TRUE(records) << records.error().message;
+    ASSERT_EQ(records->size(), 1u);
+    EXPECT_EQ(proto::describe((*records)[0]),
+              "ALLOC id=" + std::to_string(map.id) + " block=9+1 dev=0 sector=72 done");
+  }  // gone without a COMMIT: the record is not published
+  BindInfo info;
+  auto second = bound(&info);
+  EXPECT_EQ(info.allocations, 1u);
+  auto records = second.list_allocations();
+  ASSERT_TRUE(records) << records.error().message;
+  ASSERT_EQ(records->size(), 1u);
+  EXPECT_EQ((*records)[0].id, map.id);
+  auto again = read_until(
+      second, [&](const dmu_request& q) { return q.type == DMU_REQ_DONE && q.id == map.id; });
+  ASSERT_TRUE(again) << "the DONE of an unpublished allocation was not read again";
+  EXPECT_EQ(again->block, map.block);
+  EXPECT_EQ(read_block(dev_->node_path(), 9), pattern);  // the NEW extent stays cached
+}
+
+TEST_F(ControlChannelKernelTest, Discard_GetsADoneAndIsListedUntilThen) {
+  auto ch = bound();
+  auto discarder =
+      std::async(std::launch::async, [&] { return discard_blocks(dev_->node_path(), 16, 4); });
+  auto m = read_until(ch, [](const dmu_request& q) {
+    return q.type == DMU_REQ_MAP && (q.flags & DMU_MAP_DISCARD);
+  });
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->block, 16u);
+  EXPECT_EQ(m->nr_blocks, 4u);
+  dmu_response ok = proto::complete(m->id, 0);
+  auto w = ch.write_responses({&ok, 1});
+  ASSERT_TRUE(w) << w.error().message;
+  ASSERT_TRUE(w->complete());
+  EXPECT_TRUE(discarder.get());
+  auto done =
+      read_until(ch, [&](const dmu_request& q) { return q.type == DMU_REQ_DONE && q.id == m->id; });
+  ASSERT_TRUE(done) << "no DONE for an answered discard";
+  EXPECT_EQ(done->flags, uint32_t{DMU_MAP_DISCARD});
+  EXPECT_EQ(done->block, 16u);
+  EXPECT_EQ(done->nr_blocks, 4u);
+  auto records = ch.list_allocations();
+  ASSERT_TRUE(records) << records.error().message;
+  ASSERT_EQ(records->size(), 1u);
+  EXPECT_EQ(proto::describe((*records)[0]),
+            "DISCARD id=" + std::to_string(m->id) + " block=16+4 done");
 }
 
 TEST_F(ControlChannelKernelTest, Close_HandsUnansweredRequestsToTheNextDaemon) {

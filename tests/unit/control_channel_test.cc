@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 namespace dmu {
 namespace {
 
@@ -66,6 +68,99 @@ TEST(ControlChannel, Bind_RefusesEmptyAndOverlongKeys) {
   ASSERT_TRUE(ch);
   EXPECT_EQ(ch->bind("").error().code, EINVAL);
   EXPECT_EQ(ch->bind(std::string(DMU_KEY_LEN, 'k')).error().code, EINVAL);
+}
+
+TEST(ControlChannel, VersionMismatch_NamesBothVersions) {
+  dmu_bind kernel{};
+  kernel.version_major = 3;
+  kernel.version_minor = 1;
+  kernel.version_patch = 4;
+  EXPECT_EQ(version_mismatch(kernel),
+            "kernel speaks protocol 3.1.4, this daemon " + std::to_string(DMU_VERSION_MAJOR) + "." +
+                std::to_string(DMU_VERSION_MINOR) + "." + std::to_string(DMU_VERSION_PATCH));
+}
+
+TEST(ControlChannel, ListAllocations_OnNonControlDeviceFailsNamingThePath) {
+  auto ch = ControlChannel::open("/dev/null");
+  ASSERT_TRUE(ch);
+  auto l = ch->list_allocations();
+  ASSERT_FALSE(l);
+  EXPECT_NE(l.error().message.find("/dev/null"), std::string::npos);
+  EXPECT_NE(l.error().message.find("list allocations"), std::string::npos);
+}
+
+// A kernel stand-in for DMU_IOC_LIST_ALLOCATIONS: `records` behind an opaque
+// cursor (here an index scrambled so it is not monotonic), counting calls.
+struct FakeLister {
+  std::vector<dmu_allocation> records;
+  int calls = 0;
+  static uint64_t cursor_of(size_t index) { return index ? (index * 7919) ^ 0xabcdef : 0; }
+  int operator()(dmu_list_allocations& req) {
+    ++calls;
+    size_t index = 0;
+    while (index <= records.size() && cursor_of(index) != req.start) ++index;
+    if (index > records.size()) return -EINVAL;  // a cursor never handed out
+    if (req.reserved[0] || req.reserved[1] || req.count) return -EINVAL;
+    auto* out = reinterpret_cast<dmu_allocation*>(static_cast<uintptr_t>(req.buf));
+    req.count = 0;
+    while (req.count < req.max && index < records.size()) out[req.count++] = records[index++];
+    req.next = cursor_of(index);
+    return 0;
+  }
+};
+
+std::vector<dmu_allocation> numbered(size_t n) {
+  std::vector<dmu_allocation> v;
+  for (size_t i = 0; i < n; ++i) v.push_back({i + 1, i, 1, 4096 + 8 * i, 0, 0});
+  return v;
+}
+
+TEST(ControlChannel, WalkAllocations_RepeatsWithNextUntilAShortPage) {
+  for (size_t n : {size_t{0}, size_t{5}, size_t{8}, size_t{17}}) {
+    SCOPED_TRACE(n);
+    FakeLister k{numbered(n)};
+    auto all = walk_allocations(std::ref(k), 4, SIZE_MAX, "ctl");
+    ASSERT_TRUE(all) << all.error().message;
+    ASSERT_EQ(all->size(), n);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ((*all)[i].id, i + 1);  // application order kept
+    EXPECT_EQ(k.calls, static_cast<int>(n / 4 + 1));  // a full last page needs one more call
+  }
+}
+
+TEST(ControlChannel, WalkAllocations_StopsAtMaxTotal) {
+  FakeLister k{numbered(10)};
+  auto some = walk_allocations(std::ref(k), 4, 6, "ctl");
+  ASSERT_TRUE(some);
+  EXPECT_EQ(some->size(), 6u);
+  EXPECT_EQ(some->back().id, 6u);
+}
+
+TEST(ControlChannel, WalkAllocations_RefusesOverfullPagesAndAStuckCursor) {
+  auto overfull = walk_allocations(
+      [](dmu_list_allocations& req) {
+        req.count = req.max + 1;
+        return 0;
+      },
+      4, SIZE_MAX, "ctl");
+  ASSERT_FALSE(overfull);
+  EXPECT_EQ(overfull.error().code, EPROTO);
+  int calls = 0;
+  auto stuck = walk_allocations(
+      [&](dmu_list_allocations& req) {
+        ++calls;
+        req.count = req.max;
+        req.next = req.start;  // never moves
+        return 0;
+      },
+      4, SIZE_MAX, "ctl");
+  ASSERT_FALSE(stuck);
+  EXPECT_EQ(stuck.error().code, EPROTO);
+  EXPECT_EQ(calls, 1);
+  auto failing = walk_allocations([](dmu_list_allocations&) { return -ENODEV; }, 4, SIZE_MAX,
+                                  "/dev/dm-userspace (key k)");
+  ASSERT_FALSE(failing);
+  EXPECT_EQ(failing.error().code, ENODEV);
+  EXPECT_NE(failing.error().message.find("key k"), std::string::npos);
 }
 
 TEST(ControlChannel, ReadRequests_TimeoutReturnsNothing) {

@@ -364,6 +364,38 @@ TEST(Discard, ReleasesInvalidatesAndCompletes) {
   EXPECT_EQ(s.top->granule(0).kind, FakeImage::Kind::Zero);
 }
 
+// Protocol 2: DONE repeats the MAP's flags and range and is sent for
+// discards too.  A discard's DONE finds nothing pending and changes nothing,
+// even with a failed status.
+TEST(Discard, ItsDoneIsHarmless) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->put_data(0, test::random_bytes(128 * K, 13));
+  s.map(8, 4, 1, DMU_MAP_WRITE);  // a write still waiting for its DONE
+  s.map(9, 0, 2, DMU_MAP_DISCARD);
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, DMU_MAP_DISCARD, 9, 0, 2).empty());
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, DMU_MAP_DISCARD, 9, 0, 2, -EIO).empty());
+  EXPECT_EQ(s.service->pending_writes(), 1u);
+  EXPECT_TRUE(s.top->done_tokens.empty());
+  EXPECT_TRUE(s.top->failed_tokens.empty());
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, DMU_MAP_WRITE, 8, 4, 1).empty());
+  EXPECT_EQ(s.service->pending_writes(), 0u);
+  EXPECT_EQ(s.top->done_tokens.size(), 1u);
+}
+
+TEST(Done, ForAnUnknownIdIsIgnoredWhateverItsFields) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.map(9, 3, 1, DMU_MAP_WRITE);
+  // Queued for a daemon that died, or redelivered after a restart.
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, DMU_MAP_WRITE, 1234, 3, 1).empty());
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, DMU_MAP_WRITE, 1235, 3, 1, -EIO).empty());
+  EXPECT_TRUE(s.send(DMU_REQ_DONE, 0, DMU_PUSH_ID | 7, 0, 0).empty());
+  EXPECT_EQ(s.service->pending_writes(), 1u);
+  EXPECT_TRUE(s.top->done_tokens.empty());
+  EXPECT_TRUE(s.top->failed_tokens.empty());
+}
+
 TEST(Commit, EngineFailureIsReportedInCommitted) {
   Rig s;
   s.build(1 << 20, 64 * K);
