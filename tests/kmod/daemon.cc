@@ -46,20 +46,107 @@ std::string format_counters(const Counters& c) {
   add("hostile_sent", c.hostile_sent);
   add("hostile_as_promised", c.hostile_as_promised);
   add("hostile_broken", c.hostile_broken);
+  add("deferred", c.deferred);
+  add("adopted", c.adopted);
   add("resent", c.resent);
   return s;
 }
 
 Daemon::Daemon(const DaemonConfig& config, const BindInfo& bind, Responder responder,
-               DaemonChannel& channel, std::ostream& log, Clock clock)
+               DaemonChannel& channel, std::ostream& log, Clock clock, Model* model)
     : config_(config),
       bind_(bind),
       responder_(std::move(responder)),
       channel_(channel),
       log_(log),
       clock_(std::move(clock)),
-      inbox_(std::max<size_t>(config.batch, 1)) {
+      inbox_(std::max<size_t>(config.batch, 1)),
+      model_(model) {
   counters_.resent = bind.resent;
+}
+
+Result<void> Daemon::adopt() {
+  if (!model_) return {};
+  DMU_ASSIGN_OR_RETURN(auto records, channel_.list_allocations());
+  uint64_t discards = 0, done = 0;
+  for (const dmu_allocation& r : records) {
+    if (config_.verbose) event("record", proto::describe(r));
+    discards += (r.flags & DMU_ALLOC_DISCARD) != 0;
+    done += (r.flags & DMU_ALLOC_DONE) != 0;
+  }
+  DMU_ASSIGN_OR_RETURN(size_t n, model_->adopt(records));
+  counters_.adopted = n;
+  event("adopted", "records=" + std::to_string(n) + " discards=" + std::to_string(discards) +
+                       " done=" + std::to_string(done) +
+                       " bind_allocations=" + std::to_string(bind_.allocations) +
+                       " pending_allocations=" + std::to_string(model_->pending_allocations()) +
+                       " pending_discards=" + std::to_string(model_->pending_discards()) +
+                       " mapped=" + std::to_string(model_->live().size()) +
+                       " free=" + std::to_string(model_->free_clusters()) +
+                       " superseded=" + std::to_string(model_->stats().adopted_failed));
+  return {};
+}
+
+void Daemon::final_commit() {
+  if (!model_) return;
+  const Model::Snapshot s = model_->snapshot();
+  auto r = model_->commit(s);
+  event("final_commit", "entries=" + std::to_string(s.entries.size()) +
+                            " generation=" + std::to_string(model_->stats().generation) +
+                            " status=" + std::to_string(r ? 0 : -r.error().code) +
+                            (r ? "" : " error=\"" + r.error().message + "\""));
+}
+
+void Daemon::report_model() {
+  if (!model_) return;
+  const ModelStats& m = model_->stats();
+  event("model", "clusters=" + std::to_string(m.clusters) +
+                     " free=" + std::to_string(model_->free_clusters()) +
+                     " draining=" + std::to_string(model_->draining_clusters()) +
+                     " mapped=" + std::to_string(model_->live().size()) +
+                     " committable=" + std::to_string(model_->committable().size()) +
+                     " pending_allocations=" + std::to_string(model_->pending_allocations()) +
+                     " pending_discards=" + std::to_string(model_->pending_discards()) +
+                     " deferred_waiting=" + std::to_string(deferred_.size()) +
+                     " allocated_blocks=" + std::to_string(m.allocated_blocks) +
+                     " enospc=" + std::to_string(m.enospc) +
+                     " discarded_blocks=" + std::to_string(m.discarded_blocks) +
+                     " freed_clusters=" + std::to_string(m.freed_clusters) +
+                     " done_allocations=" + std::to_string(m.done_allocations) +
+                     " done_failed=" + std::to_string(m.done_failed) +
+                     " done_discards=" + std::to_string(m.done_discards) +
+                     " done_ignored=" + std::to_string(m.done_ignored) +
+                     " done_duplicate=" + std::to_string(m.done_duplicate) + " done_mismatch=" +
+                     std::to_string(m.done_mismatch) + " commits=" + std::to_string(m.commits) +
+                     " commit_errors=" + std::to_string(m.commit_errors) +
+                     " generation=" + std::to_string(m.generation) +
+                     " slot=" + std::to_string(model_->newest_slot()));
+}
+
+dmu_response Daemon::model_commit(uint64_t id, const Model::Snapshot& s, uint32_t delay_ms) {
+  auto r = model_->commit(s);
+  const int32_t status = r ? 0 : -(r.error().code > 0 ? r.error().code : EIO);
+  if (marker_) marker_("committed-" + std::to_string(id));
+  event("commit", "id=" + std::to_string(id) + " delay_ms=" + std::to_string(delay_ms) +
+                      " entries=" + std::to_string(s.entries.size()) +
+                      " generation=" + std::to_string(model_->stats().generation) + " slot=" +
+                      std::to_string(model_->newest_slot()) + " status=" + std::to_string(status) +
+                      (r ? "" : " error=\"" + r.error().message + "\""));
+  return proto::committed(id, status);
+}
+
+void Daemon::retry_deferred(std::vector<dmu_response>& out) {
+  for (size_t i = deferred_.size(); i > 0; --i) {
+    const dmu_request q = deferred_.front();
+    deferred_.pop_front();
+    auto answer = model_->answer_map(q);
+    if (!answer) {
+      deferred_.push_back(q);  // keeps the order of those still waiting
+      continue;
+    }
+    if (config_.verbose) event("undeferred", proto::describe(q));
+    out.insert(out.end(), answer->begin(), answer->end());
+  }
 }
 
 void Daemon::event(const std::string& name, const std::string& fields) {
@@ -70,6 +157,7 @@ void Daemon::event(const std::string& name, const std::string& fields) {
 
 void Daemon::report_counters() {
   event("counters", format_counters(counters_));
+  report_model();
 }
 
 Result<void> Daemon::report_extents() {
@@ -172,6 +260,17 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
   switch (q.type) {
     case DMU_REQ_MAP: {
       count_map(q);
+      if (model_) {
+        auto answer = model_->answer_map(q);
+        if (!answer) {
+          ++counters_.deferred;
+          deferred_.push_back(q);
+          if (config_.verbose) event("deferred", proto::describe(q));
+          break;
+        }
+        out.insert(out.end(), answer->begin(), answer->end());
+        break;
+      }
       auto answer = responder_.answer_map(q);
       out.insert(out.end(), answer.begin(), answer.end());
       break;
@@ -179,6 +278,17 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
     case DMU_REQ_COMMIT:
       ++counters_.commits;
       if (marker_) marker_("commit-recv-" + std::to_string(q.id));
+      if (model_) {
+        // The map of every DONE read before this COMMIT, and nothing later.
+        Model::Snapshot snap = model_->snapshot();
+        if (config_.commit_delay_ms == 0) {
+          out.push_back(model_commit(q.id, snap, 0));
+        } else {
+          snapshots_[q.id] = std::move(snap);
+          pending_commits_.emplace_back(clock_() + milliseconds(config_.commit_delay_ms), q.id);
+        }
+        break;
+      }
       if (config_.commit_delay_ms == 0) {
         if (marker_) marker_("committed-" + std::to_string(q.id));
         out.push_back(proto::committed(q.id, 0));
@@ -190,11 +300,16 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
     case DMU_REQ_DONE:
       ++counters_.dones;
       if (q.status != 0) ++counters_.done_errors;
-      event("done", "id=" +
-                        (proto::is_push_id(q.id) ? "push:" + std::to_string(q.id & ~DMU_PUSH_ID)
-                                                 : std::to_string(q.id)) +
-                        " status=" + std::to_string(q.status));
-      break;
+      {
+        std::string what;
+        if (model_) what = std::string(" what=") + done_kind_name(model_->done(q, out));
+        event("done", "id=" +
+                          (proto::is_push_id(q.id) ? "push:" + std::to_string(q.id & ~DMU_PUSH_ID)
+                                                   : std::to_string(q.id)) +
+                          " status=" + std::to_string(q.status) + what);
+        if (model_) retry_deferred(out);
+        break;
+      }
     default:
       break;  // counted as a bad request above; nothing to answer
   }
@@ -206,6 +321,11 @@ Result<void> Daemon::answer_due_commits() {
   while (!pending_commits_.empty() && pending_commits_.front().first <= now) {
     const uint64_t id = pending_commits_.front().second;
     pending_commits_.pop_front();
+    if (model_) {
+      auto snap = snapshots_.extract(id);
+      out.push_back(model_commit(id, snap.mapped(), config_.commit_delay_ms));
+      continue;
+    }
     if (marker_) marker_("committed-" + std::to_string(id));
     out.push_back(proto::committed(id, 0));
     event("commit",
@@ -215,7 +335,7 @@ Result<void> Daemon::answer_due_commits() {
 }
 
 Result<void> Daemon::step(milliseconds max_wait) {
-  if (hung_) return {};
+  if (hung_ || killed_) return {};
   DMU_TRY(answer_due_commits());
   milliseconds wait = max_wait;
   if (!pending_commits_.empty()) {
@@ -238,9 +358,16 @@ Result<void> Daemon::step(milliseconds max_wait) {
       count_map(q);
       DMU_TRY(send(out));  // keep the answers before it in order
       DMU_TRY(send_hostile(q));
-      continue;
+    } else {
+      handle(q, out);
     }
-    handle(q, out);
+    if (config_.kill_after_requests && ++handled_ >= config_.kill_after_requests) {
+      killed_ = true;
+      event("kill",
+            "handled=" + std::to_string(handled_) + " unsent=" + std::to_string(out.size()) +
+                " unhandled=" + std::to_string(n - i - 1) + " last=\"" + proto::describe(q) + "\"");
+      return {};
+    }
   }
   DMU_TRY(send(out));
   return answer_due_commits();

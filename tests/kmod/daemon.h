@@ -4,12 +4,19 @@
 // time without blocking MAP answers, logs and counts DONE, resumes a batch
 // after a message the kernel rejected, and prints everything as
 // `dmu-test-daemon: event=<name> key=value ...` lines the VM cases parse.
+//
+// In model mode a Model (tests/kmod/model.h) answers MAP and takes DONE;
+// write MAPs it cannot answer yet wait in the daemon and are asked again
+// after every DONE; a COMMIT freezes the committable map when it is read and
+// answers COMMITTED only after that map was written and fdatasync()ed (after
+// the commit delay, if any).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -17,6 +24,7 @@
 #include "common/error.h"
 #include "tests/kmod/daemon_channel.h"
 #include "tests/kmod/daemon_config.h"
+#include "tests/kmod/model.h"
 #include "tests/kmod/responder.h"
 
 namespace dmu::testd {
@@ -37,6 +45,8 @@ struct Counters {
   uint64_t hostile_sent = 0;
   uint64_t hostile_as_promised = 0;  // write() returned what the header promises
   uint64_t hostile_broken = 0;       // it did not
+  uint64_t deferred = 0;             // model: write MAPs that waited for a DONE
+  uint64_t adopted = 0;              // model: records adopted from LIST_ALLOCATIONS
   uint64_t resent = 0;               // from BIND
 };
 
@@ -47,8 +57,16 @@ class Daemon {
  public:
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
 
+  // `model` (model mode only) must outlive the daemon.
   Daemon(const DaemonConfig& config, const BindInfo& bind, Responder responder,
-         DaemonChannel& channel, std::ostream& log, Clock clock);
+         DaemonChannel& channel, std::ostream& log, Clock clock, Model* model = nullptr);
+
+  // Model mode, before anything is answered: adopts the kernel's unpublished
+  // allocation records (LIST_ALLOCATIONS) and logs event=adopted records=N.
+  Result<void> adopt();
+  // Model mode, on a clean exit: commits the committable map (nobody waits
+  // for it; the next daemon starts from it).
+  void final_commit();
 
   // --push-all: pushes the whole target, then checks LIST_EXTENTS shows the
   // pushed extents.
@@ -66,6 +84,10 @@ class Daemon {
   // True once --hang-after-requests was reached: the last batch read stays
   // unanswered and nothing more is read.
   bool hung() const { return hung_; }
+  // True once --kill-after-requests was reached: the N-th request was
+  // handled, nothing of its batch was answered; the program dies now.
+  bool killed() const { return killed_; }
+  size_t deferred_waiting() const { return deferred_.size(); }
 
   const Counters& counters() const { return counters_; }
   size_t commits_waiting() const { return pending_commits_.size(); }
@@ -79,6 +101,11 @@ class Daemon {
   Result<void> send(std::vector<dmu_response>& batch);
   Result<void> send_hostile(const dmu_request& q);
   Result<void> answer_due_commits();
+  // Model mode: the COMMITTED for commit `id` of snapshot `s`, once durable.
+  dmu_response model_commit(uint64_t id, const Model::Snapshot& s, uint32_t delay_ms);
+  // Model mode: answers deferred write MAPs that no longer wait.
+  void retry_deferred(std::vector<dmu_response>& out);
+  void report_model();
 
   DaemonConfig config_;
   BindInfo bind_;
@@ -91,6 +118,11 @@ class Daemon {
   std::vector<dmu_request> inbox_;
   std::function<void(const std::string&)> marker_;
   bool hung_ = false;
+  bool killed_ = false;
+  uint64_t handled_ = 0;  // requests handled (--kill-after-requests)
+  Model* model_ = nullptr;
+  std::deque<dmu_request> deferred_;               // model: write MAPs waiting for a DONE
+  std::map<uint64_t, Model::Snapshot> snapshots_;  // model: delayed commits' contents
 };
 
 }  // namespace dmu::testd

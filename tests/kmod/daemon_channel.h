@@ -23,6 +23,8 @@ class DaemonChannel {
   // write() of raw bytes; returns bytes written or -errno.
   virtual long write_raw(std::span<const uint8_t> bytes) = 0;
   virtual Result<std::vector<dmu_extent_info>> list_extents() = 0;
+  // The unpublished allocation records, in application order.
+  virtual Result<std::vector<dmu_allocation>> list_allocations() = 0;
 };
 
 class KernelChannel final : public DaemonChannel {
@@ -37,6 +39,9 @@ class KernelChannel final : public DaemonChannel {
   }
   long write_raw(std::span<const uint8_t> bytes) override { return channel_.write_raw(bytes); }
   Result<std::vector<dmu_extent_info>> list_extents() override { return channel_.list_extents(); }
+  Result<std::vector<dmu_allocation>> list_allocations() override {
+    return channel_.list_allocations();
+  }
 
  private:
   ControlChannel& channel_;

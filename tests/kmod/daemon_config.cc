@@ -11,11 +11,9 @@ struct ModeName {
   Mode mode;
   std::string_view name;
 };
-constexpr ModeName kModes[] = {{Mode::Identity, "identity"},
-                               {Mode::Zero, "zero"},
-                               {Mode::Copy, "copy"},
-                               {Mode::Error, "error"},
-                               {Mode::Hostile, "hostile"}};
+constexpr ModeName kModes[] = {{Mode::Identity, "identity"}, {Mode::Zero, "zero"},
+                               {Mode::Copy, "copy"},         {Mode::Error, "error"},
+                               {Mode::Hostile, "hostile"},   {Mode::Model, "model"}};
 
 struct HostileName {
   HostileKind kind;

@@ -20,6 +20,7 @@ enum class Mode {
   Copy,      // writes get NEW extents on dev 1 with COPY sources on dev 0
   Error,     // requests touching `blocks` fail with `error_errno`
   Hostile,   // requests touching `blocks` get one kind of bad answer
+  Model,     // a small allocating image format on device 0 (tests/kmod/model.h)
 };
 
 enum class HostileKind {
@@ -61,6 +62,8 @@ struct DaemonConfig {
   bool copy_half = false;            // copy: COPY only the first half of each block
   size_t batch = 64;                 // requests read per read()
   uint64_t hang_after_requests = 0;  // stop answering once this many were read (restart tests)
+  uint64_t kill_after_requests = 0;  // die (SIGKILL) right after handling the N-th request
+  std::string model_device = {};     // model: device 0 (the table's first data device)
   bool verbose = false;              // log every request and response
 };
 

@@ -1,8 +1,10 @@
 // dmu-test-daemon: binds to a dm-userspace target by key and serves it in one
-// test mode (identity, zero, copy, error, hostile), printing events and
+// test mode (identity, zero, copy, error, hostile, model), printing events and
 // counters to stderr as `dmu-test-daemon: event=<name> key=value ...` lines.
-// SIGTERM/SIGINT end it cleanly (counters printed); SIGUSR1 prints counters
-// and the kernel's extent list summary.  Not installed: the VM cases use it.
+// SIGTERM/SIGINT end it cleanly (counters printed; model mode commits its
+// map first); SIGUSR1 prints counters and the kernel's extent list summary.
+// --kill-after-requests N makes it die by SIGKILL right after handling the
+// N-th request.  Not installed: the VM cases use it.
 #include <signal.h>
 
 #include <boost/program_options.hpp>
@@ -15,6 +17,8 @@
 #include "mapper/control_channel.h"
 #include "mapper/dm_device.h"
 #include "tests/kmod/daemon.h"
+#include "tests/kmod/model.h"
+#include "tests/kmod/model_device.h"
 
 namespace po = boost::program_options;
 using namespace dmu;
@@ -61,7 +65,7 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       ("key", po::value(&c.key)->required(), "the key in the target's table line")
       ("control", po::value(&c.control_path)->default_value(c.control_path), "control device")
       ("mode", po::value(&mode)->default_value(mode),
-       "identity | zero | copy | error | hostile")
+       "identity | zero | copy | error | hostile | model")
       ("writable-reads", po::bool_switch(&c.writable_reads),
        "identity/zero: answer reads with writable extents")
       ("extent-blocks", po::value(&c.extent_blocks)->default_value(c.extent_blocks),
@@ -85,6 +89,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
        "dm-log-writes device to mark commit-recv-<id> / committed-<id> in")
       ("hang-after-requests", po::value(&c.hang_after_requests)->default_value(0),
        "read N requests, then answer nothing more (for kill -9 restart tests)")
+      ("kill-after-requests", po::value(&c.kill_after_requests)->default_value(0),
+       "handle N requests, then die by SIGKILL before answering that batch (restart tests)")
+      ("model-device", po::value(&c.model_device),
+       "model mode: device 0 of the table (block device or file), opened O_DIRECT")
       ("bind-wait-ms", po::value(&bind_wait_ms)->default_value(0),
        "retry BIND for up to N ms (target not created yet, old daemon still closing)")
       ("verbose,v", po::bool_switch(&c.verbose), "log every request and response");
@@ -123,6 +131,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
     }
     c.blocks = *r;
   }
+  if (c.mode == Mode::Model && c.model_device.empty()) {
+    std::cerr << "dmu-test-daemon: model mode needs --model-device PATH (the table's device 0)\n";
+    return 2;
+  }
   if (c.error_errno <= 0 || c.error_errno > 4095) {
     std::cerr << "dmu-test-daemon: --errno must be a positive errno value\n";
     return 2;
@@ -160,11 +172,35 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_de
             << bind->version_patch << " features=" << bind->features
             << " target_sectors=" << bind->target_sectors
             << " block_sectors=" << bind->block_sectors << " nr_devs=" << bind->nr_devs
-            << " resent=" << bind->resent << std::endl;
+            << " resent=" << bind->resent << " redelivered=" << bind->redelivered << " allocations=" << bind->allocations
+            << " writable_devs=" << bind->writable_devs << std::endl;
+
+  std::unique_ptr<File> device0;
+  std::unique_ptr<Model> model;
+  if (c.mode == Mode::Model) {
+    auto dev = model::open_direct(c.model_device);
+    auto m = dev ? Model::open(**dev, bind->target_sectors, bind->block_sectors)
+                 : Result<std::unique_ptr<Model>>(fail(dev.error()));
+    if (!m) {
+      std::cerr << "dmu-test-daemon: key " << c.key << ": " << m.error().message << "\n";
+      return 1;
+    }
+    device0 = std::move(*dev);
+    model = std::move(*m);
+    std::cerr << "dmu-test-daemon: event=model_loaded device=" << c.model_device
+              << " clusters=" << model->stats().clusters << " mapped=" << model->live().size()
+              << " generation=" << model->stats().generation << " slot=" << model->newest_slot()
+              << std::endl;
+  }
 
   KernelChannel kernel(*channel);
-  Daemon daemon(c, *bind, std::move(*responder), kernel, std::cerr,
-                [] { return std::chrono::steady_clock::now(); });
+  Daemon daemon(
+      c, *bind, std::move(*responder), kernel, std::cerr,
+      [] { return std::chrono::steady_clock::now(); }, model.get());
+  if (auto r = daemon.adopt(); !r) {
+    std::cerr << "dmu-test-daemon: key " << c.key << ": adopt: " << r.error().message << "\n";
+    return 1;
+  }
   if (!mark_device.empty()) {
     daemon.set_marker([&mark_device](const std::string& text) {
       if (auto r = dm_message(mark_device, "mark " + text); !r)
@@ -189,6 +225,10 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_de
       rc = 1;
       break;
     }
+    if (daemon.killed()) {
+      std::cerr << std::flush;
+      ::raise(SIGKILL);  // a crash at a chosen point: nothing is cleaned up
+    }
     if (g_report) {
       g_report = 0;
       daemon.report_counters();
@@ -196,6 +236,7 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_de
         std::cerr << "dmu-test-daemon: " << r.error().message << "\n";
     }
   }
+  if (rc == 0) daemon.final_commit();
   daemon.report_counters();
   std::cerr << "dmu-test-daemon: event=exit rc=" << rc
             << " commits_waiting=" << daemon.commits_waiting() << std::endl;

@@ -45,7 +45,13 @@ Result<Responder> Responder::create(const DaemonConfig& config, const Geometry& 
   if (config.mode == Mode::Copy && g.nr_devs < 2)
     return fail(EINVAL, "copy mode needs two devices in the table, the target has " +
                             std::to_string(g.nr_devs));
-  if ((config.mode == Mode::Copy || config.mode == Mode::Zero) && !(g.features & DMU_FEATURE_COPY))
+  const bool allocates =
+      config.mode == Mode::Copy || config.mode == Mode::Zero || config.mode == Mode::Model;
+  if (allocates && g.writable_devs < (config.mode == Mode::Copy ? 2u : 1u))
+    return fail(EINVAL, std::string(mode_name(config.mode)) + " mode writes device " +
+                            (config.mode == Mode::Copy ? "1" : "0") + ", but the table has " +
+                            std::to_string(g.writable_devs) + " writable devices");
+  if (allocates && !(g.features & DMU_FEATURE_COPY))
     return fail(EINVAL, std::string(mode_name(config.mode)) +
                             " mode needs DMU_FEATURE_COPY, which the kernel did not grant");
   if ((config.mode == Mode::Copy || config.mode == Mode::Zero) && g.blocks() > kMaxTrackedBlocks)
@@ -98,6 +104,8 @@ std::vector<dmu_response> Responder::answer_map(const dmu_request& q) {
       return zero_mode(q);
     case Mode::Copy:
       return copy_mode(q);
+    case Mode::Model:
+      return {complete(q.id, -EIO)};  // the daemon asks the Model instead
     case Mode::Identity:
     case Mode::Hostile:
       break;

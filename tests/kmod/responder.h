@@ -19,10 +19,11 @@ struct Geometry {
   uint64_t target_sectors = 0;
   uint32_t block_sectors = 0;
   uint32_t nr_devs = 0;
-  uint64_t features = 0;  // granted by BIND
+  uint64_t features = 0;                // granted by BIND
+  uint32_t writable_devs = UINT32_MAX;  // devices 0..n-1 may be written (BIND)
   uint64_t blocks() const { return (target_sectors + block_sectors - 1) / block_sectors; }
   static Geometry from(const BindInfo& b) {
-    return {b.target_sectors, b.block_sectors, b.nr_devs, b.features};
+    return {b.target_sectors, b.block_sectors, b.nr_devs, b.features, b.writable_devs};
   }
 };
 
@@ -40,7 +41,9 @@ struct HostileAnswer {
 class Responder {
  public:
   // Fails when the target cannot support the configured mode (copy needs two
-  // devices and the COPY feature, push-all needs PUSH, ...).
+  // devices and the COPY feature, push-all needs PUSH, model a writable
+  // device 0, ...).  Model mode's MAP answers come from tests/kmod/model.h,
+  // not from here.
   static Result<Responder> create(const DaemonConfig& config, const Geometry& geometry);
 
   // True when this request gets a hostile answer instead of answer_map().

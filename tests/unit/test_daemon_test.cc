@@ -144,6 +144,16 @@ TEST(TestDaemonResponder, Create_RefusesModesTheTargetCannotServe) {
   Geometry no_push = geometry();
   no_push.features = DMU_FEATURE_COPY;
   EXPECT_FALSE(Responder::create({.push_all = true}, no_push));
+  Geometry read_only = geometry();
+  read_only.writable_devs = 0;  // the table's writable_devs 0
+  EXPECT_FALSE(Responder::create({.mode = Mode::Model}, read_only));
+  EXPECT_FALSE(Responder::create({.mode = Mode::Model}, no_copy));
+  EXPECT_TRUE(Responder::create({.mode = Mode::Model}, geometry(1)));
+  EXPECT_FALSE(Responder::create({.mode = Mode::Copy}, [] {
+    Geometry one_writable = geometry(2);
+    one_writable.writable_devs = 1;
+    return one_writable;
+  }()));
 }
 
 TEST(TestDaemonResponder, PushBatches_CoverTheTargetOnceWithPushIdsEachEndingFinal) {
@@ -199,6 +209,80 @@ TEST(TestDaemonResponder, Hostile_OnlyRequestsTouchingTheRangeAreHostile) {
   EXPECT_FALSE(r.hostile_for(map_request(1, 104, 1, 0)));
   auto a = r.answer_map(map_request(2, 50, 1, 0));
   EXPECT_EQ(a[0].block + a[0].nr_blocks, 100u);  // read-ahead stops before the range
+}
+
+// --- The fake kernel's protocol-2 rules -------------------------------------
+
+std::vector<dmu_request> read_all(FakeKernel& k) {
+  std::vector<dmu_request> got(64);
+  auto n = k.read_requests(got, std::chrono::milliseconds(0));
+  got.resize(n ? *n : 0);
+  return got;
+}
+
+void answer(FakeKernel& k, const dmu_response& r) {
+  auto w = k.write_responses({&r, 1});
+  ASSERT_TRUE(w && w->complete());
+}
+
+TEST(FakeKernel, DoneRepeatsTheMapAndRecordsAreListedInApplicationOrder) {
+  FakeKernel k(kSectors, kBs, {kSectors});
+  k.issue(map_request(1, 5, 2, DMU_MAP_WRITE));
+  k.issue(map_request(2, 9, 1, DMU_MAP_DISCARD));
+  read_all(k);
+  answer(k, proto::remap_extent(1, 5, 2, 0, 40, DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+  answer(k, proto::complete(2, 0));
+  EXPECT_EQ(k.bind_info().allocations, 2u);
+  auto listed = *k.list_allocations();
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(proto::describe(listed[0]), "ALLOC id=1 block=5+2 dev=0 sector=40");
+  EXPECT_EQ(proto::describe(listed[1]), "DISCARD id=2 block=9+1");
+  EXPECT_FALSE(k.finish(2));  // the write applied before it has not reported DONE
+  EXPECT_TRUE(k.finish(1));
+  EXPECT_TRUE(k.finish(2));
+  EXPECT_FALSE(k.finish(2));  // once
+  auto dones = read_all(k);
+  ASSERT_EQ(dones.size(), 2u);
+  EXPECT_EQ(proto::describe(dones[0]), "DONE id=1 block=5+2 write status=0");
+  EXPECT_EQ(proto::describe(dones[1]), "DONE id=2 block=9+1 discard status=0");
+  EXPECT_EQ(proto::describe((*k.list_allocations())[1]), "DISCARD id=2 block=9+1 done");
+}
+
+TEST(FakeKernel, CommittedPublishesOnlyDonesReadBeforeTheCommit) {
+  FakeKernel k(kSectors, kBs, {kSectors});
+  k.auto_done = true;
+  k.issue(map_request(1, 0, 1, DMU_MAP_WRITE));
+  k.issue(map_request(2, 1, 1, DMU_MAP_WRITE));
+  read_all(k);
+  answer(k, proto::remap_extent(1, 0, 1, 0, 0, DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+  k.issue(proto::commit_request(3));
+  answer(k, proto::remap_extent(2, 1, 1, 0, 8, DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+  EXPECT_EQ(read_all(k).size(), 3u);  // DONE 1, COMMIT 3, DONE 2
+  answer(k, proto::committed(3, 0));
+  EXPECT_EQ(k.published, (std::set<uint64_t>{1}));
+  EXPECT_EQ(k.unpublished(), 1u);
+}
+
+TEST(FakeKernel, RebindRedeliversReadDonesThenResendsUnansweredRequests) {
+  FakeKernel k(kSectors, kBs, {kSectors});
+  k.auto_done = true;
+  k.issue(map_request(1, 0, 1, DMU_MAP_WRITE));
+  read_all(k);
+  answer(k, proto::remap_extent(1, 0, 1, 0, 0, DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+  k.issue(proto::commit_request(2));
+  k.issue(map_request(3, 4, 1, 0));
+  EXPECT_EQ(read_all(k).size(), 3u);  // DONE 1, COMMIT 2, MAP 3: none answered
+  k.issue(map_request(4, 5, 1, 0));   // not read yet
+  EXPECT_EQ(k.rebind(), 2u);
+  EXPECT_EQ(k.bind_info().resent, 2u);
+  std::vector<std::string> order;
+  for (const auto& q : read_all(k)) order.push_back(proto::describe(q));
+  EXPECT_EQ(order,
+            (std::vector<std::string>{"DONE id=1 block=0+1 write status=0", "COMMIT id=2",
+                                      "MAP id=3 block=4+1 read", "MAP id=4 block=5+1 read"}));
+  answer(k, proto::committed(2, 0));
+  EXPECT_TRUE(k.published.count(1));
+  EXPECT_TRUE(k.list_allocations()->empty());
 }
 
 // --- The loop -------------------------------------------------------------
