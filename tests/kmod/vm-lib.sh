@@ -118,3 +118,30 @@ save_results() {
   mkdir -p "$_d" && cp "$@" "$_d/" 2>/dev/null
   return 0
 }
+
+# probe_serve LOG KEY [ARGS...]: runs `dmu-kmod-probe serve` (a daemon
+# reading with a blocking read() in one thread and answering from another,
+# identity mapping) in the background, sets PROBE_PID, waits until it is
+# bound.
+probe_serve() {
+  _plog=$1 _pkey=$2
+  shift 2
+  touch "$_plog"
+  dmu-kmod-probe serve --key "$_pkey" "$@" 2>>"$_plog" &
+  PROBE_PID=$!
+  _i=0
+  until grep -q "event=ready pid=$PROBE_PID " "$_plog"; do
+    kill -0 "$PROBE_PID" 2>/dev/null || { cat "$_plog"; fail "dmu-kmod-probe serve exited before it was ready"; }
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || fail "dmu-kmod-probe serve not ready after 30 s"
+    sleep 0.1
+  done
+}
+
+# probe_stop LOG: SIGTERM; the probe must exit 0 (no stalled write()).
+probe_stop() {
+  kill -TERM "$PROBE_PID"
+  wait "$PROBE_PID"
+  _rc=$?
+  [ $_rc = 0 ] || { tail -20 "$1"; fail "dmu-kmod-probe serve exited with $_rc"; }
+}

@@ -1,0 +1,81 @@
+#!/bin/sh
+# Table options and control-device details:
+#  - BIND with another major version fails with EPROTO and writes the
+#    kernel's version back (as dm-ioctl does);
+#  - the device advertises the block size as minimum and optimal I/O size;
+#  - one LIST_EXTENTS with room for more lists every cached extent (5000,
+#    more than one internal chunk);
+#  - writable_devs: devices past it are opened read-only (a read-only loop
+#    device works) and a writable extent on one fails its bio;
+#  - discard_passdown: discarding blocks punches the data out of the file
+#    behind the data device.
+# vm: kernels=6.1,6.12 timeout=300 disks=256M
+. /src/tests/kmod/vm-lib.sh
+LOG=/tmp/serve.log
+
+step "BIND with major $((2 + 1)): EPROTO, kernel version written back"
+dmu-kmod-probe version || fail "version mismatch not reported as the header says"
+
+data_fs
+make_file /data/disk.img 64
+LOOP=$(loop_dio /data/disk.img)
+SZ=$(blockdev --getsz "$LOOP")
+
+step "minimum_io_size and optimal_io_size are the block size (64 KiB)"
+echo "0 $SZ userspace op1 128 1 $LOOP" | dmsetup create h || fail "create h"
+dmsetup mknodes
+dm=dm-$(dmsetup info -c --noheadings -o minor h)
+expect_eq "minimum_io_size" 65536 "$(cat /sys/block/"$dm"/queue/minimum_io_size)"
+expect_eq "optimal_io_size" 65536 "$(cat /sys/block/"$dm"/queue/optimal_io_size)"
+dmsetup remove h || fail "remove h"
+
+step "one LIST_EXTENTS lists all of 5000 pushed extents"
+echo "0 $SZ userspace le1 8 1 $LOOP 2 max_extents 20000" | dmsetup create le || fail "create le"
+dmsetup mknodes
+dmu-kmod-probe list-extents --key le1 --count 5000 || fail "LIST_EXTENTS stopped early"
+expect_eq "cached extents" 5000 "$(dmu_stat le extents)"
+dmsetup remove le || fail "remove le"
+
+step "writable_devs 1: device 1 is a read-only loop device"
+make_file /data/base.img 8
+RO=$(losetup -r -f --show /data/base.img) || fail "losetup -r"
+echo "0 $SZ userspace wd1 8 2 $LOOP $RO 2 writable_devs 1" | dmsetup create wd ||
+  fail "a read-only device past writable_devs was refused"
+dmsetup mknodes
+dmsetup table wd | grep -q "writable_devs 1" || fail "table does not print writable_devs"
+probe_serve $LOG wd1
+read_block /dev/mapper/wd 4096 3 || fail "read through dev 0"
+probe_stop $LOG
+dmsetup remove wd || fail "remove wd"
+# writable_devs 0: the same daemon's writable answers on dev 0 are refused.
+echo "0 $(blockdev --getsz "$RO") userspace wd2 8 2 $RO $LOOP 2 writable_devs 0" | dmsetup create wr ||
+  fail "create wr"
+dmsetup mknodes
+probe_serve $LOG wd2
+bad0=$(dmu_stat wr bad)
+read_block /dev/mapper/wr 4096 3 2>/dev/null && fail "a writable extent on read-only device 0 was accepted"
+expect_gt "rejected answers" "$bad0" "$(dmu_stat wr bad)"
+dmesg | grep -q "writable extent on a read-only device" || fail "reason not logged"
+probe_stop $LOG
+dmsetup remove wr || fail "remove wr"
+losetup -d "$RO"
+
+step "discard_passdown: discarded blocks leave holes in the file behind the loop device"
+dd if=/dev/urandom of=/data/disk.img bs=1M count=64 conv=notrunc status=none
+sync
+echo "0 $SZ userspace dp1 8 1 $LOOP 1 discard_passdown" | dmsetup create dp || fail "create dp"
+dmsetup mknodes
+probe_serve $LOG dp1
+dd if=/dev/mapper/dp of=/dev/null bs=1M count=16 iflag=direct status=none || fail "map 16 MiB"
+before=$(stat -c %b /data/disk.img)
+blkdiscard -o 0 -l $((16 << 20)) /dev/mapper/dp || fail "blkdiscard"
+sync
+after=$(stat -c %b /data/disk.img)
+echo "file blocks: $before before, $after after"
+[ $((before - after)) -ge $(((16 << 20) / 512 / 2)) ] ||
+  fail "discarding 16 MiB freed only $(((before - after) * 512)) bytes of the file"
+probe_stop $LOG
+dmsetup remove dp || fail "remove dp"
+losetup -d "$LOOP"
+check_dmesg
+step "ok"
