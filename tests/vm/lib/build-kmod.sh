@@ -14,7 +14,11 @@ headers=$kroot/usr/src/linux-headers-$krel
 [ -d "$headers" ] || die "no kernel headers in $headers"
 [ -f "$src/Kbuild" ] || [ -f "$src/Makefile" ] || die "$src has no Kbuild or Makefile"
 
-stamp=$(tree_stamp "$src")-$(files_stamp "$vm_lib/build-kmod.sh" "$headers/Makefile")
+# The kernel's .config and Module.symvers too: a debug kernel
+# (build-debug-kernel.sh) may be rebuilt in place with the same Makefile.
+kfiles=("$headers/Makefile")
+for f in "$headers/.config" "$headers/Module.symvers"; do [ -f "$f" ] && kfiles+=("$f"); done
+stamp=$(tree_stamp "$src")-$(files_stamp "$vm_lib/build-kmod.sh" "${kfiles[@]}")
 if up_to_date "$out/.build" "$stamp" && compgen -G "$out/*.ko" >/dev/null; then
   log "$krel: up to date ($(cd "$out" && echo *.ko))"
   exit 0

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Usage: run-case.sh [--build DIR] [--kernel 6.1|6.12] [--verbose] CASE.sh
+# Usage: run-case.sh [--build DIR] [--kernel 6.1|6.12|6.1-debug] [--verbose] CASE.sh
 # Runs one VM test case on one kernel line: prepares what is missing (kernel,
 # kmod build, initramfs pieces), assembles the initrd and the case's disks,
 # boots QEMU, and exits with the guest's status (124 timeout, 125 no result).
+# On a debug kernel (line *-debug) the case gets more memory and time
+# (debug-lane.env), and a passing guest still fails with status 123 when
+# debug-checks.sh finds a lockdep/KASAN/kernel report or a kmemleak leak.
 # Results: BUILD/tests/vm/results/<case>.<line>/ (console.log + /results).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -24,6 +27,15 @@ log_prefix="vm.$name.$line"
 
 "$vm_lib/prepare-kernel.sh" "$line" "$build"
 kernel_env "$build" "$line" || die "kernel $line was not prepared"
+debug_checks=0
+if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
+  debug_checks=1
+  # debug-lane.env, with the caller's environment taking precedence.
+  eval "$(sed -n 's/^\(DMU_DEBUG_[A-Z_]*\)=\(.*\)$/\1=${\1:-\2}/p' "$vm_lib/debug-lane.env")"
+  h_mem=$((h_mem * DMU_DEBUG_MEM_PERCENT / 100))
+  h_timeout=$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))
+  h_cmdline="$h_cmdline+${DMU_DEBUG_CMDLINE// /+}"
+fi
 pieces=$build/tests/vm/pieces
 tools_piece=${DMU_VM_PIECES:-$pieces}/tools.cpio.zst   # the self-test shares the main build's
 with_lock "$tools_piece.lock" "$vm_lib/make-tools-piece.sh" "$vm_lib/tools.list" "$tools_piece"
@@ -42,6 +54,7 @@ DMU_MODULES="virtio_pci virtio_blk 9pnet_virtio 9p dm-mod dm-log-writes dm-flake
 DMU_KMOD=$h_kmod
 DMU_SHARES="results src"
 DMU_INIT_DEBUG=${DMU_VM_DEBUG:-}
+DMU_DEBUG_CHECKS=$debug_checks
 EOT
 pack_cpio "$run/case" "$run/case.cpio.zst"
 cat "$tools_piece" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$run/case.cpio.zst" >"$run/initrd"
@@ -66,4 +79,9 @@ opt=()
 "$vm_lib/boot-qemu.sh" "${opt[@]}" "$h_timeout" "$run/console.log" "${args[@]}" || qemu_rc=$?
 cp "$run/console.log" "$results/console.log"
 [ "${DMU_VM_KEEP:-0}" = 1 ] || rm -rf "$run"
-report "vm.$name.$line" "$results/console.log" "$qemu_rc" $((SECONDS - start))
+rc=0
+report "vm.$name.$line" "$results/console.log" "$qemu_rc" $((SECONDS - start)) || rc=$?
+if [ "$debug_checks" = 1 ] && ! log_prefix=$log_prefix "$vm_lib/debug-checks.sh" "$results/console.log"; then
+  [ "$rc" != 0 ] || { log "FAILED: the debug kernel reported problems (above)"; rc=123; }
+fi
+exit "$rc"
