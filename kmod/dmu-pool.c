@@ -301,8 +301,19 @@ void dmu_pool_put(struct dmu_tc *tc)
 	list_del(&tc->list);
 	dt->nr_tables--;
 	kill = !dt->nr_tables;
-	if (kill)
+	if (kill) {
 		list_del_init(&dt->registry);
+	} else if (dt->ti == tc->ti) {
+		/*
+		 * The live table went first (a failed resume after a swap): no
+		 * I/O maps through it any more, but dt->ti must not dangle (it
+		 * names the device to dm_noflush_suspending()).  Any table of
+		 * the device will do until the next resume activates one.
+		 */
+		spin_lock_irq(&dt->lock);
+		dt->ti = list_first_entry(&dt->tables, struct dmu_tc, list)->ti;
+		spin_unlock_irq(&dt->lock);
+	}
 	mutex_unlock(&dmu_registry_lock);
 	if (kill)
 		dmu_pool_kill(dt);
