@@ -61,7 +61,7 @@ struct DaemonConfig {
   HostileKind hostile = HostileKind::BadDevice;
   bool copy_half = false;            // copy: COPY only the first half of each block
   size_t batch = 64;                 // requests read per read()
-  uint64_t hang_after_requests = 0;  // stop answering once this many were read (restart tests)
+  uint64_t hang_after_requests = 0;  // stop answering once this many MAPs were read (restart tests)
   uint64_t kill_after_requests = 0;  // die (SIGKILL) right after handling the N-th request
   std::string model_device = {};     // model: device 0 (the table's first data device)
   bool verbose = false;              // log every request and response

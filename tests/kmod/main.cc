@@ -88,7 +88,7 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       ("mark-device", po::value(&mark_device),
        "dm-log-writes device to mark commit-recv-<id> / committed-<id> in")
       ("hang-after-requests", po::value(&c.hang_after_requests)->default_value(0),
-       "read N requests, then answer nothing more (for kill -9 restart tests)")
+       "answer MAP requests until the N-th is read, then answer nothing more (kill -9 restart tests)")
       ("kill-after-requests", po::value(&c.kill_after_requests)->default_value(0),
        "handle N requests, then die by SIGKILL before answering that batch (restart tests)")
       ("model-device", po::value(&c.model_device),

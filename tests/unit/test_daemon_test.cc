@@ -343,6 +343,19 @@ TEST(TestDaemonLoop, HangAfterRequests_LeavesTheBatchUnansweredAndStopsReading) 
   EXPECT_NE(t.log.str().find("event=hang unanswered=1 requests=2"), std::string::npos);
 }
 
+TEST(TestDaemonLoop, HangAfterRequests_CountsOnlyMaps) {
+  Loop t({.hang_after_requests = 1});
+  t.kernel.issue(proto::done_request(4, 0));
+  t.kernel.issue(proto::done_request(5, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_FALSE(t.daemon.hung());  // DONEs handed back after a restart do not count
+  EXPECT_EQ(t.daemon.counters().dones, 2u);
+  t.kernel.issue(map_request(1, 0, 1, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_TRUE(t.daemon.hung());
+  EXPECT_TRUE(t.kernel.pending(1));
+}
+
 TEST(TestDaemonLoop, Done_IsCountedAndLogged) {
   Loop t({});
   t.kernel.issue(proto::done_request(4, 0));

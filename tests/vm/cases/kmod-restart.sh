@@ -28,6 +28,9 @@ for round in 1 2; do
   kill -9 "$DAEMON_PID"
   wait "$DAEMON_PID" 2>/dev/null
   hangs=$(grep -c "event=hang" $LOG)
+  # Drop the cache so fio's next writes miss and the hanging daemon reads
+  # MAP requests (not only the DONEs handed back to it).
+  dmsetup message u 0 invalidate || fail "round $round: invalidate"
   daemon_start $LOG --key rs1 --mode identity --hang-after-requests 5
   i=0
   until [ "$(grep -c "event=hang" $LOG)" -gt "$hangs" ] || [ $i -ge 100 ]; do
