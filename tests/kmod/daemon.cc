@@ -9,16 +9,18 @@ namespace {
 
 using namespace std::chrono;
 
-const char* followup_name(FollowUp f) {
-  switch (f) {
-    case FollowUp::Rejected:
-      return "rejected";
-    case FollowUp::Accepted:
-      return "accepted";
-    case FollowUp::Either:
-      return "either";
+std::string fates_text(const std::vector<RequestFate>& fates) {
+  std::string s;
+  for (const RequestFate& f : fates) {
+    if (!s.empty()) s += ',';
+    s +=
+        std::to_string(f.id) + ':' + std::to_string(f.block) + ':' + std::string(fate_name(f.fate));
   }
-  return "?";
+  return s;
+}
+
+std::span<const uint8_t> as_bytes(const std::vector<dmu_response>& msgs) {
+  return {reinterpret_cast<const uint8_t*>(msgs.data()), msgs.size() * sizeof(dmu_response)};
 }
 
 }  // namespace
@@ -215,29 +217,69 @@ Result<void> Daemon::send(std::vector<dmu_response>& batch) {
   return {};
 }
 
-Result<void> Daemon::send_hostile(const dmu_request& q) {
+Result<void> Daemon::send_hostile(std::span<const dmu_request> qs) {
   const uint64_t seq = counters_.hostile_sent++;
-  HostileAnswer a = responder_.hostile_answer(q, seq);
+  HostileAnswer a = responder_.hostile_answer(qs, seq);
+  // No COMPLETE follows: the answer alone decides each request's fate,
+  // which the VM case checks on the I/O (fails at once, waits for the
+  // timeout, or succeeds).
   const long got = channel_.write_raw(a.bytes);
-  const bool as_promised = got == a.expected_return;
-  // COMPLETE(id, -EIO) afterwards: accepted only while the request is still
-  // pending, so its fate shows whether the kernel failed the request itself.
-  const dmu_response follow = proto::complete(q.id, -EIO);
-  DMU_ASSIGN_OR_RETURN(WriteOutcome fo, channel_.write_responses({&follow, 1}));
-  const bool accepted = fo.complete();
-  const bool follow_ok =
-      a.followup == FollowUp::Either || (a.followup == FollowUp::Accepted) == accepted;
-  if (as_promised && follow_ok)
+  bool ok = got == a.expected_return;
+  std::string cleanup;
+  if (!a.cleanup.empty()) {
+    const long want = static_cast<long>(a.cleanup.size() * sizeof(dmu_response));
+    const long cgot = channel_.write_raw(as_bytes(a.cleanup));
+    ok = ok && cgot == want;
+    if (cgot > 0) counters_.responses += static_cast<uint64_t>(cgot) / sizeof(dmu_response);
+    cleanup = " cleanup_expected=" + std::to_string(want) + " cleanup_got=" + std::to_string(cgot);
+  }
+  awaited_dones_.insert(a.awaited_dones.begin(), a.awaited_dones.end());
+  if (ok)
     ++counters_.hostile_as_promised;
   else
     ++counters_.hostile_broken;
-  if (accepted) ++counters_.responses;
+  const dmu_request& q = qs.back();
   event("hostile",
         "kind=" + std::string(hostile_name(config_.hostile)) + " id=" + std::to_string(q.id) +
             " block=" + std::to_string(q.block) + " bytes=" + std::to_string(a.bytes.size()) +
             " expected=" + std::to_string(a.expected_return) + " got=" + std::to_string(got) +
-            " followup=" + (accepted ? "accepted" : "rejected") + " followup_expected=" +
-            followup_name(a.followup) + " ok=" + ((as_promised && follow_ok) ? "1" : "0"));
+            cleanup + " fates=" + fates_text(a.fates) +
+            " awaited_dones=" + std::to_string(a.awaited_dones.size()) + " ok=" + (ok ? "1" : "0"));
+  return {};
+}
+
+Result<void> Daemon::release_held() {
+  const size_t n = responder_.hostile_requests();
+  while (held_.size() >= n && awaited_dones_.empty()) {
+    std::vector<dmu_request> qs(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(n));
+    held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(n));
+    DMU_TRY(send_hostile(qs));
+  }
+  return {};
+}
+
+Result<void> Daemon::flood(uint64_t max_batches) {
+  const auto start = clock_();
+  const auto end = start + milliseconds(config_.flood_ms);
+  uint64_t batches = 0, extents = 0, short_writes = 0;
+  while (batches < max_batches && clock_() < end) {
+    const auto batch = responder_.flood_batch(batches);
+    const long want = static_cast<long>(batch.size() * sizeof(dmu_response));
+    const long got = channel_.write_raw(as_bytes(batch));
+    ++batches;
+    if (got == want) {
+      extents += batch.size();
+    } else {
+      ++short_writes;
+      event("flood_refused", "batch=" + std::to_string(batches - 1) + " expected=" +
+                                 std::to_string(want) + " got=" + std::to_string(got));
+    }
+    DMU_TRY(step(milliseconds(0)));  // the guest's I/O goes on meanwhile
+  }
+  counters_.pushed_extents += extents;
+  event("flood", "batches=" + std::to_string(batches) + " extents=" + std::to_string(extents) +
+                     " refused=" + std::to_string(short_writes) + " ms=" +
+                     std::to_string(duration_cast<milliseconds>(clock_() - start).count()));
   return {};
 }
 
@@ -300,6 +342,7 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
     case DMU_REQ_DONE:
       ++counters_.dones;
       if (q.status != 0) ++counters_.done_errors;
+      awaited_dones_.erase(q.id);
       {
         std::string what;
         if (model_) what = std::string(" what=") + done_kind_name(model_->done(q, out));
@@ -347,9 +390,9 @@ Result<void> Daemon::step(milliseconds max_wait) {
   // Only MAP requests count towards the hang: a batch of DONEs handed back
   // after a restart must not make the daemon hang with no request read but
   // unanswered, which is what restart tests need to see resent.
-  const auto maps_read = static_cast<uint64_t>(std::count_if(
-      inbox_.begin(), inbox_.begin() + static_cast<std::ptrdiff_t>(n),
-      [](const dmu_request& q) { return q.type == DMU_REQ_MAP; }));
+  const auto maps_read = static_cast<uint64_t>(
+      std::count_if(inbox_.begin(), inbox_.begin() + static_cast<std::ptrdiff_t>(n),
+                    [](const dmu_request& q) { return q.type == DMU_REQ_MAP; }));
   if (config_.hang_after_requests && maps_read &&
       counters_.maps + maps_read >= config_.hang_after_requests) {
     hung_ = true;
@@ -363,10 +406,13 @@ Result<void> Daemon::step(milliseconds max_wait) {
     if (responder_.hostile_for(q)) {
       if (config_.verbose) event("request", proto::describe(q));
       count_map(q);
-      DMU_TRY(send(out));  // keep the answers before it in order
-      DMU_TRY(send_hostile(q));
+      held_.push_back(q);
     } else {
       handle(q, out);
+    }
+    if (!held_.empty()) {
+      DMU_TRY(send(out));  // keep the answers before it in order
+      DMU_TRY(release_held());
     }
     if (config_.kill_after_requests && ++handled_ >= config_.kill_after_requests) {
       killed_ = true;

@@ -18,6 +18,8 @@
 #include <functional>
 #include <map>
 #include <ostream>
+#include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,6 +73,10 @@ class Daemon {
   // --push-all: pushes the whole target, then checks LIST_EXTENTS shows the
   // pushed extents.
   Result<void> push_all();
+  // Hostile push-flood: pushes Responder::flood_batch(0), (1), ... for
+  // config.flood_ms (at most max_batches), answering requests in between;
+  // logs event=flood batches=N extents=N refused=N ms=N.
+  Result<void> flood(uint64_t max_batches = UINT64_MAX);
   // One cycle: answer commits that are due, wait up to max_wait for requests
   // (less when a commit falls due sooner), answer them.
   Result<void> step(std::chrono::milliseconds max_wait);
@@ -99,7 +105,11 @@ class Daemon {
   // Writes the batch; after a rejected message, logs it and goes on with the
   // rest.  Clears the batch.
   Result<void> send(std::vector<dmu_response>& batch);
-  Result<void> send_hostile(const dmu_request& q);
+  // One hostile answer for qs (Responder::hostile_requests() of them).
+  Result<void> send_hostile(std::span<const dmu_request> qs);
+  // Sends hostile answers for the held requests once there are enough of
+  // them and no push DONE the last one owes is still outstanding.
+  Result<void> release_held();
   Result<void> answer_due_commits();
   // Model mode: the COMMITTED for commit `id` of snapshot `s`, once durable.
   dmu_response model_commit(uint64_t id, const Model::Snapshot& s, uint32_t delay_ms);
@@ -121,6 +131,8 @@ class Daemon {
   bool killed_ = false;
   uint64_t handled_ = 0;  // requests handled (--kill-after-requests)
   Model* model_ = nullptr;
+  std::vector<dmu_request> held_;                  // hostile: requests waiting for their answer
+  std::set<uint64_t> awaited_dones_;               // hostile: push DONEs the last answer owes
   std::deque<dmu_request> deferred_;               // model: write MAPs waiting for a DONE
   std::map<uint64_t, Model::Snapshot> snapshots_;  // model: delayed commits' contents
 };

@@ -20,11 +20,28 @@ struct HostileName {
   std::string_view name;
 };
 constexpr HostileName kHostile[] = {
-    {HostileKind::BadDevice, "bad-dev"},      {HostileKind::PastEnd, "past-end"},
-    {HostileKind::ZeroLength, "zero-length"}, {HostileKind::Overlong, "overlong"},
-    {HostileKind::UnknownId, "unknown-id"},   {HostileKind::DuplicateFinal, "duplicate-final"},
-    {HostileKind::Truncated, "truncated"},    {HostileKind::Garbage, "garbage"},
-    {HostileKind::Reserved, "reserved"},      {HostileKind::CopyOutsideNew, "copy-outside-new"},
+    {HostileKind::BadDevice, "bad-dev"},
+    {HostileKind::PastEnd, "past-end"},
+    {HostileKind::ZeroLength, "zero-length"},
+    {HostileKind::Overlong, "overlong"},
+    {HostileKind::UnknownId, "unknown-id"},
+    {HostileKind::DuplicateFinal, "duplicate-final"},
+    {HostileKind::Truncated, "truncated"},
+    {HostileKind::Garbage, "garbage"},
+    {HostileKind::Reserved, "reserved"},
+    {HostileKind::CopyOutsideNew, "copy-outside-new"},
+    {HostileKind::ExtentBlockWrap, "extent-block-wrap"},
+    {HostileKind::ExtentSectorWrap, "extent-sector-wrap"},
+    {HostileKind::CopyWrap, "copy-wrap"},
+    {HostileKind::InvalidateWrap, "invalidate-wrap"},
+    {HostileKind::WritableReadOnly, "writable-readonly"},
+    {HostileKind::AnswerTooLong, "answer-too-long"},
+    {HostileKind::PushOpenLimit, "push-open-limit"},
+    {HostileKind::PushTooLong, "push-too-long"},
+    {HostileKind::PushFillLimit, "push-fill-limit"},
+    {HostileKind::NewOverBusy, "new-over-busy"},
+    {HostileKind::PushNewOverBusy, "push-new-over-busy"},
+    {HostileKind::PushFlood, "push-flood"},
 };
 
 bool parse_u64(std::string_view s, uint64_t& out) {

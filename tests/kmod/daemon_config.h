@@ -23,17 +23,36 @@ enum class Mode {
   Model,     // a small allocating image format on device 0 (tests/kmod/model.h)
 };
 
+// What each kind does, and what the kernel must do about it (Fate in
+// responder.h): the kinds whose bad message names the request fail that
+// request's I/O by themselves; the others leave it pending until the
+// target's daemon_timeout (or answer it validly before the bad message).
 enum class HostileKind {
-  BadDevice,       // device index == nr_devs
-  PastEnd,         // sector far past the end of the device
-  ZeroLength,      // extent of zero blocks
-  Overlong,        // extent running one block past the target's end
-  UnknownId,       // answer for an id the kernel never issued
-  DuplicateFinal,  // a valid answer, then a second FINAL for the same id
-  Truncated,       // a write() whose length is not a multiple of 64
-  Garbage,         // random bytes (with the request's id)
-  Reserved,        // otherwise valid extent with a non-zero reserved field
-  CopyOutsideNew,  // COPY after a plain (not NEW) extent
+  BadDevice,         // device index == nr_devs
+  PastEnd,           // sector far past the end of the device
+  ZeroLength,        // extent of zero blocks
+  Overlong,          // extent running one block past the target's end
+  UnknownId,         // answer for an id the kernel never issued
+  DuplicateFinal,    // a valid answer, then a second FINAL for the same id
+  Truncated,         // a write() whose length is not a multiple of 64
+  Garbage,           // random bytes (with the request's id)
+  Reserved,          // otherwise valid extent with a non-zero reserved field
+  CopyOutsideNew,    // COPY after a plain (not NEW) extent
+  ExtentBlockWrap,   // EXTENT whose block + nr_blocks wraps around 2^64
+  ExtentSectorWrap,  // EXTENT whose sector + length wraps around 2^64 on its device
+  CopyWrap,          // NEW extent, then a COPY whose source sector + nr_sectors wraps
+                     // (answers 2, 3 of every 4: whose virtual sector + nr_sectors wraps)
+  InvalidateWrap,    // INVALIDATE whose block + nr_blocks wraps (id 0: names no request)
+  WritableReadOnly,  // WRITABLE (NEW too, for writes) extent on a device past writable_devs
+  AnswerTooLong,     // 257 messages for one request; the kernel takes 256
+  PushOpenLimit,     // 16 push batches left open (no FINAL), then a 17th
+  PushTooLong,       // 257 messages in one push
+  PushFillLimit,     // 64 pushes with a NEW extent each, then a 65th while they fill
+  NewOverBusy,       // two requests: the first gets a NEW extent, the second, while that
+                     // one is being filled, a NEW extent overlapping it
+  PushNewOverBusy,   // a NEW extent for the request, then a push with a NEW extent over it
+  PushFlood,         // no bad message: valid pushes of 256 extents, as fast as it can,
+                     // for flood_ms (a daemon trying to exhaust the kernel's memory)
 };
 
 // Half-open range of virtual blocks.
@@ -63,6 +82,7 @@ struct DaemonConfig {
   size_t batch = 64;                 // requests read per read()
   uint64_t hang_after_requests = 0;  // stop answering once this many MAPs were read (restart tests)
   uint64_t kill_after_requests = 0;  // die (SIGKILL) right after handling the N-th request
+  uint32_t flood_ms = 10000;         // hostile push-flood: how long to push
   std::string model_device = {};     // model: device 0 (the table's first data device)
   bool verbose = false;              // log every request and response
 };
@@ -75,9 +95,13 @@ std::optional<HostileKind> parse_hostile(std::string_view name);
 std::optional<BlockRange> parse_block_range(std::string_view text);
 // Every hostile kind, in declaration order (for --help and the tests).
 inline constexpr HostileKind kAllHostileKinds[] = {
-    HostileKind::BadDevice,     HostileKind::PastEnd,   HostileKind::ZeroLength,
-    HostileKind::Overlong,      HostileKind::UnknownId, HostileKind::DuplicateFinal,
-    HostileKind::Truncated,     HostileKind::Garbage,   HostileKind::Reserved,
-    HostileKind::CopyOutsideNew};
+    HostileKind::BadDevice,      HostileKind::PastEnd,         HostileKind::ZeroLength,
+    HostileKind::Overlong,       HostileKind::UnknownId,       HostileKind::DuplicateFinal,
+    HostileKind::Truncated,      HostileKind::Garbage,         HostileKind::Reserved,
+    HostileKind::CopyOutsideNew, HostileKind::ExtentBlockWrap, HostileKind::ExtentSectorWrap,
+    HostileKind::CopyWrap,       HostileKind::InvalidateWrap,  HostileKind::WritableReadOnly,
+    HostileKind::AnswerTooLong,  HostileKind::PushOpenLimit,   HostileKind::PushTooLong,
+    HostileKind::PushFillLimit,  HostileKind::NewOverBusy,     HostileKind::PushNewOverBusy,
+    HostileKind::PushFlood};
 
 }  // namespace dmu::testd

@@ -81,6 +81,8 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
        "error mode: the errno (positive) requests fail with")
       ("hostile", po::value(&hostile), ("hostile mode: the kind of bad answer: " +
                                         hostile_kinds()).c_str())
+      ("flood-ms", po::value(&c.flood_ms)->default_value(c.flood_ms),
+       "hostile push-flood: push for N ms after start, then serve as identity")
       ("copy-half", po::bool_switch(&c.copy_half),
        "copy mode: COPY only the first half of each block (the kernel zeroes the rest)")
       ("features", po::value(&c.features)->default_value(c.features), "feature bits to ask for")
@@ -215,7 +217,13 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_de
   }
   std::cerr << "dmu-test-daemon: event=ready pid=" << ::getpid() << std::endl;
   int rc = 0;
-  while (!g_stop) {
+  if (c.mode == Mode::Hostile && c.hostile == HostileKind::PushFlood) {
+    if (auto r = daemon.flood(); !r) {
+      std::cerr << "dmu-test-daemon: key " << c.key << ": flood: " << r.error().message << "\n";
+      rc = 1;
+    }
+  }
+  while (!g_stop && rc == 0) {
     if (daemon.hung()) {
       ::pause();  // until a signal; kill -9 is the point
       continue;

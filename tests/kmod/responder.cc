@@ -17,8 +17,11 @@ constexpr uint64_t kMaxTrackedBlocks = uint64_t{1} << 28;  // 32 MiB of bits
 constexpr size_t kPushBatchExtents = 64;
 constexpr uint64_t kFarPastEndSector = uint64_t{1} << 50;  // 512 PiB
 constexpr uint64_t kForeignIdBit = uint64_t{1} << 40;      // ids the kernel never issued
-// The kernel accepts at most this many messages per answer (kmod/README.md).
-constexpr size_t kMaxAnswerMessages = 256;
+constexpr size_t kMaxAnswerMessages = limits::kAnswerMessages;
+// Push ids of hostile answers and of the flood, apart from --push-all's.
+constexpr uint64_t kHostilePushBase = uint64_t{1} << 48;
+constexpr uint64_t kFloodIdBase = uint64_t{1} << 49;
+constexpr uint64_t kFloodStride = 5;  // blocks between flood extents (at most 4 long)
 
 bool is_write(const dmu_request& q) {
   return q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD);
@@ -64,6 +67,30 @@ Result<Responder> Responder::create(const DaemonConfig& config, const Geometry& 
   if (config.mode == Mode::Hostile && config.hostile == HostileKind::CopyOutsideNew &&
       !(g.features & DMU_FEATURE_COPY))
     return fail(EINVAL, "hostile kind copy-outside-new needs DMU_FEATURE_COPY");
+  if (config.mode == Mode::Hostile) {
+    const HostileKind k = config.hostile;
+    const std::string name(hostile_name(k));
+    const bool pushes = k == HostileKind::PushOpenLimit || k == HostileKind::PushTooLong ||
+                        k == HostileKind::PushFillLimit || k == HostileKind::PushNewOverBusy ||
+                        k == HostileKind::PushFlood;
+    const bool fills = k == HostileKind::CopyWrap || k == HostileKind::PushFillLimit ||
+                       k == HostileKind::NewOverBusy || k == HostileKind::PushNewOverBusy;
+    if (pushes && !(g.features & DMU_FEATURE_PUSH))
+      return fail(EINVAL, "hostile kind " + name + " needs DMU_FEATURE_PUSH");
+    if (fills && !(g.features & DMU_FEATURE_COPY))
+      return fail(EINVAL, "hostile kind " + name + " needs DMU_FEATURE_COPY");
+    if (fills && g.writable_devs < 1)
+      return fail(EINVAL, "hostile kind " + name + " writes device 0, which is read-only");
+    if (k == HostileKind::WritableReadOnly && g.writable_devs >= g.nr_devs)
+      return fail(EINVAL, "hostile kind " + name +
+                              " needs a read-only device (table option writable_devs < nr_devs)");
+    // Room for 257 distinct blocks (answers, pushes) or the flood's spread.
+    const uint64_t need = k == HostileKind::PushFlood ? 2 * kFloodStride * kMaxAnswerMessages
+                                                      : 2 * kMaxAnswerMessages + 2;
+    if (g.blocks() < need)
+      return fail(EINVAL, "hostile kind " + name + " needs a target of at least " +
+                              std::to_string(need) + " blocks");
+  }
   if (config.extent_blocks == 0 || config.push_extent_blocks == 0)
     return fail(EINVAL, "extent sizes must be at least one block");
   return Responder(config, g);
@@ -76,8 +103,8 @@ Responder::Responder(const DaemonConfig& config, const Geometry& geometry)
 }
 
 bool Responder::hostile_for(const dmu_request& q) const {
-  return config_.mode == Mode::Hostile && q.type == DMU_REQ_MAP &&
-         config_.blocks.overlaps(q.block, q.nr_blocks);
+  return config_.mode == Mode::Hostile && config_.hostile != HostileKind::PushFlood &&
+         q.type == DMU_REQ_MAP && config_.blocks.overlaps(q.block, q.nr_blocks);
 }
 
 uint64_t Responder::answer_end(const dmu_request& q, bool readahead) const {
@@ -210,15 +237,58 @@ void Responder::mark_allocated(uint64_t begin, uint64_t end) {
             allocated_.begin() + static_cast<ptrdiff_t>(end), true);
 }
 
-HostileAnswer Responder::hostile_answer(const dmu_request& q, uint64_t sequence) const {
-  const uint64_t b = std::min<uint64_t>(q.block, geometry_.blocks() - 1);
+std::string_view fate_name(Fate f) {
+  switch (f) {
+    case Fate::Fails:
+      return "fails";
+    case Fate::Pending:
+      return "pending";
+    case Fate::Succeeds:
+      return "succeeds";
+  }
+  return "?";
+}
+
+size_t Responder::hostile_requests() const {
+  return config_.hostile == HostileKind::NewOverBusy ? 2 : 1;
+}
+
+bool Responder::floods() const {
+  return config_.mode == Mode::Hostile && config_.hostile == HostileKind::PushFlood;
+}
+
+std::vector<dmu_response> Responder::flood_batch(uint64_t n) const {
+  // Extents of 4 blocks in even batches, 1 block in odd ones, 5 blocks
+  // apart, starting at a moving offset: never overlapping within a batch,
+  // cutting the extents of earlier batches.
+  const uint64_t size = n % 2 == 0 ? 4 : 1;
+  const uint64_t span = kFloodStride * kMaxAnswerMessages;
+  const uint64_t start = (n * 3) % (geometry_.blocks() - span);
+  const uint64_t id = DMU_PUSH_ID | kFloodIdBase | n;
+  std::vector<dmu_response> batch;
+  for (uint64_t i = 0; i < kMaxAnswerMessages; ++i) {
+    const uint64_t b = start + i * kFloodStride;
+    batch.push_back(remap_extent(id, b, size, 0, sector_of(b), 0, false));
+  }
+  mark_final(batch);
+  return batch;
+}
+
+HostileAnswer Responder::hostile_answer(std::span<const dmu_request> qs, uint64_t sequence) const {
+  HostileAnswer a;
+  if (qs.empty()) return a;
+  const dmu_request& q = qs.back();  // the request the bad message is about
+  const uint64_t blocks = geometry_.blocks();
+  const uint32_t bs = geometry_.block_sectors;
+  const uint64_t b = std::min<uint64_t>(q.block, blocks - 1);
   const uint32_t wflag = is_write(q) ? DMU_EXT_WRITABLE : 0;
   const dmu_response valid = remap_extent(q.id, b, 1, 0, sector_of(b), wflag, true);
+  // Blocks at the end of the target, away from the hostile range, for pushes.
+  auto tail_block = [&](uint64_t i) { return blocks - 1 - i; };
   std::vector<dmu_response> msgs;
   size_t bad_index = 0;
   bool truncated = false;
-  HostileAnswer a;
-  a.followup = FollowUp::Rejected;  // the kernel fails the request itself
+  Fate fate = Fate::Fails;  // the bad message names q: the kernel fails it
 
   switch (config_.hostile) {
     case HostileKind::BadDevice:
@@ -231,20 +301,21 @@ HostileAnswer Responder::hostile_answer(const dmu_request& q, uint64_t sequence)
       msgs = {remap_extent(q.id, b, 0, 0, sector_of(b), wflag, true)};
       break;
     case HostileKind::Overlong:
-      msgs = {remap_extent(q.id, b, geometry_.blocks() - b + 1, 0, sector_of(b), wflag, true)};
+      msgs = {remap_extent(q.id, b, blocks - b + 1, 0, sector_of(b), wflag, true)};
       break;
     case HostileKind::UnknownId:
       msgs = {remap_extent(q.id ^ kForeignIdBit, b, 1, 0, sector_of(b), wflag, true)};
-      a.followup = FollowUp::Accepted;  // the real request is still pending
+      fate = Fate::Pending;  // names no request
       break;
     case HostileKind::DuplicateFinal:
       msgs = {valid, valid};
       bad_index = 1;  // the first answer completes the request; the second is stray
+      fate = Fate::Succeeds;
       break;
     case HostileKind::Truncated:
       msgs = {valid};
       truncated = true;
-      a.followup = FollowUp::Accepted;  // nothing of the write may have been processed
+      fate = Fate::Pending;  // nothing of the write() is looked at
       break;
     case HostileKind::Garbage: {
       std::mt19937_64 rng(sequence * 0x9e3779b97f4a7c15ULL + q.id);
@@ -252,9 +323,8 @@ HostileAnswer Responder::hostile_answer(const dmu_request& q, uint64_t sequence)
       auto* words = reinterpret_cast<uint64_t*>(&junk);
       for (size_t i = 0; i < sizeof junk / sizeof(uint64_t); ++i) words[i] = rng();
       junk.type = 0x40000000u | static_cast<uint32_t>(rng() & 0xffff);  // never a valid type
-      junk.id = q.id;
+      junk.id = q.id;  // junk that names the request fails it
       msgs = {junk};
-      a.followup = FollowUp::Either;  // the kernel may or may not tie junk to the id
       break;
     }
     case HostileKind::Reserved: {
@@ -266,16 +336,122 @@ HostileAnswer Responder::hostile_answer(const dmu_request& q, uint64_t sequence)
     case HostileKind::CopyOutsideNew: {
       dmu_response plain = valid;
       plain.flags = 0;  // not final: the COPY follows
-      msgs = {plain,
-              copy_source(q.id, sector_of(b), geometry_.block_sectors, 0, sector_of(b), true)};
+      msgs = {plain, copy_source(q.id, sector_of(b), bs, 0, sector_of(b), true)};
       bad_index = 1;
       break;
     }
+    case HostileKind::ExtentBlockWrap:
+      // block + nr_blocks == 1 (mod 2^64): "ends" inside the target.
+      msgs = {remap_extent(q.id, b, UINT64_MAX - b + 2, 0, sector_of(b), wflag, true)};
+      break;
+    case HostileKind::ExtentSectorWrap:
+      // sector + the extent's length == 0 (mod 2^64).
+      msgs = {remap_extent(q.id, b, 1, 0, UINT64_MAX - bs + 1, wflag, true)};
+      break;
+    case HostileKind::CopyWrap: {
+      const dmu_response fresh =
+          remap_extent(q.id, b, 1, 0, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, false);
+      dmu_response copy = copy_source(q.id, sector_of(b), bs, 0, sector_of(b), true);
+      if (sequence % 4 < 2)
+        copy.sector = UINT64_MAX - bs / 2 + 1;  // source sector + nr_sectors wraps
+      else
+        copy.nr_blocks = UINT64_MAX - sector_of(b) + 2;  // virtual sector + nr wraps
+      msgs = {fresh, copy};
+      bad_index = 1;
+      break;
+    }
+    case HostileKind::InvalidateWrap:
+      msgs = {proto::invalidate(b, UINT64_MAX - b + 2)};
+      fate = Fate::Pending;  // id 0 names no request
+      break;
+    case HostileKind::WritableReadOnly: {
+      const uint32_t ro = geometry_.writable_devs;  // the first read-only device
+      const uint32_t flags = DMU_EXT_WRITABLE | (is_write(q) ? DMU_EXT_NEW : 0);
+      msgs = {remap_extent(q.id, b, 1, ro, sector_of(b), flags, true)};
+      break;
+    }
+    case HostileKind::AnswerTooLong:
+      // 257 one-block extents that would be fine in number <= 256.
+      for (uint64_t i = 0; i <= kMaxAnswerMessages; ++i) {
+        const uint64_t blk = (b + i) % blocks;
+        msgs.push_back(remap_extent(q.id, blk, 1, 0, sector_of(blk), wflag, false));
+      }
+      mark_final(msgs);
+      bad_index = kMaxAnswerMessages;
+      break;
+    case HostileKind::PushOpenLimit:
+      // 16 pushes left open, then a 17th: refused, and it names no request.
+      for (uint64_t i = 0; i <= limits::kOpenPushes; ++i) {
+        const uint64_t id = DMU_PUSH_ID | kHostilePushBase | (sequence << 16) | i;
+        const uint64_t blk = tail_block(2 * i);
+        msgs.push_back(remap_extent(id, blk, 1, 0, sector_of(blk), 0, false));
+        if (i < limits::kOpenPushes) {
+          const uint64_t blk2 = tail_block(2 * i + 1);
+          a.cleanup.push_back(remap_extent(id, blk2, 1, 0, sector_of(blk2), 0, true));
+        }
+      }
+      bad_index = limits::kOpenPushes;
+      fate = Fate::Pending;
+      break;
+    case HostileKind::PushTooLong: {
+      const uint64_t id = DMU_PUSH_ID | kHostilePushBase | (sequence << 16);
+      for (uint64_t i = 0; i <= kMaxAnswerMessages; ++i) {
+        const uint64_t blk = tail_block(i);
+        msgs.push_back(remap_extent(id, blk, 1, 0, sector_of(blk), 0, false));
+      }
+      mark_final(msgs);
+      bad_index = kMaxAnswerMessages;
+      fate = Fate::Pending;
+      break;
+    }
+    case HostileKind::PushFillLimit:
+      // 64 pushes of one NEW block each (filled with zeros), then a 65th
+      // while they fill (the VM case slows the device down).
+      for (uint64_t i = 0; i <= limits::kPushFills; ++i) {
+        const uint64_t id = DMU_PUSH_ID | kHostilePushBase | (sequence << 16) | i;
+        const uint64_t blk = tail_block(i);
+        msgs.push_back(
+            remap_extent(id, blk, 1, 0, sector_of(blk), DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+        if (i < limits::kPushFills) a.awaited_dones.push_back(id);
+      }
+      bad_index = limits::kPushFills;
+      fate = Fate::Pending;
+      break;
+    case HostileKind::NewOverBusy: {
+      // The first request gets a NEW block; the second a NEW extent over
+      // both blocks while the first is being filled.
+      const dmu_request& first = qs.front();
+      const uint64_t b0 = std::min<uint64_t>(first.block, blocks - 1);
+      if (qs.size() > 1)
+        msgs.push_back(
+            remap_extent(first.id, b0, 1, 0, sector_of(b0), DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+      const uint64_t lo = std::min(b0, b), hi = std::max(b0, b) + 1;
+      msgs.push_back(
+          remap_extent(q.id, lo, hi - lo, 0, sector_of(lo), DMU_EXT_WRITABLE | DMU_EXT_NEW, true));
+      bad_index = msgs.size() - 1;
+      if (qs.size() > 1) a.fates.push_back({first.id, first.block, Fate::Succeeds});
+      break;
+    }
+    case HostileKind::PushNewOverBusy: {
+      const uint64_t id = DMU_PUSH_ID | kHostilePushBase | (sequence << 16);
+      msgs = {remap_extent(q.id, b, 1, 0, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, true),
+              remap_extent(id, b, 1, 0, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, true)};
+      bad_index = 1;
+      fate = Fate::Succeeds;
+      break;
+    }
+    case HostileKind::PushFlood:
+      // Not a bad answer: the flood happens at start (flood_batch()).
+      msgs = {valid};
+      bad_index = 1;
+      fate = Fate::Succeeds;
+      break;
   }
   if (sequence % 2 == 1) {
     msgs.insert(msgs.begin(), proto::invalidate(b, 1));
     ++bad_index;
   }
+  a.fates.push_back({q.id, q.block, fate});
   a.bytes = to_bytes(msgs);
   if (truncated) {
     a.bytes.resize(a.bytes.size() + sizeof(dmu_response) / 2, 0);

@@ -2,10 +2,13 @@
 // can check it message by message.  Given a MAP request it builds the answer
 // its mode calls for (identity REMAP, ZERO, NEW + COPY, COMPLETE with an
 // errno), the pushes of --push-all, and for hostile mode the exact bytes of
-// one bad answer together with what the header says write() must return.
+// one bad answer together with what the header says write() must return and
+// what must become of each request it was written for (Fate).
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <string_view>
 #include <vector>
 
 #include "common/error.h"
@@ -27,16 +30,41 @@ struct Geometry {
   }
 };
 
-// What a COMPLETE(id, -EIO) sent after a hostile answer must meet: Rejected
-// when the kernel already failed (or finished) the request itself, Accepted
-// when the hostile bytes could not have touched it.
-enum class FollowUp { Rejected, Accepted, Either };
+// What the kernel must do with a request a hostile answer was written for.
+// The header: a bad message "fails only the I/O of its request" -- so the
+// request fails at once when the bad message names it; bad bytes that name
+// no request (a foreign id, id 0, a push id, a write() of the wrong length)
+// leave it pending until daemon_timeout fails it; a request answered validly
+// before the bad message succeeds.  No COMPLETE follows a hostile answer:
+// the answer alone decides.
+enum class Fate { Fails, Pending, Succeeds };
+
+std::string_view fate_name(Fate f);
+
+struct RequestFate {
+  uint64_t id = 0;
+  uint64_t block = 0;
+  Fate fate = Fate::Fails;
+};
 
 struct HostileAnswer {
-  std::vector<uint8_t> bytes;  // one write()
-  long expected_return = 0;    // bytes consumed, or -EINVAL
-  FollowUp followup = FollowUp::Either;
+  std::vector<uint8_t> bytes;      // one write()
+  long expected_return = 0;        // bytes consumed before the bad message, or -EINVAL
+  std::vector<RequestFate> fates;  // one per request the answer was written for
+  // Sent in a write() of its own afterwards, all of it must be accepted
+  // (push-open-limit: FINAL for the 16 pushes it left open).
+  std::vector<dmu_response> cleanup;
+  // Push ids whose DONE the kernel owes once their fills land: the daemon
+  // holds the next hostile answer until they arrived (push-fill-limit).
+  std::vector<uint64_t> awaited_dones;
 };
+
+// Limits the kernel documents (kmod/include/uapi/linux/dm-userspace.h).
+namespace limits {
+inline constexpr size_t kAnswerMessages = 256;  // messages per answer or push
+inline constexpr size_t kOpenPushes = 16;       // push batches without FINAL
+inline constexpr size_t kPushFills = 64;        // pushes with NEW extents filling
+}  // namespace limits
 
 class Responder {
  public:
@@ -48,12 +76,26 @@ class Responder {
 
   // True when this request gets a hostile answer instead of answer_map().
   bool hostile_for(const dmu_request& q) const;
+  // How many hostile requests one hostile answer takes: 2 for new-over-busy
+  // (the daemon holds the first until the second arrives), else 1.
+  size_t hostile_requests() const;
   // The answer to a MAP request (last message FINAL).
   std::vector<dmu_response> answer_map(const dmu_request& q);
-  // The `sequence`-th hostile answer: even ones put the bad message first
-  // (write() must fail with EINVAL), odd ones after a valid INVALIDATE
-  // (write() must return the 64 bytes consumed before it).
-  HostileAnswer hostile_answer(const dmu_request& q, uint64_t sequence) const;
+  // The `sequence`-th hostile answer, for hostile_requests() requests: even
+  // ones put the answer first, odd ones after a valid INVALIDATE (write()
+  // must then return 64 bytes more).
+  HostileAnswer hostile_answer(std::span<const dmu_request> qs, uint64_t sequence) const;
+  HostileAnswer hostile_answer(const dmu_request& q, uint64_t sequence) const {
+    return hostile_answer(std::span<const dmu_request>(&q, 1), sequence);
+  }
+  // Hostile push-flood: the daemon pushes flood_batch(0), flood_batch(1), ...
+  // for config.flood_ms instead of answering anything badly.
+  bool floods() const;
+  // The n-th flood batch: up to 256 read-only identity extents under a push
+  // id of its own, the last FINAL, never overlapping each other.  Batches
+  // alternate 4-block and 1-block extents at moving offsets, so later
+  // batches split extents of earlier ones (each split is one more extent).
+  std::vector<dmu_response> flood_batch(uint64_t n) const;
   // --push-all: the whole target as writable identity extents, one batch per
   // push id, each batch ending FINAL.
   std::vector<std::vector<dmu_response>> push_batches() const;

@@ -1,13 +1,25 @@
 #!/bin/sh
-# A hostile daemon cannot hurt the kernel: for every kind of bad answer the
-# daemon checks write() returns what the protocol header promises, only the
-# I/O of the affected requests fails (reads/writes elsewhere succeed), errno
-# values from COMPLETE reach the caller, dmesg stays free of oops/warnings,
-# the module's slab caches return to their baseline after removal and the
-# module unloads.  slab_nomerge keeps the module's caches visible by name.
-# vm: kernels=6.1,6.12 timeout=420 disks=256M cmdline=slab_nomerge
+# A hostile daemon cannot hurt the kernel.  For every kind of bad answer the
+# daemon checks write() returns what the protocol header promises, and this
+# case checks the fate the header promises for each request a hostile
+# answer was written for (the daemon logs them, fates=id:block:fate):
+#   fails     the bad message names the request: its I/O fails with EIO at
+#             once (well under daemon_timeout)
+#   pending   the bad bytes name no request (foreign id, id 0, a push id, a
+#             write() of the wrong length): the request stays pending until
+#             daemon_timeout fails its I/O with EIO
+#   succeeds  the request was answered validly before the bad message
+# No COMPLETE follows a hostile answer: the answer alone decides.  I/O
+# outside the hostile range succeeds, errno values from COMPLETE reach the
+# caller, a flood of valid pushes keeps the kernel's memory bounded, dmesg
+# stays free of oops/warnings, the module's slab caches return to their
+# baseline after removal and the module unloads.  slab_nomerge keeps the
+# module's caches visible by name.
+# vm: kernels=6.1,6.12 timeout=1500 disks=256M cmdline=slab_nomerge
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
+TMO=10       # daemon_timeout of the hostile tables (s)
+FAST_MS=4000 # "at once": well under daemon_timeout, with room for TCG
 
 # Active objects of the module's slab caches, "name=count ...".  Shrinking
 # first moves objects parked in per-CPU slabs back, so the count is exact.
@@ -17,48 +29,196 @@ dmu_slabs() {
   done
   awk '$1 ~ /^dmu/ {printf "%s=%s ", $1, $2}' /proc/slabinfo
 }
+slab_objs() { # CACHE: active objects
+  [ -w "/sys/kernel/slab/$1/shrink" ] && echo 1 >"/sys/kernel/slab/$1/shrink"
+  awk -v c="$1" '$1 == c {print $2}' /proc/slabinfo
+}
+now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+block_md5() { # DEV BLOCK: md5sum of one direct 4 KiB read
+  dd if="$1" bs=4096 skip="$2" count=1 iflag=direct status=none | md5sum
+}
+mem_avail_kb() { awk '$1 == "MemAvailable:" {print $2}' /proc/meminfo; }
 
-step "data file, loop device, slab baseline"
+# io_bg r|w BLOCK: one direct 4 KiB read or write of BLOCK of /dev/mapper/h
+# in the background; /tmp/io.BLOCK gets "rc ms" when it ends.
+io_bg() {
+  (
+    t0=$(now_ms)
+    if [ "$1" = r ]; then
+      read_block /dev/mapper/h 4096 "$2" 2>"/tmp/io.$2.err"
+    else
+      dd if=/dev/zero of=/dev/mapper/h bs=4096 seek="$2" count=1 oflag=direct conv=notrunc \
+        status=none 2>"/tmp/io.$2.err"
+    fi
+    rc=$?
+    echo "$rc $(($(now_ms) - t0))" >"/tmp/io.$2"
+  ) &
+}
+
+# check_fate KIND BLOCK: the I/O of BLOCK met the fate the daemon's hostile
+# answer claims for it (its request's fate; the daemon logs fates=...).
+check_fate() {
+  _k=$1 _b=$2
+  read -r _rc _ms <"/tmp/io.$_b" || fail "$_k: no result for the I/O of block $_b"
+  _fate=$(grep "event=hostile " $LOG | tr ' ,' '\n\n' | sed -n "s/^\(fates=\)\{0,1\}[0-9]*:$_b:\([a-z]*\)\$/\2/p" | tail -1)
+  [ -n "$_fate" ] || { cat $LOG; fail "$_k: the daemon claimed no fate for block $_b"; }
+  echo "$_k: block $_b rc=$_rc ms=$_ms fate=$_fate"
+  case $_fate in
+    succeeds)
+      [ "$_rc" = 0 ] || { cat "/tmp/io.$_b.err"; fail "$_k: block $_b answered validly first, I/O failed"; } ;;
+    fails)
+      [ "$_rc" != 0 ] || fail "$_k: block $_b: a bad answer naming it, yet the I/O succeeded"
+      grep -q "Input/output error" "/tmp/io.$_b.err" || { cat "/tmp/io.$_b.err"; fail "$_k: block $_b: not EIO"; }
+      [ "$_ms" -lt $FAST_MS ] || fail "$_k: block $_b failed only after $_ms ms, not at once" ;;
+    pending)
+      [ "$_rc" != 0 ] || fail "$_k: block $_b: bad bytes naming no request, yet the I/O succeeded"
+      grep -q "Input/output error" "/tmp/io.$_b.err" || { cat "/tmp/io.$_b.err"; fail "$_k: block $_b: not EIO"; }
+      [ "$_ms" -ge $(((TMO - 1) * 1000)) ] || fail "$_k: block $_b failed after $_ms ms, before daemon_timeout ($TMO s)"
+      [ "$_ms" -lt $(((TMO + 20) * 1000)) ] || fail "$_k: block $_b failed only after $_ms ms (daemon_timeout $TMO s)" ;;
+    *) fail "$_k: unknown fate '$_fate'" ;;
+  esac
+  FATES="$FATES $_fate"
+}
+
+step "data files, loop devices, a slow (dm-delay) device, slab baseline"
 data_fs
 make_file /data/disk.img 16 /dev/urandom
+make_file /data/ro.img 16 /dev/urandom
 LOOP=$(loop_dio /data/disk.img)
+LOOP2=$(loop_dio /data/ro.img)
+SZ=$(blockdev --getsz "$LOOP")
+# Writes (and so kcopyd's zero fills) take 500 ms: fills are still running
+# when the rest of the same write() is processed.
+echo "0 $SZ delay $LOOP 0 0 $LOOP 0 500" | dmsetup create slow || fail "dmsetup create slow"
+dmsetup mknodes
+SLOW=/dev/mapper/slow
 base=$(dmu_slabs)
 echo "slab baseline: $base"
 [ -n "$base" ] || { grep -i dmu /proc/slabinfo; fail "no dmu slab caches in /proc/slabinfo"; }
 
-# Kinds after which the request itself fails; duplicate-final answers it
-# validly first, so its I/O succeeds.
-for kind in bad-dev past-end zero-length overlong unknown-id duplicate-final truncated garbage \
-  reserved copy-outside-new; do
+# KIND FATES DEVICE(S) OPTIONS IO...: the fates the kind's answers must
+# claim (sorted), the table's devices and options, the hostile I/O (rN/wN,
+# all at once, blocks inside the hostile range 0:4).
+while read -r kind want devs opts io; do
+  [ -n "$kind" ] || continue
   step "hostile kind $kind"
   : >$LOG
-  dmu_create h "hk-$kind" 8 "2 daemon_timeout 10" "$LOOP"
+  rm -f /tmp/io.*
+  case $devs in
+    fast) devlist=$LOOP ;;
+    slow) devlist=$SLOW ;;
+    ro) devlist="$LOOP $LOOP2" ;;
+  esac
+  # shellcheck disable=SC2086
+  dmu_create h "hk-$kind" 8 "$(echo "$opts" | tr , ' ')" $devlist
   daemon_start $LOG --key "hk-$kind" --mode hostile --hostile "$kind" --blocks 0:4
-  expect_ok=0
-  [ "$kind" = duplicate-final ] && expect_ok=1
-  for blk in 1 2; do
-    if read_block /dev/mapper/h 4096 $blk 2>/tmp/dd.err; then got=1; else got=0; fi
-    [ $got = $expect_ok ] || { cat /tmp/dd.err $LOG; fail "$kind: read of hostile block $blk: success=$got"; }
+  t0=$(now_ms)
+  blocks=
+  for x in $(echo "$io" | tr , ' '); do
+    io_bg "$(echo "$x" | cut -c1)" "$(echo "$x" | cut -c2-)"
+    blocks="$blocks $(echo "$x" | cut -c2-)"
   done
-  if dd if=/dev/zero of=/dev/mapper/h bs=4096 seek=3 count=1 oflag=direct conv=notrunc status=none \
-    2>/tmp/dd.err; then got=1; else got=0; fi
-  [ $got = $expect_ok ] || { cat /tmp/dd.err $LOG; fail "$kind: write of hostile block 3: success=$got"; }
+  wait_i=0
+  for b in $blocks; do
+    while [ ! -s "/tmp/io.$b" ]; do
+      wait_i=$((wait_i + 1))
+      [ $wait_i -lt $(((TMO + 60) * 10)) ] || { cat $LOG; fail "$kind: I/O of block $b hangs"; }
+      sleep 0.1
+    done
+  done
+  echo "$kind: hostile I/O done after $(($(now_ms) - t0)) ms"
+  FATES=
+  for b in $blocks; do check_fate "$kind" "$b"; done
+  got=$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')
+  expect_eq "$kind: fates of its requests" "$want" "$got"
   read_block /dev/mapper/h 4096 100 || fail "$kind: read outside the hostile range failed"
   dd if=/dev/zero of=/dev/mapper/h bs=4096 seek=101 count=1 oflag=direct conv=notrunc status=none ||
     fail "$kind: write outside the hostile range failed"
   daemon_stop $LOG
   grep "event=hostile" $LOG
   sent=$(daemon_value $LOG counters hostile_sent)
-  expect_ge "$kind: hostile answers sent" 3 "$sent"
+  expect_ge "$kind: hostile answers sent" 1 "$sent"
   expect_eq "$kind: answers with the promised write() result" "$sent" \
     "$(daemon_value $LOG counters hostile_as_promised)"
   expect_eq "$kind: broken promises" 0 "$(daemon_value $LOG counters hostile_broken)"
   case $kind in
-    truncated) ;;  # refused whole before any message is looked at
+    truncated) expect_eq "$kind: bad messages (refused whole, none looked at)" 0 "$(dmu_stat h bad)" ;;
     *) expect_gt "$kind: kernel counted bad messages" 0 "$(dmu_stat h bad)" ;;
   esac
+  case $want in
+    *pending*) expect_gt "$kind: timeouts" 0 "$(dmu_stat h timeouts)" ;;
+    *) expect_eq "$kind: timeouts" 0 "$(dmu_stat h timeouts)" ;;
+  esac
   timeout 60 dmsetup remove h || fail "$kind: dmsetup remove"
+done <<EOF
+bad-dev            fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+past-end           fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+zero-length        fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+overlong           fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+unknown-id         pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,w3
+duplicate-final    succeeds,succeeds,succeeds fast 2,daemon_timeout,$TMO  r1,r2,w3
+truncated          pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,w3
+garbage            fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+reserved           fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+copy-outside-new   fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+extent-block-wrap  fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+extent-sector-wrap fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+copy-wrap          fails,fails,fails,fails    fast 2,daemon_timeout,$TMO  r0,r1,r2,w3
+invalidate-wrap    pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,w3
+writable-readonly  fails,fails,fails          ro   4,daemon_timeout,$TMO,writable_devs,1  r1,r2,w3
+answer-too-long    fails,fails,fails          fast 2,daemon_timeout,$TMO  r1,r2,w3
+push-open-limit    pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,w3
+push-too-long      pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,w3
+push-fill-limit    pending,pending            slow 2,daemon_timeout,$TMO  r1,w3
+new-over-busy      fails,succeeds             slow 2,daemon_timeout,$TMO  w1,w2
+push-new-over-busy succeeds,succeeds          slow 2,daemon_timeout,$TMO  r1,w3
+EOF
+
+step "push flood: 256-extent pushes as fast as the daemon can, max_extents 1024"
+: >$LOG
+dmu_create f flood 8 "4 daemon_timeout 10 max_extents 1024" "$LOOP"
+sync
+echo 3 >/proc/sys/vm/drop_caches
+mem0=$(mem_avail_kb)
+ext0=$(slab_objs dmu_extent)
+echo "before the flood: MemAvailable=${mem0} kB dmu_extent=$ext0"
+daemon_start $LOG --key flood --mode hostile --hostile push-flood --blocks 0:1 --flood-ms 8000
+# The guest's I/O goes on during the flood (identity map: the device's bytes).
+i=0
+while ! grep -q "event=flood " $LOG; do
+  blk=$(((i * 37) % 4000))
+  [ "$(block_md5 /dev/mapper/f $blk)" = "$(block_md5 "$LOOP" $blk)" ] ||
+    fail "flood: block $blk reads other data than the device has"
+  i=$((i + 1))
+  [ $i -lt 20000 ] || fail "flood: the daemon never finished"
 done
+grep "event=flood " $LOG
+batches=$(daemon_value $LOG flood batches)
+expect_ge "flood: batches pushed" 20 "$batches"
+expect_eq "flood: batches refused" 0 "$(daemon_value $LOG flood refused)"
+expect_ge "flood: reads during the flood" 1 "$i"
+ext=$(dmu_stat f extents)
+echo "flood: cached extents $ext, pushed $(dmu_stat f pushed), evicted $(dmu_stat f evicted)"
+expect_ge "flood: extents received" $((batches * 256)) "$(dmu_stat f pushed)"
+[ "$ext" -le $((1024 + 256)) ] || fail "flood: $ext cached extents, max_extents 1024 (+ one push's splits)"
+expect_gt "flood: extents evicted" 0 "$(dmu_stat f evicted)"
+objs=$(slab_objs dmu_extent)
+echo 3 >/proc/sys/vm/drop_caches
+mem1=$(mem_avail_kb)
+echo "after the flood: MemAvailable=${mem1} kB dmu_extent=$objs"
+[ "$objs" -le $((ext0 + 1024 + 256 + 64)) ] || fail "flood: $objs dmu_extent objects for <= 1280 extents"
+[ $((mem0 - mem1)) -lt 32768 ] || fail "flood: MemAvailable fell by $((mem0 - mem1)) kB"
+# I/O still works: write a block, read it back through the target and below.
+dd if=/dev/urandom of=/tmp/blk bs=4096 count=1 status=none
+dd if=/tmp/blk of=/dev/mapper/f bs=4096 seek=77 count=1 oflag=direct conv=notrunc status=none ||
+  fail "flood: write after the flood"
+[ "$(block_md5 /dev/mapper/f 77)" = "$(md5sum </tmp/blk)" ] ||
+  fail "flood: read back through the target differs"
+[ "$(block_md5 "$LOOP" 77)" = "$(md5sum </tmp/blk)" ] ||
+  fail "flood: the data device does not have the written block"
+daemon_stop $LOG
+expect_eq "flood: bad messages" 0 "$(dmu_stat f bad)"
+timeout 60 dmsetup remove f || fail "dmsetup remove f"
 
 step "error mode: COMPLETE with ENOSPC reaches the reader, only in the range"
 : >$LOG
@@ -77,7 +237,8 @@ check_dmesg
 after=$(dmu_slabs)
 echo "slab after: $after"
 expect_eq "active objects of the module's slab caches" "$base" "$after"
-losetup -d "$LOOP"
+dmsetup remove slow || fail "dmsetup remove slow"
+losetup -d "$LOOP" "$LOOP2"
 rmmod dm_userspace || fail "rmmod dm_userspace"
 grep -q '^dm_userspace ' /proc/modules && fail "dm_userspace still loaded"
 save_results kmod-hostile $LOG
