@@ -25,10 +25,14 @@ std::string dirname_of(const std::string& path) {
 
 }  // namespace
 
+// As QEMU's qcow2_probe: the magic and any version from 2 up.  A version
+// this engine cannot read must be probed as qcow2 and refused by open(),
+// never fall through to raw: a raw probe would hand the metadata out as
+// guest data and let a guest that writes such a header reach the files it
+// names once the image is probed again.
 int probe(std::span<const uint8_t> head, const std::string&) {
   if (head.size() < 8 || load_be32(head.data()) != kMagic) return 0;
-  uint32_t version = load_be32(head.data() + 4);
-  return version == 2 || version == 3 ? 100 : 0;
+  return load_be32(head.data() + 4) >= 2 ? 100 : 0;
 }
 
 Result<std::unique_ptr<Image>> open(Env& env, const std::string& path, Access access,

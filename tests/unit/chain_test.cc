@@ -62,6 +62,17 @@ TEST(Chain, ProbesTheBackingFormatWhenTheImageDoesNotNameIt) {
   EXPECT_EQ((*chain)->images()[1]->info().format, "qcow2");
 }
 
+TEST(Chain, AQcow2HeaderWithAnUnknownVersionIsRefusedNotOpenedAsRaw) {
+  TempDir dir;  // QEMU: "Unsupported qcow2 version 4"; never the raw driver
+  sh(dir,
+     "qemu-img create -q -f qcow2 v4.qcow2 1M; printf '\\004' | dd of=v4.qcow2 bs=1 seek=7 "
+     "conv=notrunc status=none");
+  auto chain = open(dir.file("v4.qcow2"));
+  ASSERT_FALSE(chain) << "opened as " << (*chain)->top().info().format;
+  EXPECT_NE(chain.error().message.find("unsupported qcow2 version 4"), std::string::npos)
+      << chain.error().message;
+}
+
 TEST(Chain, RefusesALoopThroughTwoImages) {
   TempDir dir;
   sh(dir,

@@ -49,12 +49,17 @@ void expect_refused(const std::function<void(std::vector<uint8_t>&)>& patch, con
   EXPECT_NE(im.error().message.find(mentions), std::string::npos) << im.error().message;
 }
 
-TEST(Qcow2Header, ProbeRecognisesVersionsTwoAndThreeOnly) {
+TEST(Qcow2Header, ProbeRecognisesTheMagicWithVersionTwoAndUpLikeQemu) {
   const auto& b = base_image();
   EXPECT_EQ(formats::qcow2::probe(b, kPath), 100);
   auto v1 = b;
   store_be32(v1.data() + 4, 1);
-  EXPECT_EQ(formats::qcow2::probe(v1, kPath), 0);
+  EXPECT_EQ(formats::qcow2::probe(v1, kPath), 0);  // qcow (version 1)
+  for (uint32_t version : {4u, 5u, 0xffffffffu}) {
+    auto future = b;
+    store_be32(future.data() + 4, version);
+    EXPECT_EQ(formats::qcow2::probe(future, kPath), 100) << version;  // then refused by open
+  }
   EXPECT_EQ(formats::qcow2::probe(std::span<const uint8_t>(b.data(), 4), kPath), 0);
   auto raw = std::vector<uint8_t>(512, 0);
   EXPECT_EQ(formats::qcow2::probe(raw, kPath), 0);
