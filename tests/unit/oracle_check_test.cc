@@ -6,6 +6,8 @@
 // check, like qcow, are checked by dmu's engine instead of refused.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "tests/unit/cli_test_support.h"
@@ -122,6 +124,47 @@ TEST_F(OracleCheck, QcowIsCheckedByTheEngineWhereQemuImgCannot) {
   auto ours = run_split(dmu("check q.qcow"), dir_.path());
   EXPECT_EQ(ours.exit_code, 0) << ours.err;
   EXPECT_NE(ours.out.find("No errors were found on the image."), std::string::npos);
+}
+
+// qemu-img check opens the whole chain: a backing file that is missing, is
+// not an image, or loops back fails the open with exit 1.  dmu check does
+// the same, in one line that names the file.
+TEST(OracleCheckChain, BrokenBackingChainsFailToOpenLikeQemuImg) {
+  struct Case {
+    const char* name;
+    const char* setup;
+    const char* names;  // the file the message must name
+    bool oracle;        // qemu-img check is asked too (Debian 12's recurses
+                        // without end on a chain that loops back: not asked)
+  };
+  const Case cases[] = {
+      {"missing backing file",
+       "qemu-img create -q -f qcow2 b.qcow2 1M && qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 "
+       "img.qcow2 && rm b.qcow2",
+       "b.qcow2", true},
+      {"backing file that is a directory",
+       "mkdir b.qcow2 && qemu-img create -q -f qcow2 -u -b b.qcow2 -F qcow2 img.qcow2 1M",
+       "b.qcow2", true},
+      {"backing file that is itself",
+       "qemu-img create -q -f qcow2 img.qcow2 1M && qemu-img rebase -q -u -b img.qcow2 -F qcow2 "
+       "img.qcow2",
+       "img.qcow2", false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    TempDir dir;
+    auto setup = run_split(c.setup, dir.path());
+    ASSERT_EQ(setup.exit_code, 0) << setup.err;
+    if (c.oracle) {
+      auto ref = run_split("qemu-img check img.qcow2", dir.path());
+      EXPECT_EQ(ref.exit_code, 1) << ref.out << ref.err;
+    }
+    auto ours = run_split(dmu("check img.qcow2"), dir.path());
+    EXPECT_EQ(ours.exit_code, 1) << ours.out << ours.err;
+    EXPECT_EQ(std::count(ours.err.begin(), ours.err.end(), '\n'), 1) << ours.err;
+    EXPECT_NE(ours.err.find(c.names), std::string::npos) << ours.err;
+    EXPECT_EQ(ours.out, "");
+  }
 }
 
 }  // namespace
