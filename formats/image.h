@@ -22,6 +22,27 @@
 // the order data -> refcounts -> L2 -> L1/header with a sync between
 // dependent steps, so a crash at any point leaves a consistent image that
 // holds every write acknowledged by a completed commit.
+//
+// Restart (adopt_write): a process that dies between steps 2 and 6 leaves
+// preparations nobody committed; the kernel still uses their host ranges and
+// reports them to the next process, which opens the image afresh (its
+// metadata holds only what was committed) and, before anything else changes
+// the image, calls adopt_write for each: the range becomes a pending
+// preparation exactly as if prepare_write had just returned it, and
+// write_done(token, ok) decides as usual (ok: metadata may point at it; not
+// ok: its space is released).  Adoptions are checked against the committed
+// metadata: a host range that overlaps metadata, or data of another guest
+// range, or that the format cannot express for that guest range, is refused
+// (nothing of that call changes then).  A range the committed metadata
+// already maps there (the dead process committed before the kernel saw it)
+// is adopted as the in-place write it now is.  Adoptions come first because
+// the engine must not place metadata of its own on a range a later adoption
+// names: qcow2 defers the refcounts and L2 tables the adoptions need to the
+// first call that is not an adoption (write_done included), keeping every
+// adopted cluster out of its allocator until then; qcow and vmdk, which only
+// append, move their allocation point past each adopted range.  Host ranges
+// past the end of the file are legal (the dead process grew it).  raw has no
+// metadata and never answers EBUSY.
 #pragma once
 
 #include <cstdint>
@@ -130,6 +151,18 @@ class Image {
   virtual Result<WriteTarget> prepare_write(uint64_t offset, uint64_t length) = 0;
   // The caller finished step 3 and 4 for token (ok = the writes succeeded).
   virtual Result<void> write_done(uint64_t token, bool ok) = 0;
+  // Guest range [offset, offset + length) was prepared for writing at
+  // data_files()[file] host_offset by a process that died; its data may or
+  // may not have landed.  Registers it as a pending preparation (the token
+  // names it in write_done, like prepare_write's).  offset and offset +
+  // length must be granularity-aligned (or the end of the disk), and
+  // host_offset where the format can put offset (same place in a cluster).
+  // Only while nothing but adoptions changed the image since it was opened,
+  // or since a commit that left nothing in flight (EBUSY otherwise); refused
+  // with EINVAL (naming the image and the offsets) when it contradicts the
+  // image: see the top of this file.
+  virtual Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                                       uint64_t host_offset) = 0;
   // [offset, offset + length) reads as zeros afterwards.  may_unmap: the
   // space may be released (discard / write -z -u).  Returns ENOTSUP when the
   // format cannot express zeros for this range (qcow v1 with a backing file):

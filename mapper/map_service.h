@@ -31,6 +31,15 @@
 // request id until the kernel's DONE, which calls Image::write_done.  The
 // engine makes durable, on COMMIT, only allocations whose write_done
 // arrived, so a flush never publishes metadata pointing at unwritten data.
+//
+// Restart (adopt()): a daemon that died between a write answer and the
+// COMMIT publishing it leaves allocations only the kernel knows
+// (DMU_IOC_LIST_ALLOCATIONS).  The next service adopts them, before it
+// handles any request: each NEW-extent record becomes an
+// Image::adopt_write, its token joins the pending list under the record's
+// id, so the DONE the kernel redelivers resolves it like any other; records
+// already flagged DONE/FAILED are resolved at once.  The next COMMIT then
+// publishes the successful ones.
 #pragma once
 
 #include <linux/dm-userspace.h>
@@ -39,6 +48,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "common/error.h"
@@ -90,7 +100,27 @@ class MapService {
   // with -errno, and the last message of an answer carries DMU_RSP_FINAL.
   void handle(const dmu_request& request, std::vector<dmu_response>& out);
 
-  // Writes prepared but not yet reported DONE.
+  // Adopts a previous daemon's unpublished allocation records, in the order
+  // LIST_ALLOCATIONS gave them; call it once, before the first handle().
+  // Every NEW-extent record is checked by the top image (adopt_write) and
+  // waits for its DONE in the pending list (pending_writes() counts its id);
+  // records flagged DMU_ALLOC_DONE are resolved (write_done) after all
+  // adoptions, so the engine places no metadata of its own before it knows
+  // every adopted range.  Discard records are counted and not replayed:
+  // their clusters stay allocated with their old contents.  An error (a
+  // record the image refuses, EINVAL with the record and the engine's
+  // reason) leaves the records adopted until then pending: the daemon must
+  // not serve the device then; the kernel keeps the records for the next.
+  Result<void> adopt(std::span<const dmu_allocation> records);
+  // What the last adopt() did.
+  struct AdoptCounts {
+    size_t adopted = 0;   // records registered with adopt_write
+    size_t resolved = 0;  // of those, resolved at once (flagged DONE/FAILED)
+    size_t discards = 0;  // discard records, not replayed
+  };
+  const AdoptCounts& adopt_counts() const { return adopt_counts_; }
+
+  // Writes prepared (or adopted) but not yet reported DONE, by request id.
   size_t pending_writes() const { return pending_.size(); }
   // The last engine error, for logs ("" if none).
   const std::string& last_error() const { return last_error_; }
@@ -112,6 +142,9 @@ class MapService {
   void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);
   void handle_done(const dmu_request& r, std::vector<dmu_response>& out);
+  // map_service_adopt.cc
+  Result<void> adopt_record(const dmu_allocation& a);
+  void resolve_adopted(uint64_t id, bool ok);
 
   // Fills a scratch slot with the guest contents of `block` (or finds the
   // one that has them); evicted blocks get INVALIDATE messages in `out`.
@@ -132,6 +165,7 @@ class MapService {
   std::vector<uint64_t> device_sizes_;   // 0 = unknown
   std::map<uint64_t, Pending> pending_;  // by MAP request id
   std::string last_error_;
+  AdoptCounts adopt_counts_;
 };
 
 // Response builders (also used by tests).

@@ -10,15 +10,22 @@
 // replaced clusters is simply never reused, and zeroing is only possible
 // without a backing file, by deallocating.
 //
+// Adoptions (adopt_write, qcow_adopt.cc) are checked against the committed
+// tables walked once into used_, and reserve their ranges by moving
+// next_free_ past them: space is never reused, so nothing allocated later
+// (clusters, the L2 tables commit places) can land on them.
+//
 // Not thread-safe: the caller serializes calls and never prepares two
 // overlapping writes at once (EBUSY).
 #pragma once
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
+#include "formats/host_ranges.h"
 #include "formats/image.h"
 #include "formats/qcow/header.h"
 
@@ -34,6 +41,8 @@ class QcowImage final : public Image {
   Result<void> read_compressed(uint64_t offset, std::span<uint8_t> out) override;
   Result<WriteTarget> prepare_write(uint64_t offset, uint64_t length) override;
   Result<void> write_done(uint64_t token, bool ok) override;
+  Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                               uint64_t host_offset) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;
@@ -76,6 +85,16 @@ class QcowImage final : public Image {
   bool busy(uint64_t first, uint64_t count) const;
   Result<void> decompress(const Cluster& c, uint64_t cluster);
 
+  // --- qcow_adopt.cc ---
+  Result<void> check_adopt_shape(uint64_t offset, uint64_t length, unsigned file,
+                                 uint64_t host_offset) const;
+  // Fills used_ from the committed tables (header, L1, L2 tables, clusters).
+  Result<void> load_used();
+  Result<Inflight> plan_adoption(uint64_t offset, uint64_t end, uint64_t host);
+  // The first call that is not an adoption: no more adoptions until a
+  // commit leaves nothing in flight.
+  void end_adoption();
+
   std::unique_ptr<File> file_;
   Access access_;
   Header header_;
@@ -87,6 +106,8 @@ class QcowImage final : public Image {
   uint64_t next_free_ = 0;  // where the next cluster or table goes
   uint64_t known_file_size_ = 0;
   uint64_t next_token_ = 1;
+  bool adopting_ = true;            // nothing but adoptions since open or commit
+  std::optional<HostRanges> used_;  // while adopting: file bytes in use
   // The last decompressed cluster (sequential reads hit it repeatedly).
   uint64_t cached_entry_ = 0;
   std::vector<uint8_t> cached_data_;

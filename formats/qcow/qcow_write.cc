@@ -25,6 +25,7 @@ bool QcowImage::busy(uint64_t first, uint64_t count) const {
 Result<WriteTarget> QcowImage::prepare_write(uint64_t offset, uint64_t length) {
   DMU_TRY(require_writable("write"));
   DMU_TRY(check_range(offset, length, "write"));
+  end_adoption();
   const uint64_t cs = cluster_size();
   const uint64_t first = offset / cs;
   const uint64_t end_cluster = (offset + length + cs - 1) / cs;
@@ -73,6 +74,7 @@ Result<void> QcowImage::write_done(uint64_t token, bool ok) {
   auto it = inflight_.find(token);
   if (it == inflight_.end())
     return fail(EINVAL, info_.filename + ": write_done for unknown token " + std::to_string(token));
+  end_adoption();
   Inflight f = it->second;
   inflight_.erase(it);
   // A failed write leaves its new clusters unreferenced (leaked space).
@@ -85,6 +87,7 @@ Result<void> QcowImage::write_done(uint64_t token, bool ok) {
 Result<void> QcowImage::write_zeroes(uint64_t offset, uint64_t length, bool) {
   DMU_TRY(require_writable("write_zeroes"));
   DMU_TRY(check_range(offset, length, "write_zeroes"));
+  end_adoption();
   // Without zero clusters the only way to read zeros is to read nothing,
   // which with a backing file would expose the backing image.
   if (info_.backing_file)
@@ -129,7 +132,13 @@ Result<void> QcowImage::discard(uint64_t offset, uint64_t length) {
 
 Result<void> QcowImage::commit() {
   DMU_TRY(require_writable("commit"));
-  if (pending_.empty()) return {};
+  end_adoption();
+  // Committed metadata is all there is again when nothing is in flight: a
+  // restart's adoptions may be checked against it.
+  if (pending_.empty()) {
+    adopting_ = inflight_.empty();
+    return {};
+  }
   const uint64_t cs = cluster_size();
 
   // 1. Data: every new cluster whole inside the file, then durable.
@@ -190,6 +199,7 @@ Result<void> QcowImage::commit() {
     if (auto t = l2_cache_.find(l1_index(cluster)); t != l2_cache_.end())
       t->second[l2_index(cluster)] = e;
   pending_.clear();
+  adopting_ = inflight_.empty();
   return {};
 }
 

@@ -33,6 +33,16 @@ class Qcow2Image::Checker {
 
   Result<void> run();
   const std::vector<uint32_t>& refs() const { return refs_; }
+  // The references alone (nothing compared or repaired).
+  Result<std::vector<uint32_t>> count() {
+    DMU_ASSIGN_OR_RETURN(file_size_, im_.file_->size());
+    const uint64_t nb = g_.clusters_for(file_size_);
+    if (nb > kMaxCheckedClusters)
+      return fail(EFBIG, im_.path_ + ": too many clusters to count references in memory");
+    refs_.assign(nb, 0);
+    DMU_TRY(calculate());
+    return refs_;
+  }
 
  private:
   void say(std::string line) { r_.messages.push_back(std::move(line)); }
@@ -476,6 +486,12 @@ Result<void> Qcow2Image::Checker::run() {
   if (!(rebuild_ && repair_ != Repair::None)) DMU_TRY(check_copied());
   r_.image_end_offset = (highest_ + 1) << g_.cluster_bits;
   return {};
+}
+
+Result<std::vector<uint32_t>> Qcow2Image::count_references() {
+  CheckReport ignored;
+  Checker checker(*this, Repair::None, ignored);
+  return checker.count();
 }
 
 Result<CheckReport> Qcow2Image::check(Repair repair) {

@@ -136,7 +136,11 @@ Result<void> Qcow2Image::commit() {
   if (failed_)
     return fail(failed_->code,
                 path_ + ": commit after a failed metadata update: " + failed_->message);
+  DMU_TRY(end_adoption());
   if (auto r = do_commit(); !r) return fail_writes(r.error());
+  // Committed metadata is all there is again: a restart's adoptions may be
+  // checked against it.
+  if (tokens_.empty()) adopting_ = true;
   return {};
 }
 

@@ -114,7 +114,9 @@ Result<void> Qcow2Image::load_metadata() {
                                            "L2 table");
   refcounts_ =
       std::make_unique<Refcounts>(*file_, g_, path_, tables(options_.refcount_cache_bytes));
-  refcounts_->set_reserved([this](uint64_t c) { return reserved(c); });
+  // Clusters claimed by adoptions are not free either until end_adoption()
+  // sets their refcounts (their refcount blocks must not land on them).
+  refcounts_->set_reserved([this](uint64_t c) { return reserved(c) || adopt_claimed(c); });
   // Write order: an L2 table reaches the disk only after the refcounts of
   // everything it points at (QEMU's cache dependency).
   l2_cache_->set_dependency([this] { return refcounts_->flush(); });

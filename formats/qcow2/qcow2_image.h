@@ -4,6 +4,7 @@
 //   qcow2_image.cc  open, feature policy, info, map (L1/L2 lookup), reads
 //   write_path.cc   prepare_write / write_done, zeroes, discard
 //   commit.cc       commit ordering, L2 table allocation, header updates
+//   adopt.cc        adopt_write: a dead process's uncommitted allocations
 //   check.cc        check and repair; rebuild.cc rebuilds refcounts
 //   create.cc       new images
 //
@@ -31,6 +32,12 @@
 // - Corrupt bit: the image may be opened read-write only to be repaired by
 //   check(Repair::All); every write is refused with EROFS until then.
 // - Unknown autoclear bits are cleared before the first change to the image.
+// - Adoptions (adopt_write) become pending clusters like prepare_write's,
+//   but claim their host clusters only in adopt_claims_: refcounts and L2
+//   tables they need are allocated by end_adoption(), on the first call that
+//   is not an adoption, with every claimed cluster kept out of the
+//   allocator, so no metadata of ours lands on a range a later adoption
+//   names.
 // - Not thread safe: callers serialise calls on one Image.
 #pragma once
 
@@ -76,6 +83,8 @@ class Qcow2Image final : public Image {
   Result<void> read_compressed(uint64_t offset, std::span<uint8_t> out) override;
   Result<WriteTarget> prepare_write(uint64_t offset, uint64_t length) override;
   Result<void> write_done(uint64_t token, bool ok) override;
+  Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                               uint64_t host_offset) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;
@@ -146,6 +155,23 @@ class Qcow2Image final : public Image {
   uint32_t unit_mask(uint64_t from, uint64_t to, uint64_t cluster) const;
   uint32_t full_mask(uint64_t cluster) const;
 
+  // --- adopt.cc ---
+  // One guest cluster of an adoption, checked and not yet recorded.
+  struct AdoptPlan {
+    uint64_t cluster = 0;
+    uint64_t host = 0;      // cluster-aligned host offset
+    bool new_host = false;  // a cluster the dead process allocated
+    uint32_t mask = 0;
+  };
+  Result<void> check_adopt_shape(uint64_t offset, uint64_t length, unsigned file,
+                                 uint64_t host_offset) const;
+  Result<AdoptPlan> plan_adoption(uint64_t cluster, uint64_t host, uint64_t offset, uint64_t end);
+  Result<void> check_host_free(uint64_t host_cluster);
+  void record_adoption(const std::vector<AdoptPlan>& plans, uint64_t token);
+  // Ends the adoption phase: the deferred refcounts and L2 tables.
+  Result<void> end_adoption();
+  bool adopt_claimed(uint64_t host_cluster) const { return adopt_claims_.count(host_cluster); }
+
   // --- commit.cc ---
   Result<uint64_t> ensure_l2(uint64_t l1_index);
   Result<void> prepare_header_for_write();
@@ -158,6 +184,8 @@ class Qcow2Image final : public Image {
   class Checker;
   Result<void> rebuild_refcounts(const std::vector<uint32_t>& refs, CheckReport& report);
   Result<void> reload_refcounts();
+  // References to every host cluster of the file, counted as check() does.
+  Result<std::vector<uint32_t>> count_references();
 
   Env& env_;
   std::string path_;
@@ -180,7 +208,14 @@ class Qcow2Image final : public Image {
   std::unordered_map<uint64_t, TokenRecord> tokens_;
   uint64_t next_token_ = 1;
   bool header_ready_ = false;  // unknown autoclear bits cleared
-  bool corrupt_ = false;       // corrupt bit: repair only
+  // Nothing but adoptions changed the image since open or the last commit
+  // that left nothing pending: adopt_write is allowed.
+  bool adopting_ = true;
+  std::set<uint64_t> adopt_claims_;  // host clusters adopted as new, refcount not yet set
+  // While adopting: references per host cluster (a refcount without one is
+  // an allocation of the dead process that an earlier commit made durable).
+  std::optional<std::vector<uint32_t>> adopt_refs_;
+  bool corrupt_ = false;  // corrupt bit: repair only
   std::optional<Error> failed_;
   // The last decompressed cluster (guest cluster index and L2 entry).
   std::optional<std::pair<uint64_t, uint64_t>> decompressed_key_;

@@ -113,6 +113,7 @@ Result<Qcow2Image::WriteUnit> Qcow2Image::classify(uint64_t pos) {
 
 Result<WriteTarget> Qcow2Image::prepare_write(uint64_t offset, uint64_t length) {
   DMU_TRY(check_writable());
+  DMU_TRY(end_adoption());
   if (offset >= virtual_size_ || length == 0)
     return fail(EINVAL, path_ + ": write of [" + std::to_string(offset) + ", +" +
                             std::to_string(length) + ") is outside the virtual disk");
@@ -261,6 +262,7 @@ Result<void> Qcow2Image::write_done(uint64_t token, bool ok) {
   auto it = tokens_.find(token);
   if (it == tokens_.end())
     return fail(EINVAL, path_ + ": write_done for unknown token " + std::to_string(token));
+  DMU_TRY(end_adoption());  // an applied entry needs its L2 table writable
   const TokenRecord rec = it->second;
   tokens_.erase(it);
   Result<void> result;
@@ -333,6 +335,7 @@ Result<void> Qcow2Image::zero_cluster(uint64_t c, uint32_t mask, bool may_unmap)
 
 Result<void> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) {
   DMU_TRY(check_writable());
+  DMU_TRY(end_adoption());
   if (length == 0 || !range_within(offset, length, virtual_size_))
     return fail(EINVAL, path_ + ": write_zeroes of [" + std::to_string(offset) + ", +" +
                             std::to_string(length) + ") is outside the virtual disk");
@@ -370,6 +373,7 @@ Result<void> Qcow2Image::write_zeroes(uint64_t offset, uint64_t length, bool may
 
 Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
   DMU_TRY(check_writable());
+  DMU_TRY(end_adoption());
   if (length == 0 || !range_within(offset, length, virtual_size_))
     return fail(EINVAL, path_ + ": discard of [" + std::to_string(offset) + ", +" +
                             std::to_string(length) + ") is outside the virtual disk");

@@ -113,6 +113,23 @@ Result<void> RawImage::write_done(uint64_t token, bool) {
   return {};
 }
 
+// A raw image maps every guest byte to itself and has no metadata, so an
+// adoption is only checked (the old process can only have written in place)
+// and nothing this engine does can contradict a later one: raw never answers
+// EBUSY here.
+Result<uint64_t> RawImage::adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                                       uint64_t host_offset) {
+  DMU_TRY(require_writable("adopt"));
+  DMU_TRY(check_range(offset, length, "adopt"));
+  const uint64_t end = offset + length;
+  if (file != 0 || host_offset != offset || offset % kSector ||
+      (end % kSector && end != info_.virtual_size))
+    return fail(EINVAL, info_.filename + ": cannot adopt guest [" + hex(offset) + ", " + hex(end) +
+                            ") at file " + std::to_string(file) + " offset " + hex(host_offset) +
+                            ": a raw image maps each sector-aligned guest range to itself");
+  return next_token_++;
+}
+
 Result<void> RawImage::write_zeroes(uint64_t offset, uint64_t length, bool) {
   DMU_TRY(require_writable("write_zeroes"));
   DMU_TRY(check_range(offset, length, "write_zeroes"));

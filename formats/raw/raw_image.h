@@ -21,6 +21,8 @@ class RawImage final : public Image {
   Result<void> read_compressed(uint64_t offset, std::span<uint8_t> out) override;
   Result<WriteTarget> prepare_write(uint64_t offset, uint64_t length) override;
   Result<void> write_done(uint64_t token, bool ok) override;
+  Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                               uint64_t host_offset) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;

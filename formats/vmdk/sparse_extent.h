@@ -14,11 +14,13 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "fileio/file.h"
+#include "formats/host_ranges.h"
 #include "formats/image.h"
 #include "formats/vmdk/sparse_header.h"
 
@@ -44,6 +46,14 @@ class SparseExtent {
   // the caller); `token` names it in done().
   Result<WriteTarget> prepare(uint64_t offset, uint64_t length, uint64_t token);
   bool done(uint64_t token, bool ok);  // false: unknown token
+  // Registers a preparation a dead process made for [offset, offset +
+  // length) at host_offset under `token` (see Image::adopt_write): in place
+  // when every grain is allocated there, new grains when none is and the
+  // host range overlaps nothing in use.  Reserves the range (next_free_ moves
+  // past it) so later grains and grain tables never land on it.
+  Result<void> adopt(uint64_t offset, uint64_t length, uint64_t host_offset, uint64_t token);
+  // The adoption phase is over: forget the map of used bytes.
+  void end_adoption() { used_.reset(); }
   // Makes whole grains of [offset, offset + length) read as zeros (zeroed
   // grain entries, or deallocation when nothing lies below); ENOTSUP when
   // some part of the range cannot be expressed.  dry_run only checks.
@@ -77,6 +87,9 @@ class SparseExtent {
   bool busy(uint64_t first, uint64_t count) const;
   Result<void> inflate_grain(uint64_t grain, const Grain& g);
   Result<void> write_tables(std::map<uint64_t, uint64_t>& new_tables);
+  // sparse_extent_adopt.cc
+  Result<void> load_used();
+  Result<Inflight> plan_adoption(uint64_t offset, uint64_t end, uint64_t host);
 
   File& file_;
   std::string name_;
@@ -86,6 +99,7 @@ class SparseExtent {
   std::map<uint64_t, uint32_t> pending_;                          // grain -> entry
   std::unordered_map<uint64_t, Inflight> inflight_;               // by token
   uint64_t next_free_ = 0;
+  std::optional<HostRanges> used_;  // while adopting: file bytes in use
   uint64_t known_file_size_ = 0;
   uint64_t cached_grain_ = ~uint64_t(0);
   std::vector<uint8_t> cached_data_;

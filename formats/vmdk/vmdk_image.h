@@ -31,6 +31,8 @@ class VmdkImage final : public Image {
   Result<void> read_compressed(uint64_t offset, std::span<uint8_t> out) override;
   Result<WriteTarget> prepare_write(uint64_t offset, uint64_t length) override;
   Result<void> write_done(uint64_t token, bool ok) override;
+  Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                               uint64_t host_offset) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;
@@ -58,6 +60,8 @@ class VmdkImage final : public Image {
   Result<void> check_range(uint64_t offset, uint64_t length, const char* what) const;
   Result<void> require_writable(const char* what) const;
   Result<void> update_cid();
+  // The first call that is not an adoption (see vmdk_adopt.cc).
+  void end_adoption();
 
   Access access_;
   ImageInfo info_;
@@ -73,6 +77,7 @@ class VmdkImage final : public Image {
   bool wrote_ = false, cid_updated_ = false;
   std::unordered_map<uint64_t, size_t> tokens_;  // token -> extent
   uint64_t next_token_ = 1;
+  bool adopting_ = true;  // nothing but adoptions since open or the last commit
 };
 
 // QEMU's parent check: a vmdk child's parentCID must equal its parent's CID

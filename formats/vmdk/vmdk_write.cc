@@ -16,6 +16,7 @@ constexpr size_t kFlatExtent = size_t(1) << 63;  // marks flat extents in tokens
 Result<WriteTarget> VmdkImage::prepare_write(uint64_t offset, uint64_t length) {
   DMU_TRY(require_writable("write"));
   DMU_TRY(check_range(offset, length, "write"));
+  end_adoption();
   size_t index = extent_at(offset);
   Extent& e = extents_[index];
   uint64_t rel = offset - e.start;
@@ -45,6 +46,7 @@ Result<void> VmdkImage::write_done(uint64_t token, bool ok) {
   auto it = tokens_.find(token);
   if (it == tokens_.end())
     return fail(EINVAL, info_.filename + ": write_done for unknown token " + std::to_string(token));
+  end_adoption();
   size_t index = it->second;
   tokens_.erase(it);
   if (index & kFlatExtent) return {};
@@ -55,6 +57,7 @@ Result<void> VmdkImage::write_done(uint64_t token, bool ok) {
 Result<void> VmdkImage::write_zeroes(uint64_t offset, uint64_t length, bool) {
   DMU_TRY(require_writable("write_zeroes"));
   DMU_TRY(check_range(offset, length, "write_zeroes"));
+  end_adoption();
   const bool has_parent = info_.backing_file.has_value();
   // Two passes, so a range that is refused in a later extent changes nothing.
   for (bool dry_run : {true, false}) {
@@ -82,6 +85,7 @@ Result<void> VmdkImage::discard(uint64_t offset, uint64_t length) {
 
 Result<void> VmdkImage::commit() {
   DMU_TRY(require_writable("commit"));
+  end_adoption();
   for (Extent& e : extents_) {
     if (e.flat) {
       if (wrote_) DMU_TRY(files_[e.file]->sync());
@@ -90,6 +94,8 @@ Result<void> VmdkImage::commit() {
     }
   }
   if (wrote_ && !cid_updated_) DMU_TRY(update_cid());
+  // Committed metadata is all there is again when nothing is in flight.
+  adopting_ = tokens_.empty();
   return {};
 }
 

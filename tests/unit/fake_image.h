@@ -74,6 +74,12 @@ class FakeImage final : public formats::Image {
   // --- observations ---
   size_t prepares() const { return prepares_; }
   std::set<uint64_t> done_tokens, failed_tokens;
+  struct Adoption {
+    uint64_t offset, length;
+    unsigned file;
+    uint64_t host_offset;
+  };
+  std::vector<Adoption> adopted;
   // Granules whose allocation a commit has made durable.
   std::set<uint64_t> committed_granules;
   const Granule& granule(uint64_t offset) const { return granules_[offset / info_.granularity]; }
@@ -144,6 +150,19 @@ class FakeImage final : public formats::Image {
       granules_[pos / g] = Granule{Kind::Data, host_for(pos), {}};
     uncommitted_.insert(start / g);
     return {};
+  }
+
+  // Records the adoption; the host place is taken as given (the fake keeps
+  // no free-space map to check it against).
+  Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
+                               uint64_t host_offset) override {
+    if (!writable_) return fail(EROFS, info_.filename + ": read-only");
+    adopted.push_back({offset, length, file, host_offset});
+    cluster_host_.try_emplace(offset / info_.cluster_size,
+                              host_offset - offset % info_.cluster_size);
+    const uint64_t token = ++next_token_;
+    pending_[token] = offset;
+    return token;
   }
 
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool) override {

@@ -1,0 +1,86 @@
+// Map service: adopting a previous daemon's unpublished allocations (see
+// MapService::adopt in map_service.h and kmod/README.md, protocol 2 item 1).
+#include <algorithm>
+#include <map>
+
+#include "common/checked.h"
+#include "mapper/map_service.h"
+
+namespace dmu::mapper {
+
+namespace {
+
+std::string describe(const dmu_allocation& a) {
+  return "allocation record (id " + std::to_string(a.id) + ", blocks " + std::to_string(a.block) +
+         "+" + std::to_string(a.nr_blocks) + ", device " + std::to_string(a.dev) + " sector " +
+         std::to_string(a.sector) + ")";
+}
+
+}  // namespace
+
+// One NEW extent: its blocks in bytes, on the top image's file that is the
+// record's device (the chain lists the top image's files first, as devices
+// 0..n-1, and only those are writable), registered under its id.
+Result<void> MapService::adopt_record(const dmu_allocation& a) {
+  formats::Image& top = chain_.top();
+  const uint64_t vsize = chain_.virtual_size();
+  const unsigned files = unsigned(top.data_files().size());
+  if (a.nr_blocks == 0 || a.block >= target_blocks() || a.nr_blocks > target_blocks() - a.block)
+    return fail(EINVAL, "the blocks are outside the device");
+  if (a.dev >= files || a.sector > (UINT64_MAX >> 9))
+    return fail(EINVAL, "the device is not a data file of the top image");
+  const uint64_t offset = a.block * block_size_;
+  const uint64_t length = std::min<uint64_t>(a.nr_blocks * block_size_, vsize - offset);
+  DMU_ASSIGN_OR_RETURN(uint64_t token, top.adopt_write(offset, length, a.dev, a.sector * 512));
+  Pending& p = pending_[a.id];
+  // The NEW blocks of the id, for the INVALIDATE a failed DONE sends.
+  const uint64_t end = p.nr_blocks
+                           ? std::max<uint64_t>(p.first_block + p.nr_blocks, a.block + a.nr_blocks)
+                           : a.block + a.nr_blocks;
+  p.first_block = p.nr_blocks ? std::min<uint64_t>(p.first_block, a.block) : a.block;
+  p.nr_blocks = end - p.first_block;
+  p.tokens.push_back(token);
+  return {};
+}
+
+// A record whose DONE the kernel queued already: as that DONE would.  The
+// kernel dropped the extents of a failed one, so no INVALIDATE is needed.
+void MapService::resolve_adopted(uint64_t id, bool ok) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  for (uint64_t token : it->second.tokens)
+    if (auto done = chain_.top().write_done(token, ok); !done) record_error(done.error());
+  pending_.erase(it);
+}
+
+Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
+  adopt_counts_ = {};
+  if (!chain_.writable() && !records.empty())
+    return fail(EROFS, chain_.top().info().filename + ": cannot adopt " +
+                           std::to_string(records.size()) + " allocation records read-only");
+  std::map<uint64_t, bool> finished;  // id -> ok, for records whose DONE was queued
+  for (const dmu_allocation& a : records) {
+    if (a.flags & DMU_ALLOC_DISCARD) {
+      ++adopt_counts_.discards;
+      continue;
+    }
+    if (auto r = adopt_record(a); !r)
+      return fail(r.error().code,
+                  chain_.top().info().filename + ": " + describe(a) + ": " + r.error().message);
+    ++adopt_counts_.adopted;
+    if (a.flags & DMU_ALLOC_DONE) {
+      auto [it, added] = finished.try_emplace(a.id, true);
+      it->second = it->second && !(a.flags & DMU_ALLOC_FAILED);
+    } else if (a.flags & DMU_ALLOC_FAILED) {
+      finished[a.id] = false;
+    }
+  }
+  // Only now: write_done ends the image's adoption phase.
+  for (const auto& [id, ok] : finished) {
+    adopt_counts_.resolved += pending_.count(id) ? pending_.at(id).tokens.size() : 0;
+    resolve_adopted(id, ok);
+  }
+  return {};
+}
+
+}  // namespace dmu::mapper
