@@ -2,8 +2,8 @@
 // its own file; this file only dispatches.  Exceptions stop here: anything
 // that escapes a subcommand becomes one line on stderr and exit status 1.
 //
-// Later issues add attach, detach, list and stats (they need the kernel
-// target and the mapping daemon); they get a row in kCommands when they work.
+// attach, detach, list, stats and serve (the mapping process attach starts)
+// drive the kernel target through daemon/.
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -19,9 +19,15 @@ int map_main(const std::vector<std::string>& args);
 int check_main(const std::vector<std::string>& args);
 int export_main(const std::vector<std::string>& args);
 int io_main(const std::vector<std::string>& args);
+int attach_main(const std::vector<std::string>& args);
+int detach_main(const std::vector<std::string>& args);
+int list_main(const std::vector<std::string>& args);
+int stats_main(const std::vector<std::string>& args);
+int serve_main(const std::vector<std::string>& args);
 
 // The synopses are the contract other tools rely on; keep them exact.
-extern const Command kCreate, kInfo, kMap, kCheck, kExport, kIo;
+extern const Command kCreate, kInfo, kMap, kCheck, kExport, kIo, kAttach, kDetach, kList, kStats,
+    kServe;
 const Command kCreate = {
     "create", "create -f FMT [-o opt=val,...] [-b BACKING [-F BACKING_FMT]] IMAGE [SIZE]",
     "Create an image (raw, qcow, qcow2, vmdk), optionally on a backing file.", create_main};
@@ -42,9 +48,31 @@ const Command kIo = {"io", "io [-f FMT] IMAGE -c CMD [-c CMD ...]",
                      "read [-P pattern] OFF LEN, write [-P pattern | -z] OFF LEN, "
                      "discard OFF LEN, flush.",
                      io_main};
+const Command kAttach = {"attach", "attach [--name NAME] [--read-only] [-f FMT] IMAGE",
+                         "Make IMAGE a block device: loop devices, a dm-userspace device and its "
+                         "mapping process in the background; prints /dev/mapper/NAME when usable. "
+                         "On an existing device whose mapping process is gone, rebinds it.",
+                         attach_main};
+const Command kDetach = {"detach", "detach [--force] NAME",
+                         "Commit, stop the mapping process, remove the dm device and its loop "
+                         "devices.  Refuses while the device is open; a name not attached is "
+                         "not an error.",
+                         detach_main};
+const Command kList = {"list", "list [--output=human|json]",
+                       "Show the attached devices and whether a mapping process serves each.",
+                       list_main};
+const Command kStats = {"stats", "stats [--output=human|json] NAME",
+                        "Show the kernel's counters of a device and its mapping process's own.",
+                        stats_main};
+const Command kServe = {"serve", "serve --name NAME [--name NAME ...] [--ready-fd FD]",
+                        "Be the mapping process of attached devices (attach starts it; start it "
+                        "by hand to rebind devices whose process died).  SIGTERM commits and "
+                        "exits, leaving the devices for the next process.",
+                        serve_main};
 
 namespace {
-const Command* const kCommands[] = {&kCreate, &kInfo, &kMap, &kCheck, &kExport, &kIo};
+const Command* const kCommands[] = {&kCreate, &kInfo,   &kMap,  &kCheck, &kExport, &kIo,
+                                    &kAttach, &kDetach, &kList, &kStats, &kServe};
 
 void usage(FILE* out) {
   std::fprintf(out, "usage: dmu COMMAND [ARGS...]   (dmu COMMAND --help for details)\n\n");

@@ -223,4 +223,55 @@ Result<void> DmDevice::remove() {
   return {};
 }
 
+namespace {
+
+// DM_DEVICE_STATUS or DM_DEVICE_TABLE of any device, as lines.
+Result<std::vector<DmTableLine>> target_lines(const std::string& name, int type,
+                                              const std::string& what) {
+  begin_operation();
+  DMU_ASSIGN_OR_RETURN(Task t, new_task(type, name, what));
+  (void)dm_task_no_open_count(t.get());
+  if (!dm_task_run(t.get())) return fail(operation_error(what));
+  dm_info info{};
+  if (!dm_task_get_info(t.get(), &info) || !info.exists)
+    return fail(ENXIO, what + ": no such device");
+  std::vector<DmTableLine> lines;
+  void* next = nullptr;
+  do {
+    uint64_t start = 0, length = 0;
+    char* type_name = nullptr;
+    char* params = nullptr;
+    next = dm_get_next_target(t.get(), next, &start, &length, &type_name, &params);
+    if (type_name) lines.push_back({start, length, type_name, params ? params : ""});
+  } while (next);
+  return lines;
+}
+
+}  // namespace
+
+Result<DmInfo> dm_device_info(const std::string& name) {
+  const std::string what = "dm device " + name + ": info";
+  begin_operation();
+  DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_INFO, name, what));
+  if (!dm_task_run(t.get())) return fail(operation_error(what));
+  dm_info info{};
+  if (!dm_task_get_info(t.get(), &info)) return fail(operation_error(what));
+  DmInfo out;
+  out.exists = info.exists != 0;
+  if (!out.exists) return out;
+  out.open_count = info.open_count;
+  out.suspended = info.suspended != 0;
+  out.read_only = info.read_only != 0;
+  out.dev = makedev(info.major, info.minor);
+  return out;
+}
+
+Result<std::vector<DmTableLine>> dm_status(const std::string& name) {
+  return target_lines(name, DM_DEVICE_STATUS, "dm device " + name + ": status");
+}
+
+Result<std::vector<DmTableLine>> dm_table(const std::string& name) {
+  return target_lines(name, DM_DEVICE_TABLE, "dm device " + name + ": table");
+}
+
 }  // namespace dmu

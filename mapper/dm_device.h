@@ -71,4 +71,17 @@ class DmDevice {
 Result<std::string> dm_message(const std::string& name, const std::string& text,
                                uint64_t sector = 0);
 
+// What `dmsetup info NAME` says about a device we may not own.
+struct DmInfo {
+  bool exists = false;
+  int32_t open_count = 0;  // openers of /dev/mapper/NAME (a mount counts)
+  bool suspended = false;
+  bool read_only = false;
+  dev_t dev = 0;
+};
+Result<DmInfo> dm_device_info(const std::string& name);
+// `dmsetup status NAME` / `dmsetup table NAME` of a device we may not own.
+Result<std::vector<DmTableLine>> dm_status(const std::string& name);
+Result<std::vector<DmTableLine>> dm_table(const std::string& name);
+
 }  // namespace dmu

@@ -127,4 +127,51 @@ std::string LoopDevice::dev_string() const {
   return std::to_string(major(dev_)) + ":" + std::to_string(minor(dev_));
 }
 
+namespace {
+
+// True when the loop device behind fd is bound to the file `st` describes.
+Result<bool> bound_to(int fd, const std::string& loop_path, const struct stat& st) {
+  loop_info64 info{};
+  if (::ioctl(fd, LOOP_GET_STATUS64, &info) != 0) {
+    if (errno == ENXIO) return false;  // not bound to anything
+    return fail(errno_error(loop_path + ": read loop status"));
+  }
+  return info.lo_device == st.st_dev && info.lo_inode == st.st_ino;
+}
+
+}  // namespace
+
+Result<UniqueFd> open_loop_of(const std::string& loop_path, const std::string& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) return fail(errno_error(file + ": stat"));
+  int fd = ::open(loop_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(errno_error(loop_path + ": open loop device of " + file));
+  UniqueFd loop(fd);
+  DMU_ASSIGN_OR_RETURN(bool ours, bound_to(loop.get(), loop_path, st));
+  if (!ours) return fail(ENXIO, loop_path + ": no longer bound to " + file);
+  return loop;
+}
+
+Result<uint64_t> refresh_loop_capacity(int loop_fd, const std::string& loop_path) {
+  if (::ioctl(loop_fd, LOOP_SET_CAPACITY, 0) != 0)
+    return fail(errno_error(loop_path + ": set capacity"));
+  uint64_t bytes = 0;
+  if (::ioctl(loop_fd, BLKGETSIZE64, &bytes) != 0)
+    return fail(errno_error(loop_path + ": read size"));
+  return bytes;
+}
+
+Result<bool> detach_loop_of(const std::string& loop_path, const std::string& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) return false;  // the file is gone: not ours to judge
+  int fd = ::open(loop_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // the node (or the device) is gone
+  UniqueFd loop(fd);
+  DMU_ASSIGN_OR_RETURN(bool ours, bound_to(loop.get(), loop_path, st));
+  if (!ours) return false;
+  if (::ioctl(loop.get(), LOOP_CLR_FD) != 0 && errno != ENXIO)
+    return fail(errno_error(loop_path + ": detach from " + file));
+  return true;
+}
+
 }  // namespace dmu

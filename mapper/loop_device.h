@@ -38,6 +38,11 @@ class LoopDevice {
   // Detaches (errors are ignored here; call detach() to see them).
   ~LoopDevice();
 
+  // Gives up ownership without detaching: the loop device stays attached
+  // while another opener (a dm table) holds it and goes away with its last
+  // close (autoclear), so it outlives this process.
+  void release() { fd_.reset(); }
+
   // Detaches now.  While another opener (a dm table) still holds the device,
   // the kernel defers the detach to its last close (autoclear).
   Result<void> detach();
@@ -64,5 +69,17 @@ class LoopDevice {
   bool direct_io_ = false;
   uint64_t size_bytes_ = 0;
 };
+
+// Opens loop_path (/dev/loopN) read-only after checking that it is still
+// bound to `file` (same device and inode): a loop number recorded earlier may
+// have been freed and reused by someone else since.
+Result<UniqueFd> open_loop_of(const std::string& loop_path, const std::string& file);
+// LOOP_SET_CAPACITY: the loop device takes its backing file's current size
+// (a loop device does not grow by itself when the file does).  Returns the
+// new size in bytes.
+Result<uint64_t> refresh_loop_capacity(int loop_fd, const std::string& loop_path);
+// Detaches loop_path if it is still bound to `file`; true if it was.  A loop
+// already gone (or bound to another file now) is left alone.
+Result<bool> detach_loop_of(const std::string& loop_path, const std::string& file);
 
 }  // namespace dmu

@@ -12,7 +12,8 @@
 namespace dmu::test {
 namespace {
 
-const char* const kCommands[] = {"create", "info", "map", "check", "export", "io"};
+const char* const kCommands[] = {"create", "info",   "map",  "check", "export", "io",
+                                 "attach", "detach", "list", "stats", "serve"};
 
 TEST(Cli, EverySubcommandHasHelp) {
   TempDir dir;
@@ -24,13 +25,11 @@ TEST(Cli, EverySubcommandHasHelp) {
   }
 }
 
-TEST(Cli, TopLevelHelpListsOnlyWhatWorks) {
+TEST(Cli, TopLevelHelpListsEveryCommand) {
   TempDir dir;
   auto r = run_split(dmu("--help"), dir.path());
   EXPECT_EQ(r.exit_code, 0);
   for (const char* c : kCommands) EXPECT_NE(r.out.find(std::string("dmu ") + c), std::string::npos);
-  for (const char* later : {"attach", "detach", "list", "stats"})
-    EXPECT_EQ(r.out.find(later), std::string::npos) << later;
 }
 
 TEST(Cli, UnknownCommandsAndOptionsAreOneLineErrors) {

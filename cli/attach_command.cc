@@ -1,0 +1,42 @@
+// dmu attach [--name NAME] [--read-only] [-f FMT] IMAGE: prints
+// /dev/mapper/NAME once the device is usable (daemon/attach.h does the work).
+#include "cli/cli_common.h"
+#include "daemon/attach.h"
+
+#include <iostream>
+
+namespace dmu::cli {
+
+extern const Command kAttach;
+
+int attach_main(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  // clang-format off
+  options.add_options()
+      ("name", po::value<std::string>(), "dm device name, verbatim (default: the image's file "
+                                         "name without extension)")
+      ("read-only", po::bool_switch(), "a read-only device; the image is not written")
+      ("format,f", po::value<std::string>(), "image format (probed if absent)")
+      ("daemon-timeout", po::value<uint32_t>(), "seconds I/O waits for a mapping process "
+                                                "(table option daemon_timeout; module default "
+                                                "if absent)")
+      ("image", po::value<std::string>()->required(), "the image");
+  // clang-format on
+  po::positional_options_description positional;
+  positional.add("image", 1);
+  int code = kExitOk;
+  auto vm = parse_args(args, kAttach, options, positional, &code);
+  if (!vm) return code;
+  daemon::AttachOptions o;
+  o.image = (*vm)["image"].as<std::string>();
+  if (vm->count("name")) o.name = (*vm)["name"].as<std::string>();
+  if (vm->count("format")) o.format = (*vm)["format"].as<std::string>();
+  if (vm->count("daemon-timeout")) o.daemon_timeout = (*vm)["daemon-timeout"].as<uint32_t>();
+  o.read_only = (*vm)["read-only"].as<bool>();
+  auto node = daemon::attach(o);
+  if (!node) return report(node.error());
+  std::cout << *node << "\n";
+  return kExitOk;
+}
+
+}  // namespace dmu::cli

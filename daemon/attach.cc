@@ -1,0 +1,235 @@
+// attach; see attach.h.
+#include "daemon/attach.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "daemon/name_lock.h"
+#include "daemon/paths.h"
+#include "daemon/state_file.h"
+#include "daemon/table_line.h"
+#include "formats/chain.h"
+#include "mapper/dm_device.h"
+#include "mapper/loop_device.h"
+#include "mapper/map_service.h"
+
+namespace dmu::daemon {
+namespace {
+
+constexpr int kReadyTimeoutMs = 120'000;  // TCG guests are slow; a bind takes milliseconds
+
+Result<std::string> absolute(const std::string& path) {
+  char buf[PATH_MAX];
+  if (!::realpath(path.c_str(), buf)) return fail(errno_error(path));
+  return std::string(buf);
+}
+
+// What the chain looks like, learnt with the image open (and locked).
+struct Plan {
+  std::string format;
+  std::vector<std::string> chain;
+  std::vector<std::string> files;  // data files, table order
+  uint32_t writable = 0;
+  uint64_t block = 0;
+  uint64_t target_sectors = 0;
+};
+
+Result<Plan> plan(const std::string& image, const AttachOptions& o) {
+  formats::ChainOptions co;
+  co.format = o.format;
+  co.access = o.read_only ? formats::Access::ReadOnly : formats::Access::ReadWrite;
+  co.lock = true;
+  DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), image, co));
+  Plan p;
+  p.format = chain->top().info().format;
+  for (const auto& im : chain->images()) p.chain.push_back(im->info().filename);
+  for (File* f : chain->devices()) p.files.push_back(f->path());
+  p.writable = o.read_only ? 0 : uint32_t(chain->top().data_files().size());
+  p.block = mapper::choose_block_size(*chain);
+  // A partial last sector cannot be expressed in a dm table; it is left out
+  // rather than exposing bytes past the image's end.
+  p.target_sectors = chain->virtual_size() / 512;
+  if (p.target_sectors == 0)
+    return fail(EINVAL, image + ": virtual size " + std::to_string(chain->virtual_size()) +
+                            " bytes is less than one sector");
+  return p;
+}
+
+Result<void> create_scratch_file(const std::string& path, uint64_t size) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail(errno_error(path + ": create scratch store"));
+  UniqueFd file(fd);
+  if (::ftruncate(file.get(), off_t(size)) != 0)
+    return fail(errno_error(path + ": size scratch store"));
+  return {};
+}
+
+// Removes the record and companions unless dismissed (attach succeeded).
+struct StateGuard {
+  std::string name;
+  bool armed = true;
+  ~StateGuard() {
+    if (armed) remove_state_files(name);
+  }
+};
+
+Result<std::string> rebind(const DeviceState& st, const std::string& image,
+                           const AttachOptions& o) {
+  if (st.image != image)
+    return fail(EEXIST, st.name + ": attached to " + st.image + ", not " + image);
+  if (st.read_only != o.read_only)
+    return fail(EEXIST, st.name + ": attached " + (st.read_only ? "read-only" : "read-write") +
+                            "; detach it first to change that");
+  DMU_TRY(start_mapping_process(o.program, st.name));
+  return st.node();
+}
+
+}  // namespace
+
+std::string default_name(const std::string& image) {
+  std::string base = image.substr(image.rfind('/') == std::string::npos ? 0 : image.rfind('/') + 1);
+  if (auto dot = base.rfind('.'); dot != std::string::npos && dot > 0) base.resize(dot);
+  return base.empty() ? "dmu" : base;
+}
+
+Result<void> start_mapping_process(const std::string& program, const std::string& name) {
+  DMU_TRY(ensure_run_dir());
+  const std::string log = log_path(name);
+  int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (log_fd < 0) return fail(errno_error(log + ": open log"));
+  UniqueFd log_file(log_fd);
+  int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd < 0) return fail(errno_error("/dev/null"));
+  UniqueFd dev_null(null_fd);
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
+  UniqueFd ready_read(pipe_fds[0]), ready_write(pipe_fds[1]);
+
+  const pid_t pid = ::fork();
+  if (pid < 0) return fail(errno_error("fork the mapping process"));
+  if (pid == 0) {
+    // The child: its own session (no terminal, no signals of the caller's
+    // process group), stdout off the caller's pipes so $(dmu attach) ends.
+    ::setsid();
+    ::dup2(dev_null.get(), 0);
+    ::dup2(dev_null.get(), 1);
+    ::dup2(log_file.get(), 2);
+    ::dup2(ready_write.get(), 3);
+    const char* argv[] = {"dmu", "serve", "--name", name.c_str(), "--ready-fd", "3", nullptr};
+    ::execv(program.c_str(), const_cast<char* const*>(argv));
+    dprintf(3, "error: exec %s: %s\n", program.c_str(), strerror(errno));
+    ::_exit(127);
+  }
+  ready_write.reset();
+
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kReadyTimeoutMs);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      ::kill(pid, SIGTERM);
+      return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(pid) +
+                                 ") did not bind within " + std::to_string(kReadyTimeoutMs / 1000) +
+                                 " s; see " + log);
+    }
+    pollfd p{ready_read.get(), POLLIN, 0};
+    int n = ::poll(&p, 1, int(left.count()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(errno_error("wait for the mapping process"));
+    if (n == 0) continue;
+    char buf[512];
+    ssize_t r = ::read(ready_read.get(), buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;  // EOF: the process exited or closed the pipe
+    text.append(buf, size_t(r));
+    if (text.rfind("ready\n", 0) == 0) return {};
+  }
+  int status = 0;
+  (void)::waitpid(pid, &status, 0);
+  std::string why = text;
+  if (why.rfind("error: ", 0) == 0) why = why.substr(7);
+  while (!why.empty() && why.back() == '\n') why.pop_back();
+  if (why.empty()) why = "the mapping process exited before it was bound; see " + log;
+  return fail(EIO, why);
+}
+
+Result<std::string> attach(const AttachOptions& o) {
+  DMU_ASSIGN_OR_RETURN(const std::string image, absolute(o.image));
+  const std::string name = o.name ? *o.name : default_name(image);
+  DMU_TRY(check_name(name));
+  DMU_TRY(ensure_run_dir());
+
+  DMU_ASSIGN_OR_RETURN(auto existing, read_state(name));
+  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  if (existing && info.exists) {
+    if (lock_held(name))
+      return fail(EEXIST, name + ": already attached (" + existing->image +
+                              ") and served by pid " + std::to_string(existing->pid));
+    return rebind(*existing, image, o);
+  }
+  if (info.exists)
+    return fail(EEXIST, "dm device " + name + " exists and was not made by dmu attach");
+  if (existing) remove_state_files(name);  // a stale record of a device long gone
+
+  // Held while the device is set up, so two attaches of one name cannot race;
+  // released right before the mapping process takes it over.
+  DMU_ASSIGN_OR_RETURN(NameLock lock, NameLock::try_acquire(name));
+  DMU_ASSIGN_OR_RETURN(Plan p, plan(image, o));
+  StateGuard guard{name};
+
+  DeviceState st;
+  st.name = name;
+  st.image = image;
+  st.format = p.format;
+  st.chain = p.chain;
+  st.key = key_for(name);
+  st.read_only = o.read_only;
+  st.block_sectors = uint32_t(p.block / 512);
+  st.target_sectors = p.target_sectors;
+  st.scratch = scratch_path(name);
+  DMU_TRY(create_scratch_file(st.scratch, scratch_file_size(p.block)));
+
+  std::vector<LoopDevice> loops;  // declared before dm: the dm device goes first
+  std::vector<std::string> files = p.files;
+  files.push_back(st.scratch);
+  TableSpec spec;
+  spec.key = st.key;
+  spec.target_sectors = p.target_sectors;
+  spec.block_sectors = st.block_sectors;
+  spec.writable_devs = p.writable;
+  spec.daemon_timeout = o.daemon_timeout;
+  for (size_t i = 0; i < files.size(); ++i) {
+    LoopOptions lo;
+    lo.read_only = i >= p.writable;
+    DMU_ASSIGN_OR_RETURN(LoopDevice loop, LoopDevice::attach(files[i], lo));
+    st.devices.push_back({files[i], loop.path(), !lo.read_only});
+    spec.devs.push_back(loop.dev_string());
+    loops.push_back(std::move(loop));
+  }
+  DMU_ASSIGN_OR_RETURN(DmTableLine line, table_line(spec));
+  DmCreateOptions dco;
+  dco.read_only = o.read_only;
+  dco.uuid = "DMU-" + st.key;
+  DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
+  DMU_TRY(write_state(st));
+
+  lock.release();
+  DMU_TRY(start_mapping_process(o.program, name));
+  // Serving: the device and its loops now outlive this process.
+  dm.release();
+  for (auto& l : loops) l.release();
+  guard.armed = false;
+  return st.node();
+}
+
+}  // namespace dmu::daemon

@@ -1,0 +1,43 @@
+// attach: image -> /dev/mapper/NAME.  Opens the chain once to learn its
+// files, block size and size (with QEMU-compatible locks, so an image in use
+// elsewhere is refused), sets up a loop device per data file (read-only for
+// backing images) plus the scratch store, creates the dm device with its
+// `userspace` table, writes the state record and starts the mapping process
+// (`dmu serve --name NAME`, re-executed from /proc/self/exe, in a session of
+// its own), then waits until it reports that it is bound.
+//
+// On an existing device whose mapping process is gone (killed, upgraded),
+// attach only starts a new mapping process, which rebinds.
+//
+// Every loop and dm device is owned by an RAII object until the mapping
+// process is ready, so any failure on the way leaves nothing behind.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/error.h"
+
+namespace dmu::daemon {
+
+struct AttachOptions {
+  std::string image;
+  std::optional<std::string> name;    // default: the image's file name without extension
+  std::optional<std::string> format;  // probed when absent
+  bool read_only = false;
+  std::optional<uint32_t> daemon_timeout;
+  std::string program = "/proc/self/exe";  // the dmu binary that runs `serve`
+};
+
+// The dm name attach uses for an image when --name is absent.
+std::string default_name(const std::string& image);
+
+// Returns the device node (/dev/mapper/NAME) once it is usable.
+Result<std::string> attach(const AttachOptions& options);
+
+// Starts `program serve --name NAME` in the background (stderr to
+// /run/dmu/NAME.log) and waits until it reports ready or fails.
+Result<void> start_mapping_process(const std::string& program, const std::string& name);
+
+}  // namespace dmu::daemon

@@ -1,0 +1,35 @@
+// The mapping process's own counters for one device, next to the kernel's
+// (`dmsetup status`).  Atomics: the request loop and the commit thread both
+// count; `dmu stats` reads them from NAME.stats.json, which the process
+// rewrites about once a second while they change.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+namespace dmu::daemon {
+
+struct Counters {
+  std::atomic<uint64_t> requests{0};      // messages read from the kernel
+  std::atomic<uint64_t> map_reads{0};
+  std::atomic<uint64_t> map_writes{0};
+  std::atomic<uint64_t> map_discards{0};
+  std::atomic<uint64_t> dones{0};
+  std::atomic<uint64_t> done_errors{0};
+  std::atomic<uint64_t> commits{0};       // COMMIT requests answered
+  std::atomic<uint64_t> commit_runs{0};   // image commits made for them (coalesced)
+  std::atomic<uint64_t> commit_errors{0};
+  std::atomic<uint64_t> responses{0};     // messages the kernel accepted
+  std::atomic<uint64_t> rejected{0};      // messages the kernel refused
+  std::atomic<uint64_t> grows{0};         // data device growths (chunks)
+  std::atomic<uint64_t> adopted{0};       // allocation records adopted at bind
+
+  // Sum of everything, to notice a change cheaply.
+  uint64_t activity() const;
+};
+
+nlohmann::json to_json(const Counters& c);
+
+}  // namespace dmu::daemon

@@ -1,0 +1,112 @@
+// detach; see detach.h.
+#include "daemon/detach.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "daemon/name_lock.h"
+#include "daemon/paths.h"
+#include "daemon/state_file.h"
+#include "daemon/table_line.h"
+#include "mapper/dm_device.h"
+#include "mapper/loop_device.h"
+#include "mapper/unique_fd.h"
+
+namespace dmu::daemon {
+namespace {
+
+constexpr auto kExitWait = std::chrono::seconds(60);
+
+// A flush through the dm device: the kernel flushes the data devices and has
+// the mapping process commit the metadata of every completed write.
+Result<void> flush_device(const std::string& node) {
+  int fd = ::open(node.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(errno_error(node + ": open to flush"));
+  UniqueFd dev(fd);
+  if (::fsync(dev.get()) != 0) return fail(errno_error(node + ": flush"));
+  return {};
+}
+
+// The kernel's `unpublished` gauge: allocations no COMMITTED covers yet.
+Result<uint64_t> unpublished(const std::string& name) {
+  DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
+  for (const auto& l : lines) {
+    if (l.type != "userspace") continue;
+    DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));
+    for (const auto& f : fields)
+      if (f.name == "unpublished") return std::stoull(f.value);
+  }
+  return uint64_t(0);
+}
+
+// Waits (briefly) until loop_path is no longer bound to `file`: the kernel
+// may finish an autoclear after the dm device's removal returned.
+void wait_loop_released(const std::string& loop_path, const std::string& file) {
+  const std::string sys = "/sys/block/" + loop_path.substr(loop_path.rfind('/') + 1) +
+                          "/loop/backing_file";
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream in(sys);
+    std::string bound;
+    if (!in || !std::getline(in, bound) || bound != file) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+}  // namespace
+
+Result<std::string> detach(const DetachOptions& o) {
+  const std::string& name = o.name;
+  DMU_TRY(check_name(name));
+  DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
+  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  if (!st && !info.exists) {
+    if (!lock_held(name)) remove_state_files(name);  // stale companions
+    return name + ": not attached; nothing to do";
+  }
+  if (!st)
+    return fail(ENOENT, "dm device " + name + " has no dmu record (" + state_path(name) +
+                            "); not touching it (dmsetup remove " + name + " if it is yours)");
+  if (info.exists && info.open_count > 0)
+    return fail(EBUSY, name + ": device is in use (open count " +
+                           std::to_string(info.open_count) + "); unmount or close it first");
+
+  const bool alive = lock_held(name);
+  if (info.exists) {
+    if (alive) {
+      DMU_TRY(flush_device(st->node()));
+    } else if (!o.force) {
+      DMU_ASSIGN_OR_RETURN(uint64_t pending, unpublished(name));
+      if (pending)
+        return fail(EBUSY, name + ": no mapping process, and the kernel holds " +
+                               std::to_string(pending) +
+                               " uncommitted allocations; run dmu attach --name " + name + " " +
+                               st->image + " to rebind first (or detach --force to drop them)");
+    }
+  }
+  if (alive) {
+    if (st->pid > 0) ::kill(st->pid, SIGTERM);
+    if (!wait_lock_free(name, kExitWait))
+      return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(st->pid) +
+                                 ") did not exit within " + std::to_string(kExitWait.count()) +
+                                 " s of SIGTERM");
+  }
+  if (info.exists) {
+    DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
+    DMU_TRY(dm.remove());
+  }
+  // Autoclear usually detached them with the table; a loop still bound to
+  // our file (the table never took it, or the kernel defers) goes now.
+  for (const auto& d : st->devices) {
+    DMU_TRY(detach_loop_of(d.loop, d.file));
+    wait_loop_released(d.loop, d.file);
+  }
+  remove_state_files(name);
+  return std::string();
+}
+
+}  // namespace dmu::daemon

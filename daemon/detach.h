@@ -1,0 +1,26 @@
+// detach NAME: the reverse of attach, and only when nothing uses the device
+// (like `dmsetup remove`, it refuses while the device is open).  Order:
+// flush the device through the kernel (a COMMIT the live mapping process
+// answers, so every completed write's metadata is durable), SIGTERM the
+// mapping process and wait until it has exited (its lock is free), remove
+// the dm device, detach the loop devices still bound to our files, remove
+// the record.  Detaching a name that is not attached succeeds with a note.
+#pragma once
+
+#include <string>
+
+#include "common/error.h"
+
+namespace dmu::daemon {
+
+struct DetachOptions {
+  std::string name;
+  // Remove the device even when no mapping process runs and the kernel
+  // holds allocations nobody committed (they are lost).
+  bool force = false;
+};
+
+// Returns a note for the user ("" when the device was detached).
+Result<std::string> detach(const DetachOptions& options);
+
+}  // namespace dmu::daemon

@@ -1,0 +1,44 @@
+// NameLock over flock(2); see name_lock.h.
+#include "daemon/name_lock.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+
+#include <thread>
+
+#include "daemon/paths.h"
+
+namespace dmu::daemon {
+
+Result<NameLock> NameLock::try_acquire(const std::string& name) {
+  DMU_TRY(ensure_run_dir());
+  const std::string path = lock_path(name);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return fail(errno_error(path + ": open lock file"));
+  UniqueFd lock(fd);
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      return fail(EWOULDBLOCK, path + ": another dmu process serves or sets up '" + name + "'");
+    return fail(errno_error(path + ": lock"));
+  }
+  return NameLock(std::move(lock));
+}
+
+bool lock_held(const std::string& name) {
+  int fd = ::open(lock_path(name).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // no lock file: nobody ever took it
+  UniqueFd lock(fd);
+  if (::flock(lock.get(), LOCK_SH | LOCK_NB) == 0) return false;
+  return errno == EWOULDBLOCK;
+}
+
+bool wait_lock_free(const std::string& name, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (lock_held(name)) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+}  // namespace dmu::daemon

@@ -1,0 +1,24 @@
+// The mapping process: `dmu serve --name NAME [--name NAME ...]`.  Serves a
+// group of attached devices (one for `dmu attach`, all disks of a domain for
+// the Xen helper) from their records under /run/dmu: one poll() loop over
+// their control channels, a commit thread per device.  SIGTERM/SIGINT:
+// answer the COMMITs queued, commit, exit 0 leaving the dm devices in place
+// (their I/O waits for the next mapping process; detach is separate).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace dmu::daemon {
+
+struct ServeOptions {
+  std::vector<std::string> names;
+  // When >= 0: "ready\n" is written there once every device is bound and
+  // served, or "error: <message>\n" if setup failed; then it is closed.
+  int ready_fd = -1;
+};
+
+// Runs until a signal or a fatal error; returns the exit status.
+int serve(const ServeOptions& options);
+
+}  // namespace dmu::daemon

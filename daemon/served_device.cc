@@ -1,0 +1,302 @@
+// ServedDevice; see served_device.h.
+#include "daemon/served_device.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <span>
+#include <thread>
+
+#include "daemon/log.h"
+#include "daemon/paths.h"
+#include "daemon/table_line.h"
+#include "mapper/dm_device.h"
+#include "mapper/loop_device.h"
+#include "mapper/protocol.h"
+
+namespace dmu::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr size_t kBatch = 256;                  // requests per read()
+constexpr uint64_t kGrowChunk = 64ull << 20;    // qcow2 files grow by this much
+constexpr auto kBindRetry = 5s;                 // a killed predecessor's file may still close
+
+// True once MapService::adopt exists (another change of issue 13 adds it).
+template <class Service>
+constexpr bool kCanAdopt = requires(Service& s, std::span<const dmu_allocation> records) {
+  s.adopt(records);
+};
+
+// ---------------------------------------------------------------------------
+// THE REBIND CALL SITE.  A new mapping process learns from LIST_ALLOCATIONS
+// every allocation the kernel applied that no COMMITTED covered; the map
+// service must take them over before it answers anything, or it would hand
+// the same clusters out again and reads would miss data the guest wrote.
+// Until MapService::adopt exists, ServedDevice::open refuses to serve a
+// device with a non-empty list (see there): never serve silently.
+// ---------------------------------------------------------------------------
+Error cannot_adopt(size_t records) {
+  return Error{ENOTSUP, std::to_string(records) +
+                            " unpublished allocations in the kernel, and this dmu cannot adopt "
+                            "them yet (MapService::adopt is missing); refusing to serve"};
+}
+
+template <class Service>
+Result<void> adopt_allocations(Service& service, std::span<const dmu_allocation> records) {
+  if constexpr (kCanAdopt<Service>) {
+    auto adopted = service.adopt(records);
+    if (!adopted) return fail(adopted.error());
+    return {};
+  } else {
+    (void)service;
+    return fail(cannot_adopt(records.size()));
+  }
+}
+
+uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+
+Result<BindInfo> bind_with_retry(ControlChannel& channel, const std::string& key) {
+  const auto deadline = std::chrono::steady_clock::now() + kBindRetry;
+  for (;;) {
+    auto b = channel.bind(key, DMU_FEATURE_ALL);
+    if (b || b.error().code != EBUSY || std::chrono::steady_clock::now() >= deadline) return b;
+    std::this_thread::sleep_for(100ms);
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) {
+  formats::ChainOptions co;
+  co.format = st.format;
+  co.access = st.read_only ? formats::Access::ReadOnly : formats::Access::ReadWrite;
+  co.lock = true;
+  DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), st.image, co));
+  const auto& files = chain->devices();
+  if (files.size() + 1 != st.devices.size())
+    return fail(EINVAL, st.image + ": the chain has " + std::to_string(files.size()) +
+                            " data files now, the device was set up with " +
+                            std::to_string(st.devices.size() - 1));
+  for (size_t i = 0; i < files.size(); ++i)
+    if (files[i]->path() != st.devices[i].file)
+      return fail(EINVAL, st.image + ": data file " + std::to_string(i) + " is " +
+                              files[i]->path() + " now, the device uses " + st.devices[i].file);
+
+  DMU_ASSIGN_OR_RETURN(ControlChannel channel, ControlChannel::open());
+  std::unique_ptr<ServedDevice> dev(new ServedDevice(st, std::move(channel)));
+  dev->chain_ = std::move(chain);
+  DMU_ASSIGN_OR_RETURN(dev->bind_, bind_with_retry(dev->channel_, st.key));
+  const BindInfo& b = dev->bind_;
+  if (b.block_sectors != st.block_sectors || b.nr_devs != st.devices.size() ||
+      b.target_sectors != st.target_sectors)
+    return fail(EINVAL, st.name + ": the kernel's table (" + std::to_string(b.target_sectors) +
+                            " sectors, block " + std::to_string(b.block_sectors) + ", " +
+                            std::to_string(b.nr_devs) + " devices) is not the one in " +
+                            state_path(st.name));
+
+  // Before anything is answered: what a predecessor allocated but did not
+  // publish (protocol 2, "Publishing and daemon restart").
+  DMU_ASSIGN_OR_RETURN(auto records, dev->channel_.list_allocations());
+  if (!records.empty() && !kCanAdopt<mapper::MapService>)
+    return fail(cannot_adopt(records.size()).context(st.name + ": rebind"));
+
+  // The scratch store is rebuilt empty below; cached extents may point into
+  // the old contents, so the kernel drops its cache first (only performance
+  // is lost: the next misses ask us again).
+  DMU_TRY(dm_message(st.name, "invalidate"));
+
+  const uint64_t block = uint64_t(st.block_sectors) * 512;
+  DMU_ASSIGN_OR_RETURN(auto scratch, mapper::ScratchStore::create(posix_env(), st.scratch,
+                                                                  scratch_file_size(block), block,
+                                                                  true));
+  mapper::MapServiceOptions mo;
+  mo.block_size = block;
+  ServedDevice* self = dev.get();
+  mo.device_grown = [self](unsigned device, uint64_t size) { return self->grow(device, size); };
+  DMU_ASSIGN_OR_RETURN(dev->service_,
+                       mapper::MapService::create(*dev->chain_, std::move(scratch), mo));
+  if (!records.empty()) {
+    DMU_TRY(adopt_allocations(*dev->service_, records));
+    dev->counters_.adopted = records.size();
+  }
+
+  dev->growing_.resize(st.devices.size());
+  for (size_t i = 0; i < st.devices.size(); ++i) {
+    const DataDevice& d = st.devices[i];
+    if (!d.writable) continue;
+    GrowingLoop g;
+    g.file = d.file;
+    g.loop = d.loop;
+    g.chunked = st.format == "qcow2" && d.file == st.image;
+    DMU_ASSIGN_OR_RETURN(g.fd, open_loop_of(d.loop, d.file));
+    // Also heals a loop left short by a predecessor that died mid-growth.
+    DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
+    dev->growing_[i] = std::move(g);
+  }
+  dev->inbox_.resize(kBatch);
+  dev->commits_ = std::make_unique<CommitWorker>(
+      [self](const std::vector<uint64_t>& ids) { self->run_commits(ids); });
+  log_event(LogLevel::Info, st.name,
+            "bound to key " + st.key + " image " + st.image + " (" + st.format +
+                (st.read_only ? ", read-only" : "") + "), resent " + std::to_string(b.resent) +
+                ", redelivered " + std::to_string(b.redelivered) + ", adopted " +
+                std::to_string(records.size()) + " allocations");
+  return dev;
+}
+
+ServedDevice::~ServedDevice() {
+  if (commits_) commits_->stop();
+}
+
+Result<void> ServedDevice::grow(unsigned device, uint64_t new_size) {
+  if (device >= growing_.size() || !growing_[device])
+    return fail(EROFS, state_.name + ": data device " + std::to_string(device) +
+                           " is not writable and cannot grow");
+  GrowingLoop& g = *growing_[device];
+  if (g.chunked) {
+    struct stat st {};
+    if (::stat(g.file.c_str(), &st) != 0) return fail(errno_error(g.file + ": stat"));
+    const uint64_t target = round_up(new_size, kGrowChunk);
+    if (uint64_t(st.st_size) < target && ::truncate(g.file.c_str(), off_t(target)) != 0)
+      return fail(errno_error(g.file + ": extend to " + std::to_string(target) + " bytes"));
+  }
+  DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
+  if (g.capacity < new_size)
+    return fail(EIO, g.loop + ": grew to " + std::to_string(g.capacity) + " bytes, " +
+                         std::to_string(new_size) + " needed for " + g.file);
+  ++counters_.grows;
+  return {};
+}
+
+Result<void> ServedDevice::sync_capacity() {
+  for (size_t i = 0; i < growing_.size(); ++i) {
+    if (!growing_[i]) continue;
+    GrowingLoop& g = *growing_[i];
+    DMU_ASSIGN_OR_RETURN(uint64_t size, service_->devices()[i]->size());
+    if (size <= g.capacity) continue;
+    DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
+    ++counters_.grows;
+  }
+  return {};
+}
+
+void ServedDevice::handle_locked(const dmu_request& q, std::vector<dmu_response>& out) {
+  ++counters_.requests;
+  switch (q.type) {
+    case DMU_REQ_COMMIT:
+      commits_->enqueue(q.id);  // after every DONE read before it was handled
+      return;
+    case DMU_REQ_MAP:
+      if (q.flags & DMU_MAP_DISCARD)
+        ++counters_.map_discards;
+      else if (q.flags & DMU_MAP_WRITE)
+        ++counters_.map_writes;
+      else
+        ++counters_.map_reads;
+      break;
+    case DMU_REQ_DONE:
+      ++counters_.dones;
+      if (q.status != 0) ++counters_.done_errors;
+      break;
+    default:
+      break;
+  }
+  const std::string before = service_->last_error();
+  service_->handle(q, out);
+  if (service_->last_error() != before)
+    log_event(LogLevel::Warning, state_.name,
+              proto::describe(q) + ": " + service_->last_error());
+}
+
+Result<size_t> ServedDevice::serve_batch() {
+  DMU_ASSIGN_OR_RETURN(size_t n, channel_.read_requests(inbox_, 0ms));
+  if (n == 0) return n;
+  std::vector<dmu_response> out;
+  {
+    std::lock_guard lock(service_mu_);
+    for (size_t i = 0; i < n; ++i) handle_locked(inbox_[i], out);
+    if (auto s = sync_capacity(); !s)
+      log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
+  }
+  DMU_TRY(send(out));
+  return n;
+}
+
+void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
+  std::vector<dmu_response> out;
+  std::string error;
+  {
+    std::lock_guard lock(service_mu_);
+    service_->handle(proto::commit_request(ids.front()), out);
+    error = service_->last_error();
+  }
+  int32_t status = -EIO;
+  std::vector<dmu_response> answers;
+  for (const auto& m : out) {
+    if (m.type == DMU_RSP_COMMITTED)
+      status = m.status;
+    else
+      answers.push_back(m);
+  }
+  for (uint64_t id : ids) answers.push_back(proto::committed(id, status));
+  counters_.commits += ids.size();
+  ++counters_.commit_runs;
+  if (status != 0) {
+    ++counters_.commit_errors;
+    log_event(LogLevel::Error, state_.name,
+              "commit of " + state_.image + " failed (" + std::to_string(status) + "): " + error);
+  }
+  if (auto s = send(answers); !s)
+    log_event(LogLevel::Error, state_.name, "answer COMMIT: " + s.error().message);
+}
+
+Result<void> ServedDevice::send(std::vector<dmu_response>& batch) {
+  size_t pos = 0;
+  while (pos < batch.size()) {
+    std::span<const dmu_response> rest(batch.data() + pos, batch.size() - pos);
+    DMU_ASSIGN_OR_RETURN(WriteOutcome outcome, channel_.write_responses(rest));
+    counters_.responses += outcome.accepted;
+    pos += outcome.accepted;
+    if (!outcome.complete()) {
+      ++counters_.rejected;
+      log_event(LogLevel::Error, state_.name,
+                "kernel refused " + proto::describe(batch[pos]) + " (errno " +
+                    std::to_string(outcome.error) + ")");
+      ++pos;  // the rest of the batch still counts
+    }
+  }
+  batch.clear();
+  return {};
+}
+
+Result<void> ServedDevice::shutdown() {
+  commits_->stop();
+  if (state_.read_only) return {};
+  std::vector<dmu_response> out;
+  std::lock_guard lock(service_mu_);
+  // Id 0 is never a kernel request: the answer is not sent, only the commit
+  // it makes matters.
+  service_->handle(proto::commit_request(0), out);
+  for (const auto& m : out)
+    if (m.type == DMU_RSP_COMMITTED && m.status != 0)
+      return fail(-m.status, state_.name + ": final commit of " + state_.image + ": " +
+                                 service_->last_error());
+  return {};
+}
+
+void ServedDevice::write_stats(bool force) {
+  const uint64_t now = counters_.activity();
+  if (!force && now == stats_written_) return;
+  stats_written_ = now;
+  nlohmann::json j = to_json(counters_);
+  j["pid"] = ::getpid();
+  // Never wait for a commit in progress just for a statistic.
+  if (std::unique_lock lock(service_mu_, std::try_to_lock); lock.owns_lock())
+    j["pending-writes"] = service_->pending_writes();
+  if (auto w = write_file_atomic(stats_path(state_.name), j.dump(2) + "\n"); !w)
+    log_event(LogLevel::Warning, state_.name, w.error().message);
+}
+
+}  // namespace dmu::daemon

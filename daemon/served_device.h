@@ -1,0 +1,92 @@
+// ServedDevice: one device of a mapping process.  It owns the image chain,
+// the map service that answers for it, the bound control channel, and the
+// commit thread, and it answers the kernel's requests batch by batch.
+//
+// Threads and locking: the map service is single-threaded code, so one mutex
+// (service_mu_) guards it.  The request loop holds it while it hands a batch
+// to the service; the commit thread holds it for the image commit.  COMMIT
+// requests never run on the loop: the loop queues them and keeps reading,
+// so DONEs and MAPs are taken off the control device while a flush is being
+// made durable (the kernel serves cached extents without us meanwhile).  A
+// miss that arrives during a commit waits for the mutex, i.e. for the image
+// commit; splitting MapService's commit into "build under the lock" and
+// "sync outside it" would end that wait (see the report of issue 13).
+//
+// Data device growth: a fresh cluster past a data file's end makes the map
+// service extend the file and call device_grown; we then grow the loop
+// device (LOOP_SET_CAPACITY).  For qcow2, whose allocator keeps its own idea
+// of the file's end and reuses unreferenced clusters, the file is extended
+// a chunk at a time so the loop is resized once per chunk, not per cluster.
+// Before each batch of answers is written, every writable data file's size
+// is compared with its loop device's, so an extent never points past the end
+// of a loop device even when the engine grew the file by a metadata write.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "daemon/commit_worker.h"
+#include "daemon/counters.h"
+#include "daemon/state_file.h"
+#include "formats/chain.h"
+#include "mapper/control_channel.h"
+#include "mapper/map_service.h"
+
+namespace dmu::daemon {
+
+class ServedDevice {
+ public:
+  // Opens the chain of state.image, binds to state.key, adopts the kernel's
+  // unpublished allocations (refusing to serve when it cannot) and builds
+  // the map service.  Nothing is answered yet.
+  static Result<std::unique_ptr<ServedDevice>> open(const DeviceState& state);
+  ~ServedDevice();
+
+  const std::string& name() const { return state_.name; }
+  int fd() const { return channel_.fd(); }
+  const BindInfo& bind_info() const { return bind_; }
+
+  // Reads the requests waiting (without blocking) and answers them; COMMITs
+  // go to the commit thread.  Returns how many requests were read.
+  Result<size_t> serve_batch();
+  // SIGTERM: answers the COMMITs queued, then commits what the map service
+  // holds (DONEs read so far), so a successor starts from durable metadata.
+  Result<void> shutdown();
+  // Rewrites NAME.stats.json when the counters changed since last time.
+  void write_stats(bool force);
+
+ private:
+  struct GrowingLoop {
+    std::string file, loop;
+    UniqueFd fd;
+    uint64_t capacity = 0;
+    bool chunked = false;  // extend the file a chunk ahead (qcow2)
+  };
+
+  ServedDevice(DeviceState state, ControlChannel channel) : state_(std::move(state)), channel_(std::move(channel)) {}
+  Result<void> grow(unsigned device, uint64_t new_size);
+  Result<void> sync_capacity();  // under service_mu_
+  void handle_locked(const dmu_request& q, std::vector<dmu_response>& out);
+  void run_commits(const std::vector<uint64_t>& ids);
+  // Writes a batch; a message the kernel refuses is logged and skipped.
+  Result<void> send(std::vector<dmu_response>& batch);
+
+  DeviceState state_;
+  ControlChannel channel_;
+  BindInfo bind_;
+  std::unique_ptr<formats::Chain> chain_;
+  std::mutex service_mu_;  // guards service_ and growing_
+  std::unique_ptr<mapper::MapService> service_;
+  std::vector<std::optional<GrowingLoop>> growing_;  // by device index; writable ones
+  std::vector<dmu_request> inbox_;
+  Counters counters_;
+  uint64_t stats_written_ = ~uint64_t(0);
+  std::unique_ptr<CommitWorker> commits_;  // last: stopped before the rest goes
+};
+
+}  // namespace dmu::daemon

@@ -1,0 +1,175 @@
+// State record: JSON form and atomic file handling; see state_file.h.
+#include "daemon/state_file.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "daemon/paths.h"
+#include "mapper/unique_fd.h"
+
+namespace dmu::daemon {
+
+using nlohmann::json;
+
+json to_json(const DeviceState& s) {
+  json devices = json::array();
+  for (const auto& d : s.devices)
+    devices.push_back({{"file", d.file}, {"loop", d.loop}, {"writable", d.writable}});
+  return json{{"version", DeviceState::kVersion},
+              {"name", s.name},
+              {"node", s.node()},
+              {"image", s.image},
+              {"format", s.format},
+              {"chain", s.chain},
+              {"key", s.key},
+              {"read-only", s.read_only},
+              {"block-sectors", s.block_sectors},
+              {"target-sectors", s.target_sectors},
+              {"devices", devices},
+              {"scratch", s.scratch},
+              {"pid", s.pid}};
+}
+
+namespace {
+
+// Reads field `key` of object `j` as T, or fails naming it.
+template <class T>
+Result<T> field(const json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end()) return fail(EINVAL, where + ": missing field '" + key + "'");
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    return fail(EINVAL, where + ": field '" + key + "' has the wrong type");
+  }
+}
+
+}  // namespace
+
+Result<DeviceState> state_from_json(const json& j, const std::string& where) {
+  if (!j.is_object()) return fail(EINVAL, where + ": not a JSON object");
+  DMU_ASSIGN_OR_RETURN(int version, field<int>(j, "version", where));
+  if (version != DeviceState::kVersion)
+    return fail(EINVAL, where + ": state version " + std::to_string(version) + ", expected " +
+                            std::to_string(DeviceState::kVersion));
+  DeviceState s;
+  DMU_ASSIGN_OR_RETURN(s.name, field<std::string>(j, "name", where));
+  DMU_ASSIGN_OR_RETURN(s.image, field<std::string>(j, "image", where));
+  DMU_ASSIGN_OR_RETURN(s.format, field<std::string>(j, "format", where));
+  DMU_ASSIGN_OR_RETURN(s.chain, field<std::vector<std::string>>(j, "chain", where));
+  DMU_ASSIGN_OR_RETURN(s.key, field<std::string>(j, "key", where));
+  DMU_ASSIGN_OR_RETURN(s.read_only, field<bool>(j, "read-only", where));
+  DMU_ASSIGN_OR_RETURN(s.block_sectors, field<uint32_t>(j, "block-sectors", where));
+  DMU_ASSIGN_OR_RETURN(s.target_sectors, field<uint64_t>(j, "target-sectors", where));
+  DMU_ASSIGN_OR_RETURN(s.scratch, field<std::string>(j, "scratch", where));
+  DMU_ASSIGN_OR_RETURN(s.pid, field<pid_t>(j, "pid", where));
+  DMU_ASSIGN_OR_RETURN(json devices, field<json>(j, "devices", where));
+  if (!devices.is_array()) return fail(EINVAL, where + ": field 'devices' is not an array");
+  for (const json& d : devices) {
+    const std::string at = where + ": devices[" + std::to_string(s.devices.size()) + "]";
+    DataDevice dev;
+    DMU_ASSIGN_OR_RETURN(dev.file, field<std::string>(d, "file", at));
+    DMU_ASSIGN_OR_RETURN(dev.loop, field<std::string>(d, "loop", at));
+    DMU_ASSIGN_OR_RETURN(dev.writable, field<bool>(d, "writable", at));
+    s.devices.push_back(std::move(dev));
+  }
+  if (s.name.empty() || s.key.empty() || s.devices.empty() || s.block_sectors == 0)
+    return fail(EINVAL, where + ": incomplete record (name, key, devices, block-sectors)");
+  return s;
+}
+
+Result<void> write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail(errno_error(tmp + ": create"));
+  UniqueFd file(fd);
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(file.get(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      Error e = errno_error(tmp + ": write");
+      ::unlink(tmp.c_str());
+      return fail(e);
+    }
+    done += size_t(n);
+  }
+  if (::fsync(file.get()) != 0) {
+    Error e = errno_error(tmp + ": fsync");
+    ::unlink(tmp.c_str());
+    return fail(e);
+  }
+  file.reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    Error e = errno_error(path + ": rename from " + tmp);
+    ::unlink(tmp.c_str());
+    return fail(e);
+  }
+  // The rename itself must survive a crash of the host too.
+  const std::string dir = path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
+  if (int d = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); d >= 0) {
+    UniqueFd dir_fd(d);
+    (void)::fsync(dir_fd.get());
+  }
+  return {};
+}
+
+Result<void> write_state(const DeviceState& s) {
+  DMU_TRY(ensure_run_dir());
+  return write_file_atomic(state_path(s.name), to_json(s).dump(2) + "\n");
+}
+
+Result<std::optional<DeviceState>> read_state(const std::string& name) {
+  const std::string path = state_path(name);
+  std::ifstream in(path);
+  if (!in) {
+    if (errno == ENOENT) return std::optional<DeviceState>();
+    return fail(errno_error(path + ": open"));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  json j = json::parse(text.str(), nullptr, false);
+  if (j.is_discarded()) return fail(EINVAL, path + ": not valid JSON");
+  DMU_ASSIGN_OR_RETURN(DeviceState s, state_from_json(j, path));
+  if (s.name != name) return fail(EINVAL, path + ": record names device '" + s.name + "'");
+  return std::optional<DeviceState>(std::move(s));
+}
+
+std::vector<DeviceState> list_states(std::vector<std::string>& problems) {
+  std::vector<DeviceState> out;
+  DIR* dir = ::opendir(run_dir().c_str());
+  if (!dir) return out;
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(dir)) {
+    std::string f = e->d_name;
+    const std::string suffix = ".json";
+    if (f.size() <= suffix.size() || f.compare(f.size() - suffix.size(), suffix.size(), suffix))
+      continue;
+    f.resize(f.size() - suffix.size());
+    if (f.size() > 6 && f.compare(f.size() - 6, 6, ".stats") == 0) continue;
+    names.push_back(f);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  for (const auto& n : names) {
+    auto s = read_state(n);
+    if (!s)
+      problems.push_back(s.error().message);
+    else if (*s)
+      out.push_back(std::move(**s));
+  }
+  return out;
+}
+
+void remove_state_files(const std::string& name) {
+  for (const std::string& p : {stats_path(name), scratch_path(name), log_path(name),
+                               state_path(name), lock_path(name)})
+    (void)::unlink(p.c_str());
+}
+
+}  // namespace dmu::daemon

@@ -1,0 +1,66 @@
+// The state record of one attached device, /run/dmu/NAME.json: everything a
+// new mapping process needs to rebind to the device after the old one left
+// (restart, upgrade) and everything detach needs to tear it down.  Written
+// atomically (temporary file, fsync, rename, fsync of the directory), so a
+// reader sees the old record or the new one, never a mix.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace dmu::daemon {
+
+// One data device of the dm table, in table order.
+struct DataDevice {
+  std::string file;  // the image file (or scratch store) behind the loop
+  std::string loop;  // /dev/loopN
+  bool writable = false;
+
+  bool operator==(const DataDevice&) const = default;
+};
+
+struct DeviceState {
+  static constexpr int kVersion = 1;
+
+  std::string name;                // dm device name (/dev/mapper/NAME)
+  std::string image;               // absolute path of the top image
+  std::string format;              // of the top image
+  std::vector<std::string> chain;  // every image of the chain, top first
+  std::string key;                 // dm-userspace key in the table line
+  bool read_only = false;
+  uint32_t block_sectors = 0;
+  uint64_t target_sectors = 0;
+  std::vector<DataDevice> devices;  // chain data files, then the scratch store
+  std::string scratch;              // scratch store file (also the last device)
+  pid_t pid = 0;                    // mapping process last started (0: none yet)
+
+  bool operator==(const DeviceState&) const = default;
+  std::string node() const { return "/dev/mapper/" + name; }
+};
+
+nlohmann::json to_json(const DeviceState& s);
+// Refuses records of another version or with missing or mistyped fields,
+// naming `where` (the file) and the field.
+Result<DeviceState> state_from_json(const nlohmann::json& j, const std::string& where);
+
+// Writes `text` to `path` atomically (see the top of this file).
+Result<void> write_file_atomic(const std::string& path, const std::string& text);
+
+Result<void> write_state(const DeviceState& s);
+// The record of NAME; std::nullopt when there is none.
+Result<std::optional<DeviceState>> read_state(const std::string& name);
+// Every record in the runtime directory, by name.  Unreadable records are
+// reported in `problems` (one line each) and skipped.
+std::vector<DeviceState> list_states(std::vector<std::string>& problems);
+// Removes NAME's record and its companion files (stats, scratch, log, lock).
+void remove_state_files(const std::string& name);
+
+}  // namespace dmu::daemon

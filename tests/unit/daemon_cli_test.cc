@@ -1,0 +1,49 @@
+// The attach/detach/list/stats/serve command lines on a host without the
+// kernel target: --help, one-line usage errors, and the idempotent detach of
+// a name that is not attached (without touching device-mapper when there is
+// no record and no runtime directory to find).
+#include <gtest/gtest.h>
+
+#include "tests/unit/cli_test_support.h"
+
+namespace dmu::test {
+namespace {
+
+TEST(DaemonCli, BadArgumentsAreOneLineErrors) {
+  TempDir dir;
+  for (const char* args : {"attach", "attach --bogus x.img", "detach", "stats",
+                           "list --output=yaml", "serve", "stats --output=xml x"}) {
+    auto r = run_split("DMU_RUN_DIR=" + dir.path() + "/run " + dmu(args), dir.path());
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_EQ(line_count(r.err), 1u) << args << ": " << r.err;
+    EXPECT_EQ(r.out, "") << args;
+  }
+}
+
+TEST(DaemonCli, AttachNamesTheMissingImage) {
+  TempDir dir;
+  auto r = run_split("DMU_RUN_DIR=" + dir.path() + "/run " + dmu("attach " + dir.file("no.qcow2")),
+                     dir.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(dir.file("no.qcow2")), std::string::npos) << r.err;
+  EXPECT_EQ(line_count(r.err), 1u) << r.err;
+}
+
+TEST(DaemonCli, AttachRefusesABadName) {
+  TempDir dir;
+  auto r = run_split(dmu("create -f raw x.img 1M") + " >/dev/null && DMU_RUN_DIR=" + dir.path() +
+                         "/run " + dmu("attach --name a/b x.img"),
+                     dir.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("a/b"), std::string::npos) << r.err;
+}
+
+TEST(DaemonCli, ListOfNothingIsEmpty) {
+  TempDir dir;
+  auto r = run_split("DMU_RUN_DIR=" + dir.path() + "/run " + dmu("list --output=json"), dir.path());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "[]\n");
+}
+
+}  // namespace
+}  // namespace dmu::test

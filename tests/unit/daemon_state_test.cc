@@ -1,0 +1,157 @@
+// The state record under /run/dmu (daemon/state_file.h): JSON round trip,
+// atomic writes, listing, and refusal of damaged records with the file and
+// field named.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <fstream>
+
+#include "daemon/paths.h"
+#include "daemon/state_file.h"
+#include "tests/support/test_support.h"
+
+namespace dmu::daemon {
+namespace {
+
+// Points the runtime directory at a temporary one for the test's lifetime.
+class RunDir {
+ public:
+  RunDir() { ::setenv("DMU_RUN_DIR", (dir_.path() + "/run/dmu").c_str(), 1); }
+  ~RunDir() { ::unsetenv("DMU_RUN_DIR"); }
+  std::string path() const { return dir_.path() + "/run/dmu"; }
+
+ private:
+  test::TempDir dir_;
+};
+
+DeviceState sample(const std::string& name = "vm1-xvda") {
+  DeviceState s;
+  s.name = name;
+  s.image = "/vm/disk.qcow2";
+  s.format = "qcow2";
+  s.chain = {"/vm/disk.qcow2", "/vm/base.qcow2"};
+  s.key = key_for(name);
+  s.read_only = false;
+  s.block_sectors = 128;
+  s.target_sectors = 2097152;
+  s.devices = {{"/vm/disk.qcow2", "/dev/loop0", true},
+               {"/vm/base.qcow2", "/dev/loop1", false},
+               {"/run/dmu/" + name + ".scratch", "/dev/loop2", false}};
+  s.scratch = "/run/dmu/" + name + ".scratch";
+  s.pid = 4242;
+  return s;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+TEST(DaemonState, JsonRoundTrip) {
+  const DeviceState s = sample();
+  auto back = state_from_json(to_json(s), "x.json");
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(*back, s);
+  EXPECT_EQ(to_json(s)["node"], "/dev/mapper/vm1-xvda");
+}
+
+TEST(DaemonState, FileRoundTripCreatesTheDirectory) {
+  RunDir run;
+  ASSERT_TRUE(write_state(sample()));
+  auto back = read_state("vm1-xvda");
+  ASSERT_TRUE(back) << back.error().message;
+  ASSERT_TRUE(back->has_value());
+  EXPECT_EQ(**back, sample());
+  // No temporary file is left beside the record.
+  std::vector<std::string> problems;
+  auto all = list_states(problems);
+  EXPECT_TRUE(problems.empty());
+  ASSERT_EQ(all.size(), 1u);
+}
+
+TEST(DaemonState, MissingRecordIsNotAnError) {
+  RunDir run;
+  auto r = read_state("nothing");
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->has_value());
+}
+
+TEST(DaemonState, RewriteReplacesTheRecord) {
+  RunDir run;
+  DeviceState s = sample();
+  ASSERT_TRUE(write_state(s));
+  s.pid = 99;
+  ASSERT_TRUE(write_state(s));
+  auto back = read_state(s.name);
+  ASSERT_TRUE(back && *back);
+  EXPECT_EQ((*back)->pid, 99);
+}
+
+TEST(DaemonState, DamagedRecordsNameFileAndField) {
+  RunDir run;
+  ASSERT_TRUE(ensure_run_dir());
+  write_text(run.path() + "/bad.json", "{not json");
+  auto r = read_state("bad");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find(run.path() + "/bad.json"), std::string::npos);
+
+  nlohmann::json j = to_json(sample("typo"));
+  j["block-sectors"] = "many";
+  write_text(run.path() + "/typo.json", j.dump());
+  r = read_state("typo");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("block-sectors"), std::string::npos) << r.error().message;
+
+  j = to_json(sample("old"));
+  j["version"] = 0;
+  write_text(run.path() + "/old.json", j.dump());
+  r = read_state("old");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("version"), std::string::npos);
+
+  // A record must describe the name it is filed under.
+  write_text(run.path() + "/other.json", to_json(sample("elsewhere")).dump());
+  EXPECT_FALSE(read_state("other"));
+}
+
+TEST(DaemonState, ListSkipsStatsAndReportsDamage) {
+  RunDir run;
+  ASSERT_TRUE(write_state(sample("a")));
+  ASSERT_TRUE(write_state(sample("b")));
+  write_text(run.path() + "/a.stats.json", "{}");
+  write_text(run.path() + "/broken.json", "[]");
+  std::vector<std::string> problems;
+  auto all = list_states(problems);
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].name, "a");
+  EXPECT_EQ(all[1].name, "b");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("broken.json"), std::string::npos);
+}
+
+TEST(DaemonState, RemoveTakesTheCompanionsToo) {
+  RunDir run;
+  ASSERT_TRUE(write_state(sample("gone")));
+  for (const auto& p : {stats_path("gone"), scratch_path("gone"), log_path("gone"), lock_path("gone")})
+    write_text(p, "x");
+  remove_state_files("gone");
+  std::vector<std::string> problems;
+  EXPECT_TRUE(list_states(problems).empty());
+  for (const auto& p : {stats_path("gone"), scratch_path("gone"), log_path("gone"), lock_path("gone")})
+    EXPECT_FALSE(std::ifstream(p).good()) << p;
+}
+
+TEST(DaemonState, AtomicWriteLeavesNoTemporary) {
+  test::TempDir dir;
+  const std::string path = dir.file("x.json");
+  ASSERT_TRUE(write_file_atomic(path, "one\n"));
+  ASSERT_TRUE(write_file_atomic(path, "two\n"));
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "two\n");
+  auto r = write_file_atomic(dir.file("missing/x.json"), "x");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("missing/x.json"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dmu::daemon
