@@ -29,7 +29,7 @@ fi
 say "1/4 host packages"
 "$root/scripts/lib/setup-host.sh"
 say "2/4 configure and build in $build"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDMU_WERROR=ON >/dev/null
 cmake --build "$build" -j "$jobs"
 mkdir -p "$logs"
 

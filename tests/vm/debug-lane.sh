@@ -20,7 +20,7 @@ say() { printf 'debug-lane [%dm%02ds]: %s\n' $((SECONDS / 60)) $((SECONDS % 60))
 say "1/4 host packages"
 "$root/scripts/lib/setup-host.sh"
 say "2/4 configure and build in $build"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDMU_WERROR=ON >/dev/null
 cmake --build "$build" -j "$jobs"
 say "3/4 debug kernel (built once into ${DMU_CACHE_DIR:-/var/cache/dmu}/debug-kernels; the first time takes long)"
 t0=$SECONDS
