@@ -73,12 +73,13 @@ Result<void> create_scratch_file(const std::string& path, uint64_t size) {
   return {};
 }
 
-// Removes the record and companions unless dismissed (attach succeeded).
+// Removes the record and companions unless dismissed (attach succeeded);
+// the log stays, since the error message names it.
 struct StateGuard {
   std::string name;
   bool armed = true;
   ~StateGuard() {
-    if (armed) remove_state_files(name);
+    if (armed) remove_state_files(name, /*keep_log=*/true);
   }
 };
 

@@ -16,10 +16,16 @@ Result<NameLock> NameLock::try_acquire(const std::string& name) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return fail(errno_error(path + ": open lock file"));
   UniqueFd lock(fd);
-  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK)
+  // lock_held() probes with a shared flock held for two syscalls: a `dmu
+  // list` or `detach` running at the same moment must not make us think
+  // another process serves the name, so a refusal is retried briefly; a
+  // real owner holds the lock for its whole life.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  while (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return fail(errno_error(path + ": lock"));
+    if (std::chrono::steady_clock::now() >= deadline)
       return fail(EWOULDBLOCK, path + ": another dmu process serves or sets up '" + name + "'");
-    return fail(errno_error(path + ": lock"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return NameLock(std::move(lock));
 }

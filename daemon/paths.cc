@@ -38,6 +38,10 @@ Result<void> check_name(const std::string& name) {
     return fail(EINVAL, "device name '" + name + "' must be 1..127 characters");
   if (name == "." || name == "..")
     return fail(EINVAL, "device name '" + name + "' is not allowed");
+  // NAME.stats.json is NAME's stats file: a device called x.stats would
+  // have its record there.
+  if (name.ends_with(".stats"))
+    return fail(EINVAL, "device name '" + name + "' must not end in '.stats'");
   for (unsigned char c : name)
     if (c == '/' || c <= ' ' || c == 0x7f)
       return fail(EINVAL, "device name '" + name +
@@ -48,8 +52,12 @@ Result<void> check_name(const std::string& name) {
 std::string key_for(const std::string& name) {
   std::string key = "dmu:" + name;
   if (key.size() < DMU_KEY_LEN) return key;
+  // FNV-1a, not std::hash: the key must be the same for every build of dmu
+  // that rebinds this device (an upgrade under a running guest).
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ull;
   char hash[17];
-  std::snprintf(hash, sizeof hash, "%016zx", std::hash<std::string>{}(name));
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(h));
   // 4 + 40 + 1 + 16 = 61 characters.
   return "dmu:" + name.substr(0, 40) + "-" + hash;
 }

@@ -166,10 +166,11 @@ std::vector<DeviceState> list_states(std::vector<std::string>& problems) {
   return out;
 }
 
-void remove_state_files(const std::string& name) {
-  for (const std::string& p : {stats_path(name), scratch_path(name), log_path(name),
-                               state_path(name), lock_path(name)})
+void remove_state_files(const std::string& name, bool keep_log) {
+  for (const std::string& p : {stats_path(name), scratch_path(name), state_path(name),
+                               lock_path(name)})
     (void)::unlink(p.c_str());
+  if (!keep_log) (void)::unlink(log_path(name).c_str());
 }
 
 }  // namespace dmu::daemon

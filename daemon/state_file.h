@@ -60,7 +60,8 @@ Result<std::optional<DeviceState>> read_state(const std::string& name);
 // Every record in the runtime directory, by name.  Unreadable records are
 // reported in `problems` (one line each) and skipped.
 std::vector<DeviceState> list_states(std::vector<std::string>& problems);
-// Removes NAME's record and its companion files (stats, scratch, log, lock).
-void remove_state_files(const std::string& name);
+// Removes NAME's record and its companion files (stats, scratch, lock, and
+// the log unless keep_log: a failed attach points the user at it).
+void remove_state_files(const std::string& name, bool keep_log = false);
 
 }  // namespace dmu::daemon

@@ -4,8 +4,15 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
-#include <fstream>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
 #include "tests/support/test_support.h"
@@ -138,6 +145,34 @@ TEST(DaemonState, RemoveTakesTheCompanionsToo) {
   EXPECT_TRUE(list_states(problems).empty());
   for (const auto& p : {stats_path("gone"), scratch_path("gone"), log_path("gone"), lock_path("gone")})
     EXPECT_FALSE(std::ifstream(p).good()) << p;
+}
+
+TEST(DaemonState, AFailedAttachKeepsTheLogItsErrorNames) {
+  RunDir run;
+  ASSERT_TRUE(write_state(sample("failed")));
+  write_text(log_path("failed"), "why it failed");
+  remove_state_files("failed", /*keep_log=*/true);
+  EXPECT_FALSE(std::ifstream(state_path("failed")).good());
+  EXPECT_TRUE(std::ifstream(log_path("failed")).good());
+}
+
+// A `dmu list` probing the lock (a shared flock for an instant) while the
+// mapping process takes it must not make the process give up.
+TEST(DaemonState, TakingTheNameLockWaitsOutAProbe) {
+  RunDir run;
+  ASSERT_TRUE(ensure_run_dir());
+  write_text(lock_path("busy"), "");
+  int fd = ::open(lock_path("busy").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_SH), 0);  // a probe that lasts 100 ms
+  std::thread probe([fd] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::close(fd);
+  });
+  auto lock = NameLock::try_acquire("busy");
+  probe.join();
+  ASSERT_TRUE(lock) << lock.error().message;
+  EXPECT_TRUE(lock_held("busy"));
 }
 
 TEST(DaemonState, AtomicWriteLeavesNoTemporary) {

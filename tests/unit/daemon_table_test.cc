@@ -90,11 +90,14 @@ TEST(DaemonNames, KeysFitTheProtocol) {
   EXPECT_LT(k.size(), size_t(DMU_KEY_LEN));
   EXPECT_NE(k, key_for(long_name + "x"));
   EXPECT_EQ(k, key_for(long_name));
+  // Fixed for every build (FNV-1a of the name): a rebinding dmu of another
+  // build must find the same key.
+  EXPECT_EQ(k, "dmu:" + std::string(40, 'n') + "-da892b80fd7b7e85");
 }
 
 TEST(DaemonNames, NameRules) {
   EXPECT_TRUE(check_name("vm1-xvda"));
-  for (const char* bad : {"", ".", "..", "a/b", "a b", "tab\there"})
+  for (const char* bad : {"", ".", "..", "a/b", "a b", "tab\there", "x.stats"})
     EXPECT_FALSE(check_name(bad)) << bad;
   EXPECT_FALSE(check_name(std::string(128, 'x')));
   EXPECT_TRUE(check_name(std::string(127, 'x')));
