@@ -115,13 +115,15 @@ void worker(Shared& sh, uint32_t t, int fd, ThreadOut& out) {
     ++out.fsyncs;
     const std::string text = mark_text({t, seq});
     {
+      // The sync's place in the journal is taken with the mark, under the
+      // same lock: marks and journal syncs must come in one order.
       std::lock_guard lock(sh.mark_mu);
       if (auto m = sh.marker(text); !m) {
         failed("mark " + text + ": " + m.error().message, 0);
         return;
       }
+      out.s.push_back({t, seq, ++sh.order});
     }
-    out.s.push_back({t, seq, ++sh.order});
     synced = seq;
   }
 }
