@@ -529,6 +529,16 @@ unsigned int dmu_list_allocations(struct dmu_target *dt, u64 start,
 				  struct dmu_allocation *out, unsigned int max,
 				  u64 *next);
 
+/* dmu-check.c: NULL, or why the message (answer) is bad */
+const char *dmu_check_fields(struct dmu_target *dt,
+			     const struct dmu_response *r);
+const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req);
+
+static inline bool dmu_is_new(const struct dmu_response *m)
+{
+	return m->type == DMU_RSP_EXTENT && (m->ext_flags & DMU_EXT_NEW);
+}
+
 /* dmu-response.c */
 unsigned int dmu_handle_responses(struct dmu_target *dt,
 				  const struct dmu_response *msgs,
