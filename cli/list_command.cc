@@ -43,6 +43,8 @@ int list_main(const std::vector<std::string>& args) {
       std::cout << s.node() << "  " << s.image << " (" << s.format
                 << (s.read_only ? ", read-only" : "") << ")  "
                 << (served ? "served by pid " + std::to_string(s.pid) : std::string("NOT SERVED"))
+                << (served && s.supervisor ? " (supervisor " + std::to_string(s.supervisor) + ")"
+                                           : std::string())
                 << "\n";
     }
   }

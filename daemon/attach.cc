@@ -2,6 +2,7 @@
 #include "daemon/attach.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -33,8 +34,10 @@ Result<std::string> absolute(const std::string& path) {
   return std::string(buf);
 }
 
-// What the chain looks like, learnt with the image open (and locked).
+// What the chain looks like, learnt with the image open (and locked).  The
+// chain stays open until the loop devices hold the locks themselves.
 struct Plan {
+  std::unique_ptr<formats::Chain> chain_open;
   std::string format;
   std::vector<std::string> chain;
   std::vector<std::string> files;  // data files, table order
@@ -43,12 +46,34 @@ struct Plan {
   uint64_t target_sectors = 0;
 };
 
+// Files an image names (backing images, external data files, extents) are
+// loop-attached, writable for the top image: a hostile image naming
+// /dev/sda or /etc/shadow would hand the guest a host device or file.  Only
+// regular files may be reached that way; the image the user names is theirs
+// to choose.
+Result<void> check_named_files(const formats::Chain& chain, const std::string& image) {
+  std::vector<std::string> named;
+  for (const auto& im : chain.images()) named.push_back(im->info().filename);
+  for (File* f : chain.devices()) named.push_back(f->path());
+  for (const auto& path : named) {
+    if (path == image) continue;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return fail(errno_error(image + ": " + path));
+    if (!S_ISREG(st.st_mode))
+      return fail(EPERM, image + ": names " + path +
+                             ", which is not a regular file; dmu attaches only regular files "
+                             "named inside images");
+  }
+  return {};
+}
+
 Result<Plan> plan(const std::string& image, const AttachOptions& o) {
   formats::ChainOptions co;
   co.format = o.format;
   co.access = o.read_only ? formats::Access::ReadOnly : formats::Access::ReadWrite;
   co.lock = true;
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), image, co));
+  DMU_TRY(check_named_files(*chain, image));
   Plan p;
   p.format = chain->top().info().format;
   for (const auto& im : chain->images()) p.chain.push_back(im->info().filename);
@@ -58,6 +83,7 @@ Result<Plan> plan(const std::string& image, const AttachOptions& o) {
   // A partial last sector cannot be expressed in a dm table; it is left out
   // rather than exposing bytes past the image's end.
   p.target_sectors = chain->virtual_size() / 512;
+  p.chain_open = std::move(chain);
   if (p.target_sectors == 0)
     return fail(EINVAL, image + ": virtual size " + std::to_string(chain->virtual_size()) +
                             " bytes is less than one sector");
@@ -125,7 +151,8 @@ Result<void> start_mapping_process(const std::string& program, const std::string
     ::dup2(dev_null.get(), 1);
     ::dup2(log_file.get(), 2);
     ::dup2(ready_write.get(), 3);
-    const char* argv[] = {"dmu", "serve", "--name", name.c_str(), "--ready-fd", "3", nullptr};
+    const char* argv[] = {"dmu",          "serve", "--name",     name.c_str(),
+                          "--ready-fd",   "3",     "--supervise", nullptr};
     ::execv(program.c_str(), const_cast<char* const*>(argv));
     dprintf(3, "error: exec %s: %s\n", program.c_str(), strerror(errno));
     ::_exit(127);
@@ -212,6 +239,9 @@ Result<std::string> attach(const AttachOptions& o) {
   for (size_t i = 0; i < files.size(); ++i) {
     LoopOptions lo;
     lo.read_only = i >= p.writable;
+    // The image locks move to the loop devices (see LoopOptions::lock); the
+    // scratch store is ours alone.
+    if (i < p.files.size()) lo.lock = lo.read_only ? LockMode::Reader : LockMode::Writer;
     DMU_ASSIGN_OR_RETURN(LoopDevice loop, LoopDevice::attach(files[i], lo));
     st.devices.push_back({files[i], loop.path(), !lo.read_only});
     spec.devs.push_back(loop.dev_string());
@@ -223,6 +253,7 @@ Result<std::string> attach(const AttachOptions& o) {
   dco.uuid = "DMU-" + st.key;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
   DMU_TRY(write_state(st));
+  p.chain_open.reset();  // the loop devices hold the image locks from here on
 
   lock.release();
   DMU_TRY(start_mapping_process(o.program, name));

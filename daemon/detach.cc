@@ -57,6 +57,14 @@ void wait_loop_released(const std::string& loop_path, const std::string& file) {
   }
 }
 
+// True when pid still is a dmu supervisor (not a number reused since).
+bool is_supervisor(pid_t pid) {
+  if (pid <= 0) return false;
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  return comm && std::getline(comm, name) && name == "dmu-supervise";
+}
+
 }  // namespace
 
 Result<std::string> detach(const DetachOptions& o) {
@@ -89,9 +97,12 @@ Result<std::string> detach(const DetachOptions& o) {
     }
   }
   if (alive) {
-    if (st->pid > 0) ::kill(st->pid, SIGTERM);
+    // The supervisor, when there is one: between a death and a restart
+    // the recorded mapping process is gone, and a SIGTERM to it would be lost.
+    const pid_t target = is_supervisor(st->supervisor) ? st->supervisor : st->pid;
+    if (target > 0) ::kill(target, SIGTERM);
     if (!wait_lock_free(name, kExitWait))
-      return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(st->pid) +
+      return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(target) +
                                  ") did not exit within " + std::to_string(kExitWait.count()) +
                                  " s of SIGTERM");
   }

@@ -39,7 +39,9 @@ void install_signals() {
   signal(SIGHUP, SIG_IGN);
 }
 
-void tell(int fd, const std::string& text) {
+}  // namespace
+
+void tell_ready(int fd, const std::string& text) {
   if (fd < 0) return;
   const char* p = text.data();
   size_t left = text.size();
@@ -51,6 +53,8 @@ void tell(int fd, const std::string& text) {
     left -= size_t(n);
   }
 }
+
+namespace {
 
 struct Member {
   NameLock lock;
@@ -109,9 +113,13 @@ class StopFlush {
 
 // Everything one device needs before the loop starts: its lock, its record,
 // the dm device, the served device, and the record's pid.
-Result<Member> set_up(const std::string& name) {
+Result<Member> set_up(const std::string& name, bool supervised) {
   Member m;
-  DMU_ASSIGN_OR_RETURN(m.lock, NameLock::try_acquire(name));
+  // A supervised process inherited its supervisor's lock (one open file
+  // description: a second flock() of ours would conflict with it).
+  if (!supervised) {
+    DMU_ASSIGN_OR_RETURN(m.lock, NameLock::try_acquire(name));
+  }
   DMU_ASSIGN_OR_RETURN(auto state, read_state(name));
   if (!state) return fail(ENOENT, name + ": not attached (no record " + state_path(name) + ")");
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
@@ -121,6 +129,7 @@ Result<Member> set_up(const std::string& name) {
   m.node = state->node();
   m.read_only = state->read_only;
   state->pid = ::getpid();
+  state->supervisor = supervised ? ::getppid() : 0;
   DMU_TRY(write_state(*state));
   return m;
 }
@@ -131,16 +140,16 @@ int serve(const ServeOptions& options) {
   install_signals();
   std::vector<Member> members;
   for (const auto& name : options.names) {
-    auto m = set_up(name);
+    auto m = set_up(name, options.supervised);
     if (!m) {
       log_event(LogLevel::Error, name, m.error().message);
-      tell(options.ready_fd, "error: " + m.error().message + "\n");
+      tell_ready(options.ready_fd, "error: " + m.error().message + "\n");
       return 1;
     }
     members.push_back(std::move(*m));
   }
   for (auto& m : members) m.device->write_stats(true);
-  tell(options.ready_fd, "ready\n");
+  tell_ready(options.ready_fd, "ready\n");
   if (options.ready_fd >= 0) ::close(options.ready_fd);
 
   std::vector<pollfd> fds(members.size());

@@ -16,9 +16,17 @@ struct ServeOptions {
   // When >= 0: "ready\n" is written there once every device is bound and
   // served, or "error: <message>\n" if setup failed; then it is closed.
   int ready_fd = -1;
+  // Started by a supervisor (daemon/supervise.h) that holds the devices'
+  // name locks already (this process inherited them) and whose pid goes
+  // into the records next to ours.
+  bool supervised = false;
 };
 
 // Runs until a signal or a fatal error; returns the exit status.
 int serve(const ServeOptions& options);
+
+// Writes all of `text` to a ready descriptor (nothing when fd < 0); errors
+// are ignored: the reader may have stopped listening.
+void tell_ready(int fd, const std::string& text);
 
 }  // namespace dmu::daemon

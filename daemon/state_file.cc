@@ -32,7 +32,8 @@ json to_json(const DeviceState& s) {
               {"target-sectors", s.target_sectors},
               {"devices", devices},
               {"scratch", s.scratch},
-              {"pid", s.pid}};
+              {"pid", s.pid},
+              {"supervisor", s.supervisor}};
 }
 
 namespace {
@@ -68,6 +69,10 @@ Result<DeviceState> state_from_json(const json& j, const std::string& where) {
   DMU_ASSIGN_OR_RETURN(s.target_sectors, field<uint64_t>(j, "target-sectors", where));
   DMU_ASSIGN_OR_RETURN(s.scratch, field<std::string>(j, "scratch", where));
   DMU_ASSIGN_OR_RETURN(s.pid, field<pid_t>(j, "pid", where));
+  // Absent in records written before supervision existed.
+  if (j.contains("supervisor")) {
+    DMU_ASSIGN_OR_RETURN(s.supervisor, field<pid_t>(j, "supervisor", where));
+  }
   DMU_ASSIGN_OR_RETURN(json devices, field<json>(j, "devices", where));
   if (!devices.is_array()) return fail(EINVAL, where + ": field 'devices' is not an array");
   for (const json& d : devices) {

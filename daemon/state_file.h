@@ -41,6 +41,7 @@ struct DeviceState {
   std::vector<DataDevice> devices;  // chain data files, then the scratch store
   std::string scratch;              // scratch store file (also the last device)
   pid_t pid = 0;                    // mapping process last started (0: none yet)
+  pid_t supervisor = 0;             // its supervisor, if it has one (0: none)
 
   bool operator==(const DeviceState&) const = default;
   std::string node() const { return "/dev/mapper/" + name; }

@@ -64,11 +64,8 @@ Result<ImageLock> ImageLock::acquire(const std::string& path, LockMode mode) {
   if (fd < 0) return fail(errno_error(path));
   ImageLock lock(path, fd);  // closes fd (and drops its locks) on every error path
 
-  PermSet p = perms_for(mode);
-  for (unsigned bit = 0; bit < kPermCount; ++bit) {
-    if (p.held & (1u << bit)) DMU_TRY(lock_byte(fd, kPermBase + bit, path));
-    if (p.unshared & (1u << bit)) DMU_TRY(lock_byte(fd, kSharedBase + bit, path));
-  }
+  DMU_TRY(place(fd, path, mode));
+  const PermSet p = perms_for(mode);
   // Same order and wording as QEMU's raw_check_lock_bytes.
   const std::string hint = " (is another process using the image?)";
   for (unsigned bit = 0; bit < kPermCount; ++bit) {
@@ -84,6 +81,15 @@ Result<ImageLock> ImageLock::acquire(const std::string& path, LockMode mode) {
       return fail(EAGAIN, path + ": Failed to get shared \"" + kPermNames[bit] + "\" lock" + hint);
   }
   return lock;
+}
+
+Result<void> ImageLock::place(int fd, const std::string& path, LockMode mode) {
+  PermSet p = perms_for(mode);
+  for (unsigned bit = 0; bit < kPermCount; ++bit) {
+    if (p.held & (1u << bit)) DMU_TRY(lock_byte(fd, kPermBase + bit, path));
+    if (p.unshared & (1u << bit)) DMU_TRY(lock_byte(fd, kSharedBase + bit, path));
+  }
+  return {};
 }
 
 ImageLock::ImageLock(ImageLock&& other) noexcept

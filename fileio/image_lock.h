@@ -36,6 +36,15 @@ class ImageLock {
   // when another process holds a conflicting lock.
   static Result<ImageLock> acquire(const std::string& path, LockMode mode);
 
+  // Places the lock bytes of `mode` on `fd`, an open file description that
+  // someone else keeps: a loop device's backing file.  The kernel drops OFD
+  // locks only when the description's last reference goes, and a loop device
+  // holds one until it is detached, so the locks outlive every process --
+  // kill -9 of the mapping process leaves the image locked for as long as
+  // the guest can still write it.  Nothing is checked: call acquire() first,
+  // while it is held the placed bytes (read locks) cannot conflict with it.
+  static Result<void> place(int fd, const std::string& path, LockMode mode);
+
   ImageLock() = default;
   ImageLock(ImageLock&& other) noexcept;
   ImageLock& operator=(ImageLock&& other) noexcept;

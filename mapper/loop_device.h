@@ -8,9 +8,11 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "common/error.h"
+#include "fileio/image_lock.h"
 #include "mapper/unique_fd.h"
 
 namespace dmu {
@@ -25,6 +27,10 @@ struct LoopOptions {
   // Logical block size of the loop device; 512 keeps 512-byte direct I/O
   // working for the guest.
   uint32_t block_size = 512;
+  // QEMU-compatible image locks placed on the backing file's description
+  // before the loop device takes it (ImageLock::place): they last exactly as
+  // long as the loop device, whoever set it up and whatever became of them.
+  std::optional<LockMode> lock{};
 };
 
 class LoopDevice {

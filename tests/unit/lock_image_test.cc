@@ -3,7 +3,9 @@
 // the file, and QEMU refuses an image dmu has open for writing.  Readers
 // share with readers, as between QEMUs.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -87,6 +89,48 @@ TEST_F(LockImage, ReleasedWhenTheLockIsDropped) {
     ASSERT_TRUE(w);
   }
   EXPECT_TRUE(ImageLock::acquire(image_, LockMode::Writer));
+}
+
+// What a loop device does with the description it is given: keeps it after
+// whoever opened it is gone.  Here a child places the locks and hands the
+// description (shared over fork) and dies; the locks stay with the
+// description, and go with its last close.
+TEST_F(LockImage, PlacedLocksLiveAsLongAsTheDescription) {
+  const int file = ::open(image_.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(file, 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    // The child places the locks on the shared description and exits.
+    ::_exit(ImageLock::place(file, image_, LockMode::Writer) ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+  auto w = ImageLock::acquire(image_, LockMode::Writer);
+  ASSERT_FALSE(w) << "placed writer locks must exclude another writer";
+  EXPECT_FALSE(ImageLock::acquire(image_, LockMode::Reader));
+  auto io = run_split("qemu-io -f qcow2 img.qcow2 -c 'read 0 512'", dir_.path());
+  EXPECT_NE(io.exit_code, 0);
+  EXPECT_NE((io.out + io.err).find("Failed to get \"write\" lock"), std::string::npos)
+      << io.out << io.err;
+
+  ::close(file);  // the last reference: the locks go with it
+  EXPECT_TRUE(ImageLock::acquire(image_, LockMode::Writer));
+}
+
+// Placing needs no check: it must not conflict with an acquire() the caller
+// still holds (attach keeps the chain's locks until the loops have theirs).
+TEST_F(LockImage, PlacingNextToOwnAcquiredLockSucceeds) {
+  auto held = ImageLock::acquire(image_, LockMode::Writer);
+  ASSERT_TRUE(held);
+  const int file = ::open(image_.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(file, 0);
+  EXPECT_TRUE(ImageLock::place(file, image_, LockMode::Writer));
+  held = ImageLock{};
+  EXPECT_FALSE(ImageLock::acquire(image_, LockMode::Reader));
+  ::close(file);
+  EXPECT_TRUE(ImageLock::acquire(image_, LockMode::Reader));
 }
 
 TEST_F(LockImage, DmuRefusesAnImageQemuWrites) {

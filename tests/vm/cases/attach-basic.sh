@@ -3,7 +3,9 @@
 # image) into /dev/mapper/NAME that a file system and fio with verify run on;
 # dmu stats and dmsetup table show the device; detach refuses while it is
 # mounted, is idempotent, and leaves an image qemu-img check finds clean whose
-# contents qemu-img compare finds equal to what the device showed.
+# contents qemu-img compare finds equal to what the device showed.  While
+# attached, QEMU's tools cannot write the image (locks held by the loop
+# devices); an image naming a host block device is refused.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 
@@ -166,6 +168,16 @@ echo "table: $table"
 echo "$table" | grep -q " userspace dmu:d2 [0-9]* 3 " ||
   fail "overlay table should list top, base and scratch"
 echo "$table" | grep -q "writable_devs 1" || fail "overlay table should make only the top writable"
+# The loop devices hold QEMU's locks: writer on the overlay, reader on the base.
+qemu-io -c "write 0 512" top.qcow2 >/tmp/lock.log 2>&1 && fail "qemu-io wrote an attached image"
+grep -q 'Failed to get "write" lock' /tmp/lock.log || { cat /tmp/lock.log; fail "no lock message"; }
+qemu-img info top.qcow2 >/tmp/lock.log 2>&1 && fail "qemu-img info opened an attached overlay"
+qemu-io -c "write 0 512" base.qcow2 >/tmp/lock.log 2>&1 && fail "qemu-io wrote an attached base"
+qemu-img info base.qcow2 >/dev/null || fail "qemu-img info of the base (readers share)"
+out=$(dmu attach --name d2b /data/top.qcow2 2>&1) && fail "a second attach of top.qcow2: $out"
+echo "second attach: $out"
+echo "$out" | grep -q "lock" || fail "the second attach does not name the lock"
+[ ! -e /dev/mapper/d2b ] && [ ! -e /run/dmu/d2b.json ] || fail "the refused attach left d2b behind"
 qemu-io -f raw -r -c "read -P 0x5a 0 8M" -c "read -P 0xa5 16M 1M" -c "read -P 0 8M 8M" \
   /dev/mapper/d2 >/tmp/qio.log || { cat /tmp/qio.log; fail "backing data through the device"; }
 qemu-io -f raw -c "write -P 0x33 4M 1M" -c "write -P 0x44 16M 4k" -c flush /dev/mapper/d2 \
@@ -195,6 +207,16 @@ fi
 qemu-io -f raw -r -c "read -P 0x5a 0 8M" /dev/mapper/d3 >/dev/null || fail "read the read-only device"
 detach_ok d3
 expect_eq "read-only image unchanged" "$base_sum" "$(sha256sum base.qcow2)"
+
+step "an image naming a block device as its backing file is refused"
+loops_before=$(losetup -a | wc -l)
+qemu-img create -q -f qcow2 -u -b /dev/vda -F raw evil.qcow2 64M || fail "create evil.qcow2"
+out=$(dmu attach --name evil /data/evil.qcow2 2>&1) && fail "attached an image backed by /dev/vda"
+echo "refused: $out"
+expect_eq "error lines" 1 "$(printf '%s\n' "$out" | wc -l)"
+echo "$out" | grep -q "/dev/vda.*not a regular file" || fail "the refusal does not name /dev/vda"
+[ ! -e /dev/mapper/evil ] && [ ! -e /run/dmu/evil.json ] || fail "the refused attach left state"
+expect_eq "loop devices after the refusal" "$loops_before" "$(losetup -a | wc -l)"
 
 dmu detach never-attached || fail "detach of a name never attached"
 save_results attach-basic /tmp/stats.json /tmp/fio1.log /tmp/fio2.log

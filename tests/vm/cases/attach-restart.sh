@@ -1,10 +1,13 @@
 #!/bin/sh
-# The mapping process of an attached qcow2 is killed with -9 twice while fio
-# writes and verifies; a new one (once `dmu attach --name` on the existing
-# device, once `dmu serve --name` by hand) adopts the kernel's uncommitted
-# allocations and fio finishes without an error or a verify failure.  After
-# detach, qemu-img check finds no corruption (leaked clusters are allowed
-# after a crash) and the image holds what the device showed.
+# The mapping process of an attached qcow2 dies while fio writes and verifies:
+# round 1, kill -9 of the mapping process -- its supervisor starts a new one
+# at once; round 2, kill -9 of the supervisor and the mapping process -- the
+# image stays locked (the loop devices hold QEMU's locks) and
+# `dmu attach --name` rebinds; round 3, both again and `dmu serve --name` by
+# hand.  Each new process adopts the kernel's uncommitted allocations and fio
+# finishes without an error or a verify failure.  After detach, qemu-img
+# check finds no corruption (leaked clusters are allowed after a crash) and
+# the image holds what the device showed.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 
@@ -17,7 +20,7 @@ fail() {
   exit 1
 }
 
-# serving NAME: a live `dmu serve --name NAME` process exists.
+# serving NAME: a live `dmu serve --name NAME` process (or supervisor) exists.
 serving() {
   for _c in /proc/[0-9]*/cmdline; do
     { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --name $1 " && return 0
@@ -35,6 +38,21 @@ wait_gone() {
   done
 }
 
+# record_field NAME FIELD: a number from /run/dmu/NAME.json.
+record_field() {
+  sed -n "s/.*\"$2\": \([0-9][0-9]*\).*/\1/p" "/run/dmu/$1.json"
+}
+
+# wait_bound NAME: until dmu list shows NAME served (30 s).
+wait_bound() {
+  _i=0
+  until dmu list | grep -q "^/dev/mapper/$1 .*served by"; do
+    _i=$((_i + 1))
+    [ $_i -lt 300 ] || fail "$1 was not bound again"
+    sleep 0.1
+  done
+}
+
 step "a 256 MiB qcow2 image, attached"
 data_fs
 cd /data || fail "cd /data"
@@ -42,36 +60,51 @@ qemu-img create -q -f qcow2 disk.qcow2 256M || fail "qemu-img create"
 out=$(dmu attach --name r1 /data/disk.qcow2) || fail "dmu attach"
 expect_eq "attach output" /dev/mapper/r1 "$out"
 
-step "fio randwrite + verify while the mapping process is killed -9 twice"
-fio --name=restart --filename=/dev/mapper/r1 --rw=randwrite --bsrange=4k-64k --size=64M \
+step "fio randwrite + verify while the mapping process dies three times"
+fio --name=restart --filename=/dev/mapper/r1 --rw=randwrite --bsrange=4k-64k --size=96M \
   --direct=1 --ioengine=libaio --iodepth=8 --verify=crc32c --verify_fatal=1 --do_verify=1 \
   --fsync=128 >/tmp/fio.log 2>&1 &
 FIO=$!
 killed=0
-for round in 1 2; do
+for round in 1 2 3; do
   sleep 4
   kill -0 $FIO 2>/dev/null || break
-  pid=$(sed -n 's/.*"pid": \([0-9][0-9]*\).*/\1/p' /run/dmu/r1.json)
+  pid=$(record_field r1 pid)
+  sup=$(record_field r1 supervisor)
   [ -n "$pid" ] || fail "round $round: no pid in /run/dmu/r1.json"
-  echo "round $round: kill -9 $pid, unpublished=$(dmu_stat r1 unpublished)"
-  kill -9 "$pid"
-  killed=$((killed + 1))
-  wait_gone r1
+  echo "round $round: pid $pid supervisor ${sup:-none}, unpublished=$(dmu_stat r1 unpublished)"
   if [ $round = 1 ]; then
-    out=$(dmu attach --name r1 /data/disk.qcow2) || fail "round 1: dmu attach --name r1 (rebind)"
-    expect_eq "rebind output" /dev/mapper/r1 "$out"
-  else
-    dmu serve --name r1 2>>/tmp/serve.log &
+    [ -n "$sup" ] && [ "$sup" != 0 ] || fail "dmu attach started no supervisor"
+    t0=$(now_ms)
+    kill -9 "$pid"
     i=0
-    until dmu list | grep -q "served by"; do
+    while [ "$(record_field r1 pid)" = "$pid" ]; do
       i=$((i + 1))
-      [ $i -lt 300 ] || fail "round 2: dmu serve --name r1 did not bind"
-      sleep 0.1
+      [ $i -lt 300 ] || fail "round 1: the supervisor did not start a new mapping process in 30 s"
+      sleep 0.05
     done
+    echo "round 1: new mapping process $(record_field r1 pid) bound $(( $(now_ms) - t0 )) ms after kill -9"
+    kill -0 "$sup" || fail "round 1: the supervisor died"
+    grep -q "starting a new one" /run/dmu/r1.log || fail "round 1: the supervisor did not log the restart"
+  else
+    kill -9 "$sup" "$pid"
+    wait_gone r1
+    # Nothing of dmu runs now, yet the guest's image stays locked against QEMU.
+    qemu-io -c "write 0 512" /data/disk.qcow2 >/tmp/lock.log 2>&1 &&
+      fail "round $round: qemu-io wrote the image while the device was unserved"
+    grep -q 'Failed to get "write" lock' /tmp/lock.log || { cat /tmp/lock.log; fail "no lock message"; }
+    if [ $round = 2 ]; then
+      out=$(dmu attach --name r1 /data/disk.qcow2) || fail "round 2: dmu attach --name r1 (rebind)"
+      expect_eq "rebind output" /dev/mapper/r1 "$out"
+    else
+      dmu serve --name r1 2>>/tmp/serve.log &
+      wait_bound r1
+    fi
   fi
+  killed=$((killed + 1))
   grep "adopted" /run/dmu/r1.log /tmp/serve.log 2>/dev/null | tail -1
 done
-[ $killed -ge 1 ] || fail "fio finished before the mapping process could be killed"
+[ $killed -ge 2 ] || fail "fio finished before the mapping process was killed twice ($killed)"
 wait $FIO || { cat /tmp/fio.log; fail "fio failed across restarts"; }
 grep -q "err= 0" /tmp/fio.log || { cat /tmp/fio.log; fail "fio saw I/O errors"; }
 dmu stats r1 || fail "dmu stats r1"
