@@ -163,6 +163,19 @@ class Image {
   // image: see the top of this file.
   virtual Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
                                        uint64_t host_offset) = 0;
+  // A discard that process answered after its last commit, in its place
+  // among the adoptions (the order the kernel lists them): from here on the
+  // range reads as that discard left it, earlier adoptions inside it are
+  // forgotten, and later ones may place it anew, as the dead process did.
+  // The data file already holds the discard's effect (holes punched): only
+  // metadata changes, and only when adoption ends.  Same phase rule as
+  // adopt_write.  Engines whose discard leaves the metadata alone (raw,
+  // qcow, vmdk) have nothing to replay.
+  virtual Result<void> adopt_discard(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+    return {};
+  }
   // [offset, offset + length) reads as zeros afterwards.  may_unmap: the
   // space may be released (discard / write -z -u).  Returns ENOTSUP when the
   // format cannot express zeros for this range (qcow v1 with a backing file):

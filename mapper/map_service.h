@@ -116,7 +116,7 @@ class MapService {
   struct AdoptCounts {
     size_t adopted = 0;   // records registered with adopt_write
     size_t resolved = 0;  // of those, resolved at once (flagged DONE/FAILED)
-    size_t discards = 0;  // discard records, not replayed
+    size_t discards = 0;  // discard records, replayed in list order
   };
   const AdoptCounts& adopt_counts() const { return adopt_counts_; }
 
@@ -143,6 +143,8 @@ class MapService {
   void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);
   void handle_done(const dmu_request& r, std::vector<dmu_response>& out);
   // map_service_adopt.cc
+  Result<void> adopt_discard_record(const dmu_allocation& a,
+                                    std::span<const dmu_allocation* const> in_flight);
   Result<void> adopt_record(const dmu_allocation& a);
   void resolve_adopted(uint64_t id, bool ok);
 

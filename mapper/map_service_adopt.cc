@@ -43,6 +43,25 @@ Result<void> MapService::adopt_record(const dmu_allocation& a) {
   return {};
 }
 
+// A discard record, replayed in its place in the list (the order the dead
+// daemon answered): a rewrite after it may then place its blocks anew.  An
+// engine refuses to discard a write in flight, so an earlier record inside
+// the range whose DONE was not queued means the list contradicts itself --
+// and its fill might still write there.
+Result<void> MapService::adopt_discard_record(const dmu_allocation& a,
+                                              std::span<const dmu_allocation* const> in_flight) {
+  if (a.nr_blocks == 0 || a.block >= target_blocks() || a.nr_blocks > target_blocks() - a.block)
+    return fail(EINVAL, "the blocks are outside the device");
+  for (const dmu_allocation* w : in_flight)
+    if (w->block < a.block + a.nr_blocks && a.block < w->block + w->nr_blocks)
+      return fail(EINVAL, "it discards blocks of " + describe(*w) + ", whose DONE never came");
+  const uint64_t offset = a.block * block_size_;
+  const uint64_t length =
+      std::min<uint64_t>(a.nr_blocks * block_size_, chain_.virtual_size() - offset);
+  forget_scratch(a.block, a.nr_blocks);
+  return chain_.top().adopt_discard(offset, length);
+}
+
 // A record whose DONE the kernel queued already: as that DONE would.  The
 // kernel dropped the extents of a failed one, so no INVALIDATE is needed.
 void MapService::resolve_adopted(uint64_t id, bool ok) {
@@ -59,8 +78,12 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
     return fail(EROFS, chain_.top().info().filename + ": cannot adopt " +
                            std::to_string(records.size()) + " allocation records read-only");
   std::map<uint64_t, bool> finished;  // id -> ok, for records whose DONE was queued
+  std::vector<const dmu_allocation*> in_flight;  // write records whose DONE was not queued
   for (const dmu_allocation& a : records) {
     if (a.flags & DMU_ALLOC_DISCARD) {
+      if (auto r = adopt_discard_record(a, in_flight); !r)
+        return fail(r.error().code,
+                    chain_.top().info().filename + ": " + describe(a) + ": " + r.error().message);
       ++adopt_counts_.discards;
       continue;
     }
@@ -68,6 +91,7 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
       return fail(r.error().code,
                   chain_.top().info().filename + ": " + describe(a) + ": " + r.error().message);
     ++adopt_counts_.adopted;
+    if (!(a.flags & DMU_ALLOC_DONE)) in_flight.push_back(&a);
     if (a.flags & DMU_ALLOC_DONE) {
       auto [it, added] = finished.try_emplace(a.id, true);
       it->second = it->second && !(a.flags & DMU_ALLOC_FAILED);

@@ -18,6 +18,7 @@
 // Nothing is written while adopting: claimed clusters get their refcount,
 // and L2 tables are made writable, in end_adoption().
 #include <algorithm>
+#include <utility>
 
 #include "common/checked.h"
 #include "formats/qcow2/qcow2_image.h"
@@ -76,7 +77,12 @@ Result<Qcow2Image::AdoptPlan> Qcow2Image::plan_adoption(uint64_t c, uint64_t hos
       return fail(EINVAL, guest + " is already adopted at host " + hex(it->second.host));
     return p;
   }
-  DMU_ASSIGN_OR_RETURN(WriteUnit w, classify(c << g_.cluster_bits));
+  // A cluster the dead process discarded reads as discarded now, whatever
+  // the committed metadata says: a write after the discard got a new one.
+  WriteUnit w;
+  if (!adopt_discarded_.count(c)) {
+    DMU_ASSIGN_OR_RETURN(w, classify(c << g_.cluster_bits));
+  }
   if (w.cls != WriteClass::New) {  // ours already: the old process wrote in place
     if (w.host != host) return fail(EINVAL, guest + " is allocated at host " + hex(w.host));
     return p;
@@ -132,11 +138,41 @@ Result<uint64_t> Qcow2Image::adopt_write(uint64_t offset, uint64_t length, unsig
   return token;
 }
 
+// Forgets earlier adoptions of the range's whole clusters (the guest dropped
+// that data; MapService::adopt refuses a list where such a write had not
+// reported DONE, so no fill still writes there) and marks the clusters
+// discarded for later adoptions and for end_adoption().
+Result<void> Qcow2Image::adopt_discard(uint64_t offset, uint64_t length) {
+  DMU_TRY(check_writable());
+  const std::string what = path_ + ": cannot adopt the discard of guest [" + hex(offset) + ", +" +
+                           hex(length) + ")";
+  if (!adopting_)
+    return fail(EBUSY, what + ": the image changed since it was opened or last committed");
+  if (length == 0 || !range_within(offset, length, virtual_size_))
+    return fail(EINVAL, what + ": the range is outside the virtual disk");
+  // discard()'s rule: whole clusters only (and the partial last cluster).
+  const uint64_t first = *align_up(offset, g_.cluster_size);
+  const uint64_t last = offset + length == virtual_size_
+                            ? virtual_size_
+                            : align_down(offset + length, g_.cluster_size);
+  if (first >= last) return {};
+  for (uint64_t c = first >> g_.cluster_bits; c <= (last - 1) >> g_.cluster_bits; ++c) {
+    if (auto it = pending_.find(c); it != pending_.end()) {
+      // Its tokens stay: write_done skips clusters it has no part in.
+      if (it->second.new_host) adopt_claims_.erase(it->second.host >> g_.cluster_bits);
+      pending_.erase(it);
+    }
+    adopt_discarded_.insert(c);
+  }
+  return {};
+}
+
 Result<void> Qcow2Image::end_adoption() {
   if (!adopting_) return {};
   adopting_ = false;
   adopt_refs_.reset();
-  if (pending_.empty()) return {};
+  const std::set<uint64_t> discarded = std::exchange(adopt_discarded_, {});
+  if (pending_.empty() && discarded.empty()) return {};
   DMU_TRY(prepare_header_for_write());
   // Refcounts first: while every claim is still reserved, the refcount
   // blocks (and table growth) this needs go elsewhere.
@@ -148,6 +184,11 @@ Result<void> Qcow2Image::end_adoption() {
   // Now the allocator sees the claims as used: L2 tables land elsewhere.
   for (const auto& [c, pc] : pending_)
     if (auto r = ensure_l2(c >> g_.l2_bits); !r) return fail_writes(r.error());
+  // The discards, before any adopted write after them is applied (those
+  // apply at write_done, on top of what the discard left).  Their old
+  // clusters are released at the next commit, as the dead process's were.
+  for (uint64_t c : discarded)
+    if (auto r = discard_clusters(c, c); !r) return fail_writes(r.error());
   return {};
 }
 

@@ -85,6 +85,7 @@ class Qcow2Image final : public Image {
   Result<void> write_done(uint64_t token, bool ok) override;
   Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
                                uint64_t host_offset) override;
+  Result<void> adopt_discard(uint64_t offset, uint64_t length) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;
@@ -168,6 +169,8 @@ class Qcow2Image final : public Image {
   Result<AdoptPlan> plan_adoption(uint64_t cluster, uint64_t host, uint64_t offset, uint64_t end);
   Result<void> check_host_free(uint64_t host_cluster);
   void record_adoption(const std::vector<AdoptPlan>& plans, uint64_t token);
+  // discard()'s metadata change for guest clusters [c0, c1].
+  Result<void> discard_clusters(uint64_t c0, uint64_t c1);
   // Ends the adoption phase: the deferred refcounts and L2 tables.
   Result<void> end_adoption();
   bool adopt_claimed(uint64_t host_cluster) const { return adopt_claims_.count(host_cluster); }
@@ -212,6 +215,10 @@ class Qcow2Image final : public Image {
   // that left nothing pending: adopt_write is allowed.
   bool adopting_ = true;
   std::set<uint64_t> adopt_claims_;  // host clusters adopted as new, refcount not yet set
+  // Guest clusters a dead process discarded after its last commit
+  // (adopt_discard): they adopt like unallocated ones and are discarded in
+  // the metadata by end_adoption().
+  std::set<uint64_t> adopt_discarded_;
   // While adopting: references per host cluster (a refcount without one is
   // an allocation of the dead process that an earlier commit made durable).
   std::optional<std::vector<uint32_t>> adopt_refs_;

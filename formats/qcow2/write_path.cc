@@ -393,6 +393,11 @@ Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
       return fail(ENOTSUP,
                   path_ + ": cannot discard in the raw external data file: " + r.error().message);
   }
+  DMU_TRY(discard_clusters(c0, c1));
+  return after_operation();
+}
+
+Result<void> Qcow2Image::discard_clusters(uint64_t c0, uint64_t c1) {
   const bool backing = header_.backing_file.has_value();
   for (uint64_t c = c0; c <= c1; ++c) {
     DMU_ASSIGN_OR_RETURN(L2Slot s, l2_slot(c));
@@ -414,7 +419,7 @@ Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
     set_l2(s, new_entry, new_bitmap);
     free_cluster_entry(entry, true);  // a discard gives the space back
   }
-  return after_operation();
+  return {};
 }
 
 }  // namespace dmu::formats::qcow2

@@ -161,14 +161,86 @@ TEST_F(MapServiceAdopt, ARecordTheImageRefusesFailsTheAdoptionNamingIt) {
   EXPECT_EQ(fresh.service->adopt_counts().adopted, 0u);
 }
 
-TEST_F(MapServiceAdopt, DiscardRecordsAreCountedNotReplayed) {
+// The review's case: a cluster committed, then discarded and written again
+// (at a new host cluster, the old one being released only at commit) before
+// the daemon died; another written, discarded and written again with no
+// commit between; a third only discarded.  The kernel lists the records in
+// the order the answers were applied, and the next daemon must replay the
+// discards in that order or the rewrite contradicts the committed metadata.
+TEST_F(MapServiceAdopt, DiscardThenRewriteBeforeTheCrashIsAdoptedInOrder) {
+  std::vector<dmu_allocation> records;
+  {
+    Daemon old;
+    old.start(top_, dir_.file("scratch1"));
+    old.write_block(101, 16, 0xa1, DMU_ALLOC_DONE, records);
+    EXPECT_TRUE(old.send(DMU_REQ_DONE, DMU_MAP_WRITE, 101, 16, 1).empty());
+    auto c = old.send(DMU_REQ_COMMIT, 0, 150, 0, 0);
+    ASSERT_EQ(c.size(), 1u);
+    ASSERT_EQ(c[0].status, 0) << old.service->last_error();
+    records.clear();  // published: the kernel forgets them
+
+    old.write_block(102, 17, 0xa2, DMU_ALLOC_DONE, records);
+    EXPECT_TRUE(old.send(DMU_REQ_DONE, DMU_MAP_WRITE, 102, 17, 1).empty());
+    auto d = old.send(DMU_REQ_MAP, DMU_MAP_DISCARD, 103, 16, 3);
+    ASSERT_FALSE(d.empty());
+    ASSERT_EQ(d.back().status, 0) << old.service->last_error();
+    records.push_back(dmu_allocation{103, 16, 3, 0, 0, DMU_ALLOC_DISCARD | DMU_ALLOC_DONE});
+    old.write_block(104, 16, 0xc1, DMU_ALLOC_DONE, records);
+    EXPECT_TRUE(old.send(DMU_REQ_DONE, DMU_MAP_WRITE, 104, 16, 1).empty());
+    old.write_block(105, 17, 0xc2, 0, records);  // its DONE is redelivered
+    old.die();
+  }
   Daemon fresh;
-  fresh.start(top_, dir_.file("scratch"));
-  const dmu_allocation discard{8, 16, 4, 0, 0, DMU_ALLOC_DISCARD | DMU_ALLOC_DONE};
-  ASSERT_TRUE(fresh.service->adopt(std::span(&discard, 1)));
+  fresh.start(top_, dir_.file("scratch2"));
+  auto adopted = fresh.service->adopt(records);
+  ASSERT_TRUE(adopted) << adopted.error().message;
   EXPECT_EQ(fresh.service->adopt_counts().discards, 1u);
-  EXPECT_EQ(fresh.service->adopt_counts().adopted, 0u);
-  EXPECT_EQ(fresh.service->pending_writes(), 0u);
+  EXPECT_EQ(fresh.service->adopt_counts().adopted, 3u);
+  EXPECT_TRUE(fresh.send(DMU_REQ_DONE, DMU_MAP_WRITE, 105, 17, 1, 0).empty());
+  auto committed = fresh.send(DMU_REQ_COMMIT, 0, 200, 0, 0);
+  ASSERT_EQ(committed.size(), 1u);
+  EXPECT_EQ(committed[0].status, 0) << fresh.service->last_error();
+
+  InprocessTransport io(*fresh.service);
+  // Block 18 was only discarded: zeros over the backing file, as the dead
+  // daemon's discard made it read.
+  const std::pair<uint64_t, uint8_t> expected[] = {{16, 0xc1}, {17, 0xc2}, {18, 0}, {19, 0x5b}};
+  for (auto [block, value] : expected) {
+    std::vector<uint8_t> got(kCluster);
+    ASSERT_TRUE(io.read(block * kCluster, got));
+    EXPECT_EQ(got, std::vector<uint8_t>(kCluster, value)) << "block " << block;
+  }
+  fresh.service.reset();
+  fresh.chain.reset();
+
+  auto j = qemu_check(top_);
+  EXPECT_EQ(json_u64(j, "corruptions"), 0u) << j.dump();
+  EXPECT_EQ(json_u64(j, "check-errors"), 0u) << j.dump();
+  EXPECT_EQ(json_u64(j, "leaks"), 0u) << j.dump();
+  expect_reads("read -P 0xc1 1M 64k");
+  expect_reads("read -P 0xc2 1088k 64k");
+  expect_reads("read -P 0 1152k 64k");
+  expect_reads("read -P 0x5b 1216k 64k");
+}
+
+// A discard over a write whose DONE never came: the old daemon could not
+// have answered it (the engines refuse to discard a write in flight), so the
+// list contradicts itself and the fill may still be writing there.
+TEST_F(MapServiceAdopt, ADiscardOverAWriteStillInFlightIsRefused) {
+  std::vector<dmu_allocation> records;
+  {
+    Daemon old;
+    old.start(top_, dir_.file("scratch1"));
+    old.write_block(101, 16, 0xa1, 0, records);
+    old.die();
+  }
+  records.push_back(dmu_allocation{102, 16, 1, 0, 0, DMU_ALLOC_DISCARD});
+  Daemon fresh;
+  fresh.start(top_, dir_.file("scratch2"));
+  auto adopted = fresh.service->adopt(records);
+  ASSERT_FALSE(adopted);
+  EXPECT_EQ(adopted.error().code, EINVAL);
+  EXPECT_NE(adopted.error().message.find("id 101"), std::string::npos) << adopted.error().message;
 }
 
 }  // namespace

@@ -111,6 +111,33 @@ dmu stats r1 || fail "dmu stats r1"
 expect_eq "kernel timeouts" 0 "$(dmu_stat r1 timeouts)"
 expect_eq "kernel bad answers" 0 "$(dmu_stat r1 bad)"
 
+step "discard and rewrite of committed clusters, then kill -9 before any flush"
+# Committed first: 1 MiB at 200 MiB, flushed.
+dd if=/dev/urandom of=/tmp/old.bin bs=1M count=1 status=none
+dd if=/tmp/old.bin of=/dev/mapper/r1 bs=1M seek=200 oflag=direct conv=fsync status=none ||
+  fail "write the committed range"
+# Then discarded and rewritten (new host clusters: the old ones are released
+# only at a commit), and the process dies with both unpublished.
+blkdiscard -o $((200 * 1024 * 1024)) -l $((1024 * 1024)) /dev/mapper/r1 || fail "blkdiscard"
+dd if=/dev/urandom of=/tmp/new.bin bs=512K count=1 status=none
+dd if=/tmp/new.bin of=/dev/mapper/r1 bs=512K seek=400 oflag=direct status=none ||
+  fail "rewrite half of the discarded range"
+echo "unpublished before the kill: $(dmu_stat r1 unpublished)"
+pid=$(record_field r1 pid)
+kill -9 "$pid"
+i=0
+while [ "$(record_field r1 pid)" = "$pid" ]; do
+  i=$((i + 1))
+  [ $i -lt 300 ] || fail "no new mapping process after the discard/rewrite kill"
+  sleep 0.05
+done
+grep "adopted" /run/dmu/r1.log | tail -1
+grep -q "refusing\|cannot adopt" /run/dmu/r1.log && fail "the new process refused the records"
+dd if=/dev/mapper/r1 of=/tmp/back.bin bs=512K skip=400 count=1 iflag=direct status=none ||
+  fail "read the rewritten half"
+cmp /tmp/new.bin /tmp/back.bin || fail "the rewrite after the discard was lost"
+sync
+
 step "detach, qemu-img check, compare"
 dd if=/dev/mapper/r1 of=/data/r1.raw bs=1M iflag=direct status=none || fail "read the device"
 dmu detach r1 || fail "dmu detach r1"
