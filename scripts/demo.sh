@@ -2,7 +2,7 @@
 # scripts/demo.sh — the dmu demo, from a fresh Debian 12 machine: installs
 # missing host packages, builds the project, fetches Debian's 6.12 kernel,
 # builds the dm-userspace module for it, boots it under QEMU and, inside the
-# guest, serves a device through the userspace target (scripts/lib/demo-guest.sh).
+# guest, attaches a qcow2 image with dmu attach and uses it (scripts/lib/demo-guest.sh).
 # Everything runs inside the guest: on the host nothing stays behind (no
 # process, loop device or mount). Idempotent; the second run reuses caches.
 # Environment: DMU_BUILD_DIR (default ./build), DMU_CACHE_DIR (/var/cache/dmu).
