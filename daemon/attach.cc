@@ -212,8 +212,10 @@ Result<std::string> attach(const AttachOptions& o) {
   // Held while the device is set up, so two attaches of one name cannot race;
   // released right before the mapping process takes it over.
   DMU_ASSIGN_OR_RETURN(NameLock lock, NameLock::try_acquire(name));
-  DMU_ASSIGN_OR_RETURN(Plan p, plan(image, o));
+  // Declared after the lock: a failure removes the files (the lock file
+  // too) while still holding it (NameLock copes with that).
   StateGuard guard{name};
+  DMU_ASSIGN_OR_RETURN(Plan p, plan(image, o));
 
   DeviceState st;
   st.name = name;

@@ -1,0 +1,119 @@
+#!/bin/sh
+# dmu attach fails with one line naming the problem, and leaves no loop
+# device, dm device, mapping process or /run/dmu record behind, for: a
+# missing image, a corrupt image, an image qemu-io holds for writing, a name
+# already in use (which keeps working), and an image naming a backing file
+# that does not exist.  Then the image's file system runs out of space under
+# the device: the guest gets errors on the writes that need space, never a
+# corrupt image, and once space is freed writes work again.
+# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G
+. /src/tests/kmod/vm-lib.sh
+
+fail() {
+  echo "FAIL: $*"
+  for _f in /run/dmu/*.log; do
+    [ -f "$_f" ] && { echo "==== $_f"; tail -20 "$_f"; }
+  done
+  dmesg | tail -20
+  exit 1
+}
+
+serving() {
+  for _c in /proc/[0-9]*/cmdline; do
+    { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --name $1 " && return 0
+  done
+  return 1
+}
+
+# refused NAME IMAGE WHAT: dmu attach --name NAME IMAGE must fail with one
+# line matching WHAT and leave nothing of NAME behind (its log may stay: the
+# message names it).
+refused() {
+  _loops=$(losetup -a | wc -l)
+  _out=$(dmu attach --name "$1" "$2" 2>&1) && fail "attach of $2 succeeded"
+  echo "refused: $_out"
+  expect_eq "lines of the refusal of $2" 1 "$(printf '%s\n' "$_out" | wc -l)"
+  printf '%s\n' "$_out" | grep -q -- "$3" || fail "the refusal of $2 does not say '$3'"
+  [ ! -e "/dev/mapper/$1" ] || fail "/dev/mapper/$1 left behind"
+  dmsetup info "$1" >/dev/null 2>&1 && fail "dm device $1 left behind"
+  for _s in json lock stats.json scratch; do
+    [ ! -e "/run/dmu/$1.$_s" ] || fail "/run/dmu/$1.$_s left behind"
+  done
+  serving "$1" && fail "a mapping process of $1 left behind"
+  expect_eq "loop devices after the refusal of $2" "$_loops" "$(losetup -a | wc -l)"
+}
+
+step "images on ext4"
+data_fs
+cd /data || fail "cd /data"
+
+step "a missing image"
+refused m1 /data/nope.qcow2 "nope.qcow2"
+
+step "a corrupt image (an L1 table offset that is not cluster aligned)"
+qemu-img create -q -f qcow2 bad.qcow2 64M || fail "create bad.qcow2"
+printf '\000\000\000\000\000\003\000\001' | dd of=bad.qcow2 bs=1 seek=40 conv=notrunc status=none
+refused m2 /data/bad.qcow2 "bad.qcow2"
+
+step "an image whose backing file is missing"
+qemu-img create -q -f qcow2 -u -b /data/gone.qcow2 -F qcow2 orphan.qcow2 64M || fail "create orphan"
+refused m3 /data/orphan.qcow2 "gone.qcow2"
+
+step "an image qemu-io holds for writing"
+qemu-img create -q -f qcow2 held.qcow2 64M || fail "create held.qcow2"
+qemu-io -c "sleep 600000" held.qcow2 >/dev/null 2>&1 &
+QIO=$!
+i=0
+while qemu-img info held.qcow2 >/dev/null 2>&1; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || fail "qemu-io never locked held.qcow2"
+  sleep 0.1
+done
+refused m4 /data/held.qcow2 "lock"
+kill $QIO
+wait $QIO 2>/dev/null
+
+step "a name already in use"
+qemu-img create -q -f qcow2 one.qcow2 64M || fail "create one.qcow2"
+qemu-img create -q -f qcow2 two.qcow2 64M || fail "create two.qcow2"
+dmu attach --name n1 /data/one.qcow2 >/dev/null || fail "attach one.qcow2"
+loops=$(losetup -a | wc -l)
+out=$(dmu attach --name n1 /data/two.qcow2 2>&1) && fail "a second image attached as n1"
+echo "refused: $out"
+expect_eq "lines of the refusal" 1 "$(printf '%s\n' "$out" | wc -l)"
+echo "$out" | grep -q "n1" || fail "the refusal does not name n1"
+expect_eq "loop devices after the refusal" "$loops" "$(losetup -a | wc -l)"
+dd if=/dev/urandom of=/dev/mapper/n1 bs=64k count=4 oflag=direct status=none ||
+  fail "n1 stopped working after the refused attach"
+dmu detach n1 || fail "detach n1"
+qemu-img check -q two.qcow2 || fail "two.qcow2 was touched"
+
+step "the image's file system runs out of space"
+mkdir -p /small && mount -t tmpfs -o size=40m tmpfs /small || fail "mount a 40 MiB tmpfs"
+qemu-img create -q -f qcow2 /small/s.qcow2 256M || fail "create s.qcow2"
+dd if=/dev/zero of=/small/filler bs=1M count=16 status=none || fail "filler"
+dmu attach --name s /small/s.qcow2 >/dev/null || fail "attach s.qcow2"
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 status=none
+# 64 MiB do not fit in the ~24 MiB left: some writes must fail.
+if dd if=/dev/urandom of=/dev/mapper/s bs=1M count=64 oflag=direct status=none 2>/tmp/enospc.log
+then
+  fail "64 MiB fitted into a file system with ~24 MiB free"
+fi
+cat /tmp/enospc.log
+grep -q "Input/output error\|No space" /tmp/enospc.log || fail "the writes failed without EIO/ENOSPC"
+df -k /small | tail -1
+dmu stats s | tail -2
+serving s || fail "the mapping process died when space ran out"
+
+step "space freed: writes work again and read back"
+rm -f /small/filler
+dd if=/tmp/pattern of=/dev/mapper/s bs=1M seek=200 oflag=direct conv=fsync status=none ||
+  { tail -5 /run/dmu/s.log; fail "a write after space was freed"; }
+dd if=/dev/mapper/s of=/tmp/back bs=1M skip=200 count=4 iflag=direct status=none || fail "read back"
+cmp /tmp/pattern /tmp/back || fail "what was written after space was freed reads back differently"
+dmu detach s || fail "detach s"
+qemu-img check /small/s.qcow2
+rc=$?
+[ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check after ENOSPC: exit $rc (corruption)"
+qemu-io -r -c "read -v 200M 16" /small/s.qcow2 | head -2
+check_dmesg
