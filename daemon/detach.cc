@@ -13,6 +13,7 @@
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
+#include "formats/chain.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
 #include "mapper/unique_fd.h"
@@ -55,6 +56,27 @@ void wait_loop_released(const std::string& loop_path, const std::string& file) {
     if (!in || !std::getline(in, bound) || bound != file) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// The mapping process grows a qcow2 file in 64 MiB steps (one loop resize
+// each, served_device.cc); QEMU leaves a file that ends with its last
+// cluster.  Once the loop devices let go, the tail past the image's end --
+// unreferenced, zeros we added -- is cut, unless the check finds anything
+// wrong (then the file is left as it is for qemu-img check to see).
+Result<void> trim_growth_tail(const DeviceState& st) {
+  if (st.format != "qcow2" || st.read_only) return {};
+  formats::ChainOptions co;
+  co.format = st.format;
+  co.access = formats::Access::ReadWrite;  // the writer lock: nobody else has the file now
+  co.lock = true;
+  co.open_backing = false;
+  DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), st.image, co));
+  DMU_ASSIGN_OR_RETURN(formats::CheckReport report, chain->top().check(formats::Repair::None));
+  if (report.corruptions || report.check_errors || !report.image_end_offset) return {};
+  File* file = chain->devices().front();
+  DMU_ASSIGN_OR_RETURN(uint64_t size, file->size());
+  if (size <= *report.image_end_offset) return {};
+  return file->truncate(*report.image_end_offset);
 }
 
 // True when pid still is a dmu supervisor (not a number reused since).
@@ -117,6 +139,8 @@ Result<std::string> detach(const DetachOptions& o) {
     wait_loop_released(d.loop, d.file);
   }
   remove_state_files(name);
+  if (auto t = trim_growth_tail(*st); !t)
+    return name + ": detached; the image's growth tail was not trimmed: " + t.error().message;
   return std::string();
 }
 
