@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
+#include "daemon/attach.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
@@ -129,8 +131,24 @@ Result<std::string> detach(const DetachOptions& o) {
                                  " s of SIGTERM");
   }
   if (info.exists) {
+    // A test seam (vm attach-errors): time for the test to open the device
+    // between the check and the removal, the race this path handles.
+    if (const char* ms = std::getenv("DMU_TEST_DETACH_DELAY_MS"))
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
     DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
-    DMU_TRY(dm.remove());
+    if (auto r = dm.remove(); !r) {
+      // Opened after the open-count check (a mount, blkid from udev):
+      // the device stays, so it must be served again, or its I/O would
+      // wait for a mapping process nobody starts.
+      dm.release();
+      if (alive) {
+        if (auto s = start_mapping_process(o.program, name); !s)
+          return fail(r.error().code, r.error().message + "; and the mapping process could not be "
+                                                          "started again: " + s.error().message);
+      }
+      return fail(r.error().code,
+                  name + ": device is in use (it was opened while detaching); it stays attached");
+    }
   }
   // Autoclear usually detached them with the table; a loop still bound to
   // our file (the table never took it, or the kernel defers) goes now.

@@ -5,6 +5,8 @@
 // mapping process and wait until it has exited (its lock is free), remove
 // the dm device, detach the loop devices still bound to our files, remove
 // the record.  Detaching a name that is not attached succeeds with a note.
+// A device opened after the check cannot be removed: it is served again and
+// detach fails with "device is in use".
 #pragma once
 
 #include <string>
@@ -18,6 +20,9 @@ struct DetachOptions {
   // Remove the device even when no mapping process runs and the kernel
   // holds allocations nobody committed (they are lost).
   bool force = false;
+  // The dmu binary, to serve the device again when it was opened between
+  // the open-count check and the removal (the removal then fails).
+  std::string program = "/proc/self/exe";
 };
 
 // Returns a note for the user ("" when the device was detached).

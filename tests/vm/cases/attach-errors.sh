@@ -61,14 +61,16 @@ refused m3 /data/orphan.qcow2 "gone.qcow2"
 
 step "an image qemu-io holds for writing"
 qemu-img create -q -f qcow2 held.qcow2 64M || fail "create held.qcow2"
-qemu-io -c "sleep 600000" held.qcow2 >/dev/null 2>&1 &
+qemu-io -c "sleep 600000" held.qcow2 >/tmp/qio.log 2>&1 &
 QIO=$!
 i=0
 while qemu-img info held.qcow2 >/dev/null 2>&1; do
   i=$((i + 1))
-  [ $i -lt 100 ] || fail "qemu-io never locked held.qcow2"
+  kill -0 $QIO 2>/dev/null || { cat /tmp/qio.log; fail "qemu-io exited"; }
+  [ $i -lt 600 ] || fail "qemu-io never locked held.qcow2"
   sleep 0.1
 done
+echo "qemu-io holds held.qcow2 after $i probes"
 refused m4 /data/held.qcow2 "lock"
 kill $QIO
 wait $QIO 2>/dev/null
@@ -85,6 +87,20 @@ echo "$out" | grep -q "n1" || fail "the refusal does not name n1"
 expect_eq "loop devices after the refusal" "$loops" "$(losetup -a | wc -l)"
 dd if=/dev/urandom of=/dev/mapper/n1 bs=64k count=4 oflag=direct status=none ||
   fail "n1 stopped working after the refused attach"
+
+step "a device opened between detach's check and its removal stays attached and served"
+DMU_TEST_DETACH_DELAY_MS=4000 dmu detach n1 2>/tmp/detach.err &
+DET=$!
+sleep 2
+exec 3</dev/mapper/n1
+wait $DET && fail "detach removed a device that was open"
+cat /tmp/detach.err
+grep -q "in use" /tmp/detach.err || fail "detach did not say the device is in use"
+[ -b /dev/mapper/n1 ] || fail "the open device is gone"
+dd if=/dev/mapper/n1 of=/dev/null bs=64k count=4 iflag=direct status=none ||
+  fail "the device is not served after the failed detach"
+dmu list | grep -q "n1 .*served by" || fail "dmu list does not show n1 served"
+exec 3<&-
 dmu detach n1 || fail "detach n1"
 qemu-img check -q two.qcow2 || fail "two.qcow2 was touched"
 
