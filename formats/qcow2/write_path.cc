@@ -123,6 +123,15 @@ Result<WriteTarget> Qcow2Image::prepare_write(uint64_t offset, uint64_t length) 
   uint64_t end = offset + std::min(length, virtual_size_ - offset);
   end = std::min(*align_up(end, gran), virtual_size_);
   end = std::min(end, start + std::max(options_.max_allocation_bytes, g_.cluster_size));
+  if (groups_clusters()) {
+    DMU_ASSIGN_OR_RETURN(std::optional<WriteTarget> moved, prepare_block(start));
+    if (moved) {
+      DMU_TRY(after_operation());
+      return *moved;
+    }
+    // In place, but no further than this block: the next one may need moving.
+    end = std::min(end, align_down(start, write_block_) + write_block_);
+  }
 
   DMU_ASSIGN_OR_RETURN(WriteUnit first, classify(start));
   if (first.cls == WriteClass::New) {
