@@ -386,6 +386,11 @@ Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
   if (length == 0 || !range_within(offset, length, virtual_size_))
     return fail(EINVAL, path_ + ": discard of [" + std::to_string(offset) + ", +" +
                             std::to_string(length) + ") is outside the virtual disk");
+  // Version 2 has no zero flag: deallocating a cluster would expose the
+  // backing file's stale data, so QEMU's qcow2_co_pdiscard refuses with
+  // ENOTSUP, which its block layer turns into a successful no-op (a discard
+  // is advisory).  The written data stays, exactly as there.
+  if (header_.version < 3 && header_.backing_file) return {};
   // Only whole clusters are discarded (and the partial last cluster).
   uint64_t first = *align_up(offset, g_.cluster_size);
   uint64_t last = offset + length == virtual_size_ ? virtual_size_

@@ -64,6 +64,12 @@ const Case kCases[] = {
      6 * M, true},
     {"Qcow2LazyRefcounts", "qcow2", "qemu-img create -q -f qcow2 -o lazy_refcounts=on top.img 6M",
      6 * M, true},
+    // compat=0.10 cannot say "zeros" over a backing file: QEMU ignores the
+    // discards, and the written data must stay.
+    {"Qcow2Compat010OverBacking", "qcow2",
+     "qemu-img create -q -f qcow2 base.qcow2 6M; qemu-io -f qcow2 base.qcow2 -c 'write -P 7 0 6M' "
+     ">/dev/null; qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 top.img",
+     6 * M, true},
     // Clusters below the 4 KiB block: dmu moves a block whose clusters lie
     // apart (QEMU's 512-byte writes scatter them) to a contiguous run.
     {"Qcow2Cluster512", "qcow2",
