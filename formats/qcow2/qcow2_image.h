@@ -215,7 +215,7 @@ class Qcow2Image final : public Image {
   std::map<uint64_t, PendingCluster> pending_;
   std::unordered_map<uint64_t, TokenRecord> tokens_;
   uint64_t next_token_ = 1;
-  uint64_t write_block_ = 0;  // set_write_block: the caller's block, 0 = none
+  uint64_t write_block_ = 0;   // set_write_block: the caller's block, 0 = none
   bool header_ready_ = false;  // unknown autoclear bits cleared
   // Nothing but adoptions changed the image since open or the last commit
   // that left nothing pending: adopt_write is allowed.

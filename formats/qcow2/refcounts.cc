@@ -334,9 +334,9 @@ Result<ClusterRun> Refcounts::allocate_exact(uint64_t want) {
   // from costing more than a bounded scan.
   constexpr int kMaxShortRuns = 1 << 16;
   std::vector<ClusterRun> skipped;
-  Result<ClusterRun> found = fail(EIO, path_ + ": no run of " + std::to_string(want) +
-                                           " free clusters after " +
-                                           std::to_string(kMaxShortRuns) + " short ones");
+  Result<ClusterRun> found =
+      fail(EIO, path_ + ": no run of " + std::to_string(want) + " free clusters after " +
+                    std::to_string(kMaxShortRuns) + " short ones");
   for (int i = 0; i < kMaxShortRuns; ++i) {
     auto run = allocate(want);
     if (!run || run->count == want) {

@@ -238,11 +238,12 @@ TEST(Cli, CreatesStreamOptimizedVmdkThatReadsZerosAndRefusesWrites) {
   EXPECT_NE(w.err.find("read-only"), std::string::npos) << w.err;
   EXPECT_TRUE(read_file(dir.file("img")) == before);
   // QEMU appends compressed grains to it.
-  auto qw = run_split("qemu-io -f vmdk img -c 'write -P 9 64k 128k' -c 'read -P 9 64k 128k'",
-                      dir.path());
+  auto qw =
+      run_split("qemu-io -f vmdk img -c 'write -P 9 64k 128k' -c 'read -P 9 64k 128k'", dir.path());
   EXPECT_EQ(qw.exit_code, 0) << qw.err;
   EXPECT_EQ(qw.out.find("fail"), std::string::npos) << qw.out;
-  auto ours = run_split(dmu("io img -c 'read -P 9 64k 128k' -c 'read -P 0 192k 1856k'"), dir.path());
+  auto ours =
+      run_split(dmu("io img -c 'read -P 9 64k 128k' -c 'read -P 0 192k 1856k'"), dir.path());
   EXPECT_EQ(ours.exit_code, 0) << ours.err;
 }
 

@@ -62,9 +62,10 @@ class MapServiceSmallClusters : public testing::TestWithParam<const char*> {
   void make_scattered_image(const char* cluster_size) {
     test::run_ok("qemu-img create -q -f qcow2 -o cluster_size=" + std::string(cluster_size) + " " +
                  test::shell_quote(top_) + " 1M");
-    test::run_ok("qemu-io -f qcow2 -c 'write -P 1 3584 512' -c 'write -P 9 6144 512' "
-                 "-c 'write -P 2 0 512' -c 'write -P 3 1024 1024' " +
-                 test::shell_quote(top_) + " >/dev/null");
+    test::run_ok(
+        "qemu-io -f qcow2 -c 'write -P 1 3584 512' -c 'write -P 9 6144 512' "
+        "-c 'write -P 2 0 512' -c 'write -P 3 1024 1024' " +
+        test::shell_quote(top_) + " >/dev/null");
   }
 
   test::TempDir dir_;
@@ -103,8 +104,7 @@ TEST_P(MapServiceSmallClusters, WritesLandAsQemuIosAndTheImageStaysClean) {
   expect_reads("read -P 0 29000 1019576");
 }
 
-INSTANTIATE_TEST_SUITE_P(ClusterSizes, MapServiceSmallClusters,
-                         testing::Values("512", "1k", "2k"),
+INSTANTIATE_TEST_SUITE_P(ClusterSizes, MapServiceSmallClusters, testing::Values("512", "1k", "2k"),
                          [](const auto& p) { return std::string("Cluster") + p.param; });
 
 // A daemon that moved a block and died before its COMMIT: the next one
@@ -113,8 +113,7 @@ INSTANTIATE_TEST_SUITE_P(ClusterSizes, MapServiceSmallClusters,
 TEST(MapServiceSmallClustersAdopt, AMovedBlockIsAdoptedAfterARestart) {
   test::TempDir dir;
   const std::string top = dir.file("top.qcow2");
-  test::run_ok("qemu-img create -q -f qcow2 -o cluster_size=512 " + test::shell_quote(top) +
-               " 1M");
+  test::run_ok("qemu-img create -q -f qcow2 -o cluster_size=512 " + test::shell_quote(top) + " 1M");
   test::run_ok("qemu-io -f qcow2 -c 'write -P 1 3584 512' -c 'write -P 2 0 512' " +
                test::shell_quote(top) + " >/dev/null");
   std::vector<dmu_allocation> records;

@@ -96,8 +96,8 @@ const Case kCases[] = {
 // One round of random commands.  Offsets and lengths are unaligned most of
 // the time and cluster-aligned sometimes, so both partial and whole-cluster
 // paths run.
-std::vector<std::string> random_commands(std::mt19937& rng, uint64_t size, int count,
-                                         bool discards, uint64_t discard_align) {
+std::vector<std::string> random_commands(std::mt19937& rng, uint64_t size, int count, bool discards,
+                                         uint64_t discard_align) {
   std::vector<std::string> cmds;
   for (int i = 0; i < count; ++i) {
     uint64_t off = rng() % size;
