@@ -189,6 +189,15 @@ class Image {
 
   // Checks (and with Repair, fixes) the image's metadata.
   virtual Result<CheckReport> check(Repair repair) = 0;
+
+  // The caller writes in aligned blocks of `bytes` (a power of two), each of
+  // which must lie contiguously in one data file: the dm target remaps a
+  // block as a whole, and its blocks are at least 4 KiB.  An engine whose
+  // units are smaller then keeps every block it prepares for writing
+  // contiguous, moving a block whose parts lie apart to a fresh place as a
+  // copy-on-write does (qcow2 does; the others ignore it, and the map
+  // service fails writes to such blocks with EIO).
+  virtual void set_write_block(uint64_t bytes) { (void)bytes; }
 };
 
 struct CreateOptions {

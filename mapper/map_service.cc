@@ -49,6 +49,8 @@ Result<std::unique_ptr<MapService>> MapService::create(Chain& chain,
   if (scratch->slot_size() != block)
     return fail(EINVAL, name + ": scratch slots of " + std::to_string(scratch->slot_size()) +
                             " bytes, block size " + std::to_string(block));
+  // Images with units below the block must keep each block contiguous.
+  if (chain.writable()) chain.top().set_write_block(block);
   return std::unique_ptr<MapService>(new MapService(chain, std::move(scratch), options, block));
 }
 

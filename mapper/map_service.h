@@ -22,8 +22,10 @@
 //     Below 4 KiB (2 KiB subclusters, 512-byte clusters) a block can hold
 //     parts with different mappings: reads of such a block are served from
 //     the scratch store; writes work when the top image keeps the block's
-//     parts contiguous on disk (always for subclusters, which share their
-//     cluster), and otherwise fail that write with EIO.
+//     parts contiguous on disk: always for subclusters, which share their
+//     cluster; for qcow2 clusters below 4 KiB because the service tells the
+//     engine its block (Image::set_write_block) and the engine moves a
+//     block whose clusters lie apart; otherwise that write fails with EIO.
 //
 // Writes (the "pending list"): a write MAP allocates with
 // Image::prepare_write and answers DMU_EXT_NEW extents plus COPY messages

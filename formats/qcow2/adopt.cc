@@ -84,8 +84,10 @@ Result<Qcow2Image::AdoptPlan> Qcow2Image::plan_adoption(uint64_t c, uint64_t hos
     DMU_ASSIGN_OR_RETURN(w, classify(c << g_.cluster_bits));
   }
   if (w.cls != WriteClass::New) {  // ours already: the old process wrote in place
-    if (w.host != host) return fail(EINVAL, guest + " is allocated at host " + hex(w.host));
-    return p;
+    if (w.host == host) return p;
+    // ... or moved the caller's block of small clusters to a fresh run
+    // (write_block.cc); the new place must then be free like any new one.
+    if (!groups_clusters()) return fail(EINVAL, guest + " is allocated at host " + hex(w.host));
   }
   const uint64_t base = c << g_.cluster_bits;
   const bool covered = offset <= base && end >= std::min(base + g_.cluster_size, virtual_size_);

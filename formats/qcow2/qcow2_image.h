@@ -3,6 +3,7 @@
 // files, as QEMU splits block/qcow2*.c:
 //   qcow2_image.cc  open, feature policy, info, map (L1/L2 lookup), reads
 //   write_path.cc   prepare_write / write_done, zeroes, discard
+//   write_block.cc  keeping a caller's block of small clusters contiguous
 //   commit.cc       commit ordering, L2 table allocation, header updates
 //   adopt.cc        adopt_write: a dead process's uncommitted allocations
 //   check.cc        check and repair; rebuild.cc rebuilds refcounts
@@ -90,6 +91,7 @@ class Qcow2Image final : public Image {
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;
   Result<CheckReport> check(Repair repair) override;
+  void set_write_block(uint64_t bytes) override;
 
  private:
   // One unit (cluster, or subcluster with extended L2) as map() sees it.
@@ -156,6 +158,12 @@ class Qcow2Image final : public Image {
   uint32_t unit_mask(uint64_t from, uint64_t to, uint64_t cluster) const;
   uint32_t full_mask(uint64_t cluster) const;
 
+  // --- write_block.cc ---
+  bool groups_clusters() const;
+  // The write block around start, moved to a fresh contiguous run when its
+  // clusters are not already one (nullopt: they are, write in place).
+  Result<std::optional<WriteTarget>> prepare_block(uint64_t start);
+
   // --- adopt.cc ---
   // One guest cluster of an adoption, checked and not yet recorded.
   struct AdoptPlan {
@@ -210,6 +218,7 @@ class Qcow2Image final : public Image {
   std::map<uint64_t, PendingCluster> pending_;
   std::unordered_map<uint64_t, TokenRecord> tokens_;
   uint64_t next_token_ = 1;
+  uint64_t write_block_ = 0;   // set_write_block: the caller's block, 0 = none
   bool header_ready_ = false;  // unknown autoclear bits cleared
   // Nothing but adoptions changed the image since open or the last commit
   // that left nothing pending: adopt_write is allowed.

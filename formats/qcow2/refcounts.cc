@@ -326,6 +326,31 @@ Result<ClusterRun> Refcounts::allocate(uint64_t want) {
   return fail(EIO, path_ + ": cluster allocation did not converge (corrupt refcounts?)");
 }
 
+Result<ClusterRun> Refcounts::allocate_exact(uint64_t want) {
+  want = std::max<uint64_t>(want, 1);
+  // Each short run moves the search past itself; the end of the file is
+  // free space, so the search ends there at the latest.  The bound keeps a
+  // hostile image (refcounts freeing every other cluster of a huge file)
+  // from costing more than a bounded scan.
+  constexpr int kMaxShortRuns = 1 << 16;
+  std::vector<ClusterRun> skipped;
+  Result<ClusterRun> found =
+      fail(EIO, path_ + ": no run of " + std::to_string(want) + " free clusters after " +
+                    std::to_string(kMaxShortRuns) + " short ones");
+  for (int i = 0; i < kMaxShortRuns; ++i) {
+    auto run = allocate(want);
+    if (!run || run->count == want) {
+      found = std::move(run);
+      break;
+    }
+    skipped.push_back(*run);
+  }
+  // Give the short runs back; their clusters suit single-cluster metadata.
+  for (const ClusterRun& r : skipped)
+    for (uint64_t c = r.first; c < r.first + r.count; ++c) DMU_TRY(set_in_block(c, 0));
+  return found;
+}
+
 Result<std::vector<ClusterRun>> Refcounts::apply_deferred() {
   std::vector<Deferred> queued;
   queued.swap(deferred_);

@@ -55,6 +55,10 @@ class Refcounts {
 
   // Allocates 1..want contiguous free clusters with refcount 1.
   Result<ClusterRun> allocate(uint64_t want);
+  // Allocates exactly `want` contiguous free clusters with refcount 1, for
+  // writers whose unit spans several clusters (a 4 KiB block of 512-byte
+  // clusters): shorter free runs are skipped, and stay free.
+  Result<ClusterRun> allocate_exact(uint64_t want);
 
   // release: the caller asked for the space back (discard, unmapping zero
   // writes); clusters it frees are reported by apply_deferred().

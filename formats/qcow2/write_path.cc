@@ -123,6 +123,15 @@ Result<WriteTarget> Qcow2Image::prepare_write(uint64_t offset, uint64_t length) 
   uint64_t end = offset + std::min(length, virtual_size_ - offset);
   end = std::min(*align_up(end, gran), virtual_size_);
   end = std::min(end, start + std::max(options_.max_allocation_bytes, g_.cluster_size));
+  if (groups_clusters()) {
+    DMU_ASSIGN_OR_RETURN(std::optional<WriteTarget> moved, prepare_block(start));
+    if (moved) {
+      DMU_TRY(after_operation());
+      return *moved;
+    }
+    // In place, but no further than this block: the next one may need moving.
+    end = std::min(end, align_down(start, write_block_) + write_block_);
+  }
 
   DMU_ASSIGN_OR_RETURN(WriteUnit first, classify(start));
   if (first.cls == WriteClass::New) {
@@ -377,6 +386,11 @@ Result<void> Qcow2Image::discard(uint64_t offset, uint64_t length) {
   if (length == 0 || !range_within(offset, length, virtual_size_))
     return fail(EINVAL, path_ + ": discard of [" + std::to_string(offset) + ", +" +
                             std::to_string(length) + ") is outside the virtual disk");
+  // Version 2 has no zero flag: deallocating a cluster would expose the
+  // backing file's stale data, so QEMU's qcow2_co_pdiscard refuses with
+  // ENOTSUP, which its block layer turns into a successful no-op (a discard
+  // is advisory).  The written data stays, exactly as there.
+  if (header_.version < 3 && header_.backing_file) return {};
   // Only whole clusters are discarded (and the partial last cluster).
   uint64_t first = *align_up(offset, g_.cluster_size);
   uint64_t last = offset + length == virtual_size_ ? virtual_size_

@@ -1,8 +1,11 @@
 // Creating vmdk images as `qemu-img create -f vmdk` (QEMU 7.2) does, with its
 // option names: subformat (monolithicSparse, monolithicFlat,
-// twoGbMaxExtentSparse, twoGbMaxExtentFlat; streamOptimized is read-only
-// here and refused), adapter_type, hwversion, compat6, toolsversion,
-// zeroed_grain, backing_file (a vmdk; its CID becomes our parentCID).
+// twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized), adapter_type,
+// hwversion, compat6, toolsversion, zeroed_grain, backing_file (a vmdk; its
+// CID becomes our parentCID).  An empty streamOptimized image is QEMU's
+// monolithicSparse layout with version 3, the compressed and markers flags
+// and deflate named in the header (vmdk_init_extent); the engine opens it
+// read-only, so only creating an empty one is offered here.
 // Sparse extents get 64 KiB grains, 512-entry grain tables all allocated up
 // front, a redundant directory, and QEMU's layout byte for byte; split
 // subformats use 2 GiB extents named <name>-s001.vmdk / <name>-f001.vmdk.
@@ -30,10 +33,12 @@ bool parse_bool(const std::string& v, bool& out) {
 
 // A sparse extent of `bytes` (no descriptor inside unless the caller writes
 // one at sector 1, which the header reserves either way).
-Result<void> init_sparse(File& f, uint64_t bytes, bool zeroed_grain) {
+Result<void> init_sparse(File& f, uint64_t bytes, bool zeroed_grain, bool stream) {
   SparseHeader h;
-  h.version = zeroed_grain ? 2 : 1;
-  h.flags = kFlagRedundantGd | kFlagNewlineDetect | (zeroed_grain ? kFlagZeroGrain : 0);
+  h.version = stream ? 3 : zeroed_grain ? 2 : 1;
+  h.flags = kFlagRedundantGd | kFlagNewlineDetect | (zeroed_grain ? kFlagZeroGrain : 0) |
+            (stream ? kFlagCompressed | kFlagMarkers : 0);
+  h.compress_algorithm = stream ? kCompressDeflate : 0;
   h.capacity = bytes / 512;
   h.grain_size = 128;
   h.gtes_per_gt = 512;
@@ -110,12 +115,10 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
     hw = "6";
   }
   if (hw.empty()) hw = "4";
-  if (subformat == "streamOptimized")
-    return fail(ENOTSUP,
-                path + ": streamOptimized is read-only in dmu; make one with qemu-img convert");
+  const bool stream = subformat == "streamOptimized";
   bool split = subformat == "twoGbMaxExtentSparse" || subformat == "twoGbMaxExtentFlat";
   bool flat = subformat == "monolithicFlat" || subformat == "twoGbMaxExtentFlat";
-  if (!split && !flat && subformat != "monolithicSparse")
+  if (!split && !flat && !stream && subformat != "monolithicSparse")
     return opt_fail("unknown subformat '" + subformat + "'");
   if (flat && backing) return fail(ENOTSUP, path + ": Flat image can't have backing file");
   if (flat && zeroed_grain) return fail(ENOTSUP, path + ": Flat image can't enable zeroed grain");
@@ -123,7 +126,7 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
   if (!size || *size == 0 || *size / 512 > kMaxCapacitySectors * 1024)
     return opt_fail("invalid virtual size " + std::to_string(options.virtual_size));
   if (!split && !flat && *size / 512 > kMaxCapacitySectors)
-    return opt_fail("monolithicSparse extents hold at most 2 TiB");
+    return opt_fail(subformat + " extents hold at most 2 TiB");
 
   std::random_device rd;
   DescriptorSpec spec;
@@ -148,7 +151,7 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
            (flat ? "\" 0" : "\"");
   };
   if (!split && !flat) {
-    DMU_TRY(init_sparse(*desc_file, *size, zeroed_grain));
+    DMU_TRY(init_sparse(*desc_file, *size, zeroed_grain, stream));
     spec.extent_lines.push_back(line(*size, n.prefix + n.postfix));
   } else {
     uint64_t done = 0;
@@ -162,7 +165,7 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
       if (flat)
         DMU_TRY(f->truncate(bytes));
       else
-        DMU_TRY(init_sparse(*f, bytes, zeroed_grain));
+        DMU_TRY(init_sparse(*f, bytes, zeroed_grain, false));
       DMU_TRY(f->sync());
       spec.extent_lines.push_back(line(bytes, name));
       done += bytes;

@@ -256,6 +256,9 @@ TEST(VmdkCreate, SameFilesAsQemuImgCreate) {
              {"-s001", "-s002", "-s003"},
              ""},
         Case{"subformat=twoGbMaxExtentFlat,adapter_type=buslogic", 3 << 20, {"-f001"}, ""},
+        Case{"subformat=streamOptimized", 5 << 20, {}, ""},
+        Case{"subformat=streamOptimized,zeroed_grain=on", 3000, {}, ""},
+        Case{"subformat=streamOptimized", 5 << 20, {}, "base.vmdk"},
         Case{"", 5 << 20, {}, "base.vmdk"},
         Case{"subformat=twoGbMaxExtentSparse", 3 << 20, {"-s001"}, "base.vmdk"}}) {
     SCOPED_TRACE(c.opts + " " + c.backing);
@@ -283,7 +286,7 @@ TEST(VmdkCreate, SameFilesAsQemuImgCreate) {
   }
 }
 
-TEST(VmdkCreate, RefusesWhatQemuRefusesAndStreamOptimized) {
+TEST(VmdkCreate, RefusesWhatQemuRefuses) {
   test::TempDir dir;
   auto create = [&](std::map<std::string, std::string> opts,
                     std::optional<std::string> backing = std::nullopt) {
@@ -293,7 +296,6 @@ TEST(VmdkCreate, RefusesWhatQemuRefusesAndStreamOptimized) {
     o.backing_file = std::move(backing);
     return formats::find_driver("vmdk")->create(posix_env(), dir.file("x.vmdk"), o);
   };
-  EXPECT_EQ(create({{"subformat", "streamOptimized"}}).error().code, ENOTSUP);
   EXPECT_FALSE(create({{"subformat", "bogus"}}));
   EXPECT_FALSE(create({{"adapter_type", "scsi"}}));
   EXPECT_FALSE(create({{"compat6", "on"}, {"hwversion", "7"}}));
@@ -304,6 +306,27 @@ TEST(VmdkCreate, RefusesWhatQemuRefusesAndStreamOptimized) {
   auto r = create({}, "raw.img");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("backing file"), std::string::npos);
+}
+
+// An empty streamOptimized image reads as zeros, here and in QEMU, and
+// stays read-only for dmu (the engine does not append compressed grains).
+TEST(VmdkCreate, EmptyStreamOptimizedReadsZerosAndOpensReadOnly) {
+  test::TempDir dir;
+  const std::string img = dir.file("s.vmdk");
+  create_vmdk(img, 3 << 20, {{"subformat", "streamOptimized"}}, std::nullopt);
+  run_ok("qemu-img check -f vmdk " + img);
+  run_ok("qemu-io -f vmdk -c 'read -P 0 0 3M' " + img);
+  auto ro = formats::find_driver("vmdk")->open(posix_env(), img, Access::ReadOnly);
+  ASSERT_TRUE(ro) << ro.error().message;
+  EXPECT_EQ((*ro)->info().format_specific["data"]["create-type"], "streamOptimized");
+  EXPECT_EQ((*ro)->info().virtual_size, 3u << 20);
+  auto m = (*ro)->map(0, 3 << 20);
+  ASSERT_TRUE(m) << m.error().message;
+  EXPECT_NE(m->kind, formats::MapKind::Data);
+  EXPECT_EQ(m->length, 3u << 20);
+  auto rw = formats::find_driver("vmdk")->open(posix_env(), img, Access::ReadWrite);
+  ASSERT_FALSE(rw);
+  EXPECT_EQ(rw.error().code, EROFS);
 }
 
 }  // namespace
