@@ -152,7 +152,10 @@ Result<void> Qcow2Image::adopt_discard(uint64_t offset, uint64_t length) {
     return fail(EBUSY, what + ": the image changed since it was opened or last committed");
   if (length == 0 || !range_within(offset, length, virtual_size_))
     return fail(EINVAL, what + ": the range is outside the virtual disk");
-  // discard()'s rule: whole clusters only (and the partial last cluster).
+  // discard()'s rules: nothing at all on version 2 over a backing file (the
+  // dead process's discard was a no-op there), whole clusters only (and the
+  // partial last cluster).
+  if (header_.version < 3 && header_.backing_file) return {};
   const uint64_t first = *align_up(offset, g_.cluster_size);
   const uint64_t last = offset + length == virtual_size_
                             ? virtual_size_
