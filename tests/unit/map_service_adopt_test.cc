@@ -86,6 +86,25 @@ class MapServiceAdopt : public testing::Test {
     test::run_ok("qemu-img create -q -f qcow2 -o cluster_size=65536,backing_file=" + base_ +
                  ",backing_fmt=raw " + test::shell_quote(top_) + " 4M");
   }
+  // Each block reads as one byte value through the service; then the service
+  // stops and qemu-img check must find no corruption (its report returned).
+  nlohmann::json reads_then_check(Daemon& d,
+                                  std::initializer_list<std::pair<uint64_t, uint8_t>> blocks) {
+    {
+      InprocessTransport io(*d.service);
+      for (auto [block, value] : blocks) {
+        std::vector<uint8_t> got(kCluster);
+        EXPECT_TRUE(io.read(block * kCluster, got));
+        EXPECT_EQ(got, std::vector<uint8_t>(kCluster, value)) << "block " << block;
+      }
+    }
+    d.service.reset();
+    d.chain.reset();
+    auto j = qemu_check(top_);
+    EXPECT_EQ(json_u64(j, "corruptions"), 0u) << j.dump();
+    EXPECT_EQ(json_u64(j, "check-errors"), 0u) << j.dump();
+    return j;
+  }
   void expect_reads(const std::string& cmd) {
     auto out = test::run_ok(in_dir_of(
         top_, "qemu-io -f qcow2 -c " + test::shell_quote(cmd) + " " + test::shell_quote(top_)));
@@ -129,20 +148,7 @@ TEST_F(MapServiceAdopt, RecordsAreAdoptedResolvedByDonesAndPublishedByCommit) {
   EXPECT_EQ(committed[0].type, uint32_t(DMU_RSP_COMMITTED));
   EXPECT_EQ(committed[0].status, 0) << fresh.service->last_error();
 
-  InprocessTransport io(*fresh.service);
-  const std::pair<uint64_t, uint8_t> expected[] = {
-      {16, 0xa1}, {17, 0xa2}, {18, 0x5b}, {19, 0x5b}, {20, 0x5b}};
-  for (auto [block, value] : expected) {
-    std::vector<uint8_t> got(kCluster);
-    ASSERT_TRUE(io.read(block * kCluster, got));
-    EXPECT_EQ(got, std::vector<uint8_t>(kCluster, value)) << "block " << block;
-  }
-  fresh.service.reset();
-  fresh.chain.reset();
-
-  auto j = qemu_check(top_);
-  EXPECT_EQ(json_u64(j, "corruptions"), 0u) << j.dump();
-  EXPECT_EQ(json_u64(j, "check-errors"), 0u) << j.dump();
+  reads_then_check(fresh, {{16, 0xa1}, {17, 0xa2}, {18, 0x5b}, {19, 0x5b}, {20, 0x5b}});
   expect_reads("read -P 0xa1 1M 64k");
   expect_reads("read -P 0xa2 1088k 64k");
   expect_reads("read -P 0x5b 1152k 128k");
@@ -201,21 +207,9 @@ TEST_F(MapServiceAdopt, DiscardThenRewriteBeforeTheCrashIsAdoptedInOrder) {
   ASSERT_EQ(committed.size(), 1u);
   EXPECT_EQ(committed[0].status, 0) << fresh.service->last_error();
 
-  InprocessTransport io(*fresh.service);
   // Block 18 was only discarded: zeros over the backing file, as the dead
   // daemon's discard made it read.
-  const std::pair<uint64_t, uint8_t> expected[] = {{16, 0xc1}, {17, 0xc2}, {18, 0}, {19, 0x5b}};
-  for (auto [block, value] : expected) {
-    std::vector<uint8_t> got(kCluster);
-    ASSERT_TRUE(io.read(block * kCluster, got));
-    EXPECT_EQ(got, std::vector<uint8_t>(kCluster, value)) << "block " << block;
-  }
-  fresh.service.reset();
-  fresh.chain.reset();
-
-  auto j = qemu_check(top_);
-  EXPECT_EQ(json_u64(j, "corruptions"), 0u) << j.dump();
-  EXPECT_EQ(json_u64(j, "check-errors"), 0u) << j.dump();
+  auto j = reads_then_check(fresh, {{16, 0xc1}, {17, 0xc2}, {18, 0}, {19, 0x5b}});
   EXPECT_EQ(json_u64(j, "leaks"), 0u) << j.dump();
   expect_reads("read -P 0xc1 1M 64k");
   expect_reads("read -P 0xc2 1088k 64k");

@@ -8,16 +8,7 @@
 # devices); an image naming a host block device is refused.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
-
-# On failure, show what the mapping processes logged and the kernel's tail.
-fail() {
-  echo "FAIL: $*"
-  for _f in /run/dmu/*.log; do
-    [ -f "$_f" ] && { echo "==== $_f"; tail -40 "$_f"; }
-  done
-  dmesg | tail -20
-  exit 1
-}
+. /src/tests/vm/lib/guest/attach-lib.sh
 
 # attach_ok NAME IMAGE [ARGS]: dmu attach, which must print exactly the node.
 attach_ok() {
@@ -36,14 +27,6 @@ detach_ok() {
   [ ! -e "/run/dmu/$1.json" ] || fail "/run/dmu/$1.json still exists after detach"
   serving "$1" && fail "a mapping process of $1 still runs"
   return 0
-}
-
-# serving NAME: a `dmu serve --name NAME` process exists.
-serving() {
-  for _c in /proc/[0-9]*/cmdline; do
-    { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --name $1 " && return 0
-  done
-  return 1
 }
 
 # no_loops_of FILE: no loop device is bound to FILE any more.

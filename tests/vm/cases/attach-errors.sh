@@ -8,22 +8,7 @@
 # corrupt image, and once space is freed writes work again.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G
 . /src/tests/kmod/vm-lib.sh
-
-fail() {
-  echo "FAIL: $*"
-  for _f in /run/dmu/*.log; do
-    [ -f "$_f" ] && { echo "==== $_f"; tail -20 "$_f"; }
-  done
-  dmesg | tail -20
-  exit 1
-}
-
-serving() {
-  for _c in /proc/[0-9]*/cmdline; do
-    { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --name $1 " && return 0
-  done
-  return 1
-}
+. /src/tests/vm/lib/guest/attach-lib.sh
 
 # refused NAME IMAGE WHAT: dmu attach --name NAME IMAGE must fail with one
 # line matching WHAT and leave nothing of NAME behind (its log may stay: the

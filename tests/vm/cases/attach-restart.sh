@@ -10,38 +10,7 @@
 # the image holds what the device showed.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
-
-fail() {
-  echo "FAIL: $*"
-  for _f in /run/dmu/*.log /tmp/serve.log; do
-    [ -f "$_f" ] && { echo "==== $_f"; tail -40 "$_f"; }
-  done
-  dmesg | tail -20
-  exit 1
-}
-
-# serving NAME: a live `dmu serve --name NAME` process (or supervisor) exists.
-serving() {
-  for _c in /proc/[0-9]*/cmdline; do
-    { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --name $1 " && return 0
-  done
-  return 1
-}
-
-# wait_gone NAME: until no mapping process of NAME is left (30 s).
-wait_gone() {
-  _i=0
-  while serving "$1"; do
-    _i=$((_i + 1))
-    [ $_i -lt 300 ] || fail "the mapping process of $1 did not go away"
-    sleep 0.1
-  done
-}
-
-# record_field NAME FIELD: a number from /run/dmu/NAME.json.
-record_field() {
-  sed -n "s/.*\"$2\": \([0-9][0-9]*\).*/\1/p" "/run/dmu/$1.json"
-}
+. /src/tests/vm/lib/guest/attach-lib.sh
 
 # wait_bound NAME: until dmu list shows NAME served (30 s).
 wait_bound() {
@@ -75,15 +44,9 @@ for round in 1 2 3; do
   echo "round $round: pid $pid supervisor ${sup:-none}, unpublished=$(dmu_stat r1 unpublished)"
   if [ $round = 1 ]; then
     [ -n "$sup" ] && [ "$sup" != 0 ] || fail "dmu attach started no supervisor"
-    t0=$(now_ms)
     kill -9 "$pid"
-    i=0
-    while [ "$(record_field r1 pid)" = "$pid" ]; do
-      i=$((i + 1))
-      [ $i -lt 300 ] || fail "round 1: the supervisor did not start a new mapping process in 30 s"
-      sleep 0.05
-    done
-    echo "round 1: new mapping process $(record_field r1 pid) bound $(( $(now_ms) - t0 )) ms after kill -9"
+    ms=$(wait_replaced r1 "$pid")
+    echo "round 1: new mapping process $(record_field r1 pid) bound $ms ms after kill -9"
     kill -0 "$sup" || fail "round 1: the supervisor died"
     grep -q "starting a new one" /run/dmu/r1.log || fail "round 1: the supervisor did not log the restart"
   else
@@ -125,12 +88,7 @@ dd if=/tmp/new.bin of=/dev/mapper/r1 bs=512K seek=400 oflag=direct status=none |
 echo "unpublished before the kill: $(dmu_stat r1 unpublished)"
 pid=$(record_field r1 pid)
 kill -9 "$pid"
-i=0
-while [ "$(record_field r1 pid)" = "$pid" ]; do
-  i=$((i + 1))
-  [ $i -lt 300 ] || fail "no new mapping process after the discard/rewrite kill"
-  sleep 0.05
-done
+echo "new mapping process bound $(wait_replaced r1 "$pid") ms after kill -9"
 grep "adopted" /run/dmu/r1.log | tail -1
 grep -q "refusing\|cannot adopt" /run/dmu/r1.log && fail "the new process refused the records"
 dd if=/dev/mapper/r1 of=/tmp/back.bin bs=512K skip=400 count=1 iflag=direct status=none ||
