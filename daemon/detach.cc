@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "daemon/attach.h"
 #include "daemon/name_lock.h"
@@ -75,18 +76,33 @@ Result<void> trim_growth_tail(const DeviceState& st) {
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), st.image, co));
   DMU_ASSIGN_OR_RETURN(formats::CheckReport report, chain->top().check(formats::Repair::None));
   if (report.corruptions || report.check_errors || !report.image_end_offset) return {};
+  // Only the image file itself: an external data file holds the guest's
+  // data at guest offsets, and check() does not count those clusters.
   File* file = chain->devices().front();
+  if (file->path() != st.image) return {};
   DMU_ASSIGN_OR_RETURN(uint64_t size, file->size());
   if (size <= *report.image_end_offset) return {};
   return file->truncate(*report.image_end_offset);
 }
 
-// True when pid still is a dmu supervisor (not a number reused since).
-bool is_supervisor(pid_t pid) {
+// True when pid still is NAME's supervisor (comm "dmu-supervise", the
+// child renames itself) or, with supervisor false, NAME's mapping process:
+// a pid recorded earlier may have been reused since, even by another
+// device's dmu, which a SIGTERM would stop.
+bool serves_name(pid_t pid, const std::string& name, bool supervisor) {
   if (pid <= 0) return false;
-  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
-  std::string name;
-  return comm && std::getline(comm, name) && name == "dmu-supervise";
+  const std::string proc = "/proc/" + std::to_string(pid);
+  std::ifstream comm(proc + "/comm");
+  std::string comm_name;
+  if (!comm || !std::getline(comm, comm_name)) return false;
+  if ((comm_name == "dmu-supervise") != supervisor) return false;
+  std::ifstream cmdline(proc + "/cmdline");
+  std::vector<std::string> args;
+  for (std::string a; std::getline(cmdline, a, '\0');) args.push_back(a);
+  if (args.size() < 2 || args[1] != "serve") return false;
+  for (size_t i = 2; i + 1 < args.size(); ++i)
+    if (args[i] == "--name" && args[i + 1] == name) return true;
+  return false;
 }
 
 }  // namespace
@@ -123,13 +139,19 @@ Result<std::string> detach(const DetachOptions& o) {
   if (alive) {
     // The supervisor, when there is one: between a death and a restart
     // the recorded mapping process is gone, and a SIGTERM to it would be lost.
-    const pid_t target = is_supervisor(st->supervisor) ? st->supervisor : st->pid;
+    const pid_t target = serves_name(st->supervisor, name, true) ? st->supervisor
+                         : serves_name(st->pid, name, false)          ? st->pid
+                                                                      : 0;
     if (target > 0) ::kill(target, SIGTERM);
     if (!wait_lock_free(name, kExitWait))
       return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(target) +
                                  ") did not exit within " + std::to_string(kExitWait.count()) +
                                  " s of SIGTERM");
   }
+  // Held from here to the end: nobody may start serving NAME while its
+  // device and files go away (and the lock file is removed by its holder,
+  // the pattern NameLock expects).
+  DMU_ASSIGN_OR_RETURN(NameLock lock, NameLock::try_acquire(name));
   if (info.exists) {
     // A test seam (vm attach-errors): time for the test to open the device
     // between the check and the removal, the race this path handles.
@@ -141,6 +163,7 @@ Result<std::string> detach(const DetachOptions& o) {
       // the device stays, so it must be served again, or its I/O would
       // wait for a mapping process nobody starts.
       dm.release();
+      lock.release();
       if (alive) {
         if (auto s = start_mapping_process(o.program, name); !s)
           return fail(r.error().code, r.error().message + "; and the mapping process could not be "

@@ -38,9 +38,10 @@ Result<NameLock> NameLock::try_acquire(const std::string& name) {
     UniqueFd lock(fd);
     if (::flock(lock.get(), LOCK_EX | LOCK_NB) == 0) {
       if (still_linked(lock.get(), path)) return NameLock(std::move(lock));
-      continue;  // its holder removed it meanwhile: take the new one
+      // Its holder removed it meanwhile: take the new one.
+    } else if (errno != EWOULDBLOCK) {
+      return fail(errno_error(path + ": lock"));
     }
-    if (errno != EWOULDBLOCK) return fail(errno_error(path + ": lock"));
     if (std::chrono::steady_clock::now() >= deadline)
       return fail(EWOULDBLOCK, path + ": another dmu process serves or sets up '" + name + "'");
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -37,6 +37,12 @@ void install_signals() {
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);  // attach may stop listening on the ready pipe
   signal(SIGHUP, SIG_IGN);
+  // A supervised process starts with them blocked (supervise.cc).
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigprocmask(SIG_UNBLOCK, &stop, nullptr);
 }
 
 }  // namespace

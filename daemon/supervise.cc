@@ -57,9 +57,15 @@ Result<Child> start(const ServeOptions& o, int signal_fd) {
   const pid_t pid = ::fork();
   if (pid < 0) return fail(errno_error("fork the mapping process"));
   if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    // Not "dmu-supervise": detach tells the two apart by name.  SIGTERM and
+    // SIGINT stay blocked until serve() has its handlers (it unblocks them),
+    // or a forwarded SIGTERM would kill it before it can commit.
+    ::prctl(PR_SET_NAME, "dmu");
+    sigset_t keep;
+    sigemptyset(&keep);
+    sigaddset(&keep, SIGTERM);
+    sigaddset(&keep, SIGINT);
+    ::sigprocmask(SIG_SETMASK, &keep, nullptr);
     ::close(signal_fd);
     if (o.ready_fd >= 0) ::close(o.ready_fd);  // attach's pipe is the supervisor's to answer
     read_end.reset();
@@ -150,6 +156,7 @@ int supervise(const ServeOptions& options) {
       if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
         stopping = true;
         ::kill(child.pid, SIGTERM);  // it commits and exits 0
+        ::kill(child.pid, SIGCONT);  // even if someone stopped it
       } else if (si.ssi_signo == SIGCHLD) {
         // SIGCHLDs coalesce: ask for our child whatever this one said.
         if (::waitpid(child.pid, &status, WNOHANG) == child.pid) running = false;

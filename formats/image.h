@@ -48,6 +48,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <utility>
 #include <optional>
 #include <span>
 #include <string>
@@ -169,12 +170,15 @@ class Image {
   // forgotten, and later ones may place it anew, as the dead process did.
   // The data file already holds the discard's effect (holes punched): only
   // metadata changes, and only when adoption ends.  Same phase rule as
-  // adopt_write.  Engines whose discard leaves the metadata alone (raw,
-  // qcow, vmdk) have nothing to replay.
-  virtual Result<void> adopt_discard(uint64_t offset, uint64_t length) {
+  // adopt_write.  Returns the guest byte range [first, second) whose
+  // mapping the replay changes (empty when none): no write of that range
+  // can have been in flight when the dead process answered the discard.
+  // Engines whose discard leaves the metadata alone (raw, qcow, vmdk)
+  // have nothing to replay.
+  virtual Result<std::pair<uint64_t, uint64_t>> adopt_discard(uint64_t offset, uint64_t length) {
     (void)offset;
     (void)length;
-    return {};
+    return std::pair<uint64_t, uint64_t>{0, 0};
   }
   // [offset, offset + length) reads as zeros afterwards.  may_unmap: the
   // space may be released (discard / write -z -u).  Returns ENOTSUP when the

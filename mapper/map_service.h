@@ -119,6 +119,7 @@ class MapService {
     size_t adopted = 0;   // records registered with adopt_write
     size_t resolved = 0;  // of those, resolved at once (flagged DONE/FAILED)
     size_t discards = 0;  // discard records, replayed in list order
+    size_t failed = 0;    // records of failed answers: their space is unused, skipped
   };
   const AdoptCounts& adopt_counts() const { return adopt_counts_; }
 

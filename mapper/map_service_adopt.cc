@@ -46,20 +46,26 @@ Result<void> MapService::adopt_record(const dmu_allocation& a) {
 // A discard record, replayed in its place in the list (the order the dead
 // daemon answered): a rewrite after it may then place its blocks anew.  An
 // engine refuses to discard a write in flight, so an earlier record inside
-// the range whose DONE was not queued means the list contradicts itself --
-// and its fill might still write there.
+// the range the replay changes whose DONE was not queued means the list
+// contradicts itself -- and its fill might still write there.
 Result<void> MapService::adopt_discard_record(const dmu_allocation& a,
                                               std::span<const dmu_allocation* const> in_flight) {
   if (a.nr_blocks == 0 || a.block >= target_blocks() || a.nr_blocks > target_blocks() - a.block)
     return fail(EINVAL, "the blocks are outside the device");
-  for (const dmu_allocation* w : in_flight)
-    if (w->block < a.block + a.nr_blocks && a.block < w->block + w->nr_blocks)
-      return fail(EINVAL, "it discards blocks of " + describe(*w) + ", whose DONE never came");
   const uint64_t offset = a.block * block_size_;
   const uint64_t length =
       std::min<uint64_t>(a.nr_blocks * block_size_, chain_.virtual_size() - offset);
   forget_scratch(a.block, a.nr_blocks);
-  return chain_.top().adopt_discard(offset, length);
+  DMU_ASSIGN_OR_RETURN(auto changed, chain_.top().adopt_discard(offset, length));
+  // Only a range the replay changed matters: a discard the engine ignores
+  // (qcow, vmdk, part of a cluster, qcow2 v2 over a backing file) may well
+  // have been answered beside a write in flight.
+  for (const dmu_allocation* w : in_flight) {
+    const uint64_t w_start = w->block * block_size_, w_end = w_start + w->nr_blocks * block_size_;
+    if (w_start < changed.second && changed.first < w_end)
+      return fail(EINVAL, "it discards blocks of " + describe(*w) + ", whose DONE never came");
+  }
+  return {};
 }
 
 // A record whose DONE the kernel queued already: as that DONE would.  The
@@ -87,17 +93,19 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
       ++adopt_counts_.discards;
       continue;
     }
+    if (a.flags & DMU_ALLOC_FAILED) {
+      // The kernel dropped its extents and the dead daemon freed its space
+      // (a later record may reuse it): nothing to adopt; a redelivered
+      // DONE of the id finds nothing pending.
+      ++adopt_counts_.failed;
+      continue;
+    }
     if (auto r = adopt_record(a); !r)
       return fail(r.error().code,
                   chain_.top().info().filename + ": " + describe(a) + ": " + r.error().message);
     ++adopt_counts_.adopted;
     if (!(a.flags & DMU_ALLOC_DONE)) in_flight.push_back(&a);
-    if (a.flags & DMU_ALLOC_DONE) {
-      auto [it, added] = finished.try_emplace(a.id, true);
-      it->second = it->second && !(a.flags & DMU_ALLOC_FAILED);
-    } else if (a.flags & DMU_ALLOC_FAILED) {
-      finished[a.id] = false;
-    }
+    if (a.flags & DMU_ALLOC_DONE) finished.try_emplace(a.id, true);
   }
   // Only now: write_done ends the image's adoption phase.
   for (const auto& [id, ok] : finished) {

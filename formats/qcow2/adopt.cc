@@ -77,11 +77,17 @@ Result<Qcow2Image::AdoptPlan> Qcow2Image::plan_adoption(uint64_t c, uint64_t hos
       return fail(EINVAL, guest + " is already adopted at host " + hex(it->second.host));
     return p;
   }
-  // A cluster the dead process discarded reads as discarded now, whatever
-  // the committed metadata says: a write after the discard got a new one.
-  WriteUnit w;
-  if (!adopt_discarded_.count(c)) {
-    DMU_ASSIGN_OR_RETURN(w, classify(c << g_.cluster_bits));
+  DMU_ASSIGN_OR_RETURN(WriteUnit w, classify(c << g_.cluster_bits));
+  if (adopt_discarded_.count(c)) {
+    if (w.cls != WriteClass::New && w.host == host) {
+      // The dead process committed the discard and this rewrite but died
+      // before the kernel heard COMMITTED: both are durable already.
+      adopt_discarded_.erase(c);
+      return p;
+    }
+    // Otherwise the cluster reads as discarded now, whatever the committed
+    // metadata says: a write after the discard got a new cluster.
+    w = WriteUnit{};
   }
   if (w.cls != WriteClass::New) {  // ours already: the old process wrote in place
     if (w.host == host) return p;
@@ -144,7 +150,9 @@ Result<uint64_t> Qcow2Image::adopt_write(uint64_t offset, uint64_t length, unsig
 // that data; MapService::adopt refuses a list where such a write had not
 // reported DONE, so no fill still writes there) and marks the clusters
 // discarded for later adoptions and for end_adoption().
-Result<void> Qcow2Image::adopt_discard(uint64_t offset, uint64_t length) {
+Result<std::pair<uint64_t, uint64_t>> Qcow2Image::adopt_discard(uint64_t offset,
+                                                                uint64_t length) {
+  using Range = std::pair<uint64_t, uint64_t>;
   DMU_TRY(check_writable());
   const std::string what = path_ + ": cannot adopt the discard of guest [" + hex(offset) + ", +" +
                            hex(length) + ")";
@@ -155,12 +163,12 @@ Result<void> Qcow2Image::adopt_discard(uint64_t offset, uint64_t length) {
   // discard()'s rules: nothing at all on version 2 over a backing file (the
   // dead process's discard was a no-op there), whole clusters only (and the
   // partial last cluster).
-  if (header_.version < 3 && header_.backing_file) return {};
+  if (header_.version < 3 && header_.backing_file) return Range{0, 0};
   const uint64_t first = *align_up(offset, g_.cluster_size);
   const uint64_t last = offset + length == virtual_size_
                             ? virtual_size_
                             : align_down(offset + length, g_.cluster_size);
-  if (first >= last) return {};
+  if (first >= last) return Range{0, 0};
   for (uint64_t c = first >> g_.cluster_bits; c <= (last - 1) >> g_.cluster_bits; ++c) {
     if (auto it = pending_.find(c); it != pending_.end()) {
       // Its tokens stay: write_done skips clusters it has no part in.
@@ -169,7 +177,7 @@ Result<void> Qcow2Image::adopt_discard(uint64_t offset, uint64_t length) {
     }
     adopt_discarded_.insert(c);
   }
-  return {};
+  return Range{first, last};
 }
 
 Result<void> Qcow2Image::end_adoption() {

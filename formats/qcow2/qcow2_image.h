@@ -86,7 +86,7 @@ class Qcow2Image final : public Image {
   Result<void> write_done(uint64_t token, bool ok) override;
   Result<uint64_t> adopt_write(uint64_t offset, uint64_t length, unsigned file,
                                uint64_t host_offset) override;
-  Result<void> adopt_discard(uint64_t offset, uint64_t length) override;
+  Result<std::pair<uint64_t, uint64_t>> adopt_discard(uint64_t offset, uint64_t length) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) override;
   Result<void> discard(uint64_t offset, uint64_t length) override;
   Result<void> commit() override;

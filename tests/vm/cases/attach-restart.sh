@@ -30,13 +30,13 @@ out=$(dmu attach --name r1 /data/disk.qcow2) || fail "dmu attach"
 expect_eq "attach output" /dev/mapper/r1 "$out"
 
 step "fio randwrite + verify while the mapping process dies three times"
-fio --name=restart --filename=/dev/mapper/r1 --rw=randwrite --bsrange=4k-64k --size=96M \
+fio --name=restart --filename=/dev/mapper/r1 --rw=randwrite --bsrange=4k-64k --size=160M \
   --direct=1 --ioengine=libaio --iodepth=8 --verify=crc32c --verify_fatal=1 --do_verify=1 \
   --fsync=128 >/tmp/fio.log 2>&1 &
 FIO=$!
 killed=0
 for round in 1 2 3; do
-  sleep 4
+  sleep 2
   kill -0 $FIO 2>/dev/null || break
   pid=$(record_field r1 pid)
   sup=$(record_field r1 supervisor)
