@@ -10,6 +10,12 @@
  * an extent must be trimmed or split in place when a newer answer overlaps
  * it: an extent is a linear mapping, so any sub-range of it stays valid.
  *
+ * map() looks extents up without the lock (dmu_cache_find_rcu()): every
+ * change it could see is made inside a seqcount write section, published
+ * with rb_link_node_rcu(), and an unlinked extent is freed only after an
+ * RCU grace period, so a lockless walk only ever touches live extents and
+ * a snapshot the seqcount confirms is one the tree really had.
+ *
  * Memory is bounded by cache->max extents (plus at most one answer's worth).
  * Eviction drops extents that are not BUSY (being filled), giving those used
  * since the last sweep a second chance.  BUSY extents are never evicted, trimmed or invalidated: their
@@ -23,6 +29,7 @@
 int dmu_cache_init(struct dmu_cache *cache, unsigned long max)
 {
 	spin_lock_init(&cache->lock);
+	seqcount_spinlock_init(&cache->seq, &cache->lock);
 	cache->root = RB_ROOT;
 	INIT_LIST_HEAD(&cache->lru);
 	cache->nr = 0;
@@ -31,6 +38,7 @@ int dmu_cache_init(struct dmu_cache *cache, unsigned long max)
 	return 0;
 }
 
+/* No map() can run any more: no reader needs a grace period. */
 void dmu_cache_exit(struct dmu_cache *cache)
 {
 	struct dmu_extent *e, *tmp;
@@ -47,10 +55,27 @@ struct dmu_extent *dmu_extent_alloc(struct dmu_cache *cache)
 	return kmem_cache_zalloc(cache->slab, GFP_KERNEL);
 }
 
+/* For nodes that never entered the tree: no lockless reader can hold them. */
 void dmu_extent_free(struct dmu_cache *cache, struct dmu_extent *e)
 {
 	if (e)
 		kmem_cache_free(cache->slab, e);
+}
+
+static void dmu_extent_free_rcu(struct rcu_head *rcu)
+{
+	kmem_cache_free(dmu_extent_slab,
+			container_of(rcu, struct dmu_extent, rcu));
+}
+
+/*
+ * An unlinked extent may still be under a lockless reader's feet (it read
+ * the pointer before the unlink): free it only after they all left.  The
+ * module's exit waits for these callbacks (rcu_barrier()).
+ */
+static void dmu_extent_retire(struct dmu_extent *e)
+{
+	call_rcu(&e->rcu, dmu_extent_free_rcu);
 }
 
 static inline u64 dmu_extent_end(const struct dmu_extent *e)
@@ -100,6 +125,48 @@ static struct dmu_extent *dmu_cache_first_after(struct dmu_cache *cache,
 	return found;
 }
 
+/*
+ * More levels than any red-black tree of extents can have (its height is at
+ * most 2 * log2(n + 1), n < 2^31): a walk that goes deeper is running
+ * through nodes being rotated or retired, so map() takes the lock instead.
+ */
+#define DMU_RCU_MAX_DEPTH	64
+
+/*
+ * dmu_cache_find() for map()'s hit path, without cache->lock.  The caller
+ * holds rcu_read_lock() and has read cache->seq (even); what this returns,
+ * and what the caller reads from it, is meaningful only if cache->seq is
+ * unchanged afterwards.  Why that suffices:
+ *
+ *  - Every node reachable during the walk was in the tree at some moment of
+ *    the caller's RCU read side (nodes are published with
+ *    rb_link_node_rcu(), the rbtree code stores child pointers with
+ *    WRITE_ONCE(), and unlinked nodes are freed after a grace period), so
+ *    the walk never touches freed memory, whatever it races with.
+ *  - A concurrent rotation may make the walk miss the extent or wander;
+ *    it then returns NULL (or a wrong extent) and the seqcount, which every
+ *    change runs under, no longer matches: the caller falls back to the
+ *    locked lookup.  The depth bound ends a walk that wanders.
+ */
+struct dmu_extent *dmu_cache_find_rcu(struct dmu_cache *cache, u64 block)
+{
+	struct rb_node *n = READ_ONCE(cache->root.rb_node);
+	unsigned int depth;
+
+	for (depth = 0; n && depth < DMU_RCU_MAX_DEPTH; depth++) {
+		struct dmu_extent *e = rb_entry(n, struct dmu_extent, node);
+		u64 start = READ_ONCE(e->block);
+
+		if (block < start)
+			n = READ_ONCE(n->rb_left);
+		else if (block - start >= READ_ONCE(e->nr_blocks))
+			n = READ_ONCE(n->rb_right);
+		else
+			return e;
+	}
+	return NULL;
+}
+
 static struct dmu_extent *dmu_extent_next(struct dmu_extent *e)
 {
 	struct rb_node *n = rb_next(&e->node);
@@ -107,10 +174,18 @@ static struct dmu_extent *dmu_extent_next(struct dmu_extent *e)
 	return n ? rb_entry(n, struct dmu_extent, node) : NULL;
 }
 
+/* A change map()'s lockless lookup could see: see dmu_cache_write_lock(). */
+static inline void dmu_cache_assert_writing(struct dmu_cache *cache)
+{
+	lockdep_assert_held(&cache->lock);
+	WARN_ON_ONCE(!(READ_ONCE(cache->seq.seqcount.sequence) & 1));
+}
+
 static void dmu_cache_link(struct dmu_cache *cache, struct dmu_extent *e)
 {
 	struct rb_node **link = &cache->root.rb_node, *parent = NULL;
 
+	dmu_cache_assert_writing(cache);
 	while (*link) {
 		struct dmu_extent *x = rb_entry(*link, struct dmu_extent, node);
 
@@ -120,7 +195,12 @@ static void dmu_cache_link(struct dmu_cache *cache, struct dmu_extent *e)
 		else
 			link = &parent->rb_right;
 	}
-	rb_link_node(&e->node, parent, link);
+	/* rb_link_node_rcu(), open-coded: rb_left is not __rcu for sparse. */
+	e->node.__rb_parent_color = (unsigned long)parent;
+	e->node.rb_left = NULL;
+	e->node.rb_right = NULL;
+	/* Publish e's fields before map()'s lockless walk can reach e. */
+	smp_store_release(link, &e->node);
 	rb_insert_color(&e->node, &cache->root);
 	list_add_tail(&e->lru, &cache->lru);
 	cache->nr++;
@@ -128,6 +208,7 @@ static void dmu_cache_link(struct dmu_cache *cache, struct dmu_extent *e)
 
 static void dmu_cache_unlink(struct dmu_cache *cache, struct dmu_extent *e)
 {
+	dmu_cache_assert_writing(cache);
 	rb_erase(&e->node, &cache->root);
 	list_del(&e->lru);
 	cache->nr--;
@@ -242,7 +323,7 @@ static unsigned long dmu_cache_carve(struct dmu_target *dt, u64 block,
 	struct dmu_extent *e, *next;
 	unsigned long dropped = 0;
 
-	lockdep_assert_held(&cache->lock);
+	dmu_cache_assert_writing(cache);
 	for (e = dmu_cache_first_after(cache, block); e && e->block < end; e = next) {
 		u64 e_end = dmu_extent_end(e);
 
@@ -251,7 +332,7 @@ static unsigned long dmu_cache_carve(struct dmu_target *dt, u64 block,
 			continue;
 		if (e->block >= block && e_end <= end) {
 			dmu_cache_unlink(cache, e);
-			kmem_cache_free(cache->slab, e);
+			dmu_extent_retire(e);
 			dropped++;
 		} else if (e->block < block && e_end > end) {
 			struct dmu_extent *right = *spare;
@@ -293,7 +374,7 @@ void dmu_cache_make_room(struct dmu_target *dt, unsigned long incoming)
 			continue;
 		}
 		dmu_cache_unlink(cache, e);
-		kmem_cache_free(cache->slab, e);
+		dmu_extent_retire(e);
 		atomic64_inc(&dt->c.evicted);
 	}
 }
@@ -323,7 +404,7 @@ void dmu_cache_remove(struct dmu_target *dt, struct dmu_extent *e)
 {
 	lockdep_assert_held(&dt->cache.lock);
 	dmu_cache_unlink(&dt->cache, e);
-	kmem_cache_free(dt->cache.slab, e);
+	dmu_extent_retire(e);
 }
 
 /* Copy up to max extents ending after start into out; see LIST_EXTENTS. */

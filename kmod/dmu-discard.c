@@ -63,7 +63,7 @@ void dmu_discard_answered(struct dmu_target *dt, struct dmu_tracker *tk,
 
 	lockdep_assert_held(&dt->mutex);
 	set_bit(DMU_NEEDS_COMMIT, &dt->flags);
-	spin_lock_irq(&cache->lock);
+	dmu_cache_write_lock(cache);
 	if (tk->passdown)
 		tk->nr_passdown = dmu_cache_writable_ranges(dt, tk->block,
 							    tk->nr_blocks,
@@ -71,7 +71,7 @@ void dmu_discard_answered(struct dmu_target *dt, struct dmu_tracker *tk,
 							    DMU_MAX_PASSDOWN);
 	dropped = dmu_cache_invalidate(dt, tk->block, tk->nr_blocks, spare);
 	dmu_cache_doom_busy(cache, tk->block, tk->nr_blocks);
-	spin_unlock_irq(&cache->lock);
+	dmu_cache_write_unlock(cache);
 	atomic64_add(dropped, &dt->c.invalidated);
 
 	dmu_tracker_start(tk);

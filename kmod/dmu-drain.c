@@ -38,6 +38,15 @@ static void dmu_drain_start(struct dmu_drain *d)
 	lockdep_assert_held(&d->lock);
 	d->running = true;
 	list_splice_init(&d->next, &d->current_cycle);
+	/*
+	 * Whoever asked for this cycle changed the extent cache first, maybe
+	 * on another cpu (this may be the worker).  map() joins a generation
+	 * without cache->lock and then re-checks cache->seq: whoever sees the
+	 * new cur must also see that seqcount change, and fall back.  A full
+	 * barrier makes the asker's stores visible to all cpus before cur (a
+	 * lock hand-over alone does not order them for a third cpu).
+	 */
+	smp_mb();
 	/* New I/O joins the other generation before the old one is killed. */
 	WRITE_ONCE(d->cur, !old);
 	/* Pairs with smp_rmb() in dmu_io_begin(): a failed tryget sees cur. */
@@ -121,17 +130,18 @@ void dmu_drain_exit(struct dmu_drain *d)
 }
 
 /*
- * Join the current generation; never fails, never sleeps.  The RCU read
+ * Join the current generation; never fails, never sleeps; the caller holds
+ * rcu_read_lock() (dmu_io_begin() takes it).  The RCU read
  * side spans reading cur and the tryget: a drain cycle cannot kill, drain
  * and reinit the generation read (that needs a grace period) in between,
  * so a successful tryget is always on a generation that is current or
  * whose cycle has not ended.
  */
-struct percpu_ref *dmu_io_begin(struct dmu_drain *d)
+struct percpu_ref *dmu_io_begin_rcu(struct dmu_drain *d)
 {
 	struct percpu_ref *ref;
 
-	rcu_read_lock();
+	RCU_LOCKDEP_WARN(!rcu_read_lock_held(), "joining an I/O generation outside RCU");
 	for (;;) {
 		ref = &d->gen[READ_ONCE(d->cur)].ref;
 		if (likely(percpu_ref_tryget_live_rcu(ref)))
@@ -139,6 +149,15 @@ struct percpu_ref *dmu_io_begin(struct dmu_drain *d)
 		/* Pairs with smp_wmb() in dmu_drain_start(): re-read cur. */
 		smp_rmb();
 	}
+	return ref;
+}
+
+struct percpu_ref *dmu_io_begin(struct dmu_drain *d)
+{
+	struct percpu_ref *ref;
+
+	rcu_read_lock();
+	ref = dmu_io_begin_rcu(d);
 	rcu_read_unlock();
 	return ref;
 }

@@ -311,7 +311,7 @@ void dmu_stage_work(struct work_struct *work)
 		dmu_end_bio(bio, tk->error);
 	dmu_end_direct(tk);
 
-	spin_lock_irq(&dt->cache.lock);
+	dmu_cache_write_lock(&dt->cache);
 	for (i = 0; i < tk->nr_new; i++) {
 		struct dmu_extent *e = tk->new_ext[i];
 
@@ -324,7 +324,7 @@ void dmu_stage_work(struct work_struct *work)
 	}
 	bio_list_merge(&waiting, &tk->busy_bios);
 	bio_list_init(&tk->busy_bios);
-	spin_unlock_irq(&dt->cache.lock);
+	dmu_cache_write_unlock(&dt->cache);
 	kfree(tk->new_ext);
 	tk->new_ext = NULL;
 	tk->nr_new = 0;

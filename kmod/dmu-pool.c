@@ -52,6 +52,8 @@ static void dmu_pool_teardown(struct dmu_target *dt)
 	dt->kc = NULL;
 	dmu_cache_exit(&dt->cache);
 	mempool_exit(&dt->req_pool);
+	free_percpu(dt->hc);
+	dt->hc = NULL;
 }
 
 static int dmu_pool_setup(struct dmu_target *dt, char **error)
@@ -104,6 +106,11 @@ static int dmu_pool_setup(struct dmu_target *dt, char **error)
 	if (r) {
 		*error = "Cannot allocate request pool";
 		return r;
+	}
+	dt->hc = alloc_percpu(struct dmu_hit_counters);
+	if (!dt->hc) {
+		*error = "Cannot allocate counters";
+		return -ENOMEM;
 	}
 	r = dmu_drain_init(&dt->drain, dt->wq);
 	if (r) {

@@ -231,6 +231,131 @@ static void dmu_answer_missed(struct dmu_target *dt, struct dmu_req *answered,
 	bio_io_error(bio);
 }
 
+/* What a hit needs from its extent, copied while the extent is stable. */
+struct dmu_hit {
+	u64 block;		/* the extent's first block */
+	u64 nr_blocks;
+	u64 sector;
+	u32 dev;
+	u8 kind;
+};
+
+static void dmu_hit_of(const struct dmu_extent *e, struct dmu_hit *hit)
+{
+	hit->block = READ_ONCE(e->block);
+	hit->nr_blocks = READ_ONCE(e->nr_blocks);
+	hit->sector = READ_ONCE(e->sector);
+	hit->dev = READ_ONCE(e->dev);
+	hit->kind = READ_ONCE(e->kind);
+}
+
+static bool dmu_can_hit(const struct dmu_extent *e, u8 state, bool write)
+{
+	if (state & DMU_EXTENT_BUSY)
+		return false;
+	return !write || (READ_ONCE(e->kind) == DMU_EXT_REMAP &&
+			  (READ_ONCE(e->ext_flags) & DMU_EXT_WRITABLE));
+}
+
+/*
+ * The hit path without cache->lock: look the block up in an RCU-protected
+ * snapshot of the tree, join the I/O generation, then check with the
+ * seqcount that no change to the cache began since the snapshot was taken.
+ * Returns false (having dropped any reference it took) whenever it cannot
+ * tell, and the caller takes the locked path, which decides exactly as
+ * before.
+ *
+ * Why the drain guarantee survives without the lock: an invalidation (or
+ * discard, or fill replacing mappings) changes the tree inside a seqcount
+ * write section and only then starts its drain cycle, which makes the other
+ * generation current (after a full barrier, dmu_drain_start()) and kills
+ * the old one.  Here, cur is read after the seqcount and before it is
+ * checked again (smp_rmb() in read_seqcount_retry()).  So if the check
+ * passes, this bio saw the tree before the change and read cur before the
+ * cycle switched it: its reference is on the generation that cycle kills
+ * (or on an older one still draining, which that cycle waits behind), and
+ * the kill's RCU grace period (percpu_ref_kill()) cannot end before this
+ * read side, so the drain counts the reference.  If the tree changed, the
+ * check fails and the reference is dropped again unused.
+ *
+ * Only extents already USED hit here, so the status counter pushed_used and
+ * the USED bit (a read-modify-write of state, which writers also modify)
+ * are only ever written under the lock.  The clock bit is a byte of its
+ * own; racing with eviction's clearing of it only costs a second chance.
+ */
+static bool dmu_try_hit_rcu(struct dmu_target *dt, u64 block, bool write,
+			    struct dmu_hit *hit, struct percpu_ref **ref)
+{
+	struct dmu_cache *cache = &dt->cache;
+	struct dmu_extent *e;
+	bool ok = false;
+	unsigned int seq;
+	u8 state;
+
+	rcu_read_lock();
+	seq = raw_read_seqcount(&cache->seq);
+	if (seq & 1)
+		goto out;
+	e = dmu_cache_find_rcu(cache, block);
+	if (!e)
+		goto out;
+	state = READ_ONCE(e->state);
+	if (!(state & DMU_EXTENT_USED) || !dmu_can_hit(e, state, write))
+		goto out;
+	dmu_hit_of(e, hit);
+	*ref = hit->kind == DMU_EXT_REMAP ? dmu_io_begin_rcu(&dt->drain) : NULL;
+	if (read_seqcount_retry(&cache->seq, seq)) {
+		if (*ref)
+			dmu_io_end(*ref);
+		goto out;
+	}
+	/* e is not freed before rcu_read_unlock(), even if unlinked by now. */
+	if (!READ_ONCE(e->referenced))
+		WRITE_ONCE(e->referenced, 1);
+	ok = true;
+out:
+	rcu_read_unlock();
+	return ok;
+}
+
+/*
+ * Remap (or zero-fill) a bio that hit.  ref is the I/O generation the bio
+ * joined while its extent was known to be in the cache (NULL for ZERO).
+ */
+static int dmu_remap_hit(struct dmu_target *dt, struct bio *bio,
+			 enum dmu_route how, struct dmu_tracker *origin,
+			 const struct dmu_hit *hit, struct percpu_ref *ref)
+{
+	bool in_map = how == DMU_ROUTE_MAP;
+	sector_t offset = dmu_offset(dt, bio);
+	sector_t start = dmu_block_start(dt, hit->block);
+	sector_t limit = dmu_block_start(dt, hit->block + hit->nr_blocks) - offset;
+	struct dmu_bio *pb = dmu_pb(bio);
+
+	if (in_map && bio_sectors(bio) > limit)
+		dm_accept_partial_bio(bio, limit);
+	if (in_map)
+		this_cpu_inc(dt->hc->hits);
+	if (hit->kind == DMU_EXT_ZERO) {
+		this_cpu_inc(dt->hc->zero_reads);
+		zero_fill_bio(bio);
+		bio_endio(bio);
+		return DM_MAPIO_SUBMITTED;
+	}
+	pb->io_ref = ref;
+	pb->dev = hit->dev;
+	bio_set_dev(bio, dt->bdev[hit->dev]);
+	bio->bi_iter.bi_sector = hit->sector + (offset - start);
+	if (in_map)
+		return DM_MAPIO_REMAPPED;
+	if (op_is_write(bio_op(bio)) && origin) {
+		pb->tracker = origin;
+		atomic_inc(&origin->io_pending);
+	}
+	dm_submit_bio_remap(bio, NULL);
+	return DM_MAPIO_SUBMITTED;
+}
+
 /*
  * Route one bio through the cache.
  *
@@ -243,8 +368,10 @@ static void dmu_answer_missed(struct dmu_target *dt, struct dmu_req *answered,
  * it) when there is one; with DMU_ROUTE_ANSWER a bio in the first block of
  * the answered request that the answer did not cover fails.
  *
- * A remapped bio joins the current I/O generation while cache->lock is
- * held, so an invalidation that drops its extent waits for it.
+ * A remapped bio joins the current I/O generation while its extent is
+ * known to be in the cache (under cache->lock, or inside the seqcount
+ * snapshot of dmu_try_hit_rcu()), so an invalidation that drops its extent
+ * waits for it.
  */
 int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
 		struct dmu_tracker *origin, struct dmu_req *answered)
@@ -256,52 +383,27 @@ int dmu_map_bio(struct dmu_target *dt, struct bio *bio, enum dmu_route how,
 	u64 block = dmu_block_of(dt, offset);
 	u64 span = dmu_block_of(dt, offset + len - 1) - block + 1;
 	bool write = op_is_write(bio_op(bio));
-	struct dmu_bio *pb = dmu_pb(bio);
+	struct percpu_ref *ref;
 	struct dmu_extent *e;
+	struct dmu_hit hit;
 	unsigned long flags;
-	sector_t sector, limit;
-	u32 dev;
+	sector_t limit;
+
+	if (likely(dmu_try_hit_rcu(dt, block, write, &hit, &ref)))
+		return dmu_remap_hit(dt, bio, how, origin, &hit, ref);
 
 	spin_lock_irqsave(&cache->lock, flags);
 	e = dmu_cache_find(cache, block);
-	if (e && !(e->state & DMU_EXTENT_BUSY) &&
-	    (!write || (e->kind == DMU_EXT_REMAP &&
-			(e->ext_flags & DMU_EXT_WRITABLE)))) {
-		limit = dmu_block_start(dt, e->block + e->nr_blocks) - offset;
-		if (in_map && len > limit)
-			dm_accept_partial_bio(bio, limit);
+	if (e && dmu_can_hit(e, e->state, write)) {
 		e->referenced = 1;
 		if ((e->state & (DMU_EXTENT_PUSHED | DMU_EXTENT_USED)) ==
 		    DMU_EXTENT_PUSHED)
 			atomic64_inc(&dt->c.pushed_used);
 		e->state |= DMU_EXTENT_USED;
-		if (e->kind == DMU_EXT_ZERO) {
-			spin_unlock_irqrestore(&cache->lock, flags);
-			if (in_map)
-				atomic64_inc(&dt->c.hits);
-			atomic64_inc(&dt->c.zero_reads);
-			zero_fill_bio(bio);
-			bio_endio(bio);
-			return DM_MAPIO_SUBMITTED;
-		}
-		dev = e->dev;
-		sector = e->sector + (offset - dmu_block_start(dt, e->block));
-		pb->io_ref = dmu_io_begin(&dt->drain);
+		dmu_hit_of(e, &hit);
+		ref = hit.kind == DMU_EXT_REMAP ? dmu_io_begin(&dt->drain) : NULL;
 		spin_unlock_irqrestore(&cache->lock, flags);
-
-		pb->dev = dev;
-		bio_set_dev(bio, dt->bdev[dev]);
-		bio->bi_iter.bi_sector = sector;
-		if (in_map) {
-			atomic64_inc(&dt->c.hits);
-			return DM_MAPIO_REMAPPED;
-		}
-		if (write && origin) {
-			pb->tracker = origin;
-			atomic_inc(&origin->io_pending);
-		}
-		dm_submit_bio_remap(bio, NULL);
-		return DM_MAPIO_SUBMITTED;
+		return dmu_remap_hit(dt, bio, how, origin, &hit, ref);
 	}
 
 	limit = dmu_block_start(dt, block + 1) - offset;

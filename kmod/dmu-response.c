@@ -344,7 +344,7 @@ static void dmu_apply_extents(struct dmu_target *dt, struct dmu_req *req,
 	const struct dmu_response *m;
 	unsigned int i;
 
-	spin_lock_irq(&cache->lock);
+	dmu_cache_write_lock(cache);
 	dmu_cache_make_room(dt, plan->nr_ext);
 	for (i = 0; i < req->nr_msgs; i++) {
 		u64 pos, end;
@@ -371,7 +371,7 @@ static void dmu_apply_extents(struct dmu_target *dt, struct dmu_req *req,
 			pos = busy ? min(busy->block + busy->nr_blocks, end) : end;
 		}
 	}
-	spin_unlock_irq(&cache->lock);
+	dmu_cache_write_unlock(cache);
 	dmu_nodes_free(dt, &plan->nodes);
 	if (req->push)
 		atomic64_add(plan->nr_ext, &dt->c.pushed);
@@ -516,9 +516,9 @@ int dmu_invalidate(struct dmu_target *dt, u64 block, u64 nr_blocks)
 
 	if (!spare)
 		return -ENOMEM;
-	spin_lock_irq(&dt->cache.lock);
+	dmu_cache_write_lock(&dt->cache);
 	n = dmu_cache_invalidate(dt, block, nr_blocks, &spare);
-	spin_unlock_irq(&dt->cache.lock);
+	dmu_cache_write_unlock(&dt->cache);
 	atomic64_add(n, &dt->c.invalidated);
 	dmu_extent_free(&dt->cache, spare);
 	return 0;

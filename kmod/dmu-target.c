@@ -391,28 +391,47 @@ static const char *dmu_daemon_state_name(enum dmu_daemon_state state)
 
 #define DMU_C(name) ((unsigned long long)atomic64_read(&dt->c.name))
 
+static void dmu_hit_counters_sum(struct dmu_target *dt,
+				 struct dmu_hit_counters *sum)
+{
+	int cpu;
+
+	sum->hits = 0;
+	sum->zero_reads = 0;
+	for_each_possible_cpu(cpu) {
+		const struct dmu_hit_counters *hc = per_cpu_ptr(dt->hc, cpu);
+
+		sum->hits += READ_ONCE(hc->hits);
+		sum->zero_reads += READ_ONCE(hc->zero_reads);
+	}
+}
+
 static void dmu_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result, unsigned int maxlen)
 {
 	struct dmu_tc *tc = ti->private;
 	struct dmu_target *dt = tc->dt;
 	unsigned int sz = 0, pending, records;
+	struct dmu_hit_counters hc;
 	enum dmu_daemon_state state;
 	u32 i;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
+		dmu_hit_counters_sum(dt, &hc);
+		hc.hits -= READ_ONCE(dt->hc_base.hits);
+		hc.zero_reads -= READ_ONCE(dt->hc_base.zero_reads);
 		spin_lock_irq(&dt->lock);
 		state = dt->state;
 		pending = dt->nr_pending;
 		records = dt->nr_records;
 		spin_unlock_irq(&dt->lock);
 		DMEMIT("requests=%llu hits=%llu misses=%llu pushed=%llu pushed_used=%llu extents=%lu pending=%u daemon=%s",
-		       DMU_C(requests), DMU_C(hits), DMU_C(misses), DMU_C(pushed),
+		       DMU_C(requests), hc.hits, DMU_C(misses), DMU_C(pushed),
 		       DMU_C(pushed_used), READ_ONCE(dt->cache.nr), pending,
 		       dmu_daemon_state_name(state));
 		DMEMIT(" bad=%llu zero_reads=%llu fills=%llu commits=%llu timeouts=%llu resent=%llu evicted=%llu invalidated=%llu",
-		       DMU_C(bad), DMU_C(zero_reads), DMU_C(fills), DMU_C(commits),
+		       DMU_C(bad), hc.zero_reads, DMU_C(fills), DMU_C(commits),
 		       DMU_C(timeouts), DMU_C(resent), DMU_C(evicted),
 		       DMU_C(invalidated));
 		DMEMIT(" unpublished=%u requeued=%llu drains=%llu",
@@ -439,6 +458,7 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 static void dmu_reset_counters(struct dmu_target *dt)
 {
 	atomic64_t *c = (atomic64_t *)&dt->c;
+	struct dmu_hit_counters hc;
 	size_t i;
 
 	/* struct dmu_counters is nothing but atomic64_t fields. */
@@ -446,6 +466,9 @@ static void dmu_reset_counters(struct dmu_target *dt)
 
 	for (i = 0; i < sizeof(dt->c) / sizeof(*c); i++)
 		atomic64_set(&c[i], 0);
+	dmu_hit_counters_sum(dt, &hc);
+	WRITE_ONCE(dt->hc_base.hits, hc.hits);
+	WRITE_ONCE(dt->hc_base.zero_reads, hc.zero_reads);
 }
 
 /*
@@ -568,6 +591,8 @@ static void __exit dmu_exit(void)
 {
 	dm_unregister_target(&dmu_target_type);
 	dmu_control_exit();
+	/* Extents retired with call_rcu() are freed into our slab. */
+	rcu_barrier();
 	dmu_destroy_slabs();
 }
 

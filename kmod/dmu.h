@@ -42,11 +42,17 @@
  *                 daemon state, dt->channel and the live table's geometry.
  *                 Taken by map() on a miss and by bio completion.
  *   cache->lock   (spinlock) the rbtree and LRU of extents and
- *                 tk->busy_bios.  Taken by map() on every bio: the hit path
- *                 is one lock and one tree walk.  Never taken in hard irq
- *                 context; taken with irqsave because map() may run in any
- *                 context that submits bios, and that also makes the
- *                 section an RCU read side for dmu_io_begin().
+ *                 tk->busy_bios; cache->seq (a seqcount of this lock) is
+ *                 bumped around every change of the tree, of an extent's
+ *                 mapping or of its BUSY bit (dmu_cache_write_lock()).
+ *                 map()'s hit on an extent already USED takes no lock: an
+ *                 RCU walk of the tree validated by cache->seq, extents
+ *                 being freed only after a grace period
+ *                 (dmu_try_hit_rcu() in dmu-request.c says why drains stay
+ *                 exact).  map() takes the lock for everything else (first
+ *                 use of an extent, misses, BUSY extents).  Never taken in
+ *                 hard irq context; map() takes it with irqsave because it
+ *                 may run in any context that submits bios.
  *   drain->lock   (spinlock, irq-safe) the drain cycle.
  *   ch->lock      (spinlock) ch->dt and ch->detached.
  * dt->lock and cache->lock are never held together.
@@ -68,8 +74,11 @@
 #include <linux/kref.h>
 #include <linux/mempool.h>
 #include <linux/mutex.h>
+#include <linux/percpu.h>
 #include <linux/percpu-refcount.h>
 #include <linux/rbtree.h>
+#include <linux/rcupdate.h>
+#include <linux/seqlock.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -118,6 +127,7 @@ struct dmu_extent {
 	u8 state;		/* DMU_EXTENT_PUSHED | USED | BUSY, DMU_EXT_DOOMED */
 	u8 referenced;		/* clock bit for eviction */
 	struct dmu_tracker *owner;	/* while BUSY: the answer filling it */
+	struct rcu_head rcu;	/* freed a grace period after unlinking */
 };
 
 /* state: a discard covered it while BUSY; dropped once its fill ends. */
@@ -125,12 +135,33 @@ struct dmu_extent {
 
 struct dmu_cache {
 	spinlock_t lock;
+	seqcount_spinlock_t seq;	/* map()'s lockless snapshot of the tree */
 	struct rb_root root;
 	struct list_head lru;	/* eviction order (clock) */
 	unsigned long nr;
 	unsigned long max;
 	struct kmem_cache *slab;
 };
+
+/*
+ * A section under cache->lock that changes what map()'s lockless lookup
+ * reads: the tree's shape, an extent's block, nr_blocks, sector, dev, kind,
+ * ext_flags, or its BUSY bit.  The seqcount tells map() that its snapshot
+ * may be torn, and a section that drops mappings ends before any drain of
+ * them starts (see dmu_cache_find_rcu()).  Sections that only read, or only
+ * set USED and the clock bit, take the plain lock.
+ */
+static inline void dmu_cache_write_lock(struct dmu_cache *cache)
+{
+	spin_lock_irq(&cache->lock);
+	write_seqcount_begin(&cache->seq);
+}
+
+static inline void dmu_cache_write_unlock(struct dmu_cache *cache)
+{
+	write_seqcount_end(&cache->seq);
+	spin_unlock_irq(&cache->lock);
+}
 
 /* ---- I/O generations (dmu-drain.c) ---- */
 
@@ -288,12 +319,10 @@ enum dmu_daemon_state {
 
 struct dmu_counters {
 	atomic64_t requests;	/* MAP requests created */
-	atomic64_t hits;	/* bios mapped by the cache */
 	atomic64_t misses;	/* bios that needed the daemon */
 	atomic64_t pushed;	/* extents received in pushes */
 	atomic64_t pushed_used;	/* pushed extents used by I/O */
 	atomic64_t bad;		/* rejected messages */
-	atomic64_t zero_reads;	/* reads answered from ZERO extents */
 	atomic64_t fills;	/* kcopyd copy/zero jobs */
 	atomic64_t commits;	/* COMMIT requests answered */
 	atomic64_t timeouts;	/* daemon waits that expired */
@@ -302,6 +331,16 @@ struct dmu_counters {
 	atomic64_t invalidated;	/* extents dropped by invalidation */
 	atomic64_t requeued;	/* bios handed back to dm during suspend */
 	atomic64_t drains;	/* waits for in-flight I/O */
+};
+
+/*
+ * Counters of the hit path, per cpu so that a hit writes no cache line
+ * another cpu writes too.  reset_counters keeps the sums as a base instead
+ * of writing other cpus' counters (which would race with their increments).
+ */
+struct dmu_hit_counters {
+	u64 hits;		/* bios mapped by the cache */
+	u64 zero_reads;		/* reads answered from ZERO extents */
 };
 
 enum dmu_commit_stage {
@@ -400,6 +439,8 @@ struct dmu_target {
 
 	struct dmu_cache cache;
 	struct dmu_counters c;
+	struct dmu_hit_counters __percpu *hc;
+	struct dmu_hit_counters hc_base;	/* the sums at the last reset */
 };
 
 #define DMU_NEEDS_COMMIT	0	/* a DONE was queued since the last COMMIT */
@@ -449,6 +490,7 @@ extern struct mutex dmu_registry_lock;
 int dmu_cache_init(struct dmu_cache *cache, unsigned long max);
 void dmu_cache_exit(struct dmu_cache *cache);
 struct dmu_extent *dmu_cache_find(struct dmu_cache *cache, u64 block);
+struct dmu_extent *dmu_cache_find_rcu(struct dmu_cache *cache, u64 block);
 struct dmu_extent *dmu_extent_alloc(struct dmu_cache *cache);
 void dmu_extent_free(struct dmu_cache *cache, struct dmu_extent *e);
 struct dmu_extent *dmu_cache_first_busy(struct dmu_cache *cache, u64 block,
@@ -474,6 +516,7 @@ int dmu_cache_list(struct dmu_cache *cache, u64 start,
 int dmu_drain_init(struct dmu_drain *d, struct workqueue_struct *wq);
 void dmu_drain_exit(struct dmu_drain *d);
 struct percpu_ref *dmu_io_begin(struct dmu_drain *d);
+struct percpu_ref *dmu_io_begin_rcu(struct dmu_drain *d);
 void dmu_io_end(struct percpu_ref *ref);
 void dmu_drain_async(struct dmu_drain *d, struct dmu_drain_waiter *w);
 struct dmu_drain_sync;
