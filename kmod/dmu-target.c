@@ -406,6 +406,11 @@ static void dmu_hit_counters_sum(struct dmu_target *dt,
 	}
 }
 
+static u64 dmu_since_base(u64 sum, u64 base)
+{
+	return sum > base ? sum - base : 0;
+}
+
 static void dmu_status(struct dm_target *ti, status_type_t type,
 		       unsigned int status_flags, char *result, unsigned int maxlen)
 {
@@ -419,8 +424,13 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 	switch (type) {
 	case STATUSTYPE_INFO:
 		dmu_hit_counters_sum(dt, &hc);
-		hc.hits -= READ_ONCE(dt->hc_base.hits);
-		hc.zero_reads -= READ_ONCE(dt->hc_base.zero_reads);
+		/*
+		 * reset_counters may store a newer base than this sum saw:
+		 * clamp rather than print a wrapped count for one read.
+		 */
+		hc.hits = dmu_since_base(hc.hits, READ_ONCE(dt->hc_base.hits));
+		hc.zero_reads = dmu_since_base(hc.zero_reads,
+					       READ_ONCE(dt->hc_base.zero_reads));
 		spin_lock_irq(&dt->lock);
 		state = dt->state;
 		pending = dt->nr_pending;
