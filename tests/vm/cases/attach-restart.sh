@@ -75,6 +75,13 @@ expect_eq "kernel timeouts" 0 "$(dmu_stat r1 timeouts)"
 expect_eq "kernel bad answers" 0 "$(dmu_stat r1 bad)"
 
 step "discard and rewrite of committed clusters, then kill -9 before any flush"
+if [ "$(record_field r1 supervisor)" = 0 ]; then
+  # Round 3 left a process started by hand, with no supervisor to restart
+  # it: stop it (SIGTERM commits) and rebind r1 under one.
+  kill -TERM "$(record_field r1 pid)"
+  wait_gone r1
+  dmu attach --name r1 /data/disk.qcow2 >/dev/null || fail "rebind r1 under a supervisor"
+fi
 # Committed first: 1 MiB at 200 MiB, flushed.
 dd if=/dev/urandom of=/tmp/old.bin bs=1M count=1 status=none
 dd if=/tmp/old.bin of=/dev/mapper/r1 bs=1M seek=200 oflag=direct conv=fsync status=none ||
