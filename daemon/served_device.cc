@@ -23,38 +23,6 @@ constexpr size_t kBatch = 256;                  // requests per read()
 constexpr uint64_t kGrowChunk = 64ull << 20;    // qcow2 files grow by this much
 constexpr auto kBindRetry = 5s;                 // a killed predecessor's file may still close
 
-// True once MapService::adopt exists (another change of issue 13 adds it).
-template <class Service>
-constexpr bool kCanAdopt = requires(Service& s, std::span<const dmu_allocation> records) {
-  s.adopt(records);
-};
-
-// ---------------------------------------------------------------------------
-// THE REBIND CALL SITE.  A new mapping process learns from LIST_ALLOCATIONS
-// every allocation the kernel applied that no COMMITTED covered; the map
-// service must take them over before it answers anything, or it would hand
-// the same clusters out again and reads would miss data the guest wrote.
-// Until MapService::adopt exists, ServedDevice::open refuses to serve a
-// device with a non-empty list (see there): never serve silently.
-// ---------------------------------------------------------------------------
-Error cannot_adopt(size_t records) {
-  return Error{ENOTSUP, std::to_string(records) +
-                            " unpublished allocations in the kernel, and this dmu cannot adopt "
-                            "them yet (MapService::adopt is missing); refusing to serve"};
-}
-
-template <class Service>
-Result<void> adopt_allocations(Service& service, std::span<const dmu_allocation> records) {
-  if constexpr (kCanAdopt<Service>) {
-    auto adopted = service.adopt(records);
-    if (!adopted) return fail(adopted.error());
-    return {};
-  } else {
-    (void)service;
-    return fail(cannot_adopt(records.size()));
-  }
-}
-
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
 Result<BindInfo> bind_with_retry(ControlChannel& channel, const std::string& key) {
@@ -102,8 +70,6 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   // Before anything is answered: what a predecessor allocated but did not
   // publish (protocol 2, "Publishing and daemon restart").
   DMU_ASSIGN_OR_RETURN(auto records, dev->channel_.list_allocations());
-  if (!records.empty() && !kCanAdopt<mapper::MapService>)
-    return fail(cannot_adopt(records.size()).context(st.name + ": rebind"));
 
   // The scratch store is rebuilt empty below; cached extents may point into
   // the old contents, so the kernel drops its cache first (only performance
@@ -121,7 +87,7 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   DMU_ASSIGN_OR_RETURN(dev->service_,
                        mapper::MapService::create(*dev->chain_, std::move(scratch), mo));
   if (!records.empty()) {
-    DMU_TRY(adopt_allocations(*dev->service_, records));
+    DMU_TRY(dev->service_->adopt(records));
     dev->counters_.adopted = records.size();
   }
 

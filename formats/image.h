@@ -48,10 +48,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <utility>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -126,6 +126,14 @@ struct CheckReport {
 };
 
 enum class Repair { None, Leaks, All };
+
+// How an engine's adopt_write names what it refuses:
+//   "IMAGE: cannot adopt guest [0x..., +0x...) at host 0x... (file N)"
+inline std::string adopt_context(const std::string& image, uint64_t offset, uint64_t length,
+                                 unsigned file, uint64_t host_offset) {
+  return image + ": cannot adopt guest [" + hex(offset) + ", +" + hex(length) + ") at host " +
+         hex(host_offset) + " (file " + std::to_string(file) + ")";
+}
 
 class Image {
  public:

@@ -83,9 +83,7 @@ Result<QcowImage::Inflight> QcowImage::plan_adoption(uint64_t offset, uint64_t e
 Result<uint64_t> QcowImage::adopt_write(uint64_t offset, uint64_t length, unsigned file,
                                         uint64_t host_offset) {
   DMU_TRY(require_writable("adopt"));
-  const std::string what = info_.filename + ": cannot adopt guest [" + hex(offset) + ", +" +
-                           hex(length) + ") at host " + hex(host_offset) + " (file " +
-                           std::to_string(file) + ")";
+  const std::string what = adopt_context(info_.filename, offset, length, file, host_offset);
   if (!adopting_)
     return fail(EBUSY, what + ": the image changed since it was opened or last committed");
   if (auto r = check_adopt_shape(offset, length, file, host_offset); !r)

@@ -125,8 +125,7 @@ void Qcow2Image::record_adoption(const std::vector<AdoptPlan>& plans, uint64_t t
 Result<uint64_t> Qcow2Image::adopt_write(uint64_t offset, uint64_t length, unsigned file,
                                          uint64_t host_offset) {
   DMU_TRY(check_writable());
-  const std::string what = path_ + ": cannot adopt guest [" + hex(offset) + ", +" + hex(length) +
-                           ") at host " + hex(host_offset) + " (file " + std::to_string(file) + ")";
+  const std::string what = adopt_context(path_, offset, length, file, host_offset);
   if (!adopting_)
     return fail(EBUSY, what + ": the image changed since it was opened or last committed");
   if (auto r = check_adopt_shape(offset, length, file, host_offset); !r)
