@@ -51,7 +51,12 @@ QIO=$!
 i=0
 while qemu-img info held.qcow2 >/dev/null 2>&1; do
   i=$((i + 1))
-  kill -0 $QIO 2>/dev/null || { cat /tmp/qio.log; fail "qemu-io exited"; }
+  if ! kill -0 $QIO 2>/dev/null; then
+    # Our own qemu-img info probe may have held the image as qemu-io opened it.
+    grep -q "lock" /tmp/qio.log || { cat /tmp/qio.log; fail "qemu-io exited"; }
+    qemu-io -c "sleep 600000" held.qcow2 >/tmp/qio.log 2>&1 &
+    QIO=$!
+  fi
   [ $i -lt 600 ] || fail "qemu-io never locked held.qcow2"
   sleep 0.1
 done
