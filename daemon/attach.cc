@@ -2,7 +2,6 @@
 #include "daemon/attach.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,6 +11,7 @@
 #include <climits>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "daemon/name_lock.h"
@@ -40,7 +40,8 @@ struct Plan {
   std::unique_ptr<formats::Chain> chain_open;
   std::string format;
   std::vector<std::string> chain;
-  std::vector<std::string> files;  // data files, table order
+  std::vector<std::string> files;                    // data files, table order
+  std::vector<std::optional<std::string>> named_by;  // by data file
   uint32_t writable = 0;
   uint64_t block = 0;
   uint64_t target_sectors = 0;
@@ -49,22 +50,20 @@ struct Plan {
 // Files an image names (backing images, external data files, extents) are
 // loop-attached, writable for the top image: a hostile image naming
 // /dev/sda or /etc/shadow would hand the guest a host device or file.  Only
-// regular files may be reached that way; the image the user names is theirs
-// to choose.
-Result<void> check_named_files(const formats::Chain& chain, const std::string& image) {
-  std::vector<std::string> named;
-  for (const auto& im : chain.images()) named.push_back(im->info().filename);
-  for (File* f : chain.devices()) named.push_back(f->path());
-  for (const auto& path : named) {
-    if (path == image) continue;
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return fail(errno_error(image + ": " + path));
-    if (!S_ISREG(st.st_mode))
-      return fail(EPERM, image + ": names " + path +
-                             ", which is not a regular file; dmu attaches only regular files "
-                             "named inside images");
-  }
-  return {};
+// regular files may be reached that way (LoopOptions::named_by); the image
+// the user names is theirs to choose.  Returns, for data file `device`, the
+// image that names it, or none for the user's image itself.
+std::optional<std::string> named_by(const formats::Chain& chain, unsigned device,
+                                    const std::string& image) {
+  const std::string& path = chain.devices()[device]->path();
+  if (path == image) return std::nullopt;
+  const unsigned depth = chain.device_depth(device);
+  const auto images = chain.images();
+  // An image's own file (raw, qcow2 without a data file) is named by the
+  // image above it; a data file or extent by its image.
+  if (path == images[depth]->info().filename && depth > 0)
+    return images[depth - 1]->info().filename;
+  return images[depth]->info().filename;
 }
 
 Result<Plan> plan(const std::string& image, const AttachOptions& o) {
@@ -73,11 +72,13 @@ Result<Plan> plan(const std::string& image, const AttachOptions& o) {
   co.access = o.read_only ? formats::Access::ReadOnly : formats::Access::ReadWrite;
   co.lock = true;
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), image, co));
-  DMU_TRY(check_named_files(*chain, image));
   Plan p;
   p.format = chain->top().info().format;
   for (const auto& im : chain->images()) p.chain.push_back(im->info().filename);
-  for (File* f : chain->devices()) p.files.push_back(f->path());
+  for (unsigned i = 0; i < chain->devices().size(); ++i) {
+    p.files.push_back(chain->devices()[i]->path());
+    p.named_by.push_back(named_by(*chain, i, image));
+  }
   p.writable = o.read_only ? 0 : uint32_t(chain->top().data_files().size());
   p.block = mapper::choose_block_size(*chain);
   // A partial last sector cannot be expressed in a dm table; it is left out
@@ -243,7 +244,10 @@ Result<std::string> attach(const AttachOptions& o) {
     lo.read_only = i >= p.writable;
     // The image locks move to the loop devices (see LoopOptions::lock); the
     // scratch store is ours alone.
-    if (i < p.files.size()) lo.lock = lo.read_only ? LockMode::Reader : LockMode::Writer;
+    if (i < p.files.size()) {
+      lo.lock = lo.read_only ? LockMode::Reader : LockMode::Writer;
+      lo.named_by = p.named_by[i];
+    }
     DMU_ASSIGN_OR_RETURN(LoopDevice loop, LoopDevice::attach(files[i], lo));
     st.devices.push_back({files[i], loop.path(), !lo.read_only});
     spec.devs.push_back(loop.dev_string());

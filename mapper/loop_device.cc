@@ -39,6 +39,14 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const LoopOptions
   int file_fd = ::open(file.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (file_fd < 0) return fail(errno_error(file + ": open for loop device"));
   UniqueFd backing(file_fd);
+  if (options.named_by) {
+    struct stat st {};
+    if (::fstat(backing.get(), &st) != 0) return fail(errno_error(file + ": stat"));
+    if (!S_ISREG(st.st_mode))
+      return fail(EPERM, *options.named_by + ": names " + file +
+                             ", which is not a regular file; dmu attaches only regular files "
+                             "named inside images");
+  }
   if (options.lock) DMU_TRY(ImageLock::place(backing.get(), file, *options.lock));
 
   int ctl_fd = ::open("/dev/loop-control", O_RDWR | O_CLOEXEC);

@@ -31,6 +31,12 @@ struct LoopOptions {
   // before the loop device takes it (ImageLock::place): they last exactly as
   // long as the loop device, whoever set it up and whatever became of them.
   std::optional<LockMode> lock{};
+  // The image that names `file` (a backing file, data file or extent).  When
+  // set, only a regular file is accepted: a hostile image naming /dev/sda
+  // would hand the guest a host device.  Checked with fstat() on the
+  // descriptor the loop device gets, so nothing can swap the file between
+  // the check and the attach.
+  std::optional<std::string> named_by{};
 };
 
 class LoopDevice {

@@ -102,6 +102,23 @@ TEST_F(LoopDeviceTest, Move_TransfersOwnershipWithoutDetaching) {
   EXPECT_TRUE(detached) << detached.error().message;
 }
 
+// attach refuses a file an image names unless it is a regular file, judged
+// on the descriptor the loop device would get (no stat-then-open window),
+// and says which image named it.
+TEST_F(LoopDeviceTest, NamedBy_RefusesWhatIsNotARegularFile) {
+  const std::string link = dir_.file("data.raw");
+  ASSERT_EQ(::symlink("/dev/null", link.c_str()), 0);
+  auto loop = LoopDevice::attach(link, {.read_only = true, .named_by = "/vm/evil.qcow2"});
+  ASSERT_FALSE(loop);
+  EXPECT_EQ(loop.error().code, EPERM);
+  EXPECT_NE(loop.error().message.find("/vm/evil.qcow2: names " + link), std::string::npos)
+      << loop.error().message;
+  EXPECT_NE(loop.error().message.find("not a regular file"), std::string::npos);
+  // A regular file is fine, named or not.
+  auto ok = LoopDevice::attach(image_, {.read_only = true, .named_by = "/vm/top.qcow2"});
+  EXPECT_TRUE(ok) << ok.error().message;
+}
+
 TEST(LoopDevice, Attach_MissingFileNamesIt) {
   auto loop = LoopDevice::attach("/nonexistent/disk.img");
   ASSERT_FALSE(loop);
