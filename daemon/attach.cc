@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
@@ -42,6 +43,7 @@ struct Plan {
   std::vector<std::string> chain;
   std::vector<std::string> files;                    // data files, table order
   std::vector<std::optional<std::string>> named_by;  // by data file
+  std::vector<MetadataFile> metadata;                // files with no data of the chain
   uint32_t writable = 0;
   uint64_t block = 0;
   uint64_t target_sectors = 0;
@@ -79,6 +81,7 @@ Result<Plan> plan(const std::string& image, const AttachOptions& o) {
     p.files.push_back(chain->devices()[i]->path());
     p.named_by.push_back(named_by(*chain, i, image));
   }
+  DMU_ASSIGN_OR_RETURN(p.metadata, metadata_files(*chain, image, !o.read_only));
   p.writable = o.read_only ? 0 : uint32_t(chain->top().data_files().size());
   p.block = mapper::choose_block_size(*chain);
   // A partial last sector cannot be expressed in a dm table; it is left out
@@ -208,7 +211,12 @@ Result<std::string> attach(const AttachOptions& o) {
   }
   if (info.exists)
     return fail(EEXIST, "dm device " + name + " exists and was not made by dmu attach");
-  if (existing) remove_state_files(name);  // a stale record of a device long gone
+  if (existing) {
+    // A stale record of a device long gone (removed with dmsetup): its
+    // metadata loops would keep the image locked against us.
+    DMU_TRY(release_metadata_loops(*existing));
+    remove_state_files(name);
+  }
 
   // Held while the device is set up, so two attaches of one name cannot race;
   // released right before the mapping process takes it over.
@@ -253,12 +261,23 @@ Result<std::string> attach(const AttachOptions& o) {
     spec.devs.push_back(loop.dev_string());
     loops.push_back(std::move(loop));
   }
+  // The files with no data in the table get loop devices of their own
+  // only to hold their locks (metadata_loops.h).
+  std::vector<LoopDevice> metadata_loops;
+  for (const MetadataFile& m : p.metadata) {
+    DMU_ASSIGN_OR_RETURN(LoopDevice loop, attach_metadata_loop(m));
+    st.metadata_loops.push_back({m.path, loop.path(), m.mode == LockMode::Writer});
+    metadata_loops.push_back(std::move(loop));
+  }
   DMU_ASSIGN_OR_RETURN(DmTableLine line, table_line(spec));
   DmCreateOptions dco;
   dco.read_only = o.read_only;
   dco.uuid = "DMU-" + st.key;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
   DMU_TRY(write_state(st));
+  // Recorded: detach finds them from here on, so they may outlive us.
+  // Until now a crash of ours took them along (autoclear).
+  for (auto& l : metadata_loops) DMU_TRY(l.keep_after_close());
   p.chain_open.reset();  // the loop devices hold the image locks from here on
 
   lock.release();
@@ -266,6 +285,7 @@ Result<std::string> attach(const AttachOptions& o) {
   // Serving: the device and its loops now outlive this process.
   dm.release();
   for (auto& l : loops) l.release();
+  for (auto& l : metadata_loops) l.release();
   guard.armed = false;
   return st.node();
 }

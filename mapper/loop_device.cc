@@ -11,7 +11,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <fstream>
+#include <thread>
 #include <utility>
 
 namespace dmu {
@@ -122,6 +125,18 @@ LoopDevice::~LoopDevice() {
   (void)detach();
 }
 
+Result<void> LoopDevice::keep_after_close() {
+  loop_info64 info{};
+  if (::ioctl(fd_.get(), LOOP_GET_STATUS64, &info) != 0)
+    return fail(errno_error(path_ + ": read loop status"));
+  // LO_FLAGS_AUTOCLEAR is the one flag LOOP_SET_STATUS64 may clear; the
+  // rest of the status is written back as read.
+  info.lo_flags &= ~uint32_t(LO_FLAGS_AUTOCLEAR);
+  if (::ioctl(fd_.get(), LOOP_SET_STATUS64, &info) != 0)
+    return fail(errno_error(path_ + ": clear autoclear of the loop device over " + file_));
+  return {};
+}
+
 Result<void> LoopDevice::detach() {
   if (!fd_.valid()) return {};
   int rc = ::ioctl(fd_.get(), LOOP_CLR_FD);
@@ -181,6 +196,17 @@ Result<bool> detach_loop_of(const std::string& loop_path, const std::string& fil
   if (::ioctl(loop.get(), LOOP_CLR_FD) != 0 && errno != ENXIO)
     return fail(errno_error(loop_path + ": detach from " + file));
   return true;
+}
+
+void wait_loop_released(const std::string& loop_path, const std::string& file) {
+  const std::string sys =
+      "/sys/block/" + loop_path.substr(loop_path.rfind('/') + 1) + "/loop/backing_file";
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream in(sys);
+    std::string bound;
+    if (!in || !std::getline(in, bound) || bound != file) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 }  // namespace dmu
