@@ -67,7 +67,11 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const LoopOptions
   for (int attempt = 0; attempt < kClaimAttempts; ++attempt) {
     int n = ::ioctl(control.get(), LOOP_CTL_GET_FREE);
     if (n < 0) return fail(errno_error(file + ": find a free loop device"));
-    DMU_ASSIGN_OR_RETURN(UniqueFd loop, open_loop_node(n, options.read_only ? O_RDONLY : O_RDWR));
+    auto opened = open_loop_node(n, options.read_only ? O_RDONLY : O_RDWR);
+    // ENXIO: between GET_FREE and our open, another process bound the
+    // device and is tearing it down (or removed it); take the next free one.
+    if (!opened && opened.error().code == ENXIO) continue;
+    DMU_ASSIGN_OR_RETURN(UniqueFd loop, std::move(opened));
     int rc = ::ioctl(loop.get(), LOOP_CONFIGURE, &config);
     if (rc != 0 && errno == EINVAL && (config.info.lo_flags & LO_FLAGS_DIRECT_IO)) {
       // Some kernels refuse direct I/O outright instead of falling back.
