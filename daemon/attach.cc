@@ -2,7 +2,6 @@
 #include "daemon/attach.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,8 +11,10 @@
 #include <climits>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <vector>
 
+#include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
@@ -40,7 +41,9 @@ struct Plan {
   std::unique_ptr<formats::Chain> chain_open;
   std::string format;
   std::vector<std::string> chain;
-  std::vector<std::string> files;  // data files, table order
+  std::vector<std::string> files;                    // data files, table order
+  std::vector<std::optional<std::string>> named_by;  // by data file
+  std::vector<MetadataFile> metadata;                // files with no data of the chain
   uint32_t writable = 0;
   uint64_t block = 0;
   uint64_t target_sectors = 0;
@@ -49,22 +52,20 @@ struct Plan {
 // Files an image names (backing images, external data files, extents) are
 // loop-attached, writable for the top image: a hostile image naming
 // /dev/sda or /etc/shadow would hand the guest a host device or file.  Only
-// regular files may be reached that way; the image the user names is theirs
-// to choose.
-Result<void> check_named_files(const formats::Chain& chain, const std::string& image) {
-  std::vector<std::string> named;
-  for (const auto& im : chain.images()) named.push_back(im->info().filename);
-  for (File* f : chain.devices()) named.push_back(f->path());
-  for (const auto& path : named) {
-    if (path == image) continue;
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return fail(errno_error(image + ": " + path));
-    if (!S_ISREG(st.st_mode))
-      return fail(EPERM, image + ": names " + path +
-                             ", which is not a regular file; dmu attaches only regular files "
-                             "named inside images");
-  }
-  return {};
+// regular files may be reached that way (LoopOptions::named_by); the image
+// the user names is theirs to choose.  Returns, for data file `device`, the
+// image that names it, or none for the user's image itself.
+std::optional<std::string> named_by(const formats::Chain& chain, unsigned device,
+                                    const std::string& image) {
+  const std::string& path = chain.devices()[device]->path();
+  if (path == image) return std::nullopt;
+  const unsigned depth = chain.device_depth(device);
+  const auto images = chain.images();
+  // An image's own file (raw, qcow2 without a data file) is named by the
+  // image above it; a data file or extent by its image.
+  if (path == images[depth]->info().filename && depth > 0)
+    return images[depth - 1]->info().filename;
+  return images[depth]->info().filename;
 }
 
 Result<Plan> plan(const std::string& image, const AttachOptions& o) {
@@ -73,11 +74,14 @@ Result<Plan> plan(const std::string& image, const AttachOptions& o) {
   co.access = o.read_only ? formats::Access::ReadOnly : formats::Access::ReadWrite;
   co.lock = true;
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), image, co));
-  DMU_TRY(check_named_files(*chain, image));
   Plan p;
   p.format = chain->top().info().format;
   for (const auto& im : chain->images()) p.chain.push_back(im->info().filename);
-  for (File* f : chain->devices()) p.files.push_back(f->path());
+  for (unsigned i = 0; i < chain->devices().size(); ++i) {
+    p.files.push_back(chain->devices()[i]->path());
+    p.named_by.push_back(named_by(*chain, i, image));
+  }
+  DMU_ASSIGN_OR_RETURN(p.metadata, metadata_files(*chain, image, !o.read_only));
   p.writable = o.read_only ? 0 : uint32_t(chain->top().data_files().size());
   p.block = mapper::choose_block_size(*chain);
   // A partial last sector cannot be expressed in a dm table; it is left out
@@ -207,7 +211,12 @@ Result<std::string> attach(const AttachOptions& o) {
   }
   if (info.exists)
     return fail(EEXIST, "dm device " + name + " exists and was not made by dmu attach");
-  if (existing) remove_state_files(name);  // a stale record of a device long gone
+  if (existing) {
+    // A stale record of a device long gone (removed with dmsetup): its
+    // metadata loops would keep the image locked against us.
+    DMU_TRY(release_metadata_loops(*existing));
+    remove_state_files(name);
+  }
 
   // Held while the device is set up, so two attaches of one name cannot race;
   // released right before the mapping process takes it over.
@@ -243,11 +252,22 @@ Result<std::string> attach(const AttachOptions& o) {
     lo.read_only = i >= p.writable;
     // The image locks move to the loop devices (see LoopOptions::lock); the
     // scratch store is ours alone.
-    if (i < p.files.size()) lo.lock = lo.read_only ? LockMode::Reader : LockMode::Writer;
+    if (i < p.files.size()) {
+      lo.lock = lo.read_only ? LockMode::Reader : LockMode::Writer;
+      lo.named_by = p.named_by[i];
+    }
     DMU_ASSIGN_OR_RETURN(LoopDevice loop, LoopDevice::attach(files[i], lo));
     st.devices.push_back({files[i], loop.path(), !lo.read_only});
     spec.devs.push_back(loop.dev_string());
     loops.push_back(std::move(loop));
+  }
+  // The files with no data in the table get loop devices of their own
+  // only to hold their locks (metadata_loops.h).
+  std::vector<LoopDevice> metadata_loops;
+  for (const MetadataFile& m : p.metadata) {
+    DMU_ASSIGN_OR_RETURN(LoopDevice loop, attach_metadata_loop(m));
+    st.metadata_loops.push_back({m.path, loop.path(), m.mode == LockMode::Writer});
+    metadata_loops.push_back(std::move(loop));
   }
   DMU_ASSIGN_OR_RETURN(DmTableLine line, table_line(spec));
   DmCreateOptions dco;
@@ -255,6 +275,9 @@ Result<std::string> attach(const AttachOptions& o) {
   dco.uuid = "DMU-" + st.key;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
   DMU_TRY(write_state(st));
+  // Recorded: detach finds them from here on, so they may outlive us.
+  // Until now a crash of ours took them along (autoclear).
+  for (auto& l : metadata_loops) DMU_TRY(l.keep_after_close());
   p.chain_open.reset();  // the loop devices hold the image locks from here on
 
   lock.release();
@@ -262,6 +285,7 @@ Result<std::string> attach(const AttachOptions& o) {
   // Serving: the device and its loops now outlive this process.
   dm.release();
   for (auto& l : loops) l.release();
+  for (auto& l : metadata_loops) l.release();
   guard.armed = false;
   return st.node();
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "daemon/attach.h"
+#include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
@@ -46,19 +47,6 @@ Result<uint64_t> unpublished(const std::string& name) {
       if (f.name == "unpublished") return std::stoull(f.value);
   }
   return uint64_t(0);
-}
-
-// Waits (briefly) until loop_path is no longer bound to `file`: the kernel
-// may finish an autoclear after the dm device's removal returned.
-void wait_loop_released(const std::string& loop_path, const std::string& file) {
-  const std::string sys = "/sys/block/" + loop_path.substr(loop_path.rfind('/') + 1) +
-                          "/loop/backing_file";
-  for (int i = 0; i < 100; ++i) {
-    std::ifstream in(sys);
-    std::string bound;
-    if (!in || !std::getline(in, bound) || bound != file) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
 }
 
 // The mapping process grows a qcow2 file in 64 MiB steps (one loop resize
@@ -179,6 +167,8 @@ Result<std::string> detach(const DetachOptions& o) {
     DMU_TRY(detach_loop_of(d.loop, d.file));
     wait_loop_released(d.loop, d.file);
   }
+  // Before the trim, which takes the writer lock these hold.
+  DMU_TRY(release_metadata_loops(*st));
   remove_state_files(name);
   if (auto t = trim_growth_tail(*st); !t)
     return name + ": detached; the image's growth tail was not trimmed: " + t.error().message;

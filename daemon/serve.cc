@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "daemon/log.h"
+#include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/served_device.h"
@@ -131,6 +132,7 @@ Result<Member> set_up(const std::string& name, bool supervised) {
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   if (!info.exists)
     return fail(ENXIO, name + ": the dm device is gone; run dmu detach " + name + " to clean up");
+  DMU_TRY(restore_metadata_loops(*state));
   DMU_ASSIGN_OR_RETURN(m.device, ServedDevice::open(*state));
   m.node = state->node();
   m.read_only = state->read_only;

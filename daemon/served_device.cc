@@ -40,9 +40,10 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   formats::ChainOptions co;
   co.format = st.format;
   co.access = st.read_only ? formats::Access::ReadOnly : formats::Access::ReadWrite;
-  // No locks of our own: attach placed them on the loop devices' files,
-  // where they outlive this process (mapper/loop_device.h), and a lock of
-  // ours would conflict with those.
+  // No locks of our own: attach placed them on the loop devices' files
+  // (data loops and metadata loops), where they outlive this process
+  // (mapper/loop_device.h, metadata_loops.h), and a lock of ours would
+  // conflict with those.
   co.lock = false;
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), st.image, co));
   const auto& files = chain->devices();

@@ -20,20 +20,29 @@ json to_json(const DeviceState& s) {
   json devices = json::array();
   for (const auto& d : s.devices)
     devices.push_back({{"file", d.file}, {"loop", d.loop}, {"writable", d.writable}});
-  return json{{"version", DeviceState::kVersion},
-              {"name", s.name},
-              {"node", s.node()},
-              {"image", s.image},
-              {"format", s.format},
-              {"chain", s.chain},
-              {"key", s.key},
-              {"read-only", s.read_only},
-              {"block-sectors", s.block_sectors},
-              {"target-sectors", s.target_sectors},
-              {"devices", devices},
-              {"scratch", s.scratch},
-              {"pid", s.pid},
-              {"supervisor", s.supervisor}};
+  json j{
+      {"version", s.metadata_loops.empty() ? DeviceState::kOldestVersion : DeviceState::kVersion},
+      {"name", s.name},
+      {"node", s.node()},
+      {"image", s.image},
+      {"format", s.format},
+      {"chain", s.chain},
+      {"key", s.key},
+      {"read-only", s.read_only},
+      {"block-sectors", s.block_sectors},
+      {"target-sectors", s.target_sectors},
+      {"devices", devices},
+      {"scratch", s.scratch},
+      {"pid", s.pid},
+      {"supervisor", s.supervisor}};
+  if (!s.metadata_loops.empty()) {
+    json loops = json::array();
+    for (const auto& m : s.metadata_loops)
+      loops.push_back(
+          {{"file", m.file}, {"loop", m.loop}, {"lock", m.writer ? "writer" : "reader"}});
+    j["metadata-loops"] = loops;
+  }
+  return j;
 }
 
 namespace {
@@ -55,8 +64,9 @@ Result<T> field(const json& j, const char* key, const std::string& where) {
 Result<DeviceState> state_from_json(const json& j, const std::string& where) {
   if (!j.is_object()) return fail(EINVAL, where + ": not a JSON object");
   DMU_ASSIGN_OR_RETURN(int version, field<int>(j, "version", where));
-  if (version != DeviceState::kVersion)
+  if (version < DeviceState::kOldestVersion || version > DeviceState::kVersion)
     return fail(EINVAL, where + ": state version " + std::to_string(version) + ", expected " +
+                            std::to_string(DeviceState::kOldestVersion) + " to " +
                             std::to_string(DeviceState::kVersion));
   DeviceState s;
   DMU_ASSIGN_OR_RETURN(s.name, field<std::string>(j, "name", where));
@@ -82,6 +92,22 @@ Result<DeviceState> state_from_json(const json& j, const std::string& where) {
     DMU_ASSIGN_OR_RETURN(dev.loop, field<std::string>(d, "loop", at));
     DMU_ASSIGN_OR_RETURN(dev.writable, field<bool>(d, "writable", at));
     s.devices.push_back(std::move(dev));
+  }
+  if (j.contains("metadata-loops")) {
+    DMU_ASSIGN_OR_RETURN(json loops, field<json>(j, "metadata-loops", where));
+    if (!loops.is_array()) return fail(EINVAL, where + ": field 'metadata-loops' is not an array");
+    for (const json& m : loops) {
+      const std::string at =
+          where + ": metadata-loops[" + std::to_string(s.metadata_loops.size()) + "]";
+      MetadataLoop ml;
+      DMU_ASSIGN_OR_RETURN(ml.file, field<std::string>(m, "file", at));
+      DMU_ASSIGN_OR_RETURN(ml.loop, field<std::string>(m, "loop", at));
+      DMU_ASSIGN_OR_RETURN(std::string lock, field<std::string>(m, "lock", at));
+      if (lock != "writer" && lock != "reader")
+        return fail(EINVAL, at + ": field 'lock' is '" + lock + "', not 'writer' or 'reader'");
+      ml.writer = lock == "writer";
+      s.metadata_loops.push_back(std::move(ml));
+    }
   }
   if (s.name.empty() || s.key.empty() || s.devices.empty() || s.block_sectors == 0)
     return fail(EINVAL, where + ": incomplete record (name, key, devices, block-sectors)");

@@ -27,8 +27,26 @@ struct DataDevice {
   bool operator==(const DataDevice&) const = default;
 };
 
+// A read-only loop device over a file the chain reads only for metadata (a
+// qcow2 file whose data lives in an external data file, a vmdk descriptor
+// whose extents are files of their own).  It is not in the dm table: it
+// exists to hold QEMU's locks on the file for as long as the device does
+// (daemon/metadata_loops.h).
+struct MetadataLoop {
+  std::string file;
+  std::string loop;     // /dev/loopN
+  bool writer = false;  // writer locks (the writable top image), else reader locks
+
+  bool operator==(const MetadataLoop&) const = default;
+};
+
 struct DeviceState {
-  static constexpr int kVersion = 1;
+  // Version 2 records have metadata loops; a record without any is written
+  // as version 1, so an older dmu can still detach it, while one with them
+  // is refused by an older dmu rather than detached with the loops (and the
+  // image's locks) left behind.
+  static constexpr int kVersion = 2;
+  static constexpr int kOldestVersion = 1;
 
   std::string name;                // dm device name (/dev/mapper/NAME)
   std::string image;               // absolute path of the top image
@@ -42,6 +60,8 @@ struct DeviceState {
   std::string scratch;              // scratch store file (also the last device)
   pid_t pid = 0;                    // mapping process last started (0: none yet)
   pid_t supervisor = 0;             // its supervisor, if it has one (0: none)
+  // Files of the chain with no data in the table (version 2 records).
+  std::vector<MetadataLoop> metadata_loops;
 
   bool operator==(const DeviceState&) const = default;
   std::string node() const { return "/dev/mapper/" + name; }

@@ -11,7 +11,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <fstream>
+#include <thread>
 #include <utility>
 
 namespace dmu {
@@ -39,6 +42,14 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const LoopOptions
   int file_fd = ::open(file.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (file_fd < 0) return fail(errno_error(file + ": open for loop device"));
   UniqueFd backing(file_fd);
+  if (options.named_by) {
+    struct stat st {};
+    if (::fstat(backing.get(), &st) != 0) return fail(errno_error(file + ": stat"));
+    if (!S_ISREG(st.st_mode))
+      return fail(EPERM, *options.named_by + ": names " + file +
+                             ", which is not a regular file; dmu attaches only regular files "
+                             "named inside images");
+  }
   if (options.lock) DMU_TRY(ImageLock::place(backing.get(), file, *options.lock));
 
   int ctl_fd = ::open("/dev/loop-control", O_RDWR | O_CLOEXEC);
@@ -56,7 +67,11 @@ Result<LoopDevice> LoopDevice::attach(const std::string& file, const LoopOptions
   for (int attempt = 0; attempt < kClaimAttempts; ++attempt) {
     int n = ::ioctl(control.get(), LOOP_CTL_GET_FREE);
     if (n < 0) return fail(errno_error(file + ": find a free loop device"));
-    DMU_ASSIGN_OR_RETURN(UniqueFd loop, open_loop_node(n, options.read_only ? O_RDONLY : O_RDWR));
+    auto opened = open_loop_node(n, options.read_only ? O_RDONLY : O_RDWR);
+    // ENXIO: between GET_FREE and our open, another process bound the
+    // device and is tearing it down (or removed it); take the next free one.
+    if (!opened && opened.error().code == ENXIO) continue;
+    DMU_ASSIGN_OR_RETURN(UniqueFd loop, std::move(opened));
     int rc = ::ioctl(loop.get(), LOOP_CONFIGURE, &config);
     if (rc != 0 && errno == EINVAL && (config.info.lo_flags & LO_FLAGS_DIRECT_IO)) {
       // Some kernels refuse direct I/O outright instead of falling back.
@@ -112,6 +127,18 @@ LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
 
 LoopDevice::~LoopDevice() {
   (void)detach();
+}
+
+Result<void> LoopDevice::keep_after_close() {
+  loop_info64 info{};
+  if (::ioctl(fd_.get(), LOOP_GET_STATUS64, &info) != 0)
+    return fail(errno_error(path_ + ": read loop status"));
+  // LO_FLAGS_AUTOCLEAR is the one flag LOOP_SET_STATUS64 may clear; the
+  // rest of the status is written back as read.
+  info.lo_flags &= ~uint32_t(LO_FLAGS_AUTOCLEAR);
+  if (::ioctl(fd_.get(), LOOP_SET_STATUS64, &info) != 0)
+    return fail(errno_error(path_ + ": clear autoclear of the loop device over " + file_));
+  return {};
 }
 
 Result<void> LoopDevice::detach() {
@@ -173,6 +200,17 @@ Result<bool> detach_loop_of(const std::string& loop_path, const std::string& fil
   if (::ioctl(loop.get(), LOOP_CLR_FD) != 0 && errno != ENXIO)
     return fail(errno_error(loop_path + ": detach from " + file));
   return true;
+}
+
+void wait_loop_released(const std::string& loop_path, const std::string& file) {
+  const std::string sys =
+      "/sys/block/" + loop_path.substr(loop_path.rfind('/') + 1) + "/loop/backing_file";
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream in(sys);
+    std::string bound;
+    if (!in || !std::getline(in, bound) || bound != file) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 }  // namespace dmu

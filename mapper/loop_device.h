@@ -31,6 +31,12 @@ struct LoopOptions {
   // before the loop device takes it (ImageLock::place): they last exactly as
   // long as the loop device, whoever set it up and whatever became of them.
   std::optional<LockMode> lock{};
+  // The image that names `file` (a backing file, data file or extent).  When
+  // set, only a regular file is accepted: a hostile image naming /dev/sda
+  // would hand the guest a host device.  Checked with fstat() on the
+  // descriptor the loop device gets, so nothing can swap the file between
+  // the check and the attach.
+  std::optional<std::string> named_by{};
 };
 
 class LoopDevice {
@@ -48,6 +54,12 @@ class LoopDevice {
   // while another opener (a dm table) holds it and goes away with its last
   // close (autoclear), so it outlives this process.
   void release() { fd_.reset(); }
+
+  // Clears autoclear: the device then stays attached after its last close,
+  // until someone detaches it (detach_loop_of).  For a loop device nobody
+  // else opens, set up with autoclear so that a crash before this call
+  // leaves nothing behind.
+  Result<void> keep_after_close();
 
   // Detaches now.  While another opener (a dm table) still holds the device,
   // the kernel defers the detach to its last close (autoclear).
@@ -87,5 +99,9 @@ Result<uint64_t> refresh_loop_capacity(int loop_fd, const std::string& loop_path
 // Detaches loop_path if it is still bound to `file`; true if it was.  A loop
 // already gone (or bound to another file now) is left alone.
 Result<bool> detach_loop_of(const std::string& loop_path, const std::string& file);
+// Waits (up to 5 s) until loop_path is no longer bound to `file`: the kernel
+// may finish a detach after the call that asked for it returned (autoclear
+// with the dm table's removal, another opener closing late).
+void wait_loop_released(const std::string& loop_path, const std::string& file);
 
 }  // namespace dmu

@@ -61,6 +61,40 @@ TEST(DaemonState, JsonRoundTrip) {
   EXPECT_EQ(to_json(s)["node"], "/dev/mapper/vm1-xvda");
 }
 
+// Metadata loops round-trip; a record with them is version 2 (an older dmu
+// refuses it instead of detaching it without them), one without stays
+// version 1, and both are read.
+TEST(DaemonState, MetadataLoopsRoundTripAndSetTheVersion) {
+  DeviceState s = sample();
+  EXPECT_EQ(to_json(s)["version"], 1);
+  EXPECT_FALSE(to_json(s).contains("metadata-loops"));
+  s.metadata_loops = {{"/vm/disk.qcow2", "/dev/loop7", true},
+                      {"/vm/base.vmdk", "/dev/loop8", false}};
+  const nlohmann::json j = to_json(s);
+  EXPECT_EQ(j["version"], 2);
+  EXPECT_EQ(j["metadata-loops"][0]["lock"], "writer");
+  EXPECT_EQ(j["metadata-loops"][1]["lock"], "reader");
+  auto back = state_from_json(j, "x.json");
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(*back, s);
+
+  nlohmann::json bad = j;
+  bad["metadata-loops"][1]["lock"] = "exclusive";
+  auto r = state_from_json(bad, "x.json");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("metadata-loops[1]"), std::string::npos) << r.error().message;
+  bad = j;
+  bad["metadata-loops"][0].erase("loop");
+  r = state_from_json(bad, "x.json");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("'loop'"), std::string::npos) << r.error().message;
+  bad = j;
+  bad["version"] = 3;
+  r = state_from_json(bad, "x.json");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("version 3"), std::string::npos) << r.error().message;
+}
+
 TEST(DaemonState, FileRoundTripCreatesTheDirectory) {
   RunDir run;
   ASSERT_TRUE(write_state(sample()));

@@ -102,6 +102,63 @@ TEST_F(LoopDeviceTest, Move_TransfersOwnershipWithoutDetaching) {
   EXPECT_TRUE(detached) << detached.error().message;
 }
 
+// attach refuses a file an image names unless it is a regular file, judged
+// on the descriptor the loop device would get (no stat-then-open window),
+// and says which image named it.
+TEST_F(LoopDeviceTest, NamedBy_RefusesWhatIsNotARegularFile) {
+  const std::string link = dir_.file("data.raw");
+  ASSERT_EQ(::symlink("/dev/null", link.c_str()), 0);
+  auto loop = LoopDevice::attach(link, {.read_only = true, .named_by = "/vm/evil.qcow2"});
+  ASSERT_FALSE(loop);
+  EXPECT_EQ(loop.error().code, EPERM);
+  EXPECT_NE(loop.error().message.find("/vm/evil.qcow2: names " + link), std::string::npos)
+      << loop.error().message;
+  EXPECT_NE(loop.error().message.find("not a regular file"), std::string::npos);
+  // A regular file is fine, named or not.
+  auto ok = LoopDevice::attach(image_, {.read_only = true, .named_by = "/vm/top.qcow2"});
+  EXPECT_TRUE(ok) << ok.error().message;
+}
+
+// A vmdk descriptor is a few hundred bytes: the loop driver takes it (a
+// device of 0 sectors), which is all a metadata loop needs.
+TEST_F(LoopDeviceTest, Attach_TakesAFileSmallerThanASector) {
+  const std::string tiny = dir_.file("tiny.vmdk");
+  test::write_file(tiny, test::random_bytes(300, 7));
+  auto loop = LoopDevice::attach(tiny, {.read_only = true, .direct_io = false});
+  ASSERT_TRUE(loop) << loop.error().message;
+  EXPECT_EQ(loop->size_bytes(), 0u);
+  EXPECT_EQ(sysfs(*loop, "loop/backing_file"), tiny);
+}
+
+// keep_after_close(): the device, and the locks on its description, stay
+// after the last close until detach_loop_of; without it autoclear takes
+// the device with the last close.
+TEST_F(LoopDeviceTest, KeepAfterClose_OutlivesTheLastCloseUntilDetached) {
+  auto kept = LoopDevice::attach(image_, {.read_only = true, .lock = LockMode::Writer});
+  ASSERT_TRUE(kept) << kept.error().message;
+  auto k = kept->keep_after_close();
+  ASSERT_TRUE(k) << k.error().message;
+  EXPECT_EQ(sysfs(*kept, "loop/autoclear"), "0");
+  const std::string path = kept->path();
+  kept->release();
+  EXPECT_TRUE(open_loop_of(path, image_)) << path << " went with its last close";
+  EXPECT_FALSE(ImageLock::acquire(image_, LockMode::Reader)) << "the locks went with the close";
+
+  auto gone = detach_loop_of(path, image_);
+  ASSERT_TRUE(gone) << gone.error().message;
+  EXPECT_TRUE(*gone);
+  wait_loop_released(path, image_);
+  EXPECT_FALSE(open_loop_of(path, image_));
+  EXPECT_TRUE(ImageLock::acquire(image_, LockMode::Writer)) << "detach left the locks";
+
+  auto plain = LoopDevice::attach(image_, {.read_only = true});
+  ASSERT_TRUE(plain) << plain.error().message;
+  const std::string plain_path = plain->path();
+  plain->release();
+  wait_loop_released(plain_path, image_);
+  EXPECT_FALSE(open_loop_of(plain_path, image_)) << "autoclear did not detach " << plain_path;
+}
+
 TEST(LoopDevice, Attach_MissingFileNamesIt) {
   auto loop = LoopDevice::attach("/nonexistent/disk.img");
   ASSERT_FALSE(loop);

@@ -5,7 +5,10 @@
 # mounted, is idempotent, and leaves an image qemu-img check finds clean whose
 # contents qemu-img compare finds equal to what the device showed.  While
 # attached, QEMU's tools cannot write the image (locks held by the loop
-# devices); an image naming a host block device is refused.
+# devices), nor a qcow2 file whose data is in an external data file or a
+# vmdk descriptor whose extents are files of their own (metadata loops),
+# also after kill -9 of the mapping processes and their supervisors, until
+# detach; an image naming a host block device is refused.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
@@ -193,6 +196,63 @@ fi
 qemu-io -f raw -r -c "read -P 0x5a 0 8M" /dev/mapper/d3 >/dev/null || fail "read the read-only device"
 detach_ok d3
 expect_eq "read-only image unchanged" "$base_sum" "$(sha256sum base.qcow2)"
+
+step "files with no guest data are locked too: a qcow2 with an external data file, a vmdk descriptor"
+qemu-img create -q -f qcow2 -o data_file=/data/ext.raw,data_file_raw=on ext.qcow2 64M ||
+  fail "create ext.qcow2"
+qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse split.vmdk 64M || fail "create split.vmdk"
+echo "split.vmdk: $(stat -c %s split.vmdk) bytes, extents: $(ls split-s*.vmdk)"
+attach_ok m1 /data/ext.qcow2
+attach_ok m2 /data/split.vmdk
+grep -q '"metadata-loops"' /run/dmu/m1.json || fail "the record of m1 has no metadata loops"
+losetup -j /data/ext.qcow2 | grep -q . || fail "no loop device holds ext.qcow2"
+losetup -j /data/split.vmdk | grep -q . || fail "no loop device holds split.vmdk"
+dd if=/tmp/sector of=/dev/mapper/m1 bs=512 seek=9 count=1 oflag=direct conv=fsync status=none ||
+  fail "write through m1"
+dd if=/tmp/sector of=/dev/mapper/m2 bs=512 seek=9 count=1 oflag=direct conv=fsync status=none ||
+  fail "write through m2"
+# meta_locked WHEN: QEMU may write neither file.  Opened as raw, only the
+# metadata file itself is asked for (the data file and extents have loop
+# devices of their own): that is the open that had nothing to stop it.
+meta_locked() {
+  for _f in ext.qcow2 split.vmdk; do
+    for _fmt in raw probed; do
+      _opt=""
+      [ $_fmt = raw ] && _opt="-f raw"
+      # shellcheck disable=SC2086
+      qemu-io $_opt -c "write 0 512" "$_f" >/tmp/lock.log 2>&1 &&
+        fail "$1: qemu-io ($_fmt) wrote $_f while it is attached"
+      grep -q 'Failed to get "write" lock' /tmp/lock.log ||
+        { cat /tmp/lock.log; fail "$1: no lock message from qemu-io ($_fmt) on $_f"; }
+    done
+  done
+  qemu-img create -q -f qcow2 ext.qcow2 64M 2>/tmp/lock.log &&
+    fail "$1: qemu-img create overwrote the attached ext.qcow2"
+  grep -q 'lock' /tmp/lock.log || { cat /tmp/lock.log; fail "$1: qemu-img create: no lock message"; }
+}
+meta_locked "attached"
+for n in m1 m2; do
+  sup=$(record_field $n supervisor)
+  pid=$(record_field $n pid)
+  kill -9 "$sup" "$pid"
+  wait_gone $n
+done
+meta_locked "mapping processes and supervisors killed"
+attach_ok m1 /data/ext.qcow2
+attach_ok m2 /data/split.vmdk
+meta_locked "rebound"
+detach_ok m1
+detach_ok m2
+for f in ext.qcow2 ext.raw split.vmdk split-s001.vmdk; do no_loops_of /data/$f; done
+for f in ext.qcow2 split.vmdk; do
+  qemu-img check -q $f || fail "qemu-img check $f"
+  # qemu-img dd counts `count` from the start of the input, skip included.
+  rm -f /tmp/back.raw
+  qemu-img dd -O raw bs=512 skip=9 count=10 if=$f of=/tmp/back.raw || fail "qemu-img dd $f"
+  cmp /tmp/sector /tmp/back.raw || fail "$f does not hold the sector written through the device"
+  qemu-io -c "write -P 0x77 1M 512" $f >/tmp/qio.log 2>&1 ||
+    { cat /tmp/qio.log; fail "qemu-io cannot write $f after detach"; }
+done
 
 step "an image naming a block device as its backing file is refused"
 loops_before=$(losetup -a | wc -l)
