@@ -170,6 +170,37 @@ struct Report {
 // is also FUA; a DISCARD makes its range zeros in the current contents.
 Result<Report> verify(const VerifyOptions& options);
 
+// ---- an image's virtual disk -------------------------------------------------
+
+// The writer ran on a device that started as zeros (an empty image); a crash
+// at the mark "synced-T-S" left a virtual disk (read out of the image by an
+// independent reader, qemu-img convert) that must hold, for every thread U,
+// the writes up to U's last sync journaled at or before that mark (U's
+// mark came before it in the log: marks and journal syncs share one order),
+// each with its own stamp or a later one of the same thread and offset.
+// Every other 4 KiB must be zeros or a stamp the writer wrote at that very
+// offset: data of another place (a table entry pointing at the wrong
+// cluster), of metadata, or a torn block fails too.  Without a mark, the
+// disk must hold the last write at every offset exactly (a clean detach).
+struct ImageCheckOptions {
+  std::string image_path;    // the virtual disk, raw (a file or a device)
+  std::string journal_path;  // the writer's journal (required)
+  std::string mark;          // "synced-T-S"; empty: every write, exactly
+  size_t max_failures = 1000;
+};
+struct ImageReport {
+  uint64_t units = 0;     // 4 KiB units read
+  uint64_t stamped = 0;   // of those, holding a stamp of this run
+  uint64_t expected = 0;  // units that had to hold a write
+  uint64_t failure_count = 0;
+  std::vector<std::string> failures;  // "FAIL mark ...: thread ... offset ...: ..." (listed)
+  bool passed() const { return failure_count == 0; }
+  std::string summary() const;
+};
+// Setup problems (journal, image, a mark the journal does not have) are an
+// Error; what the disk holds is the report.
+Result<ImageReport> check_image(const ImageCheckOptions& options);
+
 // ---- the writer ----------------------------------------------------------------
 
 struct WriterOptions {

@@ -84,6 +84,17 @@ Error Reader::entry_error(uint64_t index, uint64_t at, const std::string& what) 
                path_ + ": entry " + std::to_string(index) + " at byte " + hex(at) + ": " + what};
 }
 
+Result<void> Reader::seek(uint64_t index, uint64_t log_offset) {
+  if (index > nr_entries_ || log_offset < sectorsize_ || log_offset % sectorsize_ ||
+      (size_ && log_offset > *size_))
+    return fail(EINVAL, path_ + ": cannot resume at entry " + std::to_string(index) + ", byte " +
+                            hex(log_offset) + " (" + std::to_string(nr_entries_) +
+                            " entries, sector size " + std::to_string(sectorsize_) + ")");
+  index_ = index;
+  pos_ = log_offset;
+  return {};
+}
+
 Result<std::optional<Entry>> Reader::next(std::vector<uint8_t>* data) {
   if (index_ >= nr_entries_) return std::optional<Entry>();
   const uint64_t at = pos_;

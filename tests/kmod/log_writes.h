@@ -1,5 +1,6 @@
 // Reading a dm-log-writes log (drivers/md/dm-log-writes.c), shared by
-// dmu-log-writes-dump and dmu-flush-audit.
+// dmu-log-writes-dump and dmu-flush-audit, and replaying it up to a mark
+// (dmu-log-writes-replay).
 //
 // The format: a super block (struct log_write_super, little-endian) at byte
 // 0, one "sector" long, where a sector is the logged device's logical block
@@ -72,6 +73,16 @@ class Reader {
   // the entry and its position.
   Result<std::optional<Entry>> next(std::vector<uint8_t>* data = nullptr);
 
+  // Where next() reads: the index of the next entry and the log byte offset
+  // of its header.  seek() goes back to such a position (from an earlier
+  // Reader of the same log), so a replay resumed mark after mark does not
+  // read every header before it again.  It checks only that the position
+  // is sector-aligned and inside the log; a wrong pair shows as a damaged
+  // entry at the next next().
+  uint64_t next_index() const { return index_; }
+  uint64_t next_offset() const { return pos_; }
+  Result<void> seek(uint64_t index, uint64_t log_offset);
+
  private:
   Reader() = default;
   Error entry_error(uint64_t index, uint64_t at, const std::string& what) const;
@@ -85,5 +96,36 @@ class Reader {
   uint64_t pos_ = 0;  // byte offset of the next header
   std::vector<uint8_t> header_;
 };
+
+// ---- replay ------------------------------------------------------------------
+
+// Replays entries of a log onto a target (a device or a file as large as
+// the logged device), as a crash at a mark would have left the logged
+// device: every entry before the mark, in log order.  dm-log-writes logs a
+// plain write only once a flush issued after it completed (right before
+// that FLUSH entry), a FUA write when it completes, and queues a mark behind
+// everything logged so far, so the entries before a mark are what was
+// durable on the logged device when the mark was put.
+struct ReplayOptions {
+  std::string log_path;
+  std::string target;
+  uint64_t from_entry = 0;              // entries before it are skipped
+  std::optional<uint64_t> from_offset;  // the log offset of from_entry's header, if known
+  std::string to_mark;                  // stop at this mark; empty: replay to the end
+};
+struct ReplayResult {
+  uint64_t writes = 0;    // data entries written
+  uint64_t discards = 0;  // discard entries (written as zeros)
+  uint64_t bytes = 0;     // bytes written, zeros included
+  bool stopped_at_mark = false;
+  uint64_t mark_entry = 0;   // the mark's index when stopped at it
+  uint64_t next_entry = 0;   // where a later replay resumes (after the mark)
+  uint64_t next_offset = 0;  // and the log offset of that entry's header
+};
+// Discards become zeros: a discarded range of the logged device reads back
+// as zeros or stale data, and zeros are the crash state a file system must
+// cope with either way.  The target is fdatasync()ed before this returns.
+// A to_mark not found from from_entry on is an error (after the replay).
+Result<ReplayResult> replay(const ReplayOptions& options);
 
 }  // namespace dmu::testd::log_writes
