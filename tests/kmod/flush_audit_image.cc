@@ -15,6 +15,7 @@
 
 #include "mapper/unique_fd.h"
 #include "tests/kmod/flush_audit.h"
+#include "tests/kmod/log_writes.h"
 
 namespace dmu::testd::audit {
 namespace {
@@ -24,16 +25,6 @@ struct Expect {
   uint64_t seq = 0;    // at least this (a mark) or exactly this (no mark)
   uint64_t order = 0;  // of the write, to pick the newest of two threads' writes
 };
-
-Result<uint64_t> image_bytes(int fd, const std::string& path) {
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return fail(errno_error(path + ": stat"));
-  if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
-  if (!S_ISBLK(st.st_mode)) return fail(EINVAL, path + ": neither a block device nor a file");
-  uint64_t bytes = 0;
-  if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) return fail(errno_error(path + ": BLKGETSIZE64"));
-  return bytes;
-}
 
 Result<void> read_all(int fd, uint64_t offset, std::span<uint8_t> out, const std::string& what) {
   size_t done = 0;
@@ -99,7 +90,7 @@ Result<ImageReport> check_image(const ImageCheckOptions& o) {
 
   UniqueFd fd(::open(o.image_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return fail(errno_error(o.image_path));
-  DMU_ASSIGN_OR_RETURN(uint64_t size, image_bytes(fd.get(), o.image_path));
+  DMU_ASSIGN_OR_RETURN(uint64_t size, log_writes::file_or_device_bytes(fd.get(), o.image_path));
 
   ImageReport r;
   r.expected = expect.size();

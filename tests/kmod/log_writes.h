@@ -128,4 +128,7 @@ struct ReplayResult {
 // A to_mark not found from from_entry on is an error (after the replay).
 Result<ReplayResult> replay(const ReplayOptions& options);
 
+// The size of an open regular file or block device (path names it in errors).
+Result<uint64_t> file_or_device_bytes(int fd, const std::string& path);
+
 }  // namespace dmu::testd::log_writes

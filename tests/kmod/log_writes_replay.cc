@@ -29,7 +29,9 @@ Result<void> write_all(int fd, uint64_t offset, const uint8_t* p, uint64_t len,
   return {};
 }
 
-Result<uint64_t> target_bytes(int fd, const std::string& path) {
+}  // namespace
+
+Result<uint64_t> file_or_device_bytes(int fd, const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(errno_error(path + ": stat"));
   if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
@@ -38,8 +40,6 @@ Result<uint64_t> target_bytes(int fd, const std::string& path) {
   if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) return fail(errno_error(path + ": BLKGETSIZE64"));
   return bytes;
 }
-
-}  // namespace
 
 Result<ReplayResult> replay(const ReplayOptions& o) {
   DMU_ASSIGN_OR_RETURN(Reader reader, Reader::open(o.log_path));
@@ -57,7 +57,7 @@ Result<ReplayResult> replay(const ReplayOptions& o) {
   // and the fdatasync at the end makes it all reach the target at once.
   UniqueFd fd(::open(o.target.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd.valid()) return fail(errno_error(o.target));
-  DMU_ASSIGN_OR_RETURN(uint64_t size, target_bytes(fd.get(), o.target));
+  DMU_ASSIGN_OR_RETURN(uint64_t size, file_or_device_bytes(fd.get(), o.target));
 
   ReplayResult r;
   std::vector<uint8_t> data;
