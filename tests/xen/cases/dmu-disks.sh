@@ -126,10 +126,11 @@ expect_eq "sb's write in ovB.qcow2" "$(pattern_sum 102)" "$(image_sum ovB.qcow2 
 expect_eq "base.qcow2 untouched" "$base_sum" "$(image_sum base.qcow2 0)"
 
 # refused NAME TARGET TEXT: xl create of a domain with disk TARGET fails, its
-# output carries block-dmu's one line with TEXT, nothing is left. It must fail
-# well before libxl's 40 s hotplug timeout: within 30 s of TCG under load
-# (most of it is libxl tearing the half-built domain down; block-dmu's own
-# refusal takes about a second).
+# output carries block-dmu's one line with TEXT (so the script ended with our
+# error, not libxl's 40 s hotplug timeout, which would print "timed out"
+# instead), and nothing is left. The time is printed, not judged: under TCG
+# on a loaded host, libxl tearing the half-built domain down takes 11-35 s;
+# block-dmu's own refusal takes about a second.
 refused() {
   _t0=$(now_ms)
   if domu_start "$1" /tmp/sa.sh "vdev=xvda,access=w,backendtype=phy,script=block-dmu,target=$2"; then
@@ -138,9 +139,9 @@ refused() {
   _ms=$(( $(now_ms) - _t0 ))
   grep "block-dmu: " "/var/log/xen/xl-create-$1.log" | grep -q -- "$3" ||
     fail "xl create's output does not carry block-dmu's error with '$3'"
-  [ $_ms -lt 30000 ] || fail "xl create $1 took $_ms ms to fail"
+  ! grep -qi "timed out\|timeout" "/var/log/xen/xl-create-$1.log" || fail "xl create $1: the hotplug script timed out"
   ! xl domid "$1" >/dev/null 2>&1 || fail "domain $1 still exists after the failed create"
-  nothing_left
+  [ -n "${keep_attached:-}" ] || nothing_left
   echo "refused $2 in $_ms ms"
 }
 
@@ -151,8 +152,12 @@ refused bad1 qcow2:/vm/bad.qcow2 'block-dmu: /vm/bad.qcow2'
 refused bad2 qcow2:/vm/missing.qcow2 '/vm/missing.qcow2: no such image file'
 refused bad3 qed:/vm/ovA.qcow2 'qed:/vm/ovA.qcow2: target is not'
 dmu attach --name elsewhere /vm/ovA.qcow2 >/dev/null || fail "dmu attach ovA.qcow2 in dom0"
-refused bad4 qcow2:/vm/ovA.qcow2 '/vm/ovA.qcow2'
+keep_attached=1
+refused bad4 qcow2:/vm/ovA.qcow2 '/vm/ovA.qcow2: Failed to get "write" lock'
+keep_attached=
+[ -z "$(ls -A /run/dmu/hotplug | grep -v '^lock$')" ] || fail "block-dmu state left after the refused add"
 dmu detach elsewhere || fail "dmu detach elsewhere"
+nothing_left
 qemu-io -c "sleep 600000" ovB.qcow2 >/tmp/qio.log 2>&1 &
 qio=$!
 i=0
