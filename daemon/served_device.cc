@@ -4,12 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <set>
 #include <span>
 #include <thread>
 
 #include "daemon/log.h"
 #include "daemon/paths.h"
 #include "daemon/table_line.h"
+#include "fileio/direct_env.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
 #include "mapper/protocol.h"
@@ -45,7 +47,19 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   // (mapper/loop_device.h, metadata_loops.h), and a lock of ours would
   // conflict with those.
   co.lock = false;
-  DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), st.image, co));
+  // The kernel writes guest data into the writable files through loop
+  // devices doing direct I/O: our metadata writes must not go through the
+  // page cache there (fileio/direct_env.h).
+  std::set<std::string> direct;
+  for (const DataDevice& d : st.devices) {
+    if (!d.writable) continue;
+    DMU_ASSIGN_OR_RETURN(UniqueFd loop, open_loop_of(d.loop, d.file));
+    DMU_ASSIGN_OR_RETURN(bool dio, loop_direct_io(loop.get(), d.loop));
+    auto id = posix_env().identity(d.file);
+    if (dio && id) direct.insert(*id);
+  }
+  auto env = direct_io_env(std::move(direct));
+  DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(*env, st.image, co));
   const auto& files = chain->devices();
   if (files.size() + 1 != st.devices.size())
     return fail(EINVAL, st.image + ": the chain has " + std::to_string(files.size()) +
@@ -58,6 +72,7 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
 
   DMU_ASSIGN_OR_RETURN(ControlChannel channel, ControlChannel::open());
   std::unique_ptr<ServedDevice> dev(new ServedDevice(st, std::move(channel)));
+  dev->env_ = std::move(env);
   dev->chain_ = std::move(chain);
   DMU_ASSIGN_OR_RETURN(dev->bind_, bind_with_retry(dev->channel_, st.key));
   const BindInfo& b = dev->bind_;
@@ -129,8 +144,9 @@ Result<void> ServedDevice::grow(unsigned device, uint64_t new_size) {
     struct stat st {};
     if (::stat(g.file.c_str(), &st) != 0) return fail(errno_error(g.file + ": stat"));
     const uint64_t target = round_up(new_size, kGrowChunk);
-    if (uint64_t(st.st_size) < target && ::truncate(g.file.c_str(), off_t(target)) != 0)
-      return fail(errno_error(g.file + ": extend to " + std::to_string(target) + " bytes"));
+    // Through the chain's file, which grows without dirtying the page cache
+    // (fileio/direct_env.h).
+    if (uint64_t(st.st_size) < target) DMU_TRY(service_->devices()[device]->truncate(target));
   }
   DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
   if (g.capacity < new_size)

@@ -33,6 +33,7 @@
 #include "daemon/commit_worker.h"
 #include "daemon/counters.h"
 #include "daemon/state_file.h"
+#include "fileio/file.h"
 #include "formats/chain.h"
 #include "mapper/control_channel.h"
 #include "mapper/map_service.h"
@@ -79,6 +80,7 @@ class ServedDevice {
   DeviceState state_;
   ControlChannel channel_;
   BindInfo bind_;
+  std::unique_ptr<Env> env_;  // the chain's files: direct I/O where their loops do it
   std::unique_ptr<formats::Chain> chain_;
   std::mutex service_mu_;  // guards service_ and growing_
   std::unique_ptr<mapper::MapService> service_;

@@ -28,11 +28,23 @@ static void dmu_discard_passdown(struct work_struct *work)
 	struct dmu_target *dt = tk->dt;
 	unsigned int i;
 
-	/* Advisory, like the discard itself: errors are not reported. */
-	for (i = 0; i < tk->nr_passdown; i++)
-		blkdev_issue_discard(dt->bdev[tk->passdown[i].dev],
-				     tk->passdown[i].sector,
-				     tk->passdown[i].nr_sectors, GFP_NOIO);
+	/*
+	 * Advisory, like the discard itself: errors are not reported, and
+	 * only whole pages are passed down.  A loop device punches a hole in
+	 * its file for a discard, and the file system zeroes the parts of
+	 * blocks at the ends through the page cache, dirtying pages that hold
+	 * data written beside them with direct I/O (see dmu_fill_zero()).
+	 */
+	for (i = 0; i < tk->nr_passdown; i++) {
+		sector_t start = round_up(tk->passdown[i].sector, PAGE_SECTORS);
+		sector_t end = round_down(tk->passdown[i].sector +
+					  tk->passdown[i].nr_sectors,
+					  PAGE_SECTORS);
+
+		if (start < end)
+			blkdev_issue_discard(dt->bdev[tk->passdown[i].dev],
+					     start, end - start, GFP_NOIO);
+	}
 	dmu_tracker_put(tk, 0);
 }
 

@@ -104,6 +104,62 @@ static sector_t dmu_ext_vend(struct dmu_target *dt, struct dmu_extent *e)
 		     dmu_block_start(dt, e->block + e->nr_blocks));
 }
 
+static void dmu_fill_zero_end_io(struct bio *bio)
+{
+	struct dmu_tracker *tk = bio->bi_private;
+
+	if (bio->bi_status)
+		dmu_set_error(tk, -EIO);
+	bio_put(bio);
+	dmu_stage_put(tk);
+}
+
+/* Zero count (< a page) sectors at sector of bdev with a plain write. */
+static void dmu_fill_zero_write(struct dmu_tracker *tk,
+				struct block_device *bdev, sector_t sector,
+				unsigned int count)
+{
+	struct bio *bio = bio_alloc_bioset(bdev, 1, REQ_OP_WRITE, GFP_NOIO,
+					   &tk->dt->zero_bs);
+
+	bio->bi_iter.bi_sector = sector;
+	__bio_add_page(bio, ZERO_PAGE(0), count << SECTOR_SHIFT, 0);
+	bio->bi_end_io = dmu_fill_zero_end_io;
+	bio->bi_private = tk;
+	atomic_inc(&tk->stage_pending);
+	atomic64_inc(&tk->dt->c.fills);
+	submit_bio(bio);
+}
+
+/*
+ * Zero dest.  kcopyd zeroes with WRITE_ZEROES, which a loop device turns
+ * into fallocate() on its file; the file system zeroes the parts of blocks
+ * at either end of that range through the page cache, dirtying a page that
+ * also holds data written beside it with direct I/O (clusters below the
+ * page size).  Such a page makes the loop's next direct write fail its page
+ * cache invalidation, and the next flush fail with EIO.  So the parts of
+ * pages at the ends are written with zeros, and only whole pages are left
+ * to kcopyd.
+ */
+static void dmu_fill_zero(struct dmu_tracker *tk, struct dm_io_region *dest)
+{
+	sector_t start = dest->sector, end = dest->sector + dest->count;
+	sector_t head = min_t(sector_t, end, round_up(start, PAGE_SECTORS));
+	sector_t tail = max_t(sector_t, head, round_down(end, PAGE_SECTORS));
+
+	if (head > start)
+		dmu_fill_zero_write(tk, dest->bdev, start, head - start);
+	if (tail > head) {
+		dest->sector = head;
+		dest->count = tail - head;
+		atomic_inc(&tk->stage_pending);
+		atomic64_inc(&tk->dt->c.fills);
+		dm_kcopyd_zero(tk->dt->kc, 1, dest, 0, dmu_fill_done, tk);
+	}
+	if (end > tail)
+		dmu_fill_zero_write(tk, dest->bdev, tail, end - tail);
+}
+
 /* Write zeros (src NULL) or the COPY source src to virtual [from, to) of e. */
 static void dmu_fill_piece(struct dmu_tracker *tk, struct dmu_extent *e,
 			   const struct dmu_response *src, sector_t from,
@@ -116,8 +172,6 @@ static void dmu_fill_piece(struct dmu_tracker *tk, struct dmu_extent *e,
 		.count = to - from,
 	};
 
-	atomic_inc(&tk->stage_pending);
-	atomic64_inc(&dt->c.fills);
 	if (src) {
 		struct dm_io_region from_region = {
 			.bdev = dt->bdev[src->dev],
@@ -125,10 +179,12 @@ static void dmu_fill_piece(struct dmu_tracker *tk, struct dmu_extent *e,
 			.count = to - from,
 		};
 
+		atomic_inc(&tk->stage_pending);
+		atomic64_inc(&dt->c.fills);
 		dm_kcopyd_copy(dt->kc, &from_region, 1, &dest, 0,
 			       dmu_fill_done, tk);
 	} else {
-		dm_kcopyd_zero(dt->kc, 1, &dest, 0, dmu_fill_done, tk);
+		dmu_fill_zero(tk, &dest);
 	}
 }
 

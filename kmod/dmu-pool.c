@@ -50,6 +50,7 @@ static void dmu_pool_teardown(struct dmu_target *dt)
 	if (dt->kc)
 		dm_kcopyd_client_destroy(dt->kc);
 	dt->kc = NULL;
+	bioset_exit(&dt->zero_bs);
 	dmu_cache_exit(&dt->cache);
 	mempool_exit(&dt->req_pool);
 	free_percpu(dt->hc);
@@ -100,6 +101,15 @@ static int dmu_pool_setup(struct dmu_target *dt, char **error)
 		r = PTR_ERR(dt->kc);
 		dt->kc = NULL;
 		*error = "Cannot create kcopyd client";
+		return r;
+	}
+	/*
+	 * Its own pool: zero writes are allocated under dt->mutex, which
+	 * bios of a shared pool may need to complete (their daemon's answers).
+	 */
+	r = bioset_init(&dt->zero_bs, 16, 0, BIOSET_NEED_BVECS);
+	if (r) {
+		*error = "Cannot allocate bio set";
 		return r;
 	}
 	r = mempool_init_slab_pool(&dt->req_pool, 16, dmu_req_slab);

@@ -434,6 +434,7 @@ struct dmu_target {
 	struct work_struct deferred_work;
 	struct delayed_work timeout_work;
 	struct dm_kcopyd_client *kc;
+	struct bio_set zero_bs;		/* fills' zero writes (dmu-fill.c) */
 	mempool_t req_pool;
 	struct dmu_drain drain;
 

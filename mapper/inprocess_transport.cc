@@ -111,17 +111,17 @@ Result<void> InprocessTransport::check_copy(const dmu_response& m,
       m.ext_flags || m.status || m.reserved)
     return fail(protocol_error("malformed COPY of sectors [" + std::to_string(m.block) + ", +" +
                                std::to_string(m.nr_blocks) + ")"));
-  // Every sector must lie in a NEW extent of the same answer.
+  // The whole COPY must lie in one NEW extent of the same answer, as the
+  // kernel checks (dmu_check_answer): a COPY spanning two adjacent extents
+  // is refused there.
   const uint64_t per_block = block_size_ / 512;
-  for (uint64_t s = m.block; s < m.block + m.nr_blocks;) {
-    auto in = std::find_if(extents.begin(), extents.end(), [&](const dmu_response& e) {
-      return (e.ext_flags & DMU_EXT_NEW) && s >= e.block * per_block &&
-             s < (e.block + e.nr_blocks) * per_block;
-    });
-    if (in == extents.end())
-      return fail(protocol_error("COPY of sector " + std::to_string(s) + " outside NEW extents"));
-    s = (in->block + in->nr_blocks) * per_block;
-  }
+  auto in = std::find_if(extents.begin(), extents.end(), [&](const dmu_response& e) {
+    return (e.ext_flags & DMU_EXT_NEW) && m.block >= e.block * per_block &&
+           m.block + m.nr_blocks <= (e.block + e.nr_blocks) * per_block;
+  });
+  if (in == extents.end())
+    return fail(protocol_error("COPY of sectors [" + std::to_string(m.block) + ", +" +
+                               std::to_string(m.nr_blocks) + ") outside every NEW extent"));
   return check_device_range(m.dev, m.sector * 512, m.nr_blocks * 512, "COPY source");
 }
 

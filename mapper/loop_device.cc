@@ -189,6 +189,13 @@ Result<uint64_t> refresh_loop_capacity(int loop_fd, const std::string& loop_path
   return bytes;
 }
 
+Result<bool> loop_direct_io(int loop_fd, const std::string& loop_path) {
+  loop_info64 info{};
+  if (::ioctl(loop_fd, LOOP_GET_STATUS64, &info) != 0)
+    return fail(errno_error(loop_path + ": read loop status"));
+  return (info.lo_flags & LO_FLAGS_DIRECT_IO) != 0;
+}
+
 Result<bool> detach_loop_of(const std::string& loop_path, const std::string& file) {
   struct stat st {};
   if (::stat(file.c_str(), &st) != 0) return false;  // the file is gone: not ours to judge

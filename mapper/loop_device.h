@@ -96,6 +96,8 @@ Result<UniqueFd> open_loop_of(const std::string& loop_path, const std::string& f
 // (a loop device does not grow by itself when the file does).  Returns the
 // new size in bytes.
 Result<uint64_t> refresh_loop_capacity(int loop_fd, const std::string& loop_path);
+// Whether the loop device does direct I/O on its backing file now.
+Result<bool> loop_direct_io(int loop_fd, const std::string& loop_path);
 // Detaches loop_path if it is still bound to `file`; true if it was.  A loop
 // already gone (or bound to another file now) is left alone.
 Result<bool> detach_loop_of(const std::string& loop_path, const std::string& file);

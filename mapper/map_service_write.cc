@@ -14,6 +14,7 @@
 //      that were already allocated, from themselves.
 //   4. Remember the preparation tokens under the request id for DONE.
 #include <algorithm>
+#include <iterator>
 
 #include "common/checked.h"
 #include "mapper/map_service.h"
@@ -37,18 +38,6 @@ struct OldRun {
   uint64_t end() const { return offset + mapping.length; }
 };
 
-void merge_copy(std::vector<dmu_response>& copies, const dmu_response& c) {
-  if (!copies.empty()) {
-    dmu_response& last = copies.back();
-    if (last.dev == c.dev && last.block + last.nr_blocks == c.block &&
-        last.sector + last.nr_blocks == c.sector) {
-      last.nr_blocks += c.nr_blocks;
-      return;
-    }
-  }
-  copies.push_back(c);
-}
-
 }  // namespace
 
 // The state of one write answer while it is built; abandon() undoes it.
@@ -70,6 +59,11 @@ class MapService::WriteAnswer {
   Result<void> fit(uint64_t start);
   Result<void> copy_old(uint64_t from, uint64_t to);
   Result<void> copy_self(const WriteTarget& t, uint64_t from, uint64_t to);
+  // Appends a COPY, joined to the previous one where both are contiguous in
+  // the guest and on the source and stay inside one extent.
+  void add_copy(const dmu_response& c);
+  // Index in extents_ of the extent holding guest sector s (extents_.size() if none).
+  size_t extent_of(uint64_t sector) const;
   void abandon(const Error& e, std::vector<dmu_response>& out);
 
   MapService& s_;
@@ -196,6 +190,31 @@ Result<void> MapService::WriteAnswer::build_extents() {
   return {};
 }
 
+size_t MapService::WriteAnswer::extent_of(uint64_t sector) const {
+  const uint64_t b = sector / (B_ / 512);
+  auto it = std::upper_bound(extents_.begin(), extents_.end(), b,
+                             [](uint64_t v, const dmu_response& e) { return v < e.block; });
+  if (it == extents_.begin() || b >= std::prev(it)->block + std::prev(it)->nr_blocks)
+    return extents_.size();
+  return size_t(std::prev(it) - extents_.begin());
+}
+
+// The kernel takes a COPY only inside one NEW extent.  Two clusters (or
+// subclusters) whose old contents lie side by side on the source may have
+// been given places apart in the image: their extents are two, and so must
+// their COPYs be.
+void MapService::WriteAnswer::add_copy(const dmu_response& c) {
+  if (!copies_.empty()) {
+    dmu_response& last = copies_.back();
+    if (last.dev == c.dev && last.block + last.nr_blocks == c.block &&
+        last.sector + last.nr_blocks == c.sector && extent_of(last.block) == extent_of(c.block)) {
+      last.nr_blocks += c.nr_blocks;
+      return;
+    }
+  }
+  copies_.push_back(c);
+}
+
 Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
   const std::string& name = s_.chain_.top().info().filename;
   auto it = std::upper_bound(old_.begin(), old_.end(), from,
@@ -212,13 +231,12 @@ Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
       for (uint64_t p = x; p < y;) {  // old contents from the scratch store, block by block
         const uint64_t b = p / B_, q = std::min(y, (b + 1) * B_);
         const uint64_t src = s_.scratch_->offset_of(old_slots_.at(b)) + (p - b * B_);
-        merge_copy(copies_,
-                   make_copy(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(), src / 512));
+        add_copy(make_copy(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(), src / 512));
         p = q;
       }
     } else if (m.kind == ChainMapping::Kind::Data) {
       const uint64_t src = m.host_offset + (x - it->offset);
-      merge_copy(copies_, make_copy(r_.id, x / 512, ceil_div(y - x, 512), m.device, src / 512));
+      add_copy(make_copy(r_.id, x / 512, ceil_div(y - x, 512), m.device, src / 512));
     }  // Zero: the kernel fills zeros where no COPY says otherwise
     from = y;
   }
@@ -228,7 +246,7 @@ Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
 Result<void> MapService::WriteAnswer::copy_self(const WriteTarget& t, uint64_t from, uint64_t to) {
   const unsigned dev = s_.chain_.device_index(0, t.file);
   const uint64_t src = t.host_offset + (from - t.offset);
-  merge_copy(copies_, make_copy(r_.id, from / 512, ceil_div(to - from, 512), dev, src / 512));
+  add_copy(make_copy(r_.id, from / 512, ceil_div(to - from, 512), dev, src / 512));
   return {};
 }
 

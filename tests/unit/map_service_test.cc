@@ -279,6 +279,36 @@ TEST(MapWrite, SubclusterBlockKeepsItsAllocatedHalfBySelfCopy) {
   EXPECT_EQ(copies[1].block, 2 * K / 512);
 }
 
+// Found by vm.attach-oracle on a qcow2 with extended_l2=on: a write across a
+// cluster boundary, whose fresh subclusters on both sides read old contents
+// that lie side by side in the backing file, while the two clusters sit apart
+// in the image.  One COPY across both extents is refused by the kernel
+// ("COPY outside every NEW extent of its answer"), failing the guest's write.
+TEST(MapWrite, CopiesDoNotJoinAcrossExtentsApartOnTheImage) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 64 * K, formats::Access::ReadWrite, 2 * K);  // block 4K
+  s.base->put_data(0, test::random_bytes(128 * K, 13));                 // contiguous on the base
+  s.top->put_data(0, test::random_bytes(2 * K, 14));                    // cluster 0 gets its place
+  s.top->put_data(128 * K, test::random_bytes(2 * K, 15));              // cluster 2 the next one
+  auto out = s.map(9, 64 * K / (4 * K) - 1, 2, DMU_MAP_WRITE);  // [60K, 68K): clusters 0 and 1
+  auto extents = of_type(out, DMU_RSP_EXTENT);
+  auto copies = of_type(out, DMU_RSP_COPY);
+  ASSERT_EQ(extents.size(), 2u) << "cluster 1 is placed after cluster 2, not after cluster 0";
+  ASSERT_FALSE(copies.empty());
+  uint64_t copied = 0;
+  for (const auto& c : copies) {
+    bool inside = false;
+    for (const auto& e : extents)
+      inside = inside || ((e.ext_flags & DMU_EXT_NEW) && c.block >= e.block * 8 &&
+                          c.block + c.nr_blocks <= (e.block + e.nr_blocks) * 8);
+    EXPECT_TRUE(inside) << "COPY of sectors " << c.block << "+" << c.nr_blocks
+                        << " is not inside one NEW extent";
+    EXPECT_EQ(c.dev, 1u);
+    copied += c.nr_blocks;
+  }
+  EXPECT_EQ(copied, 8 * K / 512) << "both blocks are fresh: all their old contents are copied";
+}
+
 // Every other 4 KiB of the base holds data: no two COPY sources merge.
 void fragment_base(FakeImage& base, uint64_t from, uint64_t to) {
   for (uint64_t off = from; off < to; off += 8 * K)
