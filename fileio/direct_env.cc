@@ -34,6 +34,10 @@ class DirectFile final : public File {
   // Growing a file whose end is not on a block boundary makes the file
   // system zero the rest of that block through the page cache, dirtying a
   // page that may hold the kernel's data: write those zeros ourselves first.
+  // Size changes are serialised by the caller (the map service's lock):
+  // size(), the zeros and ftruncate() are not one step under mu_.  A shrink
+  // to inside a block would zero its rest through the page cache too; only
+  // repair and detach shrink, when the kernel no longer writes the file.
   Result<void> truncate(uint64_t size) override {
     DMU_ASSIGN_OR_RETURN(uint64_t end, plain_->size());
     if (size <= end) return size == end ? Result<void>{} : plain_->truncate(size);
@@ -144,13 +148,15 @@ class DirectFile final : public File {
   uint8_t* bounce_;
 };
 
-// Whether the file system takes direct I/O in 512-byte sectors on fd
-// (buffer: kMemAlign-aligned scratch space of a sector at least).
+// Whether the file system takes direct I/O in 512-byte sectors on fd, from
+// buffers aligned to 512 bytes only: transfers start at sector offsets into
+// bounce_ (a partial tail sector, the rest of a short write).  (buffer:
+// kMemAlign-aligned scratch space of a sector at least.)
 bool direct_sectors_ok(int fd, uint8_t* buffer) {
   struct statx stx {};
   if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN))
     return stx.stx_dio_offset_align != 0 && stx.stx_dio_offset_align <= kSector &&
-           stx.stx_dio_mem_align <= kMemAlign;
+           stx.stx_dio_mem_align <= kSector;
   // A kernel that does not say: try one sector.
   return ::pread(fd, buffer, kSector, 0) >= 0;
 }

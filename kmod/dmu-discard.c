@@ -30,20 +30,22 @@ static void dmu_discard_passdown(struct work_struct *work)
 
 	/*
 	 * Advisory, like the discard itself: errors are not reported, and
-	 * only whole pages are passed down.  A loop device punches a hole in
-	 * its file for a discard, and the file system zeroes the parts of
-	 * blocks at the ends through the page cache, dirtying pages that hold
-	 * data written beside them with direct I/O (see dmu_fill_zero()).
+	 * only whole zeroing units are passed down.  A loop device punches a
+	 * hole in its file for a discard, and the file system zeroes the
+	 * parts of blocks at the ends through the page cache, dirtying pages
+	 * that hold data written beside them with direct I/O (see
+	 * dmu_fill_zero()).
 	 */
 	for (i = 0; i < tk->nr_passdown; i++) {
-		sector_t start = round_up(tk->passdown[i].sector, PAGE_SECTORS);
+		struct block_device *bdev = dt->bdev[tk->passdown[i].dev];
+		sector_t unit = dmu_zero_unit(bdev);
+		sector_t start = round_up(tk->passdown[i].sector, unit);
 		sector_t end = round_down(tk->passdown[i].sector +
-					  tk->passdown[i].nr_sectors,
-					  PAGE_SECTORS);
+					  tk->passdown[i].nr_sectors, unit);
 
 		if (start < end)
-			blkdev_issue_discard(dt->bdev[tk->passdown[i].dev],
-					     start, end - start, GFP_NOIO);
+			blkdev_issue_discard(bdev, start, end - start,
+					     GFP_NOIO);
 	}
 	dmu_tracker_put(tk, 0);
 }

@@ -109,21 +109,28 @@ static void dmu_fill_zero_end_io(struct bio *bio)
 	struct dmu_tracker *tk = bio->bi_private;
 
 	if (bio->bi_status)
-		dmu_set_error(tk, -EIO);
+		dmu_set_error(tk, blk_status_to_errno(bio->bi_status));
 	bio_put(bio);
 	dmu_stage_put(tk);
 }
 
-/* Zero count (< a page) sectors at sector of bdev with a plain write. */
+/* Zero count (< one zeroing unit) sectors at sector of bdev with writes. */
 static void dmu_fill_zero_write(struct dmu_tracker *tk,
 				struct block_device *bdev, sector_t sector,
 				unsigned int count)
 {
-	struct bio *bio = bio_alloc_bioset(bdev, 1, REQ_OP_WRITE, GFP_NOIO,
-					   &tk->dt->zero_bs);
+	unsigned int bytes = count << SECTOR_SHIFT;
+	struct bio *bio = bio_alloc_bioset(bdev, DIV_ROUND_UP(bytes, PAGE_SIZE),
+					   REQ_OP_WRITE | REQ_SYNC,
+					   GFP_NOIO, &tk->dt->zero_bs);
 
 	bio->bi_iter.bi_sector = sector;
-	__bio_add_page(bio, ZERO_PAGE(0), count << SECTOR_SHIFT, 0);
+	while (bytes) {
+		unsigned int len = min_t(unsigned int, bytes, PAGE_SIZE);
+
+		__bio_add_page(bio, ZERO_PAGE(0), len, 0);
+		bytes -= len;
+	}
 	bio->bi_end_io = dmu_fill_zero_end_io;
 	bio->bi_private = tk;
 	atomic_inc(&tk->stage_pending);
@@ -133,19 +140,20 @@ static void dmu_fill_zero_write(struct dmu_tracker *tk,
 
 /*
  * Zero dest.  kcopyd zeroes with WRITE_ZEROES, which a loop device turns
- * into fallocate() on its file; the file system zeroes the parts of blocks
- * at either end of that range through the page cache, dirtying a page that
- * also holds data written beside it with direct I/O (clusters below the
- * page size).  Such a page makes the loop's next direct write fail its page
- * cache invalidation, and the next flush fail with EIO.  So the parts of
- * pages at the ends are written with zeros, and only whole pages are left
- * to kcopyd.
+ * into fallocate() on its file; the file system zeroes the parts of its
+ * blocks at either end of that range through the page cache, dirtying a
+ * page that also holds data written beside it with direct I/O (clusters
+ * below the page or block size).  Such a page makes the loop's next direct
+ * write fail its page cache invalidation, and the next flush fail with EIO.
+ * So the parts of zeroing units (dmu_zero_unit()) at the ends are written
+ * with zeros, and only whole units are left to kcopyd.
  */
 static void dmu_fill_zero(struct dmu_tracker *tk, struct dm_io_region *dest)
 {
+	sector_t unit = dmu_zero_unit(dest->bdev);
 	sector_t start = dest->sector, end = dest->sector + dest->count;
-	sector_t head = min_t(sector_t, end, round_up(start, PAGE_SECTORS));
-	sector_t tail = max_t(sector_t, head, round_down(end, PAGE_SECTORS));
+	sector_t head = min_t(sector_t, end, round_up(start, unit));
+	sector_t tail = max_t(sector_t, head, round_down(end, unit));
 
 	if (head > start)
 		dmu_fill_zero_write(tk, dest->bdev, start, head - start);

@@ -35,8 +35,8 @@
  *                 mutations from userspace.  Never held across
  *                 copy_to_user()/copy_from_user() or a wait for I/O to
  *                 complete; submitting re-driven bios and kcopyd jobs
- *                 under it may wait for memory or queue tags, never for
- *                 the daemon.
+ *                 under it may wait for memory (their bioset and kcopyd
+ *                 mempools) or queue tags, never for the daemon.
  *   dt->lock      (spinlock, irq-safe) send_queue, sent, pending_maps, the
  *                 id hash, req->bios, the tracker lists, the flush lists,
  *                 daemon state, dt->channel and the live table's geometry.
@@ -472,6 +472,25 @@ static inline void dmu_mark_dirty(struct dmu_target *dt, u32 dev)
 {
 	if (!test_bit(dev, dt->dirty_devs))
 		set_bit(dev, dt->dirty_devs);
+}
+
+/*
+ * The unit, in sectors, below which zeroing or discarding a range of a data
+ * device is done with plain writes or not at all: a page, or the device's
+ * discard granularity if larger (for a loop device, its file system's
+ * block).  A file system zeroes the parts of its blocks at the ends of a
+ * punched or zeroed range through the page cache, which direct I/O of data
+ * beside them cannot share (dmu_fill_zero()).  Data devices are whole loop
+ * devices at offset 0, so device sectors align with file offsets.
+ */
+static inline sector_t dmu_zero_unit(struct block_device *bdev)
+{
+	sector_t g = bdev_discard_granularity(bdev) >> SECTOR_SHIFT;
+
+	if (!is_power_of_2(g) || g <= PAGE_SECTORS)
+		return PAGE_SECTORS;
+	/* The partial ends are one bio of zero pages each. */
+	return min_t(sector_t, g, BIO_MAX_VECS * PAGE_SECTORS);
 }
 
 /* dmu-target.c */

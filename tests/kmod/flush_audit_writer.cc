@@ -2,9 +2,6 @@
 // the device, fdatasync() every 1..K writes and, once fdatasync returned,
 // mark the dm-log-writes log with synced-<thread>-<seq>.
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +17,7 @@
 
 #include "mapper/unique_fd.h"
 #include "tests/kmod/flush_audit.h"
+#include "tests/kmod/log_writes.h"
 
 namespace dmu::testd::audit {
 namespace {
@@ -39,14 +37,7 @@ struct ThreadOut {
 Result<uint64_t> device_bytes(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return fail(errno_error(path));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return fail(errno_error(path + ": stat"));
-  if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
-  if (!S_ISBLK(st.st_mode)) return fail(EINVAL, path + ": neither a block device nor a file");
-  uint64_t bytes = 0;
-  if (::ioctl(fd.get(), BLKGETSIZE64, &bytes) != 0)
-    return fail(errno_error(path + ": BLKGETSIZE64"));
-  return bytes;
+  return log_writes::file_or_device_bytes(fd.get(), path);
 }
 
 struct Shared {

@@ -1,9 +1,6 @@
 #include "tests/kmod/log_writes.h"
 
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,14 +51,7 @@ Result<Reader> Reader::open(const std::string& path) {
   r.path_ = path;
   r.fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!r.fd_.valid()) return fail(errno_error(path));
-  struct stat st {};
-  if (::fstat(r.fd_.get(), &st) != 0) return fail(errno_error(path + ": stat"));
-  if (S_ISREG(st.st_mode)) {
-    r.size_ = static_cast<uint64_t>(st.st_size);
-  } else if (S_ISBLK(st.st_mode)) {
-    uint64_t bytes = 0;
-    if (::ioctl(r.fd_.get(), BLKGETSIZE64, &bytes) == 0) r.size_ = bytes;
-  }
+  DMU_ASSIGN_OR_RETURN(r.size_, file_or_device_bytes(r.fd_.get(), path));
   uint8_t raw[kSuperBytes];
   if (auto ok = read_exact(r.fd_.get(), 0, raw, sizeof raw, path + ": super block"); !ok)
     return fail(ok.error());
