@@ -36,6 +36,8 @@ if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
   h_timeout=$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))
   h_cmdline="$h_cmdline+${DMU_DEBUG_CMDLINE// /+}"
 fi
+# A soak run of a case with a duration (DMU_CASE_SECONDS) gets that much more time.
+[ -z "${DMU_CASE_SECONDS:-}" ] || h_timeout=$((h_timeout + DMU_CASE_SECONDS))
 pieces=$build/tests/vm/pieces
 tools_piece=${DMU_VM_PIECES:-$pieces}/tools.cpio.zst   # the self-test shares the main build's
 with_lock "$tools_piece.lock" "$vm_lib/make-tools-piece.sh" "$vm_lib/tools.list" "$tools_piece"
@@ -55,6 +57,7 @@ DMU_KMOD=$h_kmod
 DMU_SHARES="results src"
 DMU_INIT_DEBUG=${DMU_VM_DEBUG:-}
 DMU_DEBUG_CHECKS=$debug_checks
+DMU_CASE_SECONDS=${DMU_CASE_SECONDS:-}
 EOT
 pack_cpio "$run/case" "$run/case.cpio.zst"
 cat "$tools_piece" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$run/case.cpio.zst" >"$run/initrd"
