@@ -4,7 +4,7 @@
 namespace dmu::daemon {
 
 uint64_t Counters::activity() const {
-  return requests + responses + rejected + commits + grows + adopted;
+  return requests + responses + rejected + commits + grows + adopted + pushed;
 }
 
 nlohmann::json to_json(const Counters& c) {
@@ -14,7 +14,7 @@ nlohmann::json to_json(const Counters& c) {
           {"commits", c.commits.load()},         {"commit-runs", c.commit_runs.load()},
           {"commit-errors", c.commit_errors.load()}, {"responses", c.responses.load()},
           {"rejected", c.rejected.load()},       {"grows", c.grows.load()},
-          {"adopted", c.adopted.load()}};
+          {"adopted", c.adopted.load()},         {"pushed", c.pushed.load()}};
 }
 
 }  // namespace dmu::daemon

@@ -164,6 +164,7 @@ int serve(const ServeOptions& options) {
   for (size_t i = 0; i < members.size(); ++i) fds[i] = {members[i].device->fd(), POLLIN, 0};
   int rc = 0;
   auto last_stats = std::chrono::steady_clock::now();
+  bool pushing = true;  // until every device's push is over
   std::vector<std::unique_ptr<StopFlush>> flushes;
   std::chrono::steady_clock::time_point flush_deadline;
   auto flushed = [&] {
@@ -180,7 +181,8 @@ int serve(const ServeOptions& options) {
       flush_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     }
     if (g_stop && (flushed() || std::chrono::steady_clock::now() >= flush_deadline)) break;
-    int n = ::poll(fds.data(), fds.size(), g_stop ? 50 : 500);
+    // While a push is under way, poll only for what is waiting.
+    int n = ::poll(fds.data(), fds.size(), pushing ? 0 : g_stop ? 50 : 500);
     if (n < 0 && errno != EINTR) {
       log_event(LogLevel::Error, "serve", errno_error("poll").message);
       rc = 1;
@@ -199,6 +201,9 @@ int serve(const ServeOptions& options) {
         if (*r == 0) break;
       }
     }
+    pushing = false;
+    if (!g_stop)
+      for (auto& m : members) pushing = m.device->push_some() || pushing;
     if (std::chrono::steady_clock::now() - last_stats >= std::chrono::seconds(1)) {
       for (auto& m : members) m.device->write_stats(false);
       last_stats = std::chrono::steady_clock::now();

@@ -24,6 +24,7 @@ using namespace std::chrono_literals;
 constexpr size_t kBatch = 256;                  // requests per read()
 constexpr uint64_t kGrowChunk = 64ull << 20;    // qcow2 files grow by this much
 constexpr auto kBindRetry = 5s;                 // a killed predecessor's file may still close
+constexpr uint64_t kMaxPushedExtents = 16384;   // a quarter of the table's default max_extents
 
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
@@ -105,6 +106,16 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   if (!records.empty()) {
     DMU_TRY(dev->service_->adopt(records));
     dev->counters_.adopted = records.size();
+  }
+
+  // Push the disk's mappings only over a kernel cache nobody else filled
+  // since the invalidation above, and only from a service whose view is the
+  // image's committed one (nothing adopted): then a push says exactly what a
+  // read answer at this moment would.  Push ids start from our pid, so they
+  // never repeat a predecessor's.
+  if ((b.features & DMU_FEATURE_PUSH) && records.empty()) {
+    dev->push_next_ = 0;
+    dev->push_id_ = uint64_t(::getpid()) << 24;
   }
 
   dev->growing_.resize(st.devices.size());
@@ -208,6 +219,33 @@ Result<size_t> ServedDevice::serve_batch() {
   }
   DMU_TRY(send(out));
   return n;
+}
+
+bool ServedDevice::push_some() {
+  if (push_next_ == ~uint64_t(0)) return false;
+  std::vector<dmu_response> out;
+  {
+    std::lock_guard lock(service_mu_);
+    if (push_next_ >= service_->target_blocks() || counters_.pushed >= kMaxPushedExtents) {
+      log_event(LogLevel::Info, state_.name,
+                "pushed " + std::to_string(counters_.pushed) + " extents up to block " +
+                    std::to_string(push_next_));
+      push_next_ = ~uint64_t(0);
+      return false;
+    }
+    push_next_ = service_->push(push_next_, DMU_PUSH_ID | ++push_id_, out);
+    if (auto s = sync_capacity(); !s)
+      log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
+  }
+  const uint64_t n = out.size(), rejected = counters_.rejected;
+  if (auto s = send(out); !s || counters_.rejected != rejected) {
+    log_event(LogLevel::Warning, state_.name,
+              "push stopped: " + (s ? std::string("the kernel refused an extent") : s.error().message));
+    push_next_ = ~uint64_t(0);
+    return false;
+  }
+  counters_.pushed += n;
+  return true;
 }
 
 void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {

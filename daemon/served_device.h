@@ -55,6 +55,13 @@ class ServedDevice {
   // Reads the requests waiting (without blocking) and answers them; COMMITs
   // go to the commit thread.  Returns how many requests were read.
   Result<size_t> serve_batch();
+  // Pushes the next stretch of the disk's mappings (at most one answer's
+  // worth of extents) unless the push is over; returns whether more is to
+  // push.  A device pushes once, after a bind that adopted nothing: the
+  // kernel then serves reads of allocated blocks without asking (the RFC's
+  // prefetch at attach).  It stops at kMaxPushedExtents (the kernel's cache
+  // evicts beyond its max_extents) and at the first refused message.
+  bool push_some();
   // SIGTERM: answers the COMMITs queued, then commits what the map service
   // holds (DONEs read so far), so a successor starts from durable metadata.
   Result<void> shutdown();
@@ -88,6 +95,8 @@ class ServedDevice {
   std::vector<dmu_request> inbox_;
   Counters counters_;
   uint64_t stats_written_ = ~uint64_t(0);
+  uint64_t push_next_ = ~uint64_t(0);  // the block the push continues from; ~0: no push
+  uint64_t push_id_ = 0;               // the last push id (DMU_PUSH_ID is added)
   std::unique_ptr<CommitWorker> commits_;  // last: stopped before the rest goes
 };
 

@@ -123,6 +123,15 @@ class MapService {
   };
   const AdoptCounts& adopt_counts() const { return adopt_counts_; }
 
+  // A push (protocol 2, "Pushes"): appends to `out` the extents a read of
+  // the disk from first_block on would be answered with, under push id
+  // `id` (DMU_PUSH_ID set), at most kMaxAnswerMessages, the last one FINAL;
+  // blocks that need the scratch store (compressed clusters, blocks whose
+  // parts lie apart) are skipped.  Returns the block to continue from
+  // (target_blocks() when the disk is covered or mapping failed); `out` may
+  // stay empty (only skipped blocks so far).
+  uint64_t push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out);
+
   // Writes prepared (or adopted) but not yet reported DONE, by request id.
   size_t pending_writes() const { return pending_.size(); }
   // The last engine error, for logs ("" if none).
@@ -141,6 +150,11 @@ class MapService {
              const MapServiceOptions& options, uint64_t block_size);
 
   void answer_map_read(const dmu_request& r, std::vector<dmu_response>& out);
+  // The read answer's mapping of [start, limit) (bytes) under id, at most
+  // max_extents extents; `push` skips scratch blocks and sends no COMPLETE.
+  // Returns the first block not covered.
+  uint64_t map_for_reading(uint64_t id, uint64_t start, uint64_t limit, unsigned max_extents,
+                           bool push, std::vector<dmu_response>& out);
   void answer_map_write(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);

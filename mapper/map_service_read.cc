@@ -2,7 +2,10 @@
 // reads ahead up to a cap, in runs as long as the chain allows: REMAP for
 // data (writable when the top image can be written in place), ZERO for zero
 // and unallocated ranges, and REMAP to the scratch store for compressed
-// clusters and for blocks whose parts map to different places.
+// clusters and for blocks whose parts map to different places.  A push is
+// the same answer nobody asked for, minus the blocks that would need the
+// scratch store (they are left to a miss: a push must not decompress the
+// whole disk).
 #include <algorithm>
 
 #include "common/checked.h"
@@ -28,13 +31,27 @@ void merge_remap(std::vector<dmu_response>& extents, const dmu_response& e,
 }
 
 void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>& out) {
-  const uint64_t B = block_size_;
   const uint64_t vsize = chain_.virtual_size();
-  const uint64_t start = r.block * B;
-  const uint64_t asked_end = std::min<uint64_t>(vsize, (r.block + r.nr_blocks) * B);
+  const uint64_t start = r.block * block_size_;
+  const uint64_t asked_end = std::min<uint64_t>(vsize, (r.block + r.nr_blocks) * block_size_);
   const uint64_t limit =
       std::min(vsize, std::max(asked_end, checked_add(start, options_.read_ahead).value_or(vsize)));
-  const unsigned max_extents = std::clamp(options_.max_messages, 2u, kMaxAnswerMessages);
+  map_for_reading(r.id, start, limit, std::clamp(options_.max_messages, 2u, kMaxAnswerMessages),
+                  false, out);
+}
+
+uint64_t MapService::push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out) {
+  const uint64_t vsize = chain_.virtual_size();
+  const uint64_t start = first_block * block_size_;
+  if (start >= vsize) return target_blocks();
+  return map_for_reading(id, start, vsize, kMaxAnswerMessages, true, out);
+}
+
+uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit,
+                                     unsigned max_extents, bool push,
+                                     std::vector<dmu_response>& out) {
+  const uint64_t B = block_size_;
+  const uint64_t vsize = chain_.virtual_size();
   // A read answer never takes more than an eighth of the scratch store.
   uint64_t scratch_budget =
       std::max(std::min(options_.max_scratch_per_answer, scratch_->slot_count() / 8 * B), B);
@@ -44,8 +61,10 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
   uint64_t pos = start;
   int error = 0;
 
-  // Maps one block through the scratch store; false ends the answer.
+  // Maps one block through the scratch store (a push skips it); false ends
+  // the answer.
   auto bounce = [&](uint64_t block) {
+    if (push) return true;
     if (scratch_budget < B && !extents.empty()) return false;
     auto slot = scratch_block(block, invalidations);
     if (!slot) {
@@ -54,7 +73,7 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
     }
     scratch_budget -= std::min(scratch_budget, B);
     merge_remap(extents,
-                make_extent(r.id, block, 1, DMU_EXT_REMAP, 0, scratch_device(),
+                make_extent(id, block, 1, DMU_EXT_REMAP, 0, scratch_device(),
                             scratch_->offset_of(*slot) / 512),
                 B / 512);
     return true;
@@ -100,11 +119,11 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
       }
       const uint32_t flags = m->writable ? DMU_EXT_WRITABLE : 0;
       merge_remap(extents,
-                  make_extent(r.id, block, ceil_div(bytes, B), DMU_EXT_REMAP, flags, dev,
+                  make_extent(id, block, ceil_div(bytes, B), DMU_EXT_REMAP, flags, dev,
                               m->host_offset / 512),
                   B / 512);
     } else if (m->kind == ChainMapping::Kind::Zero) {
-      merge_remap(extents, make_extent(r.id, block, ceil_div(bytes, B), DMU_EXT_ZERO, 0, 0, 0),
+      merge_remap(extents, make_extent(id, block, ceil_div(bytes, B), DMU_EXT_ZERO, 0, 0, 0),
                   B / 512);
     } else {  // Compressed: decompress block by block into the scratch store
       const uint64_t nblocks = ceil_div(bytes, B);
@@ -118,12 +137,21 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
   }
 
   out.insert(out.end(), invalidations.begin(), invalidations.end());
+  if (push) {
+    // An error ends the push where it happened; a miss there asks again.
+    if (!extents.empty()) {
+      extents.back().flags |= DMU_RSP_FINAL;
+      out.insert(out.end(), extents.begin(), extents.end());
+    }
+    return error ? target_blocks() : pos / B;
+  }
   if (extents.empty()) {
-    out.push_back(make_complete(r.id, error ? error : -EIO));
-    return;
+    out.push_back(make_complete(id, error ? error : -EIO));
+    return pos / B;
   }
   extents.back().flags |= DMU_RSP_FINAL;
   out.insert(out.end(), extents.begin(), extents.end());
+  return pos / B;
 }
 
 }  // namespace dmu::mapper

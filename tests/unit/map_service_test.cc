@@ -170,6 +170,72 @@ TEST(MapRead, BlockWithDifferentlyMappedPartsIsServedFromScratch) {
   EXPECT_TRUE(std::equal(high.begin(), high.end(), got.begin() + 2 * K));
 }
 
+// Pushes every block of the disk from block 0 on; returns the batches.
+std::vector<std::vector<dmu_response>> push_all(MapService& service) {
+  std::vector<std::vector<dmu_response>> batches;
+  uint64_t block = 0, n = 0;
+  while (block < service.target_blocks()) {
+    std::vector<dmu_response> out;
+    const uint64_t next = service.push(block, DMU_PUSH_ID | ++n, out);
+    EXPECT_GT(next, block);
+    if (next <= block) break;
+    block = next;
+    if (!out.empty()) batches.push_back(std::move(out));
+  }
+  return batches;
+}
+
+TEST(MapPush, MapsTheDiskLikeReadAnswersButLeavesCompressedClustersToAMiss) {
+  Rig s;
+  s.build(1 << 20, 64 * K, 64 * K);
+  s.top->put_data(0, test::random_bytes(128 * K, 1));
+  s.top->put_compressed(256 * K, test::random_bytes(64 * K, 2));
+  s.base->put_data(512 * K, test::random_bytes(64 * K, 3));
+  auto batches = push_all(*s.service);
+  ASSERT_EQ(batches.size(), 1u);
+  const auto& b = batches[0];
+  for (size_t i = 0; i < b.size(); ++i) {
+    EXPECT_EQ(b[i].type, uint32_t(DMU_RSP_EXTENT));
+    EXPECT_EQ(b[i].id, DMU_PUSH_ID | 1);
+    EXPECT_EQ(b[i].flags, i + 1 == b.size() ? uint32_t(DMU_RSP_FINAL) : 0u);
+    EXPECT_NE(b[i].dev, s.service->scratch_device()) << "nothing is decompressed for a push";
+  }
+  // [0,2) top data (writable), [2,4) zero, block 4 compressed: skipped,
+  // [5,8) zero, [8,9) the base's data (read-only), [9,16) zero.
+  ASSERT_EQ(b.size(), 5u);
+  EXPECT_EQ(b[0].block, 0u);
+  EXPECT_EQ(b[0].nr_blocks, 2u);
+  EXPECT_EQ(b[0].kind, uint32_t(DMU_EXT_REMAP));
+  EXPECT_EQ(b[0].ext_flags, uint32_t(DMU_EXT_WRITABLE));
+  EXPECT_EQ(b[1].kind, uint32_t(DMU_EXT_ZERO));
+  EXPECT_EQ(b[1].block + b[1].nr_blocks, 4u);
+  EXPECT_EQ(b[2].block, 5u);
+  EXPECT_EQ(b[2].nr_blocks, 3u);
+  EXPECT_EQ(b[3].block, 8u);
+  EXPECT_EQ(b[3].dev, 1u);
+  EXPECT_EQ(b[3].ext_flags, 0u);
+  EXPECT_EQ(b[4].block + b[4].nr_blocks, s.service->target_blocks());
+  // The same mapping a read of block 0 is answered with, under the request's id.
+  auto answer = s.map(9, 0, 1);
+  EXPECT_EQ(answer[0].nr_blocks, b[0].nr_blocks);
+  EXPECT_EQ(answer[0].sector, b[0].sector);
+}
+
+TEST(MapPush, EachPushHoldsAtMostTheProtocolsMessagesPerAnswer) {
+  Rig s;
+  s.build(32 << 20, 64 * K);  // 512 clusters, every other one allocated
+  for (uint64_t c = 0; c < 512; c += 2) s.top->put_data(c * 64 * K, test::random_bytes(64 * K, 4));
+  auto batches = push_all(*s.service);
+  ASSERT_GE(batches.size(), 2u);
+  uint64_t covered = 0;
+  for (const auto& b : batches) {
+    EXPECT_LE(b.size(), size_t(kMaxAnswerMessages));
+    EXPECT_EQ(b.back().flags, uint32_t(DMU_RSP_FINAL));
+    for (const auto& m : b) covered += m.nr_blocks;
+  }
+  EXPECT_EQ(covered, s.service->target_blocks());
+}
+
 TEST(MapRead, MalformedRequestsFailWithEinval) {
   Rig s;
   s.build(1 << 20, 64 * K);
