@@ -111,8 +111,10 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   // Push the disk's mappings only over a kernel cache nobody else filled
   // since the invalidation above, and only from a service whose view is the
   // image's committed one (nothing adopted): then a push says exactly what a
-  // read answer at this moment would.  Push ids start from our pid, so they
-  // never repeat a predecessor's.
+  // read answer at this moment would.  Push ids start from our pid, which
+  // makes a clash with a predecessor's unlikely; it would not matter anyway:
+  // the kernel drops a departed daemon's open pushes, and ours carry no NEW
+  // extents.
   if ((b.features & DMU_FEATURE_PUSH) && records.empty()) {
     dev->push_next_ = 0;
     dev->push_id_ = uint64_t(::getpid()) << 24;
@@ -233,12 +235,16 @@ bool ServedDevice::push_some() {
       push_next_ = ~uint64_t(0);
       return false;
     }
+    const std::string before = service_->last_error();
     push_next_ = service_->push(push_next_, DMU_PUSH_ID | ++push_id_, out);
+    if (service_->last_error() != before)
+      log_event(LogLevel::Warning, state_.name, "push ends early: " + service_->last_error());
     if (auto s = sync_capacity(); !s)
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
   }
-  const uint64_t n = out.size(), rejected = counters_.rejected;
-  if (auto s = send(out); !s || counters_.rejected != rejected) {
+  const uint64_t n = out.size();
+  size_t refused = 0;
+  if (auto s = send(out, &refused); !s || refused) {
     log_event(LogLevel::Warning, state_.name,
               "push stopped: " + (s ? std::string("the kernel refused an extent") : s.error().message));
     push_next_ = ~uint64_t(0);
@@ -276,7 +282,7 @@ void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
     log_event(LogLevel::Error, state_.name, "answer COMMIT: " + s.error().message);
 }
 
-Result<void> ServedDevice::send(std::vector<dmu_response>& batch) {
+Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refused) {
   size_t pos = 0;
   while (pos < batch.size()) {
     std::span<const dmu_response> rest(batch.data() + pos, batch.size() - pos);
@@ -285,6 +291,7 @@ Result<void> ServedDevice::send(std::vector<dmu_response>& batch) {
     pos += outcome.accepted;
     if (!outcome.complete()) {
       ++counters_.rejected;
+      if (refused) ++*refused;
       log_event(LogLevel::Error, state_.name,
                 "kernel refused " + proto::describe(batch[pos]) + " (errno " +
                     std::to_string(outcome.error) + ")");

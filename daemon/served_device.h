@@ -81,8 +81,9 @@ class ServedDevice {
   Result<void> sync_capacity();  // under service_mu_
   void handle_locked(const dmu_request& q, std::vector<dmu_response>& out);
   void run_commits(const std::vector<uint64_t>& ids);
-  // Writes a batch; a message the kernel refuses is logged and skipped.
-  Result<void> send(std::vector<dmu_response>& batch);
+  // Writes a batch; a message the kernel refuses is logged and skipped
+  // (counted in *refused when given).
+  Result<void> send(std::vector<dmu_response>& batch, size_t* refused = nullptr);
 
   DeviceState state_;
   ControlChannel channel_;

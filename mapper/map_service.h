@@ -51,6 +51,7 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -129,7 +130,8 @@ class MapService {
   // blocks that need the scratch store (compressed clusters, blocks whose
   // parts lie apart) are skipped.  Returns the block to continue from
   // (target_blocks() when the disk is covered or mapping failed); `out` may
-  // stay empty (only skipped blocks so far).
+  // stay empty (only skipped blocks so far).  Blocks of write answers whose
+  // DONE is not handled yet are skipped too (see map_for_reading).
   uint64_t push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out);
 
   // Writes prepared (or adopted) but not yet reported DONE, by request id.
@@ -150,11 +152,14 @@ class MapService {
              const MapServiceOptions& options, uint64_t block_size);
 
   void answer_map_read(const dmu_request& r, std::vector<dmu_response>& out);
-  // The read answer's mapping of [start, limit) (bytes) under id, at most
-  // max_extents extents; `push` skips scratch blocks and sends no COMPLETE.
-  // Returns the first block not covered.
-  uint64_t map_for_reading(uint64_t id, uint64_t start, uint64_t limit, unsigned max_extents,
-                           bool push, std::vector<dmu_response>& out);
+  // The read answer's mapping of [start, limit) (bytes; [start, asked_end)
+  // was asked for) under id, at most max_extents extents; `push` skips
+  // scratch blocks and sends no COMPLETE.  Returns the first block not
+  // covered.
+  uint64_t map_for_reading(uint64_t id, uint64_t start, uint64_t asked_end, uint64_t limit,
+                           unsigned max_extents, bool push, std::vector<dmu_response>& out);
+  // The blocks of pending_ write answers, as sorted disjoint [first, end).
+  std::vector<std::pair<uint64_t, uint64_t>> blocks_in_flight() const;
   void answer_map_write(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);
