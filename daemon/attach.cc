@@ -171,6 +171,12 @@ Result<void> start_serve_process(const std::string& program,
     // The child: its own session (no terminal, no signals of the caller's
     // process group), stdout off the caller's pipes so $(dmu attach) ends.
     ::setsid();
+    // Whatever the caller blocked or ignored (dmu-xen-helper blocks SIGTERM
+    // and SIGCHLD for its signalfd) is not the mapping process's business.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGHUP, SIG_DFL);
     ::dup2(dev_null.get(), 0);
     ::dup2(dev_null.get(), 1);
     ::dup2(log_file.get(), 2);
