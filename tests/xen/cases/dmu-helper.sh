@@ -229,12 +229,15 @@ kill "$(helper_pid)" || fail "stop the helper"
 i=0
 while [ -n "$(helper_pid)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
 xenstore-read /local/domain/0/dmu-xen-helper/pid >/dev/null 2>&1 && fail "the helper left its pid key"
+# Fresh disks: data.vmdk still carries dom0's "stop" mark.
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov2.qcow2 || fail "make ov2.qcow2"
+qemu-img create -q -f vmdk data2.vmdk 32M || fail "make data2.vmdk"
 domu_start solo /tmp/hg.sh \
-  'vdev=xvda,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/ov1.qcow2' \
-  'vdev=xvdb,access=w,backendtype=phy,script=block-dmu,target=vmdk:/vm/data.vmdk' || fail "xl create solo"
+  'vdev=xvda,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/ov2.qcow2' \
+  'vdev=xvdb,access=w,backendtype=phy,script=block-dmu,target=vmdk:/vm/data2.vmdk' || fail "xl create solo"
 sd=$(xl domid solo)
-node_a=$(mapping_shown solo 51712 /vm/ov1.qcow2 qcow2) || exit 1
-node_b=$(mapping_shown solo 51728 /vm/data.vmdk vmdk) || exit 1
+node_a=$(mapping_shown solo 51712 /vm/ov2.qcow2 qcow2) || exit 1
+node_b=$(mapping_shown solo 51728 /vm/data2.vmdk vmdk) || exit 1
 xenstore-read "/local/domain/0/backend/vbd/$sd/51712/dmu/served-by" >/dev/null 2>&1 &&
   fail "the helper's key is there although no helper runs"
 await_mark "$node_a" guest-looping
@@ -254,7 +257,10 @@ done
 echo "the guest solo wrote and verified $r rounds"
 xl destroy solo || fail "xl destroy solo"
 nothing_left
-check_clean ov1.qcow2
+check_clean ov2.qcow2
+check_clean data2.vmdk
+[ "$r" -ge 2 ] || fail "only $r rounds: the loop did not run across the kill"
 want=$(pattern_sum "$(printf '%o' $((65 + r % 26)))")
-expect_eq "ov1.qcow2 MiB 2 after solo's round $r" "$want" "$(image_sum ov1.qcow2 2)"
+expect_eq "ov2.qcow2 MiB 2 after solo's round $r" "$want" "$(image_sum ov2.qcow2 2)"
+expect_eq "data2.vmdk MiB 2 after solo's round $r" "$want" "$(image_sum data2.vmdk 2)"
 step "ok"
