@@ -244,7 +244,7 @@ await_mark "$node_a" guest-looping
 pid=$(record_pid "xen-vbd-$sd-51712")
 kill -9 "$pid" || fail "kill -9 $pid"
 wait_new_pid "xen-vbd-$sd-51712" "$pid"
-sleep 8
+sleep 20   # rounds after the restart (a round takes several seconds under TCG)
 guest_alive solo
 say "$node_b" stop
 i=0
