@@ -53,7 +53,7 @@ struct Child {
 // Forks the mapping process.  The child gets the default signal mask back
 // (the supervisor blocks its signals for the signalfd) and serves with the
 // inherited name locks.
-Result<Child> start(const ServeOptions& o, int signal_fd) {
+Result<Child> start(const ServeOptions& o, int signal_fd, std::vector<NameLock>& locks) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
   UniqueFd read_end(p[0]), write_end(p[1]);
@@ -71,6 +71,12 @@ Result<Child> start(const ServeOptions& o, int signal_fd) {
     sigaddset(&keep, SIGHUP);  // a group's "re-read": default action would kill
     ::sigprocmask(SIG_SETMASK, &keep, nullptr);
     ::close(signal_fd);
+    // A group's lock says "its supervisor lives": a mapping process that
+    // outlived a killed supervisor must not keep claiming that (the next
+    // attach --group then starts a new supervisor).  Closing our copy
+    // leaves the supervisor's lock in place.
+    if (!o.group.empty())
+      for (auto& l : locks) l.release();
     if (o.ready_fd >= 0) ::close(o.ready_fd);  // attach's pipe is the supervisor's to answer
     read_end.reset();
     ServeOptions c = o;
@@ -142,7 +148,7 @@ int supervise(const ServeOptions& options) {
   bool stopping = false;
   int quick_failures = 0;
   for (;;) {
-    auto started = start(options, signals.get());
+    auto started = start(options, signals.get(), locks);
     if (!started) {
       log_event(LogLevel::Error, group, started.error().message);
       tell_ready(ready_fd, "error: " + started.error().message + "\n");
