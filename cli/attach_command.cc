@@ -1,4 +1,4 @@
-// dmu attach [--name NAME] [--read-only] [-f FMT] IMAGE: prints
+// dmu attach [--name NAME] [--group GROUP] [--read-only] [-f FMT] IMAGE: prints
 // /dev/mapper/NAME once the device is usable (daemon/attach.h does the work).
 #include "cli/cli_common.h"
 #include "daemon/attach.h"
@@ -16,6 +16,8 @@ int attach_main(const std::vector<std::string>& args) {
       ("name", po::value<std::string>(), "dm device name, verbatim (default: the image's file "
                                          "name without extension)")
       ("read-only", po::bool_switch(), "a read-only device; the image is not written")
+      ("group", po::value<std::string>(), "served by group GROUP's mapping process (started "
+                                          "if none runs) rather than one of its own")
       ("format,f", po::value<std::string>(), "image format (probed if absent)")
       ("daemon-timeout", po::value<uint32_t>(), "seconds I/O waits for a mapping process "
                                                 "(table option daemon_timeout; module default "
@@ -30,6 +32,7 @@ int attach_main(const std::vector<std::string>& args) {
   daemon::AttachOptions o;
   o.image = (*vm)["image"].as<std::string>();
   if (vm->count("name")) o.name = (*vm)["name"].as<std::string>();
+  if (vm->count("group")) o.group = (*vm)["group"].as<std::string>();
   if (vm->count("format")) o.format = (*vm)["format"].as<std::string>();
   if (vm->count("daemon-timeout")) o.daemon_timeout = (*vm)["daemon-timeout"].as<uint32_t>();
   o.read_only = (*vm)["read-only"].as<bool>();

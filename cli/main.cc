@@ -48,7 +48,7 @@ const Command kIo = {"io", "io [-f FMT] IMAGE -c CMD [-c CMD ...]",
                      "read [-P pattern] OFF LEN, write [-P pattern | -z] OFF LEN, "
                      "discard OFF LEN, flush.",
                      io_main};
-const Command kAttach = {"attach", "attach [--name NAME] [--read-only] [-f FMT] IMAGE",
+const Command kAttach = {"attach", "attach [--name NAME] [--group GROUP] [--read-only] [-f FMT] IMAGE",
                          "Make IMAGE a block device: loop devices, a dm-userspace device and its "
                          "mapping process in the background; prints /dev/mapper/NAME when usable. "
                          "On an existing device whose mapping process is gone, rebinds it.",
@@ -64,7 +64,7 @@ const Command kList = {"list", "list [--output=human|json]",
 const Command kStats = {"stats", "stats [--output=human|json] NAME",
                         "Show the kernel's counters of a device and its mapping process's own.",
                         stats_main};
-const Command kServe = {"serve", "serve --name NAME [--name NAME ...] [--ready-fd FD]",
+const Command kServe = {"serve", "serve --name NAME [--name NAME ...] | --group GROUP [--ready-fd FD]",
                         "Be the mapping process of attached devices (attach starts it; start it "
                         "by hand to rebind devices whose process died).  SIGTERM commits and "
                         "exits, leaving the devices for the next process.",

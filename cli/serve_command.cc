@@ -1,6 +1,8 @@
-// dmu serve --name NAME [--name NAME ...]: the mapping process of attached
+// dmu serve --name NAME [--name NAME ...] | --group GROUP: the mapping process of attached
 // devices (attach starts it with --supervise; run it by hand to rebind after
 // a crash).
+#include <cstdio>
+
 #include "cli/cli_common.h"
 #include "daemon/serve.h"
 #include "daemon/supervise.h"
@@ -13,8 +15,10 @@ int serve_main(const std::vector<std::string>& args) {
   po::options_description options("options");
   // clang-format off
   options.add_options()
-      ("name", po::value<std::vector<std::string>>()->required(),
-       "an attached device to serve (repeat for a group)")
+      ("name", po::value<std::vector<std::string>>(),
+       "an attached device to serve (repeat for a fixed set)")
+      ("group", po::value<std::string>(),
+       "serve the devices attached with --group GROUP; SIGHUP re-reads them")
       ("ready-fd", po::value<int>()->default_value(-1),
        "write \"ready\" (or \"error: ...\") to this descriptor once bound")
       ("supervise", po::bool_switch(),
@@ -25,7 +29,12 @@ int serve_main(const std::vector<std::string>& args) {
   auto vm = parse_args(args, kServe, options, positional, &code);
   if (!vm) return code;
   daemon::ServeOptions o;
-  o.names = (*vm)["name"].as<std::vector<std::string>>();
+  if (vm->count("name")) o.names = (*vm)["name"].as<std::vector<std::string>>();
+  if (vm->count("group")) o.group = (*vm)["group"].as<std::string>();
+  if (o.names.empty() == o.group.empty()) {
+    std::fprintf(stderr, "dmu serve: give --name NAME... or --group GROUP (one of the two)\n");
+    return kExitFailure;
+  }
   o.ready_fd = (*vm)["ready-fd"].as<int>();
   return (*vm)["supervise"].as<bool>() ? daemon::supervise(o) : daemon::serve(o);
 }

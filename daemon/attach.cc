@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "daemon/group.h"
 #include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
@@ -120,6 +121,18 @@ Result<std::string> rebind(const DeviceState& st, const std::string& image,
   if (st.read_only != o.read_only)
     return fail(EEXIST, st.name + ": attached " + (st.read_only ? "read-only" : "read-write") +
                             "; detach it first to change that");
+  if (o.group && *o.group != st.group)
+    return fail(EEXIST, st.name + ": attached " +
+                            (st.group.empty() ? "on its own" : "in group " + st.group) +
+                            ", not in group " + *o.group + "; detach it first");
+  if (!st.group.empty()) {
+    // Bound is told by the pid the group process writes (group.cc).
+    DeviceState unbound = st;
+    unbound.pid = 0;
+    DMU_TRY(write_state(unbound));
+    DMU_TRY(join_group(o.program, st.group, st.name));
+    return st.node();
+  }
   DMU_TRY(start_mapping_process(o.program, st.name));
   return st.node();
 }
@@ -133,8 +146,15 @@ std::string default_name(const std::string& image) {
 }
 
 Result<void> start_mapping_process(const std::string& program, const std::string& name) {
+  return start_serve_process(program, {"--name", name}, name);
+}
+
+Result<void> start_serve_process(const std::string& program,
+                                 const std::vector<std::string>& selector,
+                                 const std::string& log_name) {
   DMU_TRY(ensure_run_dir());
-  const std::string log = log_path(name);
+  const std::string& name = selector.at(1);
+  const std::string log = log_path(log_name);
   int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (log_fd < 0) return fail(errno_error(log + ": open log"));
   UniqueFd log_file(log_fd);
@@ -151,12 +171,18 @@ Result<void> start_mapping_process(const std::string& program, const std::string
     // The child: its own session (no terminal, no signals of the caller's
     // process group), stdout off the caller's pipes so $(dmu attach) ends.
     ::setsid();
+    // Whatever the caller blocked or ignored (dmu-xen-helper blocks SIGTERM
+    // and SIGCHLD for its signalfd) is not the mapping process's business.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::signal(SIGHUP, SIG_DFL);
     ::dup2(dev_null.get(), 0);
     ::dup2(dev_null.get(), 1);
     ::dup2(log_file.get(), 2);
     ::dup2(ready_write.get(), 3);
-    const char* argv[] = {"dmu",          "serve", "--name",     name.c_str(),
-                          "--ready-fd",   "3",     "--supervise", nullptr};
+    const char* argv[] = {"dmu",        "serve", selector.at(0).c_str(), name.c_str(),
+                          "--ready-fd", "3",     "--supervise",          nullptr};
     ::execv(program.c_str(), const_cast<char* const*>(argv));
     dprintf(3, "error: exec %s: %s\n", program.c_str(), strerror(errno));
     ::_exit(127);
@@ -199,6 +225,7 @@ Result<std::string> attach(const AttachOptions& o) {
   DMU_ASSIGN_OR_RETURN(const std::string image, absolute(o.image));
   const std::string name = o.name ? *o.name : default_name(image);
   DMU_TRY(check_name(name));
+  if (o.group) DMU_TRY(check_name(*o.group));
   DMU_TRY(ensure_run_dir());
 
   DMU_ASSIGN_OR_RETURN(auto existing, read_state(name));
@@ -236,6 +263,7 @@ Result<std::string> attach(const AttachOptions& o) {
   st.block_sectors = uint32_t(p.block / 512);
   st.target_sectors = p.target_sectors;
   st.scratch = scratch_path(name);
+  if (o.group) st.group = *o.group;
   DMU_TRY(create_scratch_file(st.scratch, scratch_file_size(p.block)));
 
   std::vector<LoopDevice> loops;  // declared before dm: the dm device goes first
@@ -281,7 +309,10 @@ Result<std::string> attach(const AttachOptions& o) {
   p.chain_open.reset();  // the loop devices hold the image locks from here on
 
   lock.release();
-  DMU_TRY(start_mapping_process(o.program, name));
+  if (o.group)
+    DMU_TRY(join_group(o.program, *o.group, name));
+  else
+    DMU_TRY(start_mapping_process(o.program, name));
   // Serving: the device and its loops now outlive this process.
   dm.release();
   for (auto& l : loops) l.release();

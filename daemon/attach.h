@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 
@@ -26,6 +27,9 @@ struct AttachOptions {
   std::optional<std::string> name;    // default: the image's file name without extension
   std::optional<std::string> format;  // probed when absent
   bool read_only = false;
+  // Served by group G's mapping process (daemon/group.h) rather than a
+  // process of its own.
+  std::optional<std::string> group;
   std::optional<uint32_t> daemon_timeout;
   std::string program = "/proc/self/exe";  // the dmu binary that runs `serve`
 };
@@ -39,5 +43,11 @@ Result<std::string> attach(const AttachOptions& options);
 // Starts `program serve --name NAME` in the background (stderr to
 // /run/dmu/NAME.log) and waits until it reports ready or fails.
 Result<void> start_mapping_process(const std::string& program, const std::string& name);
+
+// The same for any `serve` selector ({"--name", N} or {"--group", G}), its
+// stderr going to log_path(log_name).
+Result<void> start_serve_process(const std::string& program,
+                                 const std::vector<std::string>& selector,
+                                 const std::string& log_name);
 
 }  // namespace dmu::daemon

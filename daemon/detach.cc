@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "daemon/attach.h"
+#include "daemon/group.h"
 #include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
@@ -77,7 +78,8 @@ Result<void> trim_growth_tail(const DeviceState& st) {
 // child renames itself) or, with supervisor false, NAME's mapping process:
 // a pid recorded earlier may have been reused since, even by another
 // device's dmu, which a SIGTERM would stop.
-bool serves_name(pid_t pid, const std::string& name, bool supervisor) {
+bool serves_name(pid_t pid, const DeviceState& st, bool supervisor) {
+  const std::string& name = st.name;
   if (pid <= 0) return false;
   const std::string proc = "/proc/" + std::to_string(pid);
   std::ifstream comm(proc + "/comm");
@@ -88,9 +90,30 @@ bool serves_name(pid_t pid, const std::string& name, bool supervisor) {
   std::vector<std::string> args;
   for (std::string a; std::getline(cmdline, a, '\0');) args.push_back(a);
   if (args.size() < 2 || args[1] != "serve") return false;
-  for (size_t i = 2; i + 1 < args.size(); ++i)
+  for (size_t i = 2; i + 1 < args.size(); ++i) {
     if (args[i] == "--name" && args[i + 1] == name) return true;
+    if (args[i] == "--group" && !st.group.empty() && args[i + 1] == st.group) return true;
+  }
   return false;
+}
+
+// A group member leaves its group's process (group.h): the marker takes it
+// out of the members, a SIGHUP has the process re-read them, and it lets
+// the member's lock go.  `signal` is the process to tell.
+Result<void> leave_group(const DeviceState& st, pid_t signal) {
+  DMU_TRY(write_file_atomic(leave_path(st.name), "detach\n"));
+  if (signal > 0) ::kill(signal, SIGHUP);
+  return {};
+}
+
+// Detach gave up: the member is served again (by its group, started anew if
+// it ended meanwhile).
+Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
+  (void)::unlink(leave_path(st.name).c_str());
+  DeviceState unbound = st;
+  unbound.pid = 0;
+  DMU_TRY(write_state(unbound));
+  return join_group(program, st.group, st.name);
 }
 
 }  // namespace
@@ -127,14 +150,25 @@ Result<std::string> detach(const DetachOptions& o) {
   if (alive) {
     // The supervisor, when there is one: between a death and a restart
     // the recorded mapping process is gone, and a SIGTERM to it would be lost.
-    const pid_t target = serves_name(st->supervisor, name, true) ? st->supervisor
-                         : serves_name(st->pid, name, false)          ? st->pid
-                                                                      : 0;
-    if (target > 0) ::kill(target, SIGTERM);
-    if (!wait_lock_free(name, kExitWait))
+    const pid_t target = serves_name(st->supervisor, *st, true) ? st->supervisor
+                         : serves_name(st->pid, *st, false)          ? st->pid
+                                                                     : 0;
+    if (!st->group.empty()) {
+      DMU_TRY(leave_group(*st, target));
+    } else if (target > 0) {
+      ::kill(target, SIGTERM);
+    }
+    if (!wait_lock_free(name, kExitWait)) {
+      if (!st->group.empty()) (void)::unlink(leave_path(name).c_str());
       return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(target) +
-                                 ") did not exit within " + std::to_string(kExitWait.count()) +
-                                 " s of SIGTERM");
+                                 ") did not " + (st->group.empty() ? "exit" : "let it go") +
+                                 " within " + std::to_string(kExitWait.count()) + " s of " +
+                                 (st->group.empty() ? "SIGTERM" : "SIGHUP"));
+    }
+  } else if (!st->group.empty()) {
+    // Its group process (restarting, or started by a concurrent attach)
+    // must not take it up again while it goes.
+    DMU_TRY(write_file_atomic(leave_path(name), "detach\n"));
   }
   // Held from here to the end: nobody may start serving NAME while its
   // device and files go away (and the lock file is removed by its holder,
@@ -152,8 +186,11 @@ Result<std::string> detach(const DetachOptions& o) {
       // wait for a mapping process nobody starts.
       dm.release();
       lock.release();
+      if (!alive && !st->group.empty()) (void)::unlink(leave_path(name).c_str());
       if (alive) {
-        if (auto s = start_mapping_process(o.program, name); !s)
+        if (auto s = st->group.empty() ? start_mapping_process(o.program, name)
+                                       : rejoin_group(*st, o.program);
+            !s)
           return fail(r.error().code, r.error().message + "; and the mapping process could not be "
                                                           "started again: " + s.error().message);
       }

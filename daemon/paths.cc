@@ -19,6 +19,14 @@ std::string lock_path(const std::string& name) { return run_dir() + "/" + name +
 std::string stats_path(const std::string& name) { return run_dir() + "/" + name + ".stats.json"; }
 std::string scratch_path(const std::string& name) { return run_dir() + "/" + name + ".scratch"; }
 std::string log_path(const std::string& name) { return run_dir() + "/" + name + ".log"; }
+std::string leave_path(const std::string& name) { return run_dir() + "/" + name + ".leave"; }
+std::string bind_error_path(const std::string& name) {
+  return run_dir() + "/" + name + ".bind-error";
+}
+std::string group_file_name(const std::string& group) { return group + ".group"; }
+std::string group_pid_path(const std::string& group) {
+  return run_dir() + "/" + group_file_name(group) + ".pid";
+}
 
 Result<void> ensure_run_dir() {
   const std::string dir = run_dir();
@@ -42,6 +50,9 @@ Result<void> check_name(const std::string& name) {
   // have its record there.
   if (name.ends_with(".stats"))
     return fail(EINVAL, "device name '" + name + "' must not end in '.stats'");
+  // G.group.lock is group G's lock (paths.h).
+  if (name.ends_with(".group"))
+    return fail(EINVAL, "device name '" + name + "' must not end in '.group'");
   for (unsigned char c : name)
     if (c == '/' || c <= ' ' || c == 0x7f)
       return fail(EINVAL, "device name '" + name +

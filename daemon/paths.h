@@ -7,6 +7,13 @@
 //   NAME.stats.json  the mapping process's own counters
 //   NAME.scratch     the scratch store (decompressed clusters)
 //   NAME.log         the background mapping process's stderr
+//   NAME.leave       detach asks NAME's group process to let NAME go
+//   NAME.bind-error  why NAME's group process could not serve it
+// and one set per group G of devices served by one process (`--group G`):
+//   G.group.lock     flock()ed by the group's supervisor while it lives
+//   G.group.pid      the supervisor's pid (SIGHUP: re-read the members)
+//   G.group.setup    serialises `dmu attach --group G`
+//   G.group.log      the group process's stderr
 #pragma once
 
 #include <string>
@@ -21,6 +28,12 @@ std::string lock_path(const std::string& name);
 std::string stats_path(const std::string& name);
 std::string scratch_path(const std::string& name);
 std::string log_path(const std::string& name);
+std::string leave_path(const std::string& name);
+std::string bind_error_path(const std::string& name);
+// The pseudo-name of group G's files: lock_path(group_file_name(G)) is
+// G.group.lock, and so on; a device name cannot end in ".group".
+std::string group_file_name(const std::string& group);
+std::string group_pid_path(const std::string& group);
 
 // Creates run_dir() (and parents) if missing.
 Result<void> ensure_run_dir();

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include <csignal>
 #include <memory>
 
+#include "daemon/group.h"
 #include "daemon/log.h"
 #include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
@@ -26,10 +28,12 @@ namespace dmu::daemon {
 namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
+volatile std::sig_atomic_t g_reload = 0;
 
 void on_signal(int) { g_stop = 1; }
+void on_reload(int) { g_reload = 1; }
 
-void install_signals() {
+void install_signals(bool grouped) {
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
@@ -37,12 +41,17 @@ void install_signals() {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);  // attach may stop listening on the ready pipe
-  signal(SIGHUP, SIG_IGN);
-  // A supervised process starts with them blocked (supervise.cc).
+  struct sigaction hup {};
+  hup.sa_handler = grouped ? on_reload : SIG_IGN;
+  sigemptyset(&hup.sa_mask);
+  sigaction(SIGHUP, &hup, nullptr);
+  // A supervised process starts with them blocked (supervise.cc); one that
+  // arrived meanwhile is delivered now.
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGHUP);
   sigprocmask(SIG_UNBLOCK, &stop, nullptr);
 }
 
@@ -64,6 +73,7 @@ void tell_ready(int fd, const std::string& text) {
 namespace {
 
 struct Member {
+  std::string name;
   NameLock lock;
   std::unique_ptr<ServedDevice> device;
   std::string node;
@@ -120,11 +130,13 @@ class StopFlush {
 
 // Everything one device needs before the loop starts: its lock, its record,
 // the dm device, the served device, and the record's pid.
-Result<Member> set_up(const std::string& name, bool supervised) {
+Result<Member> set_up(const std::string& name, bool own_lock, bool supervised) {
   Member m;
-  // A supervised process inherited its supervisor's lock (one open file
-  // description: a second flock() of ours would conflict with it).
-  if (!supervised) {
+  m.name = name;
+  // A supervised `serve --name` inherited its supervisor's lock (one open
+  // file description: a second flock() of ours would conflict with it); a
+  // group process takes its members' locks itself (group.h says why).
+  if (own_lock) {
     DMU_ASSIGN_OR_RETURN(m.lock, NameLock::try_acquire(name));
   }
   DMU_ASSIGN_OR_RETURN(auto state, read_state(name));
@@ -142,13 +154,71 @@ Result<Member> set_up(const std::string& name, bool supervised) {
   return m;
 }
 
+// Lets a member go: it answers the COMMITs queued and commits (detach has
+// flushed the device already), then its lock is released with it.
+void release(Member& m, const std::string& why) {
+  if (auto s = m.device->shutdown(); !s) log_event(LogLevel::Error, m.name, s.error().message);
+  m.device->write_stats(true);
+  log_event(LogLevel::Info, m.name, why);
+}
+
+// A group member that cannot be served is told (NAME.bind-error, for the
+// attach waiting on it) and skipped: the domain's other disks go on.
+void add_member(const std::string& group, const std::string& name, bool supervised,
+                std::vector<Member>& members, std::string* first_error) {
+  auto m = set_up(name, /*own_lock=*/true, supervised);
+  if (!m) {
+    log_event(LogLevel::Error, name, m.error().message);
+    report_bind_error(name, m.error().message);
+    if (first_error && first_error->empty()) *first_error = m.error().message;
+    return;
+  }
+  clear_bind_error(name);
+  m->device->write_stats(true);
+  log_event(LogLevel::Info, name, "served by group " + group + "'s mapping process");
+  members.push_back(std::move(*m));
+}
+
+// SIGHUP: the group's members now.  Returns false when none is left.
+bool reload(const ServeOptions& o, std::vector<Member>& members) {
+  const std::vector<std::string> wanted = group_members(o.group);
+  for (auto it = members.begin(); it != members.end();) {
+    if (std::find(wanted.begin(), wanted.end(), it->name) == wanted.end()) {
+      release(*it, "left group " + o.group);
+      it = members.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& name : wanted) {
+    auto served = [&](const Member& m) { return m.name == name; };
+    if (std::none_of(members.begin(), members.end(), served))
+      add_member(o.group, name, o.supervised, members, nullptr);
+  }
+  return !members.empty();
+}
+
 }  // namespace
 
 int serve(const ServeOptions& options) {
-  install_signals();
+  const bool grouped = !options.group.empty();
+  install_signals(grouped);
   std::vector<Member> members;
+  if (grouped) {
+    std::string first_error;
+    for (const auto& name : group_members(options.group))
+      add_member(options.group, name, options.supervised, members, &first_error);
+    if (members.empty()) {
+      const std::string why = first_error.empty()
+                                  ? "group " + options.group + " has no members"
+                                  : first_error;
+      log_event(LogLevel::Error, "group " + options.group, why);
+      tell_ready(options.ready_fd, "error: " + why + "\n");
+      return first_error.empty() ? 0 : 1;
+    }
+  }
   for (const auto& name : options.names) {
-    auto m = set_up(name, options.supervised);
+    auto m = set_up(name, !options.supervised, options.supervised);
     if (!m) {
       log_event(LogLevel::Error, name, m.error().message);
       tell_ready(options.ready_fd, "error: " + m.error().message + "\n");
@@ -160,8 +230,7 @@ int serve(const ServeOptions& options) {
   tell_ready(options.ready_fd, "ready\n");
   if (options.ready_fd >= 0) ::close(options.ready_fd);
 
-  std::vector<pollfd> fds(members.size());
-  for (size_t i = 0; i < members.size(); ++i) fds[i] = {members[i].device->fd(), POLLIN, 0};
+  std::vector<pollfd> fds;
   int rc = 0;
   auto last_stats = std::chrono::steady_clock::now();
   bool pushing = true;  // until every device's push is over
@@ -174,6 +243,15 @@ int serve(const ServeOptions& options) {
   };
   for (;;) {
     if (rc != 0) break;
+    if (grouped && g_reload && !g_stop) {
+      g_reload = 0;
+      if (!reload(options, members)) {
+        log_event(LogLevel::Info, "group " + options.group, "no members left; exiting");
+        break;
+      }
+    }
+    fds.resize(members.size());
+    for (size_t i = 0; i < members.size(); ++i) fds[i] = {members[i].device->fd(), POLLIN, 0};
     if (g_stop && flushes.empty()) {
       // Serve on until each device's flush has been committed (bounded).
       for (auto& m : members)

@@ -1,4 +1,5 @@
-// The mapping process: `dmu serve --name NAME [--name NAME ...]`.  Serves a
+// The mapping process: `dmu serve --name NAME [--name NAME ...]` or
+// `dmu serve --group G` (a changing set, daemon/group.h).  Serves a
 // group of attached devices (one for `dmu attach`, all disks of a domain for
 // the Xen helper) from their records under /run/dmu: one poll() loop over
 // their control channels, a commit thread per device.  SIGTERM/SIGINT:
@@ -13,6 +14,9 @@ namespace dmu::daemon {
 
 struct ServeOptions {
   std::vector<std::string> names;
+  // Instead of names: serve group G's members (daemon/group.h), re-read on
+  // SIGHUP; the process exits 0 when the last one has left.
+  std::string group;
   // When >= 0: "ready\n" is written there once every device is bound and
   // served, or "error: <message>\n" if setup failed; then it is closed.
   int ready_fd = -1;

@@ -21,7 +21,7 @@ json to_json(const DeviceState& s) {
   for (const auto& d : s.devices)
     devices.push_back({{"file", d.file}, {"loop", d.loop}, {"writable", d.writable}});
   json j{
-      {"version", s.metadata_loops.empty() ? DeviceState::kOldestVersion : DeviceState::kVersion},
+      {"version", s.version()},
       {"name", s.name},
       {"node", s.node()},
       {"image", s.image},
@@ -42,6 +42,7 @@ json to_json(const DeviceState& s) {
           {{"file", m.file}, {"loop", m.loop}, {"lock", m.writer ? "writer" : "reader"}});
     j["metadata-loops"] = loops;
   }
+  if (!s.group.empty()) j["group"] = s.group;
   return j;
 }
 
@@ -108,6 +109,9 @@ Result<DeviceState> state_from_json(const json& j, const std::string& where) {
       ml.writer = lock == "writer";
       s.metadata_loops.push_back(std::move(ml));
     }
+  }
+  if (j.contains("group")) {
+    DMU_ASSIGN_OR_RETURN(s.group, field<std::string>(j, "group", where));
   }
   if (s.name.empty() || s.key.empty() || s.devices.empty() || s.block_sectors == 0)
     return fail(EINVAL, where + ": incomplete record (name, key, devices, block-sectors)");
@@ -199,7 +203,7 @@ std::vector<DeviceState> list_states(std::vector<std::string>& problems) {
 
 void remove_state_files(const std::string& name, bool keep_log) {
   for (const std::string& p : {stats_path(name), scratch_path(name), state_path(name),
-                               lock_path(name)})
+                               leave_path(name), bind_error_path(name), lock_path(name)})
     (void)::unlink(p.c_str());
   if (!keep_log) (void)::unlink(log_path(name).c_str());
 }

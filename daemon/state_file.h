@@ -44,8 +44,12 @@ struct DeviceState {
   // Version 2 records have metadata loops; a record without any is written
   // as version 1, so an older dmu can still detach it, while one with them
   // is refused by an older dmu rather than detached with the loops (and the
-  // image's locks) left behind.
-  static constexpr int kVersion = 2;
+  // image's locks) left behind.  Version 3 records name a group (a mapping
+  // process that serves several devices, `dmu attach --group`): an older
+  // dmu would not find that process by its command line and wait for it in
+  // vain, so it must refuse them too.  The version written is the lowest
+  // that holds the record.
+  static constexpr int kVersion = 3;
   static constexpr int kOldestVersion = 1;
 
   std::string name;                // dm device name (/dev/mapper/NAME)
@@ -62,7 +66,11 @@ struct DeviceState {
   pid_t supervisor = 0;             // its supervisor, if it has one (0: none)
   // Files of the chain with no data in the table (version 2 records).
   std::vector<MetadataLoop> metadata_loops;
+  // The group whose mapping process serves this device (`dmu serve --group
+  // G`, version 3 records); empty: a process of its own (`serve --name`).
+  std::string group;
 
+  int version() const { return !group.empty() ? 3 : !metadata_loops.empty() ? 2 : 1; }
   bool operator==(const DeviceState&) const = default;
   std::string node() const { return "/dev/mapper/" + name; }
 };

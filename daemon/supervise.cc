@@ -16,6 +16,8 @@
 
 #include "daemon/log.h"
 #include "daemon/name_lock.h"
+#include "daemon/paths.h"
+#include "daemon/state_file.h"
 #include "mapper/unique_fd.h"
 
 namespace dmu::daemon {
@@ -34,6 +36,7 @@ std::string describe_status(int status) {
 }
 
 std::string group_name(const ServeOptions& o) {
+  if (!o.group.empty()) return "group " + o.group;
   std::string s;
   for (const auto& n : o.names) s += (s.empty() ? "" : ",") + n;
   return s;
@@ -50,7 +53,7 @@ struct Child {
 // Forks the mapping process.  The child gets the default signal mask back
 // (the supervisor blocks its signals for the signalfd) and serves with the
 // inherited name locks.
-Result<Child> start(const ServeOptions& o, int signal_fd) {
+Result<Child> start(const ServeOptions& o, int signal_fd, std::vector<NameLock>& locks) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
   UniqueFd read_end(p[0]), write_end(p[1]);
@@ -65,8 +68,15 @@ Result<Child> start(const ServeOptions& o, int signal_fd) {
     sigemptyset(&keep);
     sigaddset(&keep, SIGTERM);
     sigaddset(&keep, SIGINT);
+    sigaddset(&keep, SIGHUP);  // a group's "re-read": default action would kill
     ::sigprocmask(SIG_SETMASK, &keep, nullptr);
     ::close(signal_fd);
+    // A group's lock says "its supervisor lives": a mapping process that
+    // outlived a killed supervisor must not keep claiming that (the next
+    // attach --group then starts a new supervisor).  Closing our copy
+    // leaves the supervisor's lock in place.
+    if (!o.group.empty())
+      for (auto& l : locks) l.release();
     if (o.ready_fd >= 0) ::close(o.ready_fd);  // attach's pipe is the supervisor's to answer
     read_end.reset();
     ServeOptions c = o;
@@ -98,7 +108,11 @@ int supervise(const ServeOptions& options) {
   const std::string group = group_name(options);
   int ready_fd = options.ready_fd;
   std::vector<NameLock> locks;
-  for (const auto& name : options.names) {
+  // A group's supervisor holds the group's lock and says where it is; its
+  // mapping process takes the members' locks (group.h).
+  std::vector<std::string> lock_names = options.names;
+  if (!options.group.empty()) lock_names = {group_file_name(options.group)};
+  for (const auto& name : lock_names) {
     auto l = NameLock::try_acquire(name);
     if (!l) {
       log_event(LogLevel::Error, name, l.error().message);
@@ -122,11 +136,19 @@ int supervise(const ServeOptions& options) {
   }
   UniqueFd signals(sfd);
   ::prctl(PR_SET_NAME, "dmu-supervise");
+  if (!options.group.empty()) {
+    if (auto w = write_file_atomic(group_pid_path(options.group), std::to_string(::getpid()) + "\n");
+        !w) {
+      log_event(LogLevel::Error, group, w.error().message);
+      tell_ready(ready_fd, "error: " + w.error().message + "\n");
+      return 1;
+    }
+  }
 
   bool stopping = false;
   int quick_failures = 0;
   for (;;) {
-    auto started = start(options, signals.get());
+    auto started = start(options, signals.get(), locks);
     if (!started) {
       log_event(LogLevel::Error, group, started.error().message);
       tell_ready(ready_fd, "error: " + started.error().message + "\n");
@@ -157,6 +179,9 @@ int supervise(const ServeOptions& options) {
         stopping = true;
         ::kill(child.pid, SIGTERM);  // it commits and exits 0
         ::kill(child.pid, SIGCONT);  // even if someone stopped it
+      } else if (si.ssi_signo == SIGHUP) {
+        // A group's members changed; a child started later reads them anyway.
+        if (!options.group.empty()) ::kill(child.pid, SIGHUP);
       } else if (si.ssi_signo == SIGCHLD) {
         // SIGCHLDs coalesce: ask for our child whatever this one said.
         if (::waitpid(child.pid, &status, WNOHANG) == child.pid) running = false;

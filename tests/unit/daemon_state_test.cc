@@ -89,10 +89,34 @@ TEST(DaemonState, MetadataLoopsRoundTripAndSetTheVersion) {
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("'loop'"), std::string::npos) << r.error().message;
   bad = j;
-  bad["version"] = 3;
+  bad["version"] = 4;
   r = state_from_json(bad, "x.json");
   ASSERT_FALSE(r);
-  EXPECT_NE(r.error().message.find("version 3"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("version 4"), std::string::npos) << r.error().message;
+}
+
+// A device served by a group process (dmu attach --group) records the group
+// and is version 3, so an older dmu refuses it rather than waiting for a
+// process it cannot find by its command line; records without a group keep
+// their version and read back with no group.
+TEST(DaemonState, GroupRoundTripsAndIsVersion3) {
+  DeviceState s = sample();
+  EXPECT_FALSE(to_json(s).contains("group"));
+  s.group = "xen-dom7";
+  nlohmann::json j = to_json(s);
+  EXPECT_EQ(j["version"], 3);
+  EXPECT_EQ(j["group"], "xen-dom7");
+  auto back = state_from_json(j, "x.json");
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(*back, s);
+  s.metadata_loops = {{"/vm/disk.qcow2", "/dev/loop7", true}};
+  EXPECT_EQ(to_json(s)["version"], 3);
+  s.group.clear();
+  EXPECT_EQ(to_json(s)["version"], 2);
+  j["group"] = 7;
+  auto r = state_from_json(j, "x.json");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("'group'"), std::string::npos) << r.error().message;
 }
 
 TEST(DaemonState, FileRoundTripCreatesTheDirectory) {

@@ -1,0 +1,128 @@
+// Groups; see group.h.
+#include "daemon/group.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <thread>
+
+#include "daemon/attach.h"
+#include "daemon/name_lock.h"
+#include "daemon/paths.h"
+#include "daemon/state_file.h"
+
+namespace dmu::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kJoinTimeout = 120s;  // TCG guests are slow; a bind takes milliseconds
+
+bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+// True when pid runs `dmu serve --group GROUP` (a pid file may be stale, and
+// the pid reused by anything).
+bool serves_group(pid_t pid, const std::string& group) {
+  if (pid <= 0) return false;
+  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+  std::vector<std::string> args;
+  for (std::string a; std::getline(cmdline, a, '\0');) args.push_back(a);
+  if (args.size() < 2 || args[1] != "serve") return false;
+  for (size_t i = 2; i + 1 < args.size(); ++i)
+    if (args[i] == "--group" && args[i + 1] == group) return true;
+  return false;
+}
+
+pid_t group_pid(const std::string& group) {
+  std::ifstream in(group_pid_path(group));
+  long pid = 0;
+  if (!(in >> pid)) return 0;
+  return serves_group(pid_t(pid), group) ? pid_t(pid) : 0;
+}
+
+// Bound: the group process took NAME's lock and wrote its pid into the record.
+bool bound(const std::string& name) {
+  auto st = read_state(name);
+  return st && *st && (*st)->pid != 0 && lock_held(name);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, text;
+  while (std::getline(in, line)) text += (text.empty() ? "" : " ") + line;
+  return text;
+}
+
+// Serialises joins of one group (two block-dmu runs for two disks of a
+// domain starting its group process at once), waiting up to a minute.
+Result<NameLock> setup_lock(const std::string& group) {
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  for (;;) {
+    auto l = NameLock::try_acquire(group_file_name(group) + ".setup");
+    if (l || l.error().code != EWOULDBLOCK || std::chrono::steady_clock::now() >= deadline) return l;
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> group_members(const std::string& group) {
+  std::vector<std::string> problems, out;
+  for (const auto& st : list_states(problems))
+    if (st.group == group && !exists(leave_path(st.name))) out.push_back(st.name);
+  return out;  // list_states sorts by name
+}
+
+bool group_alive(const std::string& group) { return lock_held(group_file_name(group)); }
+
+Result<void> signal_group(const std::string& group) {
+  const pid_t pid = group_pid(group);
+  if (pid <= 0 || !group_alive(group))
+    return fail(ESRCH, "group " + group + ": no live mapping process");
+  if (::kill(pid, SIGHUP) != 0) return fail(errno_error("group " + group + ": signal pid " +
+                                                        std::to_string(pid)));
+  return {};
+}
+
+void report_bind_error(const std::string& name, const std::string& message) {
+  (void)write_file_atomic(bind_error_path(name), message + "\n");
+}
+
+void clear_bind_error(const std::string& name) { (void)::unlink(bind_error_path(name).c_str()); }
+
+Result<void> join_group(const std::string& program, const std::string& group,
+                        const std::string& name) {
+  DMU_ASSIGN_OR_RETURN(NameLock setup, setup_lock(group));
+  clear_bind_error(name);
+  bool started = false;
+  const auto deadline = std::chrono::steady_clock::now() + kJoinTimeout;
+  for (;;) {
+    if (bound(name)) return {};
+    if (exists(bind_error_path(name))) {
+      std::string why = read_text(bind_error_path(name));
+      clear_bind_error(name);
+      return fail(EIO, why.empty() ? name + ": group " + group + " could not serve it" : why);
+    }
+    if (std::chrono::steady_clock::now() >= deadline)
+      return fail(ETIMEDOUT, name + ": group " + group + "'s mapping process did not bind it within " +
+                                 std::to_string(kJoinTimeout.count()) + " s; see " +
+                                 log_path(group_file_name(group)));
+    if (!started) {
+      // A group that is shrinking to nothing may exit after our SIGHUP
+      // without having seen us: then we start it (once).
+      if (signal_group(group)) {
+        started = true;  // signalled; wait for the answer
+      } else {
+        DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group)));
+        started = true;
+      }
+    } else if (!group_alive(group) && !bound(name)) {
+      // It exited after our signal without binding us (it had decided to
+      // end): start it; it reads the members afresh.
+      DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group)));
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+}  // namespace dmu::daemon

@@ -1,0 +1,46 @@
+// Groups: one mapping process serving a changing set of devices, the disks
+// of one Xen domain (DESIGN.md, "Mapping process").  A device belongs to
+// group G when its record names G (DeviceState::group) and no NAME.leave
+// marker is beside it.  The group's supervisor (`dmu serve --group G
+// --supervise`) holds G.group.lock and writes G.group.pid; SIGHUP makes its
+// mapping process re-read the members: new ones are bound (the process takes
+// their name locks itself), leaving ones are committed and let go (their
+// name locks released, which is what detach waits for).
+//
+// Why the member locks are the mapping process's and not the supervisor's
+// (as for `serve --name`): a lock is an open file description, and one
+// inherited at fork cannot be dropped by the supervisor alone when a member
+// leaves.  The cost: between a kill -9 of the group process and its restart
+// (a few hundred ms) the member locks are free; attach and detach of a
+// member go through the group (leave marker, SIGHUP) and do not rely on them
+// in that window beyond what they already tolerate for `serve --name`.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace dmu::daemon {
+
+// Names of the devices whose records name `group` and are not leaving, sorted.
+std::vector<std::string> group_members(const std::string& group);
+
+// True when the group's supervisor (or an unsupervised `serve --group`) lives.
+bool group_alive(const std::string& group);
+
+// SIGHUPs the live group process: "re-read your members".  ESRCH when none.
+Result<void> signal_group(const std::string& group);
+
+// Makes the group's process serve NAME, whose record (naming the group) is
+// written: SIGHUPs the live group process, or starts `program serve --group
+// G --supervise`; returns once NAME is bound, or with the reason it is not.
+Result<void> join_group(const std::string& program, const std::string& group,
+                        const std::string& name);
+
+// Writes / removes NAME.bind-error (the group process's answer to join_group).
+void report_bind_error(const std::string& name, const std::string& message);
+void clear_bind_error(const std::string& name);
+
+}  // namespace dmu::daemon

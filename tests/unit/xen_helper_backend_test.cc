@@ -1,0 +1,65 @@
+// dmu-xen-helper's pure logic (xen-helper/backend.h): which targets it
+// serves, how a backend path names a domain's disk, and the names and paths
+// block-dmu shares with it.
+#include <gtest/gtest.h>
+
+#include "xen-helper/backend.h"
+
+namespace dmu::xenhelper {
+namespace {
+
+TEST(XenHelperTarget, KnownPrefixesGiveFormatAndPath) {
+  for (const char* f : {"qcow", "qcow2", "vmdk", "raw"}) {
+    auto t = parse_target(std::string(f) + ":/vm/a.img");
+    ASSERT_TRUE(t) << t.error().message;
+    EXPECT_EQ(t->format, f);
+    EXPECT_EQ(t->path, "/vm/a.img");
+  }
+  auto probe = parse_target("dmu:/vm/a b.qcow2");
+  ASSERT_TRUE(probe);
+  EXPECT_EQ(probe->format, "");  // dmu probes
+  EXPECT_EQ(probe->path, "/vm/a b.qcow2");
+  // Only the first colon separates: the path may hold more.
+  auto colon = parse_target("qcow2:/vm/x:y.qcow2");
+  ASSERT_TRUE(colon);
+  EXPECT_EQ(colon->path, "/vm/x:y.qcow2");
+}
+
+TEST(XenHelperTarget, UnknownPrefixOrRelativePathIsRefusedNamingTheTarget) {
+  for (const char* bad : {"qed:/vm/a.qed", "/vm/plain.img", "qcow2:vm/rel.qcow2", "qcow2:", "",
+                          "QCOW2:/vm/a", "vhd:/vm/a.vhd"}) {
+    auto t = parse_target(bad);
+    ASSERT_FALSE(t) << bad;
+    EXPECT_NE(t.error().message.find(std::string(bad) + ": target is not"), std::string::npos)
+        << t.error().message;
+  }
+}
+
+TEST(XenHelperBackend, AbsoluteAndRelativePathsNameDomainAndDevice) {
+  EXPECT_EQ(parse_backend_path("/local/domain/0/backend/vbd/7/51712"), (BackendId{7, 51712}));
+  EXPECT_EQ(parse_backend_path("backend/vbd/7/51712"), (BackendId{7, 51712}));
+  EXPECT_EQ(parse_backend_path("/local/domain/0/backend/vbd/12/51728/dmu/request"),
+            (BackendId{12, 51728}));
+  for (const char* bad :
+       {"/local/domain/0/backend/vbd/7", "/local/domain/0/backend/vif/7/0", "/local/domain/7/device/vbd/51712",
+        "/local/domain/0/backend/vbd/x/51712", "/local/domain/0/backend/vbd/7/", "backend/vbd/07/1",
+        "backend/vbd/99999999999/1", "@releaseDomain"})
+    EXPECT_FALSE(parse_backend_path(bad)) << bad;
+}
+
+TEST(XenHelperBackend, NamesAndPathsMatchBlockDmu) {
+  const BackendId id{7, 51712};
+  EXPECT_EQ(backend_path(id), "/local/domain/0/backend/vbd/7/51712");
+  EXPECT_EQ(parse_backend_path(backend_path(id)), id);
+  // block-dmu: dm_name() -> xen-vbd-<domid>-<devid>; state dir: the
+  // relative XENBUS_PATH with '/' -> '_'.
+  EXPECT_EQ(dm_name(id), "xen-vbd-7-51712");
+  EXPECT_EQ(parse_dm_name("xen-vbd-7-51712"), id);
+  EXPECT_EQ(hotplug_state_dir("/run/dmu/hotplug", id), "/run/dmu/hotplug/backend_vbd_7_51712");
+  EXPECT_EQ(group_name(7), "xen-dom7");
+  for (const char* bad : {"xen-vbd-7", "xen-vbd--1", "xen-vbd-7-x", "vbd-7-51712", "xen-vbd-7-51712-2", "r1"})
+    EXPECT_FALSE(parse_dm_name(bad)) << bad;
+}
+
+}  // namespace
+}  // namespace dmu::xenhelper

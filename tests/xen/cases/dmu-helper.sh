@@ -1,0 +1,266 @@
+#!/bin/sh
+# dmu-xen-helper with block-dmu: records left by a domain that no longer
+# exists are detached when the helper starts; a PV guest with a qcow2 and a
+# vmdk disk is served by ONE mapping process (group xen-dom<domid>), and
+# xenstore-ls shows the helper's keys (image, chain, dm name, pid, counters);
+# while the guest writes and verifies data in a loop, dom0 kill -9's that
+# mapping process (it comes back and serves both disks) and then kill -9's
+# and restarts the helper (the mapping process is untouched): the guest sees
+# no I/O error and its data verifies, in the guest and in the images after
+# xl destroy; xl block-attach/detach of a third disk goes through the helper
+# into the same group process and out of it; xl destroy leaves no dm device,
+# loop device, dmu process or dmu key, and qemu-img check is clean; a missing
+# image fails xl create through the helper with a line naming the file.
+# Then without a helper: block-dmu attaches by itself and the same kill -9
+# under guest I/O costs nothing either.
+# xen: timeout=1800
+. /usr/lib/dmu-test/lib.sh
+. /usr/lib/dmu-test/xen.sh
+
+. /src/tests/xen/lib/guest/dmu-disks-lib.sh
+
+helper_log=/results/helper.log
+# helper_pid: the running dmu-xen-helper (dom0 has no pgrep).
+helper_pid() {
+  for _p in /proc/[0-9]*; do
+    [ "$(cat "$_p/comm" 2>/dev/null)" = dmu-xen-helper ] || continue
+    grep -q '^State:.*Z' "$_p/status" 2>/dev/null || echo "${_p#/proc/}"   # not a zombie
+  done
+}
+start_helper() {
+  setsid dmu-xen-helper >>"$helper_log" 2>&1 </dev/null &
+  _i=0
+  until [ -n "$(helper_pid)" ] && [ "$(xenstore-read /local/domain/0/dmu-xen-helper/pid 2>/dev/null)" = "$(helper_pid)" ]; do
+    _i=$((_i + 1)); [ $_i -lt 100 ] || { cat "$helper_log"; fail "dmu-xen-helper did not start"; }
+    sleep 0.1
+  done
+  echo "dmu-xen-helper runs as pid $(helper_pid)"
+}
+# group_procs GROUP: pids running `dmu serve --group GROUP`.
+group_procs() {
+  for _c in /proc/[0-9]*/cmdline; do
+    { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --group $1 " && { _p=${_c%/cmdline}; echo "${_p#/proc/}"; }
+  done
+}
+# record_pid NAME: the mapping process in /run/dmu/NAME.json.
+record_pid() { sed -n 's/.*"pid": \([0-9][0-9]*\).*/\1/p' "/run/dmu/$1.json"; }
+# wait_new_pid NAME OLD: until NAME's record names a mapping process other than OLD.
+wait_new_pid() {
+  _i=0
+  while [ "$(record_pid "$1")" = "$2" ] || [ -z "$(record_pid "$1")" ]; do
+    _i=$((_i + 1)); [ $_i -lt 300 ] || { dom0_state; fail "$1: no new mapping process after kill -9 of $2"; }
+    sleep 0.1
+  done
+}
+# guest_alive NAME: the domain still runs (its script fails -> it powers off).
+guest_alive() { xl domid "$1" >/dev/null 2>&1 || { dom0_state; fail "domain $1 ended early (guest I/O failed?)"; }; }
+
+# The guest's loop: each round R writes MiB 2..3 of xvda and MiB 2 of xvdb
+# (and MiB 1 of xvdc from dom0's "use-me" to its "stop-using", which the
+# guest answers with "released") with byte 'A'+R%26 and reads them back,
+# O_DIRECT, until dom0 marks "stop" on xvdb; then it marks "guest-ok R".
+loop_body='
+r=0
+mark /dev/xvda guest-looping
+until has_mark /dev/xvdb stop; do
+  r=$((r + 1))
+  b=$(printf "%o" $((65 + r % 26)))
+  sum=$(pattern_sum $b)
+  for at in /dev/xvda:2 /dev/xvda:3 /dev/xvdb:2; do
+    writes ${at%:*} ${at#*:} $b
+    reads ${at%:*} ${at#*:} $sum
+  done
+  if [ -b /dev/xvdc ]; then
+    if has_mark /dev/xvdc use-me || has_mark /dev/xvdc "used-[0-9]*"; then
+      writes /dev/xvdc 1 $b; reads /dev/xvdc 1 $sum; mark /dev/xvdc used-$r
+    elif has_mark /dev/xvdc stop-using; then
+      mark /dev/xvdc released
+    fi
+  fi
+done
+step "domU: $r rounds written and verified"
+mark /dev/xvda guest-ok-$r
+sleep 600
+'
+
+step "images: a qcow2 overlay on a base, a vmdk, a third qcow2, an orphan"
+cd /vm || fail "cd /vm"
+qemu-img create -q -f qcow2 base.qcow2 64M && qemu-io -f qcow2 -c 'write -P 0x5a 0 1M' base.qcow2 >/dev/null ||
+  fail "make base.qcow2"
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov1.qcow2 || fail "make ov1.qcow2"
+qemu-img create -q -f vmdk data.vmdk 32M || fail "make data.vmdk"
+qemu-img create -q -f qcow2 extra.qcow2 16M || fail "make extra.qcow2"
+qemu-img create -q -f qcow2 orphan.qcow2 16M || fail "make orphan.qcow2"
+
+step "records of a domain that no longer exists are detached when the helper starts"
+dmu attach --group xen-dom999 --name xen-vbd-999-51712 /vm/orphan.qcow2 >/dev/null || fail "attach the orphan"
+start_helper
+i=0
+while [ -e /run/dmu/xen-vbd-999-51712.json ] || dmsetup info xen-vbd-999-51712 >/dev/null 2>&1; do
+  i=$((i + 1)); [ $i -lt 200 ] || { cat "$helper_log"; fail "the orphan of domain 999 was not cleaned up"; }
+  sleep 0.1
+done
+grep -q "domain 999 is gone; detached xen-vbd-999-51712" "$helper_log" || fail "the helper did not log the orphan"
+[ -z "$(group_procs xen-dom999)" ] || fail "group xen-dom999 still runs"
+check_clean orphan.qcow2
+
+step "a guest with a qcow2 and a vmdk disk, both through the helper"
+guest_script /tmp/hg.sh <<EOT
+has /dev/xvda $((64 * MiB)); has /dev/xvdb $((32 * MiB))
+reads /dev/xvda 0 $(pattern_sum 132)
+$loop_body
+EOT
+domu_start hg /tmp/hg.sh \
+  'vdev=xvda,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/ov1.qcow2' \
+  'vdev=xvdb,access=w,backendtype=phy,script=block-dmu,target=vmdk:/vm/data.vmdk' || fail "xl create hg"
+domid=$(xl domid hg)
+be=/local/domain/0/backend/vbd/$domid
+node_a=$(mapping_shown hg 51712 /vm/ov1.qcow2 qcow2) || exit 1
+node_b=$(mapping_shown hg 51728 /vm/data.vmdk vmdk) || exit 1
+expect_eq "served by" dmu-xen-helper "$(xenstore-read "$be/51712/dmu/served-by")"
+expect_eq "group" "xen-dom$domid" "$(xenstore-read "$be/51728/dmu/group")"
+expect_eq "chain of xvda" "/vm/ov1.qcow2 /vm/base.qcow2" "$(xenstore-read "$be/51712/dmu/chain")"
+pid=$(xenstore-read "$be/51712/dmu/pid")
+expect_eq "one mapping process for both disks" "$pid" "$(xenstore-read "$be/51728/dmu/pid")"
+expect_eq "processes of group xen-dom$domid (supervisor + mapping process)" 2 "$(group_procs "xen-dom$domid" | wc -l)"
+grep -q "xen-vbd-$domid-51712" "/proc/$pid/cmdline" && fail "the mapping process is not a group process"
+await_mark "$node_a" guest-looping
+i=0
+until [ "$(xenstore-read "$be/51712/dmu/stats/requests" 2>/dev/null || echo 0)" -gt 0 ]; do
+  i=$((i + 1)); [ $i -lt 30 ] || fail "no counters refreshed into $be/51712/dmu/stats"
+  sleep 1
+done
+xenstore-ls -f "$be" | grep -E '/dmu/|physical-device|hotplug-status' | sed 's/^/  /'
+
+step "kill -9 of the domain's mapping process while the guest writes and verifies"
+kill -9 "$pid" || fail "kill -9 $pid"
+wait_new_pid "xen-vbd-$domid-51712" "$pid"
+wait_new_pid "xen-vbd-$domid-51728" "$pid"
+pid2=$(record_pid "xen-vbd-$domid-51712")
+expect_eq "one new mapping process for both disks" "$pid2" "$(record_pid "xen-vbd-$domid-51728")"
+i=0
+until [ "$(xenstore-read "$be/51712/dmu/pid")" = "$pid2" ]; do
+  i=$((i + 1)); [ $i -lt 30 ] || fail "the helper did not publish the new pid $pid2"
+  sleep 1
+done
+echo "mapping process $pid killed; $pid2 serves both disks, xenstore says so"
+sleep 10
+guest_alive hg
+
+step "kill -9 and restart of dmu-xen-helper while the guest writes and verifies"
+hp=$(helper_pid)
+kill -9 "$hp" || fail "kill -9 helper $hp"
+wait "$hp" 2>/dev/null   # our child: reap it
+sleep 5
+guest_alive hg
+expect_eq "mapping process untouched by the helper's death" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
+kill -0 "$pid2" || fail "the mapping process died with the helper"
+start_helper
+sleep 7
+expect_eq "mapping process untouched by the helper's restart" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
+guest_alive hg
+
+step "xl block-attach / block-detach of a third disk go through the helper into the group"
+xl block-attach hg 'vdev=xvdc,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2' ||
+  fail "xl block-attach"
+node_c=$(mapping_shown hg 51744 /vm/extra.qcow2 qcow2) || exit 1
+expect_eq "xvdc served by the group's process" "$pid2" "$(xenstore-read "$be/51744/dmu/pid")"
+expect_eq "processes of group xen-dom$domid" 2 "$(group_procs "xen-dom$domid" | wc -l)"
+say "$node_c" use-me
+i=0
+until dd if="$node_c" bs=512 skip=$(( $(blockdev --getsize64 "$node_c") / 512 - 1 )) count=1 iflag=direct 2>/dev/null | grep -q '^used-'; do
+  i=$((i + 1)); [ $i -lt 120 ] || fail "the guest did not use xvdc"
+  sleep 1
+done
+last_c=$(dd if="$node_c" bs=512 skip=$(( $(blockdev --getsize64 "$node_c") / 512 - 1 )) count=1 iflag=direct 2>/dev/null | sed -n 's/^used-\([0-9]*\)$/\1/p')
+# The guest may overwrite our word with its own used-R mark: say it again.
+i=0
+until has_mark "$node_c" released; do
+  has_mark "$node_c" stop-using || say "$node_c" stop-using
+  i=$((i + 1)); [ $i -lt 120 ] || fail "the guest did not release xvdc"
+  sleep 1
+done
+xl block-detach hg xvdc || fail "xl block-detach"
+i=0
+while dmsetup info "xen-vbd-$domid-51744" >/dev/null 2>&1 || [ -e "/run/dmu/xen-vbd-$domid-51744.json" ]; do
+  i=$((i + 1)); [ $i -lt 200 ] || { dom0_state; fail "xvdc's device was not detached"; }
+  sleep 0.1
+done
+xenstore-read "$be/51744/dmu/image" >/dev/null 2>&1 && fail "xvdc's dmu keys are left"
+expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
+check_clean extra.qcow2
+echo "xvdc was used in round ${last_c:-?}"
+guest_alive hg
+
+step "the guest stops; xl destroy leaves nothing; the images hold the last round"
+say "$node_b" stop
+i=0
+until r=$(dd if="$node_a" bs=512 skip=$(( $(blockdev --getsize64 "$node_a") / 512 - 1 )) count=1 iflag=direct 2>/dev/null |
+  sed -n 's/^guest-ok-\([0-9]*\)$/\1/p') && [ -n "$r" ]; do
+  i=$((i + 1)); [ $i -lt 300 ] || { dom0_state; fail "the guest did not finish its loop"; }
+  guest_alive hg
+  sleep 1
+done
+echo "the guest wrote and verified $r rounds"
+[ "$r" -ge 3 ] || fail "only $r rounds: the loop did not run across the kills"
+xl destroy hg || fail "xl destroy hg"
+nothing_left
+xenstore-ls "$be" 2>/dev/null | grep -q dmu && fail "dmu keys left under $be"
+check_clean ov1.qcow2
+check_clean data.vmdk
+want=$(pattern_sum "$(printf '%o' $((65 + r % 26)))")
+expect_eq "ov1.qcow2 MiB 2 after round $r" "$want" "$(image_sum ov1.qcow2 2)"
+expect_eq "ov1.qcow2 MiB 3 after round $r" "$want" "$(image_sum ov1.qcow2 3)"
+expect_eq "data.vmdk MiB 2 after round $r" "$want" "$(image_sum data.vmdk 2)"
+expect_eq "ov1.qcow2 MiB 0 (base)" "$(pattern_sum 132)" "$(image_sum ov1.qcow2 0)"
+
+step "a missing image fails xl create through the helper, naming the file"
+if domu_start bad /tmp/hg.sh 'vdev=xvda,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/missing.qcow2'; then
+  fail "xl create with a missing image succeeded"
+fi
+grep -q "block-dmu: /vm/missing.qcow2: no such image file" /var/log/xen/xl-create-bad.log ||
+  { cat /var/log/xen/xl-create-bad.log; fail "xl create's output does not name the missing file"; }
+grep -q "/vm/missing.qcow2: no such image file" "$helper_log" || fail "the refusal did not come from the helper"
+! xl domid bad >/dev/null 2>&1 || fail "domain bad still exists"
+nothing_left
+
+step "without a helper: block-dmu attaches by itself; kill -9 under guest I/O"
+kill "$(helper_pid)" || fail "stop the helper"
+i=0
+while [ -n "$(helper_pid)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
+xenstore-read /local/domain/0/dmu-xen-helper/pid >/dev/null 2>&1 && fail "the helper left its pid key"
+# Fresh disks: data.vmdk still carries dom0's "stop" mark.
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov2.qcow2 || fail "make ov2.qcow2"
+qemu-img create -q -f vmdk data2.vmdk 32M || fail "make data2.vmdk"
+domu_start solo /tmp/hg.sh \
+  'vdev=xvda,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/ov2.qcow2' \
+  'vdev=xvdb,access=w,backendtype=phy,script=block-dmu,target=vmdk:/vm/data2.vmdk' || fail "xl create solo"
+sd=$(xl domid solo)
+node_a=$(mapping_shown solo 51712 /vm/ov2.qcow2 qcow2) || exit 1
+node_b=$(mapping_shown solo 51728 /vm/data2.vmdk vmdk) || exit 1
+xenstore-read "/local/domain/0/backend/vbd/$sd/51712/dmu/served-by" >/dev/null 2>&1 &&
+  fail "the helper's key is there although no helper runs"
+await_mark "$node_a" guest-looping
+pid=$(record_pid "xen-vbd-$sd-51712")
+kill -9 "$pid" || fail "kill -9 $pid"
+wait_new_pid "xen-vbd-$sd-51712" "$pid"
+sleep 20   # rounds after the restart (a round takes several seconds under TCG)
+guest_alive solo
+say "$node_b" stop
+i=0
+until r=$(dd if="$node_a" bs=512 skip=$(( $(blockdev --getsize64 "$node_a") / 512 - 1 )) count=1 iflag=direct 2>/dev/null |
+  sed -n 's/^guest-ok-\([0-9]*\)$/\1/p') && [ -n "$r" ]; do
+  i=$((i + 1)); [ $i -lt 300 ] || { dom0_state; fail "the guest solo did not finish its loop"; }
+  guest_alive solo
+  sleep 1
+done
+echo "the guest solo wrote and verified $r rounds"
+xl destroy solo || fail "xl destroy solo"
+nothing_left
+check_clean ov2.qcow2
+check_clean data2.vmdk
+[ "$r" -ge 2 ] || fail "only $r rounds: the loop did not run across the kill"
+want=$(pattern_sum "$(printf '%o' $((65 + r % 26)))")
+expect_eq "ov2.qcow2 MiB 2 after solo's round $r" "$want" "$(image_sum ov2.qcow2 2)"
+expect_eq "data2.vmdk MiB 2 after solo's round $r" "$want" "$(image_sum data2.vmdk 2)"
+step "ok"

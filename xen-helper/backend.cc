@@ -1,0 +1,75 @@
+// Backend keys and names; see backend.h.
+#include "xen-helper/backend.h"
+
+#include <charconv>
+#include <vector>
+
+namespace dmu::xenhelper {
+namespace {
+
+std::optional<uint32_t> number(std::string_view s) {
+  uint32_t v = 0;
+  if (s.empty() || (s.size() > 1 && s[0] == '0')) return std::nullopt;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+Result<Target> parse_target(const std::string& params) {
+  const auto colon = params.find(':');
+  const std::string prefix = colon == std::string::npos ? "" : params.substr(0, colon);
+  static const std::vector<std::string> kKnown = {"qcow", "qcow2", "vmdk", "raw", "dmu"};
+  bool known = false;
+  for (const auto& k : kKnown) known = known || prefix == k;
+  if (!known || colon + 1 >= params.size() || params[colon + 1] != '/')
+    return fail(EINVAL, params +
+                            ": target is not a known <format>:<absolute path> (qcow, qcow2, vmdk, "
+                            "raw, dmu)");
+  return Target{prefix == "dmu" ? "" : prefix, params.substr(colon + 1)};
+}
+
+std::optional<BackendId> parse_backend_path(const std::string& path) {
+  std::string_view p = path;
+  const std::string_view absolute = "/local/domain/0/";
+  if (p.starts_with(absolute)) p.remove_prefix(absolute.size());
+  const std::string_view vbd = "backend/vbd/";
+  if (!p.starts_with(vbd)) return std::nullopt;
+  p.remove_prefix(vbd.size());
+  const auto slash = p.find('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  auto domid = number(p.substr(0, slash));
+  std::string_view rest = p.substr(slash + 1);
+  auto devid = number(rest.substr(0, rest.find('/')));
+  if (!domid || !devid) return std::nullopt;
+  return BackendId{*domid, *devid};
+}
+
+std::string backend_path(BackendId id) {
+  return std::string(kVbdRoot) + "/" + std::to_string(id.domid) + "/" + std::to_string(id.devid);
+}
+
+std::string dm_name(BackendId id) {
+  return "xen-vbd-" + std::to_string(id.domid) + "-" + std::to_string(id.devid);
+}
+
+std::string group_name(uint32_t domid) { return "xen-dom" + std::to_string(domid); }
+
+std::optional<BackendId> parse_dm_name(const std::string& name) {
+  std::string_view n = name;
+  if (!n.starts_with("xen-vbd-")) return std::nullopt;
+  n.remove_prefix(8);
+  const auto dash = n.find('-');
+  if (dash == std::string_view::npos) return std::nullopt;
+  auto domid = number(n.substr(0, dash));
+  auto devid = number(n.substr(dash + 1));
+  if (!domid || !devid) return std::nullopt;
+  return BackendId{*domid, *devid};
+}
+
+std::string hotplug_state_dir(const std::string& state_root, BackendId id) {
+  return state_root + "/backend_vbd_" + std::to_string(id.domid) + "_" + std::to_string(id.devid);
+}
+
+}  // namespace dmu::xenhelper

@@ -1,0 +1,60 @@
+// The pure part of dmu-xen-helper: what a vbd backend's keys mean to us and
+// where ours go.  No xenstore or Xen calls here, so the unit tests cover it
+// on any host (tests/unit/xen_helper_backend_test.cc).
+//
+// Key layout beside a backend B = /local/domain/0/backend/vbd/<domid>/<devid>:
+//   B/params                  written by libxl: the target ("qcow2:/vm/a.qcow2")
+//   B/mode                    written by libxl: "r" or "w"
+//   B/dmu/request             block-dmu: "add" = "helper, attach this for me"
+//   B/physical-device         ours: hex major:minor of /dev/mapper/xen-vbd-<domid>-<devid>
+//   B/physical-device-path    ours: that node
+//   B/hotplug-status          ours: connected | error (with B/hotplug-error)
+//   B/dmu/{image,format,chain,device,dm-name,group,pid,supervisor,read-only}
+//   B/dmu/stats/<counter>     the kernel's counters, refreshed every few seconds
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/error.h"
+
+namespace dmu::xenhelper {
+
+inline constexpr const char* kVbdRoot = "/local/domain/0/backend/vbd";
+// The key whose live pid tells block-dmu a helper takes requests.
+inline constexpr const char* kHelperPidKey = "/local/domain/0/dmu-xen-helper/pid";
+
+struct Target {
+  std::string format;  // "qcow", "qcow2", "vmdk", "raw", or "" (dmu: probe)
+  std::string path;
+};
+
+// "qcow2:/vm/a.qcow2" -> {qcow2, /vm/a.qcow2}; "dmu:/p" -> {"", /p}.  Only
+// the prefixes we serve, and absolute paths; anything else is an error
+// naming the target (the same words as block-dmu).
+Result<Target> parse_target(const std::string& params);
+
+struct BackendId {
+  uint32_t domid = 0;
+  uint32_t devid = 0;
+  bool operator==(const BackendId&) const = default;
+};
+
+// "/local/domain/0/backend/vbd/7/51712[/anything]" or the relative
+// "backend/vbd/7/51712" -> {7, 51712}; nullopt for anything else.
+std::optional<BackendId> parse_backend_path(const std::string& path);
+
+std::string backend_path(BackendId id);
+// xen-vbd-<domid>-<devid>: the dm name block-dmu uses too.
+std::string dm_name(BackendId id);
+// xen-dom<domid>: one mapping process per domain.
+std::string group_name(uint32_t domid);
+// The inverse of dm_name, for records found under /run/dmu.
+std::optional<BackendId> parse_dm_name(const std::string& name);
+
+// block-dmu's own state directory for a backend (it reads it on remove):
+// /run/dmu/hotplug/ + the relative backend path with '/' -> '_'.
+std::string hotplug_state_dir(const std::string& state_root, BackendId id);
+
+}  // namespace dmu::xenhelper

@@ -1,0 +1,232 @@
+// The helper's events; see helper.h.
+#include "xen-helper/helper.h"
+
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "daemon/attach.h"
+#include "daemon/detach.h"
+#include "daemon/log.h"
+#include "daemon/name_lock.h"
+#include "daemon/state_file.h"
+#include "daemon/table_line.h"
+#include "mapper/dm_device.h"
+
+namespace dmu::xenhelper {
+namespace {
+
+using daemon::LogLevel;
+using daemon::log_event;
+
+std::string relative(BackendId id) {
+  return "backend/vbd/" + std::to_string(id.domid) + "/" + std::to_string(id.devid);
+}
+
+// stat -L -c '%t:%T': hex major:minor, what blkback parses.
+Result<std::string> major_minor(const std::string& node) {
+  struct stat st {};
+  if (::stat(node.c_str(), &st) != 0) return fail(errno_error(node));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%x:%x", ::major(st.st_rdev), ::minor(st.st_rdev));
+  return std::string(buf);
+}
+
+// block-dmu's state for the backend: its `remove` detaches from it.
+Result<void> write_hotplug_state(const std::string& dir, const daemon::DeviceState& st,
+                                 const std::string& mode) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return fail(EIO, dir + ": " + ec.message());
+  for (const auto& [file, value] :
+       {std::pair<std::string, std::string>{"device", st.node()},
+        {"image", st.image},
+        {"mode", mode},
+        {"name", st.name}}) {
+    std::ofstream(dir + "/" + file) << value << "\n";
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<void> Helper::start() {
+  DMU_TRY(xs_.watch(kVbdRoot, "vbd"));
+  DMU_TRY(xs_.watch("@releaseDomain", "release"));
+  DMU_TRY(xs_.write(kHelperPidKey, std::to_string(::getpid())));
+  log_event(LogLevel::Info, "dmu-xen-helper", "watching " + std::string(kVbdRoot));
+  clean_gone_domains();
+  scan_requests();
+  tick();
+  return {};
+}
+
+void Helper::stop() { (void)xs_.remove(kHelperPidKey); }
+
+void Helper::scan_requests() {
+  for (const auto& dom : xs_.directory(kVbdRoot))
+    for (const auto& dev : xs_.directory(std::string(kVbdRoot) + "/" + dom))
+      if (auto id = parse_backend_path(std::string(kVbdRoot) + "/" + dom + "/" + dev))
+        if (xs_.read(backend_path(*id) + "/dmu/request") == "add") handle_add(*id);
+}
+
+void Helper::on_watch(const std::string& path) {
+  if (path == "@releaseDomain") {
+    clean_gone_domains();
+    return;
+  }
+  if (!path.ends_with("/dmu/request")) return;
+  auto id = parse_backend_path(path);
+  if (id && xs_.read(path) == "add") handle_add(*id);
+}
+
+void Helper::refuse(BackendId id, const std::string& message) {
+  const std::string b = backend_path(id);
+  log_event(LogLevel::Error, relative(id), message);
+  // Named as the script libxl ran: xl create prints this line.
+  auto w = xs_.write_if_exists(b + "/params", {{b + "/hotplug-error", "block-dmu: " + message},
+                                               {b + "/hotplug-status", "error"}});
+  if (!w) log_event(LogLevel::Error, relative(id), w.error().message);
+  (void)xs_.remove(b + "/dmu/request");
+}
+
+void Helper::handle_add(BackendId id) {
+  const std::string b = backend_path(id);
+  const auto params = xs_.read(b + "/params");
+  if (!params) return;  // gone meanwhile
+  const std::string mode = xs_.read(b + "/mode").value_or("w");
+  auto target = parse_target(*params);
+  if (!target) return refuse(id, target.error().message);
+  struct stat st {};
+  if (::stat(target->path.c_str(), &st) != 0)
+    return refuse(id, target->path + ": no such image file");
+  if (!S_ISREG(st.st_mode)) return refuse(id, target->path + ": not a regular file");
+
+  daemon::AttachOptions ao;
+  ao.image = target->path;
+  ao.name = dm_name(id);
+  if (!target->format.empty()) ao.format = target->format;
+  ao.read_only = mode == "r";
+  ao.group = group_name(id.domid);
+  ao.program = o_.dmu_program;
+  // add again (libxl retries, a helper restarted mid-add): a device of
+  // this image that is served already is the answer.
+  auto existing = daemon::read_state(*ao.name);
+  const bool reuse = existing && *existing && (*existing)->image == target->path &&
+                     daemon::lock_held(*ao.name);
+  if (!reuse) {
+    auto node = daemon::attach(ao);
+    if (!node) {
+      std::string why = node.error().message;
+      if (why.find(target->path) == std::string::npos) why = target->path + ": " + why;
+      return refuse(id, why);
+    }
+  }
+  auto record = daemon::read_state(*ao.name);
+  if (!record || !*record) return refuse(id, target->path + ": attached, but its record is gone");
+  const daemon::DeviceState& s = **record;
+  if (auto w = write_hotplug_state(hotplug_state_dir(o_.hotplug_state, id), s, mode); !w)
+    return refuse(id, w.error().message);
+  auto mm = major_minor(s.node());
+  if (!mm) return refuse(id, mm.error().message);
+  std::vector<std::pair<std::string, std::string>> keys = {
+      {b + "/physical-device", *mm},
+      {b + "/physical-device-path", s.node()},
+      {b + "/dmu/image", s.image},
+      {b + "/dmu/format", s.format},
+      {b + "/dmu/device", s.node()},
+      {b + "/dmu/dm-name", s.name},
+      {b + "/dmu/group", s.group},
+      {b + "/dmu/read-only", s.read_only ? "1" : "0"},
+      {b + "/dmu/served-by", "dmu-xen-helper"}};
+  std::string chain;
+  for (const auto& c : s.chain) chain += (chain.empty() ? "" : " ") + c;
+  keys.push_back({b + "/dmu/chain", chain});
+  (void)xs_.remove(b + "/hotplug-error");
+  auto w = xs_.write_if_exists(b + "/params", keys);
+  if (!w || !*w) {
+    log_event(LogLevel::Warning, relative(id), "backend went away during add; " + s.name +
+                                                   " is detached when its domain is gone");
+    return;
+  }
+  publish(id, true);
+  (void)xs_.remove(b + "/dmu/request");
+  (void)xs_.write_if_exists(b + "/params", {{b + "/hotplug-status", "connected"}});
+  log_event(LogLevel::Info, relative(id),
+            s.image + " (" + s.format + (s.read_only ? ", read-only" : "") + ") -> " + s.node() +
+                ", group " + s.group + ", mapping process " + std::to_string(s.pid));
+}
+
+// The debugging keys that change: who serves the device, and the counters.
+void Helper::publish(BackendId id, bool initial) {
+  const std::string b = backend_path(id);
+  const std::string name = dm_name(id);
+  auto record = daemon::read_state(name);
+  if (!record || !*record) return;
+  std::vector<std::pair<std::string, std::string>> keys = {
+      {b + "/dmu/pid", std::to_string((*record)->pid)},
+      {b + "/dmu/supervisor", std::to_string((*record)->supervisor)},
+      {b + "/dmu/served", daemon::lock_held(name) ? "1" : "0"}};
+  if (auto lines = dm_status(name)) {
+    for (const auto& l : *lines) {
+      if (l.type != "userspace") continue;
+      if (auto fields = daemon::parse_status(l.params))
+        for (const auto& f : *fields) keys.push_back({b + "/dmu/stats/" + f.name, f.value});
+    }
+  }
+  // Only under a backend that shows our keys (not one being torn down).
+  auto w = xs_.write_if_exists(b + "/dmu/image", keys);
+  if (!w && initial) log_event(LogLevel::Warning, relative(id), w.error().message);
+}
+
+void Helper::tick() {
+  std::vector<std::string> problems;
+  for (const auto& st : daemon::list_states(problems))
+    if (auto id = parse_dm_name(st.name)) publish(*id, false);
+  clean_gone_domains();
+}
+
+void Helper::clean_gone_domains() {
+  auto live = xc_.domains();
+  if (!live) {
+    log_event(LogLevel::Error, "dmu-xen-helper", live.error().message);
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<std::string> problems;
+  std::set<uint32_t> waiting;  // gone domains with devices left
+  for (const auto& st : daemon::list_states(problems)) {
+    auto id = parse_dm_name(st.name);
+    if (!id || live->count(id->domid)) continue;
+    waiting.insert(id->domid);
+    auto since = gone_since_.try_emplace(id->domid, now).first;
+    const std::string b = backend_path(*id);
+    // libxl runs block-dmu remove (dmu detach) itself when a domain ends;
+    // we step in when it is done with the backend or has not come.
+    if (xs_.read(b + "/params") && now - since->second < o_.gone_grace) continue;
+    daemon::DetachOptions d;
+    d.name = st.name;
+    d.program = o_.dmu_program;
+    auto r = daemon::detach(d);
+    if (!r) {
+      log_event(LogLevel::Warning, relative(*id),
+                st.image + ": domain " + std::to_string(id->domid) + " is gone; detach " +
+                    st.name + " failed (retrying): " + r.error().message);
+      continue;
+    }
+    (void)xs_.remove(b + "/dmu");
+    std::error_code ec;
+    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, *id), ec);
+    log_event(LogLevel::Info, relative(*id),
+              st.image + ": domain " + std::to_string(id->domid) + " is gone; detached " + st.name);
+  }
+  for (auto it = gone_since_.begin(); it != gone_since_.end();)
+    it = waiting.count(it->first) ? std::next(it) : gone_since_.erase(it);
+}
+
+}  // namespace dmu::xenhelper

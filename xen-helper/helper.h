@@ -1,0 +1,69 @@
+// dmu-xen-helper's work, event by event (main.cc runs the loop):
+//
+//  - add: block-dmu wrote B/dmu/request=add.  We attach the target as
+//    xen-vbd-<domid>-<devid> into group xen-dom<domid> (one mapping process
+//    per domain, daemon/group.h), write block-dmu's own state (so its
+//    `remove`, which runs `dmu detach`, works as if it had attached), the
+//    keys blkback and libxl wait for, our debugging keys, and last
+//    hotplug-status.  A failure is hotplug-error + hotplug-status=error.
+//  - tick (every few seconds): the debugging keys of every xen-vbd record
+//    whose backend shows dmu keys: mapping process pid, supervisor, the
+//    kernel's counters (so a restarted mapping process shows up).
+//  - gone domains (start-up, @releaseDomain, tick): records of domains Xen
+//    no longer knows are detached once libxl is done with their backend (or
+//    after a grace period), their keys and block-dmu state removed.
+//
+// Nothing here owns a mapping process: they run in sessions of their own
+// under their supervisors, so the helper can stop, restart or be upgraded
+// while guests run; a new helper finds everything in /run/dmu.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "xen-helper/backend.h"
+#include "xen-helper/xc.h"
+#include "xen-helper/xs.h"
+
+namespace dmu::xenhelper {
+
+struct HelperOptions {
+  std::string dmu_program;                     // the dmu binary (its `serve`)
+  std::string hotplug_state = "/run/dmu/hotplug";  // block-dmu's state root
+  std::chrono::seconds gone_grace{30};         // before detaching under a live backend
+};
+
+class Helper {
+ public:
+  Helper(XenStore xs, XenCtrl xc, HelperOptions options)
+      : xs_(std::move(xs)), xc_(std::move(xc)), o_(std::move(options)) {}
+
+  // Watches, announces our pid, then catches up: requests made while no
+  // helper ran, keys of devices attached before, gone domains.
+  Result<void> start();
+  // A watch fired on `path`.
+  void on_watch(const std::string& path);
+  // Periodic work (counters, gone domains).
+  void tick();
+  // Clean exit: block-dmu attaches by itself from now on.
+  void stop();
+  int fileno() const { return xs_.fileno(); }
+  XenStore& xs() { return xs_; }
+
+ private:
+  void handle_add(BackendId id);
+  void refuse(BackendId id, const std::string& message);
+  void publish(BackendId id, bool initial);
+  void clean_gone_domains();
+  void scan_requests();
+
+  XenStore xs_;
+  XenCtrl xc_;
+  HelperOptions o_;
+  // Domains found gone, and when: their devices wait for libxl's remove.
+  std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
+};
+
+}  // namespace dmu::xenhelper
