@@ -249,6 +249,7 @@ int serve(const ServeOptions& options) {
         log_event(LogLevel::Info, "group " + options.group, "no members left; exiting");
         break;
       }
+      pushing = true;  // a new member pushes its mappings
     }
     fds.resize(members.size());
     for (size_t i = 0; i < members.size(); ++i) fds[i] = {members[i].device->fd(), POLLIN, 0};
