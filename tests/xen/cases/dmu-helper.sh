@@ -55,6 +55,20 @@ wait_new_pid() {
 # guest_alive NAME: the domain still runs (its script fails -> it powers off).
 guest_alive() { xl domid "$1" >/dev/null 2>&1 || { dom0_state; fail "domain $1 ended early (guest I/O failed?)"; }; }
 
+# stop_rounds DOMAIN NODE_A NODE_B: tells the guest's loop (through NODE_B)
+# to stop and waits for the "guest-ok-N" it leaves in NODE_A's last sector;
+# sets ROUNDS to N.
+stop_rounds() {
+  say "$3" stop
+  _i=0
+  until ROUNDS=$(dd if="$2" bs=512 skip=$(( $(blockdev --getsize64 "$2") / 512 - 1 )) count=1 \
+      iflag=direct 2>/dev/null | sed -n 's/^guest-ok-\([0-9]*\)$/\1/p') && [ -n "$ROUNDS" ]; do
+    _i=$((_i + 1)); [ $_i -lt 300 ] || { dom0_state; fail "the guest $1 did not finish its loop"; }
+    guest_alive "$1"
+    sleep 1
+  done
+}
+
 # The guest's loop: each round R writes MiB 2..3 of xvda and MiB 2 of xvdb
 # (and MiB 1 of xvdc from dom0's "use-me" to its "stop-using", which the
 # guest answers with "released") with byte 'A'+R%26 and reads them back,
@@ -193,14 +207,8 @@ echo "xvdc was used in round ${last_c:-?}"
 guest_alive hg
 
 step "the guest stops; xl destroy leaves nothing; the images hold the last round"
-say "$node_b" stop
-i=0
-until r=$(dd if="$node_a" bs=512 skip=$(( $(blockdev --getsize64 "$node_a") / 512 - 1 )) count=1 iflag=direct 2>/dev/null |
-  sed -n 's/^guest-ok-\([0-9]*\)$/\1/p') && [ -n "$r" ]; do
-  i=$((i + 1)); [ $i -lt 300 ] || { dom0_state; fail "the guest did not finish its loop"; }
-  guest_alive hg
-  sleep 1
-done
+stop_rounds hg "$node_a" "$node_b"
+r=$ROUNDS
 echo "the guest wrote and verified $r rounds"
 [ "$r" -ge 3 ] || fail "only $r rounds: the loop did not run across the kills"
 xl destroy hg || fail "xl destroy hg"
@@ -246,14 +254,8 @@ kill -9 "$pid" || fail "kill -9 $pid"
 wait_new_pid "xen-vbd-$sd-51712" "$pid"
 sleep 20   # rounds after the restart (a round takes several seconds under TCG)
 guest_alive solo
-say "$node_b" stop
-i=0
-until r=$(dd if="$node_a" bs=512 skip=$(( $(blockdev --getsize64 "$node_a") / 512 - 1 )) count=1 iflag=direct 2>/dev/null |
-  sed -n 's/^guest-ok-\([0-9]*\)$/\1/p') && [ -n "$r" ]; do
-  i=$((i + 1)); [ $i -lt 300 ] || { dom0_state; fail "the guest solo did not finish its loop"; }
-  guest_alive solo
-  sleep 1
-done
+stop_rounds solo "$node_a" "$node_b"
+r=$ROUNDS
 echo "the guest solo wrote and verified $r rounds"
 xl destroy solo || fail "xl destroy solo"
 nothing_left
