@@ -21,7 +21,8 @@ LOG=/tmp/daemon.log
 TMO=10       # daemon_timeout of the hostile tables (s)
 FAST_MS=4000 # "at once": well under daemon_timeout, with room for TCG
 # A debug kernel (lockdep, KASAN) under TCG on a loaded host took 4.7 s for
-# one bad answer's round trip; still well under the 10 s timeout.
+# one bad answer's round trip; still well under the 10 s timeout.  (Its
+# slow device is slower too, below.)
 case $(uname -r) in *debug*) FAST_MS=7000 ;; esac
 
 # Active objects of the module's slab caches, "name=count ...".  Shrinking
@@ -91,8 +92,12 @@ LOOP=$(loop_dio /data/disk.img)
 LOOP2=$(loop_dio /data/ro.img)
 SZ=$(blockdev --getsz "$LOOP")
 # Writes (and so kcopyd's zero fills) take 500 ms: fills are still running
-# when the rest of the same write() is processed.
-echo "0 $SZ delay $LOOP 0 0 $LOOP 0 500" | dmsetup create slow || fail "dmsetup create slow"
+# when the rest of the same write() is processed.  On the debug kernel one
+# write() of 65 pushes took longer than that (push-fill-limit saw its first
+# fills done before the 65th push): 3 s there.
+slow_ms=500
+case $(uname -r) in *debug*) slow_ms=3000 ;; esac
+echo "0 $SZ delay $LOOP 0 0 $LOOP 0 $slow_ms" | dmsetup create slow || fail "dmsetup create slow"
 dmsetup mknodes
 SLOW=/dev/mapper/slow
 base=$(dmu_slabs)
