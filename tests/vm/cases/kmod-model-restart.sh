@@ -55,11 +55,11 @@ RELOADS=0
 
 step "fio: 4 jobs of random writes with fsync every 4 writes and crc32c verify"
 # Each job has its own 12 MiB region, so each verifies only its own writes.
-# Six passes: fio must outlast at least four restarts (2-4 s apart); with
+# Eight passes: fio must outlast at least four restarts (2-4 s apart); with
 # three it once finished after three on an idle 6.1 guest.
 fio --name=model --filename=/dev/mapper/u --rw=randwrite --bsrange=4k-64k --size=12M \
   --numjobs=4 --offset_increment=12M --direct=1 --ioengine=libaio --iodepth=8 --fsync=4 \
-  --loops=6 --verify=crc32c --verify_fatal=1 --do_verify=1 --randseed=4242 --group_reporting \
+  --loops=8 --verify=crc32c --verify_fatal=1 --do_verify=1 --randseed=4242 --group_reporting \
   >/tmp/fio.log 2>&1 &
 FIO=$!
 
