@@ -4,7 +4,7 @@
 namespace dmu::daemon {
 
 uint64_t Counters::activity() const {
-  return requests + responses + rejected + commits + grows + adopted + pushed;
+  return requests + responses + rejected + commits + grows + adopted + pushed + waited;
 }
 
 nlohmann::json to_json(const Counters& c) {
@@ -14,7 +14,8 @@ nlohmann::json to_json(const Counters& c) {
           {"commits", c.commits.load()},         {"commit-runs", c.commit_runs.load()},
           {"commit-errors", c.commit_errors.load()}, {"responses", c.responses.load()},
           {"rejected", c.rejected.load()},       {"grows", c.grows.load()},
-          {"adopted", c.adopted.load()},         {"pushed", c.pushed.load()}};
+          {"adopted", c.adopted.load()},         {"pushed", c.pushed.load()},
+          {"waited", c.waited.load()}};
 }
 
 }  // namespace dmu::daemon

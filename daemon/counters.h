@@ -26,6 +26,7 @@ struct Counters {
   std::atomic<uint64_t> grows{0};         // data device growths (chunks)
   std::atomic<uint64_t> adopted{0};       // allocation records adopted at bind
   std::atomic<uint64_t> pushed{0};        // extents pushed unasked (after bind)
+  std::atomic<uint64_t> waited{0};        // MAPs that waited for an earlier answer's DONE
 
   // Sum of everything, to notice a change cheaply.
   uint64_t activity() const;

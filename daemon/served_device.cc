@@ -203,7 +203,9 @@ void ServedDevice::handle_locked(const dmu_request& q, std::vector<dmu_response>
       break;
   }
   const std::string before = service_->last_error();
+  const size_t waiting = service_->waiting_requests();
   service_->handle(q, out);
+  if (service_->waiting_requests() > waiting) ++counters_.waited;
   if (service_->last_error() != before)
     log_event(LogLevel::Warning, state_.name,
               proto::describe(q) + ": " + service_->last_error());
@@ -219,7 +221,16 @@ Result<size_t> ServedDevice::serve_batch() {
     if (auto s = sync_capacity(); !s)
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
   }
-  DMU_TRY(send(out));
+  // A refused write answer may never get its DONE: the service resolves
+  // it, which can answer requests that waited for it (and so on).
+  std::vector<uint64_t> refused_ids;
+  for (int round = 0; round < 8 && (round == 0 || !out.empty()); ++round) {
+    refused_ids.clear();
+    DMU_TRY(send(out, nullptr, &refused_ids));
+    if (refused_ids.empty()) break;
+    std::lock_guard lock(service_mu_);
+    for (uint64_t id : refused_ids) service_->refused(id, out);
+  }
   return n;
 }
 
@@ -282,7 +293,8 @@ void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
     log_event(LogLevel::Error, state_.name, "answer COMMIT: " + s.error().message);
 }
 
-Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refused) {
+Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refused,
+                                std::vector<uint64_t>* refused_ids) {
   size_t pos = 0;
   while (pos < batch.size()) {
     std::span<const dmu_response> rest(batch.data() + pos, batch.size() - pos);
@@ -292,6 +304,8 @@ Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refuse
     if (!outcome.complete()) {
       ++counters_.rejected;
       if (refused) ++*refused;
+      if (refused_ids && !(batch[pos].id & DMU_PUSH_ID) && batch[pos].type != DMU_RSP_INVALIDATE)
+        refused_ids->push_back(batch[pos].id);
       log_event(LogLevel::Error, state_.name,
                 "kernel refused " + proto::describe(batch[pos]) + " (errno " +
                     std::to_string(outcome.error) + ")");

@@ -81,9 +81,11 @@ class ServedDevice {
   Result<void> sync_capacity();  // under service_mu_
   void handle_locked(const dmu_request& q, std::vector<dmu_response>& out);
   void run_commits(const std::vector<uint64_t>& ids);
-  // Writes a batch; a message the kernel refuses is logged and skipped
-  // (counted in *refused when given).
-  Result<void> send(std::vector<dmu_response>& batch, size_t* refused = nullptr);
+  // Writes a batch; a message the kernel refuses is logged and skipped,
+  // counted in *refused and its request id named in *refused_ids (pushes
+  // and INVALIDATE left out) when given.
+  Result<void> send(std::vector<dmu_response>& batch, size_t* refused = nullptr,
+                    std::vector<uint64_t>* refused_ids = nullptr);
 
   DeviceState state_;
   ControlChannel channel_;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 
 #include "common/checked.h"
 #include "mapper/protocol.h"
@@ -83,9 +84,21 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
         out.push_back(make_complete(r.id, -EINVAL));
         return;
       }
-      if (r.flags & DMU_MAP_DISCARD) return answer_discard(r, out);
-      if (r.flags & DMU_MAP_WRITE) return answer_map_write(r, out);
-      return answer_map_read(r, out);
+      // Asked again for an id whose answer awaits its DONE: that answer was
+      // not applied (the kernel asks once per id), so it is abandoned.
+      const bool stale = pending_.count(r.id);
+      if (stale) {
+        auto [first, n] = resolve_pending(pending_.find(r.id), false);
+        if (n) out.push_back(make_invalidate(first, n));
+      }
+      if (must_wait(r)) {
+        waiting_.push_back(r);
+        waiting_blocks_.add(r.block, r.nr_blocks);
+      } else {
+        answer_map(r, out);
+      }
+      if (stale) answer_waiting(out);
+      return;
     }
     case DMU_REQ_COMMIT:
       return answer_commit(r, out);
@@ -97,6 +110,52 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
   }
 }
 
+void MapService::answer_map(const dmu_request& r, std::vector<dmu_response>& out) {
+  if (r.flags & DMU_MAP_DISCARD) return answer_discard(r, out);
+  if (r.flags & DMU_MAP_WRITE) return answer_map_write(r, out);
+  return answer_map_read(r, out);
+}
+
+bool MapService::must_wait(const dmu_request& r) const {
+  // A discard decides all its blocks at once; a read or write only its
+  // first (the answer ends before later blocks in flight).
+  const uint64_t n = (r.flags & DMU_MAP_DISCARD) ? r.nr_blocks : 1;
+  return in_flight_.overlaps(r.block, n) || waiting_blocks_.overlaps(r.block, r.nr_blocks);
+}
+
+void MapService::answer_waiting(std::vector<dmu_response>& out) {
+  if (waiting_.empty()) return;
+  // Rebuilt in order: a request stays if it must still wait, counting the
+  // blocks of the waiting requests before it (first come, first answered).
+  std::deque<dmu_request> still;
+  waiting_blocks_.clear();
+  for (const dmu_request& r : std::exchange(waiting_, {})) {
+    if (must_wait(r)) {
+      still.push_back(r);
+      waiting_blocks_.add(r.block, r.nr_blocks);
+    } else {
+      answer_map(r, out);
+    }
+  }
+  waiting_ = std::move(still);
+}
+
+void MapService::add_pending(uint64_t id, Pending p) {
+  in_flight_.add(p.first_block, p.nr_blocks);
+  pending_[id] = std::move(p);
+}
+
+std::pair<uint64_t, uint64_t> MapService::resolve_pending(std::map<uint64_t, Pending>::iterator it,
+                                                          bool ok) {
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  in_flight_.remove(p.first_block, p.nr_blocks);
+  for (uint64_t token : p.tokens)
+    if (auto done = chain_.top().write_done(token, ok); !done) record_error(done.error());
+  for (size_t slot : p.pinned_slots) scratch_->unpin(slot);
+  return {p.first_block, p.nr_blocks};
+}
+
 void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& out) {
   // A discard's DONE (protocol 2) says no I/O through the discarded blocks'
   // old mappings is left.  The engines released those clusters when the
@@ -105,15 +164,21 @@ void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& ou
   if (r.flags & DMU_MAP_DISCARD) return;
   auto it = pending_.find(r.id);
   if (it == pending_.end()) return;  // a MAP we failed, or one a previous daemon answered
-  Pending p = std::move(it->second);
-  pending_.erase(it);
   const bool ok = r.status == 0;
-  for (uint64_t token : p.tokens)
-    if (auto done = chain_.top().write_done(token, ok); !done) record_error(done.error());
-  for (size_t slot : p.pinned_slots) scratch_->unpin(slot);
+  auto [first, n] = resolve_pending(it, ok);
   // A failed write leaves its allocation abandoned: the kernel must not keep
   // extents pointing at it.
-  if (!ok && p.nr_blocks) out.push_back(make_invalidate(p.first_block, p.nr_blocks));
+  if (!ok && n) out.push_back(make_invalidate(first, n));
+  answer_waiting(out);
+}
+
+void MapService::refused(uint64_t id, std::vector<dmu_response>& out) {
+  if (!pending_.count(id)) return;
+  dmu_request done{};
+  done.type = DMU_REQ_DONE;
+  done.id = id;
+  done.status = -EIO;
+  handle_done(done, out);
 }
 
 void MapService::answer_discard(const dmu_request& r, std::vector<dmu_response>& out) {

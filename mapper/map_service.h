@@ -34,6 +34,20 @@
 // engine makes durable, on COMMIT, only allocations whose write_done
 // arrived, so a flush never publishes metadata pointing at unwritten data.
 //
+// One decision per block at a time (dm-userspace.h: "A daemon should not
+// decide a block again ... before the DONE of its earlier decision"): a MAP
+// whose first block lies in a write answer whose DONE has not been handled
+// (the kernel may hold that block's new extent, filled and written, while the
+// engine still shows the old mapping -- qcow and vmdk show a preparation only
+// after write_done -- and the engines refuse a second preparation of a
+// cluster being allocated) waits in the service, unanswered, and is answered
+// in arrival order once those DONEs are handled; a discard waits if any of
+// its blocks is in flight.  A MAP whose later blocks are in flight is
+// answered up to them; the kernel asks again for the rest.  Requests for a
+// block that already has a waiting one queue behind it.  An answer the
+// kernel refuses gets no DONE if it came too late, so the daemon reports
+// refusals (refused()), which resolve the id as failed.
+//
 // Restart (adopt()): a daemon that died between a write answer and the
 // COMMIT publishing it leaves allocations only the kernel knows
 // (DMU_IOC_LIST_ALLOCATIONS).  The next service adopts them, before it
@@ -47,6 +61,7 @@
 #include <linux/dm-userspace.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -56,6 +71,7 @@
 
 #include "common/error.h"
 #include "formats/chain.h"
+#include "mapper/block_ranges.h"
 #include "mapper/scratch_store.h"
 
 namespace dmu::mapper {
@@ -134,8 +150,16 @@ class MapService {
   // DONE is not handled yet are skipped too (see map_for_reading).
   uint64_t push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out);
 
+  // The kernel refused (part of) the answer to request `id`: if it was a
+  // write answer, no DONE may ever come (a late answer is refused whole; a
+  // bad one is failed and its DONE reports -EIO), so it is resolved as
+  // failed now; answers that waited for it are appended to `out`.
+  void refused(uint64_t id, std::vector<dmu_response>& out);
+
   // Writes prepared (or adopted) but not yet reported DONE, by request id.
   size_t pending_writes() const { return pending_.size(); }
+  // MAP requests waiting for the DONE of an earlier answer on their blocks.
+  size_t waiting_requests() const { return waiting_.size(); }
   // The last engine error, for logs ("" if none).
   const std::string& last_error() const { return last_error_; }
 
@@ -152,14 +176,22 @@ class MapService {
              const MapServiceOptions& options, uint64_t block_size);
 
   void answer_map_read(const dmu_request& r, std::vector<dmu_response>& out);
-  // The read answer's mapping of [start, limit) (bytes; [start, asked_end)
-  // was asked for) under id, at most max_extents extents; `push` skips
-  // scratch blocks and sends no COMPLETE.  Returns the first block not
-  // covered.
-  uint64_t map_for_reading(uint64_t id, uint64_t start, uint64_t asked_end, uint64_t limit,
-                           unsigned max_extents, bool push, std::vector<dmu_response>& out);
-  // The blocks of pending_ write answers, as sorted disjoint [first, end).
-  std::vector<std::pair<uint64_t, uint64_t>> blocks_in_flight() const;
+  // The read answer's mapping of [start, limit) (bytes) under id, at most
+  // max_extents extents, ending before blocks in flight; `push` skips
+  // those and scratch blocks and sends no COMPLETE.  Returns the first
+  // block not covered.
+  uint64_t map_for_reading(uint64_t id, uint64_t start, uint64_t limit, unsigned max_extents,
+                           bool push, std::vector<dmu_response>& out);
+  // Does MAP r have to wait for DONEs (see the top of this file)?
+  bool must_wait(const dmu_request& r) const;
+  void answer_map(const dmu_request& r, std::vector<dmu_response>& out);
+  // Answers the waiting requests that no longer have to wait, in order.
+  void answer_waiting(std::vector<dmu_response>& out);
+  // pending_ and in_flight_ change together.
+  void add_pending(uint64_t id, Pending p);
+  // Resolves a pending answer with write_done(ok) for each token; returns
+  // the blocks of its NEW extents.
+  std::pair<uint64_t, uint64_t> resolve_pending(std::map<uint64_t, Pending>::iterator it, bool ok);
   void answer_map_write(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);
@@ -188,6 +220,9 @@ class MapService {
   std::vector<File*> devices_;
   std::vector<uint64_t> device_sizes_;   // 0 = unknown
   std::map<uint64_t, Pending> pending_;  // by MAP request id
+  BlockRanges in_flight_;                // the NEW blocks of pending_
+  std::deque<dmu_request> waiting_;      // MAPs waiting for DONEs, in arrival order
+  BlockRanges waiting_blocks_;           // their blocks
   std::string last_error_;
   AdoptCounts adopt_counts_;
 };

@@ -71,11 +71,7 @@ Result<void> MapService::adopt_discard_record(const dmu_allocation& a,
 // A record whose DONE the kernel queued already: as that DONE would.  The
 // kernel dropped the extents of a failed one, so no INVALIDATE is needed.
 void MapService::resolve_adopted(uint64_t id, bool ok) {
-  auto it = pending_.find(id);
-  if (it == pending_.end()) return;
-  for (uint64_t token : it->second.tokens)
-    if (auto done = chain_.top().write_done(token, ok); !done) record_error(done.error());
-  pending_.erase(it);
+  if (auto it = pending_.find(id); it != pending_.end()) resolve_pending(it, ok);
 }
 
 Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
@@ -100,6 +96,8 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
       ++adopt_counts_.failed;
       continue;
     }
+    // adopt_record grows the id's blocks record by record: in_flight_ is
+    // filled at the end.
     if (auto r = adopt_record(a); !r)
       return fail(r.error().code,
                   chain_.top().info().filename + ": " + describe(a) + ": " + r.error().message);
@@ -107,6 +105,7 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
     if (!(a.flags & DMU_ALLOC_DONE)) in_flight.push_back(&a);
     if (a.flags & DMU_ALLOC_DONE) finished.try_emplace(a.id, true);
   }
+  for (const auto& [id, p] : pending_) in_flight_.add(p.first_block, p.nr_blocks);
   // Only now: write_done ends the image's adoption phase.
   for (const auto& [id, ok] : finished) {
     adopt_counts_.resolved += pending_.count(id) ? pending_.at(id).tokens.size() : 0;

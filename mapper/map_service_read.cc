@@ -38,7 +38,7 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
   const uint64_t asked_end = std::min<uint64_t>(vsize, (r.block + r.nr_blocks) * block_size_);
   const uint64_t limit =
       std::min(vsize, std::max(asked_end, checked_add(start, options_.read_ahead).value_or(vsize)));
-  map_for_reading(r.id, start, asked_end, limit,
+  map_for_reading(r.id, start, limit,
                   std::clamp(options_.max_messages, 2u, kMaxAnswerMessages), false, out);
 }
 
@@ -46,26 +46,11 @@ uint64_t MapService::push(uint64_t first_block, uint64_t id, std::vector<dmu_res
   const uint64_t vsize = chain_.virtual_size();
   const uint64_t start = first_block * block_size_;
   if (start >= vsize) return target_blocks();
-  return map_for_reading(id, start, start, vsize, kMaxAnswerMessages, true, out);
+  return map_for_reading(id, start, vsize, kMaxAnswerMessages, true, out);
 }
 
-std::vector<std::pair<uint64_t, uint64_t>> MapService::blocks_in_flight() const {
-  std::vector<std::pair<uint64_t, uint64_t>> r;
-  for (const auto& [id, p] : pending_)
-    if (p.nr_blocks) r.emplace_back(p.first_block, p.first_block + p.nr_blocks);
-  std::sort(r.begin(), r.end());
-  std::vector<std::pair<uint64_t, uint64_t>> merged;
-  for (const auto& x : r) {
-    if (!merged.empty() && x.first <= merged.back().second)
-      merged.back().second = std::max(merged.back().second, x.second);
-    else
-      merged.push_back(x);
-  }
-  return merged;
-}
-
-uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t asked_end,
-                                     uint64_t limit, unsigned max_extents, bool push,
+uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit,
+                                     unsigned max_extents, bool push,
                                      std::vector<dmu_response>& out) {
   const uint64_t B = block_size_;
   const uint64_t vsize = chain_.virtual_size();
@@ -73,10 +58,9 @@ uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t asked
   // hold their new extents, filled and written, while the engine still
   // shows the old mapping (qcow and vmdk show a preparation only after
   // write_done; qcow2 at once, even if the write then fails).  A push or a
-  // read-ahead must not replace the kernel's extent there with what the
-  // engine says, so read-ahead ends at them and a push skips them; only
-  // blocks the kernel asked for are answered from the engine.
-  const auto in_flight = blocks_in_flight();
+  // read answer must not replace the kernel's extent there with what the
+  // engine says, so a read answer ends at them (its first block is never
+  // one: such a MAP waits, see must_wait) and a push skips them.
   // A read answer never takes more than an eighth of the scratch store.
   uint64_t scratch_budget =
       std::max(std::min(options_.max_scratch_per_answer, scratch_->slot_count() / 8 * B), B);
@@ -109,19 +93,14 @@ uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t asked
   unsigned lookups = 0;
   while (pos < limit && extents.size() < max_extents && !(push && ++lookups > kMaxPushLookups)) {
     const uint64_t block = pos / B;
-    uint64_t run_end = limit;
-    auto f = std::upper_bound(in_flight.begin(), in_flight.end(), block,
-                              [](uint64_t b, const auto& range) { return b < range.second; });
-    if (f != in_flight.end() && f->first <= block) {
-      if (pos >= asked_end) {
-        if (!push) break;
-        pos = f->second * B;
-        continue;
-      }
-      run_end = std::min(limit, asked_end);
-    } else if (f != in_flight.end()) {
-      run_end = std::min(limit, std::max(f->first * B, pos + B));
+    if (const uint64_t busy_end = in_flight_.covered_until(block); busy_end > block) {
+      if (!push) break;
+      pos = busy_end * B;
+      continue;
     }
+    uint64_t run_end = limit;
+    if (const uint64_t next = in_flight_.next_start_after(block); next < target_blocks())
+      run_end = std::min(limit, next * B);
     auto m = chain_.map(pos, run_end - pos);
     if (!m) {
       error = record_error(m.error());

@@ -310,7 +310,12 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
   // exhaust it.
   const uint64_t span =
       std::max(B_, std::min(s_.options_.max_write_span, s_.scratch_->slot_count() / 4 * B_));
-  const uint64_t end = std::min<uint64_t>({vsize_, (r_.block + r_.nr_blocks) * B_, start + span});
+  // Blocks of other answers in flight (or asked for before us) end this
+  // answer; the kernel asks again for the blocks after them.
+  const uint64_t busy_from =
+      std::min(s_.in_flight_.next_start_after(r_.block), s_.waiting_blocks_.next_start_after(r_.block));
+  const uint64_t end = std::min<uint64_t>(
+      {vsize_, (r_.block + r_.nr_blocks) * B_, start + span, checked_mul(busy_from, B_).value_or(vsize_)});
   // Any allocation for [start, end) lies within the clusters around it.
   const uint64_t cluster = std::max({B_, info.cluster_size, info.granularity});
   const uint64_t snap_lo = align_down(start, cluster);
@@ -331,13 +336,6 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
   }();
   if (!built) return abandon(built.error(), out);
 
-  if (auto old = s_.pending_.find(r_.id); old != s_.pending_.end()) {
-    dmu_request stale{};
-    stale.type = DMU_REQ_DONE;
-    stale.id = r_.id;
-    stale.status = -EIO;
-    s_.handle_done(stale, out);
-  }
   Pending p;
   for (const WriteTarget& t : segs_) p.tokens.push_back(t.token);
   p.pinned_slots = std::move(pinned_);
@@ -346,7 +344,7 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
     if (!p.nr_blocks) p.first_block = lo_ / B_ + i;
     p.nr_blocks = lo_ / B_ + i + 1 - p.first_block;
   }
-  s_.pending_[r_.id] = std::move(p);
+  s_.add_pending(r_.id, std::move(p));
   // The guest changes these blocks: scratch copies of them go stale.
   s_.forget_scratch(r_.block, r_.nr_blocks);
 

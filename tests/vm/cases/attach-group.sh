@@ -83,6 +83,7 @@ for d in ga gb; do
   eval "wait \$fio_$d" || { cat /tmp/fio-$d.log; fail "fio on $d failed"; }
   grep -q "err= 0" /tmp/fio-$d.log || { cat /tmp/fio-$d.log; fail "fio on $d saw I/O errors"; }
   expect_eq "$d kernel timeouts" 0 "$(dmu_stat $d timeouts)"
+  echo "$d: $(dmu stats $d --output=json | tr -d '\n ' | grep -o '"waited":[0-9]*') (MAPs that waited for a DONE)"
 done
 
 step "detach a, then b: the group's processes end with the last member"
