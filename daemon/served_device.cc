@@ -222,14 +222,26 @@ Result<size_t> ServedDevice::serve_batch() {
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
   }
   // A refused write answer may never get its DONE: the service resolves
-  // it, which can answer requests that waited for it (and so on).
+  // it, which can answer requests that waited for it, which the kernel may
+  // refuse too (all timed out).  Each round resolves at least one pending
+  // answer, so this ends.
   std::vector<uint64_t> refused_ids;
-  for (int round = 0; round < 8 && (round == 0 || !out.empty()); ++round) {
+  while (!out.empty()) {
     refused_ids.clear();
-    DMU_TRY(send(out, nullptr, &refused_ids));
-    if (refused_ids.empty()) break;
+    auto sent = send(out, nullptr, &refused_ids);
     std::lock_guard lock(service_mu_);
     for (uint64_t id : refused_ids) service_->refused(id, out);
+    if (!sent) {
+      // Nothing more reaches this binding: what the service answers now
+      // would wait for a DONE forever.
+      while (!out.empty()) {
+        std::vector<dmu_response> unsent = std::move(out);
+        out.clear();
+        for (const dmu_response& m : unsent)
+          if (!(m.id & DMU_PUSH_ID) && m.type != DMU_RSP_INVALIDATE) service_->refused(m.id, out);
+      }
+      return fail(sent.error());
+    }
   }
   return n;
 }
@@ -304,12 +316,19 @@ Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refuse
     if (!outcome.complete()) {
       ++counters_.rejected;
       if (refused) ++*refused;
-      if (refused_ids && !(batch[pos].id & DMU_PUSH_ID) && batch[pos].type != DMU_RSP_INVALIDATE)
-        refused_ids->push_back(batch[pos].id);
+      const dmu_response& bad = batch[pos];
+      if (refused_ids && !(bad.id & DMU_PUSH_ID) && bad.type != DMU_RSP_INVALIDATE)
+        refused_ids->push_back(bad.id);
       log_event(LogLevel::Error, state_.name,
-                "kernel refused " + proto::describe(batch[pos]) + " (errno " +
+                "kernel refused " + proto::describe(bad) + " (errno " +
                     std::to_string(outcome.error) + ")");
-      ++pos;  // the rest of the batch still counts
+      // The rest of that answer goes with it; the rest of the batch still counts.
+      bool final = bad.flags & DMU_RSP_FINAL;
+      const uint64_t id = bad.id;
+      for (++pos; !final && bad.type != DMU_RSP_INVALIDATE && pos < batch.size() &&
+                  batch[pos].id == id;
+           ++pos)
+        final = batch[pos].flags & DMU_RSP_FINAL;
     }
   }
   batch.clear();

@@ -141,6 +141,8 @@ void MapService::answer_waiting(std::vector<dmu_response>& out) {
 }
 
 void MapService::add_pending(uint64_t id, Pending p) {
+  // handle() resolved an earlier answer of the same id already.
+  if (auto old = pending_.find(id); old != pending_.end()) resolve_pending(old, false);
   in_flight_.add(p.first_block, p.nr_blocks);
   pending_[id] = std::move(p);
 }
@@ -173,12 +175,11 @@ void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& ou
 }
 
 void MapService::refused(uint64_t id, std::vector<dmu_response>& out) {
-  if (!pending_.count(id)) return;
-  dmu_request done{};
-  done.type = DMU_REQ_DONE;
-  done.id = id;
-  done.status = -EIO;
-  handle_done(done, out);
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  // Nothing of a refused answer was applied: no INVALIDATE is needed.
+  resolve_pending(it, false);
+  answer_waiting(out);
 }
 
 void MapService::answer_discard(const dmu_request& r, std::vector<dmu_response>& out) {

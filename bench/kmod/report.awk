@@ -4,7 +4,9 @@
 # job, the median of each device, their ratio, the per-repetition ratios,
 # their median (each repetition ran the two devices back to back, so its ratio
 # is immune to drift across the boot) and the runs during which other work
-# used more than 25% of a core.
+# used more than 25% of a core.  Variables: kernel (for the header), joborder
+# (their order, default "randread randwrite seqwrite"), name (the compared
+# device's column title, default "userspace").
   BEGIN {
     while ((getline l < loadfile) > 0) { split(l, a, " "); n++; lt[n] = a[1]; lo[n] = a[2] }
   }
@@ -27,10 +29,11 @@
     jobs[job] = 1
   }
   END {
-    printf "| job (kernel %s) | dm-linear IOPS | userspace IOPS | ratio IOPS | dm-linear MiB/s | userspace MiB/s | ratio MiB/s | per-rep ratios | median per-rep ratio | daemon requests during runs | max other host load | loaded runs |\n", kernel
+    if (name == "") name = "userspace"
+    printf "| job (kernel %s) | dm-linear IOPS | %s IOPS | ratio IOPS | dm-linear MiB/s | %s MiB/s | ratio MiB/s | per-rep ratios | median per-rep ratio | daemon requests during runs | max other host load | loaded runs |\n", kernel, name, name
     print "|---|---|---|---|---|---|---|---|---|---|---|---|"
-    split("randread randwrite seqwrite", order, " ")
-    for (o = 1; o <= 3; o++) {
+    njobs = split(joborder == "" ? "randread randwrite seqwrite" : joborder, order, " ")
+    for (o = 1; o <= njobs; o++) {
       job = order[o]; if (!(job in jobs)) continue
       k = cnt[job, "lin"]
       for (i = 1; i <= k; i++) { a[i] = iops[job, "lin", i]; b[i] = iops[job, "u", i]; c[i] = bw[job, "lin", i]; d[i] = bw[job, "u", i] }

@@ -29,30 +29,11 @@ trap 'rm -f "$samples" "$settings"' EXIT
 case $backing in disk | memory) ;; *) echo "$0: --backing is disk or memory" >&2; exit 2 ;; esac
 printf 'REPS=%s\nRUNTIME=%s\nBACKING=%s\n' "$reps" "$runtime" "$backing" >"$settings"
 
-# sample_load: every 2 s, "<seconds since QEMU started> <other CPU, % of one core>".
-sample_load() {
-  local qpid='' t0 prev_busy=0 prev_total=0 prev_own=0 busy total own ncpu
-  ncpu=$(nproc)
-  while [ -z "$qpid" ]; do
-    qpid=$(pgrep -f -- "^qemu-system-x86_64 .*runs/kmod-bench.$line/initrd" | head -1 || true)
-    sleep 0.2
-  done
-  t0=$(date +%s.%N)
-  while kill -0 "$qpid" 2>/dev/null; do
-    read -r busy total < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    own=$(awk '{print $14+$15}' "/proc/$qpid/stat" 2>/dev/null || echo "$prev_own")
-    if [ "$prev_total" != 0 ]; then
-      awk -v t="$(date +%s.%N)" -v t0="$t0" -v db=$((busy - prev_busy)) -v dt=$((total - prev_total)) \
-        -v dq=$((own - prev_own)) -v n="$ncpu" \
-        'BEGIN { o = dt > 0 ? (db - dq) * 100 * n / dt : 0; if (o < 0) o = 0; printf "%.1f %.0f\n", t - t0, o }'
-    fi
-    prev_busy=$busy prev_total=$total prev_own=$own
-    sleep 2
-  done
-}
+# shellcheck source=bench/lib/host-load.sh
+. "$src/bench/lib/host-load.sh"
 
 cmake --build "$build" -j2 --target dmu-test-daemon >/dev/null
-sample_load >"$samples" &
+sample_load "kmod-bench.$line" >"$samples" &
 sampler=$!
 rc=0
 "$src/tests/vm/lib/run-case.sh" --build "$build" --kernel "$line" "$here/kmod-bench.sh" || rc=$?

@@ -1,0 +1,136 @@
+#!/bin/sh
+# Guest half of bench/attach/run.sh (not a test): fio on a device made by
+# `dmu attach` next to dm-linear over a direct-I/O loop device of a raw file
+# on the same ext4, interleaved A/B, REPS repetitions.
+#   mapped-*  a qcow2 whose every cluster is allocated (converted from the
+#             raw file), pushed at attach: 4k random read and write
+#             (iodepth 16) and 1M sequential read and write (iodepth 4),
+#             RUNTIME-second time-based runs;
+#   alloc-*   a fresh empty qcow2 per run, so writes allocate: 4k random
+#             writes (iodepth 16) until 32 MiB are written, and one 1M
+#             sequential pass (iodepth 4) over the whole disk; the same
+#             size-based job on dm-linear over a fresh sparse raw file (the
+#             file system allocates there too, and the VM's disk, a sparse
+#             file on the host, was never written there either: against an
+#             allocated file the reference would skip both costs).
+# One line per run in /results/bench.csv, the columns bench/kmod/report.awk
+# reads: rep,job,device,start_s,end_s,iops,bw_kib,requests (device u = dmu,
+# lin = dm-linear; requests = the mapping process's requests during the
+# run), plus misses (the kernel's).
+# vm: kernels=6.1,6.12 timeout=2400 disks=4G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
+. /src/tests/kmod/vm-lib.sh
+. /src/tests/vm/lib/guest/attach-lib.sh
+REPS=${REPS:-3}
+RUNTIME=${RUNTIME:-8}
+[ -f /src/bench/attach/settings ] && . /src/bench/attach/settings
+SIZE_MB=512
+
+step "a ${SIZE_MB} MiB raw file, dm-linear over its direct-I/O loop; the same bytes as a qcow2"
+data_fs
+cd /data || fail "cd /data"
+make_file /data/disk.img $SIZE_MB /dev/urandom
+LOOP=$(loop_dio /data/disk.img)
+echo "0 $(blockdev --getsz "$LOOP") linear $LOOP 0" | dmsetup create lin || fail "create dm-linear"
+qemu-img convert -O qcow2 /data/disk.img /data/full.qcow2 || fail "convert to qcow2"
+
+# counter NAME KEY: a number of the mapping process's from `dmu stats NAME --output=json`.
+counter() {
+  dmu stats "$1" --output=json | tr -d '\n ' | sed -n 's/.*"daemon":{\([^}]*\)}.*/\1/p' |
+    grep -o "\"$2\":[0-9]*" | cut -d: -f2
+}
+
+# run JOB DEV FIO_ARGS...: one fio run on /dev/mapper/DEV; prints "iops bw_kib".
+run() {
+  _job=$1 _dev=$2
+  shift 2
+  fio --name="$_job" --filename="/dev/mapper/$_dev" --direct=1 --ioengine=libaio "$@" \
+    --minimal >/tmp/fio.out 2>&1 || { cat /tmp/fio.out; fail "fio $_job on $_dev"; }
+  case $_job in
+    *read*) awk -F';' '{print $8, $7}' /tmp/fio.out ;;
+    *) awk -F';' '{print $49, $48}' /tmp/fio.out ;;
+  esac
+}
+
+# measure REP JOB DEV [MAPPER] FIO_ARGS...: a run on /dev/mapper/MAPPER
+# (default DEV), its line in bench.csv as DEV (u: the attached image u).
+measure() {
+  _rep=$1 _job=$2 _dev=$3 _mapper=$3
+  shift 3
+  case $1 in --*) ;; *) _mapper=$1; shift ;; esac
+  r0=0 m0=0
+  if [ "$_dev" = u ]; then
+    sleep 1.2 # the mapping process rewrites its counters about once a second
+    r0=$(counter u requests) m0=$(dmu_stat u misses)
+  fi
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  # shellcheck disable=SC2046  # split on purpose: "iops bw_kib"
+  set -- $(run "$_job" "$_mapper" "$@")
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  r1=0 m1=0
+  if [ "$_dev" = u ]; then
+    sleep 1.2
+    r1=$(counter u requests) m1=$(dmu_stat u misses)
+  fi
+  echo "$_rep,$_job,$_dev,$t0,$t1,$1,$2,$((r1 - r0)),$((m1 - m0))" | tee -a /results/bench.csv
+}
+
+job_args() {
+  case $1 in
+    mapped-randread) echo "--rw=randread --bs=4k --iodepth=16 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
+    mapped-randwrite) echo "--rw=randwrite --bs=4k --iodepth=16 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
+    mapped-seqread) echo "--rw=read --bs=1M --iodepth=4 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
+    mapped-seqwrite) echo "--rw=write --bs=1M --iodepth=4 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
+    alloc-randwrite) echo "--rw=randwrite --bs=4k --iodepth=16 --io_size=32M" ;;
+    alloc-seqwrite) echo "--rw=write --bs=1M --iodepth=4" ;;
+  esac
+}
+
+# attach_u IMAGE: the image as /dev/mapper/u, its push finished.
+attach_u() {
+  dmu attach --name u "$1" >/dev/null || fail "dmu attach $1"
+  _i=0
+  until grep -q "pushed [0-9]* extents" /run/dmu/u.log 2>/dev/null; do
+    _i=$((_i + 1)); [ $_i -lt 600 ] || fail "no end of push for $1"; sleep 0.1
+  done
+}
+
+echo "rep,job,device,start_s,end_s,iops,bw_kib,requests,misses" >/results/bench.csv
+for rep in $(seq 1 "$REPS"); do
+  if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
+  step "rep $rep: mapped (order $order)"
+  attach_u /data/full.qcow2
+  for job in mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite; do
+    # shellcheck disable=SC2046
+    for dev in $order; do measure "$rep" $job $dev --size=${SIZE_MB}M $(job_args $job); done
+  done
+  dmu detach u || fail "dmu detach u"
+  step "rep $rep: allocating (order $order)"
+  for job in alloc-randwrite alloc-seqwrite; do
+    for dev in $order; do
+      if [ $dev = u ]; then
+        rm -f /data/empty.qcow2
+        qemu-img create -q -f qcow2 /data/empty.qcow2 ${SIZE_MB}M || fail "create empty.qcow2"
+        attach_u /data/empty.qcow2
+        target=u
+      else
+        rm -f /data/sparse.img
+        truncate -s ${SIZE_MB}M /data/sparse.img
+        SPARSE=$(loop_dio /data/sparse.img)
+        echo "0 $(blockdev --getsz "$SPARSE") linear $SPARSE 0" | dmsetup create alin ||
+          fail "create dm-linear over the sparse file"
+        target=alin
+      fi
+      # shellcheck disable=SC2046
+      measure "$rep" $job $dev $target --size=${SIZE_MB}M $(job_args $job)
+      if [ $dev = u ]; then
+        dmu detach u || fail "dmu detach u"
+      else
+        dmsetup remove alin && losetup -d "$SPARSE" || fail "remove the sparse reference"
+      fi
+    done
+  done
+done
+qemu-img check -q /data/full.qcow2 || fail "qemu-img check full.qcow2"
+dmsetup remove lin
+losetup -d "$LOOP"
+step "ok"

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# bench/attach/run.sh [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]
+# Boots one VM (through the VM harness) that runs bench/attach/io-bench.sh:
+# fio on `dmu attach`ed qcow2 images (fully allocated: mapped I/O; empty:
+# allocating writes) next to dm-linear over a loop device on the same file
+# system, interleaved, N repetitions.  Samples the host's other CPU use
+# meanwhile (bench/lib/host-load.sh) and prints bench/kmod's table (medians,
+# ratio to dm-linear, per-repetition ratios, the daemon's requests during the
+# runs) and the pooled paired ratios with their interval (bench/kmod/pool.py).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+build=$src/build line=6.12 reps=3 runtime=8
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build) build=$2; shift 2 ;;
+    --kernel) line=$2; shift 2 ;;
+    --reps) reps=$2; shift 2 ;;
+    --runtime) runtime=$2; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]" >&2; exit 2 ;;
+  esac
+done
+build=$(realpath "$build")
+results=$build/tests/vm/results/io-bench.$line
+samples=$(mktemp)
+settings=$here/settings
+trap 'rm -f "$samples" "$settings"' EXIT
+printf 'REPS=%s\nRUNTIME=%s\n' "$reps" "$runtime" >"$settings"
+# shellcheck source=bench/lib/host-load.sh
+. "$src/bench/lib/host-load.sh"
+
+cmake --build "$build" -j2 --target dmu >/dev/null
+sample_load "io-bench.$line" >"$samples" &
+sampler=$!
+rc=0
+"$src/tests/vm/lib/run-case.sh" --build "$build" --kernel "$line" "$here/io-bench.sh" || rc=$?
+wait "$sampler" || true
+cp "$samples" "$results/host-load.txt"
+[ "$rc" = 0 ] || { echo "bench VM failed (rc $rc); console: $results/console.log" >&2; exit "$rc"; }
+
+jobs="mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite alloc-randwrite alloc-seqwrite"
+# Every job ran on both devices in every repetition, with a number.
+for job in $jobs; do
+  for dev in lin u; do
+    n=$(awk -F, -v j="$job" -v d="$dev" '$2 == j && $3 == d && $6 > 0' "$results/bench.csv" | wc -l)
+    [ "$n" = "$reps" ] || { echo "$0: $job on $dev: $n of $reps runs measured" >&2; exit 1; }
+  done
+done
+awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" -v joborder="$jobs" -v name="dmu qcow2" \
+  -f "$src/bench/kmod/report.awk" "$results/bench.csv"
+echo
+"$src/bench/kmod/pool.py" "$results/bench.csv"
+echo
+echo "kernel misses during the dmu runs (job: per repetition):"
+awk -F, 'NR > 1 && $3 == "u" { m[$2] = m[$2] " " $9 } END { for (j in m) print "  " j ":" m[j] }' "$results/bench.csv" | sort
+echo "raw: $results/bench.csv, host load samples: $results/host-load.txt"
