@@ -7,6 +7,8 @@
 // with EBUSY, which the guest saw as an I/O error).
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "fileio/fault_env.h"
 #include "formats/chain.h"
 #include "mapper/block_ranges.h"
@@ -42,6 +44,42 @@ TEST(BlockRanges, OverlapsCoveredUntilAndNextStart) {
   r.remove(12, 1);
   r.remove(15, 2);
   EXPECT_TRUE(r.empty());
+}
+
+// Against a brute-force model: random adds and removes (duplicates,
+// touching and nested ranges), every query checked at every step.
+TEST(BlockRanges, AgreesWithABruteForceModel) {
+  std::mt19937_64 rng(7);
+  BlockRanges r;
+  std::vector<std::pair<uint64_t, uint64_t>> model;  // (first, count), with duplicates
+  auto covered = [&](uint64_t b) {
+    for (auto [f, n] : model)
+      if (f <= b && b < f + n) return true;
+    return false;
+  };
+  for (int step = 0; step < 3000; ++step) {
+    if (model.empty() || rng() % 3) {
+      uint64_t f = rng() % 200, n = 1 + rng() % 12;
+      r.add(f, n);
+      model.emplace_back(f, n);
+    } else {
+      size_t i = rng() % model.size();
+      r.remove(model[i].first, model[i].second);
+      model.erase(model.begin() + long(i));
+    }
+    const uint64_t q = rng() % 220, qn = 1 + rng() % 20;
+    bool any = false;
+    for (uint64_t b = q; b < q + qn; ++b) any = any || covered(b);
+    ASSERT_EQ(r.overlaps(q, qn), any) << "step " << step;
+    uint64_t until = q;
+    while (covered(until)) ++until;
+    ASSERT_EQ(r.covered_until(q), until) << "step " << step;
+    uint64_t next = UINT64_MAX;
+    for (auto [f, n] : model)
+      if (f > q) next = std::min(next, f);
+    ASSERT_EQ(r.next_start_after(q), next) << "step " << step;
+    ASSERT_EQ(r.size(), model.size());
+  }
 }
 
 struct FakeRig {
