@@ -59,7 +59,7 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
     auto id = posix_env().identity(d.file);
     if (dio && id) direct.insert(*id);
   }
-  auto env = direct_io_env(std::move(direct));
+  auto env = direct_io_env(direct);
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(*env, st.image, co));
   const auto& files = chain->devices();
   if (files.size() + 1 != st.devices.size())
@@ -70,6 +70,12 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
     if (files[i]->path() != st.devices[i].file)
       return fail(EINVAL, st.image + ": data file " + std::to_string(i) + " is " +
                               files[i]->path() + " now, the device uses " + st.devices[i].file);
+  for (File* f : files)
+    if (auto id = posix_env().identity(f->path()); id && direct.count(*id) && !does_direct_io(*f))
+      log_event(LogLevel::Warning, st.name,
+                f->path() + ": its file system refuses 512-byte direct I/O, so metadata goes "
+                            "through the page cache while the kernel writes data with direct I/O "
+                            "(fileio/direct_env.h)");
 
   DMU_ASSIGN_OR_RETURN(ControlChannel channel, ControlChannel::open());
   std::unique_ptr<ServedDevice> dev(new ServedDevice(st, std::move(channel)));
