@@ -22,21 +22,14 @@ while [ $# -gt 0 ]; do
 done
 build=$(realpath "$build")
 results=$build/tests/vm/results/io-bench.$line
-samples=$(mktemp)
 settings=$here/settings
-trap 'rm -f "$samples" "$settings"' EXIT
+trap 'rm -f "$settings"' EXIT
 printf 'REPS=%s\nRUNTIME=%s\n' "$reps" "$runtime" >"$settings"
 # shellcheck source=bench/lib/host-load.sh
 . "$src/bench/lib/host-load.sh"
 
 cmake --build "$build" -j2 --target dmu >/dev/null
-sample_load "io-bench.$line" >"$samples" &
-sampler=$!
-rc=0
-"$src/tests/vm/lib/run-case.sh" --build "$build" --kernel "$line" "$here/io-bench.sh" || rc=$?
-wait "$sampler" || true
-cp "$samples" "$results/host-load.txt"
-[ "$rc" = 0 ] || { echo "bench VM failed (rc $rc); console: $results/console.log" >&2; exit "$rc"; }
+run_sampled "$build" "$line" "$here/io-bench.sh"
 
 jobs="mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite alloc-randwrite alloc-seqwrite"
 # Every job ran on both devices in every repetition, with a number.

@@ -23,9 +23,8 @@ while [ $# -gt 0 ]; do
 done
 build=$(realpath "$build")
 results=$build/tests/vm/results/kmod-bench.$line
-samples=$(mktemp)
 settings=$here/settings
-trap 'rm -f "$samples" "$settings"' EXIT
+trap 'rm -f "$settings"' EXIT
 case $backing in disk | memory) ;; *) echo "$0: --backing is disk or memory" >&2; exit 2 ;; esac
 printf 'REPS=%s\nRUNTIME=%s\nBACKING=%s\n' "$reps" "$runtime" "$backing" >"$settings"
 
@@ -33,13 +32,7 @@ printf 'REPS=%s\nRUNTIME=%s\nBACKING=%s\n' "$reps" "$runtime" "$backing" >"$sett
 . "$src/bench/lib/host-load.sh"
 
 cmake --build "$build" -j2 --target dmu-test-daemon >/dev/null
-sample_load "kmod-bench.$line" >"$samples" &
-sampler=$!
-rc=0
-"$src/tests/vm/lib/run-case.sh" --build "$build" --kernel "$line" "$here/kmod-bench.sh" || rc=$?
-wait "$sampler" || true
-cp "$samples" "$results/host-load.txt"
-[ "$rc" = 0 ] || { echo "bench VM failed (rc $rc); console: $results/console.log" >&2; exit "$rc"; }
+run_sampled "$build" "$line" "$here/kmod-bench.sh"
 
 # Report: per job, median of each device over the repetitions, ratio, and
 # the repetitions whose runs overlapped host load above 25% of a core.

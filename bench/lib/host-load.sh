@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Host helper of the bench run scripts (sourced): samples, while one
-# benchmark VM runs, the CPU time everything else on the host uses
-# (vm-recipes §6 "Noise"), so the report can flag runs made under load.
+# Host helper of the bench run scripts (sourced): runs one benchmark VM
+# while sampling the CPU time everything else on the host uses (vm-recipes
+# §6 "Noise"), so the report can flag runs made under load.
 
 # sample_load CASE: every 2 s, "<seconds since QEMU started> <other CPU, %
 # of one core>", for the QEMU booted for VM case CASE (e.g. kmod-bench.6.12),
@@ -25,4 +25,21 @@ sample_load() {
     prev_busy=$busy prev_total=$total prev_own=$own
     sleep 2
   done
+}
+
+# run_sampled BUILD LINE GUEST_SCRIPT: boots the guest script through the VM
+# harness with the sampler beside it; the samples land in the case's results
+# folder as host-load.txt.  Exits with the VM's status if it failed.
+run_sampled() {
+  local build=$1 line=$2 guest=$3 name samples rc=0 sampler results
+  name=$(basename "$guest" .sh).$line
+  results=$build/tests/vm/results/$name
+  samples=$(mktemp)
+  sample_load "$name" >"$samples" &
+  sampler=$!
+  "$(dirname "${BASH_SOURCE[0]}")/../../tests/vm/lib/run-case.sh" --build "$build" --kernel "$line" "$guest" || rc=$?
+  wait "$sampler" || true
+  cp "$samples" "$results/host-load.txt"
+  rm -f "$samples"
+  [ "$rc" = 0 ] || { echo "bench VM failed (rc $rc); console: $results/console.log" >&2; exit "$rc"; }
 }

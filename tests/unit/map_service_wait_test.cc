@@ -13,6 +13,7 @@
 #include "formats/chain.h"
 #include "mapper/block_ranges.h"
 #include "mapper/map_service.h"
+#include "mapper/protocol.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/fake_image.h"
 #include "tests/unit/qcow2_test_helpers.h"
@@ -97,18 +98,16 @@ struct FakeRig {
     auto scratch = ScratchStore::create(env, "scratch", 16 << 20, 64 * K, false);
     service = std::move(*MapService::create(*chain, std::move(*scratch), {}));
   }
-  std::vector<dmu_response> send(uint32_t type, uint32_t flags, uint64_t id, uint64_t block,
-                                 uint64_t nr, int32_t status = 0) {
-    dmu_request r{};
-    r.type = type;
-    r.flags = flags;
-    r.id = id;
-    r.block = block;
-    r.nr_blocks = nr;
-    r.status = status;
+  std::vector<dmu_response> ask(const dmu_request& r) {
     std::vector<dmu_response> out;
     service->handle(r, out);
     return out;
+  }
+  std::vector<dmu_response> map(uint64_t id, uint64_t block, uint64_t nr, uint32_t flags = 0) {
+    return ask(proto::map_request(id, block, nr, flags));
+  }
+  std::vector<dmu_response> done(uint64_t id, int32_t status = 0) {
+    return ask(proto::done_request(id, status));
   }
 };
 
@@ -121,12 +120,12 @@ std::vector<uint64_t> ids_of(const std::vector<dmu_response>& v) {
 
 TEST(MapWait, AReadOfABlockInFlightIsAnsweredAfterItsDoneWithTheNewMapping) {
   FakeRig s;
-  auto w = s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 9, 5, 1);
+  auto w = s.map(9, 5, 1, DMU_MAP_WRITE);
   ASSERT_FALSE(w.empty());
   ASSERT_TRUE(w.front().ext_flags & DMU_EXT_NEW);
-  EXPECT_TRUE(s.send(DMU_REQ_MAP, 0, 11, 5, 1).empty()) << "answered from the engine mid-write";
+  EXPECT_TRUE(s.map(11, 5, 1).empty()) << "answered from the engine mid-write";
   EXPECT_EQ(s.service->waiting_requests(), 1u);
-  auto out = s.send(DMU_REQ_DONE, 0, 9, 5, 1, 0);
+  auto out = s.done(9);
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(out.front().id, 11u);
   EXPECT_EQ(out.front().type, uint32_t(DMU_RSP_EXTENT));
@@ -137,8 +136,8 @@ TEST(MapWait, AReadOfABlockInFlightIsAnsweredAfterItsDoneWithTheNewMapping) {
 
 TEST(MapWait, AWriteWhoseLaterBlocksAreInFlightIsAnsweredUpToThem) {
   FakeRig s;
-  ASSERT_FALSE(s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 9, 5, 1).empty());
-  auto out = s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 10, 3, 4);  // blocks 3..6
+  ASSERT_FALSE(s.map(9, 5, 1, DMU_MAP_WRITE).empty());
+  auto out = s.map(10, 3, 4, DMU_MAP_WRITE);  // blocks 3..6
   ASSERT_FALSE(out.empty());
   for (const auto& m : out) {
     if (m.type == DMU_RSP_EXTENT) {
@@ -147,21 +146,21 @@ TEST(MapWait, AWriteWhoseLaterBlocksAreInFlightIsAnsweredUpToThem) {
   }
   EXPECT_EQ(s.service->waiting_requests(), 0u);
   // A read stops there too: blocks 3..5 are in flight now.
-  auto r = s.send(DMU_REQ_MAP, 0, 12, 0, 8);
+  auto r = s.map(12, 0, 8);
   ASSERT_FALSE(r.empty());
   EXPECT_EQ(r.back().block + r.back().nr_blocks, 3u);
 }
 
 TEST(MapWait, RequestsForABlockAreAnsweredInArrivalOrderAndDiscardsWaitForAnyBlock) {
   FakeRig s;
-  ASSERT_FALSE(s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 9, 5, 1).empty());
-  EXPECT_TRUE(s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 10, 5, 1).empty());
-  EXPECT_TRUE(s.send(DMU_REQ_MAP, 0, 11, 5, 1).empty());
-  EXPECT_TRUE(s.send(DMU_REQ_MAP, DMU_MAP_DISCARD, 12, 4, 3).empty()) << "discard of 4..6";
+  ASSERT_FALSE(s.map(9, 5, 1, DMU_MAP_WRITE).empty());
+  EXPECT_TRUE(s.map(10, 5, 1, DMU_MAP_WRITE).empty());
+  EXPECT_TRUE(s.map(11, 5, 1).empty());
+  EXPECT_TRUE(s.map(12, 4, 3, DMU_MAP_DISCARD).empty()) << "discard of 4..6";
   // Block 4 is not in flight, but the discard asked for it first.
-  EXPECT_TRUE(s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 13, 4, 1).empty());
+  EXPECT_TRUE(s.map(13, 4, 1, DMU_MAP_WRITE).empty());
   EXPECT_EQ(s.service->waiting_requests(), 4u);
-  auto out = s.send(DMU_REQ_DONE, 0, 9, 5, 1, 0);
+  auto out = s.done(9);
   // 10 rewrites block 5 in place (nothing in flight after it), 11 reads it,
   // the discard and 13 follow.
   EXPECT_EQ(ids_of(out), (std::vector<uint64_t>{10, 11, 12, 13}));
@@ -170,8 +169,8 @@ TEST(MapWait, RequestsForABlockAreAnsweredInArrivalOrderAndDiscardsWaitForAnyBlo
 
 TEST(MapWait, ARefusedWriteAnswerIsResolvedAsFailedAndItsWaitersAnswered) {
   FakeRig s;
-  ASSERT_FALSE(s.send(DMU_REQ_MAP, DMU_MAP_WRITE, 9, 5, 1).empty());
-  EXPECT_TRUE(s.send(DMU_REQ_MAP, 0, 11, 5, 1).empty());
+  ASSERT_FALSE(s.map(9, 5, 1, DMU_MAP_WRITE).empty());
+  EXPECT_TRUE(s.map(11, 5, 1).empty());
   std::vector<dmu_response> out;
   s.service->refused(9, out);
   ASSERT_GE(out.size(), 1u);
@@ -180,7 +179,7 @@ TEST(MapWait, ARefusedWriteAnswerIsResolvedAsFailedAndItsWaitersAnswered) {
   EXPECT_EQ(s.top->failed_tokens.size(), 1u);
   EXPECT_EQ(s.service->pending_writes(), 0u);
   // The kernel's DONE -EIO for it, if one comes, finds nothing.
-  EXPECT_TRUE(s.send(DMU_REQ_DONE, 0, 9, 5, 1, -EIO).empty());
+  EXPECT_TRUE(s.done(9, -EIO).empty());
 }
 
 // The real engines: two writes into one cluster (grain), the second asked
@@ -204,14 +203,7 @@ TEST_P(RealEngineSecondWrite, IntoAClusterBeingAllocatedIsAnsweredInPlaceAfterTh
   auto service = MapService::create(**chain, std::move(*scratch), {});
   ASSERT_TRUE(service) << service.error().message;
   MapService& svc = **service;
-  auto request = [&](uint32_t type, uint32_t flags, uint64_t id, int32_t status = 0) {
-    dmu_request r{};
-    r.type = type;
-    r.flags = flags;
-    r.id = id;
-    r.block = 2;
-    r.nr_blocks = 1;
-    r.status = status;
+  auto ask = [&](const dmu_request& r) {
     std::vector<dmu_response> out;
     svc.handle(r, out);
     return out;
@@ -229,14 +221,14 @@ TEST_P(RealEngineSecondWrite, IntoAClusterBeingAllocatedIsAnsweredInPlaceAfterTh
     ASSERT_TRUE(svc.devices()[e.dev]->write(at, bytes));
   };
 
-  auto first = extent_of_block(request(DMU_REQ_MAP, DMU_MAP_WRITE, 1), 1);
+  auto first = extent_of_block(ask(proto::map_request(1, 2, 1, DMU_MAP_WRITE)), 1);
   ASSERT_EQ(first.type, uint32_t(DMU_RSP_EXTENT));
   ASSERT_TRUE(first.ext_flags & DMU_EXT_NEW);
-  auto second = request(DMU_REQ_MAP, DMU_MAP_WRITE, 2);
+  auto second = ask(proto::map_request(2, 2, 1, DMU_MAP_WRITE));
   EXPECT_TRUE(second.empty()) << fmt << ": answered before the first write's DONE: "
                               << (second.empty() ? "" : svc.last_error());
   write_block(first, 0xa1);
-  auto after = request(DMU_REQ_DONE, 0, 1);
+  auto after = ask(proto::done_request(1, 0));
   auto in_place = extent_of_block(after, 2);
   ASSERT_EQ(in_place.type, uint32_t(DMU_RSP_EXTENT)) << fmt << ": " << svc.last_error();
   EXPECT_EQ(in_place.ext_flags, uint32_t(DMU_EXT_WRITABLE)) << "in place, no second fill";
@@ -244,8 +236,8 @@ TEST_P(RealEngineSecondWrite, IntoAClusterBeingAllocatedIsAnsweredInPlaceAfterTh
   EXPECT_EQ(in_place.sector + (in_place.block - first.block) * (block / 512), first.sector)
       << "the cluster the first write allocated";
   write_block(in_place, 0xb2);
-  EXPECT_TRUE(request(DMU_REQ_DONE, 0, 2).empty());
-  auto committed = request(DMU_REQ_COMMIT, 0, 3);
+  EXPECT_TRUE(ask(proto::done_request(2, 0)).empty());
+  auto committed = ask(proto::commit_request(3));
   ASSERT_FALSE(committed.empty());
   EXPECT_EQ(committed.back().status, 0) << svc.last_error();
   service->reset();
