@@ -126,10 +126,10 @@ Result<std::string> rebind(const DeviceState& st, const std::string& image,
                             (st.group.empty() ? "on its own" : "in group " + st.group) +
                             ", not in group " + *o.group + "; detach it first");
   if (!st.group.empty()) {
-    // Bound is told by the pid the group process writes (group.cc).
-    DeviceState unbound = st;
-    unbound.pid = 0;
-    DMU_TRY(write_state(unbound));
+    // Bound is told by the pid the group process writes (group.cc); a group
+    // process its supervisor restarted since we looked may have written it
+    // already, which mark_unbound leaves alone.
+    DMU_TRY(mark_unbound(st.name));
     DMU_TRY(join_group(o.program, st.group, st.name));
     return st.node();
   }
@@ -165,6 +165,7 @@ Result<void> start_serve_process(const std::string& program,
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
   UniqueFd ready_read(pipe_fds[0]), ready_write(pipe_fds[1]);
 
+  const long open_max = ::sysconf(_SC_OPEN_MAX);  // not async-signal-safe: asked before fork
   const pid_t pid = ::fork();
   if (pid < 0) return fail(errno_error("fork the mapping process"));
   if (pid == 0) {
@@ -177,10 +178,22 @@ Result<void> start_serve_process(const std::string& program,
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::signal(SIGHUP, SIG_DFL);
-    ::dup2(dev_null.get(), 0);
-    ::dup2(dev_null.get(), 1);
-    ::dup2(log_file.get(), 2);
-    ::dup2(ready_write.get(), 3);
+    // Descriptors 0-3 are what the mapping process gets: copies above them
+    // first (a caller started with stdin closed has our log on 0), then
+    // into place (dup2 clears close-on-exec), then everything else closed.
+    // The caller's other descriptors must not leak into a process that lives
+    // for the guest's lifetime: dmu-xen-helper's libxenstore (4.17) opens its
+    // watch pipe without O_CLOEXEC, and other callers may be as careless.
+    const int wanted[4] = {dev_null.get(), dev_null.get(), log_file.get(), ready_write.get()};
+    int high[4];
+    for (int i = 0; i < 4; ++i) {
+      high[i] = ::fcntl(wanted[i], F_DUPFD, 4);
+      if (high[i] < 0) ::_exit(127);
+    }
+    for (int i = 0; i < 4; ++i)
+      if (::dup2(high[i], i) < 0) ::_exit(127);
+    if (::close_range(4, ~0U, 0) != 0)  // ENOSYS before Linux 5.9
+      for (int fd = 4; fd < open_max; ++fd) ::close(fd);
     const char* argv[] = {"dmu",        "serve", selector.at(0).c_str(), name.c_str(),
                           "--ready-fd", "3",     "--supervise",          nullptr};
     ::execv(program.c_str(), const_cast<char* const*>(argv));

@@ -110,9 +110,7 @@ Result<void> leave_group(const DeviceState& st, pid_t signal) {
 // it ended meanwhile).
 Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
   (void)::unlink(leave_path(st.name).c_str());
-  DeviceState unbound = st;
-  unbound.pid = 0;
-  DMU_TRY(write_state(unbound));
+  DMU_TRY(mark_unbound(st.name));
   return join_group(program, st.group, st.name);
 }
 

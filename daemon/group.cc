@@ -41,10 +41,13 @@ pid_t group_pid(const std::string& group) {
   return serves_group(pid_t(pid), group) ? pid_t(pid) : 0;
 }
 
-// Bound: the group process took NAME's lock and wrote its pid into the record.
-bool bound(const std::string& name) {
+// Bound: the group process took NAME's lock and wrote its pid into the
+// record.  The pid must be a live process of the group: a record a rebind
+// found served by the restarted process (mark_unbound left it alone) may
+// still name the killed one while the new one is setting NAME up.
+bool bound(const std::string& name, const std::string& group) {
   auto st = read_state(name);
-  return st && *st && (*st)->pid != 0 && lock_held(name);
+  return st && *st && serves_group((*st)->pid, group) && lock_held(name);
 }
 
 std::string read_text(const std::string& path) {
@@ -84,6 +87,20 @@ Result<void> signal_group(const std::string& group) {
   return {};
 }
 
+Result<bool> mark_unbound(const std::string& name) {
+  auto lock = NameLock::try_acquire(name);
+  if (!lock) {
+    if (lock.error().code == EWOULDBLOCK) return false;  // served: its pid stands
+    return fail(lock.error());
+  }
+  DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
+  if (!st) return fail(ENOENT, name + ": not attached (no record " + state_path(name) + ")");
+  if (st->pid == 0) return true;
+  st->pid = 0;
+  DMU_TRY(write_state(*st));
+  return true;
+}
+
 void report_bind_error(const std::string& name, const std::string& message) {
   (void)write_file_atomic(bind_error_path(name), message + "\n");
 }
@@ -97,7 +114,7 @@ Result<void> join_group(const std::string& program, const std::string& group,
   bool started = false;
   const auto deadline = std::chrono::steady_clock::now() + kJoinTimeout;
   for (;;) {
-    if (bound(name)) return {};
+    if (bound(name, group)) return {};
     if (exists(bind_error_path(name))) {
       std::string why = read_text(bind_error_path(name));
       clear_bind_error(name);
@@ -116,7 +133,7 @@ Result<void> join_group(const std::string& program, const std::string& group,
         DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group)));
         started = true;
       }
-    } else if (!group_alive(group) && !bound(name)) {
+    } else if (!group_alive(group) && !bound(name, group)) {
       // It exited after our signal without binding us (it had decided to
       // end): start it; it reads the members afresh.
       DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group)));

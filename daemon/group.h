@@ -39,6 +39,15 @@ Result<void> signal_group(const std::string& group);
 Result<void> join_group(const std::string& program, const std::string& group,
                         const std::string& name);
 
+// Before join_group of a member nobody served a moment ago (a rebind, a
+// detach that gave up): clears the record's pid, which join_group waits for
+// the group process to write.  Read-modify-write under NAME's lock, on the
+// record as it is then: a group process that (re)bound NAME meanwhile (a
+// supervisor restarting it after a kill -9) holds that lock, and its pid is
+// left alone.  Returns true when the pid was cleared, false when NAME is
+// served, ENOENT when the record is gone.
+Result<bool> mark_unbound(const std::string& name);
+
 // Writes / removes NAME.bind-error (the group process's answer to join_group).
 void report_bind_error(const std::string& name, const std::string& message);
 void clear_bind_error(const std::string& name);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <thread>
 
+#include "daemon/group.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
@@ -231,6 +232,57 @@ TEST(DaemonState, TakingTheNameLockWaitsOutAProbe) {
   probe.join();
   ASSERT_TRUE(lock) << lock.error().message;
   EXPECT_TRUE(lock_held("busy"));
+}
+
+// B3: a rebind of a group member read the record, found nobody serving, and
+// wrote it back with pid 0 -- over the pid a group process restarted by its
+// supervisor had written meanwhile, so join_group waited for a pid that
+// never came.  mark_unbound rewrites under the name lock, which the serving
+// process holds.
+TEST(DaemonState, MarkUnboundLeavesAServingProcessesPid) {
+  RunDir run;
+  DeviceState s = sample("xen-vbd-1-51712");
+  s.group = "xen-dom1";
+  s.pid = 0;
+  ASSERT_TRUE(write_state(s));
+  // The restarted group process: takes the lock, then writes its pid.
+  auto server = NameLock::try_acquire(s.name);
+  ASSERT_TRUE(server) << server.error().message;
+  s.pid = 4242;
+  ASSERT_TRUE(write_state(s));
+  auto r = mark_unbound(s.name);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_FALSE(*r);
+  auto back = read_state(s.name);
+  ASSERT_TRUE(back && *back);
+  EXPECT_EQ((*back)->pid, 4242);
+  EXPECT_TRUE(lock_held(s.name));
+}
+
+TEST(DaemonState, MarkUnboundClearsThePidWhenNobodyServes) {
+  RunDir run;
+  DeviceState s = sample("xen-vbd-1-51728");
+  s.group = "xen-dom1";
+  s.supervisor = 17;
+  ASSERT_TRUE(write_state(s));
+  auto r = mark_unbound(s.name);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_TRUE(*r);
+  auto back = read_state(s.name);
+  ASSERT_TRUE(back && *back);
+  DeviceState want = s;
+  want.pid = 0;
+  EXPECT_EQ(**back, want);  // only the pid changed
+  EXPECT_FALSE(lock_held(s.name));  // and the lock is let go for the group process
+  auto again = NameLock::try_acquire(s.name);
+  EXPECT_TRUE(again) << again.error().message;
+}
+
+TEST(DaemonState, MarkUnboundOfAMissingRecordSaysSo) {
+  RunDir run;
+  auto r = mark_unbound("gone");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ENOENT);
 }
 
 TEST(DaemonState, AtomicWriteLeavesNoTemporary) {
