@@ -79,7 +79,7 @@ report() {
   local name=$1 console=$2 qemu_rc=$3 secs=$4 rc booted
   booted=$(tr -d '\r' <"$console" | sed -n 's/.*dmu-init: booted \(Linux [^ ]*\).*/\1/p' | head -1)
   rc=$(result_of "$console")
-  if [ "$qemu_rc" = 124 ]; then
+  if [ "$qemu_rc" = 124 ] && [ "$rc" != 93 ]; then
     log "TIMEOUT after ${secs}s; QEMU killed. Last console lines:"
     rc=124
   elif [ -z "$rc" ]; then
@@ -87,6 +87,11 @@ report() {
     rc=125
   elif [ "$rc" != 0 ]; then
     log "FAILED with status $rc (${booted:-no Linux booted}, ${secs}s). Last console lines:"
+  fi
+  if [ "$rc" = 93 ]; then   # the guest's hang report: blocked tasks and device state
+    log "the guest reported a HANG; its report, then QEMU's virtqueues:"
+    tr -d '\r' <"$console" | sed -n '/dmu-init: HANG/,$p' | grep -v '^host-virtio: ' | head -n 500 | sed 's/^/  | /' >&2
+    grep "^host-virtio: " "$console" | sed 's/^/  | /' >&2
   fi
   if [ "$rc" != 0 ]; then
     tr -d '\r' <"$console" | tail -n 60 | sed 's/^/  | /' >&2

@@ -158,17 +158,17 @@ keep_attached=
 [ -z "$(ls -A /run/dmu/hotplug | grep -v '^lock$')" ] || fail "block-dmu state left after the refused add"
 dmu detach elsewhere || fail "dmu detach elsewhere"
 nothing_left
+# qemu-io opens ovB.qcow2 read-write and sleeps, holding its lock.  Wait
+# until the kernel lists a lock on the file (qemu takes OFD locks) with qemu-io
+# alive a second later.  Not probed with qemu-img: a probe opening the image
+# while qemu-io opens it can make both fail, and then bad5 would succeed.
+ovb_inode=$(stat -c %i ovB.qcow2)
 qemu-io -c "sleep 600000" ovB.qcow2 >/tmp/qio.log 2>&1 &
 qio=$!
 i=0
-until ! qemu-img info ovB.qcow2 >/dev/null 2>&1; do
+until grep -q "OFDLCK.*:$ovb_inode " /proc/locks && sleep 1 && kill -0 $qio 2>/dev/null; do
+  kill -0 $qio 2>/dev/null || { cat /tmp/qio.log; fail "qemu-io exited before bad5"; }
   i=$((i + 1))
-  if ! kill -0 $qio 2>/dev/null; then
-    # Our own qemu-img info probe may have held the image as qemu-io opened it.
-    grep -q lock /tmp/qio.log || { cat /tmp/qio.log; fail "qemu-io exited"; }
-    qemu-io -c "sleep 600000" ovB.qcow2 >/tmp/qio.log 2>&1 &
-    qio=$!
-  fi
   [ $i -lt 600 ] || fail "qemu-io never locked ovB.qcow2"
   sleep 0.1
 done

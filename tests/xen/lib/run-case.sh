@@ -53,6 +53,7 @@ DMU_MODULES="virtio_pci 9pnet_virtio 9p xen-evtchn xen-gntdev xen-gntalloc xen-p
 DMU_KMOD=$h_kmod
 DMU_SHARES="results src"
 DMU_INIT_DEBUG=${DMU_VM_DEBUG:-}
+DMU_CASE_TIMEOUT=$h_timeout
 EOT
 pack_cpio "$run/case" "$run/case.cpio.zst"
 cat "$pieces/tools-dom0.cpio.zst" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$pieces/xen.cpio.zst" \
