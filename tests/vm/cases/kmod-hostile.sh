@@ -15,7 +15,7 @@
 # stays free of oops/warnings, the module's slab caches return to their
 # baseline after removal and the module unloads.  slab_nomerge keeps the
 # module's caches visible by name.
-# vm: kernels=6.1,6.12 timeout=480 disks=256M cmdline=slab_nomerge
+# vm: kernels=6.1,6.12 timeout=480 debug_timeout=6300 disks=256M cmdline=slab_nomerge
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
 TMO=10       # daemon_timeout of the hostile tables (s)

@@ -7,7 +7,7 @@
 # handed to fio's allocations soon).  Zero I/O errors, fio's verify passes,
 # and after the daemon's last commit a fresh target with a fresh daemon reads
 # back what fio wrote: fio verifies again and the whole device reads the same.
-# vm: kernels=6.1,6.12 timeout=420 mem=1024 disks=1G
+# vm: kernels=6.1,6.12 timeout=420 debug_timeout=6300 mem=1024 disks=1G
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
 KEY=mr1

@@ -15,8 +15,9 @@ console=${2:?}
 shift 2
 
 : >"$console"
-qmp=$(dirname "$console")/qmp.sock
-rm -f "$qmp" "$console.host"
+# A short path: a UNIX socket's must stay under 108 bytes, build dirs need not.
+qmp=$(mktemp -u "${TMPDIR:-/tmp}/dmu-qmp.XXXXXX")
+rm -f "$console.host"
 timeout -k 5 "$timeout_s" qemu-system-x86_64 -nodefaults -nographic -display none \
   -no-reboot -monitor none -serial "file:$console" -qmp "unix:$qmp,server=on,wait=off" \
   "$@" </dev/null &

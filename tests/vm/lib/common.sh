@@ -90,8 +90,10 @@ report() {
   fi
   if [ "$rc" = 93 ]; then   # the guest's hang report: blocked tasks and device state
     log "the guest reported a HANG; its report, then QEMU's virtqueues:"
-    tr -d '\r' <"$console" | sed -n '/dmu-init: HANG/,$p' | grep -v '^host-virtio: ' | head -n 500 | sed 's/^/  | /' >&2
-    grep "^host-virtio: " "$console" | sed 's/^/  | /' >&2
+    # || true: report() also runs under set -e/pipefail (the Xen lane); a
+    # missing host view or head closing the pipe must not end it early.
+    tr -d '\r' <"$console" | sed -n '/dmu-init: HANG/,$p' | grep -v '^host-virtio: ' | head -n 500 | sed 's/^/  | /' >&2 || true
+    grep "^host-virtio: " "$console" | sed 's/^/  | /' >&2 || true
   fi
   if [ "$rc" != 0 ]; then
     tr -d '\r' <"$console" | tail -n 60 | sed 's/^/  | /' >&2

@@ -21,7 +21,7 @@ done
 case_file=$(realpath "${1:?usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] CASE.sh}")
 build=$(realpath -m "$build")
 name=$(basename "$case_file" .sh)
-h_timeout=300 h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline=
+h_timeout=300 h_debug_timeout= h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline=
 read_header "$case_file" vm
 log_prefix="vm.$name.$line"
 
@@ -33,7 +33,9 @@ if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
   # debug-lane.env, with the caller's environment taking precedence.
   eval "$(sed -n 's/^\(DMU_DEBUG_[A-Z_]*\)=\(.*\)$/\1=${\1:-\2}/p' "$vm_lib/debug-lane.env")"
   h_mem=$((h_mem * DMU_DEBUG_MEM_PERCENT / 100))
-  h_timeout=$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))
+  # A case may name its own (debug_timeout=): one whose debug run is much
+  # slower than the factor says keeps a short timeout on the normal lanes.
+  h_timeout=${h_debug_timeout:-$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))}
   h_cmdline="$h_cmdline+${DMU_DEBUG_CMDLINE// /+}"
 fi
 # A soak run of a case with a duration (DMU_CASE_SECONDS) gets that much more time.
