@@ -163,25 +163,74 @@ void release(Member& m, const std::string& why) {
 }
 
 // A group member that cannot be served is told (NAME.bind-error, for the
-// attach waiting on it) and skipped: the domain's other disks go on.
-void add_member(const std::string& group, const std::string& name, bool supervised,
-                std::vector<Member>& members, std::string* first_error) {
+// attach waiting on it; not on a rebind, which no attach waits for) and
+// skipped: the domain's other disks go on.  Returns whether it is served.
+bool add_member(const std::string& group, const std::string& name, bool supervised,
+                std::vector<Member>& members, std::string* first_error,
+                bool report = true) {
   auto m = set_up(name, /*own_lock=*/true, supervised);
   if (!m) {
     log_event(LogLevel::Error, name, m.error().message);
-    report_bind_error(name, m.error().message);
+    if (report) report_bind_error(name, m.error().message);
     if (first_error && first_error->empty()) *first_error = m.error().message;
-    return;
+    return false;
   }
   clear_bind_error(name);
   m->device->write_stats(true);
   log_event(LogLevel::Info, name, "served by group " + group + "'s mapping process");
   members.push_back(std::move(*m));
+  return true;
 }
 
-// SIGHUP: the group's members now.  Returns false when none is left.
-bool reload(const ServeOptions& o, std::vector<Member>& members) {
+// A group member whose channel failed is released alone and bound again
+// after a backoff, doubling up to a limit, for as long as it stays in the
+// group: exiting would take the domain's other disks down with it, and a
+// member that fails again would do so on every restart.
+struct Rebind {
+  std::string name;
+  std::chrono::steady_clock::time_point at;
+  std::chrono::seconds backoff;
+};
+constexpr std::chrono::seconds kFirstRebind{1};
+constexpr std::chrono::seconds kMaxRebind{30};
+
+bool in(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+void drop_rebinds_not_in(const std::vector<std::string>& wanted, std::vector<Rebind>& rebinds) {
+  std::erase_if(rebinds, [&](const Rebind& r) { return !in(wanted, r.name); });
+}
+
+void rebind_due(const ServeOptions& o, std::vector<Member>& members,
+                std::vector<Rebind>& rebinds) {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = rebinds.begin(); it != rebinds.end();) {
+    const bool served = std::any_of(members.begin(), members.end(),
+                                    [&](const Member& m) { return m.name == it->name; });
+    if (it->at > now && !served) {
+      ++it;
+      continue;
+    }
+    if (served || !in(group_members(o.group), it->name)) {
+      it = rebinds.erase(it);  // bound again by a reload, or left the group
+    } else if (add_member(o.group, it->name, o.supervised, members, nullptr, /*report=*/false)) {
+      it = rebinds.erase(it);
+    } else {
+      it->backoff = std::min(it->backoff * 2, kMaxRebind);
+      it->at = now + it->backoff;
+      log_event(LogLevel::Info, it->name,
+                "binding again in " + std::to_string(it->backoff.count()) + " s");
+      ++it;
+    }
+  }
+}
+
+// SIGHUP: the group's members now.  Returns false when none is left, served
+// or waiting to be bound again.
+bool reload(const ServeOptions& o, std::vector<Member>& members, std::vector<Rebind>& rebinds) {
   const std::vector<std::string> wanted = group_members(o.group);
+  drop_rebinds_not_in(wanted, rebinds);
   for (auto it = members.begin(); it != members.end();) {
     if (std::find(wanted.begin(), wanted.end(), it->name) == wanted.end()) {
       release(*it, "left group " + o.group);
@@ -195,7 +244,7 @@ bool reload(const ServeOptions& o, std::vector<Member>& members) {
     if (std::none_of(members.begin(), members.end(), served))
       add_member(o.group, name, o.supervised, members, nullptr);
   }
-  return !members.empty();
+  return !members.empty() || !rebinds.empty();
 }
 
 }  // namespace
@@ -231,6 +280,8 @@ int serve(const ServeOptions& options) {
   if (options.ready_fd >= 0) ::close(options.ready_fd);
 
   std::vector<pollfd> fds;
+  std::vector<Rebind> rebinds;       // grouped: members released after an error
+  std::vector<size_t> failed;        // members whose channel failed this round
   int rc = 0;
   auto last_stats = std::chrono::steady_clock::now();
   bool pushing = true;  // until every device's push is over
@@ -245,11 +296,16 @@ int serve(const ServeOptions& options) {
     if (rc != 0) break;
     if (grouped && g_reload && !g_stop) {
       g_reload = 0;
-      if (!reload(options, members)) {
+      if (!reload(options, members, rebinds)) {
         log_event(LogLevel::Info, "group " + options.group, "no members left; exiting");
         break;
       }
       pushing = true;  // a new member pushes its mappings
+    }
+    if (grouped && !g_stop && !rebinds.empty()) {
+      const size_t before = members.size();
+      rebind_due(options, members, rebinds);
+      if (members.size() > before) pushing = true;
     }
     fds.resize(members.size());
     for (size_t i = 0; i < members.size(); ++i) fds[i] = {members[i].device->fd(), POLLIN, 0};
@@ -274,12 +330,23 @@ int serve(const ServeOptions& options) {
         auto r = members[i].device->serve_batch();
         if (!r) {
           log_event(LogLevel::Error, members[i].device->name(), r.error().message);
-          rc = 1;
+          if (grouped)
+            failed.push_back(i);
+          else
+            rc = 1;
           break;
         }
         if (*r == 0) break;
       }
     }
+    // From the back, so the indices of the others stay valid.
+    for (auto it = failed.rbegin(); it != failed.rend(); ++it) {
+      Member& m = members[*it];
+      release(m, "released after a channel error; the group's other members go on");
+      rebinds.push_back({m.name, std::chrono::steady_clock::now() + kFirstRebind, kFirstRebind});
+      members.erase(members.begin() + std::ptrdiff_t(*it));
+    }
+    failed.clear();
     pushing = false;
     if (!g_stop)
       for (auto& m : members) pushing = m.device->push_some() || pushing;
