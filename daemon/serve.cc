@@ -78,6 +78,11 @@ struct Member {
   std::unique_ptr<ServedDevice> device;
   std::string node;
   bool read_only = false;
+  // Set when a rebind brought it back (see Rebind): the backoff that rebind
+  // waited, and when it was bound, so a member failing again soon after
+  // waits longer each time instead of 1 s forever.
+  std::chrono::seconds rebind_backoff{0};
+  std::chrono::steady_clock::time_point bound_at = std::chrono::steady_clock::now();
 };
 
 // Before a clean exit: a flush through the device while the loop still
@@ -193,6 +198,17 @@ struct Rebind {
 };
 constexpr std::chrono::seconds kFirstRebind{1};
 constexpr std::chrono::seconds kMaxRebind{30};
+// A member that fails within this long of a rebind keeps its backoff growing.
+constexpr std::chrono::seconds kRebindSettled{60};
+
+// The rebind for a member released now after a channel error.
+Rebind rebind_after_failure(const Member& m) {
+  const auto now = std::chrono::steady_clock::now();
+  auto backoff = kFirstRebind;
+  if (m.rebind_backoff.count() > 0 && now - m.bound_at < kRebindSettled)
+    backoff = std::min(m.rebind_backoff * 2, kMaxRebind);
+  return {m.name, now + backoff, backoff};
+}
 
 bool in(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -215,6 +231,7 @@ void rebind_due(const ServeOptions& o, std::vector<Member>& members,
     if (served || !in(group_members(o.group), it->name)) {
       it = rebinds.erase(it);  // bound again by a reload, or left the group
     } else if (add_member(o.group, it->name, o.supervised, members, nullptr, /*report=*/false)) {
+      members.back().rebind_backoff = it->backoff;
       it = rebinds.erase(it);
     } else {
       it->backoff = std::min(it->backoff * 2, kMaxRebind);
@@ -241,7 +258,11 @@ bool reload(const ServeOptions& o, std::vector<Member>& members, std::vector<Reb
   }
   for (const auto& name : wanted) {
     auto served = [&](const Member& m) { return m.name == name; };
-    if (std::none_of(members.begin(), members.end(), served))
+    auto waiting = [&](const Rebind& r) { return r.name == name; };
+    // One waiting for its rebind is left to it: binding here would skip
+    // its backoff and stall the loop on a bind that just failed.
+    if (std::none_of(members.begin(), members.end(), served) &&
+        std::none_of(rebinds.begin(), rebinds.end(), waiting))
       add_member(o.group, name, o.supervised, members, nullptr);
   }
   return !members.empty() || !rebinds.empty();
@@ -306,6 +327,12 @@ int serve(const ServeOptions& options) {
       const size_t before = members.size();
       rebind_due(options, members, rebinds);
       if (members.size() > before) pushing = true;
+      // The last one waiting has left the group (a detach of a member nobody
+      // served sends no SIGHUP): nothing is left to serve.
+      if (members.empty() && rebinds.empty()) {
+        log_event(LogLevel::Info, "group " + options.group, "no members left; exiting");
+        break;
+      }
     }
     fds.resize(members.size());
     for (size_t i = 0; i < members.size(); ++i) fds[i] = {members[i].device->fd(), POLLIN, 0};
@@ -343,7 +370,7 @@ int serve(const ServeOptions& options) {
     for (auto it = failed.rbegin(); it != failed.rend(); ++it) {
       Member& m = members[*it];
       release(m, "released after a channel error; the group's other members go on");
-      rebinds.push_back({m.name, std::chrono::steady_clock::now() + kFirstRebind, kFirstRebind});
+      rebinds.push_back(rebind_after_failure(m));
       members.erase(members.begin() + std::ptrdiff_t(*it));
     }
     failed.clear();

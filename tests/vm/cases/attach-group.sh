@@ -104,6 +104,28 @@ sleep 2   # at least one rebind attempt (1 s backoff), which must fail and not r
 grep -q "ga: binding again in" /run/dmu/g1.group.log || fail "no rebind attempt for ga"
 [ ! -e /run/dmu/ga.bind-error ] || fail "a rebind wrote ga.bind-error"
 
+step "a one-member group whose device is removed, then detached, ends its processes"
+out=$(dmu attach --group g2 --name gd /data/c.qcow2) || fail "dmu attach --group g2 c"
+expect_eq "processes of group g2" 2 "$(group_procs g2 | wc -l)"
+dmsetup remove gd || fail "dmsetup remove gd"
+i=0
+until grep -q "gd: released after a channel error" /run/dmu/g2.group.log; do
+  i=$((i + 1)); [ $i -lt 100 ] || { cat /run/dmu/g2.group.log; fail "gd was not released"; }
+  sleep 0.1
+done
+# gd waits for its rebind; detach of a member nobody serves sends no SIGHUP,
+# so the process itself must notice that nothing is left (at its next try).
+dmu detach gd || fail "dmu detach gd"
+# Bounded by the clock: one group_procs pass reads every process's cmdline
+# and can take seconds under TCG.
+t0=$(cut -d. -f1 /proc/uptime)
+while [ -n "$(group_procs g2)" ]; do
+  [ $(($(cut -d. -f1 /proc/uptime) - t0)) -lt 60 ] ||
+    { cat /run/dmu/g2.group.log; fail "group g2's processes did not exit within 60 s of the detach"; }
+  sleep 0.5
+done
+qemu-img check c.qcow2 || fail "qemu-img check c.qcow2 after gd"
+
 step "detach a, then b: the group's processes end with the last member"
 dmu detach ga || fail "dmu detach ga"
 expect_eq "b still served by the same process" "$before" "$(served_by gb)"
