@@ -19,6 +19,16 @@ group_procs() {
     { tr '\0' ' ' <"$_c"; } 2>/dev/null | grep -q "^dmu serve --group $1 " && echo "${_c%/cmdline}" | sed 's|/proc/||'
   done
 }
+# remove_under_group NAME G: removes NAME's dm device while group G's process
+# serves it, and waits until the process has let NAME go.
+remove_under_group() {
+  dmsetup remove "$1" || fail "dmsetup remove $1"
+  _i=0
+  until grep -q "$1: released after a channel error" "/run/dmu/$2.group.log"; do
+    _i=$((_i + 1)); [ $_i -lt 100 ] || { cat "/run/dmu/$2.group.log"; fail "$1 was not released"; }
+    sleep 0.1
+  done
+}
 # served_by NAME: the mapping process pid in NAME's record.
 served_by() { record_field "$1" pid; }
 
@@ -90,12 +100,7 @@ dd if=/dev/mapper/gb of=/data/gb.raw bs=1M iflag=direct status=none || fail "rea
 # The channel of a target that is gone fails (ENODEV): only that member is
 # let go and bound again with a backoff while it stays in the group; before,
 # the whole mapping process exited and the supervisor restarted it.
-dmsetup remove ga || fail "dmsetup remove ga"
-i=0
-until grep -q "ga: released after a channel error" /run/dmu/g1.group.log; do
-  i=$((i + 1)); [ $i -lt 100 ] || { cat /run/dmu/g1.group.log; fail "ga was not released"; }
-  sleep 0.1
-done
+remove_under_group ga g1
 dd if=/data/gb.raw of=/dev/mapper/gb bs=1M count=4 oflag=direct conv=fsync,notrunc status=none ||
   fail "write gb after ga's removal"
 expect_eq "b still served by the same process" "$before" "$(served_by gb)"
@@ -107,12 +112,7 @@ grep -q "ga: binding again in" /run/dmu/g1.group.log || fail "no rebind attempt 
 step "a one-member group whose device is removed, then detached, ends its processes"
 out=$(dmu attach --group g2 --name gd /data/c.qcow2) || fail "dmu attach --group g2 c"
 expect_eq "processes of group g2" 2 "$(group_procs g2 | wc -l)"
-dmsetup remove gd || fail "dmsetup remove gd"
-i=0
-until grep -q "gd: released after a channel error" /run/dmu/g2.group.log; do
-  i=$((i + 1)); [ $i -lt 100 ] || { cat /run/dmu/g2.group.log; fail "gd was not released"; }
-  sleep 0.1
-done
+remove_under_group gd g2
 # gd waits for its rebind; detach of a member nobody serves sends no SIGHUP,
 # so the process itself must notice that nothing is left (at its next try).
 dmu detach gd || fail "dmu detach gd"
