@@ -92,8 +92,8 @@ start=$SECONDS
 qemu_rc=0
 opt=()
 [ "$verbose" = 1 ] && opt=(--verbose)
-"$vm_lib/boot-qemu.sh" "${opt[@]}" "$h_timeout" "$run/console.log" "${args[@]}" || qemu_rc=$?
-cp "$run/console.log" "$results/console.log"
+boot_case "${opt[@]}" "$h_timeout" "$run/console.log" "${args[@]}" || qemu_rc=$?
+cp "$run/console.log"* "$results/"
 [ "${DMU_VM_KEEP:-0}" = 1 ] || rm -rf "$run"
 rc=0
 report "vm.$name.$line" "$results/console.log" "$qemu_rc" $((SECONDS - start)) || rc=$?
