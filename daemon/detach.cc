@@ -27,6 +27,9 @@ namespace dmu::daemon {
 namespace {
 
 constexpr auto kExitWait = std::chrono::seconds(60);
+// How long a group member released after a channel error may wait for its
+// group's next rebind: serve.cc's longest backoff (8 s) and a margin.
+constexpr auto kRebindWait = std::chrono::seconds(12);
 
 // A flush through the dm device: the kernel flushes the data devices and has
 // the mapping process commit the metadata of every completed write.
@@ -106,6 +109,52 @@ Result<void> leave_group(const DeviceState& st, pid_t signal) {
   return {};
 }
 
+// A group member its process released after a channel error, whose device
+// stays, is bound again by that process after a backoff.  True once it is
+// (the record re-read into st), false when the wait or the group ends.
+bool wait_rebound(DeviceState& st) {
+  // One whose bind failed when the group (re)started is not waiting for a
+  // rebind: a SIGHUP has the process bind members it neither serves nor
+  // waits for.
+  (void)signal_group(st.group);
+  const auto deadline = std::chrono::steady_clock::now() + kRebindWait;
+  while (std::chrono::steady_clock::now() < deadline && group_alive(st.group)) {
+    if (bound(st.name, st.group)) {
+      if (auto again = read_state(st.name); again && *again) {
+        st = **again;
+        return true;
+      }
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+// NAME's lock once its group let it go: a rebind that took it just before
+// the leave marker was written drops it again (set_up checks the marker
+// under the lock), or on the SIGHUP once bound.
+Result<NameLock> lock_left_member(const DeviceState& st) {
+  const auto deadline = std::chrono::steady_clock::now() + kExitWait;
+  for (;;) {
+    auto lock = NameLock::try_acquire(st.name);
+    if (lock || lock.error().code != EWOULDBLOCK) return lock;
+    (void)signal_group(st.group);
+    if (std::chrono::steady_clock::now() >= deadline ||
+        !wait_lock_free(st.name, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     deadline - std::chrono::steady_clock::now())))
+      return fail(ETIMEDOUT, st.name + ": group " + st.group + "'s mapping process did not let it go within " +
+                                 std::to_string(kExitWait.count()) + " s");
+  }
+}
+
+// Detach gave up before letting NAME go: the marker goes, and the group
+// (which dropped NAME from its rebinds on seeing it) re-reads its members.
+void cancel_leave(const DeviceState& st) {
+  (void)::unlink(leave_path(st.name).c_str());
+  (void)signal_group(st.group);
+}
+
 // Detach gave up: the member is served again (by its group, started anew if
 // it ended meanwhile).
 Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
@@ -132,19 +181,18 @@ Result<std::string> detach(const DetachOptions& o) {
     return fail(EBUSY, name + ": device is in use (open count " +
                            std::to_string(info.open_count) + "); unmount or close it first");
 
-  const bool alive = lock_held(name);
-  if (info.exists) {
-    if (alive) {
-      DMU_TRY(flush_device(st->node()));
-    } else if (!o.force) {
-      DMU_ASSIGN_OR_RETURN(uint64_t pending, unpublished(name));
-      if (pending)
-        return fail(EBUSY, name + ": no mapping process, and the kernel holds " +
-                               std::to_string(pending) +
-                               " uncommitted allocations; run dmu attach --name " + name + " " +
-                               st->image + " to rebind first (or detach --force to drop them)");
-    }
+  bool alive = lock_held(name);
+  if (info.exists && !alive && !o.force) {
+    DMU_ASSIGN_OR_RETURN(uint64_t pending, unpublished(name));
+    // Its group may be about to bind it again; then it commits them.
+    if (pending && !st->group.empty()) alive = wait_rebound(*st);
+    if (pending && !alive)
+      return fail(EBUSY, name + ": no mapping process, and the kernel holds " +
+                             std::to_string(pending) +
+                             " uncommitted allocations; run dmu attach --name " + name + " " +
+                             st->image + " to rebind first (or detach --force to drop them)");
   }
+  if (info.exists && alive) DMU_TRY(flush_device(st->node()));
   if (alive) {
     // The supervisor, when there is one: between a death and a restart
     // the recorded mapping process is gone, and a SIGTERM to it would be lost.
@@ -157,21 +205,23 @@ Result<std::string> detach(const DetachOptions& o) {
       ::kill(target, SIGTERM);
     }
     if (!wait_lock_free(name, kExitWait)) {
-      if (!st->group.empty()) (void)::unlink(leave_path(name).c_str());
+      if (!st->group.empty()) cancel_leave(*st);
       return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(target) +
                                  ") did not " + (st->group.empty() ? "exit" : "let it go") +
                                  " within " + std::to_string(kExitWait.count()) + " s of " +
                                  (st->group.empty() ? "SIGTERM" : "SIGHUP"));
     }
   } else if (!st->group.empty()) {
-    // Its group process (restarting, or started by a concurrent attach)
-    // must not take it up again while it goes.
+    // Its group process (restarting, rebinding it, or started by a
+    // concurrent attach) must not take it up again while it goes.
     DMU_TRY(write_file_atomic(leave_path(name), "detach\n"));
   }
   // Held from here to the end: nobody may start serving NAME while its
   // device and files go away (and the lock file is removed by its holder,
   // the pattern NameLock expects).
-  DMU_ASSIGN_OR_RETURN(NameLock lock, NameLock::try_acquire(name));
+  auto locked = st->group.empty() ? NameLock::try_acquire(name) : lock_left_member(*st);
+  if (!locked && !st->group.empty()) cancel_leave(*st);
+  DMU_ASSIGN_OR_RETURN(NameLock lock, std::move(locked));
   if (info.exists) {
     // A test seam (vm attach-errors): time for the test to open the device
     // between the check and the removal, the race this path handles.
@@ -184,7 +234,7 @@ Result<std::string> detach(const DetachOptions& o) {
       // wait for a mapping process nobody starts.
       dm.release();
       lock.release();
-      if (!alive && !st->group.empty()) (void)::unlink(leave_path(name).c_str());
+      if (!alive && !st->group.empty()) cancel_leave(*st);
       if (alive) {
         if (auto s = st->group.empty() ? start_mapping_process(o.program, name)
                                        : rejoin_group(*st, o.program);

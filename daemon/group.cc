@@ -41,15 +41,6 @@ pid_t group_pid(const std::string& group) {
   return serves_group(pid_t(pid), group) ? pid_t(pid) : 0;
 }
 
-// Bound: the group process took NAME's lock and wrote its pid into the
-// record.  The pid must be a live process of the group: a record a rebind
-// found served by the restarted process (mark_unbound left it alone) may
-// still name the killed one while the new one is setting NAME up.
-bool bound(const std::string& name, const std::string& group) {
-  auto st = read_state(name);
-  return st && *st && serves_group((*st)->pid, group) && lock_held(name);
-}
-
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   std::string line, text;
@@ -68,6 +59,14 @@ Result<NameLock> setup_lock(const std::string& group) {
 }
 
 }  // namespace
+
+// The pid must be a live process of the group: a record a rebind found
+// served by the restarted process (mark_unbound left it alone) may still
+// name the killed one while the new one is setting NAME up.
+bool bound(const std::string& name, const std::string& group) {
+  auto st = read_state(name);
+  return st && *st && serves_group((*st)->pid, group) && lock_held(name);
+}
 
 std::vector<std::string> group_members(const std::string& group) {
   std::vector<std::string> problems, out;

@@ -30,6 +30,10 @@ std::vector<std::string> group_members(const std::string& group);
 // True when the group's supervisor (or an unsupervised `serve --group`) lives.
 bool group_alive(const std::string& group);
 
+// Bound: the group process took NAME's lock and wrote its (live) pid into
+// the record, which it clears when it lets NAME go.
+bool bound(const std::string& name, const std::string& group);
+
 // SIGHUPs the live group process: "re-read your members".  ESRCH when none.
 Result<void> signal_group(const std::string& group);
 

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 #include <csignal>
+#include <cstdlib>
 #include <memory>
 
 #include "daemon/group.h"
@@ -78,6 +79,7 @@ struct Member {
   std::unique_ptr<ServedDevice> device;
   std::string node;
   bool read_only = false;
+  DeviceState record;  // as set_up wrote it
   // Set when a rebind brought it back (see Rebind): the backoff that rebind
   // waited, and when it was bound, so a member failing again soon after
   // waits longer each time instead of 1 s forever.
@@ -143,6 +145,10 @@ Result<Member> set_up(const std::string& name, bool own_lock, bool supervised) {
   // group process takes its members' locks itself (group.h says why).
   if (own_lock) {
     DMU_ASSIGN_OR_RETURN(m.lock, NameLock::try_acquire(name));
+    // Checked again under the lock: a detach that wrote the marker after
+    // our caller read the members waits for this lock, and must get it.
+    if (::access(leave_path(name).c_str(), F_OK) == 0)
+      return fail(ECANCELED, name + ": leaving its group (detach)");
   }
   DMU_ASSIGN_OR_RETURN(auto state, read_state(name));
   if (!state) return fail(ENOENT, name + ": not attached (no record " + state_path(name) + ")");
@@ -156,14 +162,23 @@ Result<Member> set_up(const std::string& name, bool own_lock, bool supervised) {
   state->pid = ::getpid();
   state->supervisor = supervised ? ::getppid() : 0;
   DMU_TRY(write_state(*state));
+  m.record = *state;
   return m;
 }
 
 // Lets a member go: it answers the COMMITs queued and commits (detach has
-// flushed the device already), then its lock is released with it.
+// flushed the device already), then its lock is released with it.  The
+// record's pid is cleared first, under that lock: join_group takes a live
+// group pid in the record as "bound", and this process lives on.  Only the
+// record set_up wrote: an attach that found the device gone may have
+// replaced it (and the lock file) without our lock.
 void release(Member& m, const std::string& why) {
   if (auto s = m.device->shutdown(); !s) log_event(LogLevel::Error, m.name, s.error().message);
   m.device->write_stats(true);
+  if (auto st = read_state(m.name); st && *st && **st == m.record) {
+    (*st)->pid = 0;
+    if (auto w = write_state(**st); !w) log_event(LogLevel::Warning, m.name, w.error().message);
+  }
   log_event(LogLevel::Info, m.name, why);
 }
 
@@ -174,6 +189,10 @@ bool add_member(const std::string& group, const std::string& name, bool supervis
                 std::vector<Member>& members, std::string* first_error,
                 bool report = true) {
   auto m = set_up(name, /*own_lock=*/true, supervised);
+  if (!m && m.error().code == ECANCELED) {
+    log_event(LogLevel::Info, name, m.error().message);  // nobody waits for it
+    return false;
+  }
   if (!m) {
     log_event(LogLevel::Error, name, m.error().message);
     if (report) report_bind_error(name, m.error().message);
@@ -197,7 +216,9 @@ struct Rebind {
   std::chrono::seconds backoff;
 };
 constexpr std::chrono::seconds kFirstRebind{1};
-constexpr std::chrono::seconds kMaxRebind{30};
+// Well inside the kernel's default daemon_timeout (30 s): a member whose bind
+// fails at first (1+2+4 s) still gets attempts before its guest sees EIO.
+constexpr std::chrono::seconds kMaxRebind{8};
 // A member that fails within this long of a rebind keeps its backoff growing.
 constexpr std::chrono::seconds kRebindSettled{60};
 
@@ -214,6 +235,10 @@ bool in(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
+bool serving(const std::vector<Member>& members, const std::string& name) {
+  return std::any_of(members.begin(), members.end(), [&](const Member& m) { return m.name == name; });
+}
+
 void drop_rebinds_not_in(const std::vector<std::string>& wanted, std::vector<Rebind>& rebinds) {
   std::erase_if(rebinds, [&](const Rebind& r) { return !in(wanted, r.name); });
 }
@@ -222,8 +247,7 @@ void rebind_due(const ServeOptions& o, std::vector<Member>& members,
                 std::vector<Rebind>& rebinds) {
   const auto now = std::chrono::steady_clock::now();
   for (auto it = rebinds.begin(); it != rebinds.end();) {
-    const bool served = std::any_of(members.begin(), members.end(),
-                                    [&](const Member& m) { return m.name == it->name; });
+    const bool served = serving(members, it->name);
     if (it->at > now && !served) {
       ++it;
       continue;
@@ -249,7 +273,7 @@ bool reload(const ServeOptions& o, std::vector<Member>& members, std::vector<Reb
   const std::vector<std::string> wanted = group_members(o.group);
   drop_rebinds_not_in(wanted, rebinds);
   for (auto it = members.begin(); it != members.end();) {
-    if (std::find(wanted.begin(), wanted.end(), it->name) == wanted.end()) {
+    if (!in(wanted, it->name)) {
       release(*it, "left group " + o.group);
       it = members.erase(it);
     } else {
@@ -257,15 +281,22 @@ bool reload(const ServeOptions& o, std::vector<Member>& members, std::vector<Reb
     }
   }
   for (const auto& name : wanted) {
-    auto served = [&](const Member& m) { return m.name == name; };
     auto waiting = [&](const Rebind& r) { return r.name == name; };
     // One waiting for its rebind is left to it: binding here would skip
     // its backoff and stall the loop on a bind that just failed.
-    if (std::none_of(members.begin(), members.end(), served) &&
-        std::none_of(rebinds.begin(), rebinds.end(), waiting))
+    if (!serving(members, name) && std::none_of(rebinds.begin(), rebinds.end(), waiting))
       add_member(o.group, name, o.supervised, members, nullptr);
   }
   return !members.empty() || !rebinds.empty();
+}
+
+// A test seam (vm attach-group), live only with DMU_TEST_SEAMS set in the
+// environment: NAME.test-channel-error in the run directory makes NAME's
+// next round fail as a broken channel would, once.  The channel of a target
+// whose device stays breaks only on kernel errors a test cannot cause.
+bool injected_channel_error(const std::string& name) {
+  static const bool enabled = std::getenv("DMU_TEST_SEAMS") != nullptr;
+  return enabled && ::unlink((run_dir() + "/" + name + ".test-channel-error").c_str()) == 0;
 }
 
 }  // namespace
@@ -350,8 +381,13 @@ int serve(const ServeOptions& options) {
       rc = 1;
       break;
     }
-    for (size_t i = 0; n > 0 && i < fds.size(); ++i) {
-      if (!fds[i].revents) continue;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (grouped && injected_channel_error(members[i].name)) {
+        log_event(LogLevel::Error, members[i].name, "test seam: channel error injected");
+        failed.push_back(i);
+        continue;
+      }
+      if (n <= 0 || !fds[i].revents) continue;
       // Drain what is queued now; new requests wake poll() again.
       for (;;) {
         auto r = members[i].device->serve_batch();

@@ -6,12 +6,14 @@
 # it; no I/O error, data verifies); a third image joins the running group
 # (the same process serves it) and leaves it again with dmu detach while the
 # others keep being served; a member whose dm device is removed under it is
-# released alone (b keeps its process); when the last member is detached the group's
-# processes exit.  qemu-img check finds every image clean afterwards and the
+# released alone (b keeps its process); one released with uncommitted
+# allocations is detached once rebound (commit, not refusal); when the last
+# member is detached the group's processes exit.  qemu-img check finds every image clean afterwards and the
 # images hold what the devices showed.
 # vm: kernels=6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
+export DMU_TEST_SEAMS=1   # inherited by the group processes: see ge's step
 
 # group_procs G: pids of processes running `dmu serve --group G`.
 group_procs() {
@@ -23,9 +25,13 @@ group_procs() {
 # serves it, and waits until the process has let NAME go.
 remove_under_group() {
   dmsetup remove "$1" || fail "dmsetup remove $1"
+  wait_log "$2" "$1: released after a channel error"
+}
+# wait_log G TEXT: until group G's log holds TEXT (10 s).
+wait_log() {
   _i=0
-  until grep -q "$1: released after a channel error" "/run/dmu/$2.group.log"; do
-    _i=$((_i + 1)); [ $_i -lt 100 ] || { cat "/run/dmu/$2.group.log"; fail "$1 was not released"; }
+  until grep -q "$2" "/run/dmu/$1.group.log"; do
+    _i=$((_i + 1)); [ $_i -lt 100 ] || { cat "/run/dmu/$1.group.log"; fail "no '$2' in $1's log"; }
     sleep 0.1
   done
 }
@@ -125,6 +131,39 @@ while [ -n "$(group_procs g2)" ]; do
   sleep 0.5
 done
 qemu-img check c.qcow2 || fail "qemu-img check c.qcow2 after gd"
+
+step "a member released with allocations not yet committed is detached once its group binds it again"
+# e's channel fails (the test seam; DMU_TEST_SEAMS is set above) while its
+# device stays, with the kernel's allocation record of an unflushed write:
+# the group releases e alone.  While e's image is away its rebinds fail;
+# detach must wait for the next one (and have it commit) instead of refusing.
+# The image moves before the release: the served process holds it open.
+qemu-img create -q -f qcow2 e.qcow2 64M || fail "qemu-img create e"
+out=$(dmu attach --group g1 --name ge /data/e.qcow2) || fail "dmu attach --group g1 e"
+head -c 1048576 /dev/urandom >/tmp/e.bin
+dd if=/tmp/e.bin of=/dev/mapper/ge bs=1M seek=3 oflag=direct status=none || fail "write ge"
+mv e.qcow2 e.away || fail "mv e.qcow2"
+: >/run/dmu/ge.test-channel-error
+wait_log g1 "ge: released after a channel error"
+wait_log g1 "ge: binding again in"
+pending=$(dmsetup status ge | grep -o 'unpublished=[0-9]*' | cut -d= -f2)
+echo "ge: unpublished=$pending while no process serves it"
+[ "${pending:-0}" -gt 0 ] || fail "no uncommitted allocation left to test with"
+expect_eq "ge's recorded pid once released" 0 "$(served_by ge)"
+dmu detach ge >/tmp/detach-ge.log 2>&1 &
+detach=$!
+sleep 1
+mv e.away e.qcow2 || fail "mv e.away"
+wait $detach || { cat /tmp/detach-ge.log /run/dmu/g1.group.log; fail "dmu detach ge"; }
+[ ! -e /dev/mapper/ge ] || fail "/dev/mapper/ge still exists"
+# Through a rebind, not around it: e served again, then let go by detach.
+expect_eq "times ge was bound by g1" 2 "$(grep -c 'ge: served by group g1' /run/dmu/g1.group.log)"
+sed -n '/ge: released after/,$p' /run/dmu/g1.group.log | grep -q "ge: left group g1" ||
+  fail "ge did not leave g1 through its process"
+expect_eq "b still served by the same process" "$before" "$(served_by gb)"
+qemu-img check e.qcow2 || fail "qemu-img check e.qcow2"
+qemu-img convert -O raw e.qcow2 /data/e.raw || fail "convert e"
+dd if=/data/e.raw bs=1M skip=3 count=1 status=none | cmp - /tmp/e.bin || fail "e.qcow2 lacks the write detach committed"
 
 step "detach a, then b: the group's processes end with the last member"
 dmu detach ga || fail "dmu detach ga"
