@@ -299,6 +299,37 @@ bool injected_channel_error(const std::string& name) {
   return enabled && ::unlink((run_dir() + "/" + name + ".test-channel-error").c_str()) == 0;
 }
 
+// A group's supervisor died (kill -9) while this process lives on with the
+// members' locks.  Left alone, the group's lock would be free, so the next
+// attach --group would start a second supervisor and process beside us,
+// and detach would signal that one.  So this process takes the group's lock
+// and pid file and answers for the group itself (unsupervised: a death of
+// its own now waits for the next attach).  If a new supervisor won the
+// lock first, the members are committed and handed over to its process.
+// Returns false when this process should exit.
+bool take_over_group(const ServeOptions& o, NameLock& group_lock, std::vector<Member>& members,
+                     std::vector<Rebind>& rebinds) {
+  const std::string who = "group " + o.group;
+  auto lock = NameLock::try_acquire(group_file_name(o.group));
+  if (lock) {
+    group_lock = std::move(*lock);
+    if (auto w = write_file_atomic(group_pid_path(o.group), std::to_string(::getpid()) + "\n"); !w)
+      log_event(LogLevel::Error, who, w.error().message);
+    log_event(LogLevel::Warning, who,
+              "supervisor pid " + std::to_string(o.supervisor) +
+                  " is gone; this process answers for the group itself now");
+    return true;
+  }
+  log_event(LogLevel::Warning, who,
+            "supervisor pid " + std::to_string(o.supervisor) +
+                " is gone and a new one runs; handing the members over to it");
+  for (auto& m : members) release(m, "handed over to group " + o.group + "'s new process");
+  members.clear();
+  rebinds.clear();
+  (void)signal_group(o.group);  // it binds what nobody serves
+  return false;
+}
+
 }  // namespace
 
 int serve(const ServeOptions& options) {
@@ -338,6 +369,7 @@ int serve(const ServeOptions& options) {
   auto last_stats = std::chrono::steady_clock::now();
   bool pushing = true;  // until every device's push is over
   std::vector<std::unique_ptr<StopFlush>> flushes;
+  NameLock group_lock;  // taken over from a dead supervisor
   std::chrono::steady_clock::time_point flush_deadline;
   auto flushed = [&] {
     for (auto& f : flushes)
@@ -346,6 +378,10 @@ int serve(const ServeOptions& options) {
   };
   for (;;) {
     if (rc != 0) break;
+    if (grouped && options.supervisor > 0 && !group_lock.held() && !g_stop &&
+        ::getppid() != options.supervisor &&
+        !take_over_group(options, group_lock, members, rebinds))
+      break;
     if (grouped && g_reload && !g_stop) {
       g_reload = 0;
       if (!reload(options, members, rebinds)) {

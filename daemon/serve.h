@@ -7,6 +7,8 @@
 // (their I/O waits for the next mapping process; detach is separate).
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -24,6 +26,9 @@ struct ServeOptions {
   // name locks already (this process inherited them) and whose pid goes
   // into the records next to ours.
   bool supervised = false;
+  // That supervisor's pid.  A group's process whose supervisor dies (kill
+  // -9) answers for the group itself from then on (serve.cc).
+  pid_t supervisor = 0;
 };
 
 // Runs until a signal or a fatal error; returns the exit status.

@@ -56,6 +56,7 @@ struct Child {
 Result<Child> start(const ServeOptions& o, int signal_fd, std::vector<NameLock>& locks) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
+  const pid_t self = ::getpid();
   UniqueFd read_end(p[0]), write_end(p[1]);
   const pid_t pid = ::fork();
   if (pid < 0) return fail(errno_error("fork the mapping process"));
@@ -77,11 +78,15 @@ Result<Child> start(const ServeOptions& o, int signal_fd, std::vector<NameLock>&
     // leaves the supervisor's lock in place.
     if (!o.group.empty())
       for (auto& l : locks) l.release();
+    // Told at once if we die (a SIGHUP only makes a group re-read its
+    // members); serve() then sees its parent changed and takes the group.
+    if (!o.group.empty()) ::prctl(PR_SET_PDEATHSIG, SIGHUP);
     if (o.ready_fd >= 0) ::close(o.ready_fd);  // attach's pipe is the supervisor's to answer
     read_end.reset();
     ServeOptions c = o;
     c.ready_fd = write_end.get();
     c.supervised = true;
+    c.supervisor = self;
     ::_exit(serve(c));
   }
   Child c;

@@ -7,9 +7,11 @@
 # (the same process serves it) and leaves it again with dmu detach while the
 # others keep being served; a member whose dm device is removed under it is
 # released alone (b keeps its process); one released with uncommitted
-# allocations is detached once rebound (commit, not refusal); when the last
-# member is detached the group's processes exit.  qemu-img check finds every image clean afterwards and the
-# images hold what the devices showed.
+# allocations is detached once rebound (commit, not refusal); a group's
+# mapping process whose supervisor is killed -9 answers for the group
+# itself; when the last member is detached the group's processes exit.
+# qemu-img check finds every image clean afterwards and the images hold
+# what the devices showed.
 # vm: kernels=6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
@@ -164,6 +166,18 @@ expect_eq "b still served by the same process" "$before" "$(served_by gb)"
 qemu-img check e.qcow2 || fail "qemu-img check e.qcow2"
 qemu-img convert -O raw e.qcow2 /data/e.raw || fail "convert e"
 dd if=/data/e.raw bs=1M skip=3 count=1 status=none | cmp - /tmp/e.bin || fail "e.qcow2 lacks the write detach committed"
+
+step "kill -9 of the group's supervisor: its mapping process answers for the group itself"
+# Before, the orphaned process kept b's lock while the group's lock was free:
+# the next attach --group started a second supervisor and process beside it.
+kill -9 "$sup" || fail "kill -9 supervisor $sup"
+wait_log g1 "supervisor pid $sup is gone; this process answers for the group itself now"
+expect_eq "g1's pid file names the mapping process" "$before" "$(cat /run/dmu/g1.group.pid)"
+out=$(dmu attach --group g1 --name gf /data/c.qcow2) || fail "dmu attach --group g1 c after the supervisor died"
+expect_eq "gf served by the group's process" "$before" "$(served_by gf)"
+expect_eq "processes of group g1 (the mapping process alone)" 1 "$(group_procs g1 | wc -l)"
+dmu detach gf || fail "dmu detach gf"
+expect_eq "b still served by the same process" "$before" "$(served_by gb)"
 
 step "detach a, then b: the group's processes end with the last member"
 dmu detach ga || fail "dmu detach ga"
