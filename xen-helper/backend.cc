@@ -72,4 +72,20 @@ std::string hotplug_state_dir(const std::string& state_root, BackendId id) {
   return state_root + "/backend_vbd_" + std::to_string(id.domid) + "_" + std::to_string(id.devid);
 }
 
+std::string request_claim(pid_t self) { return "claimed " + std::to_string(self); }
+
+bool request_claimable(const std::string& value, pid_t self,
+                       const std::function<bool(pid_t)>& helper_alive) {
+  if (value == "add") return true;
+  const std::string prefix = "claimed ";
+  if (!value.starts_with(prefix) || value.size() == prefix.size() || value.size() > prefix.size() + 9)
+    return false;
+  pid_t pid = 0;
+  for (char c : value.substr(prefix.size())) {
+    if (c < '0' || c > '9') return false;
+    pid = pid * 10 + (c - '0');
+  }
+  return pid != self && !helper_alive(pid);
+}
+
 }  // namespace dmu::xenhelper

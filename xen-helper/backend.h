@@ -5,7 +5,10 @@
 // Key layout beside a backend B = /local/domain/0/backend/vbd/<domid>/<devid>:
 //   B/params                  written by libxl: the target ("qcow2:/vm/a.qcow2")
 //   B/mode                    written by libxl: "r" or "w"
-//   B/dmu/request             block-dmu: "add" = "helper, attach this for me"
+//   B/dmu/request             block-dmu: "add" = "helper, attach this for me";
+//                             the helper claims it ("claimed <pid>") before it
+//                             works, and writes its answer only while its claim
+//                             stands (block-dmu removes the key when it gives up)
 //   B/physical-device         ours: hex major:minor of /dev/mapper/xen-vbd-<domid>-<devid>
 //   B/physical-device-path    ours: that node
 //   B/hotplug-status          ours: connected | error (with B/hotplug-error)
@@ -13,7 +16,10 @@
 //   B/dmu/stats/<counter>     the kernel's counters, refreshed every few seconds
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -52,6 +58,15 @@ std::string dm_name(BackendId id);
 std::string group_name(uint32_t domid);
 // The inverse of dm_name, for records found under /run/dmu.
 std::optional<BackendId> parse_dm_name(const std::string& name);
+
+// The claim a helper with pid `self` writes into B/dmu/request.
+std::string request_claim(pid_t self);
+// Whether helper `self` may claim a request that reads `value`: a fresh
+// "add", or the claim of a helper that is gone (`helper_alive` says whether
+// a pid is a live dmu-xen-helper): a helper killed mid-add left it, and
+// block-dmu still waits.  Never another live helper's claim, nor our own.
+bool request_claimable(const std::string& value, pid_t self,
+                       const std::function<bool(pid_t)>& helper_alive);
 
 // block-dmu's own state directory for a backend (it reads it on remove):
 // /run/dmu/hotplug/ + the relative backend path with '/' -> '_'.

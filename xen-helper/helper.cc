@@ -1,9 +1,13 @@
 // The helper's events; see helper.h.
 #include "xen-helper/helper.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+
+#include <thread>
 
 #include <cstdio>
 #include <filesystem>
@@ -17,10 +21,12 @@
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "mapper/dm_device.h"
+#include "mapper/unique_fd.h"
 
 namespace dmu::xenhelper {
 namespace {
 
+using namespace std::chrono_literals;
 using daemon::LogLevel;
 using daemon::log_event;
 
@@ -53,6 +59,17 @@ Result<void> write_hotplug_state(const std::string& dir, const daemon::DeviceSta
   return {};
 }
 
+// A live dmu-xen-helper (not a zombie, not a reused pid of something else).
+bool helper_alive(pid_t pid) {
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  if (!comm || !std::getline(comm, name) || name != "dmu-xen-helper") return false;
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.starts_with("State:")) return line.find('Z') == std::string::npos;
+  return true;
+}
+
 }  // namespace
 
 Result<void> Helper::start() {
@@ -72,7 +89,9 @@ void Helper::scan_requests() {
   for (const auto& dom : xs_.directory(kVbdRoot))
     for (const auto& dev : xs_.directory(std::string(kVbdRoot) + "/" + dom))
       if (auto id = parse_backend_path(std::string(kVbdRoot) + "/" + dom + "/" + dev))
-        if (xs_.read(backend_path(*id) + "/dmu/request") == "add") handle_add(*id);
+        if (auto r = xs_.read(backend_path(*id) + "/dmu/request");
+            r && request_claimable(*r, ::getpid(), helper_alive))
+          handle_add(*id);
 }
 
 void Helper::on_watch(const std::string& path) {
@@ -85,18 +104,40 @@ void Helper::on_watch(const std::string& path) {
   if (id && xs_.read(path) == "add") handle_add(*id);
 }
 
+// Our answer stands only while our claim does: block-dmu removes the
+// request when it gives up waiting (or libxl removes the whole backend).
+// The request goes with the answer, in its transaction.
+Result<bool> Helper::answer(BackendId id,
+                            const std::vector<std::pair<std::string, std::string>>& keys,
+                            std::vector<std::string> removes) {
+  const std::string b = backend_path(id);
+  const std::string claim = request_claim(::getpid());
+  removes.push_back(b + "/dmu/request");
+  return xs_.write_if(b + "/dmu/request",
+                      [&](const std::optional<std::string>& v) { return v == claim; }, keys, removes);
+}
+
 void Helper::refuse(BackendId id, const std::string& message) {
   const std::string b = backend_path(id);
   log_event(LogLevel::Error, relative(id), message);
   // Named as the script libxl ran: xl create prints this line.
-  auto w = xs_.write_if_exists(b + "/params", {{b + "/hotplug-error", "block-dmu: " + message},
-                                               {b + "/hotplug-status", "error"}});
+  auto w = answer(id, {{b + "/hotplug-error", "block-dmu: " + message}, {b + "/hotplug-status", "error"}});
   if (!w) log_event(LogLevel::Error, relative(id), w.error().message);
-  (void)xs_.remove(b + "/dmu/request");
 }
 
 void Helper::handle_add(BackendId id) {
   const std::string b = backend_path(id);
+  // Claimed first, in one transaction with the check: block-dmu may have
+  // given up on a request that waited behind others (or another helper,
+  // started meanwhile, took it).
+  auto claimed = xs_.write_if(
+      b + "/dmu/request",
+      [](const std::optional<std::string>& v) { return v && request_claimable(*v, ::getpid(), helper_alive); },
+      {{b + "/dmu/request", request_claim(::getpid())}});
+  if (!claimed || !*claimed) {
+    if (!claimed) log_event(LogLevel::Error, relative(id), claimed.error().message);
+    return;
+  }
   const auto params = xs_.read(b + "/params");
   if (!params) return;  // gone meanwhile
   const std::string mode = xs_.read(b + "/mode").value_or("w");
@@ -147,27 +188,61 @@ void Helper::handle_add(BackendId id) {
   std::string chain;
   for (const auto& c : s.chain) chain += (chain.empty() ? "" : " ") + c;
   keys.push_back({b + "/dmu/chain", chain});
-  (void)xs_.remove(b + "/hotplug-error");
-  auto w = xs_.write_if_exists(b + "/params", keys);
-  if (!w || !*w) {
-    log_event(LogLevel::Warning, relative(id), "backend went away during add; " + s.name +
-                                                   " is detached when its domain is gone");
-    return;
+  for (auto& k : changing_keys(id)) keys.push_back(std::move(k));
+  keys.push_back({b + "/hotplug-status", "connected"});
+  // All at once: blkback opens the device when physical-device appears,
+  // libxl goes on at hotplug-status; neither may see one without the other.
+  auto w = answer(id, keys, {b + "/hotplug-error"});
+  if (!w) {
+    const std::string why = w.error().message;
+    withdraw(id, s, why);
+    return refuse(id, target->path + ": " + why);  // if our claim still stands
   }
-  publish(id, true);
-  (void)xs_.remove(b + "/dmu/request");
-  (void)xs_.write_if_exists(b + "/params", {{b + "/hotplug-status", "connected"}});
+  if (!*w) return withdraw(id, s, "block-dmu gave up waiting");
   log_event(LogLevel::Info, relative(id),
             s.image + " (" + s.format + (s.read_only ? ", read-only" : "") + ") -> " + s.node() +
                 ", group " + s.group + ", mapping process " + std::to_string(s.pid));
 }
 
+// Our answer did not go out (block-dmu gave up, the backend went): the
+// device is nobody's, so it goes now rather than when the domain ends --
+// unless an add that completed connected it (block-dmu's own fallback, an
+// earlier add), which physical-device says.  Under block-dmu's lock, which
+// its adds and removes hold while they look at the device and its state.
+void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why) {
+  const std::string lock_file = o_.hotplug_state + "/lock";
+  UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  for (int i = 0; lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && i < 300; ++i)
+    std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
+  if (xs_.read(backend_path(id) + "/physical-device")) {
+    log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
+    return;
+  }
+  daemon::DetachOptions d;
+  d.name = s.name;
+  d.program = o_.dmu_program;
+  // Retried while something (udev's blkid) still has it open, as block-dmu's
+  // remove does.
+  auto r = daemon::detach(d);
+  for (int i = 0; !r && r.error().code == EBUSY && i < 100; ++i) {
+    std::this_thread::sleep_for(200ms);
+    r = daemon::detach(d);
+  }
+  if (!r) {
+    log_event(LogLevel::Error, relative(id), why + "; detach " + s.name + " failed: " + r.error().message);
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
+  log_event(LogLevel::Warning, relative(id), why + " before our answer; detached " + s.name);
+}
+
 // The debugging keys that change: who serves the device, and the counters.
-void Helper::publish(BackendId id, bool initial) {
+std::vector<std::pair<std::string, std::string>> Helper::changing_keys(BackendId id) {
   const std::string b = backend_path(id);
   const std::string name = dm_name(id);
   auto record = daemon::read_state(name);
-  if (!record || !*record) return;
+  if (!record || !*record) return {};
   std::vector<std::pair<std::string, std::string>> keys = {
       {b + "/dmu/pid", std::to_string((*record)->pid)},
       {b + "/dmu/supervisor", std::to_string((*record)->supervisor)},
@@ -179,15 +254,20 @@ void Helper::publish(BackendId id, bool initial) {
         for (const auto& f : *fields) keys.push_back({b + "/dmu/stats/" + f.name, f.value});
     }
   }
+  return keys;
+}
+
+void Helper::publish(BackendId id) {
+  auto keys = changing_keys(id);
+  if (keys.empty()) return;
   // Only under a backend that shows our keys (not one being torn down).
-  auto w = xs_.write_if_exists(b + "/dmu/image", keys);
-  if (!w && initial) log_event(LogLevel::Warning, relative(id), w.error().message);
+  (void)xs_.write_if_exists(backend_path(id) + "/dmu/image", keys);
 }
 
 void Helper::tick() {
   std::vector<std::string> problems;
   for (const auto& st : daemon::list_states(problems))
-    if (auto id = parse_dm_name(st.name)) publish(*id, false);
+    if (auto id = parse_dm_name(st.name)) publish(*id);
   clean_gone_domains();
 }
 

@@ -1,6 +1,6 @@
 // dmu-xen-helper's work, event by event (main.cc runs the loop):
 //
-//  - add: block-dmu wrote B/dmu/request=add.  We attach the target as
+//  - add: block-dmu wrote B/dmu/request=add.  We claim it (backend.h), attach the target as
 //    xen-vbd-<domid>-<devid> into group xen-dom<domid> (one mapping process
 //    per domain, daemon/group.h), write block-dmu's own state (so its
 //    `remove`, which runs `dmu detach`, works as if it had attached), the
@@ -22,7 +22,10 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "daemon/state_file.h"
 #include "xen-helper/backend.h"
 #include "xen-helper/xc.h"
 #include "xen-helper/xs.h"
@@ -54,8 +57,12 @@ class Helper {
 
  private:
   void handle_add(BackendId id);
+  Result<bool> answer(BackendId id, const std::vector<std::pair<std::string, std::string>>& keys,
+                      std::vector<std::string> removes = {});
   void refuse(BackendId id, const std::string& message);
-  void publish(BackendId id, bool initial);
+  void withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why);
+  std::vector<std::pair<std::string, std::string>> changing_keys(BackendId id);
+  void publish(BackendId id);
   void clean_gone_domains();
   void scan_requests();
 

@@ -48,18 +48,32 @@ std::optional<std::string> XenStore::read(const std::string& path) {
 }
 
 Result<void> XenStore::write(const std::vector<std::pair<std::string, std::string>>& keys) {
-  return write_if_exists("", keys).map([](bool) {});
+  return write_if("", nullptr, keys).map([](bool) {});
 }
 
 Result<bool> XenStore::write_if_exists(const std::string& guard,
                                        const std::vector<std::pair<std::string, std::string>>& keys) {
+  return write_if(guard, [](const std::optional<std::string>& v) { return v.has_value(); }, keys);
+}
+
+Result<bool> XenStore::write_if(const std::string& guard, const GuardTest& ok,
+                                const std::vector<std::pair<std::string, std::string>>& keys,
+                                const std::vector<std::string>& removes) {
   for (int attempt = 0; attempt < 20; ++attempt) {
     xs_transaction_t t = xs_transaction_start(h_);
     if (t == XBT_NULL) return fail(errno_error("xenstore: start a transaction"));
     if (!guard.empty()) {
       unsigned int len = 0;
       std::unique_ptr<char, FreeDeleter> v(static_cast<char*>(xs_read(h_, t, guard.c_str(), &len)));
-      if (!v) {
+      if (!v && errno != ENOENT) {  // "missing" only when it is
+        Error e = errno_error("xenstore: read " + guard);
+        xs_transaction_end(h_, t, true);
+        if (e.code == EAGAIN) continue;
+        return fail(e);
+      }
+      const std::optional<std::string> value =
+          v ? std::optional<std::string>(std::string(v.get(), len)) : std::nullopt;
+      if (!ok(value)) {
         xs_transaction_end(h_, t, true);
         return false;
       }
@@ -67,6 +81,13 @@ Result<bool> XenStore::write_if_exists(const std::string& guard,
     for (const auto& [path, value] : keys) {
       if (!xs_write(h_, t, path.c_str(), value.data(), unsigned(value.size()))) {
         Error e = errno_error("xenstore: write " + path);
+        xs_transaction_end(h_, t, true);
+        return fail(e);
+      }
+    }
+    for (const auto& path : removes) {
+      if (!xs_rm(h_, t, path.c_str()) && errno != ENOENT) {
+        Error e = errno_error("xenstore: remove " + path);
         xs_transaction_end(h_, t, true);
         return fail(e);
       }

@@ -3,6 +3,7 @@
 // is; the helper uses it from one thread.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -35,6 +36,13 @@ class XenStore {
   // Returns false when guard was missing and nothing was written.
   Result<bool> write_if_exists(const std::string& guard,
                                const std::vector<std::pair<std::string, std::string>>& keys);
+  // The same, but only while `ok` holds for guard's value (nullopt: missing),
+  // read in the transaction: a compare-and-set.
+  using GuardTest = std::function<bool(const std::optional<std::string>&)>;
+  // `removes` go in the same transaction (a missing one is not an error).
+  Result<bool> write_if(const std::string& guard, const GuardTest& ok,
+                        const std::vector<std::pair<std::string, std::string>>& keys,
+                        const std::vector<std::string>& removes = {});
   // Removes a key and everything below it; a missing key is not an error.
   Result<void> remove(const std::string& path);
   // Child names; empty when the key does not exist.

@@ -61,5 +61,19 @@ TEST(XenHelperBackend, NamesAndPathsMatchBlockDmu) {
     EXPECT_FALSE(parse_dm_name(bad)) << bad;
 }
 
+TEST(XenHelperRequest, AFreshAddOrADeadHelpersClaimIsClaimable) {
+  auto none_alive = [](pid_t) { return false; };
+  auto all_alive = [](pid_t) { return true; };
+  EXPECT_EQ(request_claim(42), "claimed 42");
+  EXPECT_TRUE(request_claimable("add", 42, all_alive));
+  // A helper killed mid-add left its claim; block-dmu still waits.
+  EXPECT_TRUE(request_claimable("claimed 7", 42, none_alive));
+  EXPECT_FALSE(request_claimable("claimed 7", 42, all_alive));  // it works on it
+  EXPECT_FALSE(request_claimable("claimed 42", 42, none_alive));  // ours already
+  for (const char* bad : {"", "ad", "add ", "claimed", "claimed ", "claimed x", "claimed 7x",
+                          "claimed -7", "claimed 12345678901", "busy 7"})
+    EXPECT_FALSE(request_claimable(bad, 42, none_alive)) << bad;
+}
+
 }  // namespace
 }  // namespace dmu::xenhelper

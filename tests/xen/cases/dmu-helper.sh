@@ -8,7 +8,8 @@
 # and restarts the helper (the mapping process is untouched): the guest sees
 # no I/O error and its data verifies, in the guest and in the images after
 # xl destroy; xl block-attach/detach of a third disk goes through the helper
-# into the same group process and out of it; xl destroy leaves no dm device,
+# into the same group process and out of it; a helper whose answer comes
+# after block-dmu gave up detaches the device at once; xl destroy leaves no dm device,
 # loop device, dmu process or dmu key, and qemu-img check is clean; a missing
 # image fails xl create through the helper with a line naming the file.
 # Then without a helper: block-dmu attaches by itself and the same kill -9
@@ -204,6 +205,37 @@ xenstore-read "$be/51744/dmu/image" >/dev/null 2>&1 && fail "xvdc's dmu keys are
 expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
 check_clean extra.qcow2
 echo "xvdc was used in round ${last_c:-?}"
+guest_alive hg
+
+step "a helper answering after block-dmu gave up detaches what it attached"
+# With the group's supervisor stopped, the helper's attach of xvdd waits for
+# the SIGHUP the supervisor forwards, past block-dmu's 29 s: block-dmu gives
+# up (removing the request) and xl block-attach fails.  The helper's late
+# answer must find its claim gone, never connect xvdd (no physical-device
+# for blkback), and detach its device at once, not at the domain's end (the
+# mapping process keeps serving xvda and xvdb meanwhile).
+sup=$(sed -n 's/.*"supervisor": \([0-9][0-9]*\).*/\1/p' "/run/dmu/xen-vbd-$domid-51712.json")
+[ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded for xvda"
+kill -STOP "$sup" || fail "kill -STOP $sup"
+if xl block-attach hg 'vdev=xvdd,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2' \
+  >/tmp/late.log 2>&1; then
+  kill -CONT "$sup"
+  fail "xl block-attach succeeded while the group's supervisor was stopped"
+fi
+kill -CONT "$sup" || fail "kill -CONT $sup"
+grep -q "did not answer within" /tmp/late.log || { cat /tmp/late.log; fail "xl block-attach did not report block-dmu's timeout"; }
+i=0
+until grep -q "before our answer; detached xen-vbd-$domid-51760" "$helper_log"; do
+  i=$((i + 1)); [ $i -lt 600 ] || { tail -n 20 "$helper_log"; dom0_state; fail "the late device of xvdd was not detached"; }
+  sleep 0.1
+done
+dmsetup info "xen-vbd-$domid-51760" >/dev/null 2>&1 && fail "xvdd's dm device is left"
+[ ! -e "/run/dmu/xen-vbd-$domid-51760.json" ] || fail "xvdd's record is left"
+[ ! -e "/run/dmu/hotplug/backend_vbd_${domid}_51760" ] || fail "xvdd's block-dmu state is left"
+[ "$(xenstore-read "$be/51760/hotplug-status" 2>/dev/null)" != connected ] || fail "the late answer connected xvdd"
+xenstore-read "$be/51760/physical-device" >/dev/null 2>&1 && fail "the late answer gave blkback xvdd's device"
+check_clean extra.qcow2
+expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
 guest_alive hg
 
 step "the guest stops; xl destroy leaves nothing; the images hold the last round"
