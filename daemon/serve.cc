@@ -300,34 +300,29 @@ bool injected_channel_error(const std::string& name) {
 }
 
 // A group's supervisor died (kill -9) while this process lives on with the
-// members' locks.  Left alone, the group's lock would be free, so the next
-// attach --group would start a second supervisor and process beside us,
-// and detach would signal that one.  So this process takes the group's lock
-// and pid file and answers for the group itself (unsupervised: a death of
-// its own now waits for the next attach).  If a new supervisor won the
-// lock first, the members are committed and handed over to its process.
-// Returns false when this process should exit.
-bool take_over_group(const ServeOptions& o, NameLock& group_lock, std::vector<Member>& members,
+// members' locks.  Left so, the group's lock is free: the next attach
+// --group would start a second supervisor and process beside us, detach
+// would signal that one, and nobody would restart us when we die.  So the
+// members are committed and let go, and the group is served again by a
+// supervised process (join_group starts one, or signals the one an attach
+// started meanwhile): the restart a kill -9 of the mapping process costs.
+// This process exits after.
+void hand_over_group(const ServeOptions& o, std::vector<Member>& members,
                      std::vector<Rebind>& rebinds) {
-  const std::string who = "group " + o.group;
-  auto lock = NameLock::try_acquire(group_file_name(o.group));
-  if (lock) {
-    group_lock = std::move(*lock);
-    if (auto w = write_file_atomic(group_pid_path(o.group), std::to_string(::getpid()) + "\n"); !w)
-      log_event(LogLevel::Error, who, w.error().message);
-    log_event(LogLevel::Warning, who,
-              "supervisor pid " + std::to_string(o.supervisor) +
-                  " is gone; this process answers for the group itself now");
-    return true;
-  }
-  log_event(LogLevel::Warning, who,
+  log_event(LogLevel::Warning, "group " + o.group,
             "supervisor pid " + std::to_string(o.supervisor) +
-                " is gone and a new one runs; handing the members over to it");
-  for (auto& m : members) release(m, "handed over to group " + o.group + "'s new process");
-  members.clear();
+                " is gone; handing the members over to a new supervised process");
+  std::vector<std::string> names;
+  for (auto& m : members) {
+    release(m, "handed over to group " + o.group + "'s new process");
+    names.push_back(m.name);
+  }
+  for (const auto& r : rebinds) names.push_back(r.name);  // bound anew there
+  members.clear();  // their locks go with them
   rebinds.clear();
-  (void)signal_group(o.group);  // it binds what nobody serves
-  return false;
+  for (const auto& name : names)
+    if (auto j = join_group("/proc/self/exe", o.group, name); !j)
+      log_event(LogLevel::Error, name, "hand-over: " + j.error().message);
 }
 
 }  // namespace
@@ -369,7 +364,6 @@ int serve(const ServeOptions& options) {
   auto last_stats = std::chrono::steady_clock::now();
   bool pushing = true;  // until every device's push is over
   std::vector<std::unique_ptr<StopFlush>> flushes;
-  NameLock group_lock;  // taken over from a dead supervisor
   std::chrono::steady_clock::time_point flush_deadline;
   auto flushed = [&] {
     for (auto& f : flushes)
@@ -378,10 +372,10 @@ int serve(const ServeOptions& options) {
   };
   for (;;) {
     if (rc != 0) break;
-    if (grouped && options.supervisor > 0 && !group_lock.held() && !g_stop &&
-        ::getppid() != options.supervisor &&
-        !take_over_group(options, group_lock, members, rebinds))
+    if (grouped && options.supervisor > 0 && !g_stop && ::getppid() != options.supervisor) {
+      hand_over_group(options, members, rebinds);
       break;
+    }
     if (grouped && g_reload && !g_stop) {
       g_reload = 0;
       if (!reload(options, members, rebinds)) {

@@ -27,7 +27,7 @@ struct ServeOptions {
   // into the records next to ours.
   bool supervised = false;
   // That supervisor's pid.  A group's process whose supervisor dies (kill
-  // -9) answers for the group itself from then on (serve.cc).
+  // -9) hands its members over to a new supervised process (serve.cc).
   pid_t supervisor = 0;
 };
 

@@ -79,7 +79,7 @@ Result<Child> start(const ServeOptions& o, int signal_fd, std::vector<NameLock>&
     if (!o.group.empty())
       for (auto& l : locks) l.release();
     // Told at once if we die (a SIGHUP only makes a group re-read its
-    // members); serve() then sees its parent changed and takes the group.
+    // members); serve() then sees its parent changed and hands over.
     if (!o.group.empty()) ::prctl(PR_SET_PDEATHSIG, SIGHUP);
     if (o.ready_fd >= 0) ::close(o.ready_fd);  // attach's pipe is the supervisor's to answer
     read_end.reset();

@@ -8,8 +8,9 @@
 # others keep being served; a member whose dm device is removed under it is
 # released alone (b keeps its process); one released with uncommitted
 # allocations is detached once rebound (commit, not refusal); a group's
-# mapping process whose supervisor is killed -9 answers for the group
-# itself; when the last member is detached the group's processes exit.
+# mapping process whose supervisor is killed -9 hands its members over to a
+# new supervised process; when the last member is detached the group's
+# processes exit.
 # qemu-img check finds every image clean afterwards and the images hold
 # what the devices showed.
 # vm: kernels=6.12 timeout=900 mem=1024 disks=2G
@@ -167,15 +168,23 @@ qemu-img check e.qcow2 || fail "qemu-img check e.qcow2"
 qemu-img convert -O raw e.qcow2 /data/e.raw || fail "convert e"
 dd if=/data/e.raw bs=1M skip=3 count=1 status=none | cmp - /tmp/e.bin || fail "e.qcow2 lacks the write detach committed"
 
-step "kill -9 of the group's supervisor: its mapping process answers for the group itself"
+step "kill -9 of the group's supervisor: the members go over to a new supervised process"
 # Before, the orphaned process kept b's lock while the group's lock was free:
 # the next attach --group started a second supervisor and process beside it.
 kill -9 "$sup" || fail "kill -9 supervisor $sup"
-wait_log g1 "supervisor pid $sup is gone; this process answers for the group itself now"
-expect_eq "g1's pid file names the mapping process" "$before" "$(cat /run/dmu/g1.group.pid)"
-out=$(dmu attach --group g1 --name gf /data/c.qcow2) || fail "dmu attach --group g1 c after the supervisor died"
+wait_log g1 "supervisor pid $sup is gone; handing the members over"
+wait_replaced gb "$before" >/dev/null
+kill -0 "$before" 2>/dev/null && sleep 2
+kill -0 "$before" 2>/dev/null && fail "the orphaned mapping process $before did not exit"
+before=$(served_by gb)
+new_sup=$(record_field gb supervisor)
+[ -n "$new_sup" ] && [ "$new_sup" != 0 ] && [ "$new_sup" != "$sup" ] || fail "no new supervisor for gb ($new_sup)"
+expect_eq "processes of group g1 (supervisor + mapping process)" 2 "$(group_procs g1 | wc -l)"
+dd if=/data/gb.raw of=/dev/mapper/gb bs=1M count=4 oflag=direct conv=fsync,notrunc status=none ||
+  fail "write gb after the hand-over"
+out=$(dmu attach --group g1 --name gf /data/c.qcow2) || fail "dmu attach --group g1 c after the hand-over"
 expect_eq "gf served by the group's process" "$before" "$(served_by gf)"
-expect_eq "processes of group g1 (the mapping process alone)" 1 "$(group_procs g1 | wc -l)"
+expect_eq "processes of group g1 after gf joined" 2 "$(group_procs g1 | wc -l)"
 dmu detach gf || fail "dmu detach gf"
 expect_eq "b still served by the same process" "$before" "$(served_by gb)"
 
