@@ -207,16 +207,28 @@ void Helper::handle_add(BackendId id) {
 // Our answer did not go out (block-dmu gave up, the backend went): the
 // device is nobody's, so it goes now rather than when the domain ends --
 // unless an add that completed connected it (block-dmu's own fallback, an
-// earlier add), which physical-device says.  Under block-dmu's lock, which
-// its adds and removes hold while they look at the device and its state.
+// earlier add), which physical-device says.  That check and the removal of
+// block-dmu's state for the backend happen under block-dmu's lock, which its
+// adds and removes hold while they look at both; the detach (which may take
+// long) after it, so no block-dmu of any domain waits for it.
 void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why) {
-  const std::string lock_file = o_.hotplug_state + "/lock";
-  UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  for (int i = 0; lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && i < 300; ++i)
-    std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
-  if (xs_.read(backend_path(id) + "/physical-device")) {
-    log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
-    return;
+  {
+    const std::string lock_file = o_.hotplug_state + "/lock";
+    UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    int tries = 0;
+    while (lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && ++tries < 100)
+      std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
+    if (!lock.valid() || tries >= 100) {
+      log_event(LogLevel::Warning, relative(id),
+                why + "; " + s.name + " is left for the domain's end (" + lock_file + " is busy)");
+      return;
+    }
+    if (xs_.read(backend_path(id) + "/physical-device")) {
+      log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
+      return;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
   }
   daemon::DetachOptions d;
   d.name = s.name;
@@ -232,8 +244,6 @@ void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::str
     log_event(LogLevel::Error, relative(id), why + "; detach " + s.name + " failed: " + r.error().message);
     return;
   }
-  std::error_code ec;
-  std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
   log_event(LogLevel::Warning, relative(id), why + " before our answer; detached " + s.name);
 }
 
