@@ -370,11 +370,18 @@ int serve(const ServeOptions& options) {
       if (!f->done()) return false;
     return true;
   };
+  // A group's supervisor that dies sends us SIGHUP (PDEATHSIG, set in
+  // supervise.cc's fork), so the parent is looked at only then -- and once
+  // at the start, in case it died before that was set -- not on every pass.
+  bool check_parent = true;
   for (;;) {
     if (rc != 0) break;
-    if (grouped && options.supervisor > 0 && !g_stop && ::getppid() != options.supervisor) {
-      hand_over_group(options, members, rebinds);
-      break;
+    if (grouped && options.supervisor > 0 && !g_stop && (check_parent || g_reload)) {
+      check_parent = false;
+      if (::getppid() != options.supervisor) {
+        hand_over_group(options, members, rebinds);
+        break;
+      }
     }
     if (grouped && g_reload && !g_stop) {
       g_reload = 0;

@@ -77,14 +77,13 @@ std::string request_claim(pid_t self) { return "claimed " + std::to_string(self)
 bool request_claimable(const std::string& value, pid_t self,
                        const std::function<bool(pid_t)>& helper_alive) {
   if (value == "add") return true;
-  const std::string prefix = "claimed ";
-  if (!value.starts_with(prefix) || value.size() == prefix.size() || value.size() > prefix.size() + 9)
-    return false;
+  const std::string_view prefix = "claimed ";
+  if (!value.starts_with(prefix)) return false;
+  const char* first = value.data() + prefix.size();
+  const char* last = value.data() + value.size();
   pid_t pid = 0;
-  for (char c : value.substr(prefix.size())) {
-    if (c < '0' || c > '9') return false;
-    pid = pid * 10 + (c - '0');
-  }
+  auto [end, ec] = std::from_chars(first, last, pid);
+  if (ec != std::errc() || end != last || first == last || *first == '-' || pid <= 0) return false;
   return pid != self && !helper_alive(pid);
 }
 
