@@ -1,5 +1,7 @@
 // dmu attach [--name NAME] [--group GROUP] [--read-only] [-f FMT] IMAGE: prints
-// /dev/mapper/NAME once the device is usable (daemon/attach.h does the work).
+// /dev/mapper/NAME once the device is usable (daemon/attach.h does the work);
+// also when it was attached and served as asked already (exit 0, a note on
+// stderr), so scripts may attach twice.
 #include "cli/cli_common.h"
 #include "daemon/attach.h"
 
@@ -36,9 +38,11 @@ int attach_main(const std::vector<std::string>& args) {
   if (vm->count("format")) o.format = (*vm)["format"].as<std::string>();
   if (vm->count("daemon-timeout")) o.daemon_timeout = (*vm)["daemon-timeout"].as<uint32_t>();
   o.read_only = (*vm)["read-only"].as<bool>();
-  auto node = daemon::attach(o);
-  if (!node) return report(node.error());
-  std::cout << *node << "\n";
+  auto attached = daemon::attach(o);
+  if (!attached) return report(attached.error());
+  if (attached->already)
+    std::cerr << "dmu attach: " << attached->node << " is attached and served already\n";
+  std::cout << attached->node << "\n";
   return kExitOk;
 }
 

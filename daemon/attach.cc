@@ -7,17 +7,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "daemon/group.h"
 #include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
+#include "daemon/serve_process.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "formats/chain.h"
@@ -27,6 +30,10 @@
 
 namespace dmu::daemon {
 namespace {
+
+using namespace std::chrono_literals;
+// How long attach waits for a device another attach is setting up.
+constexpr std::chrono::seconds kSettleTime{10};
 
 constexpr int kReadyTimeoutMs = 120'000;  // TCG guests are slow; a bind takes milliseconds
 
@@ -114,23 +121,41 @@ struct StateGuard {
   }
 };
 
-Result<std::string> rebind(const DeviceState& st, const std::string& image,
-                           const AttachOptions& o) {
+// EEXIST unless NAME's record is the attachment asked for: the same image
+// and mode, and the format and group when they are given.
+Result<void> same_attachment(const DeviceState& st, const std::string& image,
+                             const AttachOptions& o) {
   if (st.image != image)
     return fail(EEXIST, st.name + ": attached to " + st.image + ", not " + image);
   if (st.read_only != o.read_only)
     return fail(EEXIST, st.name + ": attached " + (st.read_only ? "read-only" : "read-write") +
                             "; detach it first to change that");
+  if (o.format && *o.format != st.format)
+    return fail(EEXIST, st.name + ": attached as " + st.format + ", not " + *o.format);
   if (o.group && *o.group != st.group)
     return fail(EEXIST, st.name + ": attached " +
                             (st.group.empty() ? "on its own" : "in group " + st.group) +
                             ", not in group " + *o.group + "; detach it first");
+  return {};
+}
+
+// What is left of an attach's join_timeout (at least a second).
+std::chrono::seconds time_left(std::chrono::steady_clock::time_point deadline) {
+  const auto left =
+      std::chrono::duration_cast<std::chrono::seconds>(deadline - std::chrono::steady_clock::now());
+  return std::max(left, std::chrono::seconds(1));
+}
+
+Result<std::string> rebind(const DeviceState& st, const std::string& image,
+                           const AttachOptions& o,
+                           std::chrono::steady_clock::time_point deadline) {
+  DMU_TRY(same_attachment(st, image, o));
   if (!st.group.empty()) {
     // Bound is told by the pid the group process writes (group.cc); a group
     // process its supervisor restarted since we looked may have written it
     // already, which mark_unbound leaves alone.
     DMU_TRY(mark_unbound(st.name));
-    DMU_TRY(join_group(o.program, st.group, st.name));
+    DMU_TRY(join_group(o.program, st.group, st.name, time_left(deadline)));
     return st.node();
   }
   DMU_TRY(start_mapping_process(o.program, st.name));
@@ -234,33 +259,14 @@ Result<void> start_serve_process(const std::string& program,
   return fail(EIO, why);
 }
 
-Result<std::string> attach(const AttachOptions& o) {
-  DMU_ASSIGN_OR_RETURN(const std::string image, absolute(o.image));
-  const std::string name = o.name ? *o.name : default_name(image);
-  DMU_TRY(check_name(name));
-  if (o.group) DMU_TRY(check_name(*o.group));
-  DMU_TRY(ensure_run_dir());
+namespace {
 
-  DMU_ASSIGN_OR_RETURN(auto existing, read_state(name));
-  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
-  if (existing && info.exists) {
-    if (lock_held(name))
-      return fail(EEXIST, name + ": already attached (" + existing->image +
-                              ") and served by pid " + std::to_string(existing->pid));
-    return rebind(*existing, image, o);
-  }
-  if (info.exists)
-    return fail(EEXIST, "dm device " + name + " exists and was not made by dmu attach");
-  if (existing) {
-    // A stale record of a device long gone (removed with dmsetup): its
-    // metadata loops would keep the image locked against us.
-    DMU_TRY(release_metadata_loops(*existing));
-    remove_state_files(name);
-  }
-
-  // Held while the device is set up, so two attaches of one name cannot race;
-  // released right before the mapping process takes it over.
-  DMU_ASSIGN_OR_RETURN(NameLock lock, NameLock::try_acquire(name));
+// The device is set up anew under `lock` (NAME's, held while the device is
+// set up, so two attaches of one name cannot race; released right before
+// the mapping process takes it over).
+Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
+                            const std::string& name, NameLock lock,
+                            std::chrono::steady_clock::time_point deadline) {
   // Declared after the lock: a failure removes the files (the lock file
   // too) while still holding it (NameLock copes with that).
   StateGuard guard{name};
@@ -323,7 +329,7 @@ Result<std::string> attach(const AttachOptions& o) {
 
   lock.release();
   if (o.group)
-    DMU_TRY(join_group(o.program, *o.group, name));
+    DMU_TRY(join_group(o.program, *o.group, name, time_left(deadline)));
   else
     DMU_TRY(start_mapping_process(o.program, name));
   // Serving: the device and its loops now outlive this process.
@@ -331,7 +337,82 @@ Result<std::string> attach(const AttachOptions& o) {
   for (auto& l : loops) l.release();
   for (auto& l : metadata_loops) l.release();
   guard.armed = false;
-  return st.node();
+  return Attached{st.node(), false};
+}
+
+}  // namespace
+
+// Two attaches of one disk at once (block-dmu falling back while
+// dmu-xen-helper attaches, libxl running add twice) both end with it served:
+// while NAME's lock is held by an attach setting the device up (or a group
+// process binding it), attach waits a little and then looks again.
+Result<Attached> attach(const AttachOptions& o) {
+  DMU_ASSIGN_OR_RETURN(const std::string image, absolute(o.image));
+  const std::string name = o.name ? *o.name : default_name(image);
+  DMU_TRY(check_name(name));
+  if (o.group) DMU_TRY(check_name(*o.group));
+  DMU_TRY(ensure_run_dir());
+
+  const auto deadline = std::chrono::steady_clock::now() + o.join_timeout;
+  const auto settle = std::chrono::steady_clock::now() + std::min(o.join_timeout, kSettleTime);
+  auto wait_a_little = [&](const std::string& why) -> Result<void> {
+    if (std::chrono::steady_clock::now() >= settle) return fail(EBUSY, why);
+    std::this_thread::sleep_for(100ms);
+    return {};
+  };
+  for (;;) {
+    DMU_ASSIGN_OR_RETURN(auto existing, read_state(name));
+    DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+    const bool locked = lock_held(name);
+    if (existing && info.exists) {
+      if (::access(leave_path(name).c_str(), F_OK) == 0)
+        return fail(EBUSY, name + ": being detached (" + leave_path(name) +
+                               "); attach it again once dmu detach " + name + " is done");
+      // Unlocked while an attach hands it to its group (join_group): not
+      // ours to rebind, whose lock grab could fail the group's bind.  (The
+      // join may be another member's: after a while we rebind anyway.)
+      if (!locked && !existing->group.empty() && group_joining(existing->group) &&
+          std::chrono::steady_clock::now() < settle) {
+        std::this_thread::sleep_for(100ms);
+        continue;
+      }
+      if (!locked) {
+        DMU_ASSIGN_OR_RETURN(std::string node, rebind(*existing, image, o, deadline));
+        return Attached{node, false};
+      }
+      // Served as asked: done.  Its lock held but not served yet: being set
+      // up by another attach, or bound by its (restarted) process.
+      if (served(*existing)) {
+        DMU_TRY(same_attachment(*existing, image, o));
+        return Attached{existing->node(), true};
+      }
+      DMU_TRY(wait_a_little(name + ": being set up by another attach; try again"));
+      continue;
+    }
+    if (locked) {
+      DMU_TRY(wait_a_little(name + ": being set up (or let go) by another dmu; try again"));
+      continue;
+    }
+    if (info.exists)
+      return fail(EEXIST, "dm device " + name + " exists and was not made by dmu attach");
+    auto lock = NameLock::try_acquire(name);
+    if (!lock && lock.error().code == EWOULDBLOCK) {
+      DMU_TRY(wait_a_little(name + ": being set up by another attach; try again"));
+      continue;  // another attach took it since we looked
+    }
+    if (!lock) return fail(lock.error());
+    if (existing) {
+      // A stale record of a device long gone (removed with dmsetup): its
+      // metadata loops would keep the image locked against us.  Its files
+      // go, but not the lock file we hold (another attach would lock a new
+      // one and set up beside us).
+      DMU_TRY(release_metadata_loops(*existing));
+      for (const std::string& p : {stats_path(name), scratch_path(name), state_path(name),
+                                   leave_path(name), bind_error_path(name), log_path(name)})
+        (void)::unlink(p.c_str());
+    }
+    return attach_new(o, image, name, std::move(*lock), deadline);
+  }
 }
 
 }  // namespace dmu::daemon

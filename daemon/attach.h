@@ -7,18 +7,21 @@
 // its own), then waits until it reports that it is bound.
 //
 // On an existing device whose mapping process is gone (killed, upgraded),
-// attach only starts a new mapping process, which rebinds.
+// attach only starts a new mapping process, which rebinds; on one that is
+// served as asked, it does nothing.
 //
 // Every loop and dm device is owned by an RAII object until the mapping
 // process is ready, so any failure on the way leaves nothing behind.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "daemon/group.h"
 
 namespace dmu::daemon {
 
@@ -32,13 +35,25 @@ struct AttachOptions {
   std::optional<std::string> group;
   std::optional<uint32_t> daemon_timeout;
   std::string program = "/proc/self/exe";  // the dmu binary that runs `serve`
+  // How long a group member's attach may take, counted from its start, until
+  // the group's process has bound it (dmu-xen-helper answers inside
+  // block-dmu's 29 s); past it the attach fails and leaves nothing.
+  std::chrono::seconds join_timeout = kJoinTimeout;
+};
+
+struct Attached {
+  std::string node;         // /dev/mapper/NAME
+  bool already = false;     // it was attached and served as asked: nothing done
 };
 
 // The dm name attach uses for an image when --name is absent.
 std::string default_name(const std::string& image);
 
-// Returns the device node (/dev/mapper/NAME) once it is usable.
-Result<std::string> attach(const AttachOptions& options);
+// Returns the device node (/dev/mapper/NAME) once it is usable.  Attaching
+// again what is attached and served already (same image, mode, format if
+// given, group if given) succeeds with `already` set, so a script may run
+// its attach twice; anything else attached under NAME is EEXIST.
+Result<Attached> attach(const AttachOptions& options);
 
 // Starts `program serve --name NAME` in the background (stderr to
 // /run/dmu/NAME.log) and waits until it reports ready or fails.

@@ -16,6 +16,7 @@
 #include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
+#include "daemon/serve_process.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "formats/chain.h"
@@ -75,29 +76,6 @@ Result<void> trim_growth_tail(const DeviceState& st) {
   DMU_ASSIGN_OR_RETURN(uint64_t size, file->size());
   if (size <= *report.image_end_offset) return {};
   return file->truncate(*report.image_end_offset);
-}
-
-// True when pid still is NAME's supervisor (comm "dmu-supervise", the
-// child renames itself) or, with supervisor false, NAME's mapping process:
-// a pid recorded earlier may have been reused since, even by another
-// device's dmu, which a SIGTERM would stop.
-bool serves_name(pid_t pid, const DeviceState& st, bool supervisor) {
-  const std::string& name = st.name;
-  if (pid <= 0) return false;
-  const std::string proc = "/proc/" + std::to_string(pid);
-  std::ifstream comm(proc + "/comm");
-  std::string comm_name;
-  if (!comm || !std::getline(comm, comm_name)) return false;
-  if ((comm_name == "dmu-supervise") != supervisor) return false;
-  std::ifstream cmdline(proc + "/cmdline");
-  std::vector<std::string> args;
-  for (std::string a; std::getline(cmdline, a, '\0');) args.push_back(a);
-  if (args.size() < 2 || args[1] != "serve") return false;
-  for (size_t i = 2; i + 1 < args.size(); ++i) {
-    if (args[i] == "--name" && args[i + 1] == name) return true;
-    if (args[i] == "--group" && !st.group.empty() && args[i + 1] == st.group) return true;
-  }
-  return false;
 }
 
 // A group member leaves its group's process (group.h): the marker takes it
@@ -196,8 +174,8 @@ Result<std::string> detach(const DetachOptions& o) {
   if (alive) {
     // The supervisor, when there is one: between a death and a restart
     // the recorded mapping process is gone, and a SIGTERM to it would be lost.
-    const pid_t target = serves_name(st->supervisor, *st, true) ? st->supervisor
-                         : serves_name(st->pid, *st, false)          ? st->pid
+    const pid_t target = serves_device(st->supervisor, *st, true) ? st->supervisor
+                         : serves_device(st->pid, *st, false)          ? st->pid
                                                                      : 0;
     if (!st->group.empty()) {
       DMU_TRY(leave_group(*st, target));

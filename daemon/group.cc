@@ -11,28 +11,15 @@
 #include "daemon/attach.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
+#include "daemon/serve_process.h"
 #include "daemon/state_file.h"
 
 namespace dmu::daemon {
 namespace {
 
 using namespace std::chrono_literals;
-constexpr auto kJoinTimeout = 120s;  // TCG guests are slow; a bind takes milliseconds
 
 bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
-
-// True when pid runs `dmu serve --group GROUP` (a pid file may be stale, and
-// the pid reused by anything).
-bool serves_group(pid_t pid, const std::string& group) {
-  if (pid <= 0) return false;
-  std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
-  std::vector<std::string> args;
-  for (std::string a; std::getline(cmdline, a, '\0');) args.push_back(a);
-  if (args.size() < 2 || args[1] != "serve") return false;
-  for (size_t i = 2; i + 1 < args.size(); ++i)
-    if (args[i] == "--group" && args[i + 1] == group) return true;
-  return false;
-}
 
 pid_t group_pid(const std::string& group) {
   std::ifstream in(group_pid_path(group));
@@ -48,13 +35,19 @@ std::string read_text(const std::string& path) {
   return text;
 }
 
+std::string setup_lock_name(const std::string& group) { return group_file_name(group) + ".setup"; }
+
 // Serialises joins of one group (two block-dmu runs for two disks of a
-// domain starting its group process at once), waiting up to a minute.
-Result<NameLock> setup_lock(const std::string& group) {
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
+// domain starting its group process at once), waiting until `deadline`.
+Result<NameLock> setup_lock(const std::string& group,
+                            std::chrono::steady_clock::time_point deadline) {
   for (;;) {
-    auto l = NameLock::try_acquire(group_file_name(group) + ".setup");
-    if (l || l.error().code != EWOULDBLOCK || std::chrono::steady_clock::now() >= deadline) return l;
+    auto l = NameLock::try_acquire(setup_lock_name(group));
+    if (l || l.error().code != EWOULDBLOCK) return l;
+    if (std::chrono::steady_clock::now() >= deadline)
+      return fail(ETIMEDOUT, "group " + group + ": another attach or detach of the group " +
+                                 "did not finish in time");
+    std::this_thread::sleep_for(20ms);
   }
 }
 
@@ -76,6 +69,8 @@ std::vector<std::string> group_members(const std::string& group) {
 }
 
 bool group_alive(const std::string& group) { return lock_held(group_file_name(group)); }
+
+bool group_joining(const std::string& group) { return lock_held(setup_lock_name(group)); }
 
 Result<void> signal_group(const std::string& group) {
   const pid_t pid = group_pid(group);
@@ -107,13 +102,17 @@ void report_bind_error(const std::string& name, const std::string& message) {
 void clear_bind_error(const std::string& name) { (void)::unlink(bind_error_path(name).c_str()); }
 
 Result<void> join_group(const std::string& program, const std::string& group,
-                        const std::string& name) {
-  DMU_ASSIGN_OR_RETURN(NameLock setup, setup_lock(group));
+                        const std::string& name, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  DMU_ASSIGN_OR_RETURN(NameLock setup, setup_lock(group, deadline));
   clear_bind_error(name);
   bool started = false;
-  const auto deadline = std::chrono::steady_clock::now() + kJoinTimeout;
   for (;;) {
     if (bound(name, group)) return {};
+    // Its attach failed meanwhile (another attach of the same name that
+    // found it unserved for a moment waits here too) and took it away.
+    if (auto st = read_state(name); st && !*st)
+      return fail(ENOENT, name + ": its record is gone (the attach that set it up failed?)");
     if (exists(bind_error_path(name))) {
       std::string why = read_text(bind_error_path(name));
       clear_bind_error(name);
@@ -121,7 +120,7 @@ Result<void> join_group(const std::string& program, const std::string& group,
     }
     if (std::chrono::steady_clock::now() >= deadline)
       return fail(ETIMEDOUT, name + ": group " + group + "'s mapping process did not bind it within " +
-                                 std::to_string(kJoinTimeout.count()) + " s; see " +
+                                 std::to_string(timeout.count()) + " s; see " +
                                  log_path(group_file_name(group)));
     if (!started) {
       // A group that is shrinking to nothing may exit after our SIGHUP

@@ -30,6 +30,10 @@ std::vector<std::string> group_members(const std::string& group);
 // True when the group's supervisor (or an unsupervised `serve --group`) lives.
 bool group_alive(const std::string& group);
 
+// True while a join_group of the group runs (its setup lock is held): a
+// member it is joining has no process yet, and is not for others to rebind.
+bool group_joining(const std::string& group);
+
 // Bound: the group process took NAME's lock and wrote its (live) pid into
 // the record, which it clears when it lets NAME go.
 bool bound(const std::string& name, const std::string& group);
@@ -37,11 +41,17 @@ bool bound(const std::string& name, const std::string& group);
 // SIGHUPs the live group process: "re-read your members".  ESRCH when none.
 Result<void> signal_group(const std::string& group);
 
+// How long join_group waits by default: TCG guests are slow; a bind takes
+// milliseconds.
+inline constexpr std::chrono::seconds kJoinTimeout{120};
+
 // Makes the group's process serve NAME, whose record (naming the group) is
 // written: SIGHUPs the live group process, or starts `program serve --group
-// G --supervise`; returns once NAME is bound, or with the reason it is not.
+// G --supervise`; returns once NAME is bound, or with the reason it is not
+// (ETIMEDOUT after `timeout`, waiting for another join of the group included).
 Result<void> join_group(const std::string& program, const std::string& group,
-                        const std::string& name);
+                        const std::string& name,
+                        std::chrono::seconds timeout = kJoinTimeout);
 
 // Before join_group of a member nobody served a moment ago (a rebind, a
 // detach that gave up): clears the record's pid, which join_group waits for

@@ -190,7 +190,10 @@ bool add_member(const std::string& group, const std::string& name, bool supervis
                 bool report = true) {
   auto m = set_up(name, /*own_lock=*/true, supervised);
   if (!m && m.error().code == ECANCELED) {
-    log_event(LogLevel::Info, name, m.error().message);  // nobody waits for it
+    // Not an error of ours; but an attach racing the detach waits for an
+    // answer (join_group), and gets this one rather than its timeout.
+    log_event(LogLevel::Info, name, m.error().message);
+    if (report) report_bind_error(name, m.error().message);
     return false;
   }
   if (!m) {
@@ -292,11 +295,15 @@ bool reload(const ServeOptions& o, std::vector<Member>& members, std::vector<Reb
 
 // A test seam (vm attach-group), live only with DMU_TEST_SEAMS set in the
 // environment: NAME.test-channel-error in the run directory makes NAME's
-// next round fail as a broken channel would, once.  The channel of a target
-// whose device stays breaks only on kernel errors a test cannot cause.
-bool injected_channel_error(const std::string& name) {
+// next round fail as a broken channel would, once; NAME.test-channel-error-
+// on-stop the same, once the process is stopping and its flushes started.
+// The channel of a target whose device stays breaks only on kernel errors a
+// test cannot cause.
+bool injected_channel_error(const std::string& name, bool stopping) {
   static const bool enabled = std::getenv("DMU_TEST_SEAMS") != nullptr;
-  return enabled && ::unlink((run_dir() + "/" + name + ".test-channel-error").c_str()) == 0;
+  if (!enabled) return false;
+  const std::string seam = run_dir() + "/" + name + ".test-channel-error";
+  return ::unlink(seam.c_str()) == 0 || (stopping && ::unlink((seam + "-on-stop").c_str()) == 0);
 }
 
 // A group's supervisor died (kill -9) while this process lives on with the
@@ -365,6 +372,7 @@ int serve(const ServeOptions& options) {
   bool pushing = true;  // until every device's push is over
   std::vector<std::unique_ptr<StopFlush>> flushes;
   std::chrono::steady_clock::time_point flush_deadline;
+  bool flushing = false;  // stopping, the flushes started
   auto flushed = [&] {
     for (auto& f : flushes)
       if (!f->done()) return false;
@@ -391,7 +399,10 @@ int serve(const ServeOptions& options) {
       }
       pushing = true;  // a new member pushes its mappings
     }
-    if (grouped && !g_stop && !rebinds.empty()) {
+    // Also while stopping: a member released then has its stop flush waiting
+    // in the kernel for a process to serve it (and, past the kernel's
+    // daemon_timeout, its guest's writes would fail).
+    if (grouped && !rebinds.empty()) {
       const size_t before = members.size();
       rebind_due(options, members, rebinds);
       if (members.size() > before) pushing = true;
@@ -409,6 +420,9 @@ int serve(const ServeOptions& options) {
       for (auto& m : members)
         if (!m.read_only) flushes.push_back(std::make_unique<StopFlush>(m.node));
       flush_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      log_event(LogLevel::Info, grouped ? "group " + options.group : "serve",
+                "stopping: flushing " + std::to_string(flushes.size()) + " devices, then exiting");
+      flushing = true;
     }
     if (g_stop && (flushed() || std::chrono::steady_clock::now() >= flush_deadline)) break;
     // While a push is under way, poll only for what is waiting.
@@ -419,7 +433,7 @@ int serve(const ServeOptions& options) {
       break;
     }
     for (size_t i = 0; i < fds.size(); ++i) {
-      if (grouped && injected_channel_error(members[i].name)) {
+      if (grouped && injected_channel_error(members[i].name, flushing)) {
         log_event(LogLevel::Error, members[i].name, "test seam: channel error injected");
         failed.push_back(i);
         continue;

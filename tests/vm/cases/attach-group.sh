@@ -59,6 +59,36 @@ sup=$(record_field ga supervisor)
 [ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded"
 dmu list
 
+step "attach again: as attached succeeds and changes nothing; anything else is refused"
+out=$(dmu attach --group g1 --name ga -f qcow2 /data/a.qcow2 2>/tmp/again.err) || fail "attach ga again"
+expect_eq "attach again output" /dev/mapper/ga "$out"
+grep -q "served already" /tmp/again.err || fail "attach again did not say so: $(cat /tmp/again.err)"
+expect_eq "same mapping process after attach again" "$(served_by gb)" "$(served_by ga)"
+# refused_again WHAT ARGS...: dmu attach ARGS of ga fails and names WHAT.
+refused_again() {
+  _what=$1; shift
+  if dmu attach --name ga "$@" 2>/tmp/again.err; then fail "attach ga $* succeeded"; fi
+  grep -q "$_what" /tmp/again.err || fail "attach ga $*: $(cat /tmp/again.err)"
+}
+refused_again "read-write" --group g1 --read-only /data/a.qcow2
+refused_again "not in group g2" --group g2 /data/a.qcow2
+refused_again "not vmdk" --group g1 -f vmdk /data/a.qcow2
+refused_again "not /data/c.qcow2" --group g1 /data/c.qcow2
+expect_eq "ga still served by the group" "$(served_by gb)" "$(served_by ga)"
+# Two attaches of one new disk at once (block-dmu's fallback racing the Xen
+# helper): both succeed, one sets it up, the other finds it served.
+qemu-img create -q -f qcow2 /data/x.qcow2 64M || fail "qemu-img create x"
+dmu attach --group g1 --name gx /data/x.qcow2 >/tmp/x1.out 2>/tmp/x1.err &
+x1=$!
+dmu attach --group g1 --name gx /data/x.qcow2 >/tmp/x2.out 2>/tmp/x2.err &
+x2=$!
+wait $x1 || fail "the first of two attaches at once failed: $(cat /tmp/x1.err)"
+wait $x2 || fail "the second of two attaches at once failed: $(cat /tmp/x2.err)"
+expect_eq "both attaches print the node" "/dev/mapper/gx /dev/mapper/gx" "$(cat /tmp/x1.out) $(cat /tmp/x2.out)"
+expect_eq "attaches that found gx served" 1 "$(cat /tmp/x1.err /tmp/x2.err | grep -c 'served already')"
+expect_eq "gx served by the group's process" "$(served_by gb)" "$(served_by gx)"
+dmu detach gx || fail "dmu detach gx"
+
 step "fio with verify on both while the group's mapping process is killed -9"
 for d in ga gb; do
   depth=4
@@ -93,8 +123,9 @@ grep -q "gc: left group g1" /run/dmu/g1.group.log || fail "the group's log does 
 qemu-img check c.qcow2 || fail "qemu-img check c.qcow2"
 qemu-img convert -O raw c.qcow2 /data/c.raw || fail "convert c"
 dd if=/data/c.raw bs=1M skip=5 count=1 status=none | cmp - /tmp/c.bin || fail "c.qcow2 lacks the write"
-# A name already in the group is refused; a name outside it cannot be forced in.
-dmu attach --group g1 --name ga /data/a.qcow2 >/dev/null 2>&1 && fail "attached ga twice"
+# A member attached again under another image is refused (the step above
+# covers the rest), also while fio runs on it.
+dmu attach --group g1 --name ga /data/c.qcow2 >/dev/null 2>&1 && fail "attached c.qcow2 as ga"
 
 for d in ga gb; do
   eval "wait \$fio_$d" || { cat /tmp/fio-$d.log; fail "fio on $d failed"; }
@@ -187,6 +218,42 @@ expect_eq "gf served by the group's process" "$before" "$(served_by gf)"
 expect_eq "processes of group g1 after gf joined" 2 "$(group_procs g1 | wc -l)"
 dmu detach gf || fail "dmu detach gf"
 expect_eq "b still served by the same process" "$before" "$(served_by gb)"
+
+step "SIGTERM of the group while a member's channel fails: it is bound again and its writes flushed"
+# The group stops (the supervisor forwards SIGTERM) with b's writes still in
+# the page cache: the process flushes every member before it exits.  b's
+# channel fails once the stop began (test seam): b is released with its
+# writeback waiting in the kernel, and must be bound again and served to the
+# end of that flush.  Before, it was never bound again: its flush waited out
+# the 30 s flush limit (and the kernel's daemon_timeout failed the writes).
+echo 400000000 >/proc/sys/vm/dirty_bytes
+echo 300000000 >/proc/sys/vm/dirty_background_bytes
+echo 360000 >/proc/sys/vm/dirty_expire_centisecs
+head -c $((48 * 1048576)) /dev/urandom >/tmp/h.bin
+dd if=/tmp/h.bin of=/data/gb.raw bs=1M seek=64 conv=notrunc status=none || fail "update gb.raw"
+dd if=/tmp/h.bin of=/dev/mapper/gb bs=1M seek=64 status=none || fail "buffered write to gb"
+echo "dirty before the stop: $(sed -n 's/^Dirty: *//p' /proc/meminfo)"
+: >/run/dmu/gb.test-channel-error-on-stop
+t0=$(now_ms)
+kill -TERM "$new_sup" || fail "kill -TERM $new_sup"
+while kill -0 "$new_sup" 2>/dev/null || [ -n "$(group_procs g1)" ]; do
+  [ $(( $(now_ms) - t0 )) -lt 60000 ] || fail "group g1 did not stop within 60 s"
+  sleep 0.1
+done
+stop_ms=$(( $(now_ms) - t0 ))
+echo "group g1 stopped in $stop_ms ms"
+sed -n '/stopping: flushing/,$p' /run/dmu/g1.group.log >/tmp/stop.log
+grep -q "gb: error: test seam: channel error injected" /tmp/stop.log || { cat /run/dmu/g1.group.log; fail "the seam did not fire during the stop"; }
+grep -q "gb: served by group g1" /tmp/stop.log || { cat /tmp/stop.log; fail "gb was not bound again while stopping"; }
+grep -q "flush before exit did not finish" /tmp/stop.log && { cat /tmp/stop.log; fail "a stop flush did not finish"; }
+[ "$stop_ms" -lt 25000 ] || { cat /tmp/stop.log; fail "the stop took $stop_ms ms: gb's flush waited for the limit"; }
+expect_eq "gb kernel timeouts" 0 "$(dmu_stat gb timeouts)"
+expect_eq "gb uncommitted allocations after the stop" 0 \
+  "$(dmsetup status gb | grep -o 'unpublished=[0-9]*' | cut -d= -f2)"
+# Served again by a new group process (dmu attach rebinds the whole group).
+out=$(dmu attach --group g1 --name gb /data/b.vmdk) || fail "dmu attach gb after the stop"
+before=$(served_by gb)
+kill -0 "$before" || fail "gb is not served after the stop"
 
 step "detach a, then b: the group's processes end with the last member"
 dmu detach ga || fail "dmu detach ga"
