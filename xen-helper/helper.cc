@@ -155,26 +155,27 @@ void Helper::handle_add(BackendId id) {
   ao.read_only = mode == "r";
   ao.group = group_name(id.domid);
   ao.program = o_.dmu_program;
-  // add again (libxl retries, a helper restarted mid-add): a device of
-  // this image that is served already is the answer.
-  auto existing = daemon::read_state(*ao.name);
-  const bool reuse = existing && *existing && (*existing)->image == target->path &&
-                     daemon::lock_held(*ao.name);
-  if (!reuse) {
-    auto node = daemon::attach(ao);
-    if (!node) {
-      std::string why = node.error().message;
-      if (why.find(target->path) == std::string::npos) why = target->path + ": " + why;
-      return refuse(id, why);
-    }
+  ao.join_timeout = o_.attach_timeout;
+  // add again (libxl retries, a helper restarted mid-add, block-dmu falling
+  // back at the same time): attach succeeds on the device served as asked.
+  auto attached = daemon::attach(ao);
+  if (!attached) {
+    std::string why = attached.error().message;
+    if (why.find(target->path) == std::string::npos) why = target->path + ": " + why;
+    return refuse(id, why);
   }
   auto record = daemon::read_state(*ao.name);
   if (!record || !*record) return refuse(id, target->path + ": attached, but its record is gone");
   const daemon::DeviceState& s = **record;
+  // Attached but not answered: it goes (unless an add connected it).
+  auto give_up = [&](const std::string& why) {
+    withdraw(id, s, why);
+    refuse(id, why);
+  };
   if (auto w = write_hotplug_state(hotplug_state_dir(o_.hotplug_state, id), s, mode); !w)
-    return refuse(id, w.error().message);
+    return give_up(w.error().message);
   auto mm = major_minor(s.node());
-  if (!mm) return refuse(id, mm.error().message);
+  if (!mm) return give_up(mm.error().message);
   std::vector<std::pair<std::string, std::string>> keys = {
       {b + "/physical-device", *mm},
       {b + "/physical-device-path", s.node()},
@@ -198,45 +199,44 @@ void Helper::handle_add(BackendId id) {
     withdraw(id, s, why);
     return refuse(id, target->path + ": " + why);  // if our claim still stands
   }
-  if (!*w) return withdraw(id, s, "block-dmu gave up waiting");
+  if (!*w) return withdraw(id, s, "block-dmu gave up waiting before our answer");
   log_event(LogLevel::Info, relative(id),
             s.image + " (" + s.format + (s.read_only ? ", read-only" : "") + ") -> " + s.node() +
                 ", group " + s.group + ", mapping process " + std::to_string(s.pid));
 }
 
-// Our answer did not go out (block-dmu gave up, the backend went): the
-// device is nobody's, so it goes now rather than when the domain ends --
-// unless an add that completed connected it (block-dmu's own fallback, an
-// earlier add), which physical-device says.  That check and the removal of
-// block-dmu's state for the backend happen under block-dmu's lock, which its
-// adds and removes hold while they look at both; the detach (which may take
-// long) after it, so no block-dmu of any domain waits for it.
+// Our answer did not go out (block-dmu gave up, the backend went, a step
+// after the attach failed): the device is nobody's, so it goes now rather
+// than when the domain ends -- unless an add that completed connected it
+// (block-dmu's own fallback, an earlier add), which physical-device says.
+// All of it under block-dmu's lock, which its adds and removes hold while
+// they look at both: a block-dmu add falling back at the same time would
+// otherwise find the device served (attach's "already"), connect it, and
+// lose it to our detach.  A device nobody connected is not open in blkback,
+// so the detach is quick (its commit of a device that saw no guest I/O);
+// only a moment's opener (udev's blkid) is waited for, a few seconds.
 void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why) {
-  {
-    const std::string lock_file = o_.hotplug_state + "/lock";
-    UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    int tries = 0;
-    while (lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && ++tries < 100)
-      std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
-    if (!lock.valid() || tries >= 100) {
-      log_event(LogLevel::Warning, relative(id),
-                why + "; " + s.name + " is left for the domain's end (" + lock_file + " is busy)");
-      return;
-    }
-    if (xs_.read(backend_path(id) + "/physical-device")) {
-      log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
-      return;
-    }
-    std::error_code ec;
-    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
+  const std::string lock_file = o_.hotplug_state + "/lock";
+  UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  int tries = 0;
+  while (lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && ++tries < 100)
+    std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
+  if (!lock.valid() || tries >= 100) {
+    log_event(LogLevel::Warning, relative(id),
+              why + "; " + s.name + " is left for the domain's end (" + lock_file + " is busy)");
+    return;
   }
+  if (xs_.read(backend_path(id) + "/physical-device")) {
+    log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
   daemon::DetachOptions d;
   d.name = s.name;
   d.program = o_.dmu_program;
-  // Retried while something (udev's blkid) still has it open, as block-dmu's
-  // remove does.
   auto r = daemon::detach(d);
-  for (int i = 0; !r && r.error().code == EBUSY && i < 100; ++i) {
+  for (int i = 0; !r && r.error().code == EBUSY && i < 25; ++i) {
     std::this_thread::sleep_for(200ms);
     r = daemon::detach(d);
   }
@@ -244,7 +244,7 @@ void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::str
     log_event(LogLevel::Error, relative(id), why + "; detach " + s.name + " failed: " + r.error().message);
     return;
   }
-  log_event(LogLevel::Warning, relative(id), why + " before our answer; detached " + s.name);
+  log_event(LogLevel::Warning, relative(id), why + "; detached " + s.name);
 }
 
 // The debugging keys that change: who serves the device, and the counters.

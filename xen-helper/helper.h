@@ -36,6 +36,10 @@ struct HelperOptions {
   std::string dmu_program;                     // the dmu binary (its `serve`)
   std::string hotplug_state = "/run/dmu/hotplug";  // block-dmu's state root
   std::chrono::seconds gone_grace{30};         // before detaching under a live backend
+  // An attach waits this long for the domain's mapping process to bind the
+  // disk, then refuses: block-dmu waits 29 s for our answer, and requests
+  // of other domains wait behind this one.
+  std::chrono::seconds attach_timeout{20};
 };
 
 class Helper {

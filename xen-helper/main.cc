@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
       ("help,h", "this text")
       ("dmu", po::value<std::string>()->default_value(default_dmu()), "the dmu program")
       ("interval", po::value<unsigned>()->default_value(5), "seconds between counter refreshes")
+      ("attach-timeout", po::value<unsigned>()->default_value(20),
+       "seconds an attach waits for the domain's mapping process to bind a disk before it is "
+       "refused (block-dmu waits 29 s for the answer)")
       ("hotplug-state", po::value<std::string>()->default_value("/run/dmu/hotplug"),
        "block-dmu's state directory (DMU_HOTPLUG_STATE of block-dmu)");
   // clang-format on
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
   dmu::xenhelper::HelperOptions ho;
   ho.dmu_program = vm["dmu"].as<std::string>();
   ho.hotplug_state = vm["hotplug-state"].as<std::string>();
+  ho.attach_timeout = std::chrono::seconds(std::max(1u, vm["attach-timeout"].as<unsigned>()));
   const auto interval = std::chrono::seconds(std::max(1u, vm["interval"].as<unsigned>()));
 
   sigset_t set;

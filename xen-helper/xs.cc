@@ -7,8 +7,10 @@ extern "C" {
 #include <xenstore.h>
 }
 
+#include <chrono>
 #include <cstdlib>
 #include <memory>
+#include <thread>
 
 namespace dmu::xenhelper {
 namespace {
@@ -60,8 +62,14 @@ Result<bool> XenStore::write_if(const std::string& guard, const GuardTest& ok,
                                 const std::vector<std::pair<std::string, std::string>>& keys,
                                 const std::vector<std::string>& removes) {
   for (int attempt = 0; attempt < 20; ++attempt) {
+    // Conflicts (libxl writes the same backends) and xenstored's transaction
+    // quota (EAGAIN at start) pass: a growing pause, then again.
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5 * attempt));
     xs_transaction_t t = xs_transaction_start(h_);
-    if (t == XBT_NULL) return fail(errno_error("xenstore: start a transaction"));
+    if (t == XBT_NULL) {
+      if (errno == EAGAIN) continue;
+      return fail(errno_error("xenstore: start a transaction"));
+    }
     if (!guard.empty()) {
       unsigned int len = 0;
       std::unique_ptr<char, FreeDeleter> v(static_cast<char*>(xs_read(h_, t, guard.c_str(), &len)));

@@ -65,6 +65,21 @@ domu_start two /tmp/two.sh \
   'vdev=xvdb,access=w,backendtype=phy,script=block-dmu,target=vmdk:/vm/data.vmdk' || fail "xl create two"
 mapping_shown two 51712 /vm/ov1.qcow2 qcow2 >/dev/null || exit 1
 node_b=$(mapping_shown two 51728 /vm/data.vmdk vmdk) || exit 1
+# Without dmu-xen-helper too, block-dmu puts a domain's disks in its group.
+dom_two=$(xl domid two)
+rec_pid() { sed -n 's/.*"pid": \([0-9][0-9]*\).*/\1/p' "/run/dmu/$1.json"; }
+pid_two=$(rec_pid "xen-vbd-$dom_two-51712")
+[ -n "$pid_two" ] && [ "$pid_two" != 0 ] || fail "no mapping process recorded for xvda"
+expect_eq "one mapping process serves both disks" "$pid_two" "$(rec_pid "xen-vbd-$dom_two-51728")"
+grep -q "xen-dom$dom_two" "/proc/$pid_two/cmdline" || fail "pid $pid_two does not serve group xen-dom$dom_two"
+# add run again for a disk that is attached and served: it succeeds and
+# changes nothing (libxl retries; dmu-xen-helper may have attached it).
+XENBUS_PATH=backend/vbd/$dom_two/51712 /etc/xen/scripts/block-dmu add 2>/tmp/add-again.log ||
+  { cat /tmp/add-again.log; fail "block-dmu add again"; }
+grep -q 'is attached and served already' /tmp/add-again.log || { cat /tmp/add-again.log; fail "add again attached anew"; }
+expect_eq "the same process after add again" "$pid_two" "$(rec_pid "xen-vbd-$dom_two-51712")"
+expect_eq "hotplug-status after add again" connected \
+  "$(xenstore-read "/local/domain/0/backend/vbd/$dom_two/51712/hotplug-status")"
 say "$node_b" dom0-was-here   # dom0 reaches the guest's disk through the same node
 if qemu-io -f qcow2 -c 'write 0 512' ov1.qcow2 >/dev/null 2>&1; then fail "qemu-io wrote ov1.qcow2 while the guest runs"; fi
 await_mark "$node_b" guest-wrote

@@ -8,12 +8,14 @@
 # and restarts the helper (the mapping process is untouched): the guest sees
 # no I/O error and its data verifies, in the guest and in the images after
 # xl destroy; xl block-attach/detach of a third disk goes through the helper
-# into the same group process and out of it; a helper whose answer comes
-# after block-dmu gave up detaches the device at once; xl destroy leaves no dm device,
+# into the same group process and out of it; an attach the group's process
+# does not bind within the helper's --attach-timeout is refused with that
+# reason while block-dmu still waits; a helper whose answer comes after
+# block-dmu gave up detaches the device at once; xl destroy leaves no dm device,
 # loop device, dmu process or dmu key, and qemu-img check is clean; a missing
 # image fails xl create through the helper with a line naming the file.
-# Then without a helper: block-dmu attaches by itself and the same kill -9
-# under guest I/O costs nothing either.
+# Then without a helper: block-dmu attaches by itself, into the domain's
+# group too, and the same kill -9 under guest I/O costs nothing either.
 # xen: timeout=1800
 . /usr/lib/dmu-test/lib.sh
 . /usr/lib/dmu-test/xen.sh
@@ -28,8 +30,9 @@ helper_pid() {
     grep -q '^State:.*Z' "$_p/status" 2>/dev/null || echo "${_p#/proc/}"   # not a zombie
   done
 }
+# start_helper [OPTION...]: starts dmu-xen-helper and waits for its pid key.
 start_helper() {
-  setsid dmu-xen-helper >>"$helper_log" 2>&1 </dev/null &
+  setsid dmu-xen-helper "$@" >>"$helper_log" 2>&1 </dev/null &
   _i=0
   until [ -n "$(helper_pid)" ] && [ "$(xenstore-read /local/domain/0/dmu-xen-helper/pid 2>/dev/null)" = "$(helper_pid)" ]; do
     _i=$((_i + 1)); [ $_i -lt 100 ] || { cat "$helper_log"; fail "dmu-xen-helper did not start"; }
@@ -207,36 +210,63 @@ check_clean extra.qcow2
 echo "xvdc was used in round ${last_c:-?}"
 guest_alive hg
 
-step "a helper answering after block-dmu gave up detaches what it attached"
+step "an attach the group's process does not bind in time is refused by the helper inside block-dmu's wait"
 # With the group's supervisor stopped, the helper's attach of xvdd waits for
-# the SIGHUP the supervisor forwards, past block-dmu's 29 s: block-dmu gives
-# up (removing the request) and xl block-attach fails.  The helper's late
-# answer must find its claim gone, never connect xvdd (no physical-device
-# for blkback), and detach its device at once, not at the domain's end (the
-# mapping process keeps serving xvda and xvdb meanwhile).
+# the SIGHUP the supervisor forwards.  The helper gives up after its
+# --attach-timeout (20 s) and answers with an error while block-dmu (29 s)
+# still waits, so xl block-attach fails with the helper's reason, and its
+# attach leaves nothing behind; the mapping process keeps serving xvda and
+# xvdb.  (Without the timeout block-dmu gives up first: "did not answer".)
 sup=$(sed -n 's/.*"supervisor": \([0-9][0-9]*\).*/\1/p' "/run/dmu/xen-vbd-$domid-51712.json")
 [ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded for xvda"
-kill -STOP "$sup" || fail "kill -STOP $sup"
-if xl block-attach hg 'vdev=xvdd,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2' \
-  >/tmp/late.log 2>&1; then
-  kill -CONT "$sup"
-  fail "xl block-attach succeeded while the group's supervisor was stopped"
-fi
-kill -CONT "$sup" || fail "kill -CONT $sup"
+# late_refused VDEV LOG: xl block-attach of VDEV fails (into LOG) while the
+# group's supervisor is stopped.  (libxl keeps a failed backend until the
+# domain ends, so each try takes a new vdev.)
+late_refused() {
+  kill -STOP "$sup" || fail "kill -STOP $sup"
+  _t0=$(now_ms)
+  if xl block-attach hg "vdev=$1,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2" \
+    >"$2" 2>&1; then
+    kill -CONT "$sup"
+    fail "xl block-attach succeeded while the group's supervisor was stopped"
+  fi
+  kill -CONT "$sup" || fail "kill -CONT $sup"
+  echo "xl block-attach of $1 failed after $(( $(now_ms) - _t0 )) ms"
+}
+# late_gone VDEV DEVID: nothing of VDEV's attach is left; xvda and xvdb keep
+# their process.
+late_gone() {
+  dmsetup info "xen-vbd-$domid-$2" >/dev/null 2>&1 && fail "$1's dm device is left"
+  [ ! -e "/run/dmu/xen-vbd-$domid-$2.json" ] || fail "$1's record is left"
+  [ ! -e "/run/dmu/hotplug/backend_vbd_${domid}_$2" ] || fail "$1's block-dmu state is left"
+  [ "$(xenstore-read "$be/$2/hotplug-status" 2>/dev/null)" != connected ] || fail "$1 was connected"
+  xenstore-read "$be/$2/physical-device" >/dev/null 2>&1 && fail "blkback was given $1's device"
+  check_clean extra.qcow2
+  expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
+  guest_alive hg
+}
+late_refused xvdd /tmp/refused.log
+grep -q "mapping process did not bind it within" /tmp/refused.log ||
+  { cat /tmp/refused.log; fail "xl block-attach did not report the helper's attach timeout"; }
+late_gone xvdd 51760
+
+step "a helper answering after block-dmu gave up detaches what it attached"
+# Now the helper waits longer than block-dmu: block-dmu gives up (removing
+# the request) and xl block-attach fails.  The helper's late answer must find
+# its claim gone, never connect xvdd (no physical-device for blkback), and
+# detach its device at once, not at the domain's end.
+kill "$(helper_pid)" || fail "stop the helper"
+i=0
+while [ -n "$(helper_pid)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
+start_helper --attach-timeout 60
+late_refused xvde /tmp/late.log
 grep -q "did not answer within" /tmp/late.log || { cat /tmp/late.log; fail "xl block-attach did not report block-dmu's timeout"; }
 i=0
-until grep -q "before our answer; detached xen-vbd-$domid-51760" "$helper_log"; do
-  i=$((i + 1)); [ $i -lt 600 ] || { tail -n 20 "$helper_log"; dom0_state; fail "the late device of xvdd was not detached"; }
+until grep -q "before our answer; detached xen-vbd-$domid-51776" "$helper_log"; do
+  i=$((i + 1)); [ $i -lt 600 ] || { tail -n 20 "$helper_log"; dom0_state; fail "the late device of xvde was not detached"; }
   sleep 0.1
 done
-dmsetup info "xen-vbd-$domid-51760" >/dev/null 2>&1 && fail "xvdd's dm device is left"
-[ ! -e "/run/dmu/xen-vbd-$domid-51760.json" ] || fail "xvdd's record is left"
-[ ! -e "/run/dmu/hotplug/backend_vbd_${domid}_51760" ] || fail "xvdd's block-dmu state is left"
-[ "$(xenstore-read "$be/51760/hotplug-status" 2>/dev/null)" != connected ] || fail "the late answer connected xvdd"
-xenstore-read "$be/51760/physical-device" >/dev/null 2>&1 && fail "the late answer gave blkback xvdd's device"
-check_clean extra.qcow2
-expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
-guest_alive hg
+late_gone xvde 51776
 
 step "the guest stops; xl destroy leaves nothing; the images hold the last round"
 stop_rounds hg "$node_a" "$node_b"
@@ -282,6 +312,7 @@ xenstore-read "/local/domain/0/backend/vbd/$sd/51712/dmu/served-by" >/dev/null 2
   fail "the helper's key is there although no helper runs"
 await_mark "$node_a" guest-looping
 pid=$(record_pid "xen-vbd-$sd-51712")
+expect_eq "one mapping process for solo's disks" "$pid" "$(record_pid "xen-vbd-$sd-51728")"
 kill -9 "$pid" || fail "kill -9 $pid"
 wait_new_pid "xen-vbd-$sd-51712" "$pid"
 sleep 20   # rounds after the restart (a round takes several seconds under TCG)
