@@ -5,6 +5,8 @@
 #include "cli/cli_common.h"
 #include "daemon/attach.h"
 
+#include <algorithm>
+#include <chrono>
 #include <iostream>
 
 namespace dmu::cli {
@@ -21,6 +23,9 @@ int attach_main(const std::vector<std::string>& args) {
       ("group", po::value<std::string>(), "served by group GROUP's mapping process (started "
                                           "if none runs) rather than one of its own")
       ("format,f", po::value<std::string>(), "image format (probed if absent)")
+      ("timeout", po::value<uint32_t>(), "seconds the attach may take until the device is "
+                                         "served (default 120); past it, it fails and leaves "
+                                         "nothing behind")
       ("daemon-timeout", po::value<uint32_t>(), "seconds I/O waits for a mapping process "
                                                 "(table option daemon_timeout; module default "
                                                 "if absent)")
@@ -37,11 +42,13 @@ int attach_main(const std::vector<std::string>& args) {
   if (vm->count("group")) o.group = (*vm)["group"].as<std::string>();
   if (vm->count("format")) o.format = (*vm)["format"].as<std::string>();
   if (vm->count("daemon-timeout")) o.daemon_timeout = (*vm)["daemon-timeout"].as<uint32_t>();
+  if (vm->count("timeout"))
+    o.join_timeout = std::chrono::seconds(std::max<uint32_t>(1, (*vm)["timeout"].as<uint32_t>()));
   o.read_only = (*vm)["read-only"].as<bool>();
   auto attached = daemon::attach(o);
   if (!attached) return report(attached.error());
   if (attached->already)
-    std::cerr << "dmu attach: " << attached->node << " is attached and served already\n";
+    std::cerr << "dmu: " << attached->node << " is attached and served already\n";
   std::cout << attached->node << "\n";
   return kExitOk;
 }

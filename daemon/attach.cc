@@ -35,7 +35,6 @@ using namespace std::chrono_literals;
 // How long attach waits for a device another attach is setting up.
 constexpr std::chrono::seconds kSettleTime{10};
 
-constexpr int kReadyTimeoutMs = 120'000;  // TCG guests are slow; a bind takes milliseconds
 
 Result<std::string> absolute(const std::string& path) {
   char buf[PATH_MAX];
@@ -140,10 +139,20 @@ Result<void> same_attachment(const DeviceState& st, const std::string& image,
 }
 
 // What is left of an attach's join_timeout (at least a second).
-std::chrono::seconds time_left(std::chrono::steady_clock::time_point deadline) {
-  const auto left =
-      std::chrono::duration_cast<std::chrono::seconds>(deadline - std::chrono::steady_clock::now());
-  return std::max(left, std::chrono::seconds(1));
+std::chrono::milliseconds time_left(std::chrono::steady_clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return std::max(left, std::chrono::milliseconds(1000));
+}
+
+// Takes NAME's lock, waiting up to `timeout` for its holder to let go.
+Result<NameLock> acquire_within(const std::string& name, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto l = NameLock::try_acquire(name);  // itself retries for 500 ms
+    if (l || l.error().code != EWOULDBLOCK || std::chrono::steady_clock::now() >= deadline)
+      return l;
+  }
 }
 
 Result<std::string> rebind(const DeviceState& st, const std::string& image,
@@ -155,10 +164,11 @@ Result<std::string> rebind(const DeviceState& st, const std::string& image,
     // process its supervisor restarted since we looked may have written it
     // already, which mark_unbound leaves alone.
     DMU_TRY(mark_unbound(st.name));
-    DMU_TRY(join_group(o.program, st.group, st.name, time_left(deadline)));
+    DMU_TRY(join_group(o.program, st.group, st.name,
+                       std::chrono::duration_cast<std::chrono::seconds>(time_left(deadline))));
     return st.node();
   }
-  DMU_TRY(start_mapping_process(o.program, st.name));
+  DMU_TRY(start_mapping_process(o.program, st.name, time_left(deadline)));
   return st.node();
 }
 
@@ -170,13 +180,14 @@ std::string default_name(const std::string& image) {
   return base.empty() ? "dmu" : base;
 }
 
-Result<void> start_mapping_process(const std::string& program, const std::string& name) {
-  return start_serve_process(program, {"--name", name}, name);
+Result<void> start_mapping_process(const std::string& program, const std::string& name,
+                                   std::chrono::milliseconds timeout) {
+  return start_serve_process(program, {"--name", name}, name, timeout);
 }
 
 Result<void> start_serve_process(const std::string& program,
                                  const std::vector<std::string>& selector,
-                                 const std::string& log_name) {
+                                 const std::string& log_name, std::chrono::milliseconds timeout) {
   DMU_TRY(ensure_run_dir());
   const std::string& name = selector.at(1);
   const std::string log = log_path(log_name);
@@ -228,14 +239,15 @@ Result<void> start_serve_process(const std::string& program,
   ready_write.reset();
 
   std::string text;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kReadyTimeoutMs);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       ::kill(pid, SIGTERM);
       return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(pid) +
-                                 ") did not bind within " + std::to_string(kReadyTimeoutMs / 1000) +
+                                 ") did not bind within " +
+                                 std::to_string(std::max<long long>(1, timeout.count() / 1000)) +
                                  " s; see " + log);
     }
     pollfd p{ready_read.get(), POLLIN, 0};
@@ -322,16 +334,45 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   dco.uuid = "DMU-" + st.key;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
   DMU_TRY(write_state(st));
+  // A test seam (vm attach-group): time for a second attach of NAME to
+  // arrive while this one sets it up, the race attach() waits out.
+  if (const char* ms = std::getenv("DMU_TEST_ATTACH_DELAY_MS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
   // Recorded: detach finds them from here on, so they may outlive us.
   // Until now a crash of ours took them along (autoclear).
   for (auto& l : metadata_loops) DMU_TRY(l.keep_after_close());
   p.chain_open.reset();  // the loop devices hold the image locks from here on
 
-  lock.release();
-  if (o.group)
-    DMU_TRY(join_group(o.program, *o.group, name, time_left(deadline)));
-  else
-    DMU_TRY(start_mapping_process(o.program, name));
+  if (o.group) {
+    // The group's setup lock before NAME's goes: another attach of NAME in
+    // between would find it unlocked and not being joined, and rebind it.
+    DMU_ASSIGN_OR_RETURN(NameLock setup, lock_group_setup(*o.group, deadline));
+    lock.release();
+    if (auto j = join_group_locked(o.program, *o.group, name, deadline, std::move(setup)); !j) {
+      // Past our deadline the group's process may be binding NAME right
+      // now (a slow set_up): it must let go before anything is torn down,
+      // or it would serve a device we remove and re-create the record.
+      // The marker keeps it (and its rebinds) away; the SIGHUP makes a
+      // process that bound it release it.
+      (void)write_file_atomic(leave_path(name), "attach failed\n");
+      (void)signal_group(*o.group);
+      auto back = acquire_within(name, std::chrono::seconds(10));
+      if (!back) {
+        // Still held: served after all.  Left as it is, for dmu detach.
+        guard.armed = false;
+        dm.release();
+        for (auto& l : loops) l.release();
+        for (auto& l : metadata_loops) l.release();
+        return fail(j.error().code, j.error().message + "; " + name +
+                                        " stays attached (its group holds it): dmu detach " + name);
+      }
+      lock = std::move(*back);  // held while the guard and the RAII owners tear down
+      return fail(j.error());
+    }
+  } else {
+    lock.release();
+    DMU_TRY(start_mapping_process(o.program, name, time_left(deadline)));
+  }
   // Serving: the device and its loops now outlive this process.
   dm.release();
   for (auto& l : loops) l.release();
@@ -365,9 +406,21 @@ Result<Attached> attach(const AttachOptions& o) {
     DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
     const bool locked = lock_held(name);
     if (existing && info.exists) {
-      if (::access(leave_path(name).c_str(), F_OK) == 0)
-        return fail(EBUSY, name + ": being detached (" + leave_path(name) +
-                               "); attach it again once dmu detach " + name + " is done");
+      // Being detached (or withdrawn by the Xen helper): waited for, then
+      // attached anew; a marker a killed detach left is for dmu detach.
+      if (::access(leave_path(name).c_str(), F_OK) == 0) {
+        DMU_TRY(wait_a_little(name + ": being detached (" + leave_path(name) +
+                              "); if no dmu detach runs, run dmu detach " + name));
+        continue;
+      }
+      // A record no process ever took (pid 0, no supervisor, no group): its
+      // attach is starting the mapping process; one killed there is
+      // rebound after the wait.
+      if (!locked && existing->group.empty() && existing->pid == 0 &&
+          existing->supervisor == 0 && std::chrono::steady_clock::now() < settle) {
+        std::this_thread::sleep_for(100ms);
+        continue;
+      }
       // Unlocked while an attach hands it to its group (join_group): not
       // ours to rebind, whose lock grab could fail the group's bind.  (The
       // join may be another member's: after a while we rebind anyway.)

@@ -35,9 +35,11 @@ struct AttachOptions {
   std::optional<std::string> group;
   std::optional<uint32_t> daemon_timeout;
   std::string program = "/proc/self/exe";  // the dmu binary that runs `serve`
-  // How long a group member's attach may take, counted from its start, until
-  // the group's process has bound it (dmu-xen-helper answers inside
-  // block-dmu's 29 s); past it the attach fails and leaves nothing.
+  // How long the attach may take, counted from its start, until the
+  // device's process (its own, or its group's) has bound it: dmu-xen-helper
+  // and block-dmu answer inside libxl's 40 s.  Past it the attach fails and
+  // leaves nothing (or, if the group bound the device after all and would
+  // not let it go, says so and leaves it for dmu detach).
   std::chrono::seconds join_timeout = kJoinTimeout;
 };
 
@@ -55,14 +57,20 @@ std::string default_name(const std::string& image);
 // its attach twice; anything else attached under NAME is EEXIST.
 Result<Attached> attach(const AttachOptions& options);
 
+// How long start_serve_process waits for `ready` by default.
+inline constexpr std::chrono::milliseconds kReadyTimeout{120'000};
+
 // Starts `program serve --name NAME` in the background (stderr to
-// /run/dmu/NAME.log) and waits until it reports ready or fails.
-Result<void> start_mapping_process(const std::string& program, const std::string& name);
+// /run/dmu/NAME.log) and waits until it reports ready or fails (SIGTERM and
+// ETIMEDOUT after `timeout`).
+Result<void> start_mapping_process(const std::string& program, const std::string& name,
+                                   std::chrono::milliseconds timeout = kReadyTimeout);
 
 // The same for any `serve` selector ({"--name", N} or {"--group", G}), its
 // stderr going to log_path(log_name).
 Result<void> start_serve_process(const std::string& program,
                                  const std::vector<std::string>& selector,
-                                 const std::string& log_name);
+                                 const std::string& log_name,
+                                 std::chrono::milliseconds timeout = kReadyTimeout);
 
 }  // namespace dmu::daemon

@@ -37,21 +37,21 @@ std::string read_text(const std::string& path) {
 
 std::string setup_lock_name(const std::string& group) { return group_file_name(group) + ".setup"; }
 
+}  // namespace
+
 // Serialises joins of one group (two block-dmu runs for two disks of a
 // domain starting its group process at once), waiting until `deadline`.
-Result<NameLock> setup_lock(const std::string& group,
-                            std::chrono::steady_clock::time_point deadline) {
+Result<NameLock> lock_group_setup(const std::string& group,
+                                  std::chrono::steady_clock::time_point deadline) {
   for (;;) {
     auto l = NameLock::try_acquire(setup_lock_name(group));
     if (l || l.error().code != EWOULDBLOCK) return l;
     if (std::chrono::steady_clock::now() >= deadline)
-      return fail(ETIMEDOUT, "group " + group + ": another attach or detach of the group " +
-                                 "did not finish in time");
+      return fail(ETIMEDOUT, "group " + group + ": another attach to the group (or its " +
+                                 "hand-over) did not finish in time");
     std::this_thread::sleep_for(20ms);
   }
 }
-
-}  // namespace
 
 // The pid must be a live process of the group: a record a rebind found
 // served by the restarted process (mark_unbound left it alone) may still
@@ -104,7 +104,19 @@ void clear_bind_error(const std::string& name) { (void)::unlink(bind_error_path(
 Result<void> join_group(const std::string& program, const std::string& group,
                         const std::string& name, std::chrono::seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  DMU_ASSIGN_OR_RETURN(NameLock setup, setup_lock(group, deadline));
+  DMU_ASSIGN_OR_RETURN(NameLock setup, lock_group_setup(group, deadline));
+  return join_group_locked(program, group, name, deadline, std::move(setup));
+}
+
+Result<void> join_group_locked(const std::string& program, const std::string& group,
+                               const std::string& name,
+                               std::chrono::steady_clock::time_point deadline, NameLock setup) {
+  (void)setup;  // held until we return
+  const auto left = [&] {
+    return std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now()),
+                    std::chrono::milliseconds(1000));
+  };
   clear_bind_error(name);
   bool started = false;
   for (;;) {
@@ -119,8 +131,8 @@ Result<void> join_group(const std::string& program, const std::string& group,
       return fail(EIO, why.empty() ? name + ": group " + group + " could not serve it" : why);
     }
     if (std::chrono::steady_clock::now() >= deadline)
-      return fail(ETIMEDOUT, name + ": group " + group + "'s mapping process did not bind it within " +
-                                 std::to_string(timeout.count()) + " s; see " +
+      return fail(ETIMEDOUT, name + ": group " + group + "'s mapping process did not bind it in " +
+                                 "time; see " +
                                  log_path(group_file_name(group)));
     if (!started) {
       // A group that is shrinking to nothing may exit after our SIGHUP
@@ -128,13 +140,13 @@ Result<void> join_group(const std::string& program, const std::string& group,
       if (signal_group(group)) {
         started = true;  // signalled; wait for the answer
       } else {
-        DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group)));
+        DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group), left()));
         started = true;
       }
     } else if (!group_alive(group) && !bound(name, group)) {
       // It exited after our signal without binding us (it had decided to
       // end): start it; it reads the members afresh.
-      DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group)));
+      DMU_TRY(start_serve_process(program, {"--group", group}, group_file_name(group), left()));
     }
     std::this_thread::sleep_for(20ms);
   }

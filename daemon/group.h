@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "daemon/name_lock.h"
 
 namespace dmu::daemon {
 
@@ -52,6 +53,16 @@ inline constexpr std::chrono::seconds kJoinTimeout{120};
 Result<void> join_group(const std::string& program, const std::string& group,
                         const std::string& name,
                         std::chrono::seconds timeout = kJoinTimeout);
+
+// The lock that serialises joins of a group (group_joining() sees it),
+// waited for until `deadline`.  attach takes it before it lets NAME's own
+// lock go, so no other attach finds NAME unlocked and unjoined between the
+// two, and passes it to join_group_locked.
+Result<NameLock> lock_group_setup(const std::string& group,
+                                  std::chrono::steady_clock::time_point deadline);
+Result<void> join_group_locked(const std::string& program, const std::string& group,
+                               const std::string& name,
+                               std::chrono::steady_clock::time_point deadline, NameLock setup);
 
 // Before join_group of a member nobody served a moment ago (a rebind, a
 // detach that gave up): clears the record's pid, which join_group waits for

@@ -18,6 +18,7 @@
 #include "daemon/detach.h"
 #include "daemon/log.h"
 #include "daemon/name_lock.h"
+#include "daemon/paths.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "mapper/dm_device.h"
@@ -169,8 +170,8 @@ void Helper::handle_add(BackendId id) {
   const daemon::DeviceState& s = **record;
   // Attached but not answered: it goes (unless an add connected it).
   auto give_up = [&](const std::string& why) {
+    refuse(id, why);  // first: block-dmu waits for it, not for the withdrawal
     withdraw(id, s, why);
-    refuse(id, why);
   };
   if (auto w = write_hotplug_state(hotplug_state_dir(o_.hotplug_state, id), s, mode); !w)
     return give_up(w.error().message);
@@ -209,34 +210,40 @@ void Helper::handle_add(BackendId id) {
 // after the attach failed): the device is nobody's, so it goes now rather
 // than when the domain ends -- unless an add that completed connected it
 // (block-dmu's own fallback, an earlier add), which physical-device says.
-// All of it under block-dmu's lock, which its adds and removes hold while
-// they look at both: a block-dmu add falling back at the same time would
-// otherwise find the device served (attach's "already"), connect it, and
-// lose it to our detach.  A device nobody connected is not open in blkback,
-// so the detach is quick (its commit of a device that saw no guest I/O);
-// only a moment's opener (udev's blkid) is waited for, a few seconds.
+// That check, the removal of block-dmu's state and the leave marker happen
+// under block-dmu's lock, which its adds and removes hold while they look
+// at both; the marker makes a block-dmu add falling back meanwhile wait for
+// the detach and attach anew (dmu attach), instead of taking the device as
+// served and connecting it.  The detach (which may take long) runs after
+// the lock, so no block-dmu of any domain waits for it.
 void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why) {
-  const std::string lock_file = o_.hotplug_state + "/lock";
-  UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  int tries = 0;
-  while (lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && ++tries < 100)
-    std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
-  if (!lock.valid() || tries >= 100) {
-    log_event(LogLevel::Warning, relative(id),
-              why + "; " + s.name + " is left for the domain's end (" + lock_file + " is busy)");
-    return;
+  {
+    const std::string lock_file = o_.hotplug_state + "/lock";
+    UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    int tries = 0;
+    while (lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && ++tries < 100)
+      std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
+    if (!lock.valid() || tries >= 100) {
+      log_event(LogLevel::Warning, relative(id),
+                why + "; " + s.name + " is left for the domain's end (" + lock_file + " is busy)");
+      return;
+    }
+    if (xs_.read(backend_path(id) + "/physical-device")) {
+      log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
+      return;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
+    if (auto m = daemon::write_file_atomic(daemon::leave_path(s.name), "withdrawn\n"); !m)
+      log_event(LogLevel::Warning, relative(id), m.error().message);
   }
-  if (xs_.read(backend_path(id) + "/physical-device")) {
-    log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
-    return;
-  }
-  std::error_code ec;
-  std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
   daemon::DetachOptions d;
   d.name = s.name;
   d.program = o_.dmu_program;
+  // Retried while something (udev's blkid) still has it open, as block-dmu's
+  // remove does.
   auto r = daemon::detach(d);
-  for (int i = 0; !r && r.error().code == EBUSY && i < 25; ++i) {
+  for (int i = 0; !r && r.error().code == EBUSY && i < 100; ++i) {
     std::this_thread::sleep_for(200ms);
     r = daemon::detach(d);
   }

@@ -62,8 +62,8 @@ Result<bool> XenStore::write_if(const std::string& guard, const GuardTest& ok,
                                 const std::vector<std::pair<std::string, std::string>>& keys,
                                 const std::vector<std::string>& removes) {
   for (int attempt = 0; attempt < 20; ++attempt) {
-    // Conflicts (libxl writes the same backends) and xenstored's transaction
-    // quota (EAGAIN at start) pass: a growing pause, then again.
+    // A conflict (libxl writes the same backends), or EAGAIN at the start:
+    // a growing pause, then again.
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5 * attempt));
     xs_transaction_t t = xs_transaction_start(h_);
     if (t == XBT_NULL) {

@@ -76,16 +76,22 @@ refused_again "not vmdk" --group g1 -f vmdk /data/a.qcow2
 refused_again "not /data/c.qcow2" --group g1 /data/c.qcow2
 expect_eq "ga still served by the group" "$(served_by gb)" "$(served_by ga)"
 # Two attaches of one new disk at once (block-dmu's fallback racing the Xen
-# helper): both succeed, one sets it up, the other finds it served.
+# helper): both succeed, one sets it up, the other finds it served.  The
+# first pauses with its record written (test seam) so the second comes while
+# it holds the name; before, the second failed ("another dmu process serves
+# or sets up").
 qemu-img create -q -f qcow2 /data/x.qcow2 64M || fail "qemu-img create x"
-dmu attach --group g1 --name gx /data/x.qcow2 >/tmp/x1.out 2>/tmp/x1.err &
+DMU_TEST_ATTACH_DELAY_MS=1000 dmu attach --group g1 --name gx /data/x.qcow2 >/tmp/x1.out 2>/tmp/x1.err &
 x1=$!
+i=0
+until [ -e /run/dmu/gx.json ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "gx's record never appeared"; sleep 0.05; done
 dmu attach --group g1 --name gx /data/x.qcow2 >/tmp/x2.out 2>/tmp/x2.err &
 x2=$!
 wait $x1 || fail "the first of two attaches at once failed: $(cat /tmp/x1.err)"
 wait $x2 || fail "the second of two attaches at once failed: $(cat /tmp/x2.err)"
 expect_eq "both attaches print the node" "/dev/mapper/gx /dev/mapper/gx" "$(cat /tmp/x1.out) $(cat /tmp/x2.out)"
 expect_eq "attaches that found gx served" 1 "$(cat /tmp/x1.err /tmp/x2.err | grep -c 'served already')"
+grep -q 'served already' /tmp/x2.err || fail "the second attach did not find gx served"
 expect_eq "gx served by the group's process" "$(served_by gb)" "$(served_by gx)"
 dmu detach gx || fail "dmu detach gx"
 
@@ -250,6 +256,9 @@ grep -q "flush before exit did not finish" /tmp/stop.log && { cat /tmp/stop.log;
 expect_eq "gb kernel timeouts" 0 "$(dmu_stat gb timeouts)"
 expect_eq "gb uncommitted allocations after the stop" 0 \
   "$(dmsetup status gb | grep -o 'unpublished=[0-9]*' | cut -d= -f2)"
+echo 20 >/proc/sys/vm/dirty_ratio   # back to the kernel's defaults
+echo 10 >/proc/sys/vm/dirty_background_ratio
+echo 3000 >/proc/sys/vm/dirty_expire_centisecs
 # Served again by a new group process (dmu attach rebinds the whole group).
 out=$(dmu attach --group g1 --name gb /data/b.vmdk) || fail "dmu attach gb after the stop"
 before=$(served_by gb)

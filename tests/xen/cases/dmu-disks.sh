@@ -71,7 +71,7 @@ rec_pid() { sed -n 's/.*"pid": \([0-9][0-9]*\).*/\1/p' "/run/dmu/$1.json"; }
 pid_two=$(rec_pid "xen-vbd-$dom_two-51712")
 [ -n "$pid_two" ] && [ "$pid_two" != 0 ] || fail "no mapping process recorded for xvda"
 expect_eq "one mapping process serves both disks" "$pid_two" "$(rec_pid "xen-vbd-$dom_two-51728")"
-grep -q "xen-dom$dom_two" "/proc/$pid_two/cmdline" || fail "pid $pid_two does not serve group xen-dom$dom_two"
+tr '\0' '\n' <"/proc/$pid_two/cmdline" | grep -qx "xen-dom$dom_two" || fail "pid $pid_two does not serve group xen-dom$dom_two"
 # add run again for a disk that is attached and served: it succeeds and
 # changes nothing (libxl retries; dmu-xen-helper may have attached it).
 XENBUS_PATH=backend/vbd/$dom_two/51712 /etc/xen/scripts/block-dmu add 2>/tmp/add-again.log ||

@@ -8,7 +8,8 @@
 # and restarts the helper (the mapping process is untouched): the guest sees
 # no I/O error and its data verifies, in the guest and in the images after
 # xl destroy; xl block-attach/detach of a third disk goes through the helper
-# into the same group process and out of it; an attach the group's process
+# into the same group process and out of it, an access=r disk read-only;
+# an attach the group's process
 # does not bind within the helper's --attach-timeout is refused with that
 # reason while block-dmu still waits; a helper whose answer comes after
 # block-dmu gave up detaches the device at once; xl destroy leaves no dm device,
@@ -208,6 +209,24 @@ xenstore-read "$be/51744/dmu/image" >/dev/null 2>&1 && fail "xvdc's dmu keys are
 expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
 check_clean extra.qcow2
 echo "xvdc was used in round ${last_c:-?}"
+guest_alive hg
+
+step "access=r: the helper attaches read-only (the base image, shared with hg's overlay)"
+xl block-attach hg 'vdev=xvdf,access=r,backendtype=phy,script=block-dmu,target=qcow2:/vm/base.qcow2' ||
+  fail "xl block-attach of base.qcow2 read-only"
+node_r=$(mapping_shown hg 51792 /vm/base.qcow2 qcow2) || exit 1
+expect_eq "xvdf dmu/read-only" 1 "$(xenstore-read "$be/51792/dmu/read-only")"
+expect_eq "xvdf read-only device" 1 "$(blockdev --getro "$node_r")"
+expect_eq "xvdf served by the group's process" "$pid2" "$(xenstore-read "$be/51792/dmu/pid")"
+if dd if=/dev/zero of="$node_r" bs=512 count=1 oflag=direct 2>/dev/null; then fail "wrote to the read-only xvdf"; fi
+qemu-img info base.qcow2 >/dev/null || fail "qemu-img info of the base while attached read-only"
+xl block-detach hg xvdf || fail "xl block-detach xvdf"
+i=0
+while dmsetup info "xen-vbd-$domid-51792" >/dev/null 2>&1 || [ -e "/run/dmu/xen-vbd-$domid-51792.json" ]; do
+  i=$((i + 1)); [ $i -lt 200 ] || { dom0_state; fail "xvdf's device was not detached"; }
+  sleep 0.1
+done
+expect_eq "base.qcow2 untouched" "$(pattern_sum 132)" "$(image_sum base.qcow2 0)"
 guest_alive hg
 
 step "an attach the group's process does not bind in time is refused by the helper inside block-dmu's wait"
