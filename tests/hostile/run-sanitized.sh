@@ -17,9 +17,11 @@ for f in "$src"/tests/fuzz/*_fuzz.cc; do fuzzers+=("$(basename "$f" .cc)"); done
 
 say() { printf 'sanitized hostile tests: %s\n' "$*"; }
 say "configure $build"
-# -O1 -g1: quick to compile, still line numbers in sanitizer reports.
+# -O0 -g1: line numbers in sanitizer reports, and half the compile time of
+# -O1 (13 s instead of 28 s for qcow2_write_test.cc), which is most of this
+# test's time; the programs run for a minute either way.
 cmake -S "$src" -B "$build" -DDMU_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
-  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DCMAKE_C_FLAGS_DEBUG="-O1 -g1" >/dev/null
+  -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" -DCMAKE_C_FLAGS_DEBUG="-O0 -g1" >/dev/null
 say "build dmu ${programs[*]} ${fuzzers[*]}"
 cmake --build "$build" -j "$jobs" --target dmu "${programs[@]}" "${fuzzers[@]}"
 

@@ -41,6 +41,16 @@ start_helper() {
   done
   echo "dmu-xen-helper runs as pid $(helper_pid)"
 }
+# block_detach VDEV DEVID: xl block-detach of hg's VDEV, then (20 s) its dm
+# device and record are gone.
+block_detach() {
+  xl block-detach hg "$1" || fail "xl block-detach $1"
+  _i=0
+  while dmsetup info "xen-vbd-$domid-$2" >/dev/null 2>&1 || [ -e "/run/dmu/xen-vbd-$domid-$2.json" ]; do
+    _i=$((_i + 1)); [ $_i -lt 200 ] || { dom0_state; fail "$1's device was not detached"; }
+    sleep 0.1
+  done
+}
 # group_procs GROUP: pids running `dmu serve --group GROUP`.
 group_procs() {
   for _c in /proc/[0-9]*/cmdline; do
@@ -199,12 +209,7 @@ until has_mark "$node_c" released; do
   i=$((i + 1)); [ $i -lt 120 ] || fail "the guest did not release xvdc"
   sleep 1
 done
-xl block-detach hg xvdc || fail "xl block-detach"
-i=0
-while dmsetup info "xen-vbd-$domid-51744" >/dev/null 2>&1 || [ -e "/run/dmu/xen-vbd-$domid-51744.json" ]; do
-  i=$((i + 1)); [ $i -lt 200 ] || { dom0_state; fail "xvdc's device was not detached"; }
-  sleep 0.1
-done
+block_detach xvdc 51744
 xenstore-read "$be/51744/dmu/image" >/dev/null 2>&1 && fail "xvdc's dmu keys are left"
 expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
 check_clean extra.qcow2
@@ -220,12 +225,7 @@ expect_eq "xvdf read-only device" 1 "$(blockdev --getro "$node_r")"
 expect_eq "xvdf served by the group's process" "$pid2" "$(xenstore-read "$be/51792/dmu/pid")"
 if dd if=/dev/zero of="$node_r" bs=512 count=1 oflag=direct 2>/dev/null; then fail "wrote to the read-only xvdf"; fi
 qemu-img info base.qcow2 >/dev/null || fail "qemu-img info of the base while attached read-only"
-xl block-detach hg xvdf || fail "xl block-detach xvdf"
-i=0
-while dmsetup info "xen-vbd-$domid-51792" >/dev/null 2>&1 || [ -e "/run/dmu/xen-vbd-$domid-51792.json" ]; do
-  i=$((i + 1)); [ $i -lt 200 ] || { dom0_state; fail "xvdf's device was not detached"; }
-  sleep 0.1
-done
+block_detach xvdf 51792
 expect_eq "base.qcow2 untouched" "$(pattern_sum 132)" "$(image_sum base.qcow2 0)"
 guest_alive hg
 
@@ -265,7 +265,7 @@ late_gone() {
   guest_alive hg
 }
 late_refused xvdd /tmp/refused.log
-grep -q "mapping process did not bind it within" /tmp/refused.log ||
+grep -q "mapping process did not bind it in time" /tmp/refused.log ||
   { cat /tmp/refused.log; fail "xl block-attach did not report the helper's attach timeout"; }
 late_gone xvdd 51760
 
