@@ -396,9 +396,14 @@ Result<Attached> attach(const AttachOptions& o) {
 
   const auto deadline = std::chrono::steady_clock::now() + o.join_timeout;
   const auto settle = std::chrono::steady_clock::now() + std::min(o.join_timeout, kSettleTime);
-  auto wait_a_little = [&](const std::string& why) -> Result<void> {
-    if (std::chrono::steady_clock::now() >= settle) return fail(EBUSY, why);
+  // Sleeps a little and says true while the settle time lasts.
+  auto settling = [&] {
+    if (std::chrono::steady_clock::now() >= settle) return false;
     std::this_thread::sleep_for(100ms);
+    return true;
+  };
+  auto wait_a_little = [&](const std::string& why) -> Result<void> {
+    if (!settling()) return fail(EBUSY, why);
     return {};
   };
   for (;;) {
@@ -417,18 +422,13 @@ Result<Attached> attach(const AttachOptions& o) {
       // attach is starting the mapping process; one killed there is
       // rebound after the wait.
       if (!locked && existing->group.empty() && existing->pid == 0 &&
-          existing->supervisor == 0 && std::chrono::steady_clock::now() < settle) {
-        std::this_thread::sleep_for(100ms);
+          existing->supervisor == 0 && settling())
         continue;
-      }
       // Unlocked while an attach hands it to its group (join_group): not
       // ours to rebind, whose lock grab could fail the group's bind.  (The
       // join may be another member's: after a while we rebind anyway.)
-      if (!locked && !existing->group.empty() && group_joining(existing->group) &&
-          std::chrono::steady_clock::now() < settle) {
-        std::this_thread::sleep_for(100ms);
+      if (!locked && !existing->group.empty() && group_joining(existing->group) && settling())
         continue;
-      }
       if (!locked) {
         DMU_ASSIGN_OR_RETURN(std::string node, rebind(*existing, image, o, deadline));
         return Attached{node, false};
@@ -460,9 +460,7 @@ Result<Attached> attach(const AttachOptions& o) {
       // go, but not the lock file we hold (another attach would lock a new
       // one and set up beside us).
       DMU_TRY(release_metadata_loops(*existing));
-      for (const std::string& p : {stats_path(name), scratch_path(name), state_path(name),
-                                   leave_path(name), bind_error_path(name), log_path(name)})
-        (void)::unlink(p.c_str());
+      remove_state_files(name, /*keep_log=*/false, /*keep_lock=*/true);
     }
     return attach_new(o, image, name, std::move(*lock), deadline);
   }

@@ -201,10 +201,11 @@ std::vector<DeviceState> list_states(std::vector<std::string>& problems) {
   return out;
 }
 
-void remove_state_files(const std::string& name, bool keep_log) {
+void remove_state_files(const std::string& name, bool keep_log, bool keep_lock) {
   for (const std::string& p : {stats_path(name), scratch_path(name), state_path(name),
-                               leave_path(name), bind_error_path(name), lock_path(name)})
+                               leave_path(name), bind_error_path(name)})
     (void)::unlink(p.c_str());
+  if (!keep_lock) (void)::unlink(lock_path(name).c_str());
   if (!keep_log) (void)::unlink(log_path(name).c_str());
 }
 
