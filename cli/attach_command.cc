@@ -24,8 +24,8 @@ int attach_main(const std::vector<std::string>& args) {
                                           "if none runs) rather than one of its own")
       ("format,f", po::value<std::string>(), "image format (probed if absent)")
       ("timeout", po::value<uint32_t>(), "seconds the attach may take until the device is "
-                                         "served (default 120); past it, it fails and leaves "
-                                         "nothing behind")
+                                         "served (default 120); past it, it fails and removes "
+                                         "what it set up (or says why it could not)")
       ("daemon-timeout", po::value<uint32_t>(), "seconds I/O waits for a mapping process "
                                                 "(table option daemon_timeout; module default "
                                                 "if absent)")

@@ -14,6 +14,9 @@ int detach_main(const std::vector<std::string>& args) {
   options.add_options()
       ("force", po::bool_switch(), "remove the device even with no mapping process to commit "
                                    "the kernel's uncommitted allocations (they are lost)")
+      ("wait-release", po::value<uint32_t>(), "first wait up to S seconds for the process "
+                                              "holding NAME to let it go (what a timed-out "
+                                              "attach runs in the background)")
       ("name", po::value<std::string>()->required(), "the device name");
   // clang-format on
   po::positional_options_description positional;
@@ -24,6 +27,8 @@ int detach_main(const std::vector<std::string>& args) {
   daemon::DetachOptions o;
   o.name = (*vm)["name"].as<std::string>();
   o.force = (*vm)["force"].as<bool>();
+  if (vm->count("wait-release"))
+    o.wait_release = std::chrono::seconds((*vm)["wait-release"].as<uint32_t>());
   auto note = daemon::detach(o);
   if (!note) return report(note.error());
   if (!note->empty()) std::fprintf(stderr, "dmu: %s\n", note->c_str());

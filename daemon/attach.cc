@@ -21,6 +21,7 @@
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/serve_process.h"
+#include "daemon/spawn.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "formats/chain.h"
@@ -111,12 +112,16 @@ Result<void> create_scratch_file(const std::string& path, uint64_t size) {
 }
 
 // Removes the record and companions unless dismissed (attach succeeded);
-// the log stays, since the error message names it.
+// the log stays, since the error message names it.  Runs after the dm
+// device's owner: a device it could not remove (opened meanwhile) keeps its
+// record, so dmu detach can remove it later.
 struct StateGuard {
   std::string name;
   bool armed = true;
   ~StateGuard() {
-    if (armed) remove_state_files(name, /*keep_log=*/true);
+    if (!armed) return;
+    if (auto info = dm_device_info(name); info && info->exists) return;
+    remove_state_files(name, /*keep_log=*/true);
   }
 };
 
@@ -145,6 +150,12 @@ std::chrono::milliseconds time_left(std::chrono::steady_clock::time_point deadli
   return std::max(left, std::chrono::milliseconds(1000));
 }
 
+// What a new device's attach keeps of its time for clean-up after a failed
+// bind (taking NAME's lock back): a quarter, at most 10 s.
+std::chrono::milliseconds cleanup_reserve(std::chrono::seconds timeout) {
+  return std::min<std::chrono::milliseconds>(kSettleTime, std::chrono::milliseconds(timeout) / 4);
+}
+
 // Takes NAME's lock, waiting up to `timeout` for its holder to let go.
 Result<NameLock> acquire_within(const std::string& name, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -164,8 +175,9 @@ Result<std::string> rebind(const DeviceState& st, const std::string& image,
     // process its supervisor restarted since we looked may have written it
     // already, which mark_unbound leaves alone.
     DMU_TRY(mark_unbound(st.name));
-    DMU_TRY(join_group(o.program, st.group, st.name,
-                       std::chrono::duration_cast<std::chrono::seconds>(time_left(deadline))));
+    const auto until = std::max(deadline, std::chrono::steady_clock::now() + 1s);
+    DMU_ASSIGN_OR_RETURN(NameLock setup, lock_group_setup(st.group, until));
+    DMU_TRY(join_group_locked(o.program, st.group, st.name, until, setup));
     return st.node();
   }
   DMU_TRY(start_mapping_process(o.program, st.name, time_left(deadline)));
@@ -191,51 +203,13 @@ Result<void> start_serve_process(const std::string& program,
   DMU_TRY(ensure_run_dir());
   const std::string& name = selector.at(1);
   const std::string log = log_path(log_name);
-  int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (log_fd < 0) return fail(errno_error(log + ": open log"));
-  UniqueFd log_file(log_fd);
-  int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null_fd < 0) return fail(errno_error("/dev/null"));
-  UniqueFd dev_null(null_fd);
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
   UniqueFd ready_read(pipe_fds[0]), ready_write(pipe_fds[1]);
-
-  const long open_max = ::sysconf(_SC_OPEN_MAX);  // not async-signal-safe: asked before fork
-  const pid_t pid = ::fork();
-  if (pid < 0) return fail(errno_error("fork the mapping process"));
-  if (pid == 0) {
-    // The child: its own session (no terminal, no signals of the caller's
-    // process group), stdout off the caller's pipes so $(dmu attach) ends.
-    ::setsid();
-    // Whatever the caller blocked or ignored (dmu-xen-helper blocks SIGTERM
-    // and SIGCHLD for its signalfd) is not the mapping process's business.
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::signal(SIGHUP, SIG_DFL);
-    // Descriptors 0-3 are what the mapping process gets: copies above them
-    // first (a caller started with stdin closed has our log on 0), then
-    // into place (dup2 clears close-on-exec), then everything else closed.
-    // The caller's other descriptors must not leak into a process that lives
-    // for the guest's lifetime: dmu-xen-helper's libxenstore (4.17) opens its
-    // watch pipe without O_CLOEXEC, and other callers may be as careless.
-    const int wanted[4] = {dev_null.get(), dev_null.get(), log_file.get(), ready_write.get()};
-    int high[4];
-    for (int i = 0; i < 4; ++i) {
-      high[i] = ::fcntl(wanted[i], F_DUPFD, 4);
-      if (high[i] < 0) ::_exit(127);
-    }
-    for (int i = 0; i < 4; ++i)
-      if (::dup2(high[i], i) < 0) ::_exit(127);
-    if (::close_range(4, ~0U, 0) != 0)  // ENOSYS before Linux 5.9
-      for (int fd = 4; fd < open_max; ++fd) ::close(fd);
-    const char* argv[] = {"dmu",        "serve", selector.at(0).c_str(), name.c_str(),
-                          "--ready-fd", "3",     "--supervise",          nullptr};
-    ::execv(program.c_str(), const_cast<char* const*>(argv));
-    dprintf(3, "error: exec %s: %s\n", program.c_str(), strerror(errno));
-    ::_exit(127);
-  }
+  DMU_ASSIGN_OR_RETURN(
+      const pid_t pid,
+      spawn_dmu(program, {"serve", selector.at(0), name, "--ready-fd", "3", "--supervise"}, log,
+                ready_write.get()));
   ready_write.reset();
 
   std::string text;
@@ -244,7 +218,10 @@ Result<void> start_serve_process(const std::string& program,
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
-      ::kill(pid, SIGTERM);
+      // A device's own process goes (the attach tears the device down once
+      // it has let go).  A group's stays: it serves the group's other
+      // members, or will once bound; the one joining is told to leave.
+      if (selector.at(0) == "--name") ::kill(pid, SIGTERM);
       return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(pid) +
                                  ") did not bind within " +
                                  std::to_string(std::max<long long>(1, timeout.count() / 1000)) +
@@ -334,44 +311,66 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   dco.uuid = "DMU-" + st.key;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
   DMU_TRY(write_state(st));
-  // A test seam (vm attach-group): time for a second attach of NAME to
-  // arrive while this one sets it up, the race attach() waits out.
-  if (const char* ms = std::getenv("DMU_TEST_ATTACH_DELAY_MS"))
+  // A test seam (vm attach-group; with DMU_TEST_SEAMS set): time for a
+  // second attach of NAME to arrive while this one sets it up, the race
+  // attach() waits out.
+  if (const char* ms = std::getenv("DMU_TEST_ATTACH_DELAY_MS"); ms && std::getenv("DMU_TEST_SEAMS"))
     std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
   // Recorded: detach finds them from here on, so they may outlive us.
   // Until now a crash of ours took them along (autoclear).
   for (auto& l : metadata_loops) DMU_TRY(l.keep_after_close());
   p.chain_open.reset();  // the loop devices hold the image locks from here on
 
+  // The bind gets the attach's time less a reserve for taking NAME back
+  // from a process that binds it late, so a failed attach ends near its
+  // deadline rather than up to 10 s past it (block-dmu has libxl's 40 s).
+  // (At least a second, whatever setting the device up took.)
+  const auto bind_deadline = std::max(deadline - cleanup_reserve(o.join_timeout),
+                                      std::chrono::steady_clock::now() + 1s);
+  Result<void> bound;
   if (o.group) {
     // The group's setup lock before NAME's goes: another attach of NAME in
     // between would find it unlocked and not being joined, and rebind it.
-    DMU_ASSIGN_OR_RETURN(NameLock setup, lock_group_setup(*o.group, deadline));
+    DMU_ASSIGN_OR_RETURN(NameLock setup, lock_group_setup(*o.group, bind_deadline));
     lock.release();
-    if (auto j = join_group_locked(o.program, *o.group, name, deadline, std::move(setup)); !j) {
-      // Past our deadline the group's process may be binding NAME right
-      // now (a slow set_up): it must let go before anything is torn down,
-      // or it would serve a device we remove and re-create the record.
-      // The marker keeps it (and its rebinds) away; the SIGHUP makes a
-      // process that bound it release it.
+    bound = join_group_locked(o.program, *o.group, name, bind_deadline, setup);
+    if (!bound) {
+      // The group's process may be binding NAME right now (a slow set_up):
+      // the marker keeps it (and its rebinds) away, the SIGHUP makes a
+      // process that bound it let it go.  Written with the setup lock
+      // still held, so no other join can bring NAME in before it.
       (void)write_file_atomic(leave_path(name), "attach failed\n");
       (void)signal_group(*o.group);
-      auto back = acquire_within(name, std::chrono::seconds(10));
-      if (!back) {
-        // Still held: served after all.  Left as it is, for dmu detach.
-        guard.armed = false;
-        dm.release();
-        for (auto& l : loops) l.release();
-        for (auto& l : metadata_loops) l.release();
-        return fail(j.error().code, j.error().message + "; " + name +
-                                        " stays attached (its group holds it): dmu detach " + name);
-      }
-      lock = std::move(*back);  // held while the guard and the RAII owners tear down
-      return fail(j.error());
     }
   } else {
     lock.release();
-    DMU_TRY(start_mapping_process(o.program, name, time_left(deadline)));
+    // Past the deadline the process is sent SIGTERM; it lets NAME go as it
+    // exits.
+    bound = start_mapping_process(o.program, name, time_left(bind_deadline));
+  }
+  if (!bound) {
+    // Nothing is torn down under a process that serves the device: NAME's
+    // lock first, or the device is left, said so, for dmu detach.
+    auto back = acquire_within(name, time_left(deadline));
+    if (!back) {
+      // Still held when our time is up: a `dmu detach --wait-release` in
+      // the background removes the device once the process lets it go, so
+      // nothing is left holding the image (block-dmu has no record of it
+      // to detach, and a retried xl create would find the image locked).
+      guard.armed = false;
+      dm.release();
+      for (auto& l : loops) l.release();
+      for (auto& l : metadata_loops) l.release();
+      std::string later = name + " is detached in the background once " +
+                          (o.group ? "its group" : "its mapping process") + " lets it go (" +
+                          log_path(name) + ")";
+      if (auto d = spawn_dmu(o.program, {"detach", name, "--wait-release", "60"}, log_path(name));
+          !d)
+        later = name + " stays attached (" + d.error().message + "): dmu detach " + name;
+      return fail(bound.error().code, bound.error().message + "; " + later);
+    }
+    lock = std::move(*back);  // held while the guard and the RAII owners tear down
+    return fail(bound.error());
   }
   // Serving: the device and its loops now outlive this process.
   dm.release();
@@ -413,7 +412,7 @@ Result<Attached> attach(const AttachOptions& o) {
     if (existing && info.exists) {
       // Being detached (or withdrawn by the Xen helper): waited for, then
       // attached anew; a marker a killed detach left is for dmu detach.
-      if (::access(leave_path(name).c_str(), F_OK) == 0) {
+      if (leaving(name)) {
         DMU_TRY(wait_a_little(name + ": being detached (" + leave_path(name) +
                               "); if no dmu detach runs, run dmu detach " + name));
         continue;

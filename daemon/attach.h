@@ -37,9 +37,11 @@ struct AttachOptions {
   std::string program = "/proc/self/exe";  // the dmu binary that runs `serve`
   // How long the attach may take, counted from its start, until the
   // device's process (its own, or its group's) has bound it: dmu-xen-helper
-  // and block-dmu answer inside libxl's 40 s.  Past it the attach fails and
-  // leaves nothing (or, if the group bound the device after all and would
-  // not let it go, says so and leaves it for dmu detach).
+  // and block-dmu answer inside libxl's 40 s.  A new device's bind gets all
+  // but a quarter of it (at most 10 s), kept for clean-up: past it the
+  // attach fails and leaves nothing (or, if the process bound the device
+  // after all and does not let it go in the time kept, says so and leaves
+  // it for dmu detach).
   std::chrono::seconds join_timeout = kJoinTimeout;
 };
 
@@ -61,8 +63,9 @@ Result<Attached> attach(const AttachOptions& options);
 inline constexpr std::chrono::milliseconds kReadyTimeout{120'000};
 
 // Starts `program serve --name NAME` in the background (stderr to
-// /run/dmu/NAME.log) and waits until it reports ready or fails (SIGTERM and
-// ETIMEDOUT after `timeout`).
+// /run/dmu/NAME.log) and waits until it reports ready or fails; ETIMEDOUT
+// after `timeout`, the process sent SIGTERM (a group's, started through
+// start_serve_process, is left to serve its other members).
 Result<void> start_mapping_process(const std::string& program, const std::string& name,
                                    std::chrono::milliseconds timeout = kReadyTimeout);
 

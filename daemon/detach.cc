@@ -146,6 +146,10 @@ Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
 Result<std::string> detach(const DetachOptions& o) {
   const std::string& name = o.name;
   DMU_TRY(check_name(name));
+  if (o.wait_release.count() > 0 && !wait_lock_free(name, o.wait_release))
+    return fail(ETIMEDOUT, name + ": its process did not let it go within " +
+                               std::to_string(o.wait_release.count()) + " s; run dmu detach " +
+                               name);
   DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   if (!st && !info.exists) {
@@ -203,7 +207,7 @@ Result<std::string> detach(const DetachOptions& o) {
   if (info.exists) {
     // A test seam (vm attach-errors): time for the test to open the device
     // between the check and the removal, the race this path handles.
-    if (const char* ms = std::getenv("DMU_TEST_DETACH_DELAY_MS"))
+    if (const char* ms = std::getenv("DMU_TEST_DETACH_DELAY_MS"); ms && std::getenv("DMU_TEST_SEAMS"))
       std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
     DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
     if (auto r = dm.remove(); !r) {
@@ -232,9 +236,13 @@ Result<std::string> detach(const DetachOptions& o) {
   }
   // Before the trim, which takes the writer lock these hold.
   DMU_TRY(release_metadata_loops(*st));
+  auto trimmed = trim_growth_tail(*st);
+  // Last: an attach waiting for NAME (its lock file, which goes here) must
+  // find the image unlocked, not held by the trim.
   remove_state_files(name);
-  if (auto t = trim_growth_tail(*st); !t)
-    return name + ": detached; the image's growth tail was not trimmed: " + t.error().message;
+  if (!trimmed)
+    return name + ": detached; the image's growth tail was not trimmed: " +
+           trimmed.error().message;
   return std::string();
 }
 

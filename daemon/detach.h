@@ -9,6 +9,7 @@
 // detach fails with "device is in use".
 #pragma once
 
+#include <chrono>
 #include <string>
 
 #include "common/error.h"
@@ -23,6 +24,12 @@ struct DetachOptions {
   // The dmu binary, to serve the device again when it was opened between
   // the open-count check and the removal (the removal then fails).
   std::string program = "/proc/self/exe";
+  // First wait up to this long for the process holding NAME's lock to let
+  // it go, then detach what nobody serves (no flush through a process
+  // that is going): how a timed-out attach has its device removed once a
+  // late bind lets go (it sent that process SIGTERM, or its group the leave
+  // marker).  ETIMEDOUT if it is still held.
+  std::chrono::seconds wait_release{0};
 };
 
 // Returns a note for the user ("" when the device was detached).

@@ -64,9 +64,11 @@ bool bound(const std::string& name, const std::string& group) {
 std::vector<std::string> group_members(const std::string& group) {
   std::vector<std::string> problems, out;
   for (const auto& st : list_states(problems))
-    if (st.group == group && !exists(leave_path(st.name))) out.push_back(st.name);
+    if (st.group == group && !leaving(st.name)) out.push_back(st.name);
   return out;  // list_states sorts by name
 }
+
+bool leaving(const std::string& name) { return exists(leave_path(name)); }
 
 bool group_alive(const std::string& group) { return lock_held(group_file_name(group)); }
 
@@ -105,13 +107,14 @@ Result<void> join_group(const std::string& program, const std::string& group,
                         const std::string& name, std::chrono::seconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   DMU_ASSIGN_OR_RETURN(NameLock setup, lock_group_setup(group, deadline));
-  return join_group_locked(program, group, name, deadline, std::move(setup));
+  return join_group_locked(program, group, name, deadline, setup);
 }
 
 Result<void> join_group_locked(const std::string& program, const std::string& group,
                                const std::string& name,
-                               std::chrono::steady_clock::time_point deadline, NameLock setup) {
-  (void)setup;  // held until we return
+                               std::chrono::steady_clock::time_point deadline,
+                               const NameLock& setup) {
+  (void)setup;  // the caller's, held while we run
   const auto left = [&] {
     return std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
                         deadline - std::chrono::steady_clock::now()),
@@ -125,6 +128,9 @@ Result<void> join_group_locked(const std::string& program, const std::string& gr
     // found it unserved for a moment waits here too) and took it away.
     if (auto st = read_state(name); st && !*st)
       return fail(ENOENT, name + ": its record is gone (the attach that set it up failed?)");
+    // Being detached meanwhile: the group will not take it up.
+    if (leaving(name))
+      return fail(ECANCELED, name + ": leaving its group (" + leave_path(name) + ")");
     if (exists(bind_error_path(name))) {
       std::string why = read_text(bind_error_path(name));
       clear_bind_error(name);

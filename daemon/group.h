@@ -28,6 +28,10 @@ namespace dmu::daemon {
 // Names of the devices whose records name `group` and are not leaving, sorted.
 std::vector<std::string> group_members(const std::string& group);
 
+// NAME.leave exists: NAME is leaving its group (detach, a failed attach, the
+// Xen helper's withdrawal); no process may take it up meanwhile.
+bool leaving(const std::string& name);
+
 // True when the group's supervisor (or an unsupervised `serve --group`) lives.
 bool group_alive(const std::string& group);
 
@@ -57,12 +61,14 @@ Result<void> join_group(const std::string& program, const std::string& group,
 // The lock that serialises joins of a group (group_joining() sees it),
 // waited for until `deadline`.  attach takes it before it lets NAME's own
 // lock go, so no other attach finds NAME unlocked and unjoined between the
-// two, and passes it to join_group_locked.
+// two, and holds it across join_group_locked (and, when the join failed,
+// while it writes NAME's leave marker).
 Result<NameLock> lock_group_setup(const std::string& group,
                                   std::chrono::steady_clock::time_point deadline);
 Result<void> join_group_locked(const std::string& program, const std::string& group,
                                const std::string& name,
-                               std::chrono::steady_clock::time_point deadline, NameLock setup);
+                               std::chrono::steady_clock::time_point deadline,
+                               const NameLock& setup);
 
 // Before join_group of a member nobody served a moment ago (a rebind, a
 // detach that gave up): clears the record's pid, which join_group waits for

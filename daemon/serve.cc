@@ -135,6 +135,16 @@ class StopFlush {
   std::thread thread_;
 };
 
+// A test seam (vm attach-group), live only with DMU_TEST_SEAMS set:
+// DMU_TEST_SET_UP_DELAY_MS makes a device's set-up take that long with its
+// lock held (its own or its supervisor's): the slow bind an attach's
+// --timeout must survive.
+void slow_set_up_seam() {
+  if (!std::getenv("DMU_TEST_SEAMS")) return;
+  if (const char* ms = std::getenv("DMU_TEST_SET_UP_DELAY_MS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
+}
+
 // Everything one device needs before the loop starts: its lock, its record,
 // the dm device, the served device, and the record's pid.
 Result<Member> set_up(const std::string& name, bool own_lock, bool supervised) {
@@ -147,9 +157,10 @@ Result<Member> set_up(const std::string& name, bool own_lock, bool supervised) {
     DMU_ASSIGN_OR_RETURN(m.lock, NameLock::try_acquire(name));
     // Checked again under the lock: a detach that wrote the marker after
     // our caller read the members waits for this lock, and must get it.
-    if (::access(leave_path(name).c_str(), F_OK) == 0)
+    if (leaving(name))
       return fail(ECANCELED, name + ": leaving its group (detach)");
   }
+  slow_set_up_seam();
   DMU_ASSIGN_OR_RETURN(auto state, read_state(name));
   if (!state) return fail(ENOENT, name + ": not attached (no record " + state_path(name) + ")");
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));

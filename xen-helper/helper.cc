@@ -2,6 +2,7 @@
 #include "xen-helper/helper.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -19,6 +20,7 @@
 #include "daemon/log.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
+#include "daemon/spawn.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "mapper/dm_device.h"
@@ -210,48 +212,74 @@ void Helper::handle_add(BackendId id) {
 // after the attach failed): the device is nobody's, so it goes now rather
 // than when the domain ends -- unless an add that completed connected it
 // (block-dmu's own fallback, an earlier add), which physical-device says.
-// That check, the removal of block-dmu's state and the leave marker happen
-// under block-dmu's lock, which its adds and removes hold while they look
-// at both; the marker makes a block-dmu add falling back meanwhile wait for
-// the detach and attach anew (dmu attach), instead of taking the device as
-// served and connecting it.  The detach (which may take long) runs after
-// the lock, so no block-dmu of any domain waits for it.
+// Queued: each step (now, then at every tick) runs without waiting, so the
+// one event loop goes on serving other domains' adds.
 void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why) {
+  withdrawals_.push_back({id, s.name, why, std::chrono::steady_clock::now(), 0});
+  retry_withdrawals();
+}
+
+void Helper::retry_withdrawals() {
+  std::erase_if(withdrawals_, [&](Withdrawal& w) { return try_withdraw(w); });
+}
+
+// One step; true when done with it (detached, kept, or given up).  The
+// check of physical-device, the removal of block-dmu's state and the leave
+// marker happen under block-dmu's lock, which its adds and removes hold
+// while they look at both; the marker makes a block-dmu add falling back
+// meanwhile wait for the detach and attach anew (dmu attach), instead of
+// taking the device as served and connecting it.  All three are done again
+// on every attempt: a detach that found the device opened after its check
+// serves it again and removes the marker.  The detach itself is a `dmu
+// detach` process of its own (its log: NAME's), looked at on the next
+// ticks: it may wait a minute for a slow group, and no other domain's add
+// may wait for that.
+bool Helper::try_withdraw(Withdrawal& w) {
+  // udev's blkid holds a new device open for a moment; block-dmu holds its
+  // lock across a whole attach (up to ~36 s).  Past this the domain's end
+  // detaches what is left.
+  constexpr auto kGiveUp = std::chrono::minutes(2);
+  const std::string where = relative(w.id);
+  const std::string log = daemon::log_path(w.name);
+  const bool late = std::chrono::steady_clock::now() - w.since >= kGiveUp;
+  auto give_up = [&](const std::string& what) {
+    log_event(LogLevel::Warning, where,
+              w.why + "; " + w.name + " is left for the domain's end (" + what + ")");
+    return true;
+  };
+  if (w.detaching > 0) {
+    if (::kill(w.detaching, 0) == 0) return false;  // still at it (main.cc reaps it)
+    w.detaching = 0;
+    auto record = daemon::read_state(w.name);
+    if (record && !*record) {
+      log_event(LogLevel::Warning, where, w.why + "; detached " + w.name);
+      return true;
+    }
+    if (late) return give_up("dmu detach failed; see " + log);
+    log_event(LogLevel::Info, where,
+              w.name + ": still attached after dmu detach (in use? see " + log +
+                  "); withdrawal retried at the next tick");
+    return false;
+  }
   {
     const std::string lock_file = o_.hotplug_state + "/lock";
     UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    int tries = 0;
-    while (lock.valid() && ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && ++tries < 100)
-      std::this_thread::sleep_for(100ms);  // block-dmu holds it for seconds at most
-    if (!lock.valid() || tries >= 100) {
-      log_event(LogLevel::Warning, relative(id),
-                why + "; " + s.name + " is left for the domain's end (" + lock_file + " is busy)");
-      return;
-    }
-    if (xs_.read(backend_path(id) + "/physical-device")) {
-      log_event(LogLevel::Warning, relative(id), why + "; " + s.name + " stays: an add connected it");
-      return;
+    if (!lock.valid()) return give_up(errno_error(lock_file).message);
+    if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
+      return late ? give_up(lock_file + " stayed busy") : false;
+    if (xs_.read(backend_path(w.id) + "/physical-device")) {
+      log_event(LogLevel::Warning, where, w.why + "; " + w.name + " stays: an add connected it");
+      return true;
     }
     std::error_code ec;
-    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, id), ec);
-    if (auto m = daemon::write_file_atomic(daemon::leave_path(s.name), "withdrawn\n"); !m)
-      log_event(LogLevel::Warning, relative(id), m.error().message);
+    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, w.id), ec);
+    if (auto m = daemon::write_file_atomic(daemon::leave_path(w.name), "withdrawn\n"); !m)
+      log_event(LogLevel::Warning, where, m.error().message);
   }
-  daemon::DetachOptions d;
-  d.name = s.name;
-  d.program = o_.dmu_program;
-  // Retried while something (udev's blkid) still has it open, as block-dmu's
-  // remove does.
-  auto r = daemon::detach(d);
-  for (int i = 0; !r && r.error().code == EBUSY && i < 100; ++i) {
-    std::this_thread::sleep_for(200ms);
-    r = daemon::detach(d);
-  }
-  if (!r) {
-    log_event(LogLevel::Error, relative(id), why + "; detach " + s.name + " failed: " + r.error().message);
-    return;
-  }
-  log_event(LogLevel::Warning, relative(id), why + "; detached " + s.name);
+  auto pid = daemon::spawn_dmu(o_.dmu_program, {"detach", w.name}, log);
+  if (!pid) return give_up(pid.error().message);
+  w.detaching = *pid;
+  return false;
 }
 
 // The debugging keys that change: who serves the device, and the counters.
@@ -282,6 +310,7 @@ void Helper::publish(BackendId id) {
 }
 
 void Helper::tick() {
+  retry_withdrawals();
   std::vector<std::string> problems;
   for (const auto& st : daemon::list_states(problems))
     if (auto id = parse_dm_name(st.name)) publish(*id);

@@ -6,6 +6,9 @@
 //    `remove`, which runs `dmu detach`, works as if it had attached), the
 //    keys blkback and libxl wait for, our debugging keys, and last
 //    hotplug-status.  A failure is hotplug-error + hotplug-status=error.
+//  - withdraw: an attached device whose add we could not answer is detached
+//    by a `dmu detach` process, looked at and retried at every tick while it
+//    is in use (or block-dmu's lock is busy).
 //  - tick (every few seconds): the debugging keys of every xen-vbd record
 //    whose backend shows dmu keys: mapping process pid, supervisor, the
 //    kernel's counters (so a restarted mapping process shows up).
@@ -17,6 +20,8 @@
 // under their supervisors, so the helper can stop, restart or be upgraded
 // while guests run; a new helper finds everything in /run/dmu.
 #pragma once
+
+#include <sys/types.h>
 
 #include <chrono>
 #include <cstdint>
@@ -64,7 +69,17 @@ class Helper {
   Result<bool> answer(BackendId id, const std::vector<std::pair<std::string, std::string>>& keys,
                       std::vector<std::string> removes = {});
   void refuse(BackendId id, const std::string& message);
+  // A device attached for an add we could not answer, to be detached.
+  struct Withdrawal {
+    BackendId id;
+    std::string name;
+    std::string why;
+    std::chrono::steady_clock::time_point since;
+    pid_t detaching = 0;  // its `dmu detach` process, while one runs
+  };
   void withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why);
+  void retry_withdrawals();
+  bool try_withdraw(Withdrawal& w);
   std::vector<std::pair<std::string, std::string>> changing_keys(BackendId id);
   void publish(BackendId id);
   void clean_gone_domains();
@@ -75,6 +90,7 @@ class Helper {
   HelperOptions o_;
   // Domains found gone, and when: their devices wait for libxl's remove.
   std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
+  std::vector<Withdrawal> withdrawals_;  // retried at every tick until done
 };
 
 }  // namespace dmu::xenhelper

@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
   options.add_options()
       ("help,h", "this text")
       ("dmu", po::value<std::string>()->default_value(default_dmu()), "the dmu program")
-      ("interval", po::value<unsigned>()->default_value(5), "seconds between counter refreshes")
+      ("interval", po::value<unsigned>()->default_value(5),
+       "seconds between ticks (counter refreshes, withdrawals retried)")
       ("attach-timeout", po::value<unsigned>()->default_value(20),
        "seconds an attach waits for the domain's mapping process to bind a disk before it is "
        "refused (block-dmu waits 29 s for the answer)")

@@ -79,7 +79,7 @@ dd if=/dev/urandom of=/dev/mapper/n1 bs=64k count=4 oflag=direct status=none ||
   fail "n1 stopped working after the refused attach"
 
 step "a device opened between detach's check and its removal stays attached and served"
-DMU_TEST_DETACH_DELAY_MS=4000 dmu detach n1 2>/tmp/detach.err &
+DMU_TEST_SEAMS=1 DMU_TEST_DETACH_DELAY_MS=4000 dmu detach n1 2>/tmp/detach.err &
 DET=$!
 sleep 2
 exec 3</dev/mapper/n1

@@ -38,6 +38,8 @@ wait_log() {
     sleep 0.1
   done
 }
+# lock_held NAME: some process holds NAME's lock (serves or sets it up).
+lock_held() { [ -e "/run/dmu/$1.lock" ] && ! flock -n "/run/dmu/$1.lock" true; }
 # served_by NAME: the mapping process pid in NAME's record.
 served_by() { record_field "$1" pid; }
 
@@ -94,6 +96,46 @@ expect_eq "attaches that found gx served" 1 "$(cat /tmp/x1.err /tmp/x2.err | gre
 grep -q 'served already' /tmp/x2.err || fail "the second attach did not find gx served"
 expect_eq "gx served by the group's process" "$(served_by gb)" "$(served_by gx)"
 dmu detach gx || fail "dmu detach gx"
+
+step "a bind slower than the attach's --timeout: it ends near its deadline, the device goes once let go"
+# The set-up of the new device is held up 8 s with its lock held (test
+# seam, inherited by the processes attach starts).  attach --timeout 4 must
+# give up after about 4 s, not wait for the lock up to 10 s more (it once
+# did, so block-dmu's attach outlived libxl's 40 s), and leave a detach in
+# the background that removes everything once the process lets the device
+# go: nobody else would (block-dmu has no record of a failed attach), and
+# the image would stay locked.  Once in a group (slowg, its own process)
+# and once with a process of its own.
+# slow_attach NAME ARGS...: the attach fails within 7 s; NAME goes by itself.
+slow_attach() {
+  _n=$1; shift
+  _t0=$(now_ms)
+  if DMU_TEST_SET_UP_DELAY_MS=8000 dmu attach --timeout 4 --name "$_n" "$@" 2>/tmp/slow.err; then
+    fail "attach $_n succeeded despite the slow bind"
+  fi
+  _ms=$(( $(now_ms) - _t0 ))
+  echo "attach --timeout 4 of $_n failed after $_ms ms: $(cat /tmp/slow.err)"
+  [ "$_ms" -le 7000 ] || fail "attach of $_n took $_ms ms with --timeout 4"
+  grep -q "$_n is detached in the background" /tmp/slow.err ||
+    fail "attach of $_n did not say what becomes of it: $(cat /tmp/slow.err)"
+  [ -e "/dev/mapper/$_n" ] || fail "$_n went before its process let it go"
+  _i=0
+  until [ ! -e "/dev/mapper/$_n" ] && [ ! -e "/run/dmu/$_n.json" ]; do
+    _i=$((_i + 1)); [ $_i -lt 300 ] || fail "$_n was not detached in the background: $(ls /run/dmu)"
+    sleep 0.1
+  done
+  echo "$_n detached $(( $(now_ms) - _t0 )) ms after the attach started"
+  [ ! -e "/run/dmu/$_n.leave" ] || fail "$_n's leave marker is left"
+  eval "_img=\${$#}"
+  qemu-io -f qcow2 -c 'write -z 0 512' "$_img" >/dev/null || fail "$_img is still locked (or damaged)"
+  qemu-img check -q "$_img" || fail "qemu-img check $_img"
+}
+qemu-img create -q -f qcow2 /data/y.qcow2 64M || fail "qemu-img create y"
+slow_attach gy --group slowg /data/y.qcow2
+i=0
+while [ -n "$(group_procs slowg)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "group slowg's processes outlived its last member"; sleep 0.1; done
+slow_attach sy /data/y.qcow2
+expect_eq "ga still served by the group" "$(served_by gb)" "$(served_by ga)"
 
 step "fio with verify on both while the group's mapping process is killed -9"
 for d in ga gb; do

@@ -277,12 +277,26 @@ step "a helper answering after block-dmu gave up detaches what it attached"
 kill "$(helper_pid)" || fail "stop the helper"
 i=0
 while [ -n "$(helper_pid)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
-start_helper --attach-timeout 60
+start_helper --attach-timeout 60 --interval 2
+# Something in dom0 holds the new device open (as udev's blkid may) until
+# after the late answer: the helper's detach is refused, retried at its
+# ticks without holding up its event loop, and done once the holder closes.
+late=/dev/mapper/xen-vbd-$domid-51776
+( i=0; until [ -e "$late" ]; do i=$((i + 1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done
+  exec 3<"$late"; sleep 45 ) &
+holder=$!
 late_refused xvde /tmp/late.log
 grep -q "did not answer within" /tmp/late.log || { cat /tmp/late.log; fail "xl block-attach did not report block-dmu's timeout"; }
 i=0
+until grep -q "xen-vbd-$domid-51776: .*in use.*withdrawal retried at the next tick" "$helper_log"; do
+  i=$((i + 1)); [ $i -lt 300 ] || { tail -n 20 "$helper_log"; dom0_state; fail "the withdrawal of xvde was not retried"; }
+  sleep 0.1
+done
+[ -e "$late" ] || fail "xvde's device went while it was held open"
+wait "$holder" || fail "the holder of xvde's device did not open it"
+i=0
 until grep -q "before our answer; detached xen-vbd-$domid-51776" "$helper_log"; do
-  i=$((i + 1)); [ $i -lt 600 ] || { tail -n 20 "$helper_log"; dom0_state; fail "the late device of xvde was not detached"; }
+  i=$((i + 1)); [ $i -lt 300 ] || { tail -n 20 "$helper_log"; dom0_state; fail "the late device of xvde was not detached"; }
   sleep 0.1
 done
 late_gone xvde 51776
