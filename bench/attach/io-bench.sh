@@ -1,7 +1,10 @@
 #!/bin/sh
+# vm: kernels=6.1,6.12 timeout=2400 disks=4G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
 # Guest half of bench/attach/run.sh (not a test): fio on a device made by
 # `dmu attach` next to dm-linear over a direct-I/O loop device of a raw file
-# on the same ext4, interleaved A/B, REPS repetitions.
+# on the same ext4, and next to the same qcow2 served by qemu-nbd (cache=none,
+# aio=native: no page cache, as the loop devices under dmu) through the
+# kernel's nbd client; interleaved, REPS repetitions.
 #   mapped-*  a qcow2 whose every cluster is allocated (converted from the
 #             raw file), pushed at attach: 4k random read and write
 #             (iodepth 16) and 1M sequential read and write (iodepth 4),
@@ -15,9 +18,8 @@
 #             allocated file the reference would skip both costs).
 # One line per run in /results/bench.csv, the columns bench/kmod/report.awk
 # reads: rep,job,device,start_s,end_s,iops,bw_kib,requests (device u = dmu,
-# lin = dm-linear; requests = the mapping process's requests during the
-# run), plus misses (the kernel's).
-# vm: kernels=6.1,6.12 timeout=2400 disks=4G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
+# lin = dm-linear, nbd = qemu-nbd; requests = the mapping process's requests
+# during the run), plus misses (the kernel's).
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 REPS=${REPS:-3}
@@ -32,6 +34,28 @@ make_file /data/disk.img $SIZE_MB /dev/urandom
 LOOP=$(loop_dio /data/disk.img)
 echo "0 $(blockdev --getsz "$LOOP") linear $LOOP 0" | dmsetup create lin || fail "create dm-linear"
 qemu-img convert -O qcow2 /data/disk.img /data/full.qcow2 || fail "convert to qcow2"
+modprobe nbd nbds_max=1 || fail "modprobe nbd"
+# qemu-nbd -c puts its socket in /var/lock (in the guest a link to /run/lock).
+mkdir -p /run/lock /var/lock 2>/dev/null
+[ -d /var/lock ] || fail "no /var/lock for qemu-nbd"
+
+# nbd_up IMAGE: the qcow2 IMAGE on /dev/nbd0 through qemu-nbd.
+nbd_up() {
+  qemu-nbd --fork --pid-file=/tmp/qemu-nbd.pid --cache=none --aio=native -f qcow2 -c /dev/nbd0 "$1" ||
+    fail "qemu-nbd -c /dev/nbd0 $1"
+  _i=0
+  until [ "$(cat /sys/block/nbd0/size)" -gt 0 ]; do
+    _i=$((_i + 1)); [ $_i -lt 300 ] || fail "/dev/nbd0 never got a size"; sleep 0.1
+  done
+}
+# nbd_down: /dev/nbd0 disconnected and its qemu-nbd gone (the image unlocked).
+nbd_down() {
+  qemu-nbd -d /dev/nbd0 >/dev/null || fail "qemu-nbd -d /dev/nbd0"
+  _i=0
+  while kill -0 "$(cat /tmp/qemu-nbd.pid)" 2>/dev/null; do
+    _i=$((_i + 1)); [ $_i -lt 300 ] || fail "qemu-nbd did not exit"; sleep 0.1
+  done
+}
 
 # counter NAME KEY: a number of the mapping process's from `dmu stats NAME --output=json`.
 counter() {
@@ -39,11 +63,13 @@ counter() {
     grep -o "\"$2\":[0-9]*" | cut -d: -f2
 }
 
-# run JOB DEV FIO_ARGS...: one fio run on /dev/mapper/DEV; prints "iops bw_kib".
+# run JOB DEV FIO_ARGS...: one fio run on /dev/mapper/DEV (or DEV, a path);
+# prints "iops bw_kib".
 run() {
   _job=$1 _dev=$2
   shift 2
-  fio --name="$_job" --filename="/dev/mapper/$_dev" --direct=1 --ioengine=libaio "$@" \
+  case $_dev in /*) _path=$_dev ;; *) _path=/dev/mapper/$_dev ;; esac
+  fio --name="$_job" --filename="$_path" --direct=1 --ioengine=libaio "$@" \
     --minimal >/tmp/fio.out 2>&1 || { cat /tmp/fio.out; fail "fio $_job on $_dev"; }
   case $_job in
     *read*) awk -F';' '{print $8, $7}' /tmp/fio.out ;;
@@ -96,22 +122,41 @@ attach_u() {
 
 echo "rep,job,device,start_s,end_s,iops,bw_kib,requests,misses" >/results/bench.csv
 for rep in $(seq 1 "$REPS"); do
-  if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
+  case $((rep % 3)) in
+    1) order="lin u nbd" ;;
+    2) order="u nbd lin" ;;
+    *) order="nbd lin u" ;;
+  esac
   step "rep $rep: mapped (order $order)"
-  attach_u /data/full.qcow2
+  # Each image has one user at a time: the qcow2 is locked while attached.
   for job in mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite; do
-    # shellcheck disable=SC2046
-    for dev in $order; do measure "$rep" $job $dev --size=${SIZE_MB}M $(job_args $job); done
+    for dev in $order; do
+      case $dev in
+        u) attach_u /data/full.qcow2; target=u ;;
+        nbd) nbd_up /data/full.qcow2; target=/dev/nbd0 ;;
+        lin) target=lin ;;
+      esac
+      # shellcheck disable=SC2046
+      measure "$rep" $job $dev $target --size=${SIZE_MB}M $(job_args $job)
+      case $dev in
+        u) dmu detach u || fail "dmu detach u" ;;
+        nbd) nbd_down ;;
+      esac
+    done
   done
-  dmu detach u || fail "dmu detach u"
   step "rep $rep: allocating (order $order)"
   for job in alloc-randwrite alloc-seqwrite; do
     for dev in $order; do
-      if [ $dev = u ]; then
+      if [ $dev = u ] || [ $dev = nbd ]; then
         rm -f /data/empty.qcow2
         qemu-img create -q -f qcow2 /data/empty.qcow2 ${SIZE_MB}M || fail "create empty.qcow2"
-        attach_u /data/empty.qcow2
-        target=u
+        if [ $dev = u ]; then
+          attach_u /data/empty.qcow2
+          target=u
+        else
+          nbd_up /data/empty.qcow2
+          target=/dev/nbd0
+        fi
       else
         rm -f /data/sparse.img
         truncate -s ${SIZE_MB}M /data/sparse.img
@@ -124,6 +169,8 @@ for rep in $(seq 1 "$REPS"); do
       measure "$rep" $job $dev $target --size=${SIZE_MB}M $(job_args $job)
       if [ $dev = u ]; then
         dmu detach u || fail "dmu detach u"
+      elif [ $dev = nbd ]; then
+        nbd_down
       else
         dmsetup remove alin && losetup -d "$SPARSE" || fail "remove the sparse reference"
       fi

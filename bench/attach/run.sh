@@ -32,18 +32,32 @@ cmake --build "$build" -j2 --target dmu >/dev/null
 run_sampled "$build" "$line" "$here/io-bench.sh"
 
 jobs="mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite alloc-randwrite alloc-seqwrite"
-# Every job ran on both devices in every repetition, with a number.
 for job in $jobs; do
-  for dev in lin u; do
+  for dev in lin u nbd; do
     n=$(awk -F, -v j="$job" -v d="$dev" '$2 == j && $3 == d && $6 > 0' "$results/bench.csv" | wc -l)
     [ "$n" = "$reps" ] || { echo "$0: $job on $dev: $n of $reps runs measured" >&2; exit 1; }
   done
 done
-awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" -v joborder="$jobs" -v name="dmu qcow2" \
-  -f "$src/bench/kmod/report.awk" "$results/bench.csv"
-echo
-"$src/bench/kmod/pool.py" "$results/bench.csv"
-echo
+# pair A B: bench.csv with A's runs as device u and B's as lin (what
+# report.awk and pool.py compare), the third device's left out.
+pair() {
+  awk -F, -v OFS=, -v a="$1" -v b="$2" 'NR == 1 { print; next }
+    $3 == a { $3 = "u"; print; next } $3 == b { $3 = "lin"; print }' "$results/bench.csv" \
+    >"$results/$1-vs-$2.csv"
+}
+# compare A B NAME REF: the report of A (titled NAME) against B (REF).
+compare() {
+  pair "$1" "$2"
+  echo "## $3 against $4"
+  awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" -v joborder="$jobs" \
+    -v name="$3" -v ref="$4" -f "$src/bench/kmod/report.awk" "$results/$1-vs-$2.csv"
+  echo
+  "$src/bench/kmod/pool.py" "$results/$1-vs-$2.csv"
+  echo
+}
+compare u lin "dmu qcow2" dm-linear
+compare nbd lin "qemu-nbd qcow2" dm-linear
+compare u nbd "dmu qcow2" "qemu-nbd qcow2"
 echo "kernel misses during the dmu runs (job: per repetition):"
 awk -F, 'NR > 1 && $3 == "u" { m[$2] = m[$2] " " $9 } END { for (j in m) print "  " j ":" m[j] }' "$results/bench.csv" | sort
 echo "raw: $results/bench.csv, host load samples: $results/host-load.txt"

@@ -6,7 +6,8 @@
 # is immune to drift across the boot) and the runs during which other work
 # used more than 25% of a core.  Variables: kernel (for the header), joborder
 # (their order, default "randread randwrite seqwrite"), name (the compared
-# device's column title, default "userspace").
+# device's column title, default "userspace"), ref (the reference's, default
+# "dm-linear").
   BEGIN {
     while ((getline l < loadfile) > 0) { split(l, a, " "); n++; lt[n] = a[1]; lo[n] = a[2] }
   }
@@ -30,7 +31,8 @@
   }
   END {
     if (name == "") name = "userspace"
-    printf "| job (kernel %s) | dm-linear IOPS | %s IOPS | ratio IOPS | dm-linear MiB/s | %s MiB/s | ratio MiB/s | per-rep ratios | median per-rep ratio | daemon requests during runs | max other host load | loaded runs |\n", kernel, name, name
+    if (ref == "") ref = "dm-linear"
+    printf "| job (kernel %s) | %s IOPS | %s IOPS | ratio IOPS | %s MiB/s | %s MiB/s | ratio MiB/s | per-rep ratios | median per-rep ratio | daemon requests during runs | max other host load | loaded runs |\n", kernel, ref, name, ref, name
     print "|---|---|---|---|---|---|---|---|---|---|---|---|"
     njobs = split(joborder == "" ? "randread randwrite seqwrite" : joborder, order, " ")
     for (o = 1; o <= njobs; o++) {
