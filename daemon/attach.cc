@@ -345,8 +345,11 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   } else {
     lock.release();
     // Past the deadline the process is sent SIGTERM; it lets NAME go as it
-    // exits.
+    // exits.  The marker tells another attach of NAME meanwhile that this
+    // device is going: a process finishing its set-up writes its pid into
+    // the record before it stops, which would look served.
     bound = start_mapping_process(o.program, name, time_left(bind_deadline));
+    if (!bound) (void)write_file_atomic(leave_path(name), "attach failed\n");
   }
   if (!bound) {
     // Nothing is torn down under a process that serves the device: NAME's

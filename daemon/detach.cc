@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -141,15 +142,9 @@ Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
   return join_group(program, st.group, st.name);
 }
 
-}  // namespace
-
-Result<std::string> detach(const DetachOptions& o) {
+Result<std::string> detach_once(const DetachOptions& o) {
   const std::string& name = o.name;
   DMU_TRY(check_name(name));
-  if (o.wait_release.count() > 0 && !wait_lock_free(name, o.wait_release))
-    return fail(ETIMEDOUT, name + ": its process did not let it go within " +
-                               std::to_string(o.wait_release.count()) + " s; run dmu detach " +
-                               name);
   DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   if (!st && !info.exists) {
@@ -244,6 +239,26 @@ Result<std::string> detach(const DetachOptions& o) {
     return name + ": detached; the image's growth tail was not trimmed: " +
            trimmed.error().message;
   return std::string();
+}
+
+}  // namespace
+
+Result<std::string> detach(const DetachOptions& o) {
+  if (o.wait_release.count() == 0) return detach_once(o);
+  // Left behind by a timed-out attach: nobody else will remove the device,
+  // so a moment's open (udev's blkid) is waited out, not given up on.
+  const auto deadline = std::chrono::steady_clock::now() + o.wait_release;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (!wait_lock_free(o.name, std::max(left, std::chrono::milliseconds(0))))
+      return fail(ETIMEDOUT, o.name + ": its process did not let it go within " +
+                                 std::to_string(o.wait_release.count()) +
+                                 " s; run dmu detach " + o.name);
+    auto r = detach_once(o);
+    if (r || r.error().code != EBUSY || std::chrono::steady_clock::now() >= deadline) return r;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
 }
 
 }  // namespace dmu::daemon

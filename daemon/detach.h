@@ -28,7 +28,8 @@ struct DetachOptions {
   // it go, then detach what nobody serves (no flush through a process
   // that is going): how a timed-out attach has its device removed once a
   // late bind lets go (it sent that process SIGTERM, or its group the leave
-  // marker).  ETIMEDOUT if it is still held.
+  // marker).  ETIMEDOUT if it is still held; a device still open (udev's
+  // blkid) is tried again until the same time is up.
   std::chrono::seconds wait_release{0};
 };
 

@@ -5,8 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <cstring>
+#include <string>
 
 #include "mapper/unique_fd.h"
 
@@ -25,6 +24,7 @@ Result<pid_t> spawn_dmu(const std::string& program, const std::vector<std::strin
   for (const auto& a : args) argv.push_back(a.c_str());
   argv.push_back(nullptr);
   const long open_max = ::sysconf(_SC_OPEN_MAX);
+  const std::string exec_error = "error: exec " + program + " failed (errno ";
   const int kept = ready_fd >= 0 ? 4 : 3;
 
   const pid_t pid = ::fork();
@@ -34,11 +34,15 @@ Result<pid_t> spawn_dmu(const std::string& program, const std::vector<std::strin
   // process group), stdout off the caller's pipes so $(dmu attach) ends.
   ::setsid();
   // Whatever the caller blocked or ignored (dmu-xen-helper blocks SIGTERM
-  // and SIGCHLD for its signalfd) is not the new process's business.
+  // and SIGCHLD for its signalfd) is not the new process's business: a
+  // supervisor with SIGCHLD ignored would never learn its child died.
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  ::signal(SIGHUP, SIG_DFL);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig)
+    if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);
   // Copies above the wanted slots first (a caller started with stdin
   // closed has our log on 0), then into place (dup2 clears close-on-exec),
   // then everything else closed: the caller's other descriptors must not
@@ -56,7 +60,16 @@ Result<pid_t> spawn_dmu(const std::string& program, const std::vector<std::strin
   if (::close_range(unsigned(kept), ~0U, 0) != 0)  // ENOSYS before Linux 5.9
     for (int fd = kept; fd < open_max; ++fd) ::close(fd);
   ::execv(program.c_str(), const_cast<char* const*>(argv.data()));
-  dprintf(kept == 4 ? 3 : 2, "error: exec %s: %s\n", program.c_str(), strerror(errno));
+  // Only write() from here: the caller may have threads (libxenstore's),
+  // so nothing that may take a lock (stdio, strerror's locale).
+  const int err = errno;
+  char digits[16];
+  int n = 0;
+  for (int e = err > 0 ? err : 0; n == 0 || e > 0; e /= 10) digits[n++] = char('0' + e % 10);
+  const int out = kept == 4 ? 3 : 2;  // attach reads the ready pipe for "error: "
+  (void)!::write(out, exec_error.data(), exec_error.size());
+  while (n > 0) (void)!::write(out, &digits[--n], 1);
+  (void)!::write(out, ")\n", 2);
   ::_exit(127);
 }
 

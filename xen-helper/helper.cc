@@ -215,6 +215,8 @@ void Helper::handle_add(BackendId id) {
 // Queued: each step (now, then at every tick) runs without waiting, so the
 // one event loop goes on serving other domains' adds.
 void Helper::withdraw(BackendId id, const daemon::DeviceState& s, const std::string& why) {
+  for (const auto& w : withdrawals_)
+    if (w.name == s.name) return;  // queued already
   withdrawals_.push_back({id, s.name, why, std::chrono::steady_clock::now(), 0});
   retry_withdrawals();
 }
@@ -247,11 +249,14 @@ bool Helper::try_withdraw(Withdrawal& w) {
               w.why + "; " + w.name + " is left for the domain's end (" + what + ")");
     return true;
   };
+  auto record = daemon::read_state(w.name);
+  const bool gone = record && !*record;
   if (w.detaching > 0) {
-    if (::kill(w.detaching, 0) == 0) return false;  // still at it (main.cc reaps it)
+    // Still at it (main.cc reaps it; past the limit a pid reused since
+    // would keep us here for ever).
+    if (!gone && !late && ::kill(w.detaching, 0) == 0) return false;
     w.detaching = 0;
-    auto record = daemon::read_state(w.name);
-    if (record && !*record) {
+    if (gone) {
       log_event(LogLevel::Warning, where, w.why + "; detached " + w.name);
       return true;
     }
@@ -261,6 +266,7 @@ bool Helper::try_withdraw(Withdrawal& w) {
                   "); withdrawal retried at the next tick");
     return false;
   }
+  if (gone) return true;  // detached meanwhile (block-dmu's remove, the domain's end)
   {
     const std::string lock_file = o_.hotplug_state + "/lock";
     UniqueFd lock(::open(lock_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));

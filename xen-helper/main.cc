@@ -1,7 +1,9 @@
 // dmu-xen-helper: serves dom0's vbd backends whose targets are images
 // (qcow:, qcow2:, vmdk:, raw:, dmu:) on block-dmu's behalf; see helper.h.
-// One process, one thread: a poll() over the xenstore watch descriptor and
-// a signalfd, with the periodic work every --interval seconds.
+// One event loop (libxenstore runs a reader thread of its own, which is
+// why children are started through daemon/spawn.h, async-signal-safe up
+// to exec): a poll() over the xenstore watch descriptor and a signalfd,
+// with the periodic work every --interval seconds.
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
