@@ -327,6 +327,14 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   // (At least a second, whatever setting the device up took.)
   const auto bind_deadline = std::max(deadline - cleanup_reserve(o.join_timeout),
                                       std::chrono::steady_clock::now() + 1s);
+  // The device, its loops and its files outlive this process from here:
+  // served, or left to the process that holds it.
+  auto keep_all = [&] {
+    dm.release();
+    for (auto& l : loops) l.release();
+    for (auto& l : metadata_loops) l.release();
+    guard.armed = false;
+  };
   Result<void> bound;
   if (o.group) {
     // The group's setup lock before NAME's goes: another attach of NAME in
@@ -352,18 +360,15 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
     if (!bound) (void)write_file_atomic(leave_path(name), "attach failed\n");
   }
   if (!bound) {
-    // Nothing is torn down under a process that serves the device: NAME's
-    // lock first, or the device is left, said so, for dmu detach.
+    // Nothing is torn down under a process that may serve the device:
+    // NAME's lock first, or the device is handed to a background detach.
     auto back = acquire_within(name, time_left(deadline));
     if (!back) {
       // Still held when our time is up: a `dmu detach --wait-release` in
       // the background removes the device once the process lets it go, so
       // nothing is left holding the image (block-dmu has no record of it
       // to detach, and a retried xl create would find the image locked).
-      guard.armed = false;
-      dm.release();
-      for (auto& l : loops) l.release();
-      for (auto& l : metadata_loops) l.release();
+      keep_all();
       std::string later = name + " is detached in the background once " +
                           (o.group ? "its group" : "its mapping process") + " lets it go (" +
                           log_path(name) + ")";
@@ -376,10 +381,7 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
     return fail(bound.error());
   }
   // Serving: the device and its loops now outlive this process.
-  dm.release();
-  for (auto& l : loops) l.release();
-  for (auto& l : metadata_loops) l.release();
-  guard.armed = false;
+  keep_all();
   return Attached{st.node(), false};
 }
 
