@@ -32,6 +32,10 @@ constexpr auto kExitWait = std::chrono::seconds(60);
 // How long a group member released after a channel error may wait for its
 // group's next rebind: serve.cc's longest backoff (8 s) and a margin.
 constexpr auto kRebindWait = std::chrono::seconds(12);
+// How long a detach waits for another detach of the same name: that one's
+// longest waits (a rebind, its process exiting or its group letting NAME
+// go, serving it again when it was opened meanwhile) and a margin.
+constexpr auto kDetachQueueWait = kRebindWait + 3 * kExitWait + std::chrono::seconds(30);
 
 // A flush through the dm device: the kernel flushes the data devices and has
 // the mapping process commit the metadata of every completed write.
@@ -145,6 +149,9 @@ Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
 Result<std::string> detach_once(const DetachOptions& o) {
   const std::string& name = o.name;
   DMU_TRY(check_name(name));
+  // One detach of NAME at a time; the record is read after this, so a
+  // second detach sees what the first one left (usually: nothing).
+  DMU_ASSIGN_OR_RETURN(DetachLock serial, DetachLock::acquire(name, kDetachQueueWait));
   DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   if (!st && !info.exists) {

@@ -23,6 +23,9 @@ std::string leave_path(const std::string& name) { return run_dir() + "/" + name 
 std::string bind_error_path(const std::string& name) {
   return run_dir() + "/" + name + ".bind-error";
 }
+std::string detach_lock_path(const std::string& name) {
+  return run_dir() + "/" + name + ".detach";
+}
 std::string group_file_name(const std::string& group) { return group + ".group"; }
 std::string group_pid_path(const std::string& group) {
   return run_dir() + "/" + group_file_name(group) + ".pid";

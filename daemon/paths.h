@@ -9,6 +9,8 @@
 //   NAME.log         the background mapping process's stderr
 //   NAME.leave       detach asks NAME's group process to let NAME go
 //   NAME.bind-error  why NAME's group process could not serve it
+//   NAME.detach      flock()ed by the running `dmu detach NAME` (name_lock.h);
+//                    removed as it ends (left behind only by a kill -9)
 // and one set per group G of devices served by one process (`--group G`):
 //   G.group.lock     flock()ed by the group's supervisor while it lives
 //   G.group.pid      the supervisor's pid (SIGHUP: re-read the members)
@@ -30,6 +32,7 @@ std::string scratch_path(const std::string& name);
 std::string log_path(const std::string& name);
 std::string leave_path(const std::string& name);
 std::string bind_error_path(const std::string& name);
+std::string detach_lock_path(const std::string& name);
 // The pseudo-name of group G's files: lock_path(group_file_name(G)) is
 // G.group.lock, and so on; a device name cannot end in ".group".
 std::string group_file_name(const std::string& group);

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "daemon/group.h"
@@ -232,6 +233,36 @@ TEST(DaemonState, TakingTheNameLockWaitsOutAProbe) {
   probe.join();
   ASSERT_TRUE(lock) << lock.error().message;
   EXPECT_TRUE(lock_held("busy"));
+}
+
+// Two detaches of one name: the second waits for the first (and gives up
+// after its wait), the first unlinks the file as it lets go, and a waiter
+// holding the unlinked file moves on to the new one.
+TEST(DaemonState, DetachesOfOneNameTakeTurns) {
+  RunDir run;
+  auto first = DetachLock::acquire("d", std::chrono::milliseconds(0));
+  ASSERT_TRUE(first) << first.error().message;
+  auto busy = DetachLock::acquire("d", std::chrono::milliseconds(100));
+  ASSERT_FALSE(busy);
+  EXPECT_EQ(busy.error().code, EWOULDBLOCK);
+  EXPECT_NE(busy.error().message.find("another dmu detach of it still runs"), std::string::npos)
+      << busy.error().message;
+  // A waiter already holding the old file when the first lets go.
+  int stale = ::open(detach_lock_path("d").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(stale, 0);
+  std::optional<Result<DetachLock>> second;
+  std::thread waiter([&] { second.emplace(DetachLock::acquire("d", std::chrono::seconds(5))); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  { auto gone = std::move(*first); }  // lets go
+  waiter.join();
+  ASSERT_TRUE(*second) << second->error().message;
+  // The stale descriptor's file is unlinked: locking it excludes nobody,
+  // while the second holds the one the path names.
+  EXPECT_EQ(::flock(stale, LOCK_EX | LOCK_NB), 0);
+  ::close(stale);
+  EXPECT_FALSE(DetachLock::acquire("d", std::chrono::milliseconds(50)));
+  second.reset();
+  EXPECT_NE(::access(detach_lock_path("d").c_str(), F_OK), 0) << "the file stayed behind";
 }
 
 // B3: a rebind of a group member read the record, found nobody serving, and

@@ -91,7 +91,23 @@ dd if=/dev/mapper/n1 of=/dev/null bs=64k count=4 iflag=direct status=none ||
   fail "the device is not served after the failed detach"
 dmu list | grep -q "n1 .*served by" || fail "dmu list does not show n1 served"
 exec 3<&-
-dmu detach n1 || fail "detach n1"
+
+step "two detaches of one device at once: the second waits for the first, then has nothing to do"
+# The first holds NAME's lock in the seam's pause; a second that did not
+# wait for it would flush a device nobody serves and remove what the first
+# removes (or fail on its lock).
+DMU_TEST_SEAMS=1 DMU_TEST_DETACH_DELAY_MS=3000 dmu detach n1 2>/tmp/detach1.err &
+DET=$!
+sleep 1
+t0=$(now_ms)
+dmu detach n1 >/tmp/detach2.out 2>&1 || { cat /tmp/detach2.out; fail "the second detach of n1 failed"; }
+t1=$(now_ms)
+wait $DET || { cat /tmp/detach1.err; fail "the first detach of n1 failed"; }
+cat /tmp/detach2.out
+grep -q "not attached; nothing to do" /tmp/detach2.out || fail "the second detach did not find n1 gone"
+[ $((t1 - t0)) -ge 1000 ] || fail "the second detach did not wait for the first ($((t1 - t0)) ms)"
+[ ! -e /dev/mapper/n1 ] || fail "n1 is still there"
+[ -z "$(ls /run/dmu | grep '^n1\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^n1\.')"
 qemu-img check -q two.qcow2 || fail "two.qcow2 was touched"
 
 step "the image's file system runs out of space"
