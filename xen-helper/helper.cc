@@ -16,7 +16,6 @@
 #include <set>
 
 #include "daemon/attach.h"
-#include "daemon/detach.h"
 #include "daemon/log.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
@@ -260,7 +259,7 @@ bool Helper::try_withdraw(Withdrawal& w) {
       log_event(LogLevel::Warning, where, w.why + "; detached " + w.name);
       return true;
     }
-    if (late) return give_up("dmu detach failed; see " + log);
+    if (late) return give_up("dmu detach failed or still runs; see " + log);
     log_event(LogLevel::Info, where,
               w.name + ": still attached after dmu detach (in use? see " + log +
                   "); withdrawal retried at the next tick");
@@ -329,6 +328,7 @@ void Helper::clean_gone_domains() {
     log_event(LogLevel::Error, "dmu-xen-helper", live.error().message);
     return;
   }
+  finish_gone_detaches(*live);
   const auto now = std::chrono::steady_clock::now();
   std::vector<std::string> problems;
   std::set<uint32_t> waiting;  // gone domains with devices left
@@ -337,28 +337,56 @@ void Helper::clean_gone_domains() {
     if (!id || live->count(id->domid)) continue;
     waiting.insert(id->domid);
     auto since = gone_since_.try_emplace(id->domid, now).first;
-    const std::string b = backend_path(*id);
     // libxl runs block-dmu remove (dmu detach) itself when a domain ends;
     // we step in when it is done with the backend or has not come.
-    if (xs_.read(b + "/params") && now - since->second < o_.gone_grace) continue;
-    daemon::DetachOptions d;
-    d.name = st.name;
-    d.program = o_.dmu_program;
-    auto r = daemon::detach(d);
-    if (!r) {
+    if (xs_.read(backend_path(*id) + "/params") && now - since->second < o_.gone_grace) continue;
+    GoneDetach& job = gone_detaches_.try_emplace(st.name, GoneDetach{*id, st.image, 0, now}).first->second;
+    const std::string log = daemon::log_path(st.name);
+    if (job.pid > 0) {
+      // Still at it (main.cc reaps it).  A detach ends within a few
+      // minutes (detach.cc's longest waits); past that, a live pid is one
+      // reused since, and a new detach is started.
+      if (now - job.started < std::chrono::minutes(5) && ::kill(job.pid, 0) == 0) continue;
       log_event(LogLevel::Warning, relative(*id),
-                st.image + ": domain " + std::to_string(id->domid) + " is gone; detach " +
-                    st.name + " failed (retrying): " + r.error().message);
+                st.image + ": domain " + std::to_string(id->domid) + " is gone; dmu detach " +
+                    st.name + " failed (retrying; see " + log + ")");
+    }
+    auto pid = daemon::spawn_dmu(o_.dmu_program, {"detach", st.name}, log);
+    if (!pid) {
+      log_event(LogLevel::Warning, relative(*id), st.name + ": " + pid.error().message);
+      job.pid = 0;
       continue;
     }
-    (void)xs_.remove(b + "/dmu");
-    std::error_code ec;
-    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, *id), ec);
-    log_event(LogLevel::Info, relative(*id),
-              st.image + ": domain " + std::to_string(id->domid) + " is gone; detached " + st.name);
+    job.pid = *pid;
+    job.started = now;
   }
   for (auto it = gone_since_.begin(); it != gone_since_.end();)
     it = waiting.count(it->first) ? std::next(it) : gone_since_.erase(it);
+}
+
+// A gone domain's device whose record went (our detach, or libxl's remove
+// that came after all): its keys and block-dmu's state go too.  One of a
+// domain id that lives again (libxl may reuse ids) is no longer ours.
+void Helper::finish_gone_detaches(const std::set<uint32_t>& live) {
+  for (auto it = gone_detaches_.begin(); it != gone_detaches_.end();) {
+    if (live.count(it->second.id.domid)) {
+      it = gone_detaches_.erase(it);
+      continue;
+    }
+    auto record = daemon::read_state(it->first);
+    if (!record || *record) {
+      ++it;
+      continue;
+    }
+    const GoneDetach& job = it->second;
+    (void)xs_.remove(backend_path(job.id) + "/dmu");
+    std::error_code ec;
+    std::filesystem::remove_all(hotplug_state_dir(o_.hotplug_state, job.id), ec);
+    log_event(LogLevel::Info, relative(job.id),
+              job.image + ": domain " + std::to_string(job.id.domid) + " is gone; detached " +
+                  it->first);
+    it = gone_detaches_.erase(it);
+  }
 }
 
 }  // namespace dmu::xenhelper

@@ -14,7 +14,8 @@
 //    kernel's counters (so a restarted mapping process shows up).
 //  - gone domains (start-up, @releaseDomain, tick): records of domains Xen
 //    no longer knows are detached once libxl is done with their backend (or
-//    after a grace period), their keys and block-dmu state removed.
+//    after a grace period) by `dmu detach` processes; once a record is
+//    gone its keys and block-dmu state are removed.
 //
 // Nothing here owns a mapping process: they run in sessions of their own
 // under their supervisors, so the helper can stop, restart or be upgraded
@@ -26,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,6 +85,7 @@ class Helper {
   std::vector<std::pair<std::string, std::string>> changing_keys(BackendId id);
   void publish(BackendId id);
   void clean_gone_domains();
+  void finish_gone_detaches(const std::set<uint32_t>& live);
   void scan_requests();
 
   XenStore xs_;
@@ -91,6 +94,15 @@ class Helper {
   // Domains found gone, and when: their devices wait for libxl's remove.
   std::map<uint32_t, std::chrono::steady_clock::time_point> gone_since_;
   std::vector<Withdrawal> withdrawals_;  // retried at every tick until done
+  // A gone domain's device, detached by a `dmu detach` process of its own
+  // (a slow group may keep it a minute; no add waits for that).
+  struct GoneDetach {
+    BackendId id;
+    std::string image;
+    pid_t pid = 0;  // its `dmu detach` process (the last one started)
+    std::chrono::steady_clock::time_point started;
+  };
+  std::map<std::string, GoneDetach> gone_detaches_;  // by dm name
 };
 
 }  // namespace dmu::xenhelper
