@@ -48,8 +48,12 @@ step "an image qemu-io holds for writing"
 qemu-img create -q -f qcow2 held.qcow2 64M || fail "create held.qcow2"
 qemu-io -c "sleep 600000" held.qcow2 >/tmp/qio.log 2>&1 &
 QIO=$!
+# Held: our probe is refused while qemu-io lives, twice in a row (a probe
+# and qemu-io's open can refuse each other at the same moment, and then
+# qemu-io exits).
+held_now() { ! qemu-img info held.qcow2 >/dev/null 2>&1 && kill -0 $QIO 2>/dev/null; }
 i=0
-while qemu-img info held.qcow2 >/dev/null 2>&1; do
+until held_now && sleep 0.2 && held_now; do
   i=$((i + 1))
   if ! kill -0 $QIO 2>/dev/null; then
     # Our own qemu-img info probe may have held the image as qemu-io opened it.
