@@ -26,14 +26,34 @@ say "build dmu ${programs[*]} ${fuzzers[*]}"
 cmake --build "$build" -j "$jobs" --target dmu "${programs[@]}" "${fuzzers[@]}"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-rc=0
-for p in "${programs[@]}"; do
-  say "run $p"
-  "$build/tests/unit/$p" --gtest_brief=1 || { say "$p FAILED"; rc=1; }
+# The programs are single-threaded and run a minute or so each: $jobs at a
+# time (each one's output printed whole when it ends), so the suite's unit
+# phase does not wait for them one after the other on an idle core.
+logs=$build/runs
+rm -rf "$logs" && mkdir -p "$logs"
+run_one() {  # run_one LABEL COMMAND...: LABEL's output and verdict in $logs
+  local label=$1
+  shift
+  if "$@" >"$logs/$label.log" 2>&1; then echo ok >"$logs/$label.rc"; else echo FAILED >"$logs/$label.rc"; fi
+}
+labels=() running=0
+for p in "${programs[@]}" "${fuzzers[@]}"; do
+  if [ -e "$build/tests/unit/$p" ]; then
+    say "run $p"
+    run_one "$p" "$build/tests/unit/$p" --gtest_brief=1 &
+  else
+    say "replay the corpus of $p"
+    run_one "$p" "$build/tests/fuzz/$p" "$src/tests/fuzz/corpus/$p" &
+  fi
+  labels+=("$p")
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
 done
-for f in "${fuzzers[@]}"; do
-  say "replay the corpus of $f"
-  "$build/tests/fuzz/$f" "$src/tests/fuzz/corpus/$f" || { say "$f FAILED"; rc=1; }
+wait
+rc=0
+for l in "${labels[@]}"; do
+  cat "$logs/$l.log"
+  [ "$(cat "$logs/$l.rc" 2>/dev/null)" = ok ] || { say "$l FAILED"; rc=1; }
 done
 [ "$rc" = 0 ] && say "all passed" || say "some failed"
 exit "$rc"

@@ -16,11 +16,15 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -103,26 +107,44 @@ class HostileCorpus : public ::testing::Test {
     for (const auto& e : nlohmann::json::parse(read_file(corpus_->file("corpus/manifest.json"))))
       entries_.push_back(
           Entry{e["name"], e["image"], e["expect"], e.value("format", ""), e["why"]});
-    for (const Entry& e : entries_) {
-      const std::string dir = corpus_->file("corpus/" + e.name);
-      for (const Command& c : kCommands) {
-        std::string args = c.args;
-        auto put = [&](const std::string& key, const std::string& value) {
-          args.replace(args.find(key), key.size(), value);
-        };
-        put("%F", e.format.empty() ? "" : "-f " + e.format);
-        put("%I", e.image);
-        auto before = snapshot(dir);
-        CommandRun run;
-        run.outcome = run_split(kSanitizerEnv + dmu(args), dir, 20);
-        run.unchanged = snapshot(dir) == before;
-        if (!run.unchanged)  // keep later commands independent of a write that worked
-          run_split("rm -rf " + shell_quote(dir) + " && cp -a --sparse=always " +
-                        shell_quote(corpus_->file("pristine/" + e.name)) + " " + shell_quote(dir),
-                    corpus_->path());
-        runs_[{e.name, c.name}] = run;
-      }
+    // Entries are independent (each in its own directory): a few at a
+    // time, so the sanitized run (one ASan start-up of dmu per command, on
+    // the suite's critical path) does not take minutes on one core.
+    std::vector<std::vector<CommandRun>> results(entries_.size());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next++) < entries_.size();) results[i] = run_entry(entries_[i]);
+    };
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < std::clamp(std::thread::hardware_concurrency(), 1u, 4u); ++t)
+      pool.emplace_back(work);
+    for (auto& t : pool) t.join();
+    for (size_t i = 0; i < entries_.size(); ++i)
+      for (size_t c = 0; c < std::size(kCommands); ++c)
+        runs_[{entries_[i].name, kCommands[c].name}] = results[i][c];
+  }
+  // Every command on one entry, in order, each on the pristine files.
+  static std::vector<CommandRun> run_entry(const Entry& e) {
+    std::vector<CommandRun> runs;
+    const std::string dir = corpus_->file("corpus/" + e.name);
+    for (const Command& c : kCommands) {
+      std::string args = c.args;
+      auto put = [&](const std::string& key, const std::string& value) {
+        args.replace(args.find(key), key.size(), value);
+      };
+      put("%F", e.format.empty() ? "" : "-f " + e.format);
+      put("%I", e.image);
+      auto before = snapshot(dir);
+      CommandRun run;
+      run.outcome = run_split(kSanitizerEnv + dmu(args), dir, 20);
+      run.unchanged = snapshot(dir) == before;
+      if (!run.unchanged)  // keep later commands independent of a write that worked
+        run_split("rm -rf " + shell_quote(dir) + " && cp -a --sparse=always " +
+                      shell_quote(corpus_->file("pristine/" + e.name)) + " " + shell_quote(dir),
+                  corpus_->path());
+      runs.push_back(std::move(run));
     }
+    return runs;
   }
   static void TearDownTestSuite() {
     delete corpus_;
