@@ -29,7 +29,13 @@ fi
 say "1/4 host packages"
 "$root/scripts/lib/setup-host.sh"
 say "2/4 configure and build in $build"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDMU_WERROR=ON >/dev/null
+# -g1 (line tables: backtraces still name file and line) instead of -g: the
+# build is a sixth of the suite's time, and full debug info makes the test
+# programs' compiles take half again as long (qcow2_write_test.cc: 17.3 s
+# with -g, 11.9 s with -g1).
+flags="-O2 -g1 -DNDEBUG"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDMU_WERROR=ON \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$flags" -DCMAKE_C_FLAGS_RELWITHDEBINFO="$flags" >/dev/null
 cmake --build "$build" -j "$jobs"
 mkdir -p "$logs"
 
