@@ -40,7 +40,8 @@ const char* const kSanitizerEnv =
 
 struct Command {
   const char* name;
-  const char* args;  // %F: -f FORMAT when the entry names one; %I: the image
+  // %F: -f FORMAT when the entry names one; %I: the image; %N: the entry
+  const char* args;
   bool writes;
 };
 
@@ -49,7 +50,7 @@ const Command kCommands[] = {
     {"info-chain", "info --backing-chain %F %I", false},
     {"map", "map --output=json %F %I", false},
     {"check", "check %F %I", false},
-    {"export", "export %F %I ../../export.raw", false},
+    {"export", "export %F %I ../../export-%N.raw", false},  // entries run side by side
     {"io-read", "io %F %I -c 'read 0 64k'", false},
     {"io-write", "io %F %I -c 'write -P 7 0 4k' -c flush", true},
 };
@@ -111,14 +112,22 @@ class HostileCorpus : public ::testing::Test {
     // time, so the sanitized run (one ASan start-up of dmu per command, on
     // the suite's critical path) does not take minutes on one core.
     std::vector<std::vector<CommandRun>> results(entries_.size());
+    std::vector<std::string> errors(entries_.size());
     std::atomic<size_t> next{0};
     auto work = [&] {
-      for (size_t i; (i = next++) < entries_.size();) results[i] = run_entry(entries_[i]);
+      for (size_t i; (i = next++) < entries_.size();) {
+        try {  // not out of a thread: that would end the program
+          results[i] = run_entry(entries_[i]);
+        } catch (const std::exception& ex) {
+          errors[i] = entries_[i].name + ": " + ex.what();
+        }
+      }
     };
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < std::clamp(std::thread::hardware_concurrency(), 1u, 4u); ++t)
       pool.emplace_back(work);
     for (auto& t : pool) t.join();
+    for (const std::string& error : errors) ASSERT_TRUE(error.empty()) << error;
     for (size_t i = 0; i < entries_.size(); ++i)
       for (size_t c = 0; c < std::size(kCommands); ++c)
         runs_[{entries_[i].name, kCommands[c].name}] = results[i][c];
@@ -134,6 +143,7 @@ class HostileCorpus : public ::testing::Test {
       };
       put("%F", e.format.empty() ? "" : "-f " + e.format);
       put("%I", e.image);
+      if (args.find("%N") != std::string::npos) put("%N", e.name);
       auto before = snapshot(dir);
       CommandRun run;
       run.outcome = run_split(kSanitizerEnv + dmu(args), dir, 20);

@@ -48,23 +48,26 @@ step "an image qemu-io holds for writing"
 qemu-img create -q -f qcow2 held.qcow2 64M || fail "create held.qcow2"
 qemu-io -c "sleep 600000" held.qcow2 >/tmp/qio.log 2>&1 &
 QIO=$!
-# Held: our probe is refused while qemu-io lives, twice in a row (a probe
-# and qemu-io's open can refuse each other at the same moment, and then
-# qemu-io exits).
-held_now() { ! qemu-img info held.qcow2 >/dev/null 2>&1 && kill -0 $QIO 2>/dev/null; }
+# Held: our probe is refused while qemu-io lives and has not said its open
+# failed, twice in a row (a probe and qemu-io's open can refuse each other
+# at the same moment, and then qemu-io exits).
+held_now() { ! qemu-img info held.qcow2 >/dev/null 2>&1 && kill -0 $QIO 2>/dev/null &&
+  ! grep -qiE 'lock|error|fail' /tmp/qio.log; }
 i=0
 until held_now && sleep 0.2 && held_now; do
   i=$((i + 1))
-  if ! kill -0 $QIO 2>/dev/null; then
+  if ! kill -0 $QIO 2>/dev/null || grep -qiE 'lock|error|fail' /tmp/qio.log; then
     # Our own qemu-img info probe may have held the image as qemu-io opened it.
     grep -q "lock" /tmp/qio.log || { cat /tmp/qio.log; fail "qemu-io exited"; }
+    kill $QIO 2>/dev/null
+    wait $QIO 2>/dev/null
     qemu-io -c "sleep 600000" held.qcow2 >/tmp/qio.log 2>&1 &
     QIO=$!
   fi
   [ $i -lt 600 ] || fail "qemu-io never locked held.qcow2"
   sleep 0.1
 done
-echo "qemu-io holds held.qcow2 after $i probes"
+echo "qemu-io holds held.qcow2 after $i rounds"
 refused m4 /data/held.qcow2 "lock"
 kill $QIO
 wait $QIO 2>/dev/null
