@@ -340,7 +340,8 @@ void Helper::clean_gone_domains() {
     // libxl runs block-dmu remove (dmu detach) itself when a domain ends;
     // we step in when it is done with the backend or has not come.
     if (xs_.read(backend_path(*id) + "/params") && now - since->second < o_.gone_grace) continue;
-    GoneDetach& job = gone_detaches_.try_emplace(st.name, GoneDetach{*id, st.image, 0, now}).first->second;
+    GoneDetach& job =
+        gone_detaches_.try_emplace(st.name, GoneDetach{*id, st.image, 0, now}).first->second;
     const std::string log = daemon::log_path(st.name);
     if (job.pid > 0) {
       // Still at it (main.cc reaps it).  A detach ends within a few

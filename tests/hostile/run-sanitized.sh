@@ -31,23 +31,24 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktra
 # core.  The corpus test, the longest, runs its entries on threads itself.
 logs=$build/runs
 rm -rf "$logs" && mkdir -p "$logs"
-run_one() {  # run_one LABEL COMMAND...: LABEL's output and verdict in $logs
+# start LABEL COMMAND...: runs it in the background, its output and verdict
+# in $logs; waits first while $jobs are running.
+labels=() running=0
+start() {
   local label=$1
   shift
-  if "$@" >"$logs/$label.log" 2>&1; then echo ok >"$logs/$label.rc"; else echo FAILED >"$logs/$label.rc"; fi
-}
-labels=() running=0
-for p in "${programs[@]}" "${fuzzers[@]}"; do
-  if [ -e "$build/tests/unit/$p" ]; then
-    say "run $p"
-    run_one "$p" "$build/tests/unit/$p" --gtest_brief=1 &
-  else
-    say "replay the corpus of $p"
-    run_one "$p" "$build/tests/fuzz/$p" "$src/tests/fuzz/corpus/$p" &
-  fi
-  labels+=("$p")
-  running=$((running + 1))
   if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+  { if "$@" >"$logs/$label.log" 2>&1; then echo ok; else echo FAILED; fi >"$logs/$label.rc"; } &
+  labels+=("$label")
+  running=$((running + 1))
+}
+for p in "${programs[@]}"; do
+  say "run $p"
+  start "$p" "$build/tests/unit/$p" --gtest_brief=1
+done
+for f in "${fuzzers[@]}"; do
+  say "replay the corpus of $f"
+  start "$f" "$build/tests/fuzz/$f" "$src/tests/fuzz/corpus/$f"
 done
 wait
 rc=0

@@ -139,11 +139,11 @@ class HostileCorpus : public ::testing::Test {
     for (const Command& c : kCommands) {
       std::string args = c.args;
       auto put = [&](const std::string& key, const std::string& value) {
-        args.replace(args.find(key), key.size(), value);
+        if (auto at = args.find(key); at != std::string::npos) args.replace(at, key.size(), value);
       };
       put("%F", e.format.empty() ? "" : "-f " + e.format);
       put("%I", e.image);
-      if (args.find("%N") != std::string::npos) put("%N", e.name);
+      put("%N", e.name);
       auto before = snapshot(dir);
       CommandRun run;
       run.outcome = run_split(kSanitizerEnv + dmu(args), dir, 20);
