@@ -267,6 +267,7 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   st.format = p.format;
   st.chain = p.chain;
   st.key = key_for(name);
+  st.attach_id = new_attach_id();
   st.read_only = o.read_only;
   st.block_sectors = uint32_t(p.block / 512);
   st.target_sectors = p.target_sectors;

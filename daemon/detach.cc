@@ -146,7 +146,15 @@ Result<void> rejoin_group(const DeviceState& st, const std::string& program) {
   return join_group(program, st.group, st.name);
 }
 
-Result<std::string> detach_once(const DetachOptions& o) {
+// The attach id in NAME's record now ("" if there is none).
+std::string current_attach_id(const std::string& name) {
+  if (!check_name(name)) return {};
+  auto st = read_state(name);
+  return st && *st ? (*st)->attach_id : std::string();
+}
+
+// `asked`: the attach id NAME had when this detach started ("" if none).
+Result<std::string> detach_once(const DetachOptions& o, const std::string& asked) {
   const std::string& name = o.name;
   DMU_TRY(check_name(name));
   // One detach of NAME at a time; the record is read after this, so a
@@ -154,6 +162,10 @@ Result<std::string> detach_once(const DetachOptions& o) {
   DMU_ASSIGN_OR_RETURN(DetachLock serial, DetachLock::acquire(name, kDetachQueueWait));
   DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  // What it was asked to remove went while it waited (another detach); a
+  // device set up since belongs to a later attach, whose own detach comes.
+  if (!asked.empty() && (st ? st->attach_id != asked : info.exists))
+    return name + ": already detached by another dmu detach; attached again since, left alone";
   if (!st && !info.exists) {
     if (!lock_held(name)) remove_state_files(name);  // stale companions
     return name + ": not attached; nothing to do";
@@ -251,7 +263,14 @@ Result<std::string> detach_once(const DetachOptions& o) {
 }  // namespace
 
 Result<std::string> detach(const DetachOptions& o) {
-  if (o.wait_release.count() == 0) return detach_once(o);
+  // Taken before any wait for another detach of NAME (detach_once).
+  const std::string asked = current_attach_id(o.name);
+  // A test seam (vm attach-errors): time for another detach and a new
+  // attach of NAME to happen between that look and the queue.
+  if (const char* ms = std::getenv("DMU_TEST_DETACH_QUEUE_DELAY_MS");
+      ms && std::getenv("DMU_TEST_SEAMS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
+  if (o.wait_release.count() == 0) return detach_once(o, asked);
   // Left behind by a timed-out attach: nobody else will remove the device,
   // so a moment's open (udev's blkid) is waited out, not given up on.
   const auto deadline = std::chrono::steady_clock::now() + o.wait_release;
@@ -262,7 +281,7 @@ Result<std::string> detach(const DetachOptions& o) {
       return fail(ETIMEDOUT, o.name + ": its process did not let it go within " +
                                  std::to_string(o.wait_release.count()) +
                                  " s; run dmu detach " + o.name);
-    auto r = detach_once(o);
+    auto r = detach_once(o, asked);
     if (r || r.error().code != EBUSY || std::chrono::steady_clock::now() >= deadline) return r;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }

@@ -4,7 +4,10 @@
 // answers, so every completed write's metadata is durable), SIGTERM the
 // mapping process and wait until it has exited (its lock is free), remove
 // the dm device, detach the loop devices still bound to our files, remove
-// the record.  Detaching a name that is not attached succeeds with a note.
+// the record.  Detaching a name that is not attached succeeds with a note;
+// so does one queued behind another detach of NAME whose device went while
+// it waited: a device attached again meanwhile (a new attach id in its
+// record) is left alone.
 // A device opened after the check cannot be removed: it is served again and
 // detach fails with "device is in use".
 #pragma once

@@ -3,9 +3,12 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -43,6 +46,8 @@ json to_json(const DeviceState& s) {
     j["metadata-loops"] = loops;
   }
   if (!s.group.empty()) j["group"] = s.group;
+  // Older dmu versions ignore it, so it needs no new record version.
+  if (!s.attach_id.empty()) j["attach-id"] = s.attach_id;
   return j;
 }
 
@@ -113,9 +118,22 @@ Result<DeviceState> state_from_json(const json& j, const std::string& where) {
   if (j.contains("group")) {
     DMU_ASSIGN_OR_RETURN(s.group, field<std::string>(j, "group", where));
   }
+  if (j.contains("attach-id")) {
+    DMU_ASSIGN_OR_RETURN(s.attach_id, field<std::string>(j, "attach-id", where));
+  }
   if (s.name.empty() || s.key.empty() || s.devices.empty() || s.block_sectors == 0)
     return fail(EINVAL, where + ": incomplete record (name, key, devices, block-sectors)");
   return s;
+}
+
+std::string new_attach_id() {
+  uint64_t v = 0;
+  if (::getrandom(&v, sizeof v, 0) != sizeof v)  // no entropy yet: still unique enough
+    v = uint64_t(std::chrono::system_clock::now().time_since_epoch().count()) ^
+        (uint64_t(::getpid()) << 40);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(v));
+  return hex;
 }
 
 Result<void> write_file_atomic(const std::string& path, const std::string& text) {

@@ -69,6 +69,11 @@ struct DeviceState {
   // The group whose mapping process serves this device (`dmu serve --group
   // G`, version 3 records); empty: a process of its own (`serve --name`).
   std::string group;
+  // Random, made by the attach that set the device up and kept by every
+  // rewrite: a detach remembers it before it queues behind another detach of
+  // NAME, and leaves alone a device attached again meanwhile (detach.h).
+  // Empty in records written before it existed.
+  std::string attach_id;
 
   int version() const { return !group.empty() ? 3 : !metadata_loops.empty() ? 2 : 1; }
   bool operator==(const DeviceState&) const = default;
@@ -84,6 +89,8 @@ Result<DeviceState> state_from_json(const nlohmann::json& j, const std::string& 
 Result<void> write_file_atomic(const std::string& path, const std::string& text);
 
 Result<void> write_state(const DeviceState& s);
+// A fresh attach id (16 hex digits from getrandom).
+std::string new_attach_id();
 // The record of NAME; std::nullopt when there is none.
 Result<std::optional<DeviceState>> read_state(const std::string& name);
 // Every record in the runtime directory, by name.  Unreadable records are

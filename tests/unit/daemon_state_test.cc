@@ -121,6 +121,30 @@ TEST(DaemonState, GroupRoundTripsAndIsVersion3) {
   EXPECT_NE(r.error().message.find("'group'"), std::string::npos) << r.error().message;
 }
 
+// The attach id round-trips without a new version (older dmu ignore it); a
+// record without one (written before it existed) still reads, with none.
+TEST(DaemonState, AttachIdRoundTripsAndIsOptional) {
+  DeviceState s = sample();
+  EXPECT_FALSE(to_json(s).contains("attach-id"));
+  s.attach_id = new_attach_id();
+  EXPECT_EQ(s.attach_id.size(), 16u);
+  EXPECT_NE(s.attach_id, new_attach_id());
+  nlohmann::json j = to_json(s);
+  EXPECT_EQ(j["version"], 1);
+  EXPECT_EQ(j["attach-id"], s.attach_id);
+  auto back = state_from_json(j, "x.json");
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(*back, s);
+  j.erase("attach-id");
+  back = state_from_json(j, "x.json");
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->attach_id, "");
+  j["attach-id"] = 7;
+  auto r = state_from_json(j, "x.json");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("'attach-id'"), std::string::npos) << r.error().message;
+}
+
 TEST(DaemonState, FileRoundTripCreatesTheDirectory) {
   RunDir run;
   ASSERT_TRUE(write_state(sample()));

@@ -117,6 +117,31 @@ grep -q "not attached; nothing to do" /tmp/detach2.out || fail "the second detac
 [ -z "$(ls /run/dmu | grep '^n1\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^n1\.')"
 qemu-img check -q two.qcow2 || fail "two.qcow2 was touched"
 
+step "a detach queued before n1 went and came back leaves the new n1 alone"
+# It notes n1's attach id, then (seam) waits 8 s before it queues; meanwhile
+# another detach removes n1 and an attach sets n1 up again.
+attach_id() { sed -n 's/.*"attach-id": *"\([0-9a-f]*\)".*/\1/p' "/run/dmu/$1.json"; }
+dmu attach --name n1 /data/two.qcow2 >/dev/null || fail "attach two.qcow2 as n1"
+old=$(attach_id n1)
+[ -n "$old" ] || fail "no attach-id in /run/dmu/n1.json"
+DMU_TEST_SEAMS=1 DMU_TEST_DETACH_QUEUE_DELAY_MS=8000 dmu detach n1 >/tmp/detach3.out 2>&1 &
+DET=$!
+sleep 1
+dmu detach n1 >/dev/null || fail "detach n1"
+dmu attach --name n1 /data/two.qcow2 >/dev/null || fail "attach two.qcow2 as n1 again"
+new=$(attach_id n1)
+[ -n "$new" ] && [ "$new" != "$old" ] || fail "the new attach has attach id '$new' (the old one: $old)"
+kill -0 $DET 2>/dev/null || fail "test timing: the queued detach ended before n1 was attached again"
+wait $DET || { cat /tmp/detach3.out; fail "the queued detach failed"; }
+cat /tmp/detach3.out
+grep -q "attached again since, left alone" /tmp/detach3.out ||
+  fail "the queued detach did not say it left the new n1 alone"
+[ -b /dev/mapper/n1 ] || fail "the queued detach removed the new n1"
+expect_eq "n1's attach id" "$new" "$(attach_id n1)"
+dd if=/dev/mapper/n1 of=/dev/null bs=64k count=4 iflag=direct status=none || fail "the new n1 is not served"
+dmu detach n1 >/dev/null || fail "detach the new n1"
+qemu-img check -q two.qcow2 || fail "two.qcow2 after the second attach"
+
 step "the image's file system runs out of space"
 mkdir -p /small && mount -t tmpfs -o size=40m tmpfs /small || fail "mount a 40 MiB tmpfs"
 qemu-img create -q -f qcow2 /small/s.qcow2 256M || fail "create s.qcow2"
