@@ -74,8 +74,9 @@ static void dmu_end_bios(struct bio_list *bios, int error)
 /*
  * An answered (already unlinked) MAP failed with error: its bios fail; a
  * write or discard still reports DONE with the error.  If even that cannot
- * be allocated the daemon never hears of the id, which is safe: nothing of
- * its answer was applied.
+ * be allocated the DONE is lost, which is safe: nothing of the answer was
+ * applied, and an answer with NEW extents only fails here after write()
+ * refused it (a bad answer, or no memory to apply it), so the daemon knows.
  */
 static void dmu_answer_failed(struct dmu_target *dt, struct dmu_req *req,
 			      int error)
@@ -228,7 +229,8 @@ static struct dmu_extent *dmu_insert_piece(struct dmu_target *dt,
 /*
  * Check an answer against the cache and allocate what applying it needs:
  * extent nodes, and the tracker with its NEW extent and COPY records.
- * Returns why the answer is bad, or NULL with *error set on no memory.
+ * Returns why the answer is bad, or NULL with *error set on no memory (the
+ * caller refuses the answer then too).
  * Nothing is changed, so a bad or failed answer leaves everything as it
  * was.  BUSY extents only appear under dt->mutex, which we hold: the count
  * can only shrink before dmu_apply_extents() inserts.
@@ -446,13 +448,21 @@ static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
 		why = dmu_check_answer(dt, req);
 		if (!why)
 			why = dmu_plan_answer(dt, req, &plan, &error);
+		/*
+		 * Refused like a bad answer, so that write() tells the daemon:
+		 * the DONE reporting the failure may not be allocatable either,
+		 * and a daemon that never hears of the id keeps its allocation
+		 * (and every later decision on those blocks) waiting.
+		 */
+		if (!why && error)
+			why = "no memory to apply the answer";
 		if (why)
 			return why;
 	}
-	if (status || error) {
+	if (status) {
 		dmu_unlink_answered(dt, req, &bios);
 		bio_list_merge(&req->bios, &bios);
-		dmu_answer_failed(dt, req, status ? status : error);
+		dmu_answer_failed(dt, req, status);
 		return NULL;
 	}
 

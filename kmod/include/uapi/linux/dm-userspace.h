@@ -77,9 +77,11 @@
  *             only a COMMIT read after the DONE says their data is on
  *             stable storage (the kernel flushes first): make such
  *             metadata durable in answer to that COMMIT.  A MAP failed by
- *             the timeout gets no DONE (its late answer is refused); if
- *             the kernel cannot even allocate the DONE of a failed answer,
- *             the id is never reported, and nothing of it was applied.
+ *             the timeout gets no DONE (its late answer is refused); an
+ *             answer the kernel has no memory to apply is refused too,
+ *             like a bad one: a refused answer was not applied, and its
+ *             DONE (-EIO) may be lost if the kernel cannot allocate even
+ *             that, so a daemon resolves the id when write() refuses it.
  *             A discard's DONE (also one answered with an error) comes
  *             after the DONE of every answer applied before the discard's
  *             answer, and once no I/O that used the discarded blocks' old
