@@ -4,10 +4,14 @@
 # again; xl reboot of a guest whose disk is a qcow2 (the write of the first
 # boot is there in the second); xl save + xl restore with I/O before and
 # after. Data intact, and nothing of dmu is left once each domain is gone.
+# First, in the same boot, the harness smoke steps (a raw image through
+# block-dmu, and a missing image's hotplug-error: lib/guest/raw-disk-steps.sh).
 # xen: timeout=1200
 . /usr/lib/dmu-test/lib.sh
 . /usr/lib/dmu-test/xen.sh
 . /src/tests/xen/lib/guest/dmu-disks-lib.sh
+
+( . /src/tests/xen/lib/guest/raw-disk-steps.sh ) || exit 1
 
 step "images"
 cd /vm || fail "cd /vm"
