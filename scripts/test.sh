@@ -17,9 +17,15 @@ jobs=${DMU_JOBS:-$(nproc)}
 logs=$build/test-logs
 say() { printf 'test.sh [%dm%02ds]: %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
-heartbeat=
-stop_heartbeat() { [ -z "$heartbeat" ] || kill "$heartbeat" 2>/dev/null || true; }
-trap stop_heartbeat EXIT
+heartbeat= sanitized=
+# On the way out (also when interrupted): the heartbeat, and the sanitized
+# tests' background run (its own process group: setsid below).
+stop_background() {
+  [ -z "$heartbeat" ] || kill "$heartbeat" 2>/dev/null || true
+  [ -z "$sanitized" ] || kill -- -"$sanitized" 2>/dev/null || true
+}
+trap stop_background EXIT
+trap 'exit 130' INT TERM
 if [ "${CI:-}" = true ] || [ "${DMU_PROGRESS:-0}" = 1 ]; then
   # A long VM or Xen test prints nothing until it ends; say we are alive.
   (while sleep 60; do say "still running"; done) &
@@ -65,20 +71,19 @@ run_ctest() {
 # time the other tests leave idle (the VM cases wait on their guests for a
 # third of the time); their log is shown at the end.
 say "3/4 unit tests (the sanitized build and its tests run beside them and the VM tests, at nice 19)"
-(
-  set +e
-  nice -n 19 ctest --test-dir "$build" --output-on-failure -j "$jobs" -L sanitized >"$logs/sanitized.log" 2>&1
-  echo $? >"$logs/sanitized.rc"
-) &
+setsid nice -n 19 ctest --test-dir "$build" --output-on-failure -j "$jobs" -L sanitized \
+  >"$logs/sanitized.log" 2>&1 &
 sanitized=$!
 run_ctest unit -L unit -LE sanitized
 say "4/4 VM, Xen and other tests (both kernels; this takes a while)"
 run_ctest rest -LE '^(unit|debug|sanitized)$'
 if kill -0 "$sanitized" 2>/dev/null; then say "waiting for the sanitized hostile tests"; fi
-wait "$sanitized" || true
+rc=0
+wait "$sanitized" || rc=$?
+sanitized=
 say "sanitized hostile tests:"
 cat "$logs/sanitized.log"
-count sanitized "$(cat "$logs/sanitized.rc" 2>/dev/null || echo 1)"
+count sanitized "$rc"
 
 booted=$(cat "$build"/tests/{vm,xen}/results/*/console.log 2>/dev/null | tr -d '\r' |
   sed -n 's/.*dmu-init: booted \(Linux [^ ]*\) as \([a-z0-9]*\).*/\1 (\2)/p' | sort | uniq -c || true)
