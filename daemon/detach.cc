@@ -153,6 +153,18 @@ std::string current_attach_id(const std::string& name) {
   return st && *st ? (*st)->attach_id : std::string();
 }
 
+// Whether the attach this detach was asked to remove (`asked`) went and
+// another set NAME up since.  A record without an id (rewritten by an older
+// dmu, which drops the field) is taken for the asked one.
+bool attached_again(const std::string& asked, const DeviceState* st, bool device_exists) {
+  if (asked.empty()) return false;
+  return st ? !st->attach_id.empty() && st->attach_id != asked : device_exists;
+}
+
+std::string left_alone(const std::string& name) {
+  return name + ": already detached by another dmu detach; attached again since, left alone";
+}
+
 // `asked`: the attach id NAME had when this detach started ("" if none).
 Result<std::string> detach_once(const DetachOptions& o, const std::string& asked) {
   const std::string& name = o.name;
@@ -164,8 +176,7 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   // What it was asked to remove went while it waited (another detach); a
   // device set up since belongs to a later attach, whose own detach comes.
-  if (!asked.empty() && (st ? st->attach_id != asked : info.exists))
-    return name + ": already detached by another dmu detach; attached again since, left alone";
+  if (attached_again(asked, st ? &*st : nullptr, info.exists)) return left_alone(name);
   if (!st && !info.exists) {
     if (!lock_held(name)) remove_state_files(name);  // stale companions
     return name + ": not attached; nothing to do";
@@ -277,6 +288,9 @@ Result<std::string> detach(const DetachOptions& o) {
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
+    // Not the new device's process to wait for (nor to blame below).
+    if (auto now = read_state(o.name); now && *now && attached_again(asked, &**now, false))
+      return left_alone(o.name);
     if (!wait_lock_free(o.name, std::max(left, std::chrono::milliseconds(0))))
       return fail(ETIMEDOUT, o.name + ": its process did not let it go within " +
                                  std::to_string(o.wait_release.count()) +
