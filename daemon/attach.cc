@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "daemon/group.h"
+#include "daemon/log.h"
 #include "daemon/metadata_loops.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
@@ -24,6 +25,7 @@
 #include "daemon/spawn.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
+#include "daemon/unrecorded_device.h"
 #include "formats/chain.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
@@ -311,6 +313,10 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   dco.read_only = o.read_only;
   dco.uuid = "DMU-" + st.key;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
+  // A test seam (vm attach-errors): killed here, the attach leaves a
+  // device with no record (unrecorded_device.h).
+  if (std::getenv("DMU_TEST_ATTACH_KILL_AFTER_CREATE") && std::getenv("DMU_TEST_SEAMS"))
+    ::raise(SIGKILL);
   DMU_TRY(write_state(st));
   // A test seam (vm attach-group; with DMU_TEST_SEAMS set): time for a
   // second attach of NAME to arrive while this one sets it up, the race
@@ -451,7 +457,7 @@ Result<Attached> attach(const AttachOptions& o) {
       DMU_TRY(wait_a_little(name + ": being set up (or let go) by another dmu; try again"));
       continue;
     }
-    if (info.exists)
+    if (info.exists && !made_by_attach(name, info))
       return fail(EEXIST, "dm device " + name + " exists and was not made by dmu attach");
     auto lock = NameLock::try_acquire(name);
     if (!lock && lock.error().code == EWOULDBLOCK) {
@@ -459,6 +465,16 @@ Result<Attached> attach(const AttachOptions& o) {
       continue;  // another attach took it since we looked
     }
     if (!lock) return fail(lock.error());
+    if (info.exists) {
+      // Ours, with no record and nobody setting it up: an attach killed
+      // before it wrote the record.  Looked at again under the lock: an
+      // attach that wrote its record since is not ours to undo.
+      DMU_ASSIGN_OR_RETURN(auto recorded, read_state(name));
+      if (recorded) continue;
+      DMU_TRY(remove_unrecorded_device(name));
+      log_event(LogLevel::Warning, name,
+                "removed the device an attach killed before it wrote its record left");
+    }
     if (existing) {
       // A stale record of a device long gone (removed with dmsetup): its
       // metadata loops would keep the image locked against us.  Its files

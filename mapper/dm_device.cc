@@ -263,6 +263,7 @@ Result<DmInfo> dm_device_info(const std::string& name) {
   out.suspended = info.suspended != 0;
   out.read_only = info.read_only != 0;
   out.dev = makedev(info.major, info.minor);
+  if (const char* uuid = dm_task_get_uuid(t.get())) out.uuid = uuid;
   return out;
 }
 

@@ -78,6 +78,7 @@ struct DmInfo {
   bool suspended = false;
   bool read_only = false;
   dev_t dev = 0;
+  std::string uuid;  // "" when it has none
 };
 Result<DmInfo> dm_device_info(const std::string& name);
 // `dmsetup status NAME` / `dmsetup table NAME` of a device we may not own.

@@ -3,7 +3,10 @@
 # device, dm device, mapping process or /run/dmu record behind, for: a
 # missing image, a corrupt image, an image qemu-io holds for writing, a name
 # already in use (which keeps working), and an image naming a backing file
-# that does not exist.  Then the image's file system runs out of space under
+# that does not exist.  Detaches of one name queue, and one queued before the
+# name was detached and attached again leaves the new device alone; a device
+# left by an attach killed before it wrote its record is removed by the next
+# attach of the name.  Then the image's file system runs out of space under
 # the device: the guest gets errors on the writes that need space, never a
 # corrupt image, and once space is freed writes work again.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G
@@ -141,6 +144,24 @@ expect_eq "n1's attach id" "$new" "$(attach_id n1)"
 dd if=/dev/mapper/n1 of=/dev/null bs=64k count=4 iflag=direct status=none || fail "the new n1 is not served"
 dmu detach n1 >/dev/null || fail "detach the new n1"
 qemu-img check -q two.qcow2 || fail "two.qcow2 after the second attach"
+
+step "an attach killed after making its device, before its record: the next attach removes it"
+loops=$(losetup -a | wc -l)
+DMU_TEST_SEAMS=1 DMU_TEST_ATTACH_KILL_AFTER_CREATE=1 dmu attach --name k1 /data/two.qcow2 \
+  >/dev/null 2>&1 && fail "the seam did not kill the attach"
+[ -b /dev/mapper/k1 ] || fail "the killed attach left no device (the step would test nothing)"
+[ ! -e /run/dmu/k1.json ] || fail "the killed attach wrote a record (the step would test nothing)"
+dmu attach --name k1 /data/two.qcow2 >/tmp/k1.out 2>&1 || { cat /tmp/k1.out; fail "attach k1 again"; }
+cat /tmp/k1.out
+grep -q "removed the device an attach killed" /tmp/k1.out ||
+  fail "the attach did not say it removed the device left behind"
+dd if=/dev/urandom of=/tmp/k1.pat bs=64k count=4 status=none
+dd if=/tmp/k1.pat of=/dev/mapper/k1 bs=64k oflag=direct conv=fsync status=none || fail "write to k1"
+dmu detach k1 >/dev/null || fail "detach k1"
+expect_eq "loop devices after k1 went" "$loops" "$(losetup -a | wc -l)"
+[ -z "$(ls /run/dmu | grep '^k1\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^k1\.')"
+qemu-img check -q two.qcow2 || fail "two.qcow2 after k1"
+qemu-io -c "read -P 0 0 64k" two.qcow2 >/dev/null && fail "k1's write did not reach two.qcow2"
 
 step "the image's file system runs out of space"
 mkdir -p /small && mount -t tmpfs -o size=40m tmpfs /small || fail "mount a 40 MiB tmpfs"

@@ -1,0 +1,74 @@
+// Clean-up of a device an attach killed mid-way left; see unrecorded_device.h.
+#include "daemon/unrecorded_device.h"
+
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "daemon/paths.h"
+#include "mapper/loop_device.h"
+
+namespace dmu::daemon {
+
+namespace {
+
+// The loop devices (path, backing file) among the devices of NAME's table.
+std::vector<std::pair<std::string, std::string>> table_loops(const std::string& name) {
+  std::vector<std::pair<std::string, std::string>> loops;
+  auto lines = dm_table(name);
+  if (!lines) return loops;
+  for (const DmTableLine& line : *lines) {
+    std::istringstream params(line.params);
+    std::string word;
+    while (params >> word) {
+      unsigned maj = 0, min = 0;
+      char extra = 0;
+      if (std::sscanf(word.c_str(), "%u:%u%c", &maj, &min, &extra) != 2) continue;
+      const std::string sys = "/sys/dev/block/" + word;
+      std::string file;
+      if (std::ifstream backing(sys + "/loop/backing_file"); !std::getline(backing, file))
+        continue;  // not a loop device
+      char target[PATH_MAX];
+      const ssize_t n = ::readlink(sys.c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      target[n] = 0;
+      const std::string dev(target);
+      loops.emplace_back("/dev/" + dev.substr(dev.rfind('/') + 1), file);
+    }
+  }
+  return loops;
+}
+
+}  // namespace
+
+bool made_by_attach(const std::string& name, const DmInfo& info) {
+  return info.exists && info.uuid == "DMU-" + key_for(name);
+}
+
+Result<void> remove_unrecorded_device(const std::string& name) {
+  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  if (!info.exists) return {};
+  if (info.open_count > 0)
+    return fail(EBUSY, "dm device " + name + " is left from an attach that was killed, and is " +
+                           "open (open count " + std::to_string(info.open_count) +
+                           "); close it and attach again");
+  // Read before the removal, which lets the autoclear loops go.
+  const auto loops = table_loops(name);
+  DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
+  if (auto r = dm.remove(); !r) {
+    dm.release();  // opened since we looked: it stays, and says so
+    return fail(r.error());
+  }
+  for (const auto& [loop, file] : loops) {
+    DMU_TRY(detach_loop_of(loop, file));
+    wait_loop_released(loop, file);
+  }
+  return {};
+}
+
+}  // namespace dmu::daemon
