@@ -20,6 +20,7 @@
 #include "daemon/serve_process.h"
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
+#include "daemon/unrecorded_device.h"
 #include "formats/chain.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
@@ -180,6 +181,20 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   if (!st && !info.exists) {
     if (!lock_held(name)) remove_state_files(name);  // stale companions
     return name + ": not attached; nothing to do";
+  }
+  if (!st && made_by_attach(name, info)) {
+    // Left by an attach killed before it wrote the record (block-dmu's
+    // remove or the helper's clean-up is the only detach it will get), or
+    // being set up by one that holds NAME's lock.
+    auto lock = NameLock::try_acquire(name);
+    if (!lock)
+      return fail(EBUSY, name + ": being set up by a dmu attach (" + lock.error().message +
+                             "); try again");
+    DMU_ASSIGN_OR_RETURN(auto recorded, read_state(name));
+    if (recorded) return fail(EBUSY, name + ": attached meanwhile; try again");
+    DMU_TRY(remove_unrecorded_device(name));
+    remove_state_files(name);
+    return name + ": removed the device an attach killed before it wrote its record left";
   }
   if (!st)
     return fail(ENOENT, "dm device " + name + " has no dmu record (" + state_path(name) +

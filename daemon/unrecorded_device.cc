@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "daemon/paths.h"
+#include "daemon/table_line.h"
 #include "mapper/loop_device.h"
 
 namespace dmu::daemon {
@@ -44,6 +45,24 @@ std::vector<std::pair<std::string, std::string>> table_loops(const std::string& 
   return loops;
 }
 
+// Whether no mapping process ever bound NAME and the kernel holds no
+// allocation nobody committed: only then is the device an attach's
+// leftover, and removing it loses nothing.  (A record deleted by hand, or
+// another dmu with its own run directory, must not cost a guest its data.)
+Result<bool> never_served(const std::string& name) {
+  DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
+  std::string daemon, unpublished;
+  for (const auto& l : lines) {
+    if (l.type != "userspace") return false;
+    DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));
+    for (const auto& f : fields) {
+      if (f.name == "daemon") daemon = f.value;
+      if (f.name == "unpublished") unpublished = f.value;
+    }
+  }
+  return (daemon == "absent" || daemon == "timed_out") && unpublished == "0";
+}
+
 }  // namespace
 
 bool made_by_attach(const std::string& name, const DmInfo& info) {
@@ -53,6 +72,11 @@ bool made_by_attach(const std::string& name, const DmInfo& info) {
 Result<void> remove_unrecorded_device(const std::string& name) {
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   if (!info.exists) return {};
+  DMU_ASSIGN_OR_RETURN(bool unserved, never_served(name));
+  if (!made_by_attach(name, info) || !unserved)
+    return fail(EEXIST, "dm device " + name + " has no dmu record (" + state_path(name) +
+                            ") and was not left by a killed attach; not touching it (dmsetup "
+                            "remove " + name + " if it is yours)");
   if (info.open_count > 0)
     return fail(EBUSY, "dm device " + name + " is left from an attach that was killed, and is " +
                            "open (open count " + std::to_string(info.open_count) +

@@ -17,8 +17,9 @@ namespace dmu::daemon {
 bool made_by_attach(const std::string& name, const DmInfo& info);
 
 // Removes NAME's unrecorded device and the loop devices of its table; the
-// caller holds NAME's lock and found no record under it.  EBUSY while the
-// device is open.
+// caller holds NAME's lock and found no record under it.  EEXIST unless no
+// mapping process ever bound it and it holds no uncommitted allocation (and
+// still carries our uuid); EBUSY while it is open.
 Result<void> remove_unrecorded_device(const std::string& name);
 
 }  // namespace dmu::daemon
