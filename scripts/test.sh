@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test.sh — the whole test suite, from a fresh Debian 12 machine:
 # installs missing host packages, builds the CMake project, then runs CTest:
-# the unit label first (fast failures show early), then everything else but
-# Xen (VM tests on Debian's 6.1 and 6.12 kernels, kmod W=1/sparse checks, and
-# any test without a label), then the Xen label with the sanitized hostile
-# tests beside it; not the debug label: the debug-kernel lane
+# the unit label first (fast failures show early), then everything else (VM
+# tests on Debian's 6.1 and 6.12 kernels, Xen tests, kmod W=1/sparse checks,
+# and any test without a label) except the debug label: the debug-kernel lane
 # (lockdep/KASAN/kmemleak, its own kernel build) runs with
 # tests/vm/debug-lane.sh. Kernels and Xen are downloaded once into
 # /var/cache/dmu.
@@ -33,9 +32,9 @@ if [ "${CI:-}" = true ] || [ "${DMU_PROGRESS:-0}" = 1 ]; then
   heartbeat=$!
 fi
 
-say "1/5 host packages"
+say "1/4 host packages"
 "$root/scripts/lib/setup-host.sh"
-say "2/5 configure and build in $build"
+say "2/4 configure and build in $build"
 # -g1 (line tables: backtraces still name file and line) instead of -g: the
 # build is a sixth of the suite's time, and full debug info makes the test
 # programs' compiles take half again as long (qcow2_write_test.cc: 17.3 s
@@ -67,24 +66,22 @@ run_ctest() {
   set -e
   count "$name" "$rc"
 }
-say "3/5 unit tests"
+say "3/4 unit tests"
 run_ctest unit -L unit -LE sanitized
-say "4/5 VM tests (both kernels; this takes a while)"
-run_ctest vm -LE '^(unit|debug|sanitized|xen)$'
-# The sanitized hostile tests (label sanitized) build a tree of their own,
-# ~7 core-minutes. They run at nice 19 beside the Xen tests, which leave
-# almost half of both cores idle (the unit and VM phases leave next to
-# nothing: beside the VM cases the job only slowed them), and their log is
-# shown at the end. Their own process group (setsid) is killed on the way
-# out; setsid also makes a new scheduler autogroup (sched_autogroup), whose
-# own nice must be set too, or the group would get an equal share of the
-# CPU with the suite's.
-say "5/5 Xen tests, and the sanitized hostile tests beside them at nice 19"
+# The sanitized hostile tests (label sanitized) build a tree of their own: a
+# fifth of the suite's CPU time. They run at nice 19 beside the VM and Xen
+# tests, on the CPU time those leave idle (the cases wait on their guests
+# for a third of the time), and their log is shown at the end. Not beside
+# the unit tests, which keep both cores busy. Their own process group
+# (setsid) is killed on the way out; setsid also makes a new scheduler
+# autogroup (sched_autogroup), whose own nice must be set too, or the group
+# would get an equal share of the CPU with the suite's.
+say "4/4 VM, Xen and other tests (both kernels; this takes a while), and the sanitized hostile tests at nice 19"
 # shellcheck disable=SC2016
 setsid sh -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec nice -n 19 "$@"' sanitized \
   ctest --test-dir "$build" --output-on-failure -j "$jobs" -L sanitized >"$logs/sanitized.log" 2>&1 &
 sanitized=$!
-run_ctest xen -L '^xen$'
+run_ctest rest -LE '^(unit|debug|sanitized)$'
 if kill -0 "$sanitized" 2>/dev/null; then say "waiting for the sanitized hostile tests"; fi
 rc=0
 wait "$sanitized" || rc=$?
