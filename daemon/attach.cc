@@ -311,7 +311,7 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   DMU_ASSIGN_OR_RETURN(DmTableLine line, table_line(spec));
   DmCreateOptions dco;
   dco.read_only = o.read_only;
-  dco.uuid = "DMU-" + st.key;
+  dco.uuid = dm_uuid_for(name);
   DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
   // A test seam (vm attach-errors): killed here, the attach leaves a
   // device with no record (unrecorded_device.h).

@@ -50,14 +50,8 @@ Result<void> flush_device(const std::string& node) {
 
 // The kernel's `unpublished` gauge: allocations no COMMITTED covers yet.
 Result<uint64_t> unpublished(const std::string& name) {
-  DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
-  for (const auto& l : lines) {
-    if (l.type != "userspace") continue;
-    DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));
-    for (const auto& f : fields)
-      if (f.name == "unpublished") return std::stoull(f.value);
-  }
-  return uint64_t(0);
+  DMU_ASSIGN_OR_RETURN(std::string value, userspace_status_field(name, "unpublished"));
+  return value.empty() ? uint64_t(0) : std::stoull(value);
 }
 
 // The mapping process grows a qcow2 file in 64 MiB steps (one loop resize

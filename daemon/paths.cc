@@ -63,6 +63,10 @@ Result<void> check_name(const std::string& name) {
   return {};
 }
 
+std::string dm_uuid_for(const std::string& name) {
+  return "DMU-" + key_for(name);
+}
+
 std::string key_for(const std::string& name) {
   std::string key = "dmu:" + name;
   if (key.size() < DMU_KEY_LEN) return key;

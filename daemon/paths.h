@@ -49,5 +49,7 @@ Result<void> check_name(const std::string& name);
 // protocol's 63 characters, else a shortened name plus a hash of the whole
 // (keys are unique because dm names are).
 std::string key_for(const std::string& name);
+// The uuid attach gives NAME's dm device: "DMU-" and its key.
+std::string dm_uuid_for(const std::string& name);
 
 }  // namespace dmu::daemon

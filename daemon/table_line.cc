@@ -80,4 +80,15 @@ uint64_t scratch_file_size(uint64_t block_size) {
   return slots * block_size;
 }
 
+Result<std::string> userspace_status_field(const std::string& name, const std::string& field) {
+  DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
+  for (const auto& l : lines) {
+    if (l.type != "userspace") continue;
+    DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));
+    for (const auto& f : fields)
+      if (f.name == field) return f.value;
+  }
+  return std::string();
+}
+
 }  // namespace dmu::daemon

@@ -39,6 +39,9 @@ struct StatusField {
 // Splits the `userspace` status line ("requests=N hits=N ... daemon=bound
 // ...") into fields; words without '=' are refused, naming the word.
 Result<std::vector<StatusField>> parse_status(const std::string& line);
+// Field `field` of the status of dm device NAME's userspace target ("" when
+// the status has no such field or the table no userspace target).
+Result<std::string> userspace_status_field(const std::string& name, const std::string& field);
 
 }  // namespace dmu::daemon
 

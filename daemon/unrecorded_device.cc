@@ -50,23 +50,15 @@ std::vector<std::pair<std::string, std::string>> table_loops(const std::string& 
 // leftover, and removing it loses nothing.  (A record deleted by hand, or
 // another dmu with its own run directory, must not cost a guest its data.)
 Result<bool> never_served(const std::string& name) {
-  DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
-  std::string daemon, unpublished;
-  for (const auto& l : lines) {
-    if (l.type != "userspace") return false;
-    DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));
-    for (const auto& f : fields) {
-      if (f.name == "daemon") daemon = f.value;
-      if (f.name == "unpublished") unpublished = f.value;
-    }
-  }
+  DMU_ASSIGN_OR_RETURN(std::string daemon, userspace_status_field(name, "daemon"));
+  DMU_ASSIGN_OR_RETURN(std::string unpublished, userspace_status_field(name, "unpublished"));
   return (daemon == "absent" || daemon == "timed_out") && unpublished == "0";
 }
 
 }  // namespace
 
 bool made_by_attach(const std::string& name, const DmInfo& info) {
-  return info.exists && info.uuid == "DMU-" + key_for(name);
+  return info.exists && info.uuid == dm_uuid_for(name);
 }
 
 Result<void> remove_unrecorded_device(const std::string& name) {
