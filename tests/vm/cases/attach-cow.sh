@@ -8,7 +8,7 @@
 # top image alone (its backing link cut) holds those bytes in the clusters
 # the writes allocated, so they were copied, not left behind; qemu-img check
 # finds the image clean.
-# vm: kernels=6.1,6.12 timeout=600 mem=1024 disks=1G
+# vm: kernels=6.1,6.12 timeout=600 mem=1024 disks=1G boot=attach-short
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 

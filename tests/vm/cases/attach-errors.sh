@@ -9,7 +9,7 @@
 # attach or detach of the name.  Then the image's file system runs out of space under
 # the device: the guest gets errors on the writes that need space, never a
 # corrupt image, and once space is freed writes work again.
-# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G
+# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G boot=attach-short
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 

@@ -10,7 +10,7 @@
 # not fail: before that, qcow and vmdk answered EBUSY and the guest saw an
 # I/O error.  fio verifies both jobs; after detach the image holds exactly
 # what the device showed, and qemu-img (dmu for qcow) checks it clean.
-# vm: kernels=6.1,6.12 timeout=600 mem=1024 disks=1G
+# vm: kernels=6.1,6.12 timeout=600 mem=1024 disks=1G boot=attach-short
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 

@@ -4,7 +4,7 @@
 # create, node, status, message, remove) and ControlChannel against
 # dm-userspace (BIND, MAP/EXTENT, partial writes, pushes, hand-over of
 # unanswered requests).  Their host unit tests skip what needs these.
-# vm: kernels=6.1,6.12 timeout=240 disks=64M
+# vm: kernels=6.1,6.12 timeout=240 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 
 step "loop devices over a file on ext4 (direct I/O possible) and on tmpfs"

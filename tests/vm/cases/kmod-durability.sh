@@ -14,7 +14,7 @@
 #     thread while another thread write()s answers on the same fd.
 # A kernel that marks devices dirty at submission, or invalidates without
 # draining, or serialises read() and write(), fails a step below.
-# vm: kernels=6.1,6.12 timeout=300 disks=256M
+# vm: kernels=6.1,6.12 timeout=300 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 # How long dm-delay holds a write, and how long a background write is given
 # to reach it.  A debug kernel (lockdep, KASAN) runs several times slower:

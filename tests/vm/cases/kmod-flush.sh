@@ -5,7 +5,7 @@
 # the daemon receiving COMMIT, then its COMMITTED, then fsync returning.  A
 # kernel that acknowledged early, committed before flushing, or flushed
 # before the data was written breaks that order and fails the check.
-# vm: kernels=6.1,6.12 timeout=300 disks=256M
+# vm: kernels=6.1,6.12 timeout=300 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
 DELAY=400

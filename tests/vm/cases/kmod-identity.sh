@@ -3,7 +3,7 @@
 # random writes of 4k..1M with verify from several jobs, mkfs.ext4 + fsck -f
 # clean, the cache (a second read asks nothing; invalidate makes the next one
 # ask again), and pushed extents serving I/O without any request.
-# vm: kernels=6.1,6.12 timeout=360 disks=256M
+# vm: kernels=6.1,6.12 timeout=360 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
 

@@ -9,7 +9,7 @@
 #    device works) and a writable extent on one fails its bio;
 #  - discard_passdown: discarding blocks punches the data out of the file
 #    behind the data device.
-# vm: kernels=6.1,6.12 timeout=300 disks=256M
+# vm: kernels=6.1,6.12 timeout=300 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/serve.log
 

@@ -9,7 +9,7 @@
 #  - a DONE is never lost: a daemon that read it and died before a COMMIT,
 #    across a table reload, is followed by one that lists the allocation and
 #    reads the DONE again; a COMMITTED publishes it.
-# vm: kernels=6.1,6.12 timeout=360 disks=256M
+# vm: kernels=6.1,6.12 timeout=360 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/serve.log
 

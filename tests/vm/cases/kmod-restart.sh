@@ -4,7 +4,7 @@
 # requests the dead one had read but not answered (BIND's resent).  With no
 # daemon past the (short) timeout, I/O fails with EIO promptly instead of
 # hanging, and the device can still be removed.
-# vm: kernels=6.1,6.12 timeout=360 disks=256M
+# vm: kernels=6.1,6.12 timeout=360 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
 

@@ -4,7 +4,7 @@
 # without COPY is zero-filled around the write.  Copy-then-remap: a write to
 # a block whose old data is on dev 0 lands on dev 1 with the rest of the block
 # copied from dev 0 (or zeroed where no COPY covers it): exact bytes compared.
-# vm: kernels=6.1,6.12 timeout=300 disks=256M
+# vm: kernels=6.1,6.12 timeout=300 disks=256M boot=kmod-short
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
 BS=65536  # 128-sector blocks

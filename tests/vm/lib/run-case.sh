@@ -1,43 +1,74 @@
 #!/usr/bin/env bash
-# Usage: run-case.sh [--build DIR] [--kernel 6.1|6.12|6.1-debug] [--verbose] CASE.sh
-# Runs one VM test case on one kernel line: prepares what is missing (kernel,
+# Usage: run-case.sh [--build DIR] [--kernel 6.1|6.12|6.1-debug] [--verbose]
+#                    [--boot NAME] CASE.sh [CASE.sh ...]
+# Runs VM test cases on one kernel line: prepares what is missing (kernel,
 # kmod build, initramfs pieces), assembles the initrd and the case's disks,
 # boots QEMU, and exits with the guest's status (124 timeout, 125 no result).
+# Several cases share one boot (--boot NAME names it): the guest runs them
+# one after the other (guest/run-cases.sh), stops at the first that fails,
+# and fails a case that leaves anything behind; their headers must agree on
+# everything but the timeout, and their timeouts add up.
 # On a debug kernel (line *-debug) the case gets more memory and time
 # (debug-lane.env), and a passing guest still fails with status 123 when
 # debug-checks.sh finds a lockdep/KASAN/kernel report or a kmemleak leak.
-# Results: BUILD/tests/vm/results/<case>.<line>/ (console.log + /results).
+# Results: BUILD/tests/vm/results/<case or boot>.<line>/ (console.log +
+# /results).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-build=$src_root/build line=6.12 verbose=${DMU_VM_VERBOSE:-0}
-while [ $# -gt 1 ]; do
+build=$src_root/build line=6.12 verbose=${DMU_VM_VERBOSE:-0} boot=
+usage="usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] [--boot NAME] CASE.sh [CASE.sh ...]"
+while [ $# -gt 0 ]; do
   case $1 in
     --build) build=$2; shift 2 ;;
     --kernel) line=$2; shift 2 ;;
     --verbose) verbose=1; shift ;;
-    *) die "unknown option $1" ;;
+    --boot) boot=$2; shift 2 ;;
+    --*) die "unknown option $1" ;;
+    *) break ;;
   esac
 done
-case_file=$(realpath "${1:?usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] CASE.sh}")
+[ $# -ge 1 ] || die "$usage"
+case_files=()
+for c in "$@"; do case_files+=("$(realpath "$c")"); done
 build=$(realpath -m "$build")
-name=$(basename "$case_file" .sh)
-h_timeout=300 h_debug_timeout= h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline=
-read_header "$case_file" vm
-log_prefix="vm.$name.$line"
-
-"$vm_lib/prepare-kernel.sh" "$line" "$build"
-kernel_env "$build" "$line" || die "kernel $line was not prepared"
+if [ ${#case_files[@]} -gt 1 ]; then
+  [ -n "$boot" ] || die "several cases share a boot: name it with --boot NAME"
+  name=$boot
+else
+  name=$(basename "${case_files[0]}" .sh)
+fi
 debug_checks=0
 if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
   debug_checks=1
   # debug-lane.env, with the caller's environment taking precedence.
   eval "$(sed -n 's/^\(DMU_DEBUG_[A-Z_]*\)=\(.*\)$/\1=${\1:-\2}/p' "$vm_lib/debug-lane.env")"
+fi
+# Each case's header; the boot's shape (memory, vCPUs, disks, module,
+# command line) must be one, the timeouts add up.
+shape= timeout=0
+for c in "${case_files[@]}"; do
+  h_timeout=300 h_debug_timeout= h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline=
+  read_header "$c" vm
+  this="mem=$h_mem smp=$h_smp disks=$h_disks kmod=$h_kmod cmdline=$h_cmdline"
+  [ -z "$shape" ] || [ "$this" = "$shape" ] ||
+    die "$c: its header ($this) differs from the other cases' of boot $name ($shape)"
+  shape=$this
+  if [ "$debug_checks" = 1 ]; then
+    # A case may name its own (debug_timeout=): one whose debug run is much
+    # slower than the factor says keeps a short timeout on the normal lanes.
+    h_timeout=${h_debug_timeout:-$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))}
+  fi
+  timeout=$((timeout + h_timeout))
+done
+h_timeout=$timeout
+if [ "$debug_checks" = 1 ]; then
   h_mem=$((h_mem * DMU_DEBUG_MEM_PERCENT / 100))
-  # A case may name its own (debug_timeout=): one whose debug run is much
-  # slower than the factor says keeps a short timeout on the normal lanes.
-  h_timeout=${h_debug_timeout:-$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))}
   h_cmdline="$h_cmdline+${DMU_DEBUG_CMDLINE// /+}"
 fi
+log_prefix="vm.$name.$line"
+
+"$vm_lib/prepare-kernel.sh" "$line" "$build"
+kernel_env "$build" "$line" || die "kernel $line was not prepared"
 # A soak run of a case with a duration (DMU_CASE_SECONDS) gets that much more time.
 [ -z "${DMU_CASE_SECONDS:-}" ] || h_timeout=$((h_timeout + DMU_CASE_SECONDS))
 pieces=$build/tests/vm/pieces
@@ -49,7 +80,17 @@ run=$build/tests/vm/runs/$name.$line
 results=$build/tests/vm/results/$name.$line
 rm -rf "$run" "$results"
 mkdir -p "$run/case/etc/dmu" "$results"
-cp "$case_file" "$run/case/test.sh"
+if [ ${#case_files[@]} = 1 ]; then
+  cp "${case_files[0]}" "$run/case/test.sh"
+else
+  cp "$vm_lib/guest/run-cases.sh" "$run/case/test.sh"
+  mkdir "$run/case/cases"
+  i=10
+  for c in "${case_files[@]}"; do
+    cp "$c" "$run/case/cases/$i-$(basename "$c")"
+    i=$((i + 1))
+  done
+fi
 cat >"$run/case/etc/dmu/run.conf" <<EOT
 DMU_ROLE=vm
 DMU_CASE=$name

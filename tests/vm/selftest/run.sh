@@ -6,7 +6,10 @@
 #   2. a module whose init fails: the case fails before it runs (status 97);
 #   3. a case that exits 3: the test fails with status 3;
 #   4. a guest that hangs: QEMU is killed at the case's timeout (status 124)
-#      and the console tail is printed; no QEMU process is left behind.
+#      and the console tail is printed; no QEMU process is left behind;
+#   5. cases sharing a boot (--boot): one that leaves a loop device behind
+#      fails, named, after the one before it passed, and the next one does
+#      not run.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 vm_lib=$here/../lib
@@ -50,6 +53,21 @@ check "case exiting 3 fails with status 3" 3 "$(run good "$work/cases/exit3.sh")
 printf '#!/bin/sh\n# vm: timeout=40\necho "hanging now"\nsleep 1000\n' >"$work/cases/hang.sh"
 check "hanging guest is killed at its timeout" 124 "$(run good "$work/cases/hang.sh")" \
   "$work/out" "TIMEOUT after .*Last console lines"
+printf '#!/bin/sh\n# vm: timeout=120\necho "first case ran"\n' >"$work/cases/first.sh"
+printf '#!/bin/sh\n# vm: timeout=120\ntruncate -s 1M /tmp/f\nlosetup -f /tmp/f\nsleep 1000 &\n' \
+  >"$work/cases/leaky.sh"
+printf '#!/bin/sh\n# vm: timeout=120\necho "third case ran"\n' >"$work/cases/third.sh"
+rc=0
+DMU_KMOD_DIR=$here/good "$vm_lib/run-case.sh" --build "$work/good" --kernel 6.12 --boot shared \
+  "$work/cases/first.sh" "$work/cases/leaky.sh" "$work/cases/third.sh" >"$work/out" 2>&1 || rc=$?
+check "a case of a shared boot that leaves a loop device fails" 1 "$rc" "$work/out" \
+  "FAILED: leaky left loop devices: /dev/loop"
+if ! grep -q "first passed" "$work/out" || ! grep -q "leaky left process .*sleep 1000" "$work/out" ||
+  grep -q "third case ran" "$work/out"; then
+  echo "selftest: FAILED: the shared boot did not run first, name leaky's process and stop before third"
+  sed 's/^/  | /' "$work/out"
+  failures=$((failures + 1))
+fi
 if pgrep -f "qemu-system-x86_64.*$work" >/dev/null; then
   echo "selftest: FAILED: a QEMU process of the self-test is still running"
   failures=$((failures + 1))
