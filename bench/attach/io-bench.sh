@@ -24,8 +24,8 @@
 . /src/tests/vm/lib/guest/attach-lib.sh
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-8}
-[ -f /src/bench/attach/settings ] && . /src/bench/attach/settings
 SIZE_MB=512
+[ -f /src/bench/attach/settings ] && . /src/bench/attach/settings
 
 step "a ${SIZE_MB} MiB raw file, dm-linear over its direct-I/O loop; the same bytes as a qcow2"
 data_fs

@@ -31,7 +31,7 @@ mkdir -p $OUT /data /mnt/crash
 DISK=/dev/vda LOG=/dev/vdb REPLAY=/dev/vdc COW=/dev/vdd
 # The images: name, cluster size, virtual size = writer's region (MiB),
 # writer seconds, marks checked at most.
-IMAGES="alloc4k:4k:64:12:25 cow64k:64k:128:8:15"
+IMAGES="alloc4k:4k:64:12:14 cow64k:64k:128:8:8"
 
 # field SPEC N: the N-th colon-separated field of an IMAGES entry.
 field() {

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The flush auditor: 4 threads write stamped 4 KiB blocks to the target for
-# ~20 s, each fdatasync()ing every 1..16 writes and, once fdatasync returned,
-# marking the dm-log-writes log under device 0 with synced-<thread>-<seq>.
+# 12 s (a soak run sets DMU_CASE_SECONDS), each fdatasync()ing every 1..16
+# writes and, once fdatasync returned, marking the dm-log-writes log under
+# device 0 with synced-<thread>-<seq>.
 # Replaying the log, every mark must find all of that thread's writes up to
 # seq durable (logged before a FLUSH that precedes the mark, or FUA), at the
 # same offset of device 0 with the identity daemon, and through the map the
@@ -10,6 +11,8 @@
 # is durable on device 0 fails, naming the mark, the thread and the block.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G
 . /src/tests/kmod/vm-lib.sh
+. /etc/dmu/run.conf
+WRITE_SECONDS=${DMU_CASE_SECONDS:-12}
 OUT=/tmp/audit
 mkdir -p $OUT
 data_fs
@@ -33,9 +36,9 @@ audit() {
   dmu_create u fa1 8 "" /dev/mapper/lw
   daemon_start $_log --key fa1 --mark-device lw "$@"
 
-  step "$_n: 4 writer threads, 20 s, fdatasync every 1..16 writes, a mark after each"
+  step "$_n: 4 writer threads, $WRITE_SECONDS s, fdatasync every 1..16 writes, a mark after each"
   dmu-flush-audit write --device /dev/mapper/u --mark-device lw --threads 4 --region-mib 48 \
-    --seconds 20 --fsync-every 16 --journal $OUT/journal-$_n.txt >$OUT/writer-$_n.txt 2>&1
+    --seconds $WRITE_SECONDS --fsync-every 16 --journal $OUT/journal-$_n.txt >$OUT/writer-$_n.txt 2>&1
   _rc=$?
   cat $OUT/writer-$_n.txt
   [ $_rc = 0 ] || fail "$_n: dmu-flush-audit write exited with $_rc"

@@ -292,8 +292,11 @@ start_helper --attach-timeout 60 --interval 2
 # after the late answer: the helper's detach is refused, retried at its
 # ticks without holding up its event loop, and done once the holder closes.
 late=/dev/mapper/xen-vbd-$domid-51776
+# The holder lets go when told (/tmp/late-release), or after 90 s.
+rm -f /tmp/late-release
 ( i=0; until [ -e "$late" ]; do i=$((i + 1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done
-  exec 3<"$late"; sleep 45 ) &
+  exec 3<"$late"
+  i=0; until [ -e /tmp/late-release ]; do i=$((i + 1)); [ $i -lt 900 ] || exit 0; sleep 0.1; done ) &
 holder=$!
 late_refused xvde /tmp/late.log
 grep -q "did not answer within" /tmp/late.log || { cat /tmp/late.log; fail "xl block-attach did not report block-dmu's timeout"; }
@@ -303,6 +306,7 @@ until grep -q "xen-vbd-$domid-51776: .*in use.*withdrawal retried at the next ti
   sleep 0.1
 done
 [ -e "$late" ] || fail "xvde's device went while it was held open"
+touch /tmp/late-release
 wait "$holder" || fail "the holder of xvde's device did not open it"
 i=0
 until grep -q "before our answer; detached xen-vbd-$domid-51776" "$helper_log"; do
