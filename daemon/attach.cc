@@ -467,13 +467,11 @@ Result<Attached> attach(const AttachOptions& o) {
     if (!lock) return fail(lock.error());
     if (info.exists) {
       // Ours, with no record and nobody setting it up: an attach killed
-      // before it wrote the record.  Looked at again under the lock: an
-      // attach that wrote its record since is not ours to undo.
-      DMU_ASSIGN_OR_RETURN(auto recorded, read_state(name));
-      if (recorded) continue;
-      DMU_TRY(remove_unrecorded_device(name));
-      log_event(LogLevel::Warning, name,
-                "removed the device an attach killed before it wrote its record left");
+      // before it wrote the record.  An attach that wrote its record since
+      // (looked at again under the lock) is not ours to undo.
+      DMU_ASSIGN_OR_RETURN(bool removed, remove_unrecorded_device(name));
+      if (!removed) continue;
+      log_event(LogLevel::Warning, name, kUnrecordedRemoved);
     }
     if (existing) {
       // A stale record of a device long gone (removed with dmsetup): its

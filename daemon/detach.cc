@@ -156,6 +156,20 @@ bool attached_again(const std::string& asked, const DeviceState* st, bool device
   return st ? !st->attach_id.empty() && st->attach_id != asked : device_exists;
 }
 
+// Files a killed attach or mapping process left for NAME (no record, no
+// device), removed under NAME's lock: its holder removes a lock file, the
+// pattern NameLock expects; one unlinked by anyone else could be the file an
+// attach has just locked, and the next attach would lock a new one beside
+// it.  Left alone while the lock is held or when NAME was set up meanwhile.
+void remove_stale_companions(const std::string& name) {
+  auto lock = NameLock::try_acquire(name);
+  if (!lock) return;
+  auto st = read_state(name);
+  auto info = dm_device_info(name);
+  if (!st || *st || !info || info->exists) return;
+  remove_state_files(name);
+}
+
 std::string left_alone(const std::string& name) {
   return name + ": already detached by another dmu detach; attached again since, left alone";
 }
@@ -173,7 +187,7 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   // device set up since belongs to a later attach, whose own detach comes.
   if (attached_again(asked, st ? &*st : nullptr, info.exists)) return left_alone(name);
   if (!st && !info.exists) {
-    if (!lock_held(name)) remove_state_files(name);  // stale companions
+    remove_stale_companions(name);
     return name + ": not attached; nothing to do";
   }
   if (!st && made_by_attach(name, info)) {
@@ -184,11 +198,10 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
     if (!lock)
       return fail(EBUSY, name + ": being set up by a dmu attach (" + lock.error().message +
                              "); try again");
-    DMU_ASSIGN_OR_RETURN(auto recorded, read_state(name));
-    if (recorded) return fail(EBUSY, name + ": attached meanwhile; try again");
-    DMU_TRY(remove_unrecorded_device(name));
+    DMU_ASSIGN_OR_RETURN(bool removed, remove_unrecorded_device(name));
+    if (!removed) return fail(EBUSY, name + ": attached meanwhile; try again");
     remove_state_files(name);
-    return name + ": removed the device an attach killed before it wrote its record left";
+    return name + ": " + kUnrecordedRemoved;
   }
   if (!st)
     return fail(ENOENT, "dm device " + name + " has no dmu record (" + state_path(name) +

@@ -3,14 +3,17 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "daemon/paths.h"
 #include "mapper/unique_fd.h"
@@ -219,10 +222,37 @@ std::vector<DeviceState> list_states(std::vector<std::string>& problems) {
   return out;
 }
 
+namespace {
+
+// Temporaries of write_file_atomic (PATH.tmp.PID) that a killed writer left
+// for one of `paths`; a living writer's stay (its rename still comes).
+void remove_dead_temporaries(const std::vector<std::string>& paths) {
+  DIR* dir = ::opendir(run_dir().c_str());
+  if (!dir) return;
+  std::vector<std::string> dead;
+  while (dirent* e = ::readdir(dir)) {
+    const std::string f = run_dir() + "/" + e->d_name;
+    for (const auto& p : paths) {
+      const std::string prefix = p + ".tmp.";
+      if (f.size() <= prefix.size() || f.compare(0, prefix.size(), prefix) != 0) continue;
+      const std::string digits = f.substr(prefix.size());
+      if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+      const pid_t pid = pid_t(std::stol(digits));
+      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) dead.push_back(f);
+    }
+  }
+  ::closedir(dir);
+  for (const auto& f : dead) (void)::unlink(f.c_str());
+}
+
+}  // namespace
+
 void remove_state_files(const std::string& name, bool keep_log, bool keep_lock) {
-  for (const std::string& p : {stats_path(name), scratch_path(name), state_path(name),
-                               leave_path(name), bind_error_path(name)})
-    (void)::unlink(p.c_str());
+  const std::vector<std::string> written = {stats_path(name), state_path(name), leave_path(name),
+                                            bind_error_path(name)};
+  for (const std::string& p : written) (void)::unlink(p.c_str());
+  (void)::unlink(scratch_path(name).c_str());
+  remove_dead_temporaries(written);
   if (!keep_lock) (void)::unlink(lock_path(name).c_str());
   if (!keep_log) (void)::unlink(log_path(name).c_str());
 }

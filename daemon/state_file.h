@@ -97,9 +97,10 @@ Result<std::optional<DeviceState>> read_state(const std::string& name);
 // reported in `problems` (one line each) and skipped.
 std::vector<DeviceState> list_states(std::vector<std::string>& problems);
 // Removes NAME's record and its companion files (stats, scratch, leave
-// marker, bind error, the log unless keep_log: a failed attach points the
-// user at it, and the lock file unless keep_lock: its holder keeps the name,
-// which a new lock file would give to the next taker).
+// marker, bind error, the temporaries a killed writer of them left, the log
+// unless keep_log: a failed attach points the user at it, and the lock file
+// unless keep_lock: its holder keeps the name, which a new lock file would
+// give to the next taker).
 void remove_state_files(const std::string& name, bool keep_log = false, bool keep_lock = false);
 
 }  // namespace dmu::daemon

@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -229,6 +230,28 @@ TEST(DaemonState, RemoveTakesTheCompanionsToo) {
   EXPECT_TRUE(list_states(problems).empty());
   for (const auto& p : {stats_path("gone"), scratch_path("gone"), log_path("gone"), lock_path("gone")})
     EXPECT_FALSE(std::ifstream(p).good()) << p;
+}
+
+// A writer killed between write_file_atomic's create and rename leaves
+// NAME.json.tmp.PID; the name's removal takes it, not a living writer's.
+TEST(DaemonState, RemoveTakesADeadWritersTemporaries) {
+  RunDir run;
+  ASSERT_TRUE(write_state(sample("gone")));
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const std::string dead = std::to_string(child), alive = std::to_string(::getpid());
+  const std::string dead_record = state_path("gone") + ".tmp." + dead;
+  const std::string dead_stats = stats_path("gone") + ".tmp." + dead;
+  const std::string living = state_path("gone") + ".tmp." + alive;
+  const std::string other = state_path("gone2") + ".tmp." + dead;
+  for (const auto& p : {dead_record, dead_stats, living, other}) write_text(p, "x");
+  remove_state_files("gone");
+  EXPECT_FALSE(std::ifstream(dead_record).good());
+  EXPECT_FALSE(std::ifstream(dead_stats).good());
+  EXPECT_TRUE(std::ifstream(living).good()) << "a living writer's temporary was taken";
+  EXPECT_TRUE(std::ifstream(other).good()) << "another name's temporary was taken";
 }
 
 TEST(DaemonState, AFailedAttachKeepsTheLogItsErrorNames) {

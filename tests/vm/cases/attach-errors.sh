@@ -145,7 +145,7 @@ dd if=/dev/mapper/n1 of=/dev/null bs=64k count=4 iflag=direct status=none || fai
 dmu detach n1 >/dev/null || fail "detach the new n1"
 qemu-img check -q two.qcow2 || fail "two.qcow2 after the second attach"
 
-step "an attach killed after making its device, before its record: the next attach removes it"
+step "an attach killed after making its device, before its record: the next attach removes it, waiting out a brief open"
 loops=$(losetup -a | wc -l)
 # killed_attach NAME: an attach of two.qcow2 as NAME killed by the seam right
 # after it made the dm device, before it wrote the record.
@@ -155,7 +155,16 @@ killed_attach() {
   [ -b "/dev/mapper/$1" ] || fail "the killed attach left no device $1 (the step would test nothing)"
   [ ! -e "/run/dmu/$1.json" ] || fail "the killed attach wrote a record for $1 (the step would test nothing)"
 }
+# hold_briefly NAME: /dev/mapper/NAME held open for a second from now, as
+# udev's blkid opens every new device.
+hold_briefly() {
+  rm -f /tmp/held
+  ( exec 3<"/dev/mapper/$1" && touch /tmp/held && sleep 1 ) &
+  _i=0
+  until [ -e /tmp/held ]; do _i=$((_i + 1)); [ $_i -lt 100 ] || fail "could not open $1"; sleep 0.05; done
+}
 killed_attach k1
+hold_briefly k1
 dmu attach --name k1 /data/two.qcow2 >/tmp/k1.out 2>&1 || { cat /tmp/k1.out; fail "attach k1 again"; }
 cat /tmp/k1.out
 grep -q "removed the device an attach killed" /tmp/k1.out ||
@@ -172,11 +181,19 @@ grep -q "read 262144/262144" /tmp/k1.io && ! grep -qi "fail" /tmp/k1.io ||
 # The device of a domain that is gone gets only a detach (block-dmu's
 # remove, the helper's clean-up): it removes it too.
 killed_attach k2
+hold_briefly k2
 dmu detach k2 >/tmp/k2.out 2>&1 || { cat /tmp/k2.out; fail "detach of the device the killed attach left"; }
 cat /tmp/k2.out
 [ ! -e /dev/mapper/k2 ] || fail "detach left k2's device"
 expect_eq "loop devices after k2 went" "$loops" "$(losetup -a | wc -l)"
 [ -z "$(ls /run/dmu | grep '^k2\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^k2\.')"
+# Files a killed attach or mapping process left for a name with no record
+# and no device (a lock file, a log, a record's temporary of a writer that
+# is gone) go with the next detach of the name.
+for f in k3.lock k3.log k3.json.tmp.999999; do : >"/run/dmu/$f"; done
+dmu detach k3 >/tmp/k3.out 2>&1 || { cat /tmp/k3.out; fail "detach of k3, not attached"; }
+grep -q "not attached; nothing to do" /tmp/k3.out || { cat /tmp/k3.out; fail "detach k3 said something else"; }
+[ -z "$(ls /run/dmu | grep '^k3\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^k3\.')"
 
 step "the image's file system runs out of space"
 mkdir -p /small && mount -t tmpfs -o size=40m tmpfs /small || fail "mount a 40 MiB tmpfs"
