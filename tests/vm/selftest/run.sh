@@ -48,9 +48,9 @@ printf '#!/bin/sh\n# vm: timeout=120\necho "about to fail"\nexit 3\n' >"$work/ca
 check "case exiting 3 fails with status 3" 3 "$(run good "$work/cases/exit3.sh")" \
   "$work/out" "about to fail"
 
-# On a loaded host the guest may not even reach the case in 40 s; either way
+# On a loaded host the guest may not even reach the case in 20 s; either way
 # QEMU must be killed and the console tail shown.
-printf '#!/bin/sh\n# vm: timeout=40\necho "hanging now"\nsleep 1000\n' >"$work/cases/hang.sh"
+printf '#!/bin/sh\n# vm: timeout=20\necho "hanging now"\nsleep 1000\n' >"$work/cases/hang.sh"
 check "hanging guest is killed at its timeout" 124 "$(run good "$work/cases/hang.sh")" \
   "$work/out" "TIMEOUT after .*Last console lines"
 printf '#!/bin/sh\n# vm: timeout=120\necho "first case ran"\n' >"$work/cases/first.sh"
