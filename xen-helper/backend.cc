@@ -1,6 +1,7 @@
 // Backend keys and names; see backend.h.
 #include "xen-helper/backend.h"
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
@@ -85,6 +86,13 @@ bool request_claimable(const std::string& value, pid_t self,
   auto [end, ec] = std::from_chars(first, last, pid);
   if (ec != std::errc() || end != last || first == last || *first == '-' || pid <= 0) return false;
   return pid != self && !helper_alive(pid);
+}
+
+std::chrono::seconds gone_detach_retry_delay(unsigned failures) {
+  constexpr std::chrono::seconds first{5}, most{300};
+  auto delay = first;
+  for (unsigned i = 1; i < failures && delay < most; ++i) delay *= 2;
+  return std::min(delay, most);
 }
 
 }  // namespace dmu::xenhelper

@@ -18,6 +18,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -67,6 +68,12 @@ std::string request_claim(pid_t self);
 // block-dmu still waits.  Never another live helper's claim, nor our own.
 bool request_claimable(const std::string& value, pid_t self,
                        const std::function<bool(pid_t)>& helper_alive);
+
+// How long to wait before the next `dmu detach` of a gone domain's device
+// after `failures` (>= 1) of them failed: 5 s, doubling, at most 5 min.  A
+// device that stays in use (a dom0 process holds it open) is then neither
+// re-forked nor logged at every tick for as long as it stays.
+std::chrono::seconds gone_detach_retry_delay(unsigned failures);
 
 // block-dmu's own state directory for a backend (it reads it on remove):
 // /run/dmu/hotplug/ + the relative backend path with '/' -> '_'.

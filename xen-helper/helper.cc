@@ -341,17 +341,24 @@ void Helper::clean_gone_domains() {
     // we step in when it is done with the backend or has not come.
     if (xs_.read(backend_path(*id) + "/params") && now - since->second < o_.gone_grace) continue;
     GoneDetach& job =
-        gone_detaches_.try_emplace(st.name, GoneDetach{*id, st.image, 0, now}).first->second;
+        gone_detaches_.try_emplace(st.name, GoneDetach{*id, st.image, 0, now, 0, now}).first->second;
     const std::string log = daemon::log_path(st.name);
     if (job.pid > 0) {
       // Still at it (main.cc reaps it).  A detach ends within a few
       // minutes (detach.cc's longest waits); past that, a live pid is one
       // reused since, and a new detach is started.
       if (now - job.started < std::chrono::minutes(5) && ::kill(job.pid, 0) == 0) continue;
+      // Ended, and the record is still there (finish_gone_detaches would
+      // have taken the job): it failed.
+      job.pid = 0;
+      const auto delay = gone_detach_retry_delay(++job.failures);
+      job.next_try = now + delay;
       log_event(LogLevel::Warning, relative(*id),
                 st.image + ": domain " + std::to_string(id->domid) + " is gone; dmu detach " +
-                    st.name + " failed (retrying; see " + log + ")");
+                    st.name + " failed (again in " + std::to_string(delay.count()) + " s; see " +
+                    log + ")");
     }
+    if (now < job.next_try) continue;
     auto pid = daemon::spawn_dmu(o_.dmu_program, {"detach", st.name}, log);
     if (!pid) {
       log_event(LogLevel::Warning, relative(*id), st.name + ": " + pid.error().message);

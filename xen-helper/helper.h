@@ -101,6 +101,8 @@ class Helper {
     std::string image;
     pid_t pid = 0;  // its `dmu detach` process (the last one started)
     std::chrono::steady_clock::time_point started;
+    unsigned failures = 0;  // detaches that ended with the record still there
+    std::chrono::steady_clock::time_point next_try;  // none before (backing off)
   };
   std::map<std::string, GoneDetach> gone_detaches_;  // by dm name
 };

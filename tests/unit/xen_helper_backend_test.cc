@@ -75,5 +75,18 @@ TEST(XenHelperRequest, AFreshAddOrADeadHelpersClaimIsClaimable) {
     EXPECT_FALSE(request_claimable(bad, 42, none_alive)) << bad;
 }
 
+// A gone domain's device whose detach keeps failing (held open in dom0)
+// is tried again later and later, not at every tick.
+TEST(XenHelperGoneDetach, RetriesBackOffTo5Minutes) {
+  using std::chrono::seconds;
+  EXPECT_EQ(gone_detach_retry_delay(0), seconds(5));
+  EXPECT_EQ(gone_detach_retry_delay(1), seconds(5));
+  EXPECT_EQ(gone_detach_retry_delay(2), seconds(10));
+  EXPECT_EQ(gone_detach_retry_delay(3), seconds(20));
+  EXPECT_EQ(gone_detach_retry_delay(6), seconds(160));
+  EXPECT_EQ(gone_detach_retry_delay(7), seconds(300));
+  EXPECT_EQ(gone_detach_retry_delay(4000000000u), seconds(300));
+}
+
 }  // namespace
 }  // namespace dmu::xenhelper
