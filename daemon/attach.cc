@@ -469,9 +469,9 @@ Result<Attached> attach(const AttachOptions& o) {
       // Ours, with no record and nobody setting it up: an attach killed
       // before it wrote the record.  An attach that wrote its record since
       // (looked at again under the lock) is not ours to undo.
-      DMU_ASSIGN_OR_RETURN(bool removed, remove_unrecorded_device(name));
-      if (!removed) continue;
-      log_event(LogLevel::Warning, name, kUnrecordedRemoved);
+      DMU_ASSIGN_OR_RETURN(UnrecordedRemoval removal, remove_unrecorded_device(name));
+      if (removal == UnrecordedRemoval::kRecorded) continue;
+      if (removal == UnrecordedRemoval::kRemoved) log_event(LogLevel::Warning, name, kUnrecordedRemoved);
     }
     if (existing) {
       // A stale record of a device long gone (removed with dmsetup): its

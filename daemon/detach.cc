@@ -160,14 +160,17 @@ bool attached_again(const std::string& asked, const DeviceState* st, bool device
 // device), removed under NAME's lock: its holder removes a lock file, the
 // pattern NameLock expects; one unlinked by anyone else could be the file an
 // attach has just locked, and the next attach would lock a new one beside
-// it.  Left alone while the lock is held or when NAME was set up meanwhile.
+// it.  Left alone while the lock is held (try_acquire waits half a second
+// for a probe to pass) or when NAME was set up meanwhile.  The log stays: a
+// failed attach names it in its error, and block-dmu's remove of the failed
+// disk comes right after.
 void remove_stale_companions(const std::string& name) {
   auto lock = NameLock::try_acquire(name);
   if (!lock) return;
   auto st = read_state(name);
   auto info = dm_device_info(name);
   if (!st || *st || !info || info->exists) return;
-  remove_state_files(name);
+  remove_state_files(name, /*keep_log=*/true);
 }
 
 std::string left_alone(const std::string& name) {
@@ -198,9 +201,11 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
     if (!lock)
       return fail(EBUSY, name + ": being set up by a dmu attach (" + lock.error().message +
                              "); try again");
-    DMU_ASSIGN_OR_RETURN(bool removed, remove_unrecorded_device(name));
-    if (!removed) return fail(EBUSY, name + ": attached meanwhile; try again");
+    DMU_ASSIGN_OR_RETURN(UnrecordedRemoval removal, remove_unrecorded_device(name));
+    if (removal == UnrecordedRemoval::kRecorded)
+      return fail(EBUSY, name + ": attached meanwhile; try again");
     remove_state_files(name);
+    if (removal == UnrecordedRemoval::kAlreadyGone) return name + ": not attached; nothing to do";
     return name + ": " + kUnrecordedRemoved;
   }
   if (!st)

@@ -5,12 +5,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -139,8 +141,15 @@ std::string new_attach_id() {
   return hex;
 }
 
+namespace {
+
+// PATH.tmp.PID: write_file_atomic's temporary, by the writer's pid.
+std::string temporary_prefix(const std::string& path) { return path + ".tmp."; }
+
+}  // namespace
+
 Result<void> write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const std::string tmp = temporary_prefix(path) + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return fail(errno_error(tmp + ": create"));
   UniqueFd file(fd);
@@ -225,20 +234,28 @@ std::vector<DeviceState> list_states(std::vector<std::string>& problems) {
 namespace {
 
 // Temporaries of write_file_atomic (PATH.tmp.PID) that a killed writer left
-// for one of `paths`; a living writer's stay (its rename still comes).
+// for one of `paths`: no process has that pid, and the file is over a
+// minute old (a writer in another pid namespace sharing the directory has a
+// pid we cannot see, but writes for a moment only).  A living writer's stay.
 void remove_dead_temporaries(const std::vector<std::string>& paths) {
-  DIR* dir = ::opendir(run_dir().c_str());
+  const std::string dir_path = run_dir();
+  DIR* dir = ::opendir(dir_path.c_str());
   if (!dir) return;
   std::vector<std::string> dead;
+  const time_t now = ::time(nullptr);
   while (dirent* e = ::readdir(dir)) {
-    const std::string f = run_dir() + "/" + e->d_name;
+    const std::string f = dir_path + "/" + e->d_name;
     for (const auto& p : paths) {
-      const std::string prefix = p + ".tmp.";
+      const std::string prefix = temporary_prefix(p);
       if (f.size() <= prefix.size() || f.compare(0, prefix.size(), prefix) != 0) continue;
       const std::string digits = f.substr(prefix.size());
-      if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+      // A pid is at most 7 digits (pid_max <= 2^22); more is not ours.
+      if (digits.size() > 7 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
       const pid_t pid = pid_t(std::stol(digits));
-      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) dead.push_back(f);
+      struct stat st {};
+      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH && ::stat(f.c_str(), &st) == 0 &&
+          now - st.st_mtime >= 60)
+        dead.push_back(f);
     }
   }
   ::closedir(dir);

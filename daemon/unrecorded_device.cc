@@ -3,12 +3,10 @@
 
 #include <unistd.h>
 
-#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -20,11 +18,6 @@
 namespace dmu::daemon {
 
 namespace {
-
-using namespace std::chrono_literals;
-// How long an open of the leftover device is waited out, and how often it is looked at.
-constexpr auto kOpenWait = 3s;
-constexpr auto kOpenPoll = 100ms;
 
 // The loop devices (path, backing file) among the devices of NAME's table.
 std::vector<std::pair<std::string, std::string>> table_loops(const std::string& name) {
@@ -69,42 +62,37 @@ bool made_by_attach(const std::string& name, const DmInfo& info) {
   return info.exists && info.uuid == dm_uuid_for(name);
 }
 
-Result<bool> remove_unrecorded_device(const std::string& name) {
+Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name) {
   DMU_ASSIGN_OR_RETURN(auto recorded, read_state(name));
-  if (recorded) return false;
-  const auto deadline = std::chrono::steady_clock::now() + kOpenWait;
-  for (;;) {
-    DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
-    if (!info.exists) return true;  // removed meanwhile
-    DMU_ASSIGN_OR_RETURN(bool unserved, never_served(name));
-    if (!made_by_attach(name, info) || !unserved)
-      return fail(EEXIST, "dm device " + name + " has no dmu record (" + state_path(name) +
-                              ") and was not left by a killed attach; not touching it (dmsetup "
-                              "remove " + name + " if it is yours)");
-    const bool waited_out = std::chrono::steady_clock::now() >= deadline;
-    if (info.open_count > 0) {
-      if (waited_out)
-        return fail(EBUSY, "dm device " + name + " is left from an attach that was killed, and " +
-                               "stays open (open count " + std::to_string(info.open_count) +
-                               "); close it and attach again");
-      std::this_thread::sleep_for(kOpenPoll);
-      continue;
-    }
-    // Read before the removal, which lets the autoclear loops go.
-    const auto loops = table_loops(name);
-    DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
-    if (auto r = dm.remove(); !r) {
-      dm.release();  // opened since we looked: it stays for now
-      if (r.error().code != EBUSY || waited_out) return fail(r.error());
-      std::this_thread::sleep_for(kOpenPoll);
-      continue;
-    }
-    for (const auto& [loop, file] : loops) {
-      DMU_TRY(detach_loop_of(loop, file));
-      wait_loop_released(loop, file);
-    }
-    return true;
+  if (recorded) return UnrecordedRemoval::kRecorded;
+  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  if (!info.exists) return UnrecordedRemoval::kAlreadyGone;
+  DMU_ASSIGN_OR_RETURN(bool unserved, never_served(name));
+  if (!made_by_attach(name, info) || !unserved)
+    return fail(EEXIST, "dm device " + name + " has no dmu record (" + state_path(name) +
+                            ") and was not left by a killed attach; not touching it (dmsetup "
+                            "remove " + name + " if it is yours)");
+  // Read before the table goes, which lets the autoclear loops go too.
+  const auto loops = table_loops(name);
+  auto adopted = DmDevice::adopt(name);
+  if (!adopted && adopted.error().code == ENXIO) return UnrecordedRemoval::kAlreadyGone;
+  DMU_ASSIGN_OR_RETURN(DmDevice dm, std::move(adopted));
+  // Nothing in it is anybody's data (no daemon ever answered it).
+  auto removed = dm.fail_io();
+  if (removed) removed = dm.remove();
+  if (!removed) {
+    dm.release();
+    if (removed.error().code == ENXIO) return UnrecordedRemoval::kAlreadyGone;
+    if (removed.error().code == EBUSY)
+      return fail(EBUSY, "dm device " + name + " is left from an attach that was killed, and " +
+                             "something keeps it open; close it and try again");
+    return fail(removed.error());
   }
+  for (const auto& [loop, file] : loops) {
+    DMU_TRY(detach_loop_of(loop, file));
+    wait_loop_released(loop, file);
+  }
+  return UnrecordedRemoval::kRemoved;
 }
 
 }  // namespace dmu::daemon

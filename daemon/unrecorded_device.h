@@ -20,12 +20,19 @@ bool made_by_attach(const std::string& name, const DmInfo& info);
 inline constexpr const char* kUnrecordedRemoved =
     "removed the device an attach killed before it wrote its record left";
 
+enum class UnrecordedRemoval {
+  kRemoved,      // it and its loop devices are gone
+  kAlreadyGone,  // somebody else removed it meanwhile (dmsetup remove)
+  kRecorded,     // an attach wrote its record meanwhile: nothing done
+};
+
 // Removes NAME's unrecorded device and the loop devices of its table; the
-// caller holds NAME's lock.  The record is looked at again under it: false
-// (nothing done) when an attach wrote one meanwhile.  EEXIST unless no
-// mapping process ever bound it and it holds no uncommitted allocation (and
-// still carries our uuid).  An open (udev's blkid looks at every new
-// device) is waited out for a few seconds, then EBUSY.
-Result<bool> remove_unrecorded_device(const std::string& name);
+// caller holds NAME's lock (records are written under it, so the record
+// looked at here stays as it is).  EEXIST unless no mapping process ever
+// bound it and it holds no uncommitted allocation (and it still carries our
+// uuid).  I/O waiting in it for a daemon (udev's blkid reads every new
+// device) is failed first, so its openers let it go; EBUSY if one still
+// holds it open after libdevmapper's retries.
+Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name);
 
 }  // namespace dmu::daemon

@@ -10,6 +10,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -220,6 +221,28 @@ Result<void> DmDevice::remove() {
   if (!run_with_cookie(t.get())) return fail(operation_error(what + ": remove"));
   name_.clear();
   dev_ = 0;
+  return {};
+}
+
+Result<void> DmDevice::fail_io() {
+  const std::string what = "dm device " + name_;
+  DMU_ASSIGN_OR_RETURN(auto lines, dm_table(name_));
+  uint64_t sectors = 0;
+  for (const auto& l : lines) sectors = std::max(sectors, l.start + l.length);
+  if (sectors == 0) return fail(EINVAL, what + ": no table to replace");
+  begin_operation();
+  {
+    DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_RELOAD, name_, what));
+    if (!dm_task_add_target(t.get(), 0, sectors, "error", "") || !dm_task_run(t.get()))
+      return fail(operation_error(what + ": load an error table"));
+  }
+  begin_operation();
+  DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_RESUME, name_, what));
+  // The suspend that comes with the swap: without a flush (which would wait
+  // for the held I/O) and without freezing a file system.
+  if (!dm_task_no_flush(t.get()) || !dm_task_skip_lockfs(t.get()))
+    return fail(operation_error(what + ": resume flags"));
+  if (!run_with_cookie(t.get())) return fail(operation_error(what + ": resume with the error table"));
   return {};
 }
 

@@ -49,6 +49,12 @@ class DmDevice {
   // Removes the device now; retries briefly while something (udev, blkid)
   // still holds it open.
   Result<void> remove();
+  // Replaces the table with the error target, as `dmsetup remove --force`
+  // does before removing: the swap suspends the old table without flushing,
+  // so I/O it holds waiting (for a daemon that never comes) goes back to dm
+  // core and then fails, and its openers (blkid) let go.  Loses that I/O:
+  // only for a device nobody may still use.
+  Result<void> fail_io();
   // Gives up ownership: the device outlives this object.
   void release() { name_.clear(); }
 

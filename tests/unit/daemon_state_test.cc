@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -233,7 +234,9 @@ TEST(DaemonState, RemoveTakesTheCompanionsToo) {
 }
 
 // A writer killed between write_file_atomic's create and rename leaves
-// NAME.json.tmp.PID; the name's removal takes it, not a living writer's.
+// NAME.json.tmp.PID; the name's removal takes it once it is over a minute
+// old, not a living writer's, nor a fresh one (a writer in another pid
+// namespace has a pid we cannot see).
 TEST(DaemonState, RemoveTakesADeadWritersTemporaries) {
   RunDir run;
   ASSERT_TRUE(write_state(sample("gone")));
@@ -246,12 +249,19 @@ TEST(DaemonState, RemoveTakesADeadWritersTemporaries) {
   const std::string dead_stats = stats_path("gone") + ".tmp." + dead;
   const std::string living = state_path("gone") + ".tmp." + alive;
   const std::string other = state_path("gone2") + ".tmp." + dead;
-  for (const auto& p : {dead_record, dead_stats, living, other}) write_text(p, "x");
+  for (const auto& p : {dead_record, dead_stats, living, other}) {
+    write_text(p, "x");
+    const timespec two_minutes_ago[2] = {{::time(nullptr) - 120, 0}, {::time(nullptr) - 120, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), two_minutes_ago, 0), 0) << p;
+  }
+  const std::string fresh = leave_path("gone") + ".tmp." + dead;
+  write_text(fresh, "x");
   remove_state_files("gone");
   EXPECT_FALSE(std::ifstream(dead_record).good());
   EXPECT_FALSE(std::ifstream(dead_stats).good());
   EXPECT_TRUE(std::ifstream(living).good()) << "a living writer's temporary was taken";
   EXPECT_TRUE(std::ifstream(other).good()) << "another name's temporary was taken";
+  EXPECT_TRUE(std::ifstream(fresh).good()) << "a fresh temporary was taken";
 }
 
 TEST(DaemonState, AFailedAttachKeepsTheLogItsErrorNames) {

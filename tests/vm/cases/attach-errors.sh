@@ -145,7 +145,7 @@ dd if=/dev/mapper/n1 of=/dev/null bs=64k count=4 iflag=direct status=none || fai
 dmu detach n1 >/dev/null || fail "detach the new n1"
 qemu-img check -q two.qcow2 || fail "two.qcow2 after the second attach"
 
-step "an attach killed after making its device, before its record: the next attach removes it, waiting out a brief open"
+step "an attach killed after making its device, before its record: the next attach removes it, failing a read that waits in it"
 loops=$(losetup -a | wc -l)
 # killed_attach NAME: an attach of two.qcow2 as NAME killed by the seam right
 # after it made the dm device, before it wrote the record.
@@ -155,17 +155,35 @@ killed_attach() {
   [ -b "/dev/mapper/$1" ] || fail "the killed attach left no device $1 (the step would test nothing)"
   [ ! -e "/run/dmu/$1.json" ] || fail "the killed attach wrote a record for $1 (the step would test nothing)"
 }
-# hold_briefly NAME: /dev/mapper/NAME held open for a second from now, as
-# udev's blkid opens every new device.
-hold_briefly() {
-  rm -f /tmp/held
-  ( exec 3<"/dev/mapper/$1" && touch /tmp/held && sleep 1 ) &
+# read_held NAME: a read of /dev/mapper/NAME in the background, as udev's
+# blkid reads every new device; no daemon ever answers it, so it waits (for
+# the table's daemon_timeout, 30 s) with the device open.  Returns once the
+# read waits in the target (its status counts it pending).
+read_held() {
+  rm -f /tmp/held.rc
+  ( dd if="/dev/mapper/$1" of=/dev/null bs=4k count=1 iflag=direct 2>/tmp/held.err
+    echo $? >/tmp/held.rc ) &
   _i=0
-  until [ -e /tmp/held ]; do _i=$((_i + 1)); [ $_i -lt 100 ] || fail "could not open $1"; sleep 0.05; done
+  until dmsetup status "$1" | grep -q ' pending=[1-9]'; do
+    _i=$((_i + 1))
+    [ $_i -lt 200 ] || { cat /tmp/held.rc /tmp/held.err 2>&1; dmsetup status "$1"; fail "the read of $1 is not in flight"; }
+    sleep 0.05
+  done
+}
+# read_failed NAME MS: the held read ended with EIO, and the dmu command that
+# removed the device took MS ms, well under the 30 s the read would wait.
+read_failed() {
+  _i=0
+  until [ -e /tmp/held.rc ]; do _i=$((_i + 1)); [ $_i -lt 100 ] || fail "the read of $1 still waits"; sleep 0.1; done
+  [ "$(cat /tmp/held.rc)" != 0 ] || fail "the read of $1's leftover device succeeded"
+  grep -q "Input/output error" /tmp/held.err || { cat /tmp/held.err; fail "the read of $1 did not end with EIO"; }
+  [ "$2" -lt 15000 ] || fail "removing $1's leftover device took $2 ms"
 }
 killed_attach k1
-hold_briefly k1
+read_held k1
+t0=$(now_ms)
 dmu attach --name k1 /data/two.qcow2 >/tmp/k1.out 2>&1 || { cat /tmp/k1.out; fail "attach k1 again"; }
+read_failed k1 $(($(now_ms) - t0))
 cat /tmp/k1.out
 grep -q "removed the device an attach killed" /tmp/k1.out ||
   fail "the attach did not say it removed the device left behind"
@@ -181,19 +199,27 @@ grep -q "read 262144/262144" /tmp/k1.io && ! grep -qi "fail" /tmp/k1.io ||
 # The device of a domain that is gone gets only a detach (block-dmu's
 # remove, the helper's clean-up): it removes it too.
 killed_attach k2
-hold_briefly k2
+read_held k2
+t0=$(now_ms)
 dmu detach k2 >/tmp/k2.out 2>&1 || { cat /tmp/k2.out; fail "detach of the device the killed attach left"; }
+read_failed k2 $(($(now_ms) - t0))
 cat /tmp/k2.out
 [ ! -e /dev/mapper/k2 ] || fail "detach left k2's device"
 expect_eq "loop devices after k2 went" "$loops" "$(losetup -a | wc -l)"
 [ -z "$(ls /run/dmu | grep '^k2\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^k2\.')"
 # Files a killed attach or mapping process left for a name with no record
-# and no device (a lock file, a log, a record's temporary of a writer that
-# is gone) go with the next detach of the name.
-for f in k3.lock k3.log k3.json.tmp.999999; do : >"/run/dmu/$f"; done
+# and no device (a lock file, a record's temporary of a writer that is gone
+# and older than a minute) go with the next detach of the name; a log stays
+# (a failed attach names it in its error).
+dead=$(($(cat /proc/sys/kernel/pid_max) + 1))
+: >/run/dmu/k3.lock
+: >/run/dmu/k3.log
+: >"/run/dmu/k3.json.tmp.$dead"
+touch -d "@$(($(date +%s) - 120))" "/run/dmu/k3.json.tmp.$dead"
 dmu detach k3 >/tmp/k3.out 2>&1 || { cat /tmp/k3.out; fail "detach of k3, not attached"; }
 grep -q "not attached; nothing to do" /tmp/k3.out || { cat /tmp/k3.out; fail "detach k3 said something else"; }
-[ -z "$(ls /run/dmu | grep '^k3\.')" ] || fail "left in /run/dmu: $(ls /run/dmu | grep '^k3\.')"
+expect_eq "k3's files left in /run/dmu" "k3.log" "$(ls /run/dmu | grep '^k3\.')"
+rm /run/dmu/k3.log
 
 step "the image's file system runs out of space"
 mkdir -p /small && mount -t tmpfs -o size=40m tmpfs /small || fail "mount a 40 MiB tmpfs"
@@ -223,4 +249,5 @@ qemu-img check /small/s.qcow2
 rc=$?
 [ $rc = 0 ] || [ $rc = 3 ] || fail "qemu-img check after ENOSPC: exit $rc (corruption)"
 qemu-io -r -c "read -v 200M 16" /small/s.qcow2 | head -2
+umount /small || fail "umount /small"
 check_dmesg
