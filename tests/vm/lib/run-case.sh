@@ -44,12 +44,13 @@ if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
   eval "$(sed -n 's/^\(DMU_DEBUG_[A-Z_]*\)=\(.*\)$/\1=${\1:-\2}/p' "$vm_lib/debug-lane.env")"
 fi
 # Each case's header; the boot's shape (memory, vCPUs, disks, module,
-# command line) must be one, the timeouts add up.
-shape= timeout=0
+# command line, exclusive) must be one, the timeouts add up (and each case
+# keeps its own in a shared boot: case_timeouts).
+shape= timeout=0 case_timeouts=()
 for c in "${case_files[@]}"; do
-  h_timeout=300 h_debug_timeout= h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline=
+  h_timeout=300 h_debug_timeout= h_mem=1024 h_smp=1 h_disks= h_kmod=load h_cmdline= h_exclusive=0
   read_header "$c" vm
-  this="mem=$h_mem smp=$h_smp disks=$h_disks kmod=$h_kmod cmdline=$h_cmdline"
+  this="mem=$h_mem smp=$h_smp disks=$h_disks kmod=$h_kmod cmdline=$h_cmdline exclusive=$h_exclusive"
   [ -z "$shape" ] || [ "$this" = "$shape" ] ||
     die "$c: its header ($this) differs from the other cases' of boot $name ($shape)"
   shape=$this
@@ -58,6 +59,9 @@ for c in "${case_files[@]}"; do
     # slower than the factor says keeps a short timeout on the normal lanes.
     h_timeout=${h_debug_timeout:-$((h_timeout * DMU_DEBUG_TIMEOUT_FACTOR + DMU_DEBUG_TIMEOUT_EXTRA))}
   fi
+  # A soak run of a case with a duration (DMU_CASE_SECONDS) gets that much more time.
+  [ -z "${DMU_CASE_SECONDS:-}" ] || h_timeout=$((h_timeout + DMU_CASE_SECONDS))
+  case_timeouts+=("$h_timeout")
   timeout=$((timeout + h_timeout))
 done
 h_timeout=$timeout
@@ -69,8 +73,6 @@ log_prefix="vm.$name.$line"
 
 "$vm_lib/prepare-kernel.sh" "$line" "$build"
 kernel_env "$build" "$line" || die "kernel $line was not prepared"
-# A soak run of a case with a duration (DMU_CASE_SECONDS) gets that much more time.
-[ -z "${DMU_CASE_SECONDS:-}" ] || h_timeout=$((h_timeout + DMU_CASE_SECONDS))
 pieces=$build/tests/vm/pieces
 tools_piece=${DMU_VM_PIECES:-$pieces}/tools.cpio.zst   # the self-test shares the main build's
 with_lock "$tools_piece.lock" "$vm_lib/make-tools-piece.sh" "$vm_lib/tools.list" "$tools_piece"
@@ -85,10 +87,10 @@ if [ ${#case_files[@]} = 1 ]; then
 else
   cp "$vm_lib/guest/run-cases.sh" "$run/case/test.sh"
   mkdir "$run/case/cases"
-  i=10
-  for c in "${case_files[@]}"; do
-    cp "$c" "$run/case/cases/$i-$(basename "$c")"
-    i=$((i + 1))
+  for i in "${!case_files[@]}"; do
+    base=$run/case/cases/$((i + 10))-$(basename "${case_files[$i]}" .sh)
+    cp "${case_files[$i]}" "$base.sh"
+    echo "${case_timeouts[$i]}" >"$base.timeout"
   done
 fi
 cat >"$run/case/etc/dmu/run.conf" <<EOT

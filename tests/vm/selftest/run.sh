@@ -7,9 +7,10 @@
 #   3. a case that exits 3: the test fails with status 3;
 #   4. a guest that hangs: QEMU is killed at the case's timeout (status 124)
 #      and the console tail is printed; no QEMU process is left behind;
-#   5. cases sharing a boot (--boot): one that leaves a loop device behind
-#      fails, named, after the one before it passed, and the next one does
-#      not run.
+#   5. cases sharing a boot (--boot): one that leaves a loop device and a
+#      process behind fails, named, after the one before it passed, and the
+#      next one does not run; one that outlives its own timeout ends the run
+#      with the hang report (status 93), long before the boot's.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 vm_lib=$here/../lib
@@ -68,6 +69,12 @@ if ! grep -q "first passed" "$work/out" || ! grep -q "leaky left process .*sleep
   sed 's/^/  | /' "$work/out"
   failures=$((failures + 1))
 fi
+printf '#!/bin/sh\n# vm: timeout=15\necho "hanging now"\nsleep 1000\n' >"$work/cases/hangs.sh"
+rc=0
+DMU_KMOD_DIR=$here/good "$vm_lib/run-case.sh" --build "$work/good" --kernel 6.12 --boot shared \
+  "$work/cases/first.sh" "$work/cases/hangs.sh" "$work/cases/third.sh" >"$work/out" 2>&1 || rc=$?
+check "a case of a shared boot that outlives its timeout ends the run" 93 "$rc" "$work/out" \
+  "HANG: hangs still running at uptime .* past its timeout (15 s)"
 if pgrep -f "qemu-system-x86_64.*$work" >/dev/null; then
   echo "selftest: FAILED: a QEMU process of the self-test is still running"
   failures=$((failures + 1))
