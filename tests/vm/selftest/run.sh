@@ -29,10 +29,12 @@ check() {   # check WHAT EXPECTED_STATUS ACTUAL_STATUS OUTPUT_FILE PATTERN
     failures=$((failures + 1))
   fi
 }
-run() {   # run KMOD_VARIANT CASE: status of run-case.sh, output in $work/out
-  local rc=0
-  DMU_KMOD_DIR=$here/$1 "$vm_lib/run-case.sh" --build "$work/$1" --kernel 6.12 "$2" \
-    >"$work/out" 2>&1 || rc=$?
+run() {   # run KMOD_VARIANT CASE...: status of run-case.sh, output in $work/out
+  local rc=0 variant=$1 boot=()
+  shift
+  [ $# = 1 ] || boot=(--boot shared)   # several cases: one shared boot
+  DMU_KMOD_DIR=$here/$variant "$vm_lib/run-case.sh" --build "$work/$variant" --kernel 6.12 \
+    "${boot[@]}" "$@" >"$work/out" 2>&1 || rc=$?
   echo "$rc"
 }
 
@@ -58,9 +60,7 @@ printf '#!/bin/sh\n# vm: timeout=120\necho "first case ran"\n' >"$work/cases/fir
 printf '#!/bin/sh\n# vm: timeout=120\ntruncate -s 1M /tmp/f\nlosetup -f /tmp/f\nsleep 1000 &\n' \
   >"$work/cases/leaky.sh"
 printf '#!/bin/sh\n# vm: timeout=120\necho "third case ran"\n' >"$work/cases/third.sh"
-rc=0
-DMU_KMOD_DIR=$here/good "$vm_lib/run-case.sh" --build "$work/good" --kernel 6.12 --boot shared \
-  "$work/cases/first.sh" "$work/cases/leaky.sh" "$work/cases/third.sh" >"$work/out" 2>&1 || rc=$?
+rc=$(run good "$work/cases/first.sh" "$work/cases/leaky.sh" "$work/cases/third.sh")
 check "a case of a shared boot that leaves a loop device fails" 1 "$rc" "$work/out" \
   "FAILED: leaky left loop devices: /dev/loop"
 if ! grep -q "first passed" "$work/out" || ! grep -q "leaky left process .*sleep 1000" "$work/out" ||
@@ -70,10 +70,8 @@ if ! grep -q "first passed" "$work/out" || ! grep -q "leaky left process .*sleep
   failures=$((failures + 1))
 fi
 printf '#!/bin/sh\n# vm: timeout=15\necho "hanging now"\nsleep 1000\n' >"$work/cases/hangs.sh"
-rc=0
-DMU_KMOD_DIR=$here/good "$vm_lib/run-case.sh" --build "$work/good" --kernel 6.12 --boot shared \
-  "$work/cases/first.sh" "$work/cases/hangs.sh" "$work/cases/third.sh" >"$work/out" 2>&1 || rc=$?
-check "a case of a shared boot that outlives its timeout ends the run" 93 "$rc" "$work/out" \
+check "a case of a shared boot that outlives its timeout ends the run" 93 \
+  "$(run good "$work/cases/first.sh" "$work/cases/hangs.sh" "$work/cases/third.sh")" "$work/out" \
   "HANG: hangs still running at uptime .* past its timeout (15 s)"
 if pgrep -f "qemu-system-x86_64.*$work" >/dev/null; then
   echo "selftest: FAILED: a QEMU process of the self-test is still running"
