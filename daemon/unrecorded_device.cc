@@ -46,14 +46,29 @@ std::vector<std::pair<std::string, std::string>> table_loops(const std::string& 
   return loops;
 }
 
-// Whether no mapping process ever bound NAME and the kernel holds no
-// allocation nobody committed: only then is the device an attach's
-// leftover, and removing it loses nothing.  (A record deleted by hand, or
-// another dmu with its own run directory, must not cost a guest its data.)
-Result<bool> never_served(const std::string& name) {
+// How far NAME's device is from the leftover of an attach killed before
+// any mapping process bound it, by what its kernel state says.
+enum class Leftover {
+  kNo,          // it may hold a guest's data: not ours to touch
+  kNeverBound,  // no daemon ever bound it (I/O in it waits for one)
+  kTimedOut,    // none bound in daemon_timeout (I/O fails at once)
+  kErrored,     // an earlier clean-up swapped in the error table, then stopped
+};
+
+// A record deleted by hand, or another dmu with its own run directory,
+// must not cost a guest its data: only a device no daemon is bound to, with
+// no allocation nobody committed, is a leftover.  "timed_out" is also where
+// a device ends whose daemon served it and died, so only "absent" (no
+// daemon bound since the key's state was made) allows failing its I/O.
+Result<Leftover> leftover_state(const std::string& name) {
+  DMU_ASSIGN_OR_RETURN(auto lines, dm_table(name));
+  if (lines.size() == 1 && lines[0].type == "error") return Leftover::kErrored;
   DMU_ASSIGN_OR_RETURN(std::string daemon, userspace_status_field(name, "daemon"));
   DMU_ASSIGN_OR_RETURN(std::string unpublished, userspace_status_field(name, "unpublished"));
-  return (daemon == "absent" || daemon == "timed_out") && unpublished == "0";
+  if (unpublished != "0") return Leftover::kNo;
+  if (daemon == "absent") return Leftover::kNeverBound;
+  if (daemon == "timed_out") return Leftover::kTimedOut;
+  return Leftover::kNo;
 }
 
 }  // namespace
@@ -67,8 +82,8 @@ Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name) {
   if (recorded) return UnrecordedRemoval::kRecorded;
   DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
   if (!info.exists) return UnrecordedRemoval::kAlreadyGone;
-  DMU_ASSIGN_OR_RETURN(bool unserved, never_served(name));
-  if (!made_by_attach(name, info) || !unserved)
+  DMU_ASSIGN_OR_RETURN(Leftover state, leftover_state(name));
+  if (!made_by_attach(name, info) || state == Leftover::kNo)
     return fail(EEXIST, "dm device " + name + " has no dmu record (" + state_path(name) +
                             ") and was not left by a killed attach; not touching it (dmsetup "
                             "remove " + name + " if it is yours)");
@@ -77,8 +92,10 @@ Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name) {
   auto adopted = DmDevice::adopt(name);
   if (!adopted && adopted.error().code == ENXIO) return UnrecordedRemoval::kAlreadyGone;
   DMU_ASSIGN_OR_RETURN(DmDevice dm, std::move(adopted));
-  // Nothing in it is anybody's data (no daemon ever answered it).
-  auto removed = dm.fail_io();
+  // I/O waiting in it for a daemon keeps its opener (blkid) and so the
+  // device; nothing in it is anybody's data (no daemon ever answered it).
+  Result<void> removed;
+  if (state == Leftover::kNeverBound) removed = dm.fail_io();
   if (removed) removed = dm.remove();
   if (!removed) {
     dm.release();

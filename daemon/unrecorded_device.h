@@ -28,11 +28,12 @@ enum class UnrecordedRemoval {
 
 // Removes NAME's unrecorded device and the loop devices of its table; the
 // caller holds NAME's lock (records are written under it, so the record
-// looked at here stays as it is).  EEXIST unless no mapping process ever
-// bound it and it holds no uncommitted allocation (and it still carries our
-// uuid).  I/O waiting in it for a daemon (udev's blkid reads every new
-// device) is failed first, so its openers let it go; EBUSY if one still
-// holds it open after libdevmapper's retries.
+// looked at here stays as it is).  EEXIST unless it still carries our uuid,
+// no mapping process is bound to it and it holds no uncommitted allocation.
+// When no daemon ever bound it, the I/O waiting in it (udev's blkid reads
+// every new device) is failed first, so its openers let it go; EBUSY if one
+// still holds it open after libdevmapper's retries.  A device an earlier
+// call left with the error table (its removal was refused) is removed too.
 Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name);
 
 }  // namespace dmu::daemon

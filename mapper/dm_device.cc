@@ -85,9 +85,9 @@ Result<Task> new_task(int type, const std::string& name, const std::string& what
 
 // Runs a task that creates or removes a node and waits for the node work
 // (udev's, or the library's fallback) to finish.
-bool run_with_cookie(dm_task* t) {
+bool run_with_cookie(dm_task* t, uint16_t udev_flags = 0) {
   uint32_t cookie = 0;
-  if (!dm_task_set_cookie(t, &cookie, 0)) return false;
+  if (!dm_task_set_cookie(t, &cookie, udev_flags)) return false;
   bool ok = dm_task_run(t) != 0;
   (void)dm_udev_wait(cookie);
   return ok;
@@ -239,11 +239,29 @@ Result<void> DmDevice::fail_io() {
   begin_operation();
   DMU_ASSIGN_OR_RETURN(Task t, new_task(DM_DEVICE_RESUME, name_, what));
   // The suspend that comes with the swap: without a flush (which would wait
-  // for the held I/O) and without freezing a file system.
+  // for the held I/O) and without freezing a file system.  udev's disk
+  // rules need not look at a device that is about to go.
   if (!dm_task_no_flush(t.get()) || !dm_task_skip_lockfs(t.get()))
     return fail(operation_error(what + ": resume flags"));
-  if (!run_with_cookie(t.get())) return fail(operation_error(what + ": resume with the error table"));
+  if (!run_with_cookie(t.get(), DM_UDEV_DISABLE_DISK_RULES_FLAG | DM_UDEV_DISABLE_OTHER_RULES_FLAG)) {
+    Error e = operation_error(what + ": resume with the error table");
+    undo_failed_swap();
+    return fail(e);
+  }
   return {};
+}
+
+void DmDevice::undo_failed_swap() {
+  // A resume can fail after its suspend succeeded (the swap refused): the
+  // old table would stay suspended and every reader would block in dm
+  // core.  Drop the error table and resume the old one, as dmsetup does.
+  begin_operation();
+  if (auto clear = new_task(DM_DEVICE_CLEAR, name_, name_); clear) (void)dm_task_run(clear->get());
+  auto info = dm_device_info(name_);
+  if (!info || !info->suspended) return;
+  begin_operation();
+  if (auto resume = new_task(DM_DEVICE_RESUME, name_, name_); resume)
+    (void)run_with_cookie(resume->get());
 }
 
 namespace {

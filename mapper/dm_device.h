@@ -66,6 +66,8 @@ class DmDevice {
   static bool available();
 
  private:
+  // fail_io's way back when the swap failed after the suspend.
+  void undo_failed_swap();
   DmDevice() = default;
 
   std::string name_;

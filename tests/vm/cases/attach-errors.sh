@@ -220,6 +220,23 @@ dmu detach k3 >/tmp/k3.out 2>&1 || { cat /tmp/k3.out; fail "detach of k3, not at
 grep -q "not attached; nothing to do" /tmp/k3.out || { cat /tmp/k3.out; fail "detach k3 said something else"; }
 expect_eq "k3's files left in /run/dmu" "k3.log" "$(ls /run/dmu | grep '^k3\.')"
 rm /run/dmu/k3.log
+# An opener that keeps the leftover device open past libdevmapper's retries
+# (it ignores the EIO): the detach is refused, naming why, and leaves the
+# device with the error table; once it lets go, the next detach removes it.
+killed_attach k4
+( exec 3</dev/mapper/k4 && touch /tmp/k4.held && exec sleep 12 ) &
+k4_holder=$!
+i=0
+until [ -e /tmp/k4.held ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "could not open k4"; sleep 0.05; done
+dmu detach k4 >/tmp/k4.out 2>&1 && { cat /tmp/k4.out; fail "detach of k4 succeeded while it was held open"; }
+grep -q "something keeps it open" /tmp/k4.out || { cat /tmp/k4.out; fail "the refused detach of k4 did not say why"; }
+expect_eq "k4's table after the refused detach" "error" "$(dmsetup table k4 | awk '{print $3}')"
+kill "$k4_holder"
+wait "$k4_holder" 2>/dev/null
+dmu detach k4 >/tmp/k4.out 2>&1 || { cat /tmp/k4.out; fail "detach of k4 once let go"; }
+grep -q "removed the device an attach killed" /tmp/k4.out || { cat /tmp/k4.out; fail "detach k4 said something else"; }
+[ ! -e /dev/mapper/k4 ] || fail "detach left k4's device"
+expect_eq "loop devices after k4 went" "$loops" "$(losetup -a | wc -l)"
 
 step "the image's file system runs out of space"
 mkdir -p /small && mount -t tmpfs -o size=40m tmpfs /small || fail "mount a 40 MiB tmpfs"
