@@ -82,7 +82,11 @@ uint64_t scratch_file_size(uint64_t block_size) {
 
 Result<std::string> userspace_status_field(const std::string& name, const std::string& field) {
   DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
-  for (const auto& l : lines) {
+  return status_field(lines, field);
+}
+
+Result<std::string> status_field(const std::vector<DmTableLine>& status, const std::string& field) {
+  for (const auto& l : status) {
     if (l.type != "userspace") continue;
     DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));
     for (const auto& f : fields)

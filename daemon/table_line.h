@@ -39,8 +39,10 @@ struct StatusField {
 // Splits the `userspace` status line ("requests=N hits=N ... daemon=bound
 // ...") into fields; words without '=' are refused, naming the word.
 Result<std::vector<StatusField>> parse_status(const std::string& line);
-// Field `field` of the status of dm device NAME's userspace target ("" when
-// the status has no such field or the table no userspace target).
+// Field `field` among a device's status lines (`dmsetup status`): the
+// userspace target's, "" when it has no such field or there is none.
+Result<std::string> status_field(const std::vector<DmTableLine>& status, const std::string& field);
+// The same for dm device NAME, read from the kernel.
 Result<std::string> userspace_status_field(const std::string& name, const std::string& field);
 
 }  // namespace dmu::daemon

@@ -61,10 +61,10 @@ enum class Leftover {
 // a device ends whose daemon served it and died, so only "absent" (no
 // daemon bound since the key's state was made) allows failing its I/O.
 Result<Leftover> leftover_state(const std::string& name) {
-  DMU_ASSIGN_OR_RETURN(auto lines, dm_table(name));
-  if (lines.size() == 1 && lines[0].type == "error") return Leftover::kErrored;
-  DMU_ASSIGN_OR_RETURN(std::string daemon, userspace_status_field(name, "daemon"));
-  DMU_ASSIGN_OR_RETURN(std::string unpublished, userspace_status_field(name, "unpublished"));
+  DMU_ASSIGN_OR_RETURN(auto status, dm_status(name));
+  if (status.size() == 1 && status[0].type == "error") return Leftover::kErrored;
+  DMU_ASSIGN_OR_RETURN(std::string daemon, status_field(status, "daemon"));
+  DMU_ASSIGN_OR_RETURN(std::string unpublished, status_field(status, "unpublished"));
   if (unpublished != "0") return Leftover::kNo;
   if (daemon == "absent") return Leftover::kNeverBound;
   if (daemon == "timed_out") return Leftover::kTimedOut;

@@ -101,7 +101,7 @@ expect_gt() {
 
 # check_dmesg: no oops, warning or BUG from any part of the kernel.
 check_dmesg() {
-  if dmesg | grep -E "Oops|WARNING:|BUG[: ]|general protection|Call Trace|kernel BUG"; then
+  if dmesg | grep -E "$KERNEL_PROBLEMS"; then
     fail "kernel log has an oops/warning/BUG (above)"
   fi
 }

@@ -3,7 +3,7 @@
 # Builds the kernel-independent initramfs piece OUT (zstd cpio): the host
 # programs named in LIST with their libraries, dash as /bin/sh, kmod's
 # modprobe & co., the guest /init and /usr/lib/dmu-test/ (lib.sh, debug-checks.sh,
-# hang-report.sh, ksymbolize).
+# init-lib.sh, ksymbolize).
 # Skipped when neither the programs nor these scripts changed.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -26,7 +26,7 @@ fi
 install -D -m 755 "$vm_lib/guest/init" "$stage/init"
 install -D -m 644 "$vm_lib/guest/lib.sh" "$stage/usr/lib/dmu-test/lib.sh"
 install -D -m 644 "$vm_lib/guest/debug-checks.sh" "$stage/usr/lib/dmu-test/debug-checks.sh"
-install -D -m 644 "$vm_lib/guest/hang-report.sh" "$stage/usr/lib/dmu-test/hang-report.sh"
+install -D -m 644 "$vm_lib/guest/init-lib.sh" "$stage/usr/lib/dmu-test/init-lib.sh"
 install -D -m 755 "$vm_lib/guest/ksymbolize" "$stage/usr/lib/dmu-test/ksymbolize"
 install -D -m 644 /etc/mke2fs.conf "$stage/etc/mke2fs.conf"
 mkdir -p "$stage/etc/dmu/init.d" "$stage/usr/local/bin" "$stage/var/log" "$stage/var/tmp"

@@ -15,7 +15,8 @@
 # case's check_dmesg reads only its own), /tmp and /run/dmu emptied, the
 # disks zeroed.
 . /etc/dmu/run.conf
-. /usr/lib/dmu-test/hang-report.sh
+. /usr/lib/dmu-test/lib.sh
+. /usr/lib/dmu-test/init-lib.sh
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
@@ -79,7 +80,7 @@ nothing_left() {
   [ -z "$_left" ] || { echo "dmu-init: FAILED: $1 left dmu records: $_left"; return 1; }
   [ "$DMU_KMOD" != load ] || rmmod dm_userspace ||
     { echo "dmu-init: FAILED: dm-userspace does not unload after $1"; return 1; }
-  if dmesg | grep -E "Oops|WARNING:|BUG[: ]|general protection|Call Trace|kernel BUG|still has objects"; then
+  if dmesg | grep -E "$KERNEL_PROBLEMS|still has objects"; then
     echo "dmu-init: FAILED: the kernel log has a warning after $1 (above)"
     return 1
   fi
@@ -90,10 +91,7 @@ nothing_left() {
 # cleared, /tmp and /run/dmu empty, the disks zeroed.
 fresh_guest() {
   if [ "$DMU_KMOD" = load ]; then
-    _args=
-    [ "${DMU_DEBUG_CHECKS:-0}" != 1 ] || _args=daemon_timeout=300
-    # shellcheck disable=SC2086  # no argument or one
-    modprobe dm-userspace $_args || { echo "dmu-init: FAILED to load dm-userspace again"; return 1; }
+    load_dmu || { echo "dmu-init: FAILED to load dm-userspace again"; return 1; }
   fi
   dmesg -C
   rm -rf /tmp/* /tmp/.[!.]* /run/dmu 2>/dev/null

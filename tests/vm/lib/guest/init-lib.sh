@@ -1,6 +1,17 @@
-# Sourced by /init and by guest/run-cases.sh (a shared boot's per-case
-# watchdog): what a hung case waits for, and the end of the run.
-# POSIX sh (dash).
+# Sourced by /init and by guest/run-cases.sh (a shared boot loads the module
+# again between cases, and watches each case): loading dm-userspace, what a
+# hung case waits for, and the end of the run.  POSIX sh (dash).
+
+# load_dmu: modprobe dm-userspace as every case expects it.  A debug kernel
+# on a busy host can take longer than the default 30 s daemon_timeout to get
+# one answer through; cases that test the timeout set it in their table
+# line, which overrides this.
+load_dmu() {
+  _kmod_args=
+  [ "${DMU_DEBUG_CHECKS:-0}" != 1 ] || _kmod_args=daemon_timeout=300
+  # shellcheck disable=SC2086  # no argument or one
+  modprobe dm-userspace $_kmod_args
+}
 
 # hang_report WHAT: "dmu-init: HANG: WHAT", then the blocked tasks with
 # their stacks, the device-mapper, block-queue and loop state, interrupts
