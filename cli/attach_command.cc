@@ -22,7 +22,8 @@ int attach_main(const std::vector<std::string>& args) {
       ("read-only", po::bool_switch(), "a read-only device; the image is not written")
       ("group", po::value<std::string>(), "served by group GROUP's mapping process (started "
                                           "if none runs) rather than one of its own")
-      ("format,f", po::value<std::string>(), "image format (probed if absent)")
+      ("format,f", po::value<std::string>(), "image format (probed if absent; a raw image "
+                                              "is attached writable only when named)")
       ("timeout", po::value<uint32_t>(), "seconds the attach may take until the device is "
                                          "served (default 120); past it, it fails and removes "
                                          "what it set up (or says why it could not)")

@@ -86,6 +86,19 @@ Result<Plan> plan(const std::string& image, const AttachOptions& o) {
   DMU_ASSIGN_OR_RETURN(auto chain, formats::Chain::open(posix_env(), image, co));
   Plan p;
   p.format = chain->top().info().format;
+  // QEMU's probing rule.  Raw is what a probe finds when no header is
+  // there, so a guest on a probed raw image could write a qcow2 header into
+  // its first sector, and the next probe (of this or any tool) would take
+  // the file for qcow2 and follow its backing path into host files.  QEMU
+  // refuses such writes to sector 0; here the kernel moves guest data
+  // without the mapping process seeing it, so a writable raw device must be
+  // asked for by name (the record keeps the format: a restart never probes).
+  if (!o.format && !o.read_only && p.format == "raw")
+    return fail(EINVAL, image +
+                            ": probed as raw, which a writable attach must not rely on (the "
+                            "guest could write a header that a later probe takes for another "
+                            "format): name the format (-f raw, or a raw: target) or attach "
+                            "--read-only");
   for (const auto& im : chain->images()) p.chain.push_back(im->info().filename);
   for (unsigned i = 0; i < chain->devices().size(); ++i) {
     p.files.push_back(chain->devices()[i]->path());

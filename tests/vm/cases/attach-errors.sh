@@ -47,6 +47,28 @@ step "an image whose backing file is missing"
 qemu-img create -q -f qcow2 -u -b /data/gone.qcow2 -F qcow2 orphan.qcow2 64M || fail "create orphan"
 refused m3 /data/orphan.qcow2 "gone.qcow2"
 
+step "a raw image is attached writable only with its format named (QEMU's probing rule)"
+truncate -s 64M plain.img
+refused m5 /data/plain.img "probed as raw"
+dmu attach --name m5 --read-only /data/plain.img >/dev/null || fail "read-only attach of the probed plain.img"
+dmu detach m5 >/dev/null || fail "detach m5 (read-only)"
+dmu attach --name m5 -f raw /data/plain.img >/dev/null || fail "attach -f raw plain.img"
+# Named raw, the guest may write what it likes, here a qcow2 header naming a
+# host file as its backing file: a restarted mapping process serves the
+# recorded format, it does not probe again.
+qemu-img create -q -f qcow2 -u -b /etc/passwd -F raw /tmp/evil.qcow2 1G || fail "create evil.qcow2"
+dd if=/tmp/evil.qcow2 of=/dev/mapper/m5 bs=4096 count=1 oflag=direct conv=notrunc status=none ||
+  fail "write a qcow2 header through m5"
+qemu-img info -U /data/plain.img | grep -q '^file format: qcow2' || fail "plain.img does not probe as qcow2 now"
+pid=$(record_field m5 pid)
+kill -9 "$pid"
+wait_replaced m5 "$pid" >/dev/null
+expect_eq "m5's size after the restart (sectors)" $((64 * 2048)) "$(blockdev --getsz /dev/mapper/m5)"
+cmp -n 4096 /tmp/evil.qcow2 /dev/mapper/m5 || fail "m5 no longer shows the header it was given"
+grep -q '"format": "raw"' /run/dmu/m5.json || fail "m5's record no longer says raw"
+dmu detach m5 >/dev/null || fail "detach m5"
+rm -f plain.img /tmp/evil.qcow2
+
 step "an image qemu-io holds for writing"
 qemu-img create -q -f qcow2 held.qcow2 64M || fail "create held.qcow2"
 qemu-io -c "sleep 600000" held.qcow2 >/tmp/qio.log 2>&1 &

@@ -42,9 +42,12 @@ images="w0.qcow2 w1.qcow2 w2.qcow2 w3.qcow w4.qcow2 w5.vmdk w6.vmdk w7.img"
 # DEADLINE (seconds of uptime); the last line of /tmp/worker.N says why it
 # stopped.  State between runs is kept in /tmp/worker.N.prev.
 worker() {
-  _n=$1 _img=/data/$2 _end=$3 _name=ld$1 _c=0
+  _n=$1 _img=/data/$2 _end=$3 _name=ld$1 _c=0 _fmt=
+  # A raw image is only attached writable with its format named.
+  case $_img in *.img) _fmt="-f raw" ;; esac
   while [ "$(now_s)" -lt "$_end" ] || [ $_c = 0 ]; do
-    _dev=$(dmu attach --name "$_name" "$_img" 2>"/tmp/worker.$_n.err") ||
+    # shellcheck disable=SC2086
+    _dev=$(dmu attach --name "$_name" $_fmt "$_img" 2>"/tmp/worker.$_n.err") ||
       { echo "worker $_n: attach $_img: $(cat "/tmp/worker.$_n.err")"; return 1; }
     if [ -s "/tmp/worker.$_n.prev" ]; then
       read -r _poff _pexp <"/tmp/worker.$_n.prev"
