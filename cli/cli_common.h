@@ -12,6 +12,7 @@
 #include <boost/program_options.hpp>
 
 #include "common/error.h"
+#include "common/size.h"  // parse_size, human_size: qemu-img's size conventions
 #include "formats/chain.h"
 
 namespace dmu::cli {
@@ -45,12 +46,6 @@ std::optional<po::variables_map> parse_args(const std::vector<std::string>& args
                                             const po::options_description& options,
                                             const po::positional_options_description& positional,
                                             int* exit_code);
-
-// A size as qemu-img reads it: a number (fractions allowed) with an optional
-// suffix B, k/K, M, G, T, P, E (powers of 1024; no suffix = bytes).
-Result<uint64_t> parse_size(const std::string& text);
-// "4 MiB" / "1.5 GiB" / "512 B", as qemu-img info prints sizes.
-std::string human_size(uint64_t bytes);
 
 // Opens IMAGE's chain with QEMU-compatible locks on its files.
 Result<std::unique_ptr<formats::Chain>> open_chain(const std::string& path,
