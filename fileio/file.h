@@ -1,6 +1,7 @@
-// File and Env: the only way format engines touch storage.  Three Envs exist:
-// the real one (posix_env), an in-memory one (mem_env) and a crash simulator
-// (fault_env) that loses whatever was not synced.
+// File and Env: the only way format engines touch storage.  The Envs: the
+// real one (posix_env, and direct_env for O_DIRECT), an in-memory one
+// (mem_env) and, for tests only, a crash simulator that loses whatever was
+// not synced (tests/support/fault_env.h).
 #pragma once
 
 #include <cstdint>

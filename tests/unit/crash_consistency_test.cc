@@ -1,6 +1,6 @@
 // Crash consistency through the daemon's code path: a random workload of
 // writes, discards and flushes runs through the in-process transport and the
-// map service on the crash simulator (fileio/fault_env.h), and is cut at
+// map service on the crash simulator (tests/support/fault_env.h), and is cut at
 // every write and flush boundary.  After each cut the simulated disk keeps
 // nothing, everything, or a random subset of what was not synced, and then
 //   - the image opens and the engine's check finds no corruption,
@@ -12,7 +12,7 @@
 
 #include <random>
 
-#include "fileio/fault_env.h"
+#include "tests/support/fault_env.h"
 #include "fileio/mem_env.h"
 #include "formats/chain.h"
 #include "mapper/inprocess_transport.h"
@@ -62,6 +62,7 @@ std::vector<Op> workload(uint32_t seed) {
 struct RunResult {
   std::vector<uint8_t> acked;  // guest contents at the last completed flush
   std::vector<bool> dirty;     // bytes written or discarded after it
+  bool finished = false;       // every operation succeeded
 };
 
 class CrashConsistency : public ::testing::TestWithParam<Case> {
@@ -116,8 +117,9 @@ class CrashConsistency : public ::testing::TestWithParam<Case> {
           r.dirty.assign(kSize, false);
         }
       }
-      if (!done) break;
+      if (!done) return r;
     }
+    r.finished = true;
     return r;
   }
 
@@ -157,9 +159,15 @@ TEST_P(CrashConsistency, EveryCutLeavesAConsistentImageWithAcknowledgedData) {
   const auto ops = workload(1234);
   uint64_t total = 0;
   {
+    // The uncut run must do the whole workload, or the cuts below would
+    // only ever test the part before its failure.
     FaultEnv env;
-    run(env, ops, UINT64_MAX);
+    RunResult whole = run(env, ops, UINT64_MAX);
+    ASSERT_TRUE(whole.finished) << "the workload fails without any power cut";
     total = env.mutations();
+    env.crash(CrashKeeps::Nothing);
+    verify(env, whole, total, 0, false);
+    ASSERT_FALSE(HasFailure()) << "the uncut workload does not read back";
   }
   ASSERT_GT(total, 10u);
   // Every cut crashes three ways (the disk keeps nothing, everything, or a

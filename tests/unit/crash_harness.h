@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "fileio/fault_env.h"
+#include "tests/support/fault_env.h"
 #include "formats/image.h"
 #include "tests/unit/engine_harness.h"
 

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "fileio/fault_env.h"
+#include "tests/support/fault_env.h"
 #include "fileio/mem_env.h"
 #include "tests/support/test_support.h"
 

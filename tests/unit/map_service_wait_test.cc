@@ -9,7 +9,7 @@
 
 #include <random>
 
-#include "fileio/fault_env.h"
+#include "tests/support/fault_env.h"
 #include "formats/chain.h"
 #include "mapper/block_ranges.h"
 #include "mapper/map_service.h"

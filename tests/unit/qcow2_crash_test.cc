@@ -9,7 +9,7 @@
 #include <random>
 
 #include "common/endian.h"
-#include "fileio/fault_env.h"
+#include "tests/support/fault_env.h"
 #include "tests/unit/qcow2_test_helpers.h"
 
 namespace dmu::qcow2_test {

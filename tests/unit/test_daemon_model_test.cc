@@ -8,7 +8,7 @@
 
 #include <cstring>
 
-#include "fileio/fault_env.h"
+#include "tests/support/fault_env.h"
 #include "fileio/mem_env.h"
 #include "mapper/protocol.h"
 #include "tests/kmod/model.h"
