@@ -134,6 +134,7 @@ TEST_F(LockImage, PlacingNextToOwnAcquiredLockSucceeds) {
 }
 
 TEST_F(LockImage, DmuRefusesAnImageQemuWrites) {
+  const auto before = read_file(image_);
   QemuHolder qemu(image_, true);
   auto io = run_split(dmu("io img.qcow2 -c 'write 0 4k'"), dir_.path());
   EXPECT_NE(io.exit_code, 0);
@@ -146,15 +147,18 @@ TEST_F(LockImage, DmuRefusesAnImageQemuWrites) {
   EXPECT_NE(info.err.find("Failed to get shared \"write\" lock"), std::string::npos) << info.err;
   auto create = run_split(dmu("create -f qcow2 img.qcow2 1M"), dir_.path());
   EXPECT_NE(create.exit_code, 0) << "create must not overwrite an image in use";
+  EXPECT_EQ(read_file(image_), before) << "a refused command changed the image";
 }
 
 TEST_F(LockImage, DmuReadsAnImageQemuOnlyReads) {
+  const auto before = read_file(image_);
   QemuHolder qemu(image_, false);
   auto info = run_split(dmu("info img.qcow2"), dir_.path());
   EXPECT_EQ(info.exit_code, 0) << info.err;
   auto io = run_split(dmu("io img.qcow2 -c 'write 0 4k'"), dir_.path());
   EXPECT_NE(io.exit_code, 0);
   EXPECT_NE(io.err.find("Failed to get \"write\" lock"), std::string::npos) << io.err;
+  EXPECT_EQ(read_file(image_), before) << "the refused write changed the image";
 }
 
 TEST_F(LockImage, QemuRefusesAnImageDmuWrites) {
@@ -162,15 +166,18 @@ TEST_F(LockImage, QemuRefusesAnImageDmuWrites) {
   formats::ChainOptions options;
   options.access = formats::Access::ReadWrite;
   options.lock = true;
+  const auto before = read_file(image_);
   auto chain = formats::Chain::open(posix_env(), image_, options);
   ASSERT_TRUE(chain) << chain.error().message;
-  auto io = run_split("qemu-io -f qcow2 img.qcow2 -c 'read 0 512'", dir_.path());
+  auto io = run_split("qemu-io -f qcow2 img.qcow2 -c 'write 0 512'", dir_.path());
   EXPECT_NE(io.exit_code, 0);
   EXPECT_NE((io.out + io.err).find("Failed to get \"write\" lock"), std::string::npos)
       << io.out << io.err;
   auto info = run_split("qemu-img info img.qcow2", dir_.path());
   EXPECT_NE(info.exit_code, 0);
   EXPECT_NE(info.err.find("Failed to get shared \"write\" lock"), std::string::npos) << info.err;
+  chain->reset();  // dmu wrote nothing: the file must be as it was
+  EXPECT_EQ(read_file(image_), before) << "qemu-io changed an image dmu has open";
 }
 
 TEST_F(LockImage, BackingImagesAreLockedForReadingOnly) {
@@ -184,8 +191,10 @@ TEST_F(LockImage, BackingImagesAreLockedForReadingOnly) {
   // QEMU may read the backing image, as it may between two QEMUs.
   auto info = run_split("qemu-img info img.qcow2", dir_.path());
   EXPECT_EQ(info.exit_code, 0) << info.err;
+  const auto before = read_file(image_);
   auto io = run_split("qemu-io -f qcow2 img.qcow2 -c 'write 0 512'", dir_.path());
   EXPECT_NE(io.exit_code, 0) << "a backing image in use must not be written";
+  EXPECT_EQ(read_file(image_), before) << "qemu-io changed a backing image in use";
 }
 
 }  // namespace
