@@ -6,7 +6,7 @@
 
 #include "common/checked.h"
 #include "common/endian.h"
-#include "formats/qcow/inflate.h"
+#include "formats/inflate.h"
 
 namespace dmu::formats::qcow {
 namespace {
@@ -205,11 +205,14 @@ Result<void> QcowImage::decompress(const Cluster& c, uint64_t cluster) {
   std::vector<uint8_t> in(c.csize);
   DMU_TRY(file_->read(c.offset, in));
   cached_data_.resize(cluster_size());
-  if (!inflate_cluster(in, cached_data_)) {
+  const std::string what = info_.filename + ": compressed cluster for guest offset " +
+                           hex(cluster * cluster_size()) + " at " + hex(c.offset);
+  // As QEMU: a stream that fills the cluster counts, ended or not.
+  auto inflated = inflate(Deflate::Raw4k, in, cached_data_);
+  if (!inflated || inflated->produced != cluster_size()) {
     cached_data_.clear();
-    return fail(EIO, info_.filename + ": compressed cluster for guest offset " +
-                         hex(cluster * cluster_size()) + " at " + hex(c.offset) +
-                         " does not decompress to " + std::to_string(cluster_size()) + " bytes");
+    return fail(EIO, what + " does not decompress to " + std::to_string(cluster_size()) +
+                         " bytes" + (inflated ? "" : " (" + inflated.error().message + ")"));
   }
   cached_entry_ = key;
   return {};

@@ -1,34 +1,14 @@
 // zlib and zstd decoding of one compressed cluster (see compressed.h).
 #include "formats/qcow2/compressed.h"
 
-#include <zlib.h>
+#include "formats/inflate.h"
+
 #include <zstd.h>
 
 #include <memory>
 
 namespace dmu::formats::qcow2 {
 namespace {
-
-Result<void> inflate_raw(std::span<const uint8_t> in, std::span<uint8_t> out,
-                         const std::string& what) {
-  z_stream s{};
-  // Negative window bits: raw deflate without a zlib header, 4 KiB window.
-  if (inflateInit2(&s, -12) != Z_OK) return fail(ENOMEM, what + ": zlib initialisation failed");
-  s.next_in = const_cast<Bytef*>(in.data());
-  s.avail_in = uInt(in.size());
-  s.next_out = out.data();
-  s.avail_out = uInt(out.size());
-  int ret = inflate(&s, Z_FINISH);
-  bool full = s.avail_out == 0;
-  inflateEnd(&s);
-  // Z_BUF_ERROR with a full output: the input had trailing bytes, which the
-  // sector granularity of the stored size allows.
-  if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && full) return {};
-  return fail(EIO, what + ": corrupt zlib-compressed cluster (" +
-                       (ret == Z_STREAM_END ? std::string("decodes to less than a cluster")
-                                            : "inflate error " + std::to_string(ret)) +
-                       ")");
-}
 
 Result<void> decompress_zstd(std::span<const uint8_t> in, std::span<uint8_t> out,
                              const std::string& what) {
@@ -56,8 +36,14 @@ Result<void> decompress_zstd(std::span<const uint8_t> in, std::span<uint8_t> out
 Result<void> decompress_cluster(CompressionType type, std::span<const uint8_t> in,
                                 std::span<uint8_t> out, const std::string& what) {
   switch (type) {
-    case CompressionType::Zlib:
-      return inflate_raw(in, out, what);
+    case CompressionType::Zlib: {
+      // The stored size is in sectors, so trailing bytes may follow the
+      // stream, and a stream that fills the cluster counts, ended or not.
+      auto r = inflate(Deflate::Raw4k, in, out);
+      if (!r) return fail(r.error().context(what + ": corrupt zlib-compressed cluster"));
+      if (r->produced == out.size()) return {};
+      return fail(EIO, what + ": corrupt zlib-compressed cluster (decodes to less than a cluster)");
+    }
     case CompressionType::Zstd:
       return decompress_zstd(in, out, what);
   }

@@ -2,12 +2,11 @@
 // sparse_extent_write.cc, check() in sparse_extent_check.cc).
 #include "formats/vmdk/sparse_extent.h"
 
-#include <zlib.h>
-
 #include <cstring>
 
 #include "common/checked.h"
 #include "common/endian.h"
+#include "formats/inflate.h"
 
 namespace dmu::formats::vmdk {
 namespace {
@@ -192,13 +191,16 @@ Result<void> SparseExtent::inflate_grain(uint64_t grain, const Grain& g) {
                            std::to_string(len) + " compressed bytes");
   }
   cached_data_.assign(gb, 0);
-  uLongf out_len = uLongf(gb);
-  int ret = uncompress(cached_data_.data(), &out_len, data, uLong(len));
-  uint64_t visible = std::min(gb, size() - grain * gb);
-  if (ret != Z_OK || out_len < visible) {
+  const std::string what =
+      name_ + ": compressed grain for offset " + hex(grain * gb) + " at " + hex(g.offset);
+  // A whole zlib stream (as zlib's uncompress() demands) covering at least
+  // the part of the grain inside the disk.
+  auto inflated = inflate(Deflate::Zlib, std::span<const uint8_t>(data, len), cached_data_);
+  const uint64_t visible = std::min(gb, size() - grain * gb);
+  if (!inflated || !inflated->ended || inflated->produced < visible) {
     cached_data_.clear();
-    return fail(EIO, name_ + ": compressed grain for offset " + hex(grain * gb) + " at " +
-                         hex(g.offset) + " does not decompress to a grain");
+    return fail(EIO, what + " does not decompress to a grain" +
+                         (inflated ? "" : " (" + inflated.error().message + ")"));
   }
   cached_grain_ = grain;
   return {};
