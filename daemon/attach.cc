@@ -215,15 +215,16 @@ Result<void> start_mapping_process(const std::string& program, const std::string
 Result<void> start_serve_process(const std::string& program,
                                  const std::vector<std::string>& selector,
                                  const std::string& log_name, std::chrono::milliseconds timeout) {
+  if (selector.size() != 2) return fail(EINVAL, "serve process: selector is not OPTION NAME");
   DMU_TRY(ensure_run_dir());
-  const std::string& name = selector.at(1);
+  const std::string& name = selector[1];
   const std::string log = log_path(log_name);
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return fail(errno_error("pipe"));
   UniqueFd ready_read(pipe_fds[0]), ready_write(pipe_fds[1]);
   DMU_ASSIGN_OR_RETURN(
       const pid_t pid,
-      spawn_dmu(program, {"serve", selector.at(0), name, "--ready-fd", "3", "--supervise"}, log,
+      spawn_dmu(program, {"serve", selector[0], name, "--ready-fd", "3", "--supervise"}, log,
                 ready_write.get()));
   ready_write.reset();
 
@@ -236,7 +237,7 @@ Result<void> start_serve_process(const std::string& program,
       // A device's own process goes (the attach tears the device down once
       // it has let go).  A group's stays: it serves the group's other
       // members, or will once bound; the one joining is told to leave.
-      if (selector.at(0) == "--name") ::kill(pid, SIGTERM);
+      if (selector[0] == "--name") ::kill(pid, SIGTERM);
       return fail(ETIMEDOUT, name + ": the mapping process (pid " + std::to_string(pid) +
                                  ") did not bind within " +
                                  std::to_string(std::max<long long>(1, timeout.count() / 1000)) +

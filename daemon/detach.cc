@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -51,7 +52,12 @@ Result<void> flush_device(const std::string& node) {
 // The kernel's `unpublished` gauge: allocations no COMMITTED covers yet.
 Result<uint64_t> unpublished(const std::string& name) {
   DMU_ASSIGN_OR_RETURN(std::string value, userspace_status_field(name, "unpublished"));
-  return value.empty() ? uint64_t(0) : std::stoull(value);
+  if (value.empty()) return uint64_t(0);
+  uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (ec != std::errc() || end != value.data() + value.size())
+    return fail(EPROTO, name + ": target status has unpublished=" + value + ", not a number");
+  return n;
 }
 
 // The mapping process grows a qcow2 file in 64 MiB steps (one loop resize

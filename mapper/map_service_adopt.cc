@@ -108,7 +108,7 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
   for (const auto& [id, p] : pending_) in_flight_.add(p.first_block, p.nr_blocks);
   // Only now: write_done ends the image's adoption phase.
   for (const auto& [id, ok] : finished) {
-    adopt_counts_.resolved += pending_.count(id) ? pending_.at(id).tokens.size() : 0;
+    if (auto p = pending_.find(id); p != pending_.end()) adopt_counts_.resolved += p->second.tokens.size();
     resolve_adopted(id, ok);
   }
   return {};

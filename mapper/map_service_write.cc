@@ -127,7 +127,11 @@ Result<void> MapService::WriteAnswer::prepare_all(uint64_t start, uint64_t end) 
                            " overlaps the previous one ending at " + hex(pos));
     pos = t.offset + t.length;
     // Fresh ranges are answered whole, and so is the block the range ends in.
-    if (t.fresh || pos % B_) hi = std::max(hi, std::min(vsize_, align_up(pos, B_).value()));
+    if (t.fresh || pos % B_) {
+      const auto block_end = align_up(pos, B_);
+      if (!block_end) return fail(EIO, s_.chain_.top().info().filename + ": write target past 2^64");
+      hi = std::max(hi, std::min(vsize_, *block_end));
+    }
   }
   // The first target may start before the asked range (a cluster-aligned
   // allocation): cover the block it starts in from its beginning.
@@ -230,7 +234,10 @@ Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
     if (it->scratch) {
       for (uint64_t p = x; p < y;) {  // old contents from the scratch store, block by block
         const uint64_t b = p / B_, q = std::min(y, (b + 1) * B_);
-        const uint64_t src = s_.scratch_->offset_of(old_slots_.at(b)) + (p - b * B_);
+        const auto slot = old_slots_.find(b);
+        if (slot == old_slots_.end())
+          return fail(EIO, name + ": no scratch copy of block " + std::to_string(b));
+        const uint64_t src = s_.scratch_->offset_of(slot->second) + (p - b * B_);
         add_copy(make_copy(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(), src / 512));
         p = q;
       }

@@ -107,7 +107,8 @@ void ScratchStore::compact_age() {
 }
 
 void ScratchStore::unpin(size_t slot) {
-  Slot& s = slots_.at(slot);
+  if (slot >= slots_.size()) return;  // not one of ours: nothing was pinned
+  Slot& s = slots_[slot];
   if (s.pins == 0 || --s.pins > 0 || !s.forgotten) return;
   // Its block changed while it was a COPY source: release it now.
   s.forgotten = false;

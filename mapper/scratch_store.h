@@ -53,7 +53,9 @@ class ScratchStore {
   // quarantine.  The caller fills the slot before answering.
   Result<size_t> allocate(uint64_t block, std::vector<uint64_t>& evicted);
   // A pinned slot is not reused (it is the COPY source of a write in progress).
-  void pin(size_t slot) { ++slots_.at(slot).pins; }
+  void pin(size_t slot) {
+    if (slot < slots_.size()) ++slots_[slot].pins;
+  }
   void unpin(size_t slot);
   // The block's guest contents changed: its slot no longer answers reads
   // (it is released once unpinned and out of quarantine).

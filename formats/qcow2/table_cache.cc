@@ -68,7 +68,9 @@ Result<void> TableCache::flush() {
   if (dependency_) DMU_TRY(dependency_());
   std::sort(dirty.begin(), dirty.end());
   for (uint64_t off : dirty) {
-    Entry& e = *tables_.at(off);
+    auto it = tables_.find(off);
+    if (it == tables_.end()) continue;  // dropped meanwhile: nothing left to write
+    Entry& e = *it->second;
     if (guard_) DMU_TRY(guard_(off));
     if (auto r = file_.write(off, e.bytes); !r)
       return fail(std::move(r).error().context("writing " + what_ + " at " + hex(off)));
