@@ -38,8 +38,7 @@ Result<uint64_t> parse_size(const std::string& text) {
     shift = unsigned(pos) * 10;
   }
   const u128 part = fraction << shift;  // < 10^18 * 2^60 < 2^120
-  if (part % scale != 0)
-    return fail(EINVAL, "size '" + text + "' is not a whole number of bytes");
+  if (part % scale != 0) return fail(EINVAL, "size '" + text + "' is not a whole number of bytes");
   const u128 bytes = (whole << shift) + part / scale;  // < 2^124 + 2^60
   if (bytes >= kLimit) return too_large();
   return uint64_t(bytes);

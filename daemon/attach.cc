@@ -38,7 +38,6 @@ using namespace std::chrono_literals;
 // How long attach waits for a device another attach is setting up.
 constexpr std::chrono::seconds kSettleTime{10};
 
-
 Result<std::string> absolute(const std::string& path) {
   char buf[PATH_MAX];
   if (!::realpath(path.c_str(), buf)) return fail(errno_error(path));
@@ -181,8 +180,7 @@ Result<NameLock> acquire_within(const std::string& name, std::chrono::millisecon
   }
 }
 
-Result<std::string> rebind(const DeviceState& st, const std::string& image,
-                           const AttachOptions& o,
+Result<std::string> rebind(const DeviceState& st, const std::string& image, const AttachOptions& o,
                            std::chrono::steady_clock::time_point deadline) {
   DMU_TRY(same_attachment(st, image, o));
   if (!st.group.empty()) {
@@ -346,8 +344,8 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   // from a process that binds it late, so a failed attach ends near its
   // deadline rather than up to 10 s past it (block-dmu has libxl's 40 s).
   // (At least a second, whatever setting the device up took.)
-  const auto bind_deadline = std::max(deadline - cleanup_reserve(o.join_timeout),
-                                      std::chrono::steady_clock::now() + 1s);
+  const auto bind_deadline =
+      std::max(deadline - cleanup_reserve(o.join_timeout), std::chrono::steady_clock::now() + 1s);
   // The device, its loops and its files outlive this process from here:
   // served, or left to the process that holds it.
   auto keep_all = [&] {
@@ -446,8 +444,8 @@ Result<Attached> attach(const AttachOptions& o) {
       // A record no process ever took (pid 0, no supervisor, no group): its
       // attach is starting the mapping process; one killed there is
       // rebound after the wait.
-      if (!locked && existing->group.empty() && existing->pid == 0 &&
-          existing->supervisor == 0 && settling())
+      if (!locked && existing->group.empty() && existing->pid == 0 && existing->supervisor == 0 &&
+          settling())
         continue;
       // Unlocked while an attach hands it to its group (join_group): not
       // ours to rebind, whose lock grab could fail the group's bind.  (The
@@ -485,7 +483,8 @@ Result<Attached> attach(const AttachOptions& o) {
       // (looked at again under the lock) is not ours to undo.
       DMU_ASSIGN_OR_RETURN(UnrecordedRemoval removal, remove_unrecorded_device(name));
       if (removal == UnrecordedRemoval::kRecorded) continue;
-      if (removal == UnrecordedRemoval::kRemoved) log_event(LogLevel::Warning, name, kUnrecordedRemoved);
+      if (removal == UnrecordedRemoval::kRemoved)
+        log_event(LogLevel::Warning, name, kUnrecordedRemoved);
     }
     if (existing) {
       // A stale record of a device long gone (removed with dmsetup): its

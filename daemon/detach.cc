@@ -127,7 +127,8 @@ Result<NameLock> lock_left_member(const DeviceState& st) {
     if (std::chrono::steady_clock::now() >= deadline ||
         !wait_lock_free(st.name, std::chrono::duration_cast<std::chrono::milliseconds>(
                                      deadline - std::chrono::steady_clock::now())))
-      return fail(ETIMEDOUT, st.name + ": group " + st.group + "'s mapping process did not let it go within " +
+      return fail(ETIMEDOUT, st.name + ": group " + st.group +
+                                 "'s mapping process did not let it go within " +
                                  std::to_string(kExitWait.count()) + " s");
   }
 }
@@ -205,8 +206,8 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
     // being set up by one that holds NAME's lock.
     auto lock = NameLock::try_acquire(name);
     if (!lock)
-      return fail(EBUSY, name + ": being set up by a dmu attach (" + lock.error().message +
-                             "); try again");
+      return fail(
+          EBUSY, name + ": being set up by a dmu attach (" + lock.error().message + "); try again");
     DMU_ASSIGN_OR_RETURN(UnrecordedRemoval removal, remove_unrecorded_device(name));
     if (removal == UnrecordedRemoval::kRecorded)
       return fail(EBUSY, name + ": attached meanwhile; try again");
@@ -218,8 +219,8 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
     return fail(ENOENT, "dm device " + name + " has no dmu record (" + state_path(name) +
                             "); not touching it (dmsetup remove " + name + " if it is yours)");
   if (info.exists && info.open_count > 0)
-    return fail(EBUSY, name + ": device is in use (open count " +
-                           std::to_string(info.open_count) + "); unmount or close it first");
+    return fail(EBUSY, name + ": device is in use (open count " + std::to_string(info.open_count) +
+                           "); unmount or close it first");
 
   bool alive = lock_held(name);
   if (info.exists && !alive && !o.force) {
@@ -237,8 +238,8 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
     // The supervisor, when there is one: between a death and a restart
     // the recorded mapping process is gone, and a SIGTERM to it would be lost.
     const pid_t target = serves_device(st->supervisor, *st, true) ? st->supervisor
-                         : serves_device(st->pid, *st, false)          ? st->pid
-                                                                     : 0;
+                         : serves_device(st->pid, *st, false)     ? st->pid
+                                                                  : 0;
     if (!st->group.empty()) {
       DMU_TRY(leave_group(*st, target));
     } else if (target > 0) {
@@ -265,7 +266,8 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   if (info.exists) {
     // A test seam (vm attach-errors): time for the test to open the device
     // between the check and the removal, the race this path handles.
-    if (const char* ms = std::getenv("DMU_TEST_DETACH_DELAY_MS"); ms && std::getenv("DMU_TEST_SEAMS"))
+    if (const char* ms = std::getenv("DMU_TEST_DETACH_DELAY_MS");
+        ms && std::getenv("DMU_TEST_SEAMS"))
       std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
     DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
     if (auto r = dm.remove(); !r) {
@@ -279,8 +281,10 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
         if (auto s = st->group.empty() ? start_mapping_process(o.program, name)
                                        : rejoin_group(*st, o.program);
             !s)
-          return fail(r.error().code, r.error().message + "; and the mapping process could not be "
-                                                          "started again: " + s.error().message);
+          return fail(r.error().code, r.error().message +
+                                          "; and the mapping process could not be "
+                                          "started again: " +
+                                          s.error().message);
       }
       return fail(r.error().code,
                   name + ": device is in use (it was opened while detaching); it stays attached");
@@ -299,8 +303,7 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   // find the image unlocked, not held by the trim.
   remove_state_files(name);
   if (!trimmed)
-    return name + ": detached; the image's growth tail was not trimmed: " +
-           trimmed.error().message;
+    return name + ": detached; the image's growth tail was not trimmed: " + trimmed.error().message;
   return std::string();
 }
 
@@ -326,8 +329,8 @@ Result<std::string> detach(const DetachOptions& o) {
       return left_alone(o.name);
     if (!wait_lock_free(o.name, std::max(left, std::chrono::milliseconds(0))))
       return fail(ETIMEDOUT, o.name + ": its process did not let it go within " +
-                                 std::to_string(o.wait_release.count()) +
-                                 " s; run dmu detach " + o.name);
+                                 std::to_string(o.wait_release.count()) + " s; run dmu detach " +
+                                 o.name);
     auto r = detach_once(o, asked);
     if (r || r.error().code != EBUSY || std::chrono::steady_clock::now() >= deadline) return r;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));

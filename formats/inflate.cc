@@ -14,8 +14,7 @@ Result<Inflated> inflate(Deflate framing, std::span<const uint8_t> in, std::span
   z_stream s{};
   // Negative window bits: raw deflate without a zlib header.
   const int window_bits = framing == Deflate::Raw4k ? -12 : 15;
-  if (inflateInit2(&s, window_bits) != Z_OK)
-    return fail(ENOMEM, "zlib: initialisation failed");
+  if (inflateInit2(&s, window_bits) != Z_OK) return fail(ENOMEM, "zlib: initialisation failed");
   s.next_in = const_cast<Bytef*>(in.data());
   s.avail_in = uInt(in.size());
   s.next_out = out.data();

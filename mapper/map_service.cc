@@ -81,7 +81,7 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
       if ((r.flags & ~known) || (r.flags & known) == known || r.nr_blocks == 0 ||
           r.block >= blocks || r.nr_blocks > blocks - r.block) {
         last_error_ = "malformed MAP request for block " + std::to_string(r.block);
-        out.push_back(make_complete(r.id, -EINVAL));
+        out.push_back(proto::complete(r.id, -EINVAL));
         return;
       }
       // Asked again for an id whose answer awaits its DONE: that answer was
@@ -89,7 +89,7 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
       const bool stale = pending_.count(r.id);
       if (stale) {
         auto [first, n] = resolve_pending(pending_.find(r.id), false);
-        if (n) out.push_back(make_invalidate(first, n));
+        if (n) out.push_back(proto::invalidate(first, n));
       }
       if (must_wait(r)) {
         waiting_.push_back(r);
@@ -106,7 +106,7 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
       return handle_done(r, out);
     default:
       last_error_ = "unknown request type " + std::to_string(r.type);
-      out.push_back(make_complete(r.id, -EINVAL));
+      out.push_back(proto::complete(r.id, -EINVAL));
   }
 }
 
@@ -170,7 +170,7 @@ void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& ou
   auto [first, n] = resolve_pending(it, ok);
   // A failed write leaves its allocation abandoned: the kernel must not keep
   // extents pointing at it.
-  if (!ok && n) out.push_back(make_invalidate(first, n));
+  if (!ok && n) out.push_back(proto::invalidate(first, n));
   answer_waiting(out);
 }
 
@@ -184,7 +184,7 @@ void MapService::refused(uint64_t id, std::vector<dmu_response>& out) {
 
 void MapService::answer_discard(const dmu_request& r, std::vector<dmu_response>& out) {
   if (!chain_.writable()) {
-    out.push_back(make_complete(r.id, -EROFS));
+    out.push_back(proto::complete(r.id, -EROFS));
     return;
   }
   const uint64_t start = r.block * block_size_;
@@ -193,13 +193,13 @@ void MapService::answer_discard(const dmu_request& r, std::vector<dmu_response>&
   auto done = chain_.top().discard(start, end - start);
   forget_scratch(r.block, r.nr_blocks);
   // Cached extents of the range may point at clusters the discard released.
-  out.push_back(make_invalidate(r.block, r.nr_blocks));
-  out.push_back(make_complete(r.id, done ? 0 : record_error(done.error())));
+  out.push_back(proto::invalidate(r.block, r.nr_blocks));
+  out.push_back(proto::complete(r.id, done ? 0 : record_error(done.error())));
 }
 
 void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& out) {
   if (!chain_.writable()) {
-    out.push_back(make_committed(r.id, 0));
+    out.push_back(proto::committed(r.id, 0));
     return;
   }
   // The kernel flushed the data devices already; syncing our descriptors of
@@ -209,12 +209,12 @@ void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& 
   for (File* f : chain_.top().data_files()) {
     if (!synced.insert(f).second) continue;
     if (auto s = f->sync(); !s) {
-      out.push_back(make_committed(r.id, record_error(s.error())));
+      out.push_back(proto::committed(r.id, record_error(s.error())));
       return;
     }
   }
   auto c = chain_.top().commit();
-  out.push_back(make_committed(r.id, c ? 0 : record_error(c.error())));
+  out.push_back(proto::committed(r.id, c ? 0 : record_error(c.error())));
 }
 
 void MapService::forget_scratch(uint64_t first_block, uint64_t nr_blocks) {
@@ -225,7 +225,7 @@ Result<size_t> MapService::scratch_block(uint64_t block, std::vector<dmu_respons
   if (auto slot = scratch_->find(block)) return *slot;
   std::vector<uint64_t> evicted;
   auto slot = scratch_->allocate(block, evicted);
-  for (uint64_t b : evicted) out.push_back(make_invalidate(b, 1));
+  for (uint64_t b : evicted) out.push_back(proto::invalidate(b, 1));
   if (!slot) return fail(slot.error());
   std::vector<uint8_t> bytes(block_size_, 0);
   const uint64_t start = block * block_size_;
@@ -256,39 +256,6 @@ Result<void> MapService::ensure_device_size(unsigned device, uint64_t end) {
   device_sizes_[device] = end;
   if (options_.device_grown) DMU_TRY(options_.device_grown(device, end));
   return {};
-}
-
-dmu_response make_extent(uint64_t id, uint64_t block, uint64_t nr_blocks, uint32_t kind,
-                         uint32_t ext_flags, uint32_t dev, uint64_t sector) {
-  dmu_response m{};
-  m.type = DMU_RSP_EXTENT;
-  m.id = id;
-  m.block = block;
-  m.nr_blocks = nr_blocks;
-  m.kind = kind;
-  m.ext_flags = ext_flags;
-  m.dev = kind == DMU_EXT_REMAP ? dev : 0;
-  m.sector = kind == DMU_EXT_REMAP ? sector : 0;
-  return m;
-}
-
-// The builders below are the protocol's (mapper/protocol.h), under the names
-// the service's answer code uses (a COPY is never the last message).
-dmu_response make_copy(uint64_t id, uint64_t sector, uint64_t nr_sectors, uint32_t src_dev,
-                       uint64_t src_sector) {
-  return proto::copy_source(id, sector, nr_sectors, src_dev, src_sector, false);
-}
-
-dmu_response make_complete(uint64_t id, int32_t status) {
-  return proto::complete(id, status);
-}
-
-dmu_response make_committed(uint64_t id, int32_t status) {
-  return proto::committed(id, status);
-}
-
-dmu_response make_invalidate(uint64_t block, uint64_t nr_blocks) {
-  return proto::invalidate(block, nr_blocks);
 }
 
 }  // namespace dmu::mapper

@@ -227,13 +227,4 @@ class MapService {
   AdoptCounts adopt_counts_;
 };
 
-// Response builders (also used by tests).
-dmu_response make_extent(uint64_t id, uint64_t block, uint64_t nr_blocks, uint32_t kind,
-                         uint32_t ext_flags, uint32_t dev, uint64_t sector);
-dmu_response make_copy(uint64_t id, uint64_t sector, uint64_t nr_sectors, uint32_t src_dev,
-                       uint64_t src_sector);
-dmu_response make_complete(uint64_t id, int32_t status);
-dmu_response make_committed(uint64_t id, int32_t status);
-dmu_response make_invalidate(uint64_t block, uint64_t nr_blocks);
-
 }  // namespace dmu::mapper

@@ -79,7 +79,7 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
   if (!chain_.writable() && !records.empty())
     return fail(EROFS, chain_.top().info().filename + ": cannot adopt " +
                            std::to_string(records.size()) + " allocation records read-only");
-  std::map<uint64_t, bool> finished;  // id -> ok, for records whose DONE was queued
+  std::map<uint64_t, bool> finished;             // id -> ok, for records whose DONE was queued
   std::vector<const dmu_allocation*> in_flight;  // write records whose DONE was not queued
   for (const dmu_allocation& a : records) {
     if (a.flags & DMU_ALLOC_DISCARD) {
@@ -108,7 +108,8 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
   for (const auto& [id, p] : pending_) in_flight_.add(p.first_block, p.nr_blocks);
   // Only now: write_done ends the image's adoption phase.
   for (const auto& [id, ok] : finished) {
-    if (auto p = pending_.find(id); p != pending_.end()) adopt_counts_.resolved += p->second.tokens.size();
+    if (auto p = pending_.find(id); p != pending_.end())
+      adopt_counts_.resolved += p->second.tokens.size();
     resolve_adopted(id, ok);
   }
   return {};

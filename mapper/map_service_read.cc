@@ -11,6 +11,7 @@
 #include "common/checked.h"
 #include "mapper/map_service.h"
 #include "mapper/map_service_internal.h"
+#include "mapper/protocol.h"
 
 namespace dmu::mapper {
 
@@ -38,8 +39,8 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
   const uint64_t asked_end = std::min<uint64_t>(vsize, (r.block + r.nr_blocks) * block_size_);
   const uint64_t limit =
       std::min(vsize, std::max(asked_end, checked_add(start, options_.read_ahead).value_or(vsize)));
-  map_for_reading(r.id, start, limit,
-                  std::clamp(options_.max_messages, 2u, kMaxAnswerMessages), false, out);
+  map_for_reading(r.id, start, limit, std::clamp(options_.max_messages, 2u, kMaxAnswerMessages),
+                  false, out);
 }
 
 uint64_t MapService::push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out) {
@@ -82,8 +83,8 @@ uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit
     }
     scratch_budget -= std::min(scratch_budget, B);
     merge_remap(extents,
-                make_extent(id, block, 1, DMU_EXT_REMAP, 0, scratch_device(),
-                            scratch_->offset_of(*slot) / 512),
+                proto::remap_extent(id, block, 1, scratch_device(),
+                                    scratch_->offset_of(*slot) / 512, 0, false),
                 B / 512);
     return true;
   };
@@ -139,12 +140,11 @@ uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit
       }
       const uint32_t flags = m->writable ? DMU_EXT_WRITABLE : 0;
       merge_remap(extents,
-                  make_extent(id, block, ceil_div(bytes, B), DMU_EXT_REMAP, flags, dev,
-                              m->host_offset / 512),
+                  proto::remap_extent(id, block, ceil_div(bytes, B), dev, m->host_offset / 512,
+                                      flags, false),
                   B / 512);
     } else if (m->kind == ChainMapping::Kind::Zero) {
-      merge_remap(extents, make_extent(id, block, ceil_div(bytes, B), DMU_EXT_ZERO, 0, 0, 0),
-                  B / 512);
+      merge_remap(extents, proto::zero_extent(id, block, ceil_div(bytes, B), false), B / 512);
     } else {  // Compressed: decompress block by block into the scratch store
       const uint64_t nblocks = ceil_div(bytes, B);
       uint64_t i = 0;
@@ -166,7 +166,7 @@ uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit
     return error ? target_blocks() : pos / B;
   }
   if (extents.empty()) {
-    out.push_back(make_complete(id, error ? error : -EIO));
+    out.push_back(proto::complete(id, error ? error : -EIO));
     return pos / B;
   }
   extents.back().flags |= DMU_RSP_FINAL;

@@ -19,6 +19,7 @@
 #include "common/checked.h"
 #include "mapper/map_service.h"
 #include "mapper/map_service_internal.h"
+#include "mapper/protocol.h"
 
 namespace dmu::mapper {
 
@@ -129,7 +130,8 @@ Result<void> MapService::WriteAnswer::prepare_all(uint64_t start, uint64_t end) 
     // Fresh ranges are answered whole, and so is the block the range ends in.
     if (t.fresh || pos % B_) {
       const auto block_end = align_up(pos, B_);
-      if (!block_end) return fail(EIO, s_.chain_.top().info().filename + ": write target past 2^64");
+      if (!block_end)
+        return fail(EIO, s_.chain_.top().info().filename + ": write target past 2^64");
       hi = std::max(hi, std::min(vsize_, *block_end));
     }
   }
@@ -188,7 +190,7 @@ Result<void> MapService::WriteAnswer::build_extents() {
     block_new_[i] = is_new;
     const uint32_t flags = DMU_EXT_WRITABLE | (is_new ? DMU_EXT_NEW : 0);
     merge_remap(extents_,
-                make_extent(r_.id, first_block + i, 1, DMU_EXT_REMAP, flags, dev, host0 / 512),
+                proto::remap_extent(r_.id, first_block + i, 1, dev, host0 / 512, flags, false),
                 B_ / 512);
   }
   return {};
@@ -238,12 +240,14 @@ Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
         if (slot == old_slots_.end())
           return fail(EIO, name + ": no scratch copy of block " + std::to_string(b));
         const uint64_t src = s_.scratch_->offset_of(slot->second) + (p - b * B_);
-        add_copy(make_copy(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(), src / 512));
+        add_copy(proto::copy_source(r_.id, p / 512, ceil_div(q - p, 512), s_.scratch_device(),
+                                    src / 512, false));
         p = q;
       }
     } else if (m.kind == ChainMapping::Kind::Data) {
       const uint64_t src = m.host_offset + (x - it->offset);
-      add_copy(make_copy(r_.id, x / 512, ceil_div(y - x, 512), m.device, src / 512));
+      add_copy(
+          proto::copy_source(r_.id, x / 512, ceil_div(y - x, 512), m.device, src / 512, false));
     }  // Zero: the kernel fills zeros where no COPY says otherwise
     from = y;
   }
@@ -253,7 +257,7 @@ Result<void> MapService::WriteAnswer::copy_old(uint64_t from, uint64_t to) {
 Result<void> MapService::WriteAnswer::copy_self(const WriteTarget& t, uint64_t from, uint64_t to) {
   const unsigned dev = s_.chain_.device_index(0, t.file);
   const uint64_t src = t.host_offset + (from - t.offset);
-  add_copy(make_copy(r_.id, from / 512, ceil_div(to - from, 512), dev, src / 512));
+  add_copy(proto::copy_source(r_.id, from / 512, ceil_div(to - from, 512), dev, src / 512, false));
   return {};
 }
 
@@ -306,7 +310,7 @@ Result<void> MapService::WriteAnswer::fit(uint64_t start) {
 void MapService::WriteAnswer::abandon(const Error& e, std::vector<dmu_response>& out) {
   for (const WriteTarget& t : segs_) (void)s_.chain_.top().write_done(t.token, false);
   for (size_t slot : pinned_) s_.scratch_->unpin(slot);
-  out.push_back(make_complete(r_.id, s_.record_error(e)));
+  out.push_back(proto::complete(r_.id, s_.record_error(e)));
 }
 
 void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
@@ -319,10 +323,10 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
       std::max(B_, std::min(s_.options_.max_write_span, s_.scratch_->slot_count() / 4 * B_));
   // Blocks of other answers in flight (or asked for before us) end this
   // answer; the kernel asks again for the blocks after them.
-  const uint64_t busy_from =
-      std::min(s_.in_flight_.next_start_after(r_.block), s_.waiting_blocks_.next_start_after(r_.block));
-  const uint64_t end = std::min<uint64_t>(
-      {vsize_, (r_.block + r_.nr_blocks) * B_, start + span, checked_mul(busy_from, B_).value_or(vsize_)});
+  const uint64_t busy_from = std::min(s_.in_flight_.next_start_after(r_.block),
+                                      s_.waiting_blocks_.next_start_after(r_.block));
+  const uint64_t end = std::min<uint64_t>({vsize_, (r_.block + r_.nr_blocks) * B_, start + span,
+                                           checked_mul(busy_from, B_).value_or(vsize_)});
   // Any allocation for [start, end) lies within the clusters around it.
   const uint64_t cluster = std::max({B_, info.cluster_size, info.granularity});
   const uint64_t snap_lo = align_down(start, cluster);
@@ -362,7 +366,7 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
 
 void MapService::answer_map_write(const dmu_request& r, std::vector<dmu_response>& out) {
   if (!chain_.writable()) {
-    out.push_back(make_complete(r.id, -EROFS));
+    out.push_back(proto::complete(r.id, -EROFS));
     return;
   }
   WriteAnswer(*this, r).run(out);

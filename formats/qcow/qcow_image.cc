@@ -211,8 +211,8 @@ Result<void> QcowImage::decompress(const Cluster& c, uint64_t cluster) {
   auto inflated = inflate(Deflate::Raw4k, in, cached_data_);
   if (!inflated || inflated->produced != cluster_size()) {
     cached_data_.clear();
-    return fail(EIO, what + " does not decompress to " + std::to_string(cluster_size()) +
-                         " bytes" + (inflated ? "" : " (" + inflated.error().message + ")"));
+    return fail(EIO, what + " does not decompress to " + std::to_string(cluster_size()) + " bytes" +
+                         (inflated ? "" : " (" + inflated.error().message + ")"));
   }
   cached_entry_ = key;
   return {};

@@ -12,10 +12,10 @@
 
 #include <random>
 
-#include "tests/support/fault_env.h"
 #include "fileio/mem_env.h"
 #include "formats/chain.h"
 #include "mapper/inprocess_transport.h"
+#include "tests/support/fault_env.h"
 #include "tests/unit/cli_test_support.h"
 
 namespace dmu::test {

@@ -2,8 +2,8 @@
 // (qemu-io) has open for writing, with a "Failed to get ... lock" line naming
 // the file, and QEMU refuses an image dmu has open for writing.  Readers
 // share with readers, as between QEMUs.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>

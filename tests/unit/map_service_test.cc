@@ -5,9 +5,9 @@
 // engines.
 #include <gtest/gtest.h>
 
-#include "tests/support/fault_env.h"
 #include "formats/chain.h"
 #include "mapper/map_service.h"
+#include "tests/support/fault_env.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/fake_image.h"
 
@@ -246,7 +246,8 @@ TEST(MapPush, EachPushHoldsAtMostTheProtocolsMessagesPerAnswer) {
 }
 
 // Which of blocks [0, n) the extents of `out` cover.
-std::vector<bool> covered_blocks(const std::vector<std::vector<dmu_response>>& batches, uint64_t n) {
+std::vector<bool> covered_blocks(const std::vector<std::vector<dmu_response>>& batches,
+                                 uint64_t n) {
   std::vector<bool> c(n);
   for (const auto& b : batches)
     for (const auto& m : b)

@@ -38,8 +38,8 @@ TEST(ParseSize, IsExactAbove2To53) {
 }
 
 TEST(ParseSize, RefusesWhatIsNoSize) {
-  for (const char* bad : {"", "-1", "k", ".5M", "1x", "1MB", "1 M", "0x10", "1e3", "1.5",
-                          "0.3k", "1.0000000000000000001M"}) {
+  for (const char* bad : {"", "-1", "k", ".5M", "1x", "1MB", "1 M", "0x10", "1e3", "1.5", "0.3k",
+                          "1.0000000000000000001M"}) {
     auto r = parse_size(bad);
     EXPECT_FALSE(r) << "'" << bad << "' parsed as " << (r ? *r : 0);
     if (!r) {
