@@ -2,9 +2,12 @@
 # vm: kernels=6.1,6.12 timeout=2400 disks=4G mem=1024 cmdline=loglevel=7+sysctl.kernel.hung_task_timeout_secs=60+sysctl.kernel.hung_task_panic=1
 # Guest half of bench/attach/run.sh (not a test): fio on a device made by
 # `dmu attach` next to dm-linear over a direct-I/O loop device of a raw file
-# on the same ext4, and next to the same qcow2 served by qemu-nbd (cache=none,
-# aio=native: no page cache, as the loop devices under dmu) through the
-# kernel's nbd client; interleaved, REPS repetitions.
+# on the same ext4, that loop device alone, the same qcow2 served by
+# qemu-nbd (cache=none, aio=native: no page cache, as the loop devices under
+# dmu) through the kernel's nbd client, and, for allocating writes, the
+# kernel's own copy-on-write (dm-snapshot of the raw file's loop device,
+# 64 KiB chunks as qcow2's clusters, its exception store on a fresh sparse
+# file); interleaved, REPS repetitions.
 #   mapped-*  a qcow2 whose every cluster is allocated (converted from the
 #             raw file), pushed at attach: 4k random read and write
 #             (iodepth 16) and 1M sequential read and write (iodepth 4),
@@ -18,8 +21,9 @@
 #             allocated file the reference would skip both costs).
 # One line per run in /results/bench.csv, the columns bench/kmod/report.awk
 # reads: rep,job,device,start_s,end_s,iops,bw_kib,requests (device u = dmu,
-# lin = dm-linear, nbd = qemu-nbd; requests = the mapping process's requests
-# during the run), plus misses (the kernel's).
+# lin = dm-linear, loop = the loop device, nbd = qemu-nbd, snap =
+# dm-snapshot; requests = the mapping process's requests during the run),
+# plus misses (the kernel's).
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 REPS=${REPS:-3}
@@ -71,6 +75,9 @@ run() {
   case $_dev in /*) _path=$_dev ;; *) _path=/dev/mapper/$_dev ;; esac
   fio --name="$_job" --filename="$_path" --direct=1 --ioengine=libaio "$@" \
     --minimal >/tmp/fio.out 2>&1 || { cat /tmp/fio.out; fail "fio $_job on $_dev"; }
+  # An I/O error can leave fio's status 0: only a terse result line counts.
+  [ "$(grep -c '^3;' /tmp/fio.out)" = 1 ] && ! grep -q '^fio:' /tmp/fio.out ||
+    { cat /tmp/fio.out; fail "fio $_job on $_dev: no clean result"; }
   case $_job in
     *read*) awk -F';' '{print $8, $7}' /tmp/fio.out ;;
     *) awk -F';' '{print $49, $48}' /tmp/fio.out ;;
@@ -120,13 +127,28 @@ attach_u() {
   done
 }
 
+# rotate N WORD...: the words, the first N moved to the end (each
+# repetition starts with another device).
+rotate() {
+  _n=$(($1 % ($# - 1)))
+  shift
+  _head=
+  while [ "$_n" -gt 0 ]; do _head="$_head $1"; shift; _n=$((_n - 1)); done
+  echo "$@" $_head
+}
+
+# fresh_loop FILE [MIB]: a direct-I/O loop device over a new sparse FILE of
+# the test size or MIB (the file system allocates as it is written).
+fresh_loop() {
+  rm -f "$1"
+  truncate -s "${2:-$SIZE_MB}M" "$1"
+  loop_dio "$1"
+}
+
 echo "rep,job,device,start_s,end_s,iops,bw_kib,requests,misses" >/results/bench.csv
 for rep in $(seq 1 "$REPS"); do
-  case $((rep % 3)) in
-    1) order="lin u nbd" ;;
-    2) order="u nbd lin" ;;
-    *) order="nbd lin u" ;;
-  esac
+  # shellcheck disable=SC2046
+  order=$(rotate $((rep - 1)) lin u nbd loop)
   step "rep $rep: mapped (order $order)"
   # Each image has one user at a time: the qcow2 is locked while attached.
   for job in mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite; do
@@ -135,6 +157,7 @@ for rep in $(seq 1 "$REPS"); do
         u) attach_u /data/full.qcow2; target=u ;;
         nbd) nbd_up /data/full.qcow2; target=/dev/nbd0 ;;
         lin) target=lin ;;
+        loop) target=$LOOP ;;
       esac
       # shellcheck disable=SC2046
       measure "$rep" $job $dev $target --size=${SIZE_MB}M $(job_args $job)
@@ -144,10 +167,21 @@ for rep in $(seq 1 "$REPS"); do
       esac
     done
   done
+  order=$(rotate $((rep - 1)) lin u nbd loop snap)
   step "rep $rep: allocating (order $order)"
   for job in alloc-randwrite alloc-seqwrite; do
     for dev in $order; do
-      if [ $dev = u ] || [ $dev = nbd ]; then
+      if [ $dev = loop ]; then
+        SPARSE=$(fresh_loop /data/sparse.img)
+        target=$SPARSE
+      elif [ $dev = snap ]; then
+        # Every first write to a 64 KiB chunk copies it from the origin.
+        # The store holds the metadata too: a little more than the data.
+        COW=$(fresh_loop /data/cow.img $((SIZE_MB + 16)))
+        echo "0 $(blockdev --getsz "$LOOP") snapshot $LOOP $COW P 128" | dmsetup create snap ||
+          fail "create dm-snapshot of $LOOP"
+        target=snap
+      elif [ $dev = u ] || [ $dev = nbd ]; then
         rm -f /data/empty.qcow2
         qemu-img create -q -f qcow2 /data/empty.qcow2 ${SIZE_MB}M || fail "create empty.qcow2"
         if [ $dev = u ]; then
@@ -158,9 +192,7 @@ for rep in $(seq 1 "$REPS"); do
           target=/dev/nbd0
         fi
       else
-        rm -f /data/sparse.img
-        truncate -s ${SIZE_MB}M /data/sparse.img
-        SPARSE=$(loop_dio /data/sparse.img)
+        SPARSE=$(fresh_loop /data/sparse.img)
         echo "0 $(blockdev --getsz "$SPARSE") linear $SPARSE 0" | dmsetup create alin ||
           fail "create dm-linear over the sparse file"
         target=alin
@@ -171,6 +203,10 @@ for rep in $(seq 1 "$REPS"); do
         dmu detach u || fail "dmu detach u"
       elif [ $dev = nbd ]; then
         nbd_down
+      elif [ $dev = loop ]; then
+        losetup -d "$SPARSE" || fail "remove the sparse loop device"
+      elif [ $dev = snap ]; then
+        dmsetup remove snap && losetup -d "$COW" || fail "remove the snapshot"
       else
         dmsetup remove alin && losetup -d "$SPARSE" || fail "remove the sparse reference"
       fi

@@ -4,7 +4,8 @@
 # Boots one VM (through the VM harness) that runs bench/attach/io-bench.sh:
 # fio on `dmu attach`ed qcow2 images (fully allocated: mapped I/O; empty:
 # allocating writes) next to dm-linear over a loop device on the same file
-# system, interleaved, N repetitions.  Samples the host's other CPU use
+# system, the loop device alone, qemu-nbd, and dm-snapshot (allocating
+# writes), interleaved, N repetitions.  Samples the host's other CPU use
 # meanwhile (bench/lib/host-load.sh) and prints bench/kmod's table (medians,
 # ratio to dm-linear, per-repetition ratios, the daemon's requests during the
 # runs) and the pooled paired ratios with their interval (bench/kmod/pool.py).
@@ -36,9 +37,13 @@ printf 'REPS=%s\nRUNTIME=%s\nSIZE_MB=%s\n' "$reps" "$runtime" "$size" >"$setting
 cmake --build "$build" -j2 --target dmu >/dev/null
 run_sampled "$build" "$line" "$here/io-bench.sh"
 
-jobs="mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite alloc-randwrite alloc-seqwrite"
+mapped="mapped-randread mapped-randwrite mapped-seqread mapped-seqwrite"
+alloc="alloc-randwrite alloc-seqwrite"
+jobs="$mapped $alloc"
 for job in $jobs; do
-  for dev in lin u nbd; do
+  devs="lin u nbd loop"
+  case $job in alloc-*) devs="$devs snap" ;; esac
+  for dev in $devs; do
     n=$(awk -F, -v j="$job" -v d="$dev" '$2 == j && $3 == d && $6 > 0' "$results/bench.csv" | wc -l)
     [ "$n" = "$reps" ] || { echo "$0: $job on $dev: $n of $reps runs measured" >&2; exit 1; }
   done
@@ -50,11 +55,11 @@ pair() {
     $3 == a { $3 = "u"; print; next } $3 == b { $3 = "lin"; print }' "$results/bench.csv" \
     >"$results/$1-vs-$2.csv"
 }
-# compare A B NAME REF: the report of A (titled NAME) against B (REF).
+# compare A B NAME REF [JOBS]: the report of A (titled NAME) against B (REF).
 compare() {
   pair "$1" "$2"
   echo "## $3 against $4"
-  awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" -v joborder="$jobs" \
+  awk -F, -v loadfile="$results/host-load.txt" -v kernel="$line" -v joborder="${5:-$jobs}" \
     -v name="$3" -v ref="$4" -f "$src/bench/kmod/report.awk" "$results/$1-vs-$2.csv"
   echo
   "$src/bench/kmod/pool.py" "$results/$1-vs-$2.csv"
@@ -63,6 +68,10 @@ compare() {
 compare u lin "dmu qcow2" dm-linear
 compare nbd lin "qemu-nbd qcow2" dm-linear
 compare u nbd "dmu qcow2" "qemu-nbd qcow2"
+compare loop lin "loop device" dm-linear
+compare u loop "dmu qcow2" "loop device"
+compare snap lin "dm-snapshot" dm-linear "$alloc"
+compare u snap "dmu qcow2" "dm-snapshot" "$alloc"
 echo "kernel misses during the dmu runs (job: per repetition):"
 awk -F, 'NR > 1 && $3 == "u" { m[$2] = m[$2] " " $9 } END { for (j in m) print "  " j ":" m[j] }' "$results/bench.csv" | sort
 echo "raw: $results/bench.csv, host load samples: $results/host-load.txt"
