@@ -15,6 +15,17 @@ Result<uint64_t> parse_size(const std::string& text) {
   };
   auto too_large = [&] { return fail(ERANGE, "size '" + text + "' is too large"); };
 
+  // Hexadecimal as qemu-img takes it: 0x and digits, no fraction, no suffix.
+  if (text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+    u128 v = 0;
+    for (size_t i = 2; i < text.size(); ++i) {
+      const char c = char(std::tolower(static_cast<unsigned char>(text[i])));
+      if (!std::isxdigit(static_cast<unsigned char>(c)))
+        return fail(EINVAL, "invalid hexadecimal size '" + text + "' (no fraction or suffix)");
+      if ((v = v * 16 + unsigned(c <= '9' ? c - '0' : c - 'a' + 10)) >= kLimit) return too_large();
+    }
+    return uint64_t(v);
+  }
   size_t i = 0;
   u128 whole = 0;
   for (; digit(i); ++i)

@@ -109,10 +109,10 @@ Result<Plan> plan(const std::string& image, const AttachOptions& o) {
   // A partial last sector cannot be expressed in a dm table; it is left out
   // rather than exposing bytes past the image's end.
   p.target_sectors = chain->virtual_size() / 512;
-  p.chain_open = std::move(chain);
   if (p.target_sectors == 0)
     return fail(EINVAL, image + ": virtual size " + std::to_string(chain->virtual_size()) +
                             " bytes is less than one sector");
+  p.chain_open = std::move(chain);
   return p;
 }
 

@@ -69,7 +69,10 @@ Result<void> TableCache::flush() {
   std::sort(dirty.begin(), dirty.end());
   for (uint64_t off : dirty) {
     auto it = tables_.find(off);
-    if (it == tables_.end()) continue;  // dropped meanwhile: nothing left to write
+    // A dirty table dropped meanwhile would be an update never written:
+    // fail the commit rather than report it durable.
+    if (it == tables_.end())
+      return fail(EIO, "dirty " + what_ + " at " + hex(off) + " vanished during a flush");
     Entry& e = *it->second;
     if (guard_) DMU_TRY(guard_(off));
     if (auto r = file_.write(off, e.bytes); !r)

@@ -134,8 +134,8 @@ TEST_F(LockImage, PlacingNextToOwnAcquiredLockSucceeds) {
 }
 
 TEST_F(LockImage, DmuRefusesAnImageQemuWrites) {
-  const auto before = read_file(image_);
   QemuHolder qemu(image_, true);
+  const auto before = read_file(image_);  // as qemu-io left it once it had its locks
   auto io = run_split(dmu("io img.qcow2 -c 'write 0 4k'"), dir_.path());
   EXPECT_NE(io.exit_code, 0);
   EXPECT_EQ(line_count(io.err), 1u) << io.err;
@@ -151,8 +151,8 @@ TEST_F(LockImage, DmuRefusesAnImageQemuWrites) {
 }
 
 TEST_F(LockImage, DmuReadsAnImageQemuOnlyReads) {
-  const auto before = read_file(image_);
   QemuHolder qemu(image_, false);
+  const auto before = read_file(image_);
   auto info = run_split(dmu("info img.qcow2"), dir_.path());
   EXPECT_EQ(info.exit_code, 0) << info.err;
   auto io = run_split(dmu("io img.qcow2 -c 'write 0 4k'"), dir_.path());

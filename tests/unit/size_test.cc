@@ -25,6 +25,9 @@ TEST(ParseSize, TakesQemuImgsSuffixes) {
   EXPECT_EQ(parsed("15E"), 15ull << 60);
   EXPECT_EQ(parsed("1."), 1u);
   EXPECT_EQ(parsed("0.5k"), 512u);
+  EXPECT_EQ(parsed("0x10000"), 0x10000u);
+  EXPECT_EQ(parsed("0XfFfF"), 0xffffu);
+  EXPECT_EQ(parsed("0xffffffffffffffff"), UINT64_MAX);
 }
 
 // A double holds integers exactly only up to 2^53: 2^53 + 1 and 2^62 + 512
@@ -38,15 +41,16 @@ TEST(ParseSize, IsExactAbove2To53) {
 }
 
 TEST(ParseSize, RefusesWhatIsNoSize) {
-  for (const char* bad : {"", "-1", "k", ".5M", "1x", "1MB", "1 M", "0x10", "1e3", "1.5", "0.3k",
-                          "1.0000000000000000001M"}) {
+  for (const char* bad : {"", "-1", "k", ".5M", "1x", "1MB", "1 M", "0x", "0x10k", "0x1.8", "0xg",
+                          "1e3", "1.5", "0.3k", "1.0000000000000000001M"}) {
     auto r = parse_size(bad);
     EXPECT_FALSE(r) << "'" << bad << "' parsed as " << (r ? *r : 0);
     if (!r) {
       EXPECT_EQ(r.error().code, EINVAL) << bad << ": " << r.error().message;
     }
   }
-  for (const char* big : {"18446744073709551616", "16E", "16384P", "99999999999999999999999"}) {
+  for (const char* big : {"18446744073709551616", "16E", "16384P", "99999999999999999999999",
+                          "0x10000000000000000"}) {
     auto r = parse_size(big);
     EXPECT_FALSE(r) << big;
     if (!r) {

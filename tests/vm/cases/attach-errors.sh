@@ -68,6 +68,17 @@ cmp -n 4096 /tmp/evil.qcow2 /dev/mapper/m5 || fail "m5 no longer shows the heade
 grep -q '"format": "raw"' /run/dmu/m5.json || fail "m5's record no longer says raw"
 dmu detach m5 >/dev/null || fail "detach m5"
 rm -f plain.img /tmp/evil.qcow2
+# An image smaller than a sector: one line, no crash (dmu-xen-helper runs
+# attach in its own process).
+head -c 100 /dev/zero >tiny.img
+for mode in "-f raw" --read-only; do
+  # shellcheck disable=SC2086
+  out=$(dmu attach --name m6 $mode /data/tiny.img 2>&1) && fail "attach $mode of tiny.img succeeded"
+  echo "refused: $out"
+  printf '%s\n' "$out" | grep -q "less than one sector" || fail "attach $mode of tiny.img: '$out'"
+  [ ! -e /dev/mapper/m6 ] || fail "/dev/mapper/m6 left behind"
+done
+rm -f tiny.img
 
 step "an image qemu-io holds for writing"
 qemu-img create -q -f qcow2 held.qcow2 64M || fail "create held.qcow2"
