@@ -37,6 +37,17 @@ if [ ${#case_files[@]} -gt 1 ]; then
 else
   name=$(basename "${case_files[0]}" .sh)
 fi
+log_prefix="vm.$name.$line"
+
+# First: kernel_env says whether this is a debug kernel (DEBUG_KERNEL),
+# which the headers' timeouts, memory and command line depend on.
+"$vm_lib/prepare-kernel.sh" "$line" "$build"
+kernel_env "$build" "$line" || die "kernel $line was not prepared"
+# A -debug line booted without its checks would pass for the lane while
+# checking nothing (it did, when the headers were read before kernel_env).
+case $line in
+  *-debug) [ "${DEBUG_KERNEL:-0}" = 1 ] || die "kernel line $line is not a debug kernel here" ;;
+esac
 debug_checks=0
 if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
   debug_checks=1
@@ -69,10 +80,6 @@ if [ "$debug_checks" = 1 ]; then
   h_mem=$((h_mem * DMU_DEBUG_MEM_PERCENT / 100))
   h_cmdline="$h_cmdline+${DMU_DEBUG_CMDLINE// /+}"
 fi
-log_prefix="vm.$name.$line"
-
-"$vm_lib/prepare-kernel.sh" "$line" "$build"
-kernel_env "$build" "$line" || die "kernel $line was not prepared"
 pieces=$build/tests/vm/pieces
 tools_piece=${DMU_VM_PIECES:-$pieces}/tools.cpio.zst   # the self-test shares the main build's
 with_lock "$tools_piece.lock" "$vm_lib/make-tools-piece.sh" "$vm_lib/tools.list" "$tools_piece"
