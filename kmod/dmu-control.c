@@ -28,9 +28,10 @@
 #include "dmu.h"
 
 struct dmu_channel {
-	spinlock_t lock;		/* dt, detached */
+	spinlock_t lock;		/* dt, detached, binding */
 	struct dmu_target *dt;		/* bound target (holds a reference) */
 	bool detached;			/* the bound target was destroyed */
+	bool binding;			/* a BIND is under way on this fd */
 	wait_queue_head_t wait;		/* readers and pollers */
 	struct mutex rmutex;		/* rbuf, rbatch */
 	struct mutex wmutex;		/* wbuf */
@@ -211,9 +212,16 @@ static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
 	if (strnlen(b.key, DMU_KEY_LEN) == DMU_KEY_LEN)
 		return -EINVAL;
 
+	/*
+	 * One BIND per fd: two threads binding different keys at once must
+	 * not both pass this check, or the first target would keep a
+	 * channel the file's release never unbinds.
+	 */
 	spin_lock(&ch->lock);
-	if (ch->dt || ch->detached)
+	if (ch->dt || ch->detached || ch->binding)
 		r = -EALREADY;
+	else
+		ch->binding = true;
 	spin_unlock(&ch->lock);
 	if (r)
 		return r;
@@ -228,6 +236,9 @@ static long dmu_ioctl_bind(struct dmu_channel *ch, void __user *arg)
 		r = -ENOENT;
 	}
 	mutex_unlock(&dmu_registry_lock);
+	spin_lock(&ch->lock);
+	ch->binding = false;
+	spin_unlock(&ch->lock);
 	if (r)
 		return r;
 

@@ -670,8 +670,11 @@ void dmu_timeout_work(struct work_struct *work)
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	bound = dt->state == DMU_DAEMON_BOUND;
-	if (!dt->dying && !bound && dmu_must_requeue(dt)) {
-		/* Nothing waits during a noflush suspend: look again later. */
+	if (!dt->dying && !bound && (dt->parked || dmu_must_requeue(dt))) {
+		/*
+		 * Nothing waits during a noflush suspend, nor while the device
+		 * stays suspended: resume starts the clock again.
+		 */
 		dmu_arm_timeout(dt);
 	} else if (!dt->dying && !bound) {
 		/* Before any daemon bound, only I/O that waited counts. */

@@ -491,8 +491,11 @@ static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
 	}
 	/*
 	 * Extents first, then off the pending list: a miss in between finds
-	 * the extent (or waits for its fill), never neither, so the daemon is
-	 * never asked about the same block twice.
+	 * the extent (or waits for its fill) or the request.  A miss that
+	 * looked the cache up just before the extents went in and takes
+	 * dt->lock just after the unlink sees neither and asks again; the
+	 * header's rule (a daemon decides a block once until its DONE) makes
+	 * that a round trip, not a second allocation.
 	 */
 	dmu_apply_extents(dt, req, &plan);
 	dmu_unlink_answered(dt, req, &bios);

@@ -9,6 +9,7 @@
  */
 #include <linux/blkdev.h>
 #include <linux/module.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 
 #include "dmu.h"
@@ -170,6 +171,12 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = dmu_parse_options(tc, &as, nr_devs);
 	if (r)
 		goto bad;
+	/*
+	 * A read-only table writes no device, whatever the daemon answers:
+	 * the block layer does not stop writes to a device opened read-only.
+	 */
+	if (!(dm_table_get_mode(ti->table) & DMU_MODE_WRITE))
+		tc->opt.writable_devs = 0;
 	if (as.argc) {
 		ti->error = "Unexpected arguments after the options";
 		r = -EINVAL;
@@ -305,6 +312,11 @@ static void dmu_presuspend(struct dm_target *ti)
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	dt->suspending = true;
+	/*
+	 * dm core clears its noflush flag once the device is suspended, but
+	 * the requeued I/O waits until resume however long that takes.
+	 */
+	dt->parked = dm_noflush_suspending(ti);
 	bound = dt->state == DMU_DAEMON_BOUND;
 	spin_unlock_irq(&dt->lock);
 	if (!bound) {
@@ -329,10 +341,10 @@ static bool dmu_fills_done(struct dmu_target *dt)
 }
 
 /*
- * dm waited for our bios; pushes' fills are not bios.  Let them land, so
- * nothing writes the data devices of a suspended device (a snapshot of the
- * image files taken now sees no torn fill).  New pushes with NEW extents
- * are refused until resume; fills don't need the daemon, so this ends.
+ * dm waited for our bios; pushes' fills are not bios.  Let them land (new
+ * pushes with NEW extents are refused until resume; fills don't need the
+ * daemon, so this ends).  Not covered: an answer, during the suspend, to a
+ * request whose bios were requeued still fills its NEW extents.
  */
 static void dmu_postsuspend(struct dm_target *ti)
 {
@@ -350,10 +362,15 @@ static void dmu_resume_common(struct dmu_target *dt)
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	dt->suspending = false;
+	dt->parked = false;
 	kick = !bio_list_empty(&dt->flush_bios) || dt->checkpoint;
-	/* I/O requeued while suspended waits for a daemon again: clock it. */
-	if (dt->state != DMU_DAEMON_BOUND)
-		dmu_arm_timeout(dt);
+	/*
+	 * I/O requeued while suspended waits for a daemon again: a whole
+	 * daemon_timeout from now.
+	 */
+	if (dt->state != DMU_DAEMON_BOUND && dt->opt.daemon_timeout)
+		mod_delayed_work(dt->wq, &dt->timeout_work,
+				 (unsigned long)dt->opt.daemon_timeout * HZ);
 	spin_unlock_irq(&dt->lock);
 	mutex_unlock(&dt->mutex);
 	if (kick)
@@ -492,6 +509,7 @@ static int dmu_message(struct dm_target *ti, unsigned int argc, char **argv,
 	struct dmu_tc *tc = ti->private;
 	struct dmu_target *dt = tc->dt;
 	u64 block = 0, nr = dt->target_blocks;
+	unsigned int noio;
 	int r;
 
 	if (argc == 1 && !strcasecmp(argv[0], "reset_counters")) {
@@ -511,9 +529,15 @@ static int dmu_message(struct dm_target *ti, unsigned int argc, char **argv,
 		      dt->key, dt->target_blocks);
 		return -EINVAL;
 	}
+	/*
+	 * The split's spare extent is allocated under dt->mutex, which the
+	 * answer path needs: reclaim must not wait on I/O to this device.
+	 */
+	noio = memalloc_noio_save();
 	mutex_lock(&dt->mutex);
 	r = dmu_invalidate(dt, block, nr);
 	mutex_unlock(&dt->mutex);
+	memalloc_noio_restore(noio);
 	if (!r) {
 		atomic64_inc(&dt->c.drains);
 		r = dmu_drain_wait(&dt->drain);

@@ -54,11 +54,11 @@
  *                 hard irq context; map() takes it with irqsave because it
  *                 may run in any context that submits bios.
  *   drain->lock   (spinlock, irq-safe) the drain cycle.
- *   ch->lock      (spinlock) ch->dt and ch->detached.
+ *   ch->lock      (spinlock) ch->dt, ch->detached and ch->binding.
  * dt->lock and cache->lock are never held together.
  *
  * Lifetime: dt is reference counted (kref): each table and a bound channel
- * hold one.  When the live table is destroyed (or the last table), dt dies:
+ * hold one.  When the last table holding it is destroyed, dt dies:
  * waiting I/O fails, the channel is detached (the daemon then sees -ENODEV
  * but never freed memory), and the workers are torn down.
  */
@@ -395,6 +395,7 @@ struct dmu_target {
 	enum dmu_daemon_state state;
 	bool dying;			/* the live table was destroyed */
 	bool suspending;		/* between presuspend and resume */
+	bool parked;			/* noflush-suspended, until resume */
 	struct dmu_channel *channel;	/* bound daemon */
 	u64 features;			/* granted to the bound daemon */
 	struct list_head send_queue;	/* struct dmu_msg */

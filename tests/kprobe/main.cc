@@ -16,12 +16,12 @@
 namespace po = boost::program_options;
 
 int main(int argc, char** argv) {
-  std::string command, key, device, op;
+  std::string command, key, key2, device, op;
   int phase = 0;
   uint64_t block = 0, id = 0, count = 0, relocate = 0, relocate_to = 0;
   po::options_description opts(
       "dmu-kmod-probe COMMAND [options]\n"
-      "Commands: serve, stall-copy, version, done-replay, list-extents, fsync");
+      "Commands: serve, stall-copy, version, done-replay, list-extents, bind-race, fsync");
   // clang-format off
   opts.add_options()
       ("help,h", "this help")
@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
       ("phase", po::value(&phase), "done-replay: 1 (first daemon), 2 (next), 3 (after the commit)")
       ("block", po::value(&block), "done-replay: the block written")
       ("id", po::value(&id), "done-replay phase 2: the request id phase 1 printed")
-      ("count", po::value(&count), "list-extents: extents to push")
+      ("key2", po::value(&key2), "bind-race: the other target's key")
+      ("count", po::value(&count), "list-extents: extents to push; bind-race: rounds")
       ("device", po::value(&device), "fsync: the block device")
       ("relocate", po::value(&relocate), "serve: on SIGUSR1 push block B as a NEW extent...")
       ("relocate-to", po::value(&relocate_to), "serve: ...at block T's sectors, copied from its own")
@@ -61,6 +62,8 @@ int main(int argc, char** argv) {
   if (command == "done-replay" && !key.empty() && phase >= 1 && phase <= 3)
     return done_replay(key, phase, block, id);
   if (command == "list-extents" && !key.empty() && count) return list_extents(key, count);
+  if (command == "bind-race" && !key.empty() && !key2.empty() && count)
+    return bind_race(key, key2, count);
   if (command == "fsync" && !device.empty()) return fsync_device(device);
   std::fprintf(stderr, "dmu-kmod-probe: unknown command or missing option: %s (see --help)\n",
                command.c_str());

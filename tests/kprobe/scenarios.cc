@@ -6,10 +6,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/kprobe/raw_channel.h"
@@ -193,6 +196,41 @@ int list_extents(const std::string& key, uint64_t count) {
   if (l->count != count)
     return failed("one LIST_EXTENTS with max %u listed %u of %llu cached extents", l->max, l->count,
                   (unsigned long long)count);
+  return 0;
+}
+
+int bind_race(const std::string& key1, const std::string& key2, uint64_t rounds) {
+  uint64_t first = 0, second = 0;
+  for (uint64_t round = 0; round < rounds; ++round) {
+    auto ch = RawChannel::open(false);
+    if (!ch) return failed("%s", ch.error().message.c_str());
+    std::atomic<int> ready{0};
+    int err[2] = {0, 0};
+    auto racer = [&](int i, const std::string& key) {
+      ready.fetch_add(1);
+      while (ready.load() < 2) {
+      }
+      dmu_bind b{};
+      auto r = ch->bind(key, DMU_FEATURE_ALL, &b);
+      err[i] = r ? 0 : r.error().code;
+    };
+    std::thread a(racer, 0, std::cref(key1));
+    std::thread b(racer, 1, std::cref(key2));
+    a.join();
+    b.join();
+    if (err[0] == 0 && err[1] == 0)
+      return failed("round %llu: both BINDs on one fd succeeded (%s and %s)",
+                    (unsigned long long)round, key1.c_str(), key2.c_str());
+    for (int i = 0; i < 2; ++i)
+      if (err[i] != 0 && err[i] != EALREADY && err[i] != EBUSY)
+        return failed("round %llu: BIND %d failed with %s", (unsigned long long)round, i,
+                      std::strerror(err[i]));
+    if (err[0] != 0 && err[1] != 0)
+      return failed("round %llu: neither BIND succeeded", (unsigned long long)round);
+    (err[0] == 0 ? first : second)++;
+  }  // each round's fd closes here, unbinding the winner
+  std::fprintf(stderr, "dmu-kmod-probe: event=bind-race rounds=%llu first=%llu second=%llu\n",
+               (unsigned long long)rounds, (unsigned long long)first, (unsigned long long)second);
   return 0;
 }
 

@@ -30,6 +30,11 @@ int done_replay(const std::string& key, int phase, uint64_t block, uint64_t id);
 // Pushes count extents, then one LIST_EXTENTS with room for more must list
 // them all.
 int list_extents(const std::string& key, uint64_t count);
+// Two threads BIND two keys on one fd at the same instant, rounds times,
+// each round on a new fd: exactly one may succeed (the other gets
+// EALREADY or, for the same key, EBUSY); two successes would leave the
+// first target bound to a channel the fd's release never unbinds.
+int bind_race(const std::string& key1, const std::string& key2, uint64_t rounds);
 // fdatasync() of a device: one empty flush.
 int fsync_device(const std::string& path);
 

@@ -4,6 +4,9 @@
 # (reads only: nearly all hits without the lock) while a loop drops and
 # splits extents with small drained invalidates and reads the status.  No
 # verify error, no kernel report, the device still reads as its data file.
+# Also on two vCPUs: two threads BIND two keys on one fd at once, again and
+# again; exactly one may win each time, and both devices stay usable and
+# removable (a second winner would be left bound to a freed channel).
 # vm: kernels=6.1,6.12 smp=2 timeout=420 disks=256M
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
@@ -51,5 +54,23 @@ expect_eq "identity bytes" "$bb" "$a"
 daemon_stop $LOG
 dmsetup remove u || fail "dmsetup remove u"
 losetup -d "$LOOP"
+
+step "two BINDs racing on one fd: one wins"
+make_file /data/b1.img 4
+make_file /data/b2.img 4
+B1=$(loop_dio /data/b1.img)
+B2=$(loop_dio /data/b2.img)
+dmu_create b1 br1 8 "2 daemon_timeout 5" "$B1"
+dmu_create b2 br2 8 "2 daemon_timeout 5" "$B2"
+dmu-kmod-probe bind-race --key br1 --key2 br2 --count 400 2>/tmp/race.log ||
+  { cat /tmp/race.log; fail "bind-race"; }
+cat /tmp/race.log
+for n in 1 2; do
+  daemon_start $LOG --key br$n --mode identity
+  dd if=/dev/mapper/b$n of=/dev/null bs=4096 count=16 iflag=direct status=none || fail "read b$n after the race"
+  daemon_stop $LOG
+  dmsetup remove b$n || fail "dmsetup remove b$n"
+done
+losetup -d "$B1" "$B2"
 check_dmesg
 step "ok"

@@ -59,6 +59,17 @@ dmesg | grep -q "writable extent on a read-only device" || fail "reason not logg
 probe_stop $LOG
 dmsetup remove wr || fail "remove wr"
 losetup -d "$RO"
+# A read-only table writes no device whatever the daemon answers: its
+# writable_devs is 0 (the default is every device) and writable extents fail.
+echo "0 $SZ userspace ro1 8 1 $LOOP" | dmsetup create --readonly rt || fail "create --readonly rt"
+dmsetup mknodes
+dmsetup table rt | grep -q "writable_devs 0" || { dmsetup table rt; fail "a read-only table keeps writable_devs above 0"; }
+probe_serve $LOG ro1
+bad0=$(dmu_stat rt bad)
+read_block /dev/mapper/rt 4096 3 2>/dev/null && fail "a writable extent in a read-only table was accepted"
+expect_gt "rejected answers in the read-only table" "$bad0" "$(dmu_stat rt bad)"
+probe_stop $LOG
+dmsetup remove rt || fail "remove rt"
 
 step "discard_passdown: discarded blocks leave holes in the file behind the loop device"
 dd if=/dev/urandom of=/data/disk.img bs=1M count=64 conv=notrunc status=none

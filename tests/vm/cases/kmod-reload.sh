@@ -5,7 +5,9 @@
 #    runs under fio with verify without an error;
 #  - a noflush suspend with no daemon hands waiting I/O back to dm (it
 #    completes after resume, when a daemon is back); a flushing suspend
-#    waits for a daemon within daemon_timeout instead of failing I/O;
+#    waits for a daemon within daemon_timeout instead of failing I/O; a
+#    suspend longer than daemon_timeout does not run the clock out (it
+#    starts again at resume);
 #  - a DONE is never lost: a daemon that read it and died before a COMMIT,
 #    across a table reload, is followed by one that lists the allocation and
 #    reads the DONE again; a COMMITTED publishes it.
@@ -85,6 +87,25 @@ wait $DD && fail "a read with no daemon ever bound succeeded"
 echo "the read failed $(($(now_ms) - t0)) ms after the resume"
 [ $(($(now_ms) - t0)) -lt 15000 ] || fail "the read waited past daemon_timeout after the resume"
 timeout 20 dmsetup remove ts || fail "remove ts"
+
+step "a noflush suspend longer than daemon_timeout: a daemon binding after the resume still serves the requeued read"
+echo "0 $(blockdev --getsz "$OTHER") userspace tw1 8 1 $OTHER 2 daemon_timeout 4" | dmsetup create tw ||
+  fail "create tw"
+dmsetup mknodes
+dd if=/dev/mapper/tw of=/dev/null bs=4096 skip=9 count=1 iflag=direct 2>/tmp/dd3.err &
+DD=$!
+sleep 0.5
+timeout 20 dmsetup suspend --noflush tw || fail "suspend tw"
+sleep 6
+dmsetup resume tw || fail "resume tw"
+sleep 1
+kill -0 $DD 2>/dev/null || { cat /tmp/dd3.err; fail "the requeued read failed at the resume (the timeout ran out while suspended)"; }
+U_PROBE=$PROBE_PID
+probe_serve /tmp/tw.log tw1
+wait $DD || { cat /tmp/dd3.err; fail "the requeued read failed though a daemon bound within daemon_timeout of the resume"; }
+probe_stop /tmp/tw.log
+PROBE_PID=$U_PROBE
+timeout 20 dmsetup remove tw || fail "remove tw"
 
 step "flushing suspend with no daemon waits for one (daemon_timeout 20)"
 probe_stop $LOG

@@ -18,7 +18,8 @@
  *                                             daemon to (re)bind or answer
  *                  max_extents <n>            bound on cached extents
  *                  writable_devs <n>          only devices 0..n-1 may be
- *                                             written (default: all); the
+ *                                             written (default: all, none
+ *                                             in a read-only table); the
  *                                             others are opened read-only
  *                  discard_passdown           discard the data of discarded
  *                                             blocks on their data device
