@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "daemon/paths.h"
+#include "fileio/file.h"
 #include "mapper/unique_fd.h"
 
 namespace dmu::daemon {
@@ -175,12 +176,9 @@ Result<void> write_file_atomic(const std::string& path, const std::string& text)
     ::unlink(tmp.c_str());
     return fail(e);
   }
-  // The rename itself must survive a crash of the host too.
-  const std::string dir = path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
-  if (int d = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); d >= 0) {
-    UniqueFd dir_fd(d);
-    (void)::fsync(dir_fd.get());
-  }
+  // The rename itself must survive a crash of the host too (best effort:
+  // the record is already in place for everybody on this boot).
+  (void)sync_parent_directory(path);
   return {};
 }
 

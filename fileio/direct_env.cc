@@ -198,6 +198,9 @@ class DirectEnv final : public Env {
 
   bool exists(const std::string& path) override { return posix_env().exists(path); }
   Result<void> remove(const std::string& path) override { return posix_env().remove(path); }
+  Result<void> sync_directory_of(const std::string& path) override {
+    return posix_env().sync_directory_of(path);
+  }
   Result<std::string> identity(const std::string& path) override {
     return posix_env().identity(path);
   }

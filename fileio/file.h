@@ -51,6 +51,11 @@ class Env {
   virtual Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) = 0;
   virtual bool exists(const std::string& path) = 0;
   virtual Result<void> remove(const std::string& path) = 0;
+  // Makes the creation or removal of path durable: a new file's name is on
+  // disk only once the directory holding it is synced, whatever the file's
+  // own sync did (fsync(2): "an explicit fsync() on a file descriptor for
+  // the directory is also needed").
+  virtual Result<void> sync_directory_of(const std::string& path) = 0;
   // A name that is equal for two paths naming the same file (backing-loop
   // detection): the canonical path for real files.
   virtual Result<std::string> identity(const std::string& path) = 0;
@@ -58,5 +63,8 @@ class Env {
 
 // The process-wide real file system.
 Env& posix_env();
+
+// fsync of the directory that holds path (the current one for a bare name).
+Result<void> sync_parent_directory(const std::string& path);
 
 }  // namespace dmu

@@ -16,6 +16,8 @@ class MemEnv : public Env {
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override;
   bool exists(const std::string& path) override;
   Result<void> remove(const std::string& path) override;
+  // Nothing is lost here: names are durable at once.
+  Result<void> sync_directory_of(const std::string&) override { return {}; }
   Result<std::string> identity(const std::string& path) override { return path; }
 
   // Test access to a file's bytes (empty if absent).

@@ -118,6 +118,10 @@ class PosixEnv final : public Env {
     return {};
   }
 
+  Result<void> sync_directory_of(const std::string& path) override {
+    return sync_parent_directory(path);
+  }
+
   Result<std::string> identity(const std::string& path) override {
     char buf[PATH_MAX];
     if (!::realpath(path.c_str(), buf)) return fail(errno_error(path));
@@ -126,6 +130,20 @@ class PosixEnv final : public Env {
 };
 
 }  // namespace
+
+Result<void> sync_parent_directory(const std::string& path) {
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return fail(errno_error(dir + ": open directory to sync " + path));
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  if (rc < 0) return fail(errno_error(dir + ": fsync of the directory holding " + path, saved));
+  return {};
+}
 
 Env& posix_env() {
   static PosixEnv env;

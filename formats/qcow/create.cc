@@ -55,7 +55,8 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
         kHeaderSize, std::span(reinterpret_cast<const uint8_t*>(backing.data()), backing.size())));
   std::vector<uint8_t> zeros(*align_up(l1_bytes, 512), 0);
   DMU_TRY(file->write(header_size, zeros));
-  return file->sync();
+  DMU_TRY(file->sync());
+  return env.sync_directory_of(path);
 }
 
 }  // namespace dmu::formats::qcow

@@ -250,8 +250,12 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
       DMU_TRY(f->write((l2_at + i) * cs, l2));
     }
   }
-  if (data) DMU_TRY(data->sync());
-  return f->sync();
+  if (data) {
+    DMU_TRY(data->sync());
+    DMU_TRY(env.sync_directory_of(*p.data_file_path));
+  }
+  DMU_TRY(f->sync());
+  return env.sync_directory_of(path);
 }
 
 }  // namespace dmu::formats::qcow2

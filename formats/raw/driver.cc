@@ -29,7 +29,8 @@ Result<void> create_raw(Env& env, const std::string& path, const CreateOptions& 
   DMU_TRY(file->truncate(options.virtual_size));
   uint64_t first = std::min<uint64_t>(options.virtual_size, 4096);
   if (first) DMU_TRY(file->write(0, std::vector<uint8_t>(first, 0)));
-  return file->sync();
+  DMU_TRY(file->sync());
+  return env.sync_directory_of(path);
 }
 
 }  // namespace

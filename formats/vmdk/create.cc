@@ -181,7 +181,9 @@ Result<void> create(Env& env, const std::string& path, const CreateOptions& opti
     DMU_TRY(desc_file->write(0, bytes));
     DMU_TRY(desc_file->truncate(desc.size()));
   }
-  return desc_file->sync();
+  DMU_TRY(desc_file->sync());
+  // The extents' names live in the descriptor's directory.
+  return env.sync_directory_of(path);
 }
 
 }  // namespace dmu::formats::vmdk

@@ -19,6 +19,11 @@ void apply(std::vector<uint8_t>& bytes, uint64_t offset, uint64_t length, const 
     std::memcpy(bytes.data() + offset, src, n);
 }
 
+std::string directory_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
 }  // namespace
 
 class FaultEnv::FaultFile final : public File {
@@ -115,8 +120,9 @@ Result<std::unique_ptr<File>> FaultEnv::open(const std::string& path, OpenMode m
   bool creating = mode == OpenMode::CreateExclusive || mode == OpenMode::CreateTruncate;
   if (it == files_.end()) {
     if (!creating) return fail(ENOENT, path + ": No such file or directory");
-    // A new directory entry is treated as durable at once; its bytes are not.
-    it = files_.emplace(path, std::make_shared<FileState>()).first;
+    auto state = std::make_shared<FileState>();
+    state->name_durable = false;
+    it = files_.emplace(path, std::move(state)).first;
   } else if (mode == OpenMode::CreateExclusive) {
     return fail(EEXIST, path + ": File exists");
   } else if (mode == OpenMode::CreateTruncate) {
@@ -133,7 +139,21 @@ bool FaultEnv::exists(const std::string& path) {
 
 Result<void> FaultEnv::remove(const std::string& path) {
   std::lock_guard lock(mu_);
-  if (!files_.erase(path)) return fail(ENOENT, path + ": No such file or directory");
+  auto it = files_.find(path);
+  if (it == files_.end()) return fail(ENOENT, path + ": No such file or directory");
+  // A name never made durable leaves nothing to come back.
+  if (it->second->name_durable) removed_[path] = it->second;
+  files_.erase(it);
+  return {};
+}
+
+Result<void> FaultEnv::sync_directory_of(const std::string& path) {
+  std::lock_guard lock(mu_);
+  if (!admit_mutation()) return fail(EIO, path + ": simulated power cut (directory sync)");
+  const std::string dir = directory_of(path);
+  for (auto& [name, st] : files_)
+    if (directory_of(name) == dir) st->name_durable = true;
+  std::erase_if(removed_, [&](const auto& entry) { return directory_of(entry.first) == dir; });
   return {};
 }
 
@@ -150,12 +170,40 @@ void FaultEnv::power_cut_after(uint64_t n) {
 void FaultEnv::crash(CrashKeeps keeps, uint32_t seed) {
   std::lock_guard lock(mu_);
   std::mt19937 rng(seed);
+  auto kept = [&] {
+    return keeps == CrashKeeps::Everything || (keeps == CrashKeeps::RandomSubset && (rng() & 1));
+  };
+  // Names first: new ones not yet in a synced directory may be lost, removed
+  // ones may come back (with what of them was durable, and their unsynced
+  // writes like any file's).
+  for (auto it = files_.begin(); it != files_.end();) {
+    if (it->second->name_durable || kept()) {
+      it->second->name_durable = true;
+      ++it;
+    } else {
+      ++it->second->generation;
+      it = files_.erase(it);
+    }
+  }
+  for (auto& [path, st] : removed_) {
+    ++st->generation;
+    if (!kept()) files_.emplace(path, st);  // a name created since wins
+  }
+  removed_.clear();
   for (auto& [path, st] : files_) {
     std::vector<uint8_t> bytes = st->durable;
     for (const Op& op : st->unsynced) {
-      bool keep = keeps == CrashKeeps::Everything ||
-                  (keeps == CrashKeeps::RandomSubset && (rng() & 1));
-      if (!keep) continue;
+      if (op.kind == Op::Write && keeps == CrashKeeps::RandomSubset) {
+        // Sector by sector: a torn write keeps some of its sectors only.
+        const uint64_t end = op.offset + op.length;
+        for (uint64_t at = op.offset; at < end;) {
+          const uint64_t next = std::min(end, (at / 512 + 1) * 512);
+          if (rng() & 1) apply(bytes, at, next - at, op.bytes.data() + (at - op.offset), false);
+          at = next;
+        }
+        continue;
+      }
+      if (!kept()) continue;
       switch (op.kind) {
         case Op::Write: apply(bytes, op.offset, op.length, op.bytes.data(), false); break;
         case Op::Zero: apply(bytes, op.offset, op.length, nullptr, true); break;

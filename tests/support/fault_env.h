@@ -2,8 +2,11 @@
 // writes since the last sync.  After `power_cut_after(n)` the n+1-th mutating
 // call and everything after it fail with EIO, as if power had gone; `crash()`
 // then rebuilds every file from its durable bytes plus a chosen subset of the
-// unsynced writes (none, all, or a random subset: a disk may persist any of
-// them, in any order).  Crash tests reopen the images afterwards.
+// unsynced writes: none, all, or a random subset of their 512-byte sectors (a
+// disk may persist any sector of any write, in any order; one sector is
+// written whole or not at all).  Names are directory entries: a file created,
+// or removed, since its directory was last synced (sync_directory_of) may be
+// gone, or back, after the crash.  Crash tests reopen the images afterwards.
 #pragma once
 
 #include <cstdint>
@@ -24,9 +27,11 @@ class FaultEnv : public Env {
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override;
   bool exists(const std::string& path) override;
   Result<void> remove(const std::string& path) override;
+  Result<void> sync_directory_of(const std::string& path) override;
   Result<std::string> identity(const std::string& path) override { return path; }
 
-  // Mutating calls (write, truncate, sync, punch_hole) counted so far.
+  // Mutating calls (write, truncate, sync, punch_hole, sync_directory_of)
+  // counted so far.
   uint64_t mutations() const;
   // Allows n more mutating calls, then fails all of them until crash().
   void power_cut_after(uint64_t n);
@@ -48,6 +53,7 @@ class FaultEnv : public Env {
     std::vector<uint8_t> current;
     std::vector<Op> unsynced;
     uint64_t generation = 0;  // bumped by crash(): old handles stop working
+    bool name_durable = true;  // false from its creation to its directory's sync
   };
   class FaultFile;
 
@@ -56,6 +62,8 @@ class FaultEnv : public Env {
 
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<FileState>> files_;
+  // Removed, but the removal is not durable yet: the file may come back.
+  std::map<std::string, std::shared_ptr<FileState>> removed_;
   uint64_t mutations_ = 0;
   uint64_t cut_at_ = UINT64_MAX;
 };

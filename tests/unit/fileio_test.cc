@@ -52,6 +52,7 @@ TEST(FaultEnv, CrashDropsUnsyncedWritesAndKeepsSyncedOnes) {
   FaultEnv env;
   auto f = env.open("img", OpenMode::CreateExclusive);
   ASSERT_TRUE(f);
+  ASSERT_TRUE(env.sync_directory_of("img"));
   ASSERT_TRUE((*f)->write(0, bytes({1, 1})));
   ASSERT_TRUE((*f)->sync());
   ASSERT_TRUE((*f)->write(1, bytes({2, 2})));
@@ -72,6 +73,7 @@ TEST(FaultEnv, PowerCutFailsLaterMutationsAndKillsOldHandles) {
   FaultEnv env;
   auto f = env.open("img", OpenMode::CreateExclusive);
   ASSERT_TRUE(f);
+  ASSERT_TRUE(env.sync_directory_of("img"));
   env.power_cut_after(1);
   EXPECT_TRUE((*f)->write(0, bytes({1})));
   EXPECT_FALSE((*f)->write(1, bytes({2})));
@@ -98,6 +100,78 @@ TEST(FaultEnv, RandomSubsetKeepsSomeButNotAllWrites) {
     saw_partial = kept > 0 && kept < 8;
   }
   EXPECT_TRUE(saw_partial);
+}
+
+// A write of several sectors may be torn between them, never inside one.
+TEST(FaultEnv, RandomSubsetTearsWritesAtSectorsOnly) {
+  bool saw_torn = false;
+  for (uint32_t seed = 0; seed < 32; ++seed) {
+    FaultEnv env;
+    env.set_contents("img", std::vector<uint8_t>(4096, 0));
+    auto f = env.open("img", OpenMode::ReadWrite);
+    ASSERT_TRUE(f);
+    // 3000 bytes from offset 100: a partial first sector, five whole ones and
+    // a partial last one.
+    ASSERT_TRUE((*f)->write(100, std::vector<uint8_t>(3000, 7)));
+    env.crash(CrashKeeps::RandomSubset, seed);
+    const auto c = env.contents("img");
+    ASSERT_EQ(c.size(), 4096u);
+    size_t kept = 0;
+    for (size_t sector = 0; sector < 8; ++sector) {
+      const uint64_t lo = std::max<uint64_t>(sector * 512, 100);
+      const uint64_t hi = std::min<uint64_t>((sector + 1) * 512, 3100);
+      if (lo >= hi) continue;
+      const bool first_new = c[lo] == 7;
+      for (uint64_t i = lo; i < hi; ++i)
+        ASSERT_EQ(c[i] == 7, first_new) << "seed " << seed << ": sector " << sector << " torn";
+      kept += first_new;
+    }
+    for (size_t i = 0; i < 100; ++i) ASSERT_EQ(c[i], 0) << "byte " << i << " never written";
+    for (size_t i = 3100; i < 4096; ++i) ASSERT_EQ(c[i], 0) << "byte " << i << " never written";
+    saw_torn |= kept > 0 && kept < 7;
+  }
+  EXPECT_TRUE(saw_torn);
+}
+
+TEST(FaultEnv, NewNameIsLostUntilItsDirectoryIsSynced) {
+  FaultEnv env;
+  for (const char* name : {"d/a", "d/b", "e/c"}) {
+    auto f = env.open(name, OpenMode::CreateExclusive);
+    ASSERT_TRUE(f);
+    ASSERT_TRUE((*f)->write(0, bytes({1})));
+    ASSERT_TRUE((*f)->sync());
+  }
+  ASSERT_TRUE(env.sync_directory_of("d/b"));  // d's entries, not e's
+  env.crash(CrashKeeps::Nothing);
+  EXPECT_TRUE(env.exists("d/a"));
+  EXPECT_EQ(env.contents("d/b"), bytes({1}));
+  EXPECT_FALSE(env.exists("e/c"));
+}
+
+TEST(FaultEnv, RemovalIsUndoneUntilItsDirectoryIsSynced) {
+  for (bool synced : {false, true}) {
+    FaultEnv env;
+    env.set_contents("d/a", bytes({4}));
+    ASSERT_TRUE(env.remove("d/a"));
+    EXPECT_FALSE(env.exists("d/a"));
+    if (synced) {
+      ASSERT_TRUE(env.sync_directory_of("d/a"));
+    }
+    env.crash(CrashKeeps::Nothing);
+    EXPECT_EQ(env.exists("d/a"), !synced);
+    if (!synced) {
+      EXPECT_EQ(env.contents("d/a"), bytes({4}));
+    }
+  }
+}
+
+TEST(FaultEnv, DirectorySyncFailsAfterThePowerCut) {
+  FaultEnv env;
+  ASSERT_TRUE(env.open("d/a", OpenMode::CreateExclusive));
+  env.power_cut_after(0);
+  EXPECT_FALSE(env.sync_directory_of("d/a"));
+  env.crash(CrashKeeps::Nothing);
+  EXPECT_FALSE(env.exists("d/a"));
 }
 
 }  // namespace

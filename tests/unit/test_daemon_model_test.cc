@@ -34,6 +34,7 @@ std::unique_ptr<File> make_device(Env& env, uint64_t clusters = kClusters) {
   EXPECT_TRUE(f) << f.error().message;
   EXPECT_TRUE((*f)->truncate(kDataStart + clusters * kB));
   EXPECT_TRUE((*f)->sync());
+  EXPECT_TRUE(env.sync_directory_of("dev0"));
   return std::move(*f);
 }
 
