@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli_common.h"
+#include "formats/format_specific_json.h"
 
 namespace dmu::cli {
 
@@ -31,8 +32,9 @@ ordered image_json(formats::Image& image) {
   uint64_t actual = 0;
   for (const std::string& f : files) actual += allocated_bytes(f);
   j["actual-size"] = actual;
-  if (!info.format_specific.is_null())
-    j["format-specific"] = ordered::parse(info.format_specific.dump());
+  if (const auto specific = formats::format_specific_json(info.format_specific);
+      !specific.is_null())
+    j["format-specific"] = ordered::parse(specific.dump());
   if (info.backing_file) {
     j["full-backing-filename"] = formats::resolve_backing_path(info.filename, *info.backing_file);
     j["backing-filename"] = *info.backing_file;
@@ -89,7 +91,7 @@ void print_human(const ordered& j, formats::Image& image) {
       std::cout << "backing file format: " << *info.backing_file_format << "\n";
   }
   if (info.dirty) std::cout << "cleanly shut down: no\n";
-  const nlohmann::json& specific = info.format_specific;
+  const nlohmann::json specific = formats::format_specific_json(info.format_specific);
   if (specific.is_object() && specific.contains("data")) {
     std::cout << "Format specific information:\n";
     print_specific(specific["data"], 4);

@@ -20,9 +20,8 @@ std::string resolve_backing_path(const std::string& image_path, const std::strin
 
 bool maps_linearly(const ImageInfo& info) {
   if (info.format == "raw") return true;
-  if (info.format == "vmdk" && info.format_specific.is_object()) {
-    const auto& data = info.format_specific.value("data", nlohmann::json::object());
-    std::string type = data.is_object() ? data.value("create-type", std::string()) : "";
+  if (const auto* vmdk = std::get_if<VmdkSpecific>(&info.format_specific)) {
+    const std::string& type = vmdk->create_type;
     return type.size() >= 4 && type.compare(type.size() - 4, 4, "Flat") == 0;
   }
   return false;

@@ -52,9 +52,8 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "fileio/file.h"
@@ -82,6 +81,36 @@ struct Mapping {
   bool writable = false;
 };
 
+// What qemu-img info shows as "format-specific" (formats/format_specific_json.h
+// renders it in qemu-img's JSON), for the formats that have any.
+struct Qcow2Bitmap {
+  std::string name;
+  uint64_t granularity = 0;
+  bool in_use = false, autoload = false;  // the "in-use" and "auto" flags
+};
+struct Qcow2Specific {
+  bool v3 = true;  // compat 1.1; version 2 is compat 0.10
+  bool zstd = false;
+  uint32_t refcount_bits = 16;
+  bool lazy_refcounts = false, corrupt = false, extended_l2 = false;  // shown for v3 only
+  std::optional<std::string> data_file;                               // as written in the image
+  bool data_file_raw = false;
+  std::vector<Qcow2Bitmap> bitmaps;
+};
+struct VmdkExtentSpecific {
+  uint64_t virtual_size = 0;
+  std::string filename;
+  std::string format;         // the descriptor's type: SPARSE, FLAT, VMFS ...
+  uint64_t cluster_size = 0;  // the grain; 0 for flat extents
+  bool compressed = false;
+};
+struct VmdkSpecific {
+  uint32_t cid = 0, parent_cid = 0;
+  std::string create_type;
+  std::vector<VmdkExtentSpecific> extents;
+};
+using FormatSpecific = std::variant<std::monostate, Qcow2Specific, VmdkSpecific>;
+
 struct ImageInfo {
   std::string format;        // "raw", "qcow", "qcow2", "vmdk" (as qemu-img names it)
   std::string filename;      // the path it was opened with
@@ -95,7 +124,7 @@ struct ImageInfo {
   std::optional<std::string> backing_file;         // as written in the image
   std::optional<std::string> backing_file_format;  // as written, if it says
   bool dirty = false;                              // needs check/repair before use
-  nlohmann::json format_specific;  // qemu-img info's "format-specific" object, or null
+  FormatSpecific format_specific;                  // monostate where qemu-img info shows none
 };
 
 // A range prepared for a guest write.

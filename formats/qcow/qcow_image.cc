@@ -32,7 +32,6 @@ Result<std::unique_ptr<Image>> QcowImage::open(Env& env, const std::string& path
   info.virtual_size = align_down(h.size, 512);  // QEMU counts whole sectors
   info.cluster_size = h.cluster_size();
   info.granularity = h.cluster_size();
-  info.format_specific = nullptr;
   if (h.backing_file_offset != 0 && h.backing_file_size != 0) {
     std::vector<uint8_t> name(h.backing_file_size);
     DMU_TRY(file->read(h.backing_file_offset, name));

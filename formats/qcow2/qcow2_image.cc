@@ -199,31 +199,21 @@ void Qcow2Image::fill_info() {
   info_.backing_file = header_.backing_file;
   info_.backing_file_format = header_.backing_format;
   info_.dirty = header_.incompatible & kIncompatDirty;
-  nlohmann::json data;
-  data["compat"] = header_.version == 2 ? "0.10" : "1.1";
-  data["compression-type"] = header_.compression_type == CompressionType::Zstd ? "zstd" : "zlib";
-  data["refcount-bits"] = g_.refcount_bits;
-  if (header_.version >= 3) {
-    data["lazy-refcounts"] = bool(header_.compatible & kCompatLazyRefcounts);
-    data["corrupt"] = corrupt_;
-    data["extended-l2"] = header_.extended_l2();
-  }
+  Qcow2Specific s;
+  s.v3 = header_.version >= 3;
+  s.zstd = header_.compression_type == CompressionType::Zstd;
+  s.refcount_bits = g_.refcount_bits;
+  s.lazy_refcounts = header_.compatible & kCompatLazyRefcounts;
+  s.corrupt = corrupt_;
+  s.extended_l2 = header_.extended_l2();
   if (header_.has_data_file()) {
-    data["data-file"] = *header_.data_file;
-    data["data-file-raw"] = header_.data_file_raw();
+    s.data_file = *header_.data_file;
+    s.data_file_raw = header_.data_file_raw();
   }
-  if (!bitmaps_.empty()) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const Bitmap& b : bitmaps_) {
-      nlohmann::json flags = nlohmann::json::array();
-      if (b.flags & kBitmapInUse) flags.push_back("in-use");
-      if (b.flags & kBitmapAuto) flags.push_back("auto");
-      list.push_back(
-          {{"flags", flags}, {"name", b.name}, {"granularity", uint64_t(1) << b.granularity_bits}});
-    }
-    data["bitmaps"] = list;
-  }
-  info_.format_specific = {{"type", "qcow2"}, {"data", data}};
+  for (const Bitmap& b : bitmaps_)
+    s.bitmaps.push_back({b.name, uint64_t(1) << b.granularity_bits, bool(b.flags & kBitmapInUse),
+                         bool(b.flags & kBitmapAuto)});
+  info_.format_specific = std::move(s);
 }
 
 Result<Qcow2Image::L2Slot> Qcow2Image::l2_slot(uint64_t guest_cluster) {

@@ -47,7 +47,6 @@ Result<std::unique_ptr<Image>> RawImage::open(Env& env, const std::string& path,
   info.virtual_size = size;
   info.cluster_size = 0;
   info.granularity = kSector;
-  info.format_specific = nullptr;
   return std::unique_ptr<Image>(new RawImage(std::move(file), access, std::move(info)));
 }
 

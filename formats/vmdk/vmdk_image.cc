@@ -196,21 +196,16 @@ void VmdkImage::finish_info(const std::string& path, const Descriptor& d,
     while (e.start % g) g /= 2;
   info_.granularity = g;
 
-  nlohmann::json extents = nlohmann::json::array();
+  VmdkSpecific s{d.cid, d.parent_cid, create_type, {}};
   for (const Extent& e : extents_) {
-    nlohmann::json x = {{"virtual-size", e.size}, {"filename", e.filename}, {"format", e.type}};
+    VmdkExtentSpecific x{e.size, e.filename, e.type, 0, false};
     if (!e.flat) {
-      x["cluster-size"] = e.sparse->grain_bytes();
-      if (e.sparse->header().compressed()) x["compressed"] = true;
+      x.cluster_size = e.sparse->grain_bytes();
+      x.compressed = e.sparse->header().compressed();
     }
-    extents.push_back(std::move(x));
+    s.extents.push_back(std::move(x));
   }
-  info_.format_specific = {{"type", "vmdk"},
-                           {"data",
-                            {{"cid", d.cid},
-                             {"parent-cid", d.parent_cid},
-                             {"create-type", create_type},
-                             {"extents", std::move(extents)}}}};
+  info_.format_specific = std::move(s);
 }
 
 std::vector<File*> VmdkImage::data_files() {
@@ -280,8 +275,11 @@ Result<void> check_parent_cid(const Image& child, const Image& parent) {
   if (p.format != "vmdk")
     return fail(EINVAL, c.filename + ": parent " + p.filename + " is a " + p.format +
                             " image; a vmdk parent's CID must match parentCID");
-  uint64_t want = c.format_specific["data"]["parent-cid"].get<uint64_t>();
-  uint64_t have = p.format_specific["data"]["cid"].get<uint64_t>();
+  const auto* cs = std::get_if<VmdkSpecific>(&c.format_specific);
+  const auto* ps = std::get_if<VmdkSpecific>(&p.format_specific);
+  if (!cs || !ps) return fail(EINVAL, c.filename + ": vmdk image without its CIDs");
+  uint64_t want = cs->parent_cid;
+  uint64_t have = ps->cid;
   if (want != have)
     return fail(EINVAL, c.filename + ": parentCID " + hex(want) + " does not match the CID " +
                             hex(have) + " of its parent " + p.filename +

@@ -116,7 +116,7 @@ Result<void> VmdkImage::update_cid() {
   DMU_TRY(cid_file_->write(cid_at_, std::span(reinterpret_cast<const uint8_t*>(digits), cid_len_)));
   DMU_TRY(cid_file_->sync());
   cid_ = cid;
-  info_.format_specific["data"]["cid"] = cid;
+  if (auto* s = std::get_if<VmdkSpecific>(&info_.format_specific)) s->cid = cid;
   cid_updated_ = true;
   return {};
 }

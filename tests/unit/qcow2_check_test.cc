@@ -225,10 +225,10 @@ TEST(Qcow2Check, CorruptBitAllowsOnlyRepairUntilCheckClearsIt) {
     ASSERT_FALSE(t);
     EXPECT_EQ(t.error().code, EROFS);
     EXPECT_NE(t.error().message.find("corrupt"), std::string::npos);
-    EXPECT_EQ((*rw)->info().format_specific["data"]["corrupt"], true);
+    EXPECT_TRUE(std::get<dmu::formats::Qcow2Specific>((*rw)->info().format_specific).corrupt);
     auto r = (*rw)->check(Repair::All);
     ASSERT_TRUE(r);
-    EXPECT_EQ((*rw)->info().format_specific["data"]["corrupt"], false);
+    EXPECT_FALSE(std::get<dmu::formats::Qcow2Specific>((*rw)->info().format_specific).corrupt);
     write_guest(**rw, 0, pattern(512, 1));
   }
   auto j = qemu_json("qemu-img info --output=json " + shell_quote(img));

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "fileio/file.h"
+#include "formats/format_specific_json.h"
 #include "formats/image.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
@@ -130,7 +131,8 @@ TEST(QcowInfo, MatchesQemuImgInfo) {
       EXPECT_EQ(*info.backing_file, q["backing-filename"]);
     }
     EXPECT_FALSE(info.backing_file_format);  // qcow has nowhere to store it
-    EXPECT_EQ(info.format_specific.is_null(), !q.contains("format-specific"));
+    EXPECT_EQ(dmu::formats::format_specific_json(info.format_specific).is_null(),
+              !q.contains("format-specific"));
   }
 }
 

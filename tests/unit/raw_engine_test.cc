@@ -130,7 +130,7 @@ TEST(RawInfo, MatchesQemuImgInfo) {
   EXPECT_EQ(image->info().cluster_size, 0u);
   EXPECT_FALSE(q.contains("cluster-size"));
   EXPECT_EQ(image->info().granularity, 512u);
-  EXPECT_TRUE(image->info().format_specific.is_null());
+  EXPECT_TRUE(std::holds_alternative<std::monostate>(image->info().format_specific));
   EXPECT_FALSE(image->info().backing_file);
 }
 

@@ -79,7 +79,7 @@ TEST(VmdkCrash, ChildOverParentSurvivesEveryCut) {
   ASSERT_TRUE(parent);
   char cid[16];
   std::snprintf(cid, sizeof cid, "%08x",
-                (*parent)->info().format_specific["data"]["cid"].get<uint32_t>());
+                std::get<dmu::formats::VmdkSpecific>((*parent)->info().format_specific).cid);
   // Replace the whole value: the CID written at create time may have fewer
   // than 8 digits.  The descriptor area is NUL-padded, so the text may grow.
   std::string text(child_bytes.begin() + 512, child_bytes.begin() + 512 + 1024);

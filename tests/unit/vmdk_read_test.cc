@@ -7,6 +7,7 @@
 
 #include "common/endian.h"
 #include "fileio/file.h"
+#include "formats/format_specific_json.h"
 #include "formats/image.h"
 #include "formats/vmdk/vmdk_image.h"
 #include "tests/support/test_support.h"
@@ -47,7 +48,7 @@ void expect_same_as_qemu(const std::string& path, const test::TempDir& dir) {
   EXPECT_EQ(info.format, "vmdk");
   EXPECT_EQ(info.virtual_size, q["virtual-size"].get<uint64_t>());
   EXPECT_EQ(info.cluster_size, q.value("cluster-size", uint64_t(0)));
-  EXPECT_EQ(info.format_specific, q["format-specific"]);
+  EXPECT_EQ(dmu::formats::format_specific_json(info.format_specific), q["format-specific"]);
   EXPECT_EQ(info.backing_file.value_or(""), q.value("backing-filename", ""));
 }
 
@@ -151,7 +152,8 @@ TEST(VmdkRead, QemuTwoGbMaxExtentImagesAgreeAroundEveryBoundary) {
     auto image = open_vmdk(img);
     ASSERT_TRUE(image);
     auto q = nlohmann::json::parse(run_ok("qemu-img info --output=json " + img));
-    EXPECT_EQ(image->info().format_specific, q["format-specific"]);
+    EXPECT_EQ(dmu::formats::format_specific_json(image->info().format_specific),
+              q["format-specific"]);
     EXPECT_EQ(image->info().virtual_size, q["virtual-size"].get<uint64_t>());
     EXPECT_EQ(image->data_files().size(), 3u);
     // 64 KiB around each write: the written bytes and zeros either side.
@@ -197,7 +199,8 @@ TEST(VmdkRead, StreamOptimizedFromQemuConvertMatches) {
   auto m = image->map(0, 65536);
   ASSERT_TRUE(m);
   EXPECT_EQ(m->kind, MapKind::Compressed);
-  EXPECT_EQ(image->info().format_specific["data"]["create-type"], "streamOptimized");
+  EXPECT_EQ(std::get<dmu::formats::VmdkSpecific>(image->info().format_specific).create_type,
+            "streamOptimized");
   auto rw = formats::find_driver("vmdk")->open(posix_env(), img, Access::ReadWrite);
   ASSERT_FALSE(rw);
   EXPECT_EQ(rw.error().code, EROFS);

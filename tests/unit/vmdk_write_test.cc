@@ -208,7 +208,7 @@ TEST(VmdkWrite, FirstCommitOfASessionGivesANewCid) {
   ASSERT_TRUE(image->commit());
   uint64_t after = cid();
   EXPECT_NE(after, before);
-  EXPECT_EQ(image->info().format_specific["data"]["cid"].get<uint64_t>(), after);
+  EXPECT_EQ(std::get<dmu::formats::VmdkSpecific>(image->info().format_specific).cid, after);
   ASSERT_TRUE(test::write_chain({image.get()}, 512, std::vector<uint8_t>(512, 2)));
   ASSERT_TRUE(image->commit());
   EXPECT_EQ(cid(), after) << "once a session, as QEMU";
@@ -318,7 +318,8 @@ TEST(VmdkCreate, EmptyStreamOptimizedReadsZerosAndOpensReadOnly) {
   run_ok("qemu-io -f vmdk -c 'read -P 0 0 3M' " + img);
   auto ro = formats::find_driver("vmdk")->open(posix_env(), img, Access::ReadOnly);
   ASSERT_TRUE(ro) << ro.error().message;
-  EXPECT_EQ((*ro)->info().format_specific["data"]["create-type"], "streamOptimized");
+  EXPECT_EQ(std::get<dmu::formats::VmdkSpecific>((*ro)->info().format_specific).create_type,
+            "streamOptimized");
   EXPECT_EQ((*ro)->info().virtual_size, 3u << 20);
   auto m = (*ro)->map(0, 3 << 20);
   ASSERT_TRUE(m) << m.error().message;
