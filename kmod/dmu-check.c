@@ -40,7 +40,7 @@ static const char *dmu_check_extent(struct dmu_target *dt,
 		return "EXTENT past the end of its device";
 	if ((r->ext_flags & DMU_EXT_NEW) && !(r->ext_flags & DMU_EXT_WRITABLE))
 		return "NEW extent that is not writable";
-	if ((r->ext_flags & DMU_EXT_WRITABLE) && r->dev >= dt->opt.writable_devs)
+	if ((r->ext_flags & DMU_EXT_WRITABLE) && r->dev >= dmu_writable_devs(dt))
 		return "writable extent on a read-only device";
 	if ((r->ext_flags & DMU_EXT_NEW) && !(dt->features & DMU_FEATURE_COPY))
 		return "NEW extent without DMU_FEATURE_COPY";

@@ -186,7 +186,7 @@ static int dmu_bind_locked(struct dmu_channel *ch, struct dmu_target *dt,
 	b->target_sectors = dt->len;
 	b->block_sectors = dt->block_sectors;
 	b->nr_devs = dt->nr_devs;
-	b->writable_devs = dt->opt.writable_devs;
+	b->writable_devs = dmu_writable_devs(dt);
 	return 0;
 }
 

@@ -8,8 +8,8 @@
  * the reload must name the same data devices and block size), so the
  * cache, pending requests, unpublished DONEs and the bound daemon survive
  * the swap.  A table's options take effect at its resume.  The state dies
- * when the live table is destroyed (the device goes away) or the last
- * table is; memory lives on while a channel still holds a reference.
+ * when the last table is destroyed (the device goes away); memory lives on
+ * while a channel still holds a reference.
  */
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
@@ -138,6 +138,8 @@ static void dmu_pool_take_table(struct dmu_target *dt, struct dmu_tc *tc)
 
 	lockdep_assert_held(&dt->lock);
 	dt->ti = ti;
+	WRITE_ONCE(dt->read_only,
+		   !(dm_table_get_mode(ti->table) & DMU_MODE_WRITE));
 	WRITE_ONCE(dt->begin, ti->begin);
 	WRITE_ONCE(dt->len, ti->len);
 	dt->target_blocks = DIV_ROUND_UP_SECTOR_T(ti->len, dt->block_sectors);

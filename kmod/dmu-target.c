@@ -171,12 +171,6 @@ static int dmu_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = dmu_parse_options(tc, &as, nr_devs);
 	if (r)
 		goto bad;
-	/*
-	 * A read-only table writes no device, whatever the daemon answers:
-	 * the block layer does not stop writes to a device opened read-only.
-	 */
-	if (!(dm_table_get_mode(ti->table) & DMU_MODE_WRITE))
-		tc->opt.writable_devs = 0;
 	if (as.argc) {
 		ti->error = "Unexpected arguments after the options";
 		r = -EINVAL;
@@ -357,20 +351,23 @@ static void dmu_postsuspend(struct dm_target *ti)
 
 static void dmu_resume_common(struct dmu_target *dt)
 {
-	bool kick;
+	bool kick, parked;
 
 	mutex_lock(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	dt->suspending = false;
+	parked = dt->parked;
 	dt->parked = false;
 	kick = !bio_list_empty(&dt->flush_bios) || dt->checkpoint;
 	/*
-	 * I/O requeued while suspended waits for a daemon again: a whole
-	 * daemon_timeout from now.
+	 * I/O requeued by a noflush suspend waits for a daemon again: a whole
+	 * daemon_timeout from now.  After any other suspend the clock runs on.
 	 */
-	if (dt->state != DMU_DAEMON_BOUND && dt->opt.daemon_timeout)
+	if (dt->state != DMU_DAEMON_BOUND && parked && dt->opt.daemon_timeout)
 		mod_delayed_work(dt->wq, &dt->timeout_work,
 				 (unsigned long)dt->opt.daemon_timeout * HZ);
+	else if (dt->state != DMU_DAEMON_BOUND)
+		dmu_arm_timeout(dt);
 	spin_unlock_irq(&dt->lock);
 	mutex_unlock(&dt->mutex);
 	if (kick)

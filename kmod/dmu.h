@@ -39,7 +39,8 @@
  *                 mempools) or queue tags, never for the daemon.
  *   dt->lock      (spinlock, irq-safe) send_queue, sent, pending_maps, the
  *                 id hash, req->bios, the tracker lists, the flush lists,
- *                 daemon state, dt->channel and the live table's geometry.
+ *                 daemon state, suspending/parked, dt->channel and the
+ *                 live table's geometry and read-only mode.
  *                 Taken by map() on a miss and by bio completion.
  *   cache->lock   (spinlock) the rbtree and LRU of extents and
  *                 tk->busy_bios; cache->seq (a seqcount of this lock) is
@@ -393,9 +394,10 @@ struct dmu_target {
 	struct mutex mutex;
 	spinlock_t lock;
 	enum dmu_daemon_state state;
-	bool dying;			/* the live table was destroyed */
+	bool dying;			/* the last table was destroyed */
 	bool suspending;		/* between presuspend and resume */
 	bool parked;			/* noflush-suspended, until resume */
+	bool read_only;			/* the live table is (dmsetup --readonly) */
 	struct dmu_channel *channel;	/* bound daemon */
 	u64 features;			/* granted to the bound daemon */
 	struct list_head send_queue;	/* struct dmu_msg */
@@ -455,6 +457,16 @@ static inline u64 dmu_block_of(struct dmu_target *dt, sector_t sector)
 static inline sector_t dmu_block_start(struct dmu_target *dt, u64 block)
 {
 	return (sector_t)block << dt->block_shift;
+}
+
+/*
+ * Devices 0..n-1 may be mapped writable: none while the live table is
+ * read-only (the block layer does not stop a fill writing a device the
+ * table opened read-only), whatever writable_devs says.
+ */
+static inline u32 dmu_writable_devs(struct dmu_target *dt)
+{
+	return READ_ONCE(dt->read_only) ? 0 : dt->opt.writable_devs;
 }
 
 /* The sector of a bio of the live table, counted from the target's start. */

@@ -229,6 +229,18 @@ int bind_race(const std::string& key1, const std::string& key2, uint64_t rounds)
       return failed("round %llu: neither BIND succeeded", (unsigned long long)round);
     (err[0] == 0 ? first : second)++;
   }  // each round's fd closes here, unbinding the winner
+  // A failed BIND lets the fd go: the next one on it may succeed.
+  {
+    auto ch = RawChannel::open(false);
+    if (!ch) return failed("%s", ch.error().message.c_str());
+    dmu_bind b{};
+    auto missing = ch->bind("no-such-key", DMU_FEATURE_ALL, &b);
+    if (missing || missing.error().code != ENOENT)
+      return failed("BIND of a missing key: %s, not ENOENT",
+                    missing ? "succeeded" : missing.error().message.c_str());
+    if (auto r = ch->bind(key1, DMU_FEATURE_ALL, &b); !r)
+      return failed("BIND after a failed one on the same fd: %s", r.error().message.c_str());
+  }
   std::fprintf(stderr, "dmu-kmod-probe: event=bind-race rounds=%llu first=%llu second=%llu\n",
                (unsigned long long)rounds, (unsigned long long)first, (unsigned long long)second);
   return 0;

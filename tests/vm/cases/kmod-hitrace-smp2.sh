@@ -66,9 +66,9 @@ dmu-kmod-probe bind-race --key br1 --key2 br2 --count 400 2>/tmp/race.log ||
   { cat /tmp/race.log; fail "bind-race"; }
 cat /tmp/race.log
 for n in 1 2; do
-  daemon_start $LOG --key br$n --mode identity
+  daemon_start /tmp/b$n.log --key br$n --mode identity
   dd if=/dev/mapper/b$n of=/dev/null bs=4096 count=16 iflag=direct status=none || fail "read b$n after the race"
-  daemon_stop $LOG
+  daemon_stop /tmp/b$n.log
   dmsetup remove b$n || fail "dmsetup remove b$n"
 done
 losetup -d "$B1" "$B2"

@@ -59,15 +59,24 @@ dmesg | grep -q "writable extent on a read-only device" || fail "reason not logg
 probe_stop $LOG
 dmsetup remove wr || fail "remove wr"
 losetup -d "$RO"
-# A read-only table writes no device whatever the daemon answers: its
-# writable_devs is 0 (the default is every device) and writable extents fail.
+# A read-only table writes no device whatever the daemon answers: BIND says
+# no device is writable, plain reads are served, writable extents fail; the
+# same table reloaded read-write takes them again (writable_devs is kept).
 echo "0 $SZ userspace ro1 8 1 $LOOP" | dmsetup create --readonly rt || fail "create --readonly rt"
 dmsetup mknodes
-dmsetup table rt | grep -q "writable_devs 0" || { dmsetup table rt; fail "a read-only table keeps writable_devs above 0"; }
+daemon_start /tmp/ro.log --key ro1 --mode identity
+grep -q "event=bind key=ro1 .*writable_devs=0" /tmp/ro.log ||
+  { cat /tmp/ro.log; fail "BIND reports writable devices in a read-only table"; }
+read_block /dev/mapper/rt 4096 3 || fail "a read through the read-only table"
+daemon_stop /tmp/ro.log
+dmsetup message rt 0 invalidate || fail "invalidate rt"
 probe_serve $LOG ro1
 bad0=$(dmu_stat rt bad)
 read_block /dev/mapper/rt 4096 3 2>/dev/null && fail "a writable extent in a read-only table was accepted"
 expect_gt "rejected answers in the read-only table" "$bad0" "$(dmu_stat rt bad)"
+echo "0 $SZ userspace ro1 8 1 $LOOP" | dmsetup reload rt || fail "reload rt read-write"
+dmsetup resume rt || fail "resume rt read-write"
+read_block /dev/mapper/rt 4096 4 || fail "a writable extent after the reload read-write"
 probe_stop $LOG
 dmsetup remove rt || fail "remove rt"
 

@@ -88,18 +88,26 @@ echo "the read failed $(($(now_ms) - t0)) ms after the resume"
 [ $(($(now_ms) - t0)) -lt 15000 ] || fail "the read waited past daemon_timeout after the resume"
 timeout 20 dmsetup remove ts || fail "remove ts"
 
-step "a noflush suspend longer than daemon_timeout: a daemon binding after the resume still serves the requeued read"
-echo "0 $(blockdev --getsz "$OTHER") userspace tw1 8 1 $OTHER 2 daemon_timeout 4" | dmsetup create tw ||
+step "a noflush suspend longer than daemon_timeout stops the clock: a daemon binding after the resume serves the requeued read"
+# daemon_timeout 8 leaves a debug kernel time to create, read and suspend
+# before the clock (started by the create) runs out.
+echo "0 $(blockdev --getsz "$OTHER") userspace tw1 8 1 $OTHER 2 daemon_timeout 8" | dmsetup create tw ||
   fail "create tw"
 dmsetup mknodes
 dd if=/dev/mapper/tw of=/dev/null bs=4096 skip=9 count=1 iflag=direct 2>/tmp/dd3.err &
 DD=$!
-sleep 0.5
+i=0
+until [ "$(dmu_stat tw pending)" -ge 1 ]; do
+  i=$((i + 1))
+  [ $i -lt 100 ] || fail "the read never reached the target"
+  sleep 0.1
+done
 timeout 20 dmsetup suspend --noflush tw || fail "suspend tw"
-sleep 6
+sleep 10
+expect_eq "timeouts while suspended" 0 "$(dmu_stat tw timeouts)"
 dmsetup resume tw || fail "resume tw"
 sleep 1
-kill -0 $DD 2>/dev/null || { cat /tmp/dd3.err; fail "the requeued read failed at the resume (the timeout ran out while suspended)"; }
+kill -0 $DD 2>/dev/null || { cat /tmp/dd3.err; fail "the requeued read failed at the resume"; }
 U_PROBE=$PROBE_PID
 probe_serve /tmp/tw.log tw1
 wait $DD || { cat /tmp/dd3.err; fail "the requeued read failed though a daemon bound within daemon_timeout of the resume"; }

@@ -135,7 +135,10 @@
  * A table reload or a suspend keeps all of this (a reload must keep the data
  * devices, block_sectors and writable_devs).  I/O waits for a daemon up
  * to daemon_timeout; a noflush suspend with no daemon bound hands waiting
- * I/O back to device-mapper, which issues it again after resume.
+ * I/O back to device-mapper, which issues it again after resume, and that
+ * clock stops until the resume, which gives it a whole daemon_timeout.
+ * While the live table is read-only no device is writable (BIND reports
+ * writable_devs 0), whatever the table's writable_devs.
  *
  * Pushes: the daemon may send EXTENT/COPY messages nobody asked for, under an
  * id of its own choosing with DMU_PUSH_ID set, the batch ending in
@@ -241,8 +244,8 @@ struct dmu_response {
  * DMU_IOC_BIND: attach this file to the device whose table names key.
  * Errors: -ENOENT no such key, -EBUSY another daemon is bound, -EPROTO the
  * major version differs (the kernel's version is written back first),
- * -EALREADY this file is or was bound, -EINVAL a reserved field is set or
- * the key is not NUL-terminated.
+ * -EALREADY this file is or was bound (or another BIND on it is under way),
+ * -EINVAL a reserved field is set or the key is not NUL-terminated.
  */
 struct dmu_bind {
 	__u32 version_major;	/* in: daemon's; out: kernel's */
