@@ -141,7 +141,10 @@ Result<void> sync_parent_directory(const std::string& path) {
   const int rc = ::fsync(fd);
   const int saved = errno;
   ::close(fd);
-  if (rc < 0) return fail(errno_error(dir + ": fsync of the directory holding " + path, saved));
+  // EINVAL: a file system that cannot sync directories (fsync(2)); there is
+  // nothing more to make durable there.
+  if (rc < 0 && saved != EINVAL)
+    return fail(errno_error(dir + ": fsync of the directory holding " + path, saved));
   return {};
 }
 

@@ -31,6 +31,17 @@ TEST(PosixEnv, ShortReadNamesFileAndOffset) {
   EXPECT_NE(r.error().message.find("0x1000"), std::string::npos);
 }
 
+TEST(PosixEnv, SyncsTheDirectoryHoldingAFileOrSaysWhichItCannot) {
+  test::TempDir dir;
+  ASSERT_TRUE(posix_env().open(dir.file("a"), OpenMode::CreateExclusive));
+  auto ok = posix_env().sync_directory_of(dir.file("a"));
+  EXPECT_TRUE(ok) << ok.error().message;
+  auto missing = posix_env().sync_directory_of(dir.file("gone/a"));
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ENOENT);
+  EXPECT_NE(missing.error().message.find(dir.file("gone")), std::string::npos);
+}
+
 TEST(PosixEnv, OpenMissingFileFailsWithEnoent) {
   auto f = posix_env().open("/nonexistent/x.qcow2", OpenMode::ReadOnly);
   ASSERT_FALSE(f);
