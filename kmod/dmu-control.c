@@ -129,7 +129,7 @@ static int dmu_control_release(struct inode *inode, struct file *file)
 
 /*
  * A new daemon: count what it gets again (b->resent, b->redelivered); its
- * answer clock starts now.
+ * answer clock starts now, for held MAPs too.
  */
 static void dmu_count_resent(struct dmu_target *dt, struct dmu_bind *b)
 {
@@ -150,6 +150,11 @@ static void dmu_count_resent(struct dmu_target *dt, struct dmu_bind *b)
 		b->resent += req->resent;
 		req->queued_at = jiffies;
 	}
+	/* Held MAPs wait for this daemon's COMMIT: ask for one now. */
+	list_for_each_entry(m, &dt->held_maps, list)
+		container_of(m, struct dmu_req, msg)->queued_at = jiffies;
+	if (dt->nr_held)
+		dmu_want_checkpoint(dt);
 }
 
 static int dmu_bind_locked(struct dmu_channel *ch, struct dmu_target *dt,

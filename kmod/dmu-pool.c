@@ -67,6 +67,7 @@ static int dmu_pool_setup(struct dmu_target *dt, char **error)
 	mutex_init(&dt->mutex);
 	spin_lock_init(&dt->lock);
 	INIT_LIST_HEAD(&dt->send_queue);
+	INIT_LIST_HEAD(&dt->held_maps);
 	INIT_LIST_HEAD(&dt->sent);
 	INIT_LIST_HEAD(&dt->pending_maps);
 	hash_init(dt->ids);

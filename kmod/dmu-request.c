@@ -95,6 +95,8 @@ void dmu_req_unlink(struct dmu_req *req)
 	list_del_init(&req->pending);
 	list_del_init(&req->msg.list);
 	req->dt->nr_pending--;
+	if (req->state == DMU_RS_HELD)
+		req->dt->nr_held--;
 	req->state = DMU_RS_IDLE;
 }
 
@@ -201,15 +203,22 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 		req->block = block;
 		req->nr_blocks = min(nr_blocks, dt->target_blocks - block);
 		req->map_flags = map_flags;
-		req->state = DMU_RS_QUEUED;
 		hash_add(dt->ids, &req->hash, req->id);
 		list_add(&req->pending, &dt->pending_maps);
-		list_add_tail(&req->msg.list, &dt->send_queue);
 		dt->nr_pending++;
 		req->queued_at = jiffies;
 		atomic64_inc(&dt->c.requests);
 		dmu_arm_timeout(dt);
-		dmu_wake_daemon(dt);
+		if (dmu_must_hold(dt)) {
+			req->state = DMU_RS_HELD;
+			list_add_tail(&req->msg.list, &dt->held_maps);
+			dt->nr_held++;
+			dmu_want_checkpoint(dt);
+		} else {
+			req->state = DMU_RS_QUEUED;
+			list_add_tail(&req->msg.list, &dt->send_queue);
+			dmu_wake_daemon(dt);
+		}
 	}
 	bio_list_add(&req->bios, bio);
 	spin_unlock_irqrestore(&dt->lock, flags);
@@ -505,6 +514,7 @@ void dmu_fail_all(struct dmu_target *dt, blk_status_t status)
 	lockdep_assert_held(&dt->mutex);
 	spin_lock_irq(&dt->lock);
 	list_splice_tail_init(&dt->sent, &dt->send_queue);
+	list_splice_tail_init(&dt->held_maps, &dt->send_queue);
 	list_for_each_entry_safe(m, tmp, &dt->send_queue, list) {
 		struct dmu_req *req;
 
@@ -604,7 +614,8 @@ static void dmu_expire_requests(struct dmu_target *dt)
 {
 	unsigned long limit = (unsigned long)dt->opt.daemon_timeout * HZ;
 	unsigned long now = jiffies, next = 0;
-	struct list_head *queues[] = { &dt->sent, &dt->send_queue };
+	struct list_head *queues[] = { &dt->sent, &dt->send_queue,
+				       &dt->held_maps };
 	struct dmu_msg *m, *tmp;
 	bool commit = false;
 	unsigned int i, n = 0;

@@ -368,6 +368,9 @@ static void dmu_resume_common(struct dmu_target *dt)
 				 (unsigned long)dt->opt.daemon_timeout * HZ);
 	else if (dt->state != DMU_DAEMON_BOUND)
 		dmu_arm_timeout(dt);
+	/* Held MAPs wait for a COMMIT that no suspend may ask for. */
+	if (dt->nr_held)
+		dmu_want_checkpoint(dt);
 	spin_unlock_irq(&dt->lock);
 	mutex_unlock(&dt->mutex);
 	if (kick)
@@ -430,7 +433,7 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 {
 	struct dmu_tc *tc = ti->private;
 	struct dmu_target *dt = tc->dt;
-	unsigned int sz = 0, pending, records;
+	unsigned int sz = 0, pending, records, held;
 	struct dmu_hit_counters hc;
 	enum dmu_daemon_state state;
 	u32 i;
@@ -449,6 +452,7 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 		state = dt->state;
 		pending = dt->nr_pending;
 		records = dt->nr_records;
+		held = dt->nr_held;
 		spin_unlock_irq(&dt->lock);
 		DMEMIT("requests=%llu hits=%llu misses=%llu pushed=%llu pushed_used=%llu extents=%lu pending=%u daemon=%s",
 		       DMU_C(requests), hc.hits, DMU_C(misses), DMU_C(pushed),
@@ -458,8 +462,8 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 		       DMU_C(bad), hc.zero_reads, DMU_C(fills), DMU_C(commits),
 		       DMU_C(timeouts), DMU_C(resent), DMU_C(evicted),
 		       DMU_C(invalidated));
-		DMEMIT(" unpublished=%u requeued=%llu drains=%llu",
-		       records, DMU_C(requeued), DMU_C(drains));
+		DMEMIT(" unpublished=%u requeued=%llu drains=%llu held=%u",
+		       records, DMU_C(requeued), DMU_C(drains), held);
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %u %u", dt->key, tc->block_sectors, tc->nr_devs);

@@ -18,6 +18,8 @@
  * daemon that goes away puts read and covered DONEs back at the head of
  * send_queue, in their order, for the next daemon (dmu_done_requeue).
  * So nothing the old daemon was told, or should have been told, is lost.
+ * Past DMU_CHECKPOINT unpublished trackers the kernel asks for a COMMIT of
+ * its own; past DMU_MAX_UNPUBLISHED new MAPs wait (dmu_must_hold).
  *
  * All lists are under dt->lock; io_pending is atomic.
  */
@@ -127,7 +129,6 @@ void dmu_tracker_put(struct dmu_tracker *tk, int error)
 	struct bio_list ended = BIO_EMPTY_LIST;
 	struct dmu_tracker *first;
 	unsigned long flags;
-	bool checkpoint;
 	struct bio *bio;
 
 	dmu_set_error(tk, error);
@@ -149,18 +150,58 @@ void dmu_tracker_put(struct dmu_tracker *tk, int error)
 	/* A commit cycle may wait for older trackers. */
 	if (dt->commit_stage == DMU_CS_WAIT)
 		queue_work(dt->wq, &dt->flush_work);
-	checkpoint = dt->nr_unpublished >= DMU_CHECKPOINT &&
-		     dt->commit_stage == DMU_CS_IDLE && !dt->checkpoint &&
-		     !dt->suspending;
-	if (checkpoint) {
-		dt->checkpoint = true;
-		queue_work(dt->wq, &dt->flush_work);
-	}
+	if (dt->nr_unpublished >= DMU_CHECKPOINT)
+		dmu_want_checkpoint(dt);
 	wake_up(&dt->drain_wait);
 	spin_unlock_irqrestore(&dt->lock, flags);
 
 	while ((bio = bio_list_pop(&ended)))
 		bio_endio(bio);
+}
+
+/*
+ * A commit cycle of the kernel's own (a checkpoint), unless one is under
+ * way or asked for already.  Not while suspending (resume asks again if
+ * MAPs are held).
+ */
+void dmu_want_checkpoint(struct dmu_target *dt)
+{
+	lockdep_assert_held(&dt->lock);
+	if (dt->commit_stage != DMU_CS_IDLE || dt->checkpoint || dt->suspending)
+		return;
+	dt->checkpoint = true;
+	queue_work(dt->wq, &dt->flush_work);
+}
+
+/*
+ * Must a new MAP request wait before the daemon sees it?  Past
+ * DMU_MAX_UNPUBLISHED answers no COMMITTED covered yet (a daemon whose
+ * COMMITs fail or go unanswered), each answer may start one more tracker:
+ * new MAPs wait on held_maps, behind those already waiting, until a
+ * COMMITTED publishes enough, or daemon_timeout fails them.  Reads wait
+ * too: their answers may carry NEW extents.  So the kernel memory a daemon
+ * can pin this way is bounded by that limit plus the requests it had
+ * already read, whose number the guest's queue depth bounds.
+ */
+bool dmu_must_hold(struct dmu_target *dt)
+{
+	lockdep_assert_held(&dt->lock);
+	return dt->nr_held || dt->nr_unpublished >= DMU_MAX_UNPUBLISHED;
+}
+
+/* Enough answers were published: the held MAPs go to the daemon. */
+static void dmu_release_held_maps(struct dmu_target *dt)
+{
+	struct dmu_msg *m;
+
+	lockdep_assert_held(&dt->lock);
+	if (!dt->nr_held || dt->nr_unpublished >= DMU_MAX_UNPUBLISHED)
+		return;
+	list_for_each_entry(m, &dt->held_maps, list)
+		container_of(m, struct dmu_req, msg)->state = DMU_RS_QUEUED;
+	list_splice_tail_init(&dt->held_maps, &dt->send_queue);
+	dt->nr_held = 0;
+	dmu_wake_daemon(dt);
 }
 
 /* The daemon read tk's DONE. */
@@ -193,6 +234,7 @@ void dmu_commit_outcome(struct dmu_target *dt, bool published)
 				dt->nr_records--;
 			}
 		}
+		dmu_release_held_maps(dt);
 	} else {
 		list_splice_init(&dt->done_covered, &dt->done_read);
 		set_bit(DMU_NEEDS_COMMIT, &dt->flags);

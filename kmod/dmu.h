@@ -94,7 +94,7 @@
 #define DMU_IO_MSGS		64	/* messages per read()/write() chunk */
 #define DMU_MAX_LIST		256	/* entries copied per LIST chunk */
 #define DMU_CHECKPOINT		4096	/* unpublished trackers: ask for a commit */
-#define DMU_MAX_UNPUBLISHED	(4 * DMU_CHECKPOINT)	/* then NEW pushes wait */
+#define DMU_MAX_UNPUBLISHED	(4 * DMU_CHECKPOINT)	/* then new MAPs wait */
 #define DMU_MAX_PASSDOWN	64	/* data ranges one discard passes down */
 
 static_assert(sizeof(struct dmu_request) == DMU_MSG_SIZE);
@@ -202,13 +202,14 @@ enum dmu_msg_kind {
 };
 
 struct dmu_msg {
-	struct list_head list;	/* send_queue / sent / done_read / done_covered */
+	struct list_head list;	/* send_queue / held_maps / sent / done_... */
 	enum dmu_msg_kind kind;
 };
 
 enum dmu_req_state {
 	DMU_RS_IDLE,		/* on no list */
 	DMU_RS_QUEUED,		/* on send_queue */
+	DMU_RS_HELD,		/* on held_maps: too many answers unpublished */
 	DMU_RS_SENT,		/* on sent: read by the daemon, unanswered */
 };
 
@@ -402,6 +403,8 @@ struct dmu_target {
 	u64 features;			/* granted to the bound daemon */
 	struct list_head send_queue;	/* struct dmu_msg */
 	struct list_head sent;		/* read MAP and COMMIT, unanswered */
+	struct list_head held_maps;	/* MAPs held back (dmu_must_hold) */
+	unsigned int nr_held;
 	struct list_head pending_maps;
 	DECLARE_HASHTABLE(ids, 8);
 	unsigned int nr_pending;	/* unanswered MAP and COMMIT */
@@ -600,6 +603,8 @@ void dmu_done_read(struct dmu_target *dt, struct dmu_tracker *tk);
 void dmu_done_requeue(struct dmu_target *dt);
 void dmu_commit_read(struct dmu_target *dt);
 void dmu_commit_outcome(struct dmu_target *dt, bool published);
+bool dmu_must_hold(struct dmu_target *dt);
+void dmu_want_checkpoint(struct dmu_target *dt);
 void dmu_trackers_exit(struct dmu_target *dt);
 unsigned int dmu_list_allocations(struct dmu_target *dt, u64 start,
 				  struct dmu_allocation *out, unsigned int max,

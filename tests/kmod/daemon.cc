@@ -41,6 +41,7 @@ std::string format_counters(const Counters& c) {
   add("commits", c.commits);
   add("dones", c.dones);
   add("done_errors", c.done_errors);
+  add("commit_errors", c.commit_errors);
   add("bad_requests", c.bad_requests);
   add("responses", c.responses);
   add("rejected", c.rejected);
@@ -123,6 +124,17 @@ void Daemon::report_model() {
                      " commit_errors=" + std::to_string(m.commit_errors) +
                      " generation=" + std::to_string(m.generation) +
                      " slot=" + std::to_string(model_->newest_slot()));
+}
+
+// A mode without metadata: COMMITTED 0, or the configured failure.
+dmu_response Daemon::plain_commit(uint64_t id) {
+  const int status = -config_.commit_errno;
+  if (status == 0 && marker_) marker_("committed-" + std::to_string(id));
+  if (status != 0) ++counters_.commit_errors;
+  event("commit", "id=" + std::to_string(id) +
+                      " delay_ms=" + std::to_string(config_.commit_delay_ms) +
+                      " status=" + std::to_string(status));
+  return proto::committed(id, status);
 }
 
 dmu_response Daemon::model_commit(uint64_t id, const Model::Snapshot& s, uint32_t delay_ms) {
@@ -332,9 +344,7 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
         break;
       }
       if (config_.commit_delay_ms == 0) {
-        if (marker_) marker_("committed-" + std::to_string(q.id));
-        out.push_back(proto::committed(q.id, 0));
-        event("commit", "id=" + std::to_string(q.id) + " delay_ms=0");
+        out.push_back(plain_commit(q.id));
       } else {
         pending_commits_.emplace_back(clock_() + milliseconds(config_.commit_delay_ms), q.id);
       }
@@ -369,10 +379,7 @@ Result<void> Daemon::answer_due_commits() {
       out.push_back(model_commit(id, snap.mapped(), config_.commit_delay_ms));
       continue;
     }
-    if (marker_) marker_("committed-" + std::to_string(id));
-    out.push_back(proto::committed(id, 0));
-    event("commit",
-          "id=" + std::to_string(id) + " delay_ms=" + std::to_string(config_.commit_delay_ms));
+    out.push_back(plain_commit(id));
   }
   return send(out);
 }

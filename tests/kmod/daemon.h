@@ -40,6 +40,7 @@ struct Counters {
   uint64_t commits = 0;
   uint64_t dones = 0;
   uint64_t done_errors = 0;
+  uint64_t commit_errors = 0;  // COMMITs answered with a failure (--commit-errno)
   uint64_t bad_requests = 0;  // malformed messages from the kernel
   uint64_t responses = 0;     // messages the kernel accepted
   uint64_t rejected = 0;      // messages the kernel refused (not hostile ones)
@@ -112,6 +113,7 @@ class Daemon {
   Result<void> release_held();
   Result<void> answer_due_commits();
   // Model mode: the COMMITTED for commit `id` of snapshot `s`, once durable.
+  dmu_response plain_commit(uint64_t id);
   dmu_response model_commit(uint64_t id, const Model::Snapshot& s, uint32_t delay_ms);
   // Model mode: answers deferred write MAPs that no longer wait.
   void retry_deferred(std::vector<dmu_response>& out);

@@ -75,6 +75,7 @@ struct DaemonConfig {
   bool push_all = false;        // identity: push the whole target at start
   uint64_t push_extent_blocks = 1024;
   uint32_t commit_delay_ms = 0;  // delay before COMMITTED
+  int commit_errno = 0;          // identity/zero/copy: answer every COMMIT with -errno
   BlockRange blocks = {};        // error/hostile: the blocks the mode applies to
   int error_errno = EIO;         // error mode
   HostileKind hostile = HostileKind::BadDevice;

@@ -76,6 +76,8 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
        "blocks per pushed extent")
       ("commit-delay-ms", po::value(&c.commit_delay_ms)->default_value(0),
        "wait N ms before answering COMMIT")
+      ("commit-errno", po::value(&c.commit_errno)->default_value(0),
+       "answer every COMMIT with this errno (positive; not in model mode)")
       ("blocks", po::value(&blocks), "error/hostile: START:COUNT blocks the mode applies to")
       ("errno", po::value(&c.error_errno)->default_value(c.error_errno),
        "error mode: the errno (positive) requests fail with")
@@ -135,6 +137,11 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
   }
   if (c.mode == Mode::Model && c.model_device.empty()) {
     std::cerr << "dmu-test-daemon: model mode needs --model-device PATH (the table's device 0)\n";
+    return 2;
+  }
+  if (c.commit_errno < 0 || c.commit_errno > 4095 || (c.commit_errno && c.mode == Mode::Model)) {
+    std::cerr << "dmu-test-daemon: --commit-errno must be a positive errno value, "
+                 "and model mode commits its own metadata\n";
     return 2;
   }
   if (c.error_errno <= 0 || c.error_errno > 4095) {

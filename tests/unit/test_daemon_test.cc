@@ -547,6 +547,18 @@ TEST(TestDaemonLoop, Commit_AnsweredOnlyAfterTheDelayWhileMapsGoOn) {
   EXPECT_EQ(t.daemon.counters().commits, 1u);
 }
 
+TEST(TestDaemonLoop, CommitErrno_FailsEveryCommitWithoutMarkingTheLog) {
+  Loop t({.commit_errno = ENOSPC});
+  std::vector<std::string> marks;
+  t.daemon.set_marker([&](const std::string& m) { marks.push_back(m); });
+  t.kernel.issue(proto::commit_request(7));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  ASSERT_TRUE(t.kernel.committed.count(7));
+  EXPECT_EQ(t.kernel.committed[7], -ENOSPC);
+  EXPECT_EQ(t.daemon.counters().commit_errors, 1u);
+  EXPECT_EQ(marks, (std::vector<std::string>{"commit-recv-7"}));  // never "committed-7"
+}
+
 TEST(TestDaemonLoop, Marker_SeesCommitArriveThenItsAnswerAfterTheDelay) {
   Loop t({.commit_delay_ms = 10});
   std::vector<std::string> marks;
