@@ -21,6 +21,14 @@
 
 #include "dmu.h"
 
+/* Passed down or nothing to pass: the record does not need the ranges. */
+static void dmu_discard_free_ranges(struct dmu_tracker *tk)
+{
+	kfree(tk->passdown);
+	tk->passdown = NULL;
+	tk->nr_passdown = 0;
+}
+
 static void dmu_discard_passdown(struct work_struct *work)
 {
 	struct dmu_tracker *tk = container_of(work, struct dmu_tracker,
@@ -47,6 +55,7 @@ static void dmu_discard_passdown(struct work_struct *work)
 			blkdev_issue_discard(bdev, start, end - start,
 					     GFP_NOIO);
 	}
+	dmu_discard_free_ranges(tk);
 	dmu_tracker_put(tk, 0);
 }
 
@@ -60,6 +69,7 @@ static void dmu_discard_drained(struct dmu_drain_waiter *w)
 		queue_work(tk->dt->wq, &tk->stage_work);
 		return;
 	}
+	dmu_discard_free_ranges(tk);
 	dmu_tracker_put(tk, 0);
 }
 

@@ -286,6 +286,10 @@ static void dmu_fill_issue(struct dmu_tracker *tk)
 out:
 	kfree(writes);
 	kfree(copies);
+	/* Issued: a retired tracker keeps only what LIST_ALLOCATIONS lists. */
+	kfree(tk->copies);
+	tk->copies = NULL;
+	tk->nr_copies = 0;
 	dmu_stage_put(tk);
 }
 

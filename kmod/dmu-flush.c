@@ -54,23 +54,50 @@ bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
 	return true;
 }
 
-/* End the cycle under way: complete its bios, start the next one. */
+/*
+ * End the cycle under way: complete its bios, release held MAPs there is
+ * room for, start the next cycle.  MAPs still held need one more COMMIT:
+ * at once after a cycle that worked, a second later after one that failed
+ * (a daemon that cannot commit would otherwise be asked in a tight loop).
+ */
 static void dmu_commit_done(struct dmu_target *dt, int error)
 {
 	struct bio_list bios;
+	bool more, retry = false;
 	struct bio *bio;
-	bool more;
 
 	spin_lock_irq(&dt->lock);
 	bios = dt->commit_bios;
 	bio_list_init(&dt->commit_bios);
 	dt->commit_stage = DMU_CS_IDLE;
-	more = !bio_list_empty(&dt->flush_bios) || dt->checkpoint;
+	dmu_release_held_maps(dt);
+	if (dt->nr_held && error)
+		retry = !dt->dying;
+	else if (dt->nr_held)
+		dt->checkpoint = true;
+	more = !bio_list_empty(&dt->flush_bios) || (dt->checkpoint && !retry);
 	spin_unlock_irq(&dt->lock);
 	while ((bio = bio_list_pop(&bios)))
 		dmu_end_bio(bio, error ? -EIO : 0);
 	if (more)
 		queue_work(dt->wq, &dt->flush_work);
+	else if (retry)
+		queue_delayed_work(dt->wq, &dt->retry_work, HZ);
+}
+
+/* A cycle failed while MAPs are held: ask for a commit again. */
+void dmu_retry_work(struct work_struct *work)
+{
+	struct dmu_target *dt = container_of(to_delayed_work(work),
+					     struct dmu_target, retry_work);
+
+	spin_lock_irq(&dt->lock);
+	if (dt->nr_held && !dt->dying) {
+		dt->checkpoint = true;
+		if (dt->commit_stage == DMU_CS_IDLE)
+			queue_work(dt->wq, &dt->flush_work);
+	}
+	spin_unlock_irq(&dt->lock);
 }
 
 /* The daemon answered the COMMIT (already unlinked). */

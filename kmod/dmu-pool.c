@@ -89,6 +89,7 @@ static int dmu_pool_setup(struct dmu_target *dt, char **error)
 	INIT_WORK(&dt->flush_work, dmu_flush_work);
 	INIT_WORK(&dt->deferred_work, dmu_deferred_work);
 	INIT_DELAYED_WORK(&dt->timeout_work, dmu_timeout_work);
+	INIT_DELAYED_WORK(&dt->retry_work, dmu_retry_work);
 	dt->state = DMU_DAEMON_ABSENT;
 	dt->block_shift = ilog2(dt->block_sectors);
 
@@ -299,6 +300,7 @@ static void dmu_pool_kill(struct dmu_target *dt)
 	mutex_unlock(&dt->mutex);
 
 	cancel_delayed_work_sync(&dt->timeout_work);
+	cancel_delayed_work_sync(&dt->retry_work);
 	flush_workqueue(dt->wq);
 	wait_event(dt->drain_wait, dmu_inflight_done(dt));
 	flush_workqueue(dt->wq);

@@ -405,7 +405,7 @@ static bool dmu_push_fills_too_many(struct dmu_target *dt, struct dmu_req *req)
 		return false;
 	spin_lock_irq(&dt->lock);
 	full = dt->nr_push_inflight >= DMU_MAX_PUSH_FILLS ||
-	       dt->nr_unpublished >= DMU_MAX_UNPUBLISHED || dt->suspending;
+	       dt->nr_unpublished >= dmu_unpublished_limit() || dt->suspending;
 	spin_unlock_irq(&dt->lock);
 	return full;
 }

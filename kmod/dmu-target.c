@@ -22,6 +22,10 @@ static unsigned int dmu_default_max_extents = 65536;
 module_param_named(max_extents, dmu_default_max_extents, uint, 0644);
 MODULE_PARM_DESC(max_extents, "Default bound on cached extents per target");
 
+unsigned int dmu_max_unpublished = 16384;
+module_param_named(max_unpublished, dmu_max_unpublished, uint, 0644);
+MODULE_PARM_DESC(max_unpublished, "Unpublished answers per target past which new requests wait");
+
 struct kmem_cache *dmu_extent_slab;
 struct kmem_cache *dmu_req_slab;
 struct kmem_cache *dmu_tracker_slab;

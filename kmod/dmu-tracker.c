@@ -18,8 +18,8 @@
  * daemon that goes away puts read and covered DONEs back at the head of
  * send_queue, in their order, for the next daemon (dmu_done_requeue).
  * So nothing the old daemon was told, or should have been told, is lost.
- * Past DMU_CHECKPOINT unpublished trackers the kernel asks for a COMMIT of
- * its own; past DMU_MAX_UNPUBLISHED new MAPs wait (dmu_must_hold).
+ * Past a quarter of dmu_unpublished_limit() unpublished trackers the kernel
+ * asks for a COMMIT of its own; past the limit new MAPs wait (dmu_must_hold).
  *
  * All lists are under dt->lock; io_pending is atomic.
  */
@@ -150,7 +150,8 @@ void dmu_tracker_put(struct dmu_tracker *tk, int error)
 	/* A commit cycle may wait for older trackers. */
 	if (dt->commit_stage == DMU_CS_WAIT)
 		queue_work(dt->wq, &dt->flush_work);
-	if (dt->nr_unpublished >= DMU_CHECKPOINT)
+	if (dt->nr_unpublished >= dmu_unpublished_limit() / 4 &&
+	    dt->commit_stage == DMU_CS_IDLE)
 		dmu_want_checkpoint(dt);
 	wake_up(&dt->drain_wait);
 	spin_unlock_irqrestore(&dt->lock, flags);
@@ -160,47 +161,60 @@ void dmu_tracker_put(struct dmu_tracker *tk, int error)
 }
 
 /*
- * A commit cycle of the kernel's own (a checkpoint), unless one is under
- * way or asked for already.  Not while suspending (resume asks again if
- * MAPs are held).
+ * A commit cycle of the kernel's own (a checkpoint), now or, if a cycle is
+ * under way, right after it (dmu_commit_done).  Not while suspending, unless
+ * MAPs are held: the writes of the suspend's own file system sync may be
+ * among them, and only a COMMIT releases them.
  */
 void dmu_want_checkpoint(struct dmu_target *dt)
 {
 	lockdep_assert_held(&dt->lock);
-	if (dt->commit_stage != DMU_CS_IDLE || dt->checkpoint || dt->suspending)
+	if ((dt->suspending && !dt->nr_held) || dt->checkpoint)
 		return;
 	dt->checkpoint = true;
-	queue_work(dt->wq, &dt->flush_work);
+	if (dt->commit_stage == DMU_CS_IDLE)
+		queue_work(dt->wq, &dt->flush_work);
 }
 
 /*
  * Must a new MAP request wait before the daemon sees it?  Past
- * DMU_MAX_UNPUBLISHED answers no COMMITTED covered yet (a daemon whose
- * COMMITs fail or go unanswered), each answer may start one more tracker:
- * new MAPs wait on held_maps, behind those already waiting, until a
- * COMMITTED publishes enough, or daemon_timeout fails them.  Reads wait
- * too: their answers may carry NEW extents.  So the kernel memory a daemon
- * can pin this way is bounded by that limit plus the requests it had
- * already read, whose number the guest's queue depth bounds.
+ * dmu_unpublished_limit() trackers no COMMITTED covered yet (a daemon whose
+ * COMMITs fail or go unanswered), each answer may start one more: new MAPs
+ * wait on held_maps, behind those already waiting, and ask for a
+ * checkpoint.  The end of every commit cycle releases as many as there is
+ * room for (dmu_release_held_maps); daemon_timeout fails them like any
+ * unanswered request.  Reads wait too: their answers may carry NEW
+ * extents.  Trackers can still pass the limit by the MAPs queued or read
+ * before it was reached, which the bios in flight bound, not this limit.
  */
 bool dmu_must_hold(struct dmu_target *dt)
 {
 	lockdep_assert_held(&dt->lock);
-	return dt->nr_held || dt->nr_unpublished >= DMU_MAX_UNPUBLISHED;
+	return dt->nr_held || dt->nr_unpublished >= dmu_unpublished_limit();
 }
 
-/* Enough answers were published: the held MAPs go to the daemon. */
-static void dmu_release_held_maps(struct dmu_target *dt)
+/*
+ * A commit cycle ended (dmu_commit_done): held MAPs go to the daemon,
+ * oldest first, as many as may still start a tracker under the limit;
+ * their answer clock starts now.  Those left wait for the next cycle.
+ */
+void dmu_release_held_maps(struct dmu_target *dt)
 {
-	struct dmu_msg *m;
+	unsigned int limit = dmu_unpublished_limit(), room = 0;
+	struct dmu_req *req;
 
 	lockdep_assert_held(&dt->lock);
-	if (!dt->nr_held || dt->nr_unpublished >= DMU_MAX_UNPUBLISHED)
+	if (dt->nr_unpublished < limit)
+		room = limit - dt->nr_unpublished;
+	if (!dt->nr_held || !room)
 		return;
-	list_for_each_entry(m, &dt->held_maps, list)
-		container_of(m, struct dmu_req, msg)->state = DMU_RS_QUEUED;
-	list_splice_tail_init(&dt->held_maps, &dt->send_queue);
-	dt->nr_held = 0;
+	for (; room && dt->nr_held; room--) {
+		req = list_first_entry(&dt->held_maps, struct dmu_req, msg.list);
+		req->state = DMU_RS_QUEUED;
+		req->queued_at = jiffies;
+		list_move_tail(&req->msg.list, &dt->send_queue);
+		dt->nr_held--;
+	}
 	dmu_wake_daemon(dt);
 }
 
@@ -234,7 +248,6 @@ void dmu_commit_outcome(struct dmu_target *dt, bool published)
 				dt->nr_records--;
 			}
 		}
-		dmu_release_held_maps(dt);
 	} else {
 		list_splice_init(&dt->done_covered, &dt->done_read);
 		set_bit(DMU_NEEDS_COMMIT, &dt->flags);

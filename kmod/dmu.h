@@ -93,8 +93,6 @@
 #define DMU_MAX_PUSH_FILLS	64	/* pushes whose NEW extents are filling */
 #define DMU_IO_MSGS		64	/* messages per read()/write() chunk */
 #define DMU_MAX_LIST		256	/* entries copied per LIST chunk */
-#define DMU_CHECKPOINT		4096	/* unpublished trackers: ask for a commit */
-#define DMU_MAX_UNPUBLISHED	(4 * DMU_CHECKPOINT)	/* then new MAPs wait */
 #define DMU_MAX_PASSDOWN	64	/* data ranges one discard passes down */
 
 static_assert(sizeof(struct dmu_request) == DMU_MSG_SIZE);
@@ -439,6 +437,7 @@ struct dmu_target {
 	struct work_struct flush_work;
 	struct work_struct deferred_work;
 	struct delayed_work timeout_work;
+	struct delayed_work retry_work;	/* checkpoint after a failed cycle */
 	struct dm_kcopyd_client *kc;
 	struct bio_set zero_bs;		/* fills' zero writes (dmu-fill.c) */
 	mempool_t req_pool;
@@ -451,6 +450,18 @@ struct dmu_target {
 };
 
 #define DMU_NEEDS_COMMIT	0	/* a DONE was queued since the last COMMIT */
+
+/*
+ * Unpublished trackers past which new MAPs wait and NEW pushes are refused
+ * (module parameter max_unpublished); at a quarter of it the kernel asks
+ * for a COMMIT of its own (a checkpoint).
+ */
+extern unsigned int dmu_max_unpublished;
+
+static inline unsigned int dmu_unpublished_limit(void)
+{
+	return max(READ_ONCE(dmu_max_unpublished), 4U);
+}
 
 static inline u64 dmu_block_of(struct dmu_target *dt, sector_t sector)
 {
@@ -605,6 +616,8 @@ void dmu_commit_read(struct dmu_target *dt);
 void dmu_commit_outcome(struct dmu_target *dt, bool published);
 bool dmu_must_hold(struct dmu_target *dt);
 void dmu_want_checkpoint(struct dmu_target *dt);
+void dmu_release_held_maps(struct dmu_target *dt);
+void dmu_retry_work(struct work_struct *work);
 void dmu_trackers_exit(struct dmu_target *dt);
 unsigned int dmu_list_allocations(struct dmu_target *dt, u64 start,
 				  struct dmu_allocation *out, unsigned int max,

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 namespace dmu::testd {
 namespace {
@@ -128,7 +129,11 @@ void Daemon::report_model() {
 
 // A mode without metadata: COMMITTED 0, or the configured failure.
 dmu_response Daemon::plain_commit(uint64_t id) {
-  const int status = -config_.commit_errno;
+  std::error_code ec;
+  const bool fail =
+      config_.commit_errno && (config_.commit_errno_while.empty() ||
+                               std::filesystem::exists(config_.commit_errno_while, ec));
+  const int status = fail ? -config_.commit_errno : 0;
   if (status == 0 && marker_) marker_("committed-" + std::to_string(id));
   if (status != 0) ++counters_.commit_errors;
   event("commit", "id=" + std::to_string(id) +

@@ -76,6 +76,7 @@ struct DaemonConfig {
   uint64_t push_extent_blocks = 1024;
   uint32_t commit_delay_ms = 0;  // delay before COMMITTED
   int commit_errno = 0;          // identity/zero/copy: answer every COMMIT with -errno
+  std::string commit_errno_while = {};  // ... only while this file exists
   BlockRange blocks = {};        // error/hostile: the blocks the mode applies to
   int error_errno = EIO;         // error mode
   HostileKind hostile = HostileKind::BadDevice;

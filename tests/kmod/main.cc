@@ -78,6 +78,8 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
        "wait N ms before answering COMMIT")
       ("commit-errno", po::value(&c.commit_errno)->default_value(0),
        "answer every COMMIT with this errno (positive; not in model mode)")
+      ("commit-errno-while", po::value(&c.commit_errno_while),
+       "fail COMMITs (--commit-errno) only while this file exists")
       ("blocks", po::value(&blocks), "error/hostile: START:COUNT blocks the mode applies to")
       ("errno", po::value(&c.error_errno)->default_value(c.error_errno),
        "error mode: the errno (positive) requests fail with")

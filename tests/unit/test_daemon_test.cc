@@ -6,7 +6,11 @@
 // real module.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <span>
 #include <sstream>
@@ -557,6 +561,21 @@ TEST(TestDaemonLoop, CommitErrno_FailsEveryCommitWithoutMarkingTheLog) {
   EXPECT_EQ(t.kernel.committed[7], -ENOSPC);
   EXPECT_EQ(t.daemon.counters().commit_errors, 1u);
   EXPECT_EQ(marks, (std::vector<std::string>{"commit-recv-7"}));  // never "committed-7"
+}
+
+TEST(TestDaemonLoop, CommitErrnoWhile_FailsOnlyWhileTheFileExists) {
+  const auto flag =
+      std::filesystem::temp_directory_path() / ("dmu-commit-fails-" + std::to_string(::getpid()));
+  std::filesystem::remove(flag);
+  Loop t({.commit_errno = EIO, .commit_errno_while = flag.string()});
+  t.kernel.issue(proto::commit_request(1));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(t.kernel.committed[1], 0);
+  { std::ofstream{flag}; }
+  t.kernel.issue(proto::commit_request(2));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  EXPECT_EQ(t.kernel.committed[2], -EIO);
+  std::filesystem::remove(flag);
 }
 
 TEST(TestDaemonLoop, Marker_SeesCommitArriveThenItsAnswerAfterTheDelay) {

@@ -152,10 +152,10 @@
  * the first.  At most 256 messages make one answer or push, at most 16 push
  * batches may be open, at most 64 pushes may have NEW extents being filled;
  * a push with NEW extents is also refused while the device is suspended or
- * 16384 answers wait to be published; new MAP requests then wait in the
- * kernel (a daemon is not sent them) until a COMMITTED publishes answers or
- * daemon_timeout fails them.  Only one target of a table may name
- * a key.
+ * max_unpublished (a module parameter, 16384 by default) answers wait to be
+ * published; new MAP requests then wait in the kernel (a daemon is not sent
+ * them) until a COMMITTED publishes answers or daemon_timeout fails them.
+ * Only one target of a table may name a key.
  * A NEW extent must not overlap one still being filled; other extents are
  * inserted around such extents.  A write() whose length is not a multiple of
  * the message size is refused with -EINVAL before anything is processed.
