@@ -71,18 +71,23 @@ static void dmu_commit_done(struct dmu_target *dt, int error)
 	bio_list_init(&dt->commit_bios);
 	dt->commit_stage = DMU_CS_IDLE;
 	dmu_release_held_maps(dt);
-	if (dt->nr_held && error)
-		retry = !dt->dying;
-	else if (dt->nr_held)
+	/*
+	 * No retry when nobody can commit (dmu_fail_all comes) or when a
+	 * daemon must bind first (its BIND asks).  Queued under dt->lock,
+	 * where dying is read: teardown cancels it after setting dying.
+	 */
+	if (dt->nr_held && error && !dt->dying && !dmu_must_fail_now(dt)) {
+		retry = true;
+		queue_delayed_work(dt->wq, &dt->retry_work, HZ);
+	} else if (dt->nr_held && !error && !dt->dying) {
 		dt->checkpoint = true;
+	}
 	more = !bio_list_empty(&dt->flush_bios) || (dt->checkpoint && !retry);
 	spin_unlock_irq(&dt->lock);
 	while ((bio = bio_list_pop(&bios)))
 		dmu_end_bio(bio, error ? -EIO : 0);
 	if (more)
 		queue_work(dt->wq, &dt->flush_work);
-	else if (retry)
-		queue_delayed_work(dt->wq, &dt->retry_work, HZ);
 }
 
 /* A cycle failed while MAPs are held: ask for a commit again. */

@@ -304,6 +304,7 @@ static void dmu_pool_kill(struct dmu_target *dt)
 	flush_workqueue(dt->wq);
 	wait_event(dt->drain_wait, dmu_inflight_done(dt));
 	flush_workqueue(dt->wq);
+	cancel_delayed_work_sync(&dt->retry_work);
 	dmu_trackers_exit(dt);
 	dmu_pool_teardown(dt);
 }

@@ -169,8 +169,9 @@ void dmu_tracker_put(struct dmu_tracker *tk, int error)
 void dmu_want_checkpoint(struct dmu_target *dt)
 {
 	lockdep_assert_held(&dt->lock);
-	if ((dt->suspending && !dt->nr_held) || dt->checkpoint)
+	if (dt->suspending && !dt->nr_held)
 		return;
+	/* Queued even if asked for before: that cycle may never have run. */
 	dt->checkpoint = true;
 	if (dt->commit_stage == DMU_CS_IDLE)
 		queue_work(dt->wq, &dt->flush_work);
