@@ -372,7 +372,7 @@ static void dmu_resume_common(struct dmu_target *dt)
 				 (unsigned long)dt->opt.daemon_timeout * HZ);
 	else if (dt->state != DMU_DAEMON_BOUND)
 		dmu_arm_timeout(dt);
-	/* Held MAPs wait for a COMMIT that no suspend may ask for. */
+	/* Held MAPs need a COMMIT: a suspend may have left none asked for. */
 	if (dt->nr_held)
 		dmu_want_checkpoint(dt);
 	spin_unlock_irq(&dt->lock);
