@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "fileio/file.h"
+#include "fileio/path.h"
 
 namespace dmu {
 
@@ -132,10 +133,7 @@ class PosixEnv final : public Env {
 }  // namespace
 
 Result<void> sync_parent_directory(const std::string& path) {
-  const auto slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "."
-                          : slash == 0               ? "/"
-                                                     : path.substr(0, slash);
+  const std::string dir = parent_directory(path);
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return fail(errno_error(dir + ": open directory to sync " + path));
   const int rc = ::fsync(fd);

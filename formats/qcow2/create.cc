@@ -10,6 +10,7 @@
 
 #include "common/checked.h"
 #include "common/endian.h"
+#include "fileio/path.h"
 #include "formats/qcow2/qcow2_image.h"
 
 namespace dmu::formats::qcow2 {
@@ -69,11 +70,6 @@ Result<uint64_t> parse_size(const std::string& path, const std::string& key, con
   if (i == 0 || i != v.size() || (shift && n > (UINT64_MAX >> shift)))
     return fail(EINVAL, path + ": option " + key + "=" + v + " is not a size");
   return n << shift;
-}
-
-std::string dirname_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? "" : path.substr(0, slash + 1);
 }
 
 Result<Plan> plan(const std::string& path, const CreateOptions& o) {
@@ -173,7 +169,7 @@ Result<Plan> plan(const std::string& path, const CreateOptions& o) {
   h.backing_format = backing_fmt;
   h.data_file = data_file;
   if (data_file)
-    p.data_file_path = (*data_file)[0] == '/' ? *data_file : dirname_of(path) + *data_file;
+    p.data_file_path = (*data_file)[0] == '/' ? *data_file : directory_prefix(path) + *data_file;
   return p;
 }
 

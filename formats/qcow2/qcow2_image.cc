@@ -8,6 +8,7 @@
 
 #include "common/checked.h"
 #include "common/endian.h"
+#include "fileio/path.h"
 #include "formats/qcow2/compressed.h"
 
 namespace dmu::formats::qcow2 {
@@ -16,12 +17,6 @@ namespace {
 // How many L2 tables one map() call may walk before answering with the
 // prefix it has (keeps a single call cheap on huge sparse images).
 constexpr unsigned kMaxTablesPerMap = 64;
-
-std::string dirname_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  if (slash == std::string::npos) return "";
-  return path.substr(0, slash + 1);
-}
 
 }  // namespace
 
@@ -178,7 +173,7 @@ Result<void> Qcow2Image::open_data_file() {
   // Relative names are looked up beside the image first (like backing
   // files), then relative to the working directory (as QEMU 7 does).
   if (name.front() != '/') {
-    std::string beside = dirname_of(path_) + name;
+    std::string beside = directory_prefix(path_) + name;
     if (env_.exists(beside) || !env_.exists(name)) resolved = beside;
   }
   OpenMode mode = access_ == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly;

@@ -6,14 +6,10 @@
 
 #include "common/checked.h"
 #include "common/endian.h"
+#include "fileio/path.h"
 
 namespace dmu::formats::vmdk {
 namespace {
-
-std::string dirname_of(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "" : path.substr(0, slash + 1);
-}
 
 // Extent names from a hostile descriptor may not leave the descriptor's
 // directory: no absolute paths, no "..".
@@ -125,7 +121,7 @@ Result<void> VmdkImage::add_extent(Env& env, const std::string& desc_path,
   uint64_t start = extents_.empty() ? 0 : extents_.back().start + extents_.back().size;
   if (!bytes || !checked_add(start, *bytes) || start + *bytes > (uint64_t(1) << 56))
     return fail(EFBIG, where + ": extents add up to more than 64 PiB");
-  std::string path = dirname_of(desc_path) + d.filename;
+  std::string path = directory_prefix(desc_path) + d.filename;
   auto mode = access_ == Access::ReadWrite ? OpenMode::ReadWrite : OpenMode::ReadOnly;
   auto opened = env.open(path, mode);
   if (!opened) return fail(opened.error().context(where + ": extent"));

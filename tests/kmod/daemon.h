@@ -112,8 +112,10 @@ class Daemon {
   // them and no push DONE the last one owes is still outstanding.
   Result<void> release_held();
   Result<void> answer_due_commits();
-  // Model mode: the COMMITTED for commit `id` of snapshot `s`, once durable.
+  // Other modes: the COMMITTED for commit `id`, failed with --commit-errno
+  // (while --commit-errno-while's file exists).
   dmu_response plain_commit(uint64_t id);
+  // Model mode: the COMMITTED for commit `id` of snapshot `s`, once durable.
   dmu_response model_commit(uint64_t id, const Model::Snapshot& s, uint32_t delay_ms);
   // Model mode: answers deferred write MAPs that no longer wait.
   void retry_deferred(std::vector<dmu_response>& out);

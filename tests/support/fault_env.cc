@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/checked.h"
+#include "fileio/path.h"
 
 namespace dmu {
 namespace {
@@ -17,11 +18,6 @@ void apply(std::vector<uint8_t>& bytes, uint64_t offset, uint64_t length, const 
     std::memset(bytes.data() + offset, 0, n);
   else
     std::memcpy(bytes.data() + offset, src, n);
-}
-
-std::string directory_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  return slash == std::string::npos ? std::string() : path.substr(0, slash);
 }
 
 }  // namespace
@@ -150,10 +146,10 @@ Result<void> FaultEnv::remove(const std::string& path) {
 Result<void> FaultEnv::sync_directory_of(const std::string& path) {
   std::lock_guard lock(mu_);
   if (!admit_mutation()) return fail(EIO, path + ": simulated power cut (directory sync)");
-  const std::string dir = directory_of(path);
+  const std::string dir = parent_directory(path);
   for (auto& [name, st] : files_)
-    if (directory_of(name) == dir) st->name_durable = true;
-  std::erase_if(removed_, [&](const auto& entry) { return directory_of(entry.first) == dir; });
+    if (parent_directory(name) == dir) st->name_durable = true;
+  std::erase_if(removed_, [&](const auto& entry) { return parent_directory(entry.first) == dir; });
   return {};
 }
 

@@ -1,13 +1,26 @@
 #include <gtest/gtest.h>
 
-#include "tests/support/fault_env.h"
 #include "fileio/mem_env.h"
+#include "fileio/path.h"
+#include "tests/support/fault_env.h"
 #include "tests/support/test_support.h"
 
 namespace dmu {
 namespace {
 
 std::vector<uint8_t> bytes(std::initializer_list<uint8_t> b) { return b; }
+
+TEST(Path, ParentDirectoryIsSomethingToOpen) {
+  EXPECT_EQ(parent_directory("dir/sub/a"), "dir/sub");
+  EXPECT_EQ(parent_directory("/a"), "/");
+  EXPECT_EQ(parent_directory("a"), ".");
+}
+
+TEST(Path, DirectoryPrefixTakesARelativeName) {
+  EXPECT_EQ(directory_prefix("dir/sub/a") + "b", "dir/sub/b");
+  EXPECT_EQ(directory_prefix("/a") + "b", "/b");
+  EXPECT_EQ(directory_prefix("a") + "b", "b");
+}
 
 TEST(PosixEnv, ReadsBackWhatItWrote) {
   test::TempDir dir;
