@@ -150,11 +150,8 @@ static void dmu_count_resent(struct dmu_target *dt, struct dmu_bind *b)
 		b->resent += req->resent;
 		req->queued_at = jiffies;
 	}
-	/* Held MAPs wait for this daemon's COMMIT: ask for one now. */
 	list_for_each_entry(m, &dt->held_maps, list)
 		container_of(m, struct dmu_req, msg)->queued_at = jiffies;
-	if (dt->nr_held)
-		dmu_want_checkpoint(dt);
 }
 
 static int dmu_bind_locked(struct dmu_channel *ch, struct dmu_target *dt,
@@ -173,6 +170,9 @@ static int dmu_bind_locked(struct dmu_channel *ch, struct dmu_target *dt,
 		dt->features = b->features & DMU_FEATURE_ALL;
 		dt->state = DMU_DAEMON_BOUND;
 		dmu_count_resent(dt, b);
+		/* Held MAPs wait for this daemon's COMMIT: ask for one now. */
+		if (dt->nr_held)
+			dmu_want_checkpoint(dt);
 		b->allocations = dt->nr_records;
 		if (!list_empty(&dt->send_queue))
 			dmu_channel_wake(ch);
@@ -411,6 +411,7 @@ static unsigned int dmu_take_requests(struct dmu_target *dt,
 {
 	struct dmu_msg *m, *tmp;
 	unsigned int n = 0;
+	bool completed = false;
 
 	spin_lock_irq(&dt->lock);
 	list_for_each_entry_safe(m, tmp, &dt->send_queue, list) {
@@ -425,6 +426,7 @@ static unsigned int dmu_take_requests(struct dmu_target *dt,
 			bio_list_merge(discards, &req->bios);
 			bio_list_init(&req->bios);
 			list_add_tail(&m->list, done);
+			completed = true;
 			continue;
 		}
 		ch->rbatch[n] = m;
@@ -438,6 +440,9 @@ static unsigned int dmu_take_requests(struct dmu_target *dt,
 		if (m->kind == DMU_MSG_COMMIT)
 			dmu_commit_read(dt);
 	}
+	/* The discards completed here made room for held MAPs. */
+	if (completed)
+		dmu_release_held_maps(dt);
 	spin_unlock_irq(&dt->lock);
 	return n;
 }

@@ -56,9 +56,10 @@ bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
 
 /*
  * End the cycle under way: complete its bios, release held MAPs there is
- * room for, start the next cycle.  MAPs still held need one more COMMIT:
- * at once after a cycle that worked, a second later after one that failed
- * (a daemon that cannot commit would otherwise be asked in a tight loop).
+ * room for, start the next cycle.  MAPs still held may need one more
+ * COMMIT: at once after a cycle that worked, a second later after one that
+ * failed (a daemon that cannot commit would otherwise be asked in a tight
+ * loop).
  */
 static void dmu_commit_done(struct dmu_target *dt, int error)
 {
@@ -75,11 +76,16 @@ static void dmu_commit_done(struct dmu_target *dt, int error)
 	 * No retry when nobody can commit (dmu_fail_all comes) or when a
 	 * daemon must bind first (its BIND asks).  Queued under dt->lock,
 	 * where dying is read: teardown cancels it after setting dying.
+	 * After a cycle that worked, the next only if it has something to
+	 * publish (trackers retired or still to retire since this one
+	 * began); room the daemon's answers make releases MAPs by itself.
 	 */
 	if (dt->nr_held && error && !dt->dying && !dmu_must_fail_now(dt)) {
 		retry = true;
 		queue_delayed_work(dt->wq, &dt->retry_work, HZ);
-	} else if (dt->nr_held && !error && !dt->dying) {
+	} else if (dt->nr_held && !error && !dt->dying &&
+		   (test_bit(DMU_NEEDS_COMMIT, &dt->flags) ||
+		    !list_empty(&dt->inflight))) {
 		dt->checkpoint = true;
 	}
 	more = !bio_list_empty(&dt->flush_bios) || (dt->checkpoint && !retry);
@@ -178,6 +184,7 @@ void dmu_flush_work(struct work_struct *work)
 		dt->checkpoint = false;
 		dt->commit_barrier = dt->next_seq;
 		dt->commit_stage = DMU_CS_WAIT;
+		atomic64_inc(&dt->c.cycles);
 	}
 	if (dt->commit_stage != DMU_CS_WAIT || !dmu_barrier_passed(dt))
 		goto unlock;

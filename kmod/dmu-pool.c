@@ -69,7 +69,7 @@ static int dmu_pool_setup(struct dmu_target *dt, char **error)
 	INIT_LIST_HEAD(&dt->send_queue);
 	INIT_LIST_HEAD(&dt->held_maps);
 	INIT_LIST_HEAD(&dt->sent);
-	INIT_LIST_HEAD(&dt->pending_maps);
+	dt->pending_maps = RB_ROOT_CACHED;
 	hash_init(dt->ids);
 	INIT_LIST_HEAD(&dt->pushes);
 	bio_list_init(&dt->deferred);
@@ -82,7 +82,7 @@ static int dmu_pool_setup(struct dmu_target *dt, char **error)
 	bio_list_init(&dt->flush_bios);
 	bio_list_init(&dt->commit_bios);
 	INIT_LIST_HEAD(&dt->commit.msg.list);
-	INIT_LIST_HEAD(&dt->commit.pending);
+	RB_CLEAR_NODE(&dt->commit.pending);
 	INIT_HLIST_NODE(&dt->commit.hash);
 	dt->commit.dt = dt;
 	dt->commit.msg.kind = DMU_MSG_COMMIT;

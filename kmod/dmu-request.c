@@ -10,9 +10,28 @@
  * mapped whole by one extent or needs exactly one block.
  */
 #include <linux/blkdev.h>
+#include <linux/interval_tree_generic.h>
 #include <linux/slab.h>
 
 #include "dmu.h"
+
+/*
+ * Unanswered MAP requests by the blocks they cover: every miss looks for
+ * one, under dt->lock with interrupts off, and there may be thousands
+ * (max_unpublished, and the held ones beyond).
+ */
+static u64 dmu_req_first(struct dmu_req *req)
+{
+	return req->block;
+}
+
+static u64 dmu_req_last(struct dmu_req *req)
+{
+	return req->block + req->nr_blocks - 1;
+}
+
+INTERVAL_TREE_DEFINE(struct dmu_req, pending, u64, subtree_last,
+		     dmu_req_first, dmu_req_last, static, dmu_pending)
 
 /* Request ids are unique for the life of the module, across targets. */
 static atomic64_t dmu_last_id = ATOMIC64_INIT(0);
@@ -55,7 +74,7 @@ struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp)
 		return NULL;
 	memset(req, 0, sizeof(*req));
 	INIT_LIST_HEAD(&req->msg.list);
-	INIT_LIST_HEAD(&req->pending);
+	RB_CLEAR_NODE(&req->pending);
 	INIT_HLIST_NODE(&req->hash);
 	req->msg.kind = DMU_MSG_MAP;
 	req->dt = dt;
@@ -92,7 +111,10 @@ void dmu_req_unlink(struct dmu_req *req)
 {
 	lockdep_assert_held(&req->dt->lock);
 	hash_del(&req->hash);
-	list_del_init(&req->pending);
+	if (!RB_EMPTY_NODE(&req->pending)) {
+		dmu_pending_remove(req, &req->dt->pending_maps);
+		RB_CLEAR_NODE(&req->pending);
+	}
 	list_del_init(&req->msg.list);
 	req->dt->nr_pending--;
 	if (req->state == DMU_RS_HELD)
@@ -111,6 +133,18 @@ bool dmu_must_requeue(struct dmu_target *dt)
 	       dm_noflush_suspending(dt->ti);
 }
 
+/*
+ * The same for a new MAP request; and with a daemon bound, one that would
+ * be held (dmu_requeue_held says why).
+ */
+static bool dmu_must_requeue_map(struct dmu_target *dt)
+{
+	if (dmu_must_requeue(dt))
+		return true;
+	return dt->suspending && !dt->dying && dm_noflush_suspending(dt->ti) &&
+	       dmu_must_hold(dt);
+}
+
 /* Called with dt->lock held: I/O that needs the daemon fails at once. */
 bool dmu_must_fail_now(struct dmu_target *dt)
 {
@@ -126,21 +160,25 @@ void dmu_wake_daemon(struct dmu_target *dt)
 		dmu_channel_wake(dt->channel);
 }
 
+/* A pending MAP covering block, one not held if there is such. */
 static struct dmu_req *dmu_find_pending(struct dmu_target *dt, u64 block,
 					 bool write)
 {
-	struct dmu_req *req;
+	struct dmu_req *req, *held = NULL;
 
 	lockdep_assert_held(&dt->lock);
-	list_for_each_entry(req, &dt->pending_maps, pending) {
+	for (req = dmu_pending_iter_first(&dt->pending_maps, block, block); req;
+	     req = dmu_pending_iter_next(req, block, block)) {
 		if (req->map_flags & DMU_MAP_DISCARD)
 			continue;
 		if (write && !(req->map_flags & DMU_MAP_WRITE))
 			continue;
-		if (block >= req->block && block - req->block < req->nr_blocks)
+		if (req->state != DMU_RS_HELD)
 			return req;
+		if (!held)
+			held = req;
 	}
-	return NULL;
+	return held;
 }
 
 /*
@@ -159,8 +197,8 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 
 	for (;;) {
 		spin_lock_irqsave(&dt->lock, flags);
-		if (dmu_must_requeue(dt) || dmu_must_fail_now(dt)) {
-			bool requeue = dmu_must_requeue(dt);
+		if (dmu_must_requeue_map(dt) || dmu_must_fail_now(dt)) {
+			bool requeue = dmu_must_requeue_map(dt);
 
 			spin_unlock_irqrestore(&dt->lock, flags);
 			if (fresh)
@@ -197,6 +235,8 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 		}
 	}
 	if (!req) {
+		bool hold = dmu_must_hold(dt);
+
 		req = fresh;
 		fresh = NULL;
 		req->id = dmu_new_id();
@@ -204,16 +244,18 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 		req->nr_blocks = min(nr_blocks, dt->target_blocks - block);
 		req->map_flags = map_flags;
 		hash_add(dt->ids, &req->hash, req->id);
-		list_add(&req->pending, &dt->pending_maps);
+		dmu_pending_insert(req, &dt->pending_maps);
 		dt->nr_pending++;
 		req->queued_at = jiffies;
 		atomic64_inc(&dt->c.requests);
 		dmu_arm_timeout(dt);
-		if (dmu_must_hold(dt)) {
+		if (hold) {
 			req->state = DMU_RS_HELD;
 			list_add_tail(&req->msg.list, &dt->held_maps);
 			dt->nr_held++;
-			dmu_want_checkpoint(dt);
+			/* Unless the room is all MAPs out: answers free that. */
+			if (dt->nr_unpublished)
+				dmu_want_checkpoint(dt);
 		} else {
 			req->state = DMU_RS_QUEUED;
 			list_add_tail(&req->msg.list, &dt->send_queue);
@@ -483,12 +525,15 @@ void dmu_deferred_work(struct work_struct *work)
 void dmu_requeue_parked(struct dmu_target *dt)
 {
 	struct bio_list bios = BIO_EMPTY_LIST;
-	struct dmu_req *req;
+	struct rb_node *node;
 	struct bio *bio;
 
 	lockdep_assert_held(&dt->mutex);
 	spin_lock_irq(&dt->lock);
-	list_for_each_entry(req, &dt->pending_maps, pending) {
+	for (node = rb_first_cached(&dt->pending_maps); node;
+	     node = rb_next(node)) {
+		struct dmu_req *req = rb_entry(node, struct dmu_req, pending);
+
 		bio_list_merge(&bios, &req->bios);
 		bio_list_init(&req->bios);
 	}
@@ -645,6 +690,9 @@ static void dmu_expire_requests(struct dmu_target *dt)
 				list_add_tail(&m->list, &victims);
 		}
 	}
+	/* Expired MAPs made room for held ones. */
+	if (n)
+		dmu_release_held_maps(dt);
 	spin_unlock_irq(&dt->lock);
 
 	if (n) {

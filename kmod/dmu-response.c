@@ -405,7 +405,7 @@ static bool dmu_push_fills_too_many(struct dmu_target *dt, struct dmu_req *req)
 		return false;
 	spin_lock_irq(&dt->lock);
 	full = dt->nr_push_inflight >= DMU_MAX_PUSH_FILLS ||
-	       dt->nr_unpublished >= dmu_unpublished_limit() || dt->suspending;
+	       !dmu_tracker_room(dt) || dt->suspending;
 	spin_unlock_irq(&dt->lock);
 	return full;
 }
@@ -544,7 +544,7 @@ static struct dmu_req *dmu_push_alloc(struct dmu_target *dt, u64 id)
 	if (!req)
 		return NULL;
 	INIT_LIST_HEAD(&req->msg.list);
-	INIT_LIST_HEAD(&req->pending);
+	RB_CLEAR_NODE(&req->pending);
 	INIT_HLIST_NODE(&req->hash);
 	req->msg.kind = DMU_MSG_MAP;
 	req->dt = dt;
@@ -679,5 +679,9 @@ unsigned int dmu_handle_responses(struct dmu_target *dt,
 			break;
 		}
 	}
+	/* Answers that started no tracker made room for held MAPs. */
+	spin_lock_irq(&dt->lock);
+	dmu_release_held_maps(dt);
+	spin_unlock_irq(&dt->lock);
 	return i;
 }

@@ -296,10 +296,11 @@ static int dmu_end_io(struct dm_target *ti, struct bio *bio,
 
 /*
  * A suspend must not fail I/O that waits for a daemon.  With a daemon
- * bound, it answers (within daemon_timeout).  Without one, a noflush
- * suspend (a table reload) hands waiting bios back to dm core, which
- * issues them again after resume; a suspend that must flush waits up to
- * daemon_timeout for a daemon, then fails them.
+ * bound, it answers (within daemon_timeout); a noflush suspend (a table
+ * reload) hands back the bios of MAPs held for room, which only a COMMIT
+ * makes.  Without a daemon, a noflush suspend hands every waiting bio back
+ * to dm core, which issues them again after resume; a suspend that must
+ * flush waits up to daemon_timeout for a daemon, then fails them.
  */
 static void dmu_presuspend(struct dm_target *ti)
 {
@@ -324,6 +325,8 @@ static void dmu_presuspend(struct dm_target *ti)
 			dmu_fail_all(dt, BLK_STS_IOERR);
 		else
 			dmu_arm_timeout(dt);
+	} else if (dm_noflush_suspending(ti)) {
+		dmu_requeue_held(dt);
 	}
 	mutex_unlock(&dt->mutex);
 }
@@ -466,8 +469,9 @@ static void dmu_status(struct dm_target *ti, status_type_t type,
 		       DMU_C(bad), hc.zero_reads, DMU_C(fills), DMU_C(commits),
 		       DMU_C(timeouts), DMU_C(resent), DMU_C(evicted),
 		       DMU_C(invalidated));
-		DMEMIT(" unpublished=%u requeued=%llu drains=%llu held=%u",
-		       records, DMU_C(requeued), DMU_C(drains), held);
+		DMEMIT(" unpublished=%u requeued=%llu drains=%llu held=%u cycles=%llu",
+		       records, DMU_C(requeued), DMU_C(drains), held,
+		       DMU_C(cycles));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %u %u", dt->key, tc->block_sectors, tc->nr_devs);

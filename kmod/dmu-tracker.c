@@ -19,7 +19,8 @@
  * send_queue, in their order, for the next daemon (dmu_done_requeue).
  * So nothing the old daemon was told, or should have been told, is lost.
  * Past a quarter of dmu_unpublished_limit() unpublished trackers the kernel
- * asks for a COMMIT of its own; past the limit new MAPs wait (dmu_must_hold).
+ * asks for a COMMIT of its own; new MAPs wait once those and the MAPs out
+ * with the daemon reach the limit (dmu_must_hold).
  *
  * All lists are under dt->lock; io_pending is atomic.
  */
@@ -150,8 +151,9 @@ void dmu_tracker_put(struct dmu_tracker *tk, int error)
 	/* A commit cycle may wait for older trackers. */
 	if (dt->commit_stage == DMU_CS_WAIT)
 		queue_work(dt->wq, &dt->flush_work);
-	if (dt->nr_unpublished >= dmu_unpublished_limit() / 4 &&
-	    dt->commit_stage == DMU_CS_IDLE)
+	/* While MAPs are held, each retirement may be what frees room. */
+	if ((dt->nr_unpublished >= dmu_unpublished_limit() / 4 ||
+	     dt->nr_held) && dt->commit_stage == DMU_CS_IDLE)
 		dmu_want_checkpoint(dt);
 	wake_up(&dt->drain_wait);
 	spin_unlock_irqrestore(&dt->lock, flags);
@@ -178,45 +180,98 @@ void dmu_want_checkpoint(struct dmu_target *dt)
 }
 
 /*
- * Must a new MAP request wait before the daemon sees it?  Past
- * dmu_unpublished_limit() trackers no COMMITTED covered yet (a daemon whose
- * COMMITs fail or go unanswered), each answer may start one more: new MAPs
- * wait on held_maps, behind those already waiting, and ask for a
- * checkpoint.  The end of every commit cycle releases as many as there is
- * room for (dmu_release_held_maps); daemon_timeout fails them like any
- * unanswered request.  Reads wait too: their answers may carry NEW
- * extents.  Trackers can still pass the limit by the MAPs queued or read
- * before it was reached, which the bios in flight bound, not this limit.
+ * MAP requests out with the daemon, queued or read (not held): each
+ * answer may start a tracker.  nr_pending counts them, the held ones and
+ * the COMMIT under way.
+ */
+static unsigned int dmu_maps_out(struct dmu_target *dt)
+{
+	return dt->nr_pending - dt->nr_held -
+	       (dt->commit.state != DMU_RS_IDLE ? 1 : 0);
+}
+
+/*
+ * How many more trackers may start: dmu_unpublished_limit() less the
+ * trackers no COMMITTED covered yet and those the MAPs out may start.
+ */
+unsigned int dmu_tracker_room(struct dmu_target *dt)
+{
+	unsigned int used, limit = dmu_unpublished_limit();
+
+	lockdep_assert_held(&dt->lock);
+	used = dt->nr_unpublished + dmu_maps_out(dt);
+	return used < limit ? limit - used : 0;
+}
+
+/*
+ * Must a new MAP request (not yet counted) wait before the daemon sees it?
+ * Yes when there is no room for the tracker its answer may start (a
+ * daemon whose COMMITs fail or go unanswered), or when others wait: it
+ * waits on held_maps behind them and asks for a checkpoint.  Held MAPs go
+ * to the daemon as room appears (dmu_release_held_maps: the end of a
+ * commit cycle, answers, expiries); daemon_timeout fails them like any
+ * unanswered request; a noflush suspend hands their bios back to dm core.
+ * Reads wait too: their answers may carry NEW extents.  So unpublished
+ * trackers never pass the limit by more than the answer being applied.
  */
 bool dmu_must_hold(struct dmu_target *dt)
 {
 	lockdep_assert_held(&dt->lock);
-	return dt->nr_held || dt->nr_unpublished >= dmu_unpublished_limit();
+	return dt->nr_held || !dmu_tracker_room(dt);
 }
 
 /*
- * A commit cycle ended (dmu_commit_done): held MAPs go to the daemon,
- * oldest first, as many as may still start a tracker under the limit;
- * their answer clock starts now.  Those left wait for the next cycle.
+ * Room appeared, or may have: held MAPs go to the daemon, oldest first, as
+ * many as there is room for; their answer clock starts now.  Those left
+ * wait for more room.
  */
 void dmu_release_held_maps(struct dmu_target *dt)
 {
-	unsigned int limit = dmu_unpublished_limit(), room = 0;
+	unsigned int room, n = 0;
 	struct dmu_req *req;
 
 	lockdep_assert_held(&dt->lock);
-	if (dt->nr_unpublished < limit)
-		room = limit - dt->nr_unpublished;
-	if (!dt->nr_held || !room)
+	if (!dt->nr_held)
 		return;
-	for (; room && dt->nr_held; room--) {
+	for (room = dmu_tracker_room(dt); room && dt->nr_held; room--, n++) {
 		req = list_first_entry(&dt->held_maps, struct dmu_req, msg.list);
 		req->state = DMU_RS_QUEUED;
 		req->queued_at = jiffies;
 		list_move_tail(&req->msg.list, &dt->send_queue);
 		dt->nr_held--;
 	}
-	dmu_wake_daemon(dt);
+	if (n)
+		dmu_wake_daemon(dt);
+}
+
+/*
+ * A noflush suspend (a table reload) must not wait for held MAPs: only
+ * room releases them, and a daemon that cannot commit may never make
+ * any.  They were never sent: hand their bios back to dm core, which
+ * issues them again after resume, and drop the requests.
+ */
+void dmu_requeue_held(struct dmu_target *dt)
+{
+	struct bio_list bios = BIO_EMPTY_LIST;
+	struct dmu_req *req, *tmp;
+	LIST_HEAD(dropped);
+	struct bio *bio;
+
+	lockdep_assert_held(&dt->mutex);
+	spin_lock_irq(&dt->lock);
+	list_for_each_entry_safe(req, tmp, &dt->held_maps, msg.list) {
+		bio_list_merge(&bios, &req->bios);
+		bio_list_init(&req->bios);
+		dmu_req_unlink(req);
+		list_add_tail(&req->msg.list, &dropped);
+	}
+	spin_unlock_irq(&dt->lock);
+	list_for_each_entry_safe(req, tmp, &dropped, msg.list) {
+		list_del_init(&req->msg.list);
+		dmu_req_free(req);
+	}
+	while ((bio = bio_list_pop(&bios)))
+		dmu_requeue_bio(dt, bio);
 }
 
 /* The daemon read tk's DONE. */

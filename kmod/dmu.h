@@ -214,7 +214,8 @@ enum dmu_req_state {
 /* A MAP or COMMIT request, or a push batch being accumulated. */
 struct dmu_req {
 	struct dmu_msg msg;
-	struct list_head pending;	/* dt->pending_maps (MAP only) */
+	struct rb_node pending;		/* dt->pending_maps (MAP only) */
+	u64 subtree_last;		/* of pending's interval subtree */
 	struct hlist_node hash;		/* dt->ids */
 	struct dmu_target *dt;
 	u64 id;
@@ -331,6 +332,7 @@ struct dmu_counters {
 	atomic64_t invalidated;	/* extents dropped by invalidation */
 	atomic64_t requeued;	/* bios handed back to dm during suspend */
 	atomic64_t drains;	/* waits for in-flight I/O */
+	atomic64_t cycles;	/* commit cycles (flushes, checkpoints) */
 };
 
 /*
@@ -403,7 +405,7 @@ struct dmu_target {
 	struct list_head sent;		/* read MAP and COMMIT, unanswered */
 	struct list_head held_maps;	/* MAPs held back (dmu_must_hold) */
 	unsigned int nr_held;
-	struct list_head pending_maps;
+	struct rb_root_cached pending_maps;	/* by block range */
 	DECLARE_HASHTABLE(ids, 8);
 	unsigned int nr_pending;	/* unanswered MAP and COMMIT */
 	struct list_head pushes;	/* open push batches (dt->mutex) */
@@ -614,9 +616,11 @@ void dmu_done_read(struct dmu_target *dt, struct dmu_tracker *tk);
 void dmu_done_requeue(struct dmu_target *dt);
 void dmu_commit_read(struct dmu_target *dt);
 void dmu_commit_outcome(struct dmu_target *dt, bool published);
+unsigned int dmu_tracker_room(struct dmu_target *dt);
 bool dmu_must_hold(struct dmu_target *dt);
 void dmu_want_checkpoint(struct dmu_target *dt);
 void dmu_release_held_maps(struct dmu_target *dt);
+void dmu_requeue_held(struct dmu_target *dt);
 void dmu_retry_work(struct work_struct *work);
 void dmu_trackers_exit(struct dmu_target *dt);
 unsigned int dmu_list_allocations(struct dmu_target *dt, u64 start,

@@ -152,9 +152,11 @@
  * the first.  At most 256 messages make one answer or push, at most 16 push
  * batches may be open, at most 64 pushes may have NEW extents being filled;
  * a push with NEW extents is also refused while the device is suspended or
- * max_unpublished (a module parameter, 16384 by default) answers wait to be
- * published; new MAP requests then wait in the kernel (a daemon is not sent
- * them) until a COMMITTED publishes answers or daemon_timeout fails them.
+ * the answers waiting to be published and the MAP requests out with the
+ * daemon reach max_unpublished (a module parameter, 16384 by default); new
+ * MAP requests then wait in the kernel (a daemon is not sent them) until a
+ * COMMITTED publishes answers, answers that start no tracker (reads without
+ * NEW extents) come back, or daemon_timeout fails them.
  * Only one target of a table may name a key.
  * A NEW extent must not overlap one still being filled; other extents are
  * inserted around such extents.  A write() whose length is not a multiple of
