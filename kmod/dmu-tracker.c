@@ -207,9 +207,10 @@ unsigned int dmu_tracker_room(struct dmu_target *dt)
  * Must a new MAP request (not yet counted) wait before the daemon sees it?
  * Yes when there is no room for the tracker its answer may start (a
  * daemon whose COMMITs fail or go unanswered), or when others wait: it
- * waits on held_maps behind them and asks for a checkpoint.  Held MAPs go
- * to the daemon as room appears (dmu_release_held_maps: the end of a
- * commit cycle, answers, expiries); daemon_timeout fails them like any
+ * waits on held_maps behind them, asking for a checkpoint if a COMMIT
+ * could make room.  Held MAPs go to the daemon as room appears
+ * (dmu_release_held_maps: the end of a commit cycle, answers, expiries,
+ * discards read() completes); daemon_timeout fails them like any
  * unanswered request; a noflush suspend hands their bios back to dm core.
  * Reads wait too: their answers may carry NEW extents.  So unpublished
  * trackers never pass the limit by more than the answer being applied.
