@@ -11,14 +11,15 @@
 #   mapped-*  a qcow2 whose every cluster is allocated (converted from the
 #             raw file), pushed at attach: 4k random read and write
 #             (iodepth 16) and 1M sequential read and write (iodepth 4),
-#             RUNTIME-second time-based runs;
+#             RUNTIME-second time-based runs after RAMP seconds unmeasured;
 #   alloc-*   a fresh empty qcow2 per run, so writes allocate: 4k random
-#             writes (iodepth 16) until 32 MiB are written, and one 1M
-#             sequential pass (iodepth 4) over the whole disk; the same
-#             size-based job on dm-linear over a fresh sparse raw file (the
-#             file system allocates there too, and the VM's disk, a sparse
-#             file on the host, was never written there either: against an
-#             allocated file the reference would skip both costs).
+#             writes (iodepth 16) until 32 MiB (a quarter of a smaller
+#             disk) are written, and one 1M sequential pass (iodepth 4)
+#             over the whole disk; the same size-based job on dm-linear
+#             over a fresh sparse raw file (the file system allocates there
+#             too, and the VM's disk, a sparse file on the host, was never
+#             written there either: against an allocated file the reference
+#             would skip both costs).
 # One line per run in /results/bench.csv, the columns bench/kmod/report.awk
 # reads: rep,job,device,start_s,end_s,iops,bw_kib,requests (device u = dmu,
 # lin = dm-linear, loop = the loop device, nbd = qemu-nbd, snap =
@@ -28,6 +29,7 @@
 . /src/tests/vm/lib/guest/attach-lib.sh
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-8}
+RAMP=${RAMP:-1}
 SIZE_MB=512
 [ -f /src/bench/attach/settings ] && . /src/bench/attach/settings
 
@@ -111,11 +113,11 @@ measure() {
 
 job_args() {
   case $1 in
-    mapped-randread) echo "--rw=randread --bs=4k --iodepth=16 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
-    mapped-randwrite) echo "--rw=randwrite --bs=4k --iodepth=16 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
-    mapped-seqread) echo "--rw=read --bs=1M --iodepth=4 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
-    mapped-seqwrite) echo "--rw=write --bs=1M --iodepth=4 --time_based --runtime=$RUNTIME --ramp_time=1" ;;
-    alloc-randwrite) echo "--rw=randwrite --bs=4k --iodepth=16 --io_size=32M" ;;
+    mapped-randread) echo "--rw=randread --bs=4k --iodepth=16 --time_based --runtime=$RUNTIME --ramp_time=$RAMP" ;;
+    mapped-randwrite) echo "--rw=randwrite --bs=4k --iodepth=16 --time_based --runtime=$RUNTIME --ramp_time=$RAMP" ;;
+    mapped-seqread) echo "--rw=read --bs=1M --iodepth=4 --time_based --runtime=$RUNTIME --ramp_time=$RAMP" ;;
+    mapped-seqwrite) echo "--rw=write --bs=1M --iodepth=4 --time_based --runtime=$RUNTIME --ramp_time=$RAMP" ;;
+    alloc-randwrite) echo "--rw=randwrite --bs=4k --iodepth=16 --io_size=$(( SIZE_MB < 128 ? SIZE_MB / 4 : 32 ))M" ;;
     alloc-seqwrite) echo "--rw=write --bs=1M --iodepth=4" ;;
   esac
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/attach/run.sh [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S]
-#                     [--size MIB]
+#                     [--ramp S] [--size MIB]
 # Boots one VM (through the VM harness) that runs bench/attach/io-bench.sh:
 # fio on `dmu attach`ed qcow2 images (fully allocated: mapped I/O; empty:
 # allocating writes) next to dm-linear over a loop device on the same file
@@ -11,26 +11,28 @@
 # runs) and the pooled paired ratios with their interval (bench/kmod/pool.py).
 # --size: the test file's size (default 512 MiB; the suite's quick run takes
 # less, as its figures mean nothing and the sequential writes of every
-# device over the whole file were half its time).
+# device over the whole file were half its time).  --ramp: the unmeasured
+# seconds before each time-based run (default 1; the quick run skips it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-build=$src/build line=6.12 reps=3 runtime=8 size=512
+build=$src/build line=6.12 reps=3 runtime=8 ramp=1 size=512
 while [ $# -gt 0 ]; do
   case $1 in
     --build) build=$2; shift 2 ;;
     --kernel) line=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runtime) runtime=$2; shift 2 ;;
+    --ramp) ramp=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S] [--size MIB]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--build DIR] [--kernel 6.1|6.12] [--reps N] [--runtime S] [--ramp S] [--size MIB]" >&2; exit 2 ;;
   esac
 done
 build=$(realpath "$build")
 results=$build/tests/vm/results/io-bench.$line
 settings=$here/settings
 trap 'rm -f "$settings"' EXIT
-printf 'REPS=%s\nRUNTIME=%s\nSIZE_MB=%s\n' "$reps" "$runtime" "$size" >"$settings"
+printf 'REPS=%s\nRUNTIME=%s\nRAMP=%s\nSIZE_MB=%s\n' "$reps" "$runtime" "$ramp" "$size" >"$settings"
 # shellcheck source=bench/lib/host-load.sh
 . "$src/bench/lib/host-load.sh"
 
