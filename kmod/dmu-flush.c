@@ -27,20 +27,34 @@
 #include "dmu.h"
 
 /*
- * Queue a flush (or a completed FUA write) for the next cycle.  Returns
- * false, without queueing, when dm core should requeue it (a noflush
- * suspend with nobody to answer); the caller completes it then, as
- * callers in end_io must not complete their own bio.  A cycle that needs
- * no COMMIT completes without a daemon; one that does waits for one as
- * any request does.
+ * Queue a flush (from map()) or a completed FUA write for the next cycle.
+ * Returns false, without queueing, when dm core should requeue it; the
+ * caller completes it then, as callers in end_io must not complete their
+ * own bio.  During a noflush suspend a flush goes back (its COMMIT may
+ * never come, from a daemon that is gone or cannot commit).  dm core
+ * decides on a requeue when the bio completes: from map() that is before
+ * the suspend waits, so always while it is noflush suspending; from
+ * completion it may be after an interrupted suspend stopped that (a split
+ * bio's second stage runs later still), and the requeue turns into EIO,
+ * which a journal would not survive.  So a completed FUA write goes back
+ * only with no daemon (waiting would end in EIO after daemon_timeout
+ * anyway); with a daemon bound it waits like a MAP the daemon has, failing
+ * only if the daemon does not answer.  presuspend hands back the FUA
+ * writes already waiting (dm core drains their second stage before it
+ * waits), and map() those not yet written.  A cycle that needs no COMMIT
+ * completes without a daemon; one that does waits for one as any request
+ * does.
  */
-bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
+bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio,
+		     bool completed_write)
 {
 	unsigned long flags;
-	bool kick;
+	bool requeue, kick;
 
 	spin_lock_irqsave(&dt->lock, flags);
-	if (dmu_must_requeue(dt)) {
+	requeue = completed_write ? dmu_must_requeue(dt) :
+				    dmu_must_requeue_flush(dt);
+	if (requeue) {
 		spin_unlock_irqrestore(&dt->lock, flags);
 		return false;
 	}
@@ -274,9 +288,9 @@ void dmu_flush_fail_all(struct dmu_target *dt, blk_status_t status)
 }
 
 /*
- * A noflush suspend with no daemon: hand the flushes (and held FUA writes,
- * which dm core then writes again) back to dm core.  A cycle under way
- * goes on without them.
+ * A noflush suspend: hand the flushes (and held FUA writes, which dm core
+ * then writes again) back to dm core.  A cycle under way goes on without
+ * them; they complete after resume, in a cycle that covers them.
  */
 void dmu_flush_requeue(struct dmu_target *dt)
 {

@@ -55,13 +55,14 @@ static void dmu_end_bio_list(struct bio_list *bios, int error)
 		dmu_end_bio(bio, error);
 }
 
-/* Hand a parked bio back to dm core, which issues it again after resume. */
+/*
+ * Hand a parked bio back to dm core, which issues it again after resume.
+ * A held FUA write keeps DMU_BIO_HELD: end_io, called again, is done
+ * with it (map() clears the flags when dm core issues it again).
+ */
 void dmu_requeue_bio(struct dmu_target *dt, struct bio *bio)
 {
-	struct dmu_bio *pb = dmu_pb(bio);
-
 	atomic64_inc(&dt->c.requeued);
-	pb->flags &= ~DMU_BIO_HELD;
 	bio->bi_status = BLK_STS_DM_REQUEUE;
 	bio_endio(bio);
 }
@@ -123,26 +124,51 @@ void dmu_req_unlink(struct dmu_req *req)
 }
 
 /*
- * Called with dt->lock held: a noflush suspend with nobody to answer.  dm
- * core honours a requeue only while it is noflush suspending (an
- * interrupted suspend ends that before presuspend_undo), so ask it.
+ * Called with dt->lock held: a noflush suspend (a table reload) is under
+ * way, so what waits can go back to dm core, which issues it again after
+ * resume.  dm core honours a requeue only while it is noflush suspending
+ * (an interrupted suspend ends that before presuspend_undo), so ask it.
  */
-bool dmu_must_requeue(struct dmu_target *dt)
+static bool dmu_handing_back(struct dmu_target *dt)
 {
-	return dt->suspending && !dt->dying && dt->state != DMU_DAEMON_BOUND &&
-	       dm_noflush_suspending(dt->ti);
+	return dt->suspending && !dt->dying && dm_noflush_suspending(dt->ti);
 }
 
 /*
- * The same for a new MAP request; and with a daemon bound, one that would
- * be held (dmu_requeue_held says why).
+ * What such a suspend hands back (these three with dt->lock held).  With
+ * no daemon, every bio that waits for one.  With a daemon bound, what may
+ * wait for a COMMIT the daemon may never give: a new MAP that would be
+ * held for room (dmu_requeue_held says why), a flush, a FUA write not yet
+ * written, and from presuspend the FUA writes waiting (dmu_flush_defer
+ * says why not those completing later).  A MAP the daemon has it answers
+ * within daemon_timeout.
  */
+bool dmu_must_requeue(struct dmu_target *dt)
+{
+	return dmu_handing_back(dt) && dt->state != DMU_DAEMON_BOUND;
+}
+
 static bool dmu_must_requeue_map(struct dmu_target *dt)
 {
-	if (dmu_must_requeue(dt))
-		return true;
-	return dt->suspending && !dt->dying && dm_noflush_suspending(dt->ti) &&
-	       dmu_must_hold(dt);
+	return dmu_handing_back(dt) &&
+	       (dt->state != DMU_DAEMON_BOUND || dmu_must_hold(dt));
+}
+
+bool dmu_must_requeue_flush(struct dmu_target *dt)
+{
+	return dmu_handing_back(dt);
+}
+
+/* The same for a FUA write in map(), before it is written. */
+bool dmu_fua_must_requeue(struct dmu_target *dt)
+{
+	unsigned long flags;
+	bool requeue;
+
+	spin_lock_irqsave(&dt->lock, flags);
+	requeue = dmu_handing_back(dt);
+	spin_unlock_irqrestore(&dt->lock, flags);
+	return requeue;
 }
 
 /* Called with dt->lock held: I/O that needs the daemon fails at once. */
@@ -196,10 +222,11 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 	unsigned long flags;
 
 	for (;;) {
-		spin_lock_irqsave(&dt->lock, flags);
-		if (dmu_must_requeue_map(dt) || dmu_must_fail_now(dt)) {
-			bool requeue = dmu_must_requeue_map(dt);
+		bool requeue;
 
+		spin_lock_irqsave(&dt->lock, flags);
+		requeue = dmu_must_requeue_map(dt);
+		if (requeue || dmu_must_fail_now(dt)) {
 			spin_unlock_irqrestore(&dt->lock, flags);
 			if (fresh)
 				dmu_req_free(fresh);

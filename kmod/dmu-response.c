@@ -679,9 +679,15 @@ unsigned int dmu_handle_responses(struct dmu_target *dt,
 			break;
 		}
 	}
-	/* Answers that started no tracker made room for held MAPs. */
-	spin_lock_irq(&dt->lock);
-	dmu_release_held_maps(dt);
-	spin_unlock_irq(&dt->lock);
+	/*
+	 * Answers that started no tracker made room for held MAPs.  Unlocked
+	 * look first: a MAP held after it saw room as our answers left it,
+	 * and waits for the next event that makes room.
+	 */
+	if (READ_ONCE(dt->nr_held)) {
+		spin_lock_irq(&dt->lock);
+		dmu_release_held_maps(dt);
+		spin_unlock_irq(&dt->lock);
+	}
 	return i;
 }

@@ -222,7 +222,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 	if (unlikely(bio->bi_opf & REQ_PREFLUSH)) {
 		/* dm core sends the data of a flush separately */
 		if (likely(!bio_sectors(bio))) {
-			if (dmu_flush_defer(dt, bio))
+			if (dmu_flush_defer(dt, bio, false))
 				return DM_MAPIO_SUBMITTED;
 			atomic64_inc(&dt->c.requeued);
 			return DM_MAPIO_REQUEUE;
@@ -244,6 +244,17 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_SUBMITTED;
 	}
 	if ((bio->bi_opf & REQ_FUA) && op_is_write(bio_op(bio))) {
+		/*
+		 * A noflush suspend takes a FUA write back before it is
+		 * written: written, it would wait for a COMMIT the daemon may
+		 * never give (dmu_flush_defer says why it is not handed back
+		 * then).  Those presuspend handed back come here again until
+		 * dm core blocks I/O for the suspend.
+		 */
+		if (dmu_fua_must_requeue(dt)) {
+			atomic64_inc(&dt->c.requeued);
+			return DM_MAPIO_REQUEUE;
+		}
 		pb->flags |= DMU_BIO_FUA;
 		bio->bi_opf &= ~REQ_FUA;
 	}
@@ -285,7 +296,7 @@ static int dmu_end_io(struct dm_target *ti, struct bio *bio,
 	if ((pb->flags & DMU_BIO_FUA) && !*error) {
 		/* Complete it after the next commit (dmu-flush.c). */
 		pb->flags |= DMU_BIO_HELD;
-		if (dmu_flush_defer(dt, bio))
+		if (dmu_flush_defer(dt, bio, true))
 			return DM_ENDIO_INCOMPLETE;
 		pb->flags &= ~DMU_BIO_HELD;
 		atomic64_inc(&dt->c.requeued);
@@ -297,10 +308,11 @@ static int dmu_end_io(struct dm_target *ti, struct bio *bio,
 /*
  * A suspend must not fail I/O that waits for a daemon.  With a daemon
  * bound, it answers (within daemon_timeout); a noflush suspend (a table
- * reload) hands back the bios of MAPs held for room, which only a COMMIT
- * makes.  Without a daemon, a noflush suspend hands every waiting bio back
- * to dm core, which issues them again after resume; a suspend that must
- * flush waits up to daemon_timeout for a daemon, then fails them.
+ * reload) hands back what waits for a COMMIT, which a daemon that cannot
+ * commit never gives: the bios of MAPs held for room, flushes and held
+ * FUA writes.  Without a daemon, a noflush suspend hands every waiting bio
+ * back to dm core, which issues them again after resume; a suspend that
+ * must flush waits up to daemon_timeout for a daemon, then fails them.
  */
 static void dmu_presuspend(struct dm_target *ti)
 {
@@ -327,6 +339,7 @@ static void dmu_presuspend(struct dm_target *ti)
 			dmu_arm_timeout(dt);
 	} else if (dm_noflush_suspending(ti)) {
 		dmu_requeue_held(dt);
+		dmu_flush_requeue(dt);
 	}
 	mutex_unlock(&dt->mutex);
 }

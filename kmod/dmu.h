@@ -594,6 +594,8 @@ void dmu_req_unlink(struct dmu_req *req);
 u64 dmu_new_id(void);
 bool dmu_must_fail_now(struct dmu_target *dt);
 bool dmu_must_requeue(struct dmu_target *dt);
+bool dmu_must_requeue_flush(struct dmu_target *dt);
+bool dmu_fua_must_requeue(struct dmu_target *dt);
 void dmu_wake_daemon(struct dmu_target *dt);
 void dmu_end_bio(struct bio *bio, int error);
 void dmu_requeue_bio(struct dmu_target *dt, struct bio *bio);
@@ -655,7 +657,8 @@ void dmu_stage_work(struct work_struct *work);
 void dmu_direct_write_done(struct dmu_tracker *tk, struct bio *bio);
 
 /* dmu-flush.c */
-bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio);
+bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio,
+		     bool completed_write);
 void dmu_flush_work(struct work_struct *work);
 void dmu_commit_answered(struct dmu_target *dt, int status);
 void dmu_flush_fail_all(struct dmu_target *dt, blk_status_t status);

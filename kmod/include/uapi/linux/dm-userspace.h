@@ -137,6 +137,9 @@
  * to daemon_timeout; a noflush suspend with no daemon bound hands waiting
  * I/O back to device-mapper, which issues it again after resume, and that
  * clock stops until the resume, which gives it a whole daemon_timeout.
+ * With a daemon bound it hands back held MAPs, flushes and FUA writes not
+ * yet written or waiting for a COMMIT, and waits for the requests the
+ * daemon has.
  * While the live table is read-only no device is writable (BIND reports
  * writable_devs 0), whatever the table's writable_devs.
  *
