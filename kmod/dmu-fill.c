@@ -76,7 +76,7 @@ static void dmu_end_direct(struct dmu_tracker *tk)
 		/* Each held a tracker reference until now. */
 		atomic_dec(&tk->io_pending);
 		if (!tk->error && (pb->flags & DMU_BIO_FUA)) {
-			if (!dmu_flush_defer(dt, bio, true))
+			if (!dmu_fua_defer(dt, bio))
 				dmu_requeue_bio(dt, bio);
 			continue;
 		}

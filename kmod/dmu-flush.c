@@ -27,33 +27,20 @@
 #include "dmu.h"
 
 /*
- * Queue a flush (from map()) or a completed FUA write for the next cycle.
+ * Queue a flush (from map()) or a written FUA write for the next cycle.
  * Returns false, without queueing, when dm core should requeue it; the
  * caller completes it then, as callers in end_io must not complete their
- * own bio.  During a noflush suspend a flush goes back (its COMMIT may
- * never come, from a daemon that is gone or cannot commit).  dm core
- * decides on a requeue when the bio completes: from map() that is before
- * the suspend waits, so always while it is noflush suspending; from
- * completion it may be after an interrupted suspend stopped that (a split
- * bio's second stage runs later still), and the requeue turns into EIO,
- * which a journal would not survive.  So a completed FUA write goes back
- * only with no daemon (waiting would end in EIO after daemon_timeout
- * anyway); with a daemon bound it waits like a MAP the daemon has, failing
- * only if the daemon does not answer.  presuspend hands back the FUA
- * writes already waiting (dm core drains their second stage before it
- * waits), and map() those not yet written.  A cycle that needs no COMMIT
- * completes without a daemon; one that does waits for one as any request
- * does.
+ * own bio.  A cycle that needs no COMMIT completes without a daemon; one
+ * that does waits for one as any request does.
  */
-bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio,
-		     bool completed_write)
+static bool dmu_commit_defer(struct dmu_target *dt, struct bio *bio,
+			     bool written)
 {
 	unsigned long flags;
 	bool requeue, kick;
 
 	spin_lock_irqsave(&dt->lock, flags);
-	requeue = completed_write ? dmu_must_requeue(dt) :
-				    dmu_must_requeue_flush(dt);
+	requeue = written ? dmu_must_requeue(dt) : dmu_handing_back(dt);
 	if (requeue) {
 		spin_unlock_irqrestore(&dt->lock, flags);
 		return false;
@@ -66,6 +53,46 @@ bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio,
 	if (kick)
 		queue_work(dt->wq, &dt->flush_work);
 	return true;
+}
+
+/*
+ * A flush from map().  During a noflush suspend it goes back to dm core:
+ * its COMMIT may never come, from a daemon that is gone or cannot commit.
+ * dm core decides on a requeue from map() before the suspend waits, so
+ * always while it is noflush suspending.
+ */
+bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio)
+{
+	return dmu_commit_defer(dt, bio, false);
+}
+
+/*
+ * A FUA write, written, waits for the next cycle.  dm core decides on a
+ * requeue from completion, which may be after an interrupted suspend
+ * stopped noflush suspending (a split bio's second stage runs later still),
+ * and the requeue turns into EIO, which a journal would not survive.  So
+ * one goes back only with no daemon (waiting would end in EIO after
+ * daemon_timeout anyway); with a daemon bound it waits like a MAP the
+ * daemon has, failing only if the daemon does not answer.  presuspend
+ * hands back the FUA writes already waiting (dm core drains their second
+ * stage before it waits), and map() those not yet written
+ * (dmu_fua_must_requeue).
+ */
+bool dmu_fua_defer(struct dmu_target *dt, struct bio *bio)
+{
+	return dmu_commit_defer(dt, bio, true);
+}
+
+/* map(): whether a FUA write goes back to dm core before it is written. */
+bool dmu_fua_must_requeue(struct dmu_target *dt)
+{
+	unsigned long flags;
+	bool requeue;
+
+	spin_lock_irqsave(&dt->lock, flags);
+	requeue = dmu_handing_back(dt);
+	spin_unlock_irqrestore(&dt->lock, flags);
+	return requeue;
 }
 
 /*

@@ -222,7 +222,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 	if (unlikely(bio->bi_opf & REQ_PREFLUSH)) {
 		/* dm core sends the data of a flush separately */
 		if (likely(!bio_sectors(bio))) {
-			if (dmu_flush_defer(dt, bio, false))
+			if (dmu_flush_defer(dt, bio))
 				return DM_MAPIO_SUBMITTED;
 			atomic64_inc(&dt->c.requeued);
 			return DM_MAPIO_REQUEUE;
@@ -247,7 +247,7 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 		/*
 		 * A noflush suspend takes a FUA write back before it is
 		 * written: written, it would wait for a COMMIT the daemon may
-		 * never give (dmu_flush_defer says why it is not handed back
+		 * never give (dmu_fua_defer says why it is not handed back
 		 * then).  Those presuspend handed back come here again until
 		 * dm core blocks I/O for the suspend.
 		 */
@@ -296,7 +296,7 @@ static int dmu_end_io(struct dm_target *ti, struct bio *bio,
 	if ((pb->flags & DMU_BIO_FUA) && !*error) {
 		/* Complete it after the next commit (dmu-flush.c). */
 		pb->flags |= DMU_BIO_HELD;
-		if (dmu_flush_defer(dt, bio, true))
+		if (dmu_fua_defer(dt, bio))
 			return DM_ENDIO_INCOMPLETE;
 		pb->flags &= ~DMU_BIO_HELD;
 		atomic64_inc(&dt->c.requeued);

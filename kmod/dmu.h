@@ -190,7 +190,7 @@ struct dmu_drain {
 	wait_queue_head_t idle;
 };
 
-/* ---- requests and trackers (dmu-request.c, dmu-tracker.c) ---- */
+/* ---- requests and trackers (dmu-request.c, -timeout.c, -tracker.c) ---- */
 
 /* Something the daemon reads: a MAP or COMMIT request, or a DONE. */
 enum dmu_msg_kind {
@@ -593,16 +593,18 @@ struct dmu_req *dmu_req_lookup(struct dmu_target *dt, u64 id);
 void dmu_req_unlink(struct dmu_req *req);
 u64 dmu_new_id(void);
 bool dmu_must_fail_now(struct dmu_target *dt);
+bool dmu_handing_back(struct dmu_target *dt);
 bool dmu_must_requeue(struct dmu_target *dt);
-bool dmu_must_requeue_flush(struct dmu_target *dt);
-bool dmu_fua_must_requeue(struct dmu_target *dt);
 void dmu_wake_daemon(struct dmu_target *dt);
 void dmu_end_bio(struct bio *bio, int error);
+void dmu_end_bio_list(struct bio_list *bios, int error);
 void dmu_requeue_bio(struct dmu_target *dt, struct bio *bio);
+void dmu_deferred_work(struct work_struct *work);
+
+/* dmu-timeout.c */
 void dmu_requeue_parked(struct dmu_target *dt);
 void dmu_fail_all(struct dmu_target *dt, blk_status_t status);
 void dmu_daemon_gone(struct dmu_target *dt);
-void dmu_deferred_work(struct work_struct *work);
 void dmu_timeout_work(struct work_struct *work);
 void dmu_arm_timeout(struct dmu_target *dt);
 
@@ -657,8 +659,9 @@ void dmu_stage_work(struct work_struct *work);
 void dmu_direct_write_done(struct dmu_tracker *tk, struct bio *bio);
 
 /* dmu-flush.c */
-bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio,
-		     bool completed_write);
+bool dmu_flush_defer(struct dmu_target *dt, struct bio *bio);
+bool dmu_fua_defer(struct dmu_target *dt, struct bio *bio);
+bool dmu_fua_must_requeue(struct dmu_target *dt);
 void dmu_flush_work(struct work_struct *work);
 void dmu_commit_answered(struct dmu_target *dt, int status);
 void dmu_flush_fail_all(struct dmu_target *dt, blk_status_t status);
