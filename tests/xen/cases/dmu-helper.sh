@@ -104,6 +104,25 @@ stop_rounds() {
   done
 }
 
+# await_rounds DOMAIN NODE N: until the guest's loop has written MiB 2 of
+# NODE with another byte N times (its first byte, read from dom0; a read
+# that fails counts as no change), at most 90 s.  Two changes: a whole
+# round (written, then read back) since the call.
+await_rounds() {
+  _first_byte() { dd if="$1" bs=512 skip=4096 count=1 iflag=direct 2>/dev/null | od -An -tx1 -N1; }
+  _last=$(_first_byte "$2")
+  _n=0 _end=$(($(now_ms) + 90000))
+  while [ $_n -lt "$3" ]; do
+    [ "$(now_ms)" -lt $_end ] || { dom0_state; fail "the guest $1 made $_n of $3 rounds in 90 s"; }
+    guest_alive "$1"
+    sleep 0.2
+    _b=$(_first_byte "$2")
+    [ -n "$_b" ] || continue
+    [ -z "$_last" ] || [ "$_b" = "$_last" ] || _n=$((_n + 1))
+    _last=$_b
+  done
+}
+
 # The guest's loop: each round R writes MiB 2..3 of xvda and MiB 2 of xvdb
 # (and MiB 1 of xvdc from dom0's "use-me" to its "stop-using", which the
 # guest answers with "released") with byte 'A'+R%26 and reads them back,
@@ -382,7 +401,7 @@ pid=$(record_pid "xen-vbd-$sd-51712")
 expect_eq "one mapping process for solo's disks" "$pid" "$(record_pid "xen-vbd-$sd-51728")"
 kill -9 "$pid" || fail "kill -9 $pid"
 wait_new_pid "xen-vbd-$sd-51712" "$pid"
-sleep 20   # rounds after the restart (a round takes several seconds under TCG)
+await_rounds solo "$node_a" 2   # rounds through the new mapping process
 guest_alive solo
 stop_rounds solo "$node_a" "$node_b"
 r=$ROUNDS
