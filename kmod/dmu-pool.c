@@ -304,6 +304,12 @@ static void dmu_pool_kill(struct dmu_target *dt)
 	flush_workqueue(dt->wq);
 	wait_event(dt->drain_wait, dmu_inflight_done(dt));
 	flush_workqueue(dt->wq);
+	/*
+	 * Nothing arms them once dying is set (dmu_arm_timeout and
+	 * dmu_commit_done check it); cancelled again all the same, as work
+	 * left queued here would outlive dt.
+	 */
+	cancel_delayed_work_sync(&dt->timeout_work);
 	cancel_delayed_work_sync(&dt->retry_work);
 	dmu_trackers_exit(dt);
 	dmu_pool_teardown(dt);

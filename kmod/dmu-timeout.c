@@ -134,10 +134,14 @@ void dmu_daemon_gone(struct dmu_target *dt)
 	}
 }
 
-/* Start the timeout clock unless it runs already (0: no timeout). */
+/*
+ * Start the timeout clock unless it runs already (0: no timeout).  Called
+ * with dt->lock or dt->mutex held, under which dying is set: once it is,
+ * teardown has cancelled the clock and it must stay so.
+ */
 void dmu_arm_timeout(struct dmu_target *dt)
 {
-	if (dt->opt.daemon_timeout)
+	if (dt->opt.daemon_timeout && !dt->dying)
 		queue_delayed_work(dt->wq, &dt->timeout_work,
 				   (unsigned long)dt->opt.daemon_timeout * HZ);
 }
