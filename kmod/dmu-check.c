@@ -117,14 +117,29 @@ static bool dmu_ranges_overlap(u64 a, u64 an, u64 b, u64 bn)
 	return a < b + bn && b < a + an;
 }
 
-/* Checks across the messages of one answer. */
+/*
+ * Checks across the messages of one answer, at its FINAL.  Each message
+ * was checked against the table live when it arrived; a reload since (to
+ * a read-only or a shorter table) may have made it bad, so every field is
+ * checked again against the table live now.  dt->mutex, held here and by
+ * dmu_pool_activate, keeps that table until the answer is applied.
+ */
 const char *dmu_check_answer(struct dmu_target *dt, struct dmu_req *req)
 {
 	const struct dmu_response *m = req->msgs, *a, *b;
+	const char *why;
 	unsigned int i, j;
 
+	lockdep_assert_held(&dt->mutex);
 	for (i = 0; i < req->nr_msgs; i++) {
 		a = &m[i];
+		why = dmu_check_fields(dt, a);
+		if (why) {
+			/* dmu_bad logs the FINAL; say which message it was. */
+			DMERR_LIMIT("%s: message %u of the answer to id %#llx, checked again at its FINAL: %s",
+				    dt->key, i, req->id, why);
+			return why;
+		}
 		for (j = i + 1; j < req->nr_msgs; j++) {
 			b = &m[j];
 			if (a->type != b->type)

@@ -496,6 +496,8 @@ static void dmu_requeue_read(struct dmu_target *dt, struct dmu_channel *ch,
 		if (!req || req->state != DMU_RS_SENT)
 			continue;
 		req->state = DMU_RS_QUEUED;
+		/* An answer to an id not read yet was a guess: forget it. */
+		dmu_req_drop_answer(req);
 		list_move(&req->msg.list, &dt->send_queue);
 		/* Not read after all: what it covered was read before it. */
 		if (req->msg.kind == DMU_MSG_COMMIT)

@@ -312,6 +312,8 @@ static void dmu_pool_kill(struct dmu_target *dt)
 	cancel_delayed_work_sync(&dt->timeout_work);
 	cancel_delayed_work_sync(&dt->retry_work);
 	dmu_trackers_exit(dt);
+	/* Every request and push is freed by now, and with it its answer. */
+	WARN_ON_ONCE(atomic_read(&dt->open_msgs));
 	dmu_pool_teardown(dt);
 }
 

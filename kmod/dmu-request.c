@@ -84,11 +84,20 @@ struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp)
 	return req;
 }
 
+/* Forget the answer accumulated so far, and give its room back. */
+void dmu_req_drop_answer(struct dmu_req *req)
+{
+	atomic_sub(req->max_msgs, &req->dt->open_msgs);
+	kfree(req->msgs);
+	req->msgs = NULL;
+	req->nr_msgs = 0;
+	req->max_msgs = 0;
+}
+
 /* Frees a request that is on no list (the embedded COMMIT is never freed). */
 void dmu_req_free(struct dmu_req *req)
 {
-	kfree(req->msgs);
-	req->msgs = NULL;
+	dmu_req_drop_answer(req);
 	if (req == &req->dt->commit)
 		return;
 	if (req->from_pool)

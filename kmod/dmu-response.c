@@ -133,8 +133,16 @@ static void dmu_bad(struct dmu_target *dt, const struct dmu_response *r,
 		dmu_fail_answered(dt, req, -EIO);
 }
 
+/*
+ * Room for one more message of req's answer.  A daemon may leave answers
+ * without FINAL to every MAP it was sent (up to max_unpublished of them),
+ * so their room is bounded across the target too, not only per answer.
+ */
 static int dmu_append(struct dmu_req *req, const struct dmu_response *r)
 {
+	struct dmu_target *dt = req->dt;
+
+	lockdep_assert_held(&dt->mutex);
 	if (req->nr_msgs == DMU_MAX_ANSWER_MSGS)
 		return -E2BIG;
 	if (req->nr_msgs == req->max_msgs) {
@@ -142,9 +150,14 @@ static int dmu_append(struct dmu_req *req, const struct dmu_response *r)
 					 DMU_MAX_ANSWER_MSGS);
 		struct dmu_response *msgs;
 
+		/* Only appends grow it, all under dt->mutex: no race here. */
+		if (atomic_read(&dt->open_msgs) + max - req->max_msgs >
+		    DMU_MAX_OPEN_MSGS)
+			return -ENOSPC;
 		msgs = krealloc_array(req->msgs, max, sizeof(*msgs), GFP_KERNEL);
 		if (!msgs)
 			return -ENOMEM;
+		atomic_add(max - req->max_msgs, &dt->open_msgs);
 		req->msgs = msgs;
 		req->max_msgs = max;
 	}
@@ -587,9 +600,12 @@ static const char *dmu_handle_piece(struct dmu_target *dt,
 			return "COPY in the answer to a discard";
 	}
 	error = dmu_append(req, r);
+	if (error == -E2BIG)
+		return "answer has too many messages";
+	if (error == -ENOSPC)
+		return "too many messages in answers without FINAL";
 	if (error)
-		return error == -E2BIG ? "answer has too many messages" :
-					 "no memory for the answer";
+		return "no memory for the answer";
 	if (r->flags & DMU_RSP_FINAL)
 		return dmu_finish_answer(dt, req, 0);
 	return NULL;

@@ -95,7 +95,8 @@ void dmu_daemon_gone(struct dmu_target *dt)
 
 		req->state = DMU_RS_QUEUED;
 		req->resent = true;
-		req->nr_msgs = 0;
+		/* The next daemon answers it whole, in room of its own. */
+		dmu_req_drop_answer(req);
 		atomic64_inc(&dt->c.resent);
 	}
 	list_splice_init(&dt->sent, &dt->send_queue);

@@ -90,6 +90,8 @@
 #define DMU_MAX_DEVS		64
 #define DMU_MAX_ANSWER_MSGS	256	/* messages accumulated per answer */
 #define DMU_MAX_OPEN_PUSHES	16	/* push batches without FINAL yet */
+/* Room for messages of answers and pushes without FINAL yet (1 MiB). */
+#define DMU_MAX_OPEN_MSGS	16384
 #define DMU_MAX_PUSH_FILLS	64	/* pushes whose NEW extents are filling */
 #define DMU_IO_MSGS		64	/* messages per read()/write() chunk */
 #define DMU_MAX_LIST		256	/* entries copied per LIST chunk */
@@ -410,6 +412,8 @@ struct dmu_target {
 	unsigned int nr_pending;	/* unanswered MAP and COMMIT */
 	struct list_head pushes;	/* open push batches (dt->mutex) */
 	unsigned int nr_pushes;
+	/* dmu_req.max_msgs of every request: grows under dt->mutex */
+	atomic_t open_msgs;
 	struct bio_list deferred;	/* misses that could not allocate */
 
 	/* trackers (dmu-tracker.c), under dt->lock */
@@ -588,6 +592,7 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 int dmu_queue_discard(struct dmu_target *dt, struct bio *bio,
 		      enum dmu_route how);
 struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp);
+void dmu_req_drop_answer(struct dmu_req *req);
 void dmu_req_free(struct dmu_req *req);
 struct dmu_req *dmu_req_lookup(struct dmu_target *dt, u64 id);
 void dmu_req_unlink(struct dmu_req *req);

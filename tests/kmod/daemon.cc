@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 namespace dmu::testd {
 namespace {
@@ -250,6 +251,13 @@ Result<void> Daemon::send_hostile(std::span<const dmu_request> qs) {
     if (cgot > 0) counters_.responses += static_cast<uint64_t>(cgot) / sizeof(dmu_response);
     cleanup = " cleanup_expected=" + std::to_string(want) + " cleanup_got=" + std::to_string(cgot);
   }
+  if (!a.after_gate.empty()) {
+    event("gate_wait", "file=" + config_.gate_file);
+    const long ggot = wait_for_gate() ? channel_.write_raw(as_bytes(a.after_gate)) : 0;
+    ok = ok && ggot == a.after_gate_expected;
+    cleanup += " gate_expected=" + std::to_string(a.after_gate_expected) +
+               " gate_got=" + std::to_string(ggot);
+  }
   awaited_dones_.insert(a.awaited_dones.begin(), a.awaited_dones.end());
   if (ok)
     ++counters_.hostile_as_promised;
@@ -263,6 +271,16 @@ Result<void> Daemon::send_hostile(std::span<const dmu_request> qs) {
             cleanup + " fates=" + fates_text(a.fates) +
             " awaited_dones=" + std::to_string(a.awaited_dones.size()) + " ok=" + (ok ? "1" : "0"));
   return {};
+}
+
+bool Daemon::wait_for_gate() const {
+  // The case reloads the table meanwhile: nothing is owed to the kernel
+  // (the request is answered, the push has no I/O), so block.
+  for (int i = 0; i < kGateWaitMs / 20; ++i) {
+    if (std::filesystem::exists(config_.gate_file)) return true;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return false;
 }
 
 Result<void> Daemon::release_held() {

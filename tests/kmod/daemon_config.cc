@@ -41,6 +41,8 @@ constexpr HostileName kHostile[] = {
     {HostileKind::PushFillLimit, "push-fill-limit"},
     {HostileKind::NewOverBusy, "new-over-busy"},
     {HostileKind::PushNewOverBusy, "push-new-over-busy"},
+    {HostileKind::OpenMsgsLimit, "open-msgs-limit"},
+    {HostileKind::PushAcrossReload, "push-across-reload"},
     {HostileKind::PushFlood, "push-flood"},
 };
 

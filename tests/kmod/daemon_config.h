@@ -51,6 +51,13 @@ enum class HostileKind {
   NewOverBusy,       // two requests: the first gets a NEW extent, the second, while that
                      // one is being filled, a NEW extent overlapping it
   PushNewOverBusy,   // a NEW extent for the request, then a push with a NEW extent over it
+  OpenMsgsLimit,     // 64 requests left with 255 messages each and no FINAL (room for 256:
+                     // the kernel's room for open answers), a message for a 65th, then
+                     // the 64 FINALs
+  PushAcrossReload,  // the request answered, a push opened with a NEW extent on the last
+                     // block; FINAL only once --gate FILE exists (the case reloads the table
+                     // read-only or shorter meanwhile): the kernel must check the whole
+                     // push again at FINAL and refuse it
   PushFlood,         // no bad message: valid pushes of 256 extents, as fast as it can,
                      // for flood_ms (a daemon trying to exhaust the kernel's memory)
 };
@@ -85,6 +92,7 @@ struct DaemonConfig {
   uint64_t hang_after_requests = 0;  // stop answering once this many MAPs were read (restart tests)
   uint64_t kill_after_requests = 0;  // die (SIGKILL) right after handling the N-th request
   uint32_t flood_ms = 10000;         // hostile push-flood: how long to push
+  std::string gate_file = {};        // hostile push-across-reload: FINAL once this file exists
   std::string model_device = {};     // model: device 0 (the table's first data device)
   bool verbose = false;              // log every request and response
 };
@@ -104,6 +112,6 @@ inline constexpr HostileKind kAllHostileKinds[] = {
     HostileKind::CopyWrap,       HostileKind::InvalidateWrap,  HostileKind::WritableReadOnly,
     HostileKind::AnswerTooLong,  HostileKind::PushOpenLimit,   HostileKind::PushTooLong,
     HostileKind::PushFillLimit,  HostileKind::NewOverBusy,     HostileKind::PushNewOverBusy,
-    HostileKind::PushFlood};
+    HostileKind::OpenMsgsLimit,  HostileKind::PushAcrossReload, HostileKind::PushFlood};
 
 }  // namespace dmu::testd

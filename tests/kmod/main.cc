@@ -87,6 +87,8 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
                                         hostile_kinds()).c_str())
       ("flood-ms", po::value(&c.flood_ms)->default_value(c.flood_ms),
        "hostile push-flood: push for N ms after start, then serve as identity")
+      ("gate", po::value(&c.gate_file),
+       "hostile push-across-reload: send the push's FINAL once this file exists")
       ("copy-half", po::bool_switch(&c.copy_half),
        "copy mode: COPY only the first half of each block (the kernel zeroes the rest)")
       ("features", po::value(&c.features)->default_value(c.features), "feature bits to ask for")
@@ -128,6 +130,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       return 2;
     }
     c.hostile = *k;
+    if (c.hostile == HostileKind::PushAcrossReload && c.gate_file.empty()) {
+      std::cerr << "dmu-test-daemon: --hostile push-across-reload needs --gate FILE\n";
+      return 2;
+    }
   }
   if (c.mode == Mode::Error || c.mode == Mode::Hostile) {
     auto r = parse_block_range(blocks);

@@ -72,9 +72,10 @@ Result<Responder> Responder::create(const DaemonConfig& config, const Geometry& 
     const std::string name(hostile_name(k));
     const bool pushes = k == HostileKind::PushOpenLimit || k == HostileKind::PushTooLong ||
                         k == HostileKind::PushFillLimit || k == HostileKind::PushNewOverBusy ||
-                        k == HostileKind::PushFlood;
+                        k == HostileKind::PushAcrossReload || k == HostileKind::PushFlood;
     const bool fills = k == HostileKind::CopyWrap || k == HostileKind::PushFillLimit ||
-                       k == HostileKind::NewOverBusy || k == HostileKind::PushNewOverBusy;
+                       k == HostileKind::NewOverBusy || k == HostileKind::PushNewOverBusy ||
+                       k == HostileKind::PushAcrossReload;
     if (pushes && !(g.features & DMU_FEATURE_PUSH))
       return fail(EINVAL, "hostile kind " + name + " needs DMU_FEATURE_PUSH");
     if (fills && !(g.features & DMU_FEATURE_COPY))
@@ -250,7 +251,14 @@ std::string_view fate_name(Fate f) {
 }
 
 size_t Responder::hostile_requests() const {
-  return config_.hostile == HostileKind::NewOverBusy ? 2 : 1;
+  switch (config_.hostile) {
+    case HostileKind::NewOverBusy:
+      return 2;
+    case HostileKind::OpenMsgsLimit:
+      return limits::kOpenMsgs / limits::kAnswerMessages + 1;
+    default:
+      return 1;
+  }
 }
 
 bool Responder::floods() const {
@@ -437,6 +445,39 @@ HostileAnswer Responder::hostile_answer(std::span<const dmu_request> qs, uint64_
       msgs = {remap_extent(q.id, b, 1, 0, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, true),
               remap_extent(id, b, 1, 0, sector_of(b), DMU_EXT_WRITABLE | DMU_EXT_NEW, true)};
       bad_index = 1;
+      fate = Fate::Succeeds;
+      break;
+    }
+    case HostileKind::OpenMsgsLimit:
+      // Every request but the last gets 255 messages and no FINAL: room for
+      // 256 each, together the room the kernel gives open answers.  The
+      // last one's first message finds no room (and fails it); then each
+      // open answer gets its 256th message, FINAL, and succeeds.
+      for (size_t i = 0; i + 1 < qs.size(); ++i) {
+        for (uint64_t k = 0; k < kMaxAnswerMessages; ++k) {
+          const uint64_t blk = (qs[i].block + k) % blocks;
+          const bool last = k + 1 == kMaxAnswerMessages;
+          (last ? a.cleanup : msgs)
+              .push_back(remap_extent(qs[i].id, blk, 1, 0, sector_of(blk), 0, last));
+        }
+        a.fates.push_back({qs[i].id, qs[i].block, Fate::Succeeds});
+      }
+      msgs.push_back(remap_extent(q.id, b, 1, 0, sector_of(b), wflag, true));
+      bad_index = msgs.size() - 1;
+      break;
+    case HostileKind::PushAcrossReload: {
+      // Each message is valid against the table live when it arrives.  The
+      // open push's NEW extent is not, once the case reloaded the table
+      // read-only or without the last block; its FINAL (a ZERO extent well
+      // inside the target) is: only a check of the whole push at FINAL
+      // refuses it, before the kernel zero-fills the last block.
+      const uint64_t id = DMU_PUSH_ID | kHostilePushBase | (sequence << 16);
+      const uint64_t last = tail_block(0), inside = tail_block(16);
+      msgs = {valid, remap_extent(id, last, 1, 0, sector_of(last),
+                                  DMU_EXT_WRITABLE | DMU_EXT_NEW, false)};
+      bad_index = msgs.size();  // all of it accepted
+      a.after_gate = {zero_extent(id, inside, 1, true)};
+      a.after_gate_expected = -EINVAL;
       fate = Fate::Succeeds;
       break;
     }

@@ -52,11 +52,15 @@ struct HostileAnswer {
   long expected_return = 0;        // bytes consumed before the bad message, or -EINVAL
   std::vector<RequestFate> fates;  // one per request the answer was written for
   // Sent in a write() of its own afterwards, all of it must be accepted
-  // (push-open-limit: FINAL for the 16 pushes it left open).
+  // (push-open-limit, open-msgs-limit: FINAL for what it left open).
   std::vector<dmu_response> cleanup;
   // Push ids whose DONE the kernel owes once their fills land: the daemon
   // holds the next hostile answer until they arrived (push-fill-limit).
   std::vector<uint64_t> awaited_dones;
+  // Sent in a write() of its own once the --gate file exists, expecting
+  // after_gate_expected (push-across-reload: the FINAL of its open push).
+  std::vector<dmu_response> after_gate;
+  long after_gate_expected = 0;
 };
 
 // Limits the kernel documents (kmod/include/uapi/linux/dm-userspace.h).
@@ -64,6 +68,7 @@ namespace limits {
 inline constexpr size_t kAnswerMessages = 256;  // messages per answer or push
 inline constexpr size_t kOpenPushes = 16;       // push batches without FINAL
 inline constexpr size_t kPushFills = 64;        // pushes with NEW extents filling
+inline constexpr size_t kOpenMsgs = 16384;      // messages of answers without FINAL
 }  // namespace limits
 
 class Responder {

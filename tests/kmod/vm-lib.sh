@@ -106,6 +106,18 @@ check_dmesg() {
   fi
 }
 
+# wait_until SECONDS WHAT CMD...: runs CMD every 0.1 s until it succeeds;
+# fails the case ("WHAT") if it has not after SECONDS.
+wait_until() {
+  _secs=$1 _what=$2
+  shift 2
+  _end=$(($(date +%s) + _secs))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$_end" ] || fail "$_what (waited ${_secs} s)"
+    sleep 0.1
+  done
+}
+
 # read_block DEV BYTES INDEX: one direct read of block INDEX of size BYTES.
 read_block() {
   dd if="$1" of=/dev/null bs="$2" skip="$3" count=1 iflag=direct status=none

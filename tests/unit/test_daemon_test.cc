@@ -253,7 +253,8 @@ TEST(TestDaemonResponder, Hostile_FateOfEachKind) {
       {HostileKind::WritableReadOnly, Fate::Fails},   {HostileKind::AnswerTooLong, Fate::Fails},
       {HostileKind::PushOpenLimit, Fate::Pending},    {HostileKind::PushTooLong, Fate::Pending},
       {HostileKind::PushFillLimit, Fate::Pending},    {HostileKind::NewOverBusy, Fate::Fails},
-      {HostileKind::PushNewOverBusy, Fate::Succeeds},
+      {HostileKind::PushNewOverBusy, Fate::Succeeds}, {HostileKind::OpenMsgsLimit, Fate::Fails},
+      {HostileKind::PushAcrossReload, Fate::Succeeds},
   };
   EXPECT_EQ(std::size(expected) + 1, std::size(kAllHostileKinds));  // + push-flood
   for (auto [kind, fate] : expected) {
@@ -366,6 +367,31 @@ TEST(TestDaemonResponder, Hostile_LimitKindsGoOnePastTheLimit) {
     EXPECT_EQ(a.expected_return, 64 * 64);
     EXPECT_EQ(a.awaited_dones.size(), 64u);
   }
+  {
+    auto r = make({.mode = Mode::Hostile, .blocks = {0, 80}, .hostile = HostileKind::OpenMsgsLimit});
+    ASSERT_EQ(r.hostile_requests(), 65u);
+    std::vector<dmu_request> qs;
+    for (uint64_t i = 0; i < 65; ++i) qs.push_back(map_request(100 + i, i, 1, 0));
+    auto a = r.hostile_answer(qs, 0);
+    auto m = messages(a.bytes);
+    ASSERT_EQ(m.size(), 64u * 255 + 1);
+    for (size_t i = 0; i + 1 < m.size(); ++i) {
+      EXPECT_EQ(m[i].id, 100 + i / 255);
+      EXPECT_EQ(m[i].flags, 0u);  // no FINAL: every answer stays open
+    }
+    EXPECT_EQ(m.back().id, 164u);
+    EXPECT_EQ(a.expected_return, 64 * 255 * 64);
+    ASSERT_EQ(a.cleanup.size(), 64u);  // then each answer's 256th message, FINAL
+    for (size_t i = 0; i < 64; ++i) {
+      EXPECT_EQ(a.cleanup[i].id, 100 + i);
+      EXPECT_EQ(a.cleanup[i].flags, uint32_t{DMU_RSP_FINAL});
+      EXPECT_EQ(a.cleanup[i].block, i + 255);  // past the answer's other 255 blocks
+    }
+    ASSERT_EQ(a.fates.size(), 65u);
+    EXPECT_EQ(a.fates[0].fate, Fate::Succeeds);
+    EXPECT_EQ(a.fates[63].fate, Fate::Succeeds);
+    EXPECT_EQ(a.fates[64].fate, Fate::Fails);
+  }
 }
 
 TEST(TestDaemonResponder, Hostile_NewOverBusyAnswersTheFirstThenOverlapsIt) {
@@ -395,6 +421,31 @@ TEST(TestDaemonResponder, Hostile_NewOverBusyAnswersTheFirstThenOverlapsIt) {
   EXPECT_EQ(pm[1].block, pm[0].block);
   EXPECT_EQ(pm[1].ext_flags, uint32_t{DMU_EXT_WRITABLE | DMU_EXT_NEW});
   EXPECT_EQ(p.expected_return, 64);
+}
+
+// push-across-reload: every message valid against the table it meets;
+// only the push's NEW extent on the last block goes bad with a reload, and
+// its FINAL (sent after the gate) is a ZERO extent well inside the target.
+TEST(TestDaemonResponder, Hostile_PushAcrossReloadLeavesThePushOpenUntilTheGate) {
+  const auto q = map_request(7, 3, 1, 0);
+  auto a = answer_of(HostileKind::PushAcrossReload, 0, {&q, 1});
+  auto m = messages(a.bytes);
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].id, 7u);
+  EXPECT_EQ(m[0].flags, uint32_t{DMU_RSP_FINAL});
+  EXPECT_TRUE(proto::is_push_id(m[1].id));
+  EXPECT_EQ(m[1].flags, 0u);
+  EXPECT_EQ(m[1].block, kSectors / kBs - 1);
+  EXPECT_EQ(m[1].ext_flags, uint32_t{DMU_EXT_WRITABLE | DMU_EXT_NEW});
+  EXPECT_EQ(a.expected_return, 2 * 64);
+  ASSERT_EQ(a.after_gate.size(), 1u);
+  EXPECT_EQ(a.after_gate[0].id, m[1].id);
+  EXPECT_EQ(a.after_gate[0].flags, uint32_t{DMU_RSP_FINAL});
+  EXPECT_EQ(a.after_gate[0].kind, uint32_t{DMU_EXT_ZERO});
+  EXPECT_LT(a.after_gate[0].block + 8, m[1].block);
+  EXPECT_EQ(a.after_gate_expected, -EINVAL);
+  ASSERT_EQ(a.fates.size(), 1u);
+  EXPECT_EQ(a.fates[0].fate, Fate::Succeeds);
 }
 
 TEST(TestDaemonResponder, Hostile_KindsRefuseTargetsThatCannotShowThem) {
@@ -576,6 +627,26 @@ TEST(TestDaemonLoop, CommitErrnoWhile_FailsOnlyWhileTheFileExists) {
   ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
   EXPECT_EQ(t.kernel.committed[2], -EIO);
   std::filesystem::remove(flag);
+}
+
+// The FINAL waits for the gate file.  FakeKernel knows no reload, so it
+// accepts that FINAL: the daemon must report the promise broken.
+TEST(TestDaemonLoop, Hostile_PushAcrossReloadSendsFinalOnceTheGateExists) {
+  const auto gate =
+      std::filesystem::temp_directory_path() / ("dmu-gate-" + std::to_string(::getpid()));
+  { std::ofstream{gate}; }
+  Loop t({.mode = Mode::Hostile,
+          .blocks = {0, 8},
+          .hostile = HostileKind::PushAcrossReload,
+          .gate_file = gate.string()});
+  t.kernel.issue(map_request(1, 2, 1, 0));
+  ASSERT_TRUE(t.daemon.step(std::chrono::milliseconds(0)));
+  std::filesystem::remove(gate);
+  EXPECT_TRUE(t.kernel.completed.count(1));
+  EXPECT_EQ(t.kernel.writes, 2);  // the answer with the open push, then its FINAL
+  EXPECT_NE(t.log.str().find("event=gate_wait file=" + gate.string()), std::string::npos);
+  EXPECT_NE(t.log.str().find("gate_expected=-22 gate_got=64"), std::string::npos);
+  EXPECT_EQ(t.daemon.counters().hostile_broken, 1u);
 }
 
 TEST(TestDaemonLoop, Marker_SeesCommitArriveThenItsAnswerAfterTheDelay) {

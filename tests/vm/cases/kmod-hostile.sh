@@ -108,9 +108,15 @@ base=$(dmu_slabs)
 echo "slab baseline: $base"
 [ -n "$base" ] || { grep -i dmu /proc/slabinfo; fail "no dmu slab caches in /proc/slabinfo"; }
 
+# open-msgs-limit: 65 reads at once; 64 answers fill the kernel's room for
+# open answers, the 65th finds no room, then the 64 get their FINAL.
+OPEN_IO=$(i=0; while [ $i -le 64 ]; do printf 'r%d,' $i; i=$((i + 1)); done | sed 's/,$//')
+OPEN_WANT=fails$(i=0; while [ $i -lt 64 ]; do printf ',succeeds'; i=$((i + 1)); done)
+
 # KIND FATES DEVICE(S) OPTIONS IO...: the fates the kind's answers must
 # claim (sorted), the table's devices and options, the hostile I/O (rN/wN,
-# all at once, blocks inside the hostile range 0:4).
+# all at once; the hostile range is blocks 0 to the highest of them, at
+# least 0:4).
 while read -r kind want devs opts io; do
   [ -n "$kind" ] || continue
   step "hostile kind $kind"
@@ -123,7 +129,9 @@ while read -r kind want devs opts io; do
   esac
   # shellcheck disable=SC2086
   dmu_create h "hk-$kind" 8 "$(echo "$opts" | tr , ' ')" $devlist
-  daemon_start $LOG --key "hk-$kind" --mode hostile --hostile "$kind" --blocks 0:4
+  last=$(echo "$io" | tr , '\n' | cut -c2- | sort -n | tail -n 1)
+  [ "$last" -ge 3 ] || last=3
+  daemon_start $LOG --key "hk-$kind" --mode hostile --hostile "$kind" --blocks "0:$((last + 1))"
   t0=$(now_ms)
   blocks=
   for x in $(echo "$io" | tr , ' '); do
@@ -188,7 +196,53 @@ push-too-long      pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,
 push-fill-limit    pending,pending            slow 2,daemon_timeout,$TMO  r1,w3
 new-over-busy      fails,succeeds             slow 2,daemon_timeout,$TMO  w1,w2
 push-new-over-busy succeeds,succeeds          slow 2,daemon_timeout,$TMO  r1,w3
+open-msgs-limit    $OPEN_WANT fast 2,daemon_timeout,$TMO $OPEN_IO
 EOF
+
+# A push opened before a reload and closed after it: each message was
+# valid against the table it met, but the NEW extent on the last block is
+# not against the new one (read-only; or shorter, without that block).  The
+# kernel must check the whole push again at FINAL, refuse it, and never
+# zero-fill that block of the device (random data put there first).
+LAST=$((SZ / 8 - 1))
+for how in readonly shorter; do
+  step "a push across a $how reload is checked again at its FINAL"
+  : >$LOG
+  rm -f /tmp/gate
+  dd if=/dev/urandom of="$LOOP" bs=4096 seek=$LAST count=1 oflag=direct conv=notrunc status=none
+  before=$(block_md5 "$LOOP" $LAST)
+  dmu_create h "hk-reload-$how" 8 "2 daemon_timeout $TMO" "$LOOP"
+  daemon_start $LOG --key "hk-reload-$how" --mode hostile --hostile push-across-reload \
+    --blocks 0:4 --gate /tmp/gate
+  read_block /dev/mapper/h 4096 1 || fail "$how: the read the push rides on failed"
+  wait_until 30 "$how: the daemon never opened its push" grep -q "event=gate_wait" $LOG
+  case $how in
+    readonly) echo "0 $SZ userspace hk-reload-$how 8 1 $LOOP 2 daemon_timeout $TMO" |
+      dmsetup reload --readonly h || fail "reload --readonly" ;;
+    shorter) echo "0 $((SZ - 16)) userspace hk-reload-$how 8 1 $LOOP 2 daemon_timeout $TMO" |
+      dmsetup reload h || fail "reload shorter" ;;
+  esac
+  dmsetup resume h || fail "$how: resume"
+  bad0=$(dmu_stat h bad)
+  touch /tmp/gate
+  wait_until 30 "$how: the daemon never sent its FINAL" grep -q "event=hostile " $LOG
+  grep "event=hostile " $LOG
+  expect_eq "$how: bad messages counted for the FINAL" $((bad0 + 1)) "$(dmu_stat h bad)"
+  case $how in
+    readonly) why="writable extent on a read-only device" ;;
+    shorter) why="EXTENT beyond the end of the target" ;;
+  esac
+  dmesg | tail -5 | grep -q "message 0 of the answer to id .*checked again at its FINAL: $why" ||
+    { dmesg | tail -5; fail "$how: the refusal did not name the push's NEW extent ($why)"; }
+  read_block /dev/mapper/h 4096 100 || fail "$how: a read after the refused push failed"
+  daemon_stop $LOG
+  expect_eq "$how: answers with the promised write() result" 1 \
+    "$(daemon_value $LOG counters hostile_as_promised)"
+  expect_eq "$how: broken promises" 0 "$(daemon_value $LOG counters hostile_broken)"
+  # Removal waits for every fill: a wrongly accepted push has landed by now.
+  timeout 60 dmsetup remove h || fail "$how: dmsetup remove"
+  expect_eq "$how: the last block of the data device" "$before" "$(block_md5 "$LOOP" $LAST)"
+done
 
 step "push flood: 256-extent pushes as fast as the daemon can, max_extents 1024"
 : >$LOG

@@ -149,11 +149,16 @@
  *
  * Validation: the kernel checks every field of every message (type, flags,
  * kind, device index, sector ranges within the device and the target, lengths
- * non-zero, reserved and unused fields zero, id pending).  A bad message is
+ * non-zero, reserved and unused fields zero, id pending), each when it
+ * arrives and all of an answer's again at its FINAL, against the table live
+ * then (a reload between them may have made the device read-only or the
+ * target shorter: then FINAL is the bad message).  A bad message is
  * counted, fails only the I/O of its request, and ends the write() at that
  * message: write() returns the bytes consumed before it, or -EINVAL if it was
- * the first.  At most 256 messages make one answer or push, at most 16 push
- * batches may be open, at most 64 pushes may have NEW extents being filled;
+ * the first.  At most 256 messages make one answer or push, answers and
+ * pushes without their FINAL yet hold at most 16384 messages together (an
+ * answer's room grows by doubling from 8), at most 16 push batches may be
+ * open, at most 64 pushes may have NEW extents being filled;
  * a push with NEW extents is also refused while the device is suspended or
  * the answers waiting to be published and the MAP requests out with the
  * daemon reach max_unpublished (a module parameter, 16384 by default); new
