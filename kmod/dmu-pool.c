@@ -203,6 +203,16 @@ static char *dmu_pool_mismatch(struct dmu_target *dt, struct dmu_tc *tc)
 	for (i = 0; i < tc->nr_devs; i++)
 		if (tc->devs[i]->bdev != dt->bdev[i])
 			return "A reload must name the same data devices in the same order";
+	/*
+	 * A partial last block's tail lies outside the target: no fill wrote
+	 * it and no answer was checked against it, so nothing the daemon
+	 * answered for the block holds there.  (dt->len is the live table's:
+	 * only a resume racing this load can change it before this table is
+	 * resumed, and dmu_pool_activate covers that.)
+	 */
+	lockdep_assert_held(&dt->mutex);
+	if (tc->ti->len > dt->len && (dt->len & (dt->block_sectors - 1)))
+		return "A reload may grow the target only from a whole number of blocks";
 	return NULL;
 }
 
@@ -254,9 +264,10 @@ void dmu_pool_activate(struct dmu_tc *tc)
 	dt->cache.max = dt->opt.max_extents;
 	spin_unlock_irq(&dt->cache.lock);
 	/*
-	 * A shorter target: nothing may map past its end.  A longer one whose
-	 * old last block was partial: that block's tail was never filled or
-	 * checked against its device, so forget the block.
+	 * A shorter target: nothing may map past its end.  A longer one grows
+	 * from a whole number of blocks (dmu_pool_mismatch); should a load
+	 * racing a resume of another table slip one past that check, the old
+	 * partial last block is forgotten here all the same.
 	 */
 	if (dt->len != old_len) {
 		unsigned int noio = memalloc_noio_save();

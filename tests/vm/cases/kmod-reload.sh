@@ -2,7 +2,8 @@
 # The target's state outlives tables, suspends and daemons:
 #  - a key belongs to one device (a second device naming it is refused);
 #  - a table reload keeps the cache (no new requests for cached blocks) and
-#    runs under fio with verify without an error;
+#    runs under fio with verify without an error; it may shrink the target,
+#    and grow it only from a whole number of blocks;
 #  - a noflush suspend with no daemon hands waiting I/O back to dm (it
 #    completes after resume, when a daemon is back); a flushing suspend
 #    waits for a daemon within daemon_timeout instead of failing I/O; a
@@ -165,6 +166,36 @@ for op in read write; do
   kill -9 $STALL
   wait $STALL 2>/dev/null
 done
+
+step "a reload may change the length, but grow only from a whole number of blocks"
+# A partial last block's tail lies outside the target: never filled nor
+# checked against its device, so no answer for the block holds there.
+OSZ=$(blockdev --getsz "$OTHER")
+grow_table() { echo "0 $1 userspace gr1 8 1 $OTHER 2 daemon_timeout 20"; }
+grow_to() { # SECTORS: reload and resume g with that length
+  grow_table "$1" | dmsetup reload g || fail "reload g to $1 sectors"
+  dmsetup resume g || fail "resume g at $1 sectors"
+  expect_eq "sectors of g" "$1" "$(blockdev --getsz /dev/mapper/g)"
+}
+maps_for() { grep -c "event=request MAP id=[0-9]* block=$1+" /tmp/grow.log; } # BLOCK
+grow_table $((OSZ - 16)) | dmsetup create g || fail "create g"
+dmsetup mknodes
+daemon_start /tmp/grow.log --key gr1 --mode zero -v
+B=$((OSZ / 8 - 3)) # the last block
+read_block /dev/mapper/g 4096 $B || fail "read the last block"
+grow_to $((OSZ - 12)) # from whole blocks: the cache stays
+read_block /dev/mapper/g 4096 $B || fail "read the block after the grow"
+expect_eq "MAPs for a block cached before a grow" 1 "$(maps_for $B)"
+if grow_table "$OSZ" | dmsetup reload g 2>/tmp/grow.err; then
+  fail "a reload grew g from a partial last block"
+fi
+dmesg | tail -5 | grep -q "grow the target only from a whole number of blocks" ||
+  { dmesg | tail -5; fail "no reason logged for the refused grow"; }
+expect_eq "sectors of g after the refused grow" $((OSZ - 12)) "$(blockdev --getsz /dev/mapper/g)"
+grow_to $((OSZ - 24)) # shrinking is always allowed, also from a partial block
+grow_to "$OSZ" # (the test daemon keeps the length it bound at: no reads past it)
+daemon_stop /tmp/grow.log
+timeout 20 dmsetup remove g || fail "remove g"
 
 step "DONE is never lost: daemon 1 reads it and dies; a reload; daemon 2 gets it again"
 dmu-kmod-probe done-replay --key rl1 --phase 1 --block 7000 2>/tmp/p1.log &

@@ -27,7 +27,10 @@
  * A table reload (a new table naming the same key on the same dm device)
  * keeps the target's state: cached extents, pending requests, unpublished
  * DONEs and the bound daemon.  It must name the same data devices in the
- * same order and the same block_sectors.
+ * same order and the same block_sectors.  It may change the length (a
+ * shorter target drops the extents past its end), but grow only from a
+ * whole number of blocks: a partial last block's tail lies outside the
+ * target, never filled nor checked, so no answer for the block holds there.
  *
  * Control device: /dev/dm-userspace (misc, root only).  A daemon opens it,
  * binds to a key with DMU_IOC_BIND, then read()s requests and write()s
