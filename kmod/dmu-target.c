@@ -230,6 +230,13 @@ static int dmu_map(struct dm_target *ti, struct bio *bio)
 		bio->bi_opf &= ~REQ_PREFLUSH;
 		bio->bi_opf |= REQ_FUA;
 	}
+	/*
+	 * A read-only table writes no device.  The block layer only warns
+	 * when a writer that opened the device before a reload --readonly
+	 * goes on, and cached writable extents would take its writes.
+	 */
+	if (unlikely(op_is_write(bio_op(bio)) && READ_ONCE(dt->read_only)))
+		return DM_MAPIO_KILL;
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
 	case REQ_OP_WRITE:

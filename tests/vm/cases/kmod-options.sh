@@ -7,6 +7,8 @@
 #    more than one internal chunk);
 #  - writable_devs: devices past it are opened read-only (a read-only loop
 #    device works) and a writable extent on one fails its bio;
+#  - a read-only table writes no device, also for a writer that opened it
+#    before a reload --readonly, through extents cached writable;
 #  - discard_passdown: discarding blocks punches the data out of the file
 #    behind the data device.
 # vm: kernels=6.1,6.12 timeout=300 disks=256M boot=kmod-short
@@ -79,6 +81,31 @@ dmsetup resume rt || fail "resume rt read-write"
 read_block /dev/mapper/rt 4096 4 || fail "a writable extent after the reload read-write"
 probe_stop $LOG
 dmsetup remove rt || fail "remove rt"
+
+step "reloaded read-only under a writer: no write reaches the device"
+# A writer in the kernel (blkback, a file system, a dm device stacked on
+# this one: here dm-linear) goes on writing after a reload --readonly (the
+# block layer only warns), into blocks cached with writable extents.
+echo "0 $SZ userspace ro2 8 1 $LOOP" | dmsetup create rw || fail "create rw"
+dmsetup mknodes
+daemon_start /tmp/ro2.log --key ro2 --mode identity
+dd if=/dev/urandom of=/dev/mapper/rw bs=4096 count=8 oflag=direct conv=notrunc status=none ||
+  fail "write blocks 0-7 (cached writable from now on)"
+echo "0 $SZ linear /dev/mapper/rw 0" | dmsetup create top || fail "create top over rw"
+dmsetup mknodes
+echo "0 $SZ userspace ro2 8 1 $LOOP" | dmsetup reload --readonly rw || fail "reload rw read-only"
+dmsetup resume rw || fail "resume rw read-only"
+m1=$(dd if="$LOOP" bs=4096 count=8 iflag=direct status=none | md5sum)
+if dd if=/dev/urandom of=/dev/mapper/top bs=4096 count=1 seek=5 oflag=direct conv=notrunc \
+  status=none 2>/tmp/ro-dd.err; then
+  fail "a write through the read-only table succeeded"
+fi
+grep -q "Input/output error" /tmp/ro-dd.err || { cat /tmp/ro-dd.err; fail "the write failed, but not with EIO"; }
+expect_eq "blocks 0-7 of the device after a write to the read-only table" "$m1" \
+  "$(dd if="$LOOP" bs=4096 count=8 iflag=direct status=none | md5sum)"
+dmsetup remove top || fail "remove top"
+daemon_stop /tmp/ro2.log
+dmsetup remove rw || fail "remove rw"
 
 step "discard_passdown: discarded blocks leave holes in the file behind the loop device"
 dd if=/dev/urandom of=/data/disk.img bs=1M count=64 conv=notrunc status=none

@@ -144,7 +144,9 @@
  * yet written or waiting for a COMMIT, and waits for the requests the
  * daemon has.
  * While the live table is read-only no device is writable (BIND reports
- * writable_devs 0), whatever the table's writable_devs.
+ * writable_devs 0), whatever the table's writable_devs, and every write
+ * and discard fails with EIO, also one from a writer that opened the
+ * device before a reload --readonly, on a block cached writable.
  *
  * Pushes: the daemon may send EXTENT/COPY messages nobody asked for, under an
  * id of its own choosing with DMU_PUSH_ID set, the batch ending in
