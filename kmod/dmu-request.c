@@ -87,6 +87,10 @@ struct dmu_req *dmu_req_alloc(struct dmu_target *dt, gfp_t gfp)
 /* Forget the answer accumulated so far, and give its room back. */
 void dmu_req_drop_answer(struct dmu_req *req)
 {
+	if (!req->msgs)
+		return;
+	/* Answers are appended, checked and applied under it. */
+	lockdep_assert_held(&req->dt->mutex);
 	atomic_sub(req->max_msgs, &req->dt->open_msgs);
 	kfree(req->msgs);
 	req->msgs = NULL;

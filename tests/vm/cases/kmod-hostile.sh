@@ -109,7 +109,9 @@ echo "slab baseline: $base"
 [ -n "$base" ] || { grep -i dmu /proc/slabinfo; fail "no dmu slab caches in /proc/slabinfo"; }
 
 # open-msgs-limit: 65 reads at once; 64 answers fill the kernel's room for
-# open answers, the 65th finds no room, then the 64 get their FINAL.
+# open answers, the 65th finds no room, then the 64 get their FINAL.  The
+# daemon answers once all 65 arrived, which takes a slow guest seconds to
+# start: daemon_timeout 120 there.
 OPEN_IO=$(i=0; while [ $i -le 64 ]; do printf 'r%d,' $i; i=$((i + 1)); done | sed 's/,$//')
 OPEN_WANT=fails$(i=0; while [ $i -lt 64 ]; do printf ',succeeds'; i=$((i + 1)); done)
 
@@ -135,8 +137,9 @@ while read -r kind want devs opts io; do
   t0=$(now_ms)
   blocks=
   for x in $(echo "$io" | tr , ' '); do
-    io_bg "$(echo "$x" | cut -c1)" "$(echo "$x" | cut -c2-)"
-    blocks="$blocks $(echo "$x" | cut -c2-)"
+    b=${x#?} # rN or wN: b is N, ${x%"$b"} the r or w (no forks: 65 of them)
+    io_bg "${x%"$b"}" "$b"
+    blocks="$blocks $b"
   done
   wait_i=0
   for b in $blocks; do
@@ -196,7 +199,7 @@ push-too-long      pending,pending,pending    fast 2,daemon_timeout,$TMO  r1,r2,
 push-fill-limit    pending,pending            slow 2,daemon_timeout,$TMO  r1,w3
 new-over-busy      fails,succeeds             slow 2,daemon_timeout,$TMO  w1,w2
 push-new-over-busy succeeds,succeeds          slow 2,daemon_timeout,$TMO  r1,w3
-open-msgs-limit    $OPEN_WANT fast 2,daemon_timeout,$TMO $OPEN_IO
+open-msgs-limit    $OPEN_WANT fast 2,daemon_timeout,120 $OPEN_IO
 EOF
 
 # A push opened before a reload and closed after it: each message was
