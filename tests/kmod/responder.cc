@@ -362,8 +362,13 @@ HostileAnswer Responder::hostile_answer(std::span<const dmu_request> qs, uint64_
       dmu_response copy = copy_source(q.id, sector_of(b), bs, 0, sector_of(b), true);
       if (sequence % 4 < 2)
         copy.sector = UINT64_MAX - bs / 2 + 1;  // source sector + nr_sectors wraps
-      else
-        copy.nr_blocks = UINT64_MAX - sector_of(b) + 2;  // virtual sector + nr wraps
+      else {
+        // virtual sector + nr_sectors wraps to the block's first sector:
+        // from its second, so that block 0 wraps too (the old sum, 1 from
+        // sector 0, did not wrap and made a valid COPY)
+        copy.block = sector_of(b) + 1;
+        copy.nr_blocks = UINT64_MAX;
+      }
       msgs = {fresh, copy};
       bad_index = 1;
       break;

@@ -131,6 +131,13 @@ TEST(TestDaemonResponder, Hostile_WrapKindsWrapExactly) {
   EXPECT_LT(src[1].sector + src[1].nr_blocks, src[1].sector);  // source wraps
   auto virt = messages(answer_of(HostileKind::CopyWrap, 2, {&q, 1}).bytes);
   EXPECT_LT(virt[1].block + virt[1].nr_blocks, virt[1].block);  // virtual sector wraps
+  for (uint64_t seq = 0; seq < 4; ++seq) {  // block 0 too, whichever variant it gets
+    const auto q0 = map_request(9, 0, 1, 0);
+    auto c = messages(answer_of(HostileKind::CopyWrap, seq, {&q0, 1}).bytes);
+    const dmu_response& copy = c.back();
+    EXPECT_TRUE(copy.block + copy.nr_blocks < copy.block || copy.sector + copy.nr_blocks < copy.sector)
+        << "seq " << seq;
+  }
   auto inv = messages(answer_of(HostileKind::InvalidateWrap, 0, {&q, 1}).bytes);
   EXPECT_EQ(inv[0].type, uint32_t{DMU_RSP_INVALIDATE});
   EXPECT_EQ(inv[0].id, 0u);

@@ -18,16 +18,16 @@
 # vm: kernels=6.1,6.12 timeout=480 debug_timeout=6300 disks=256M cmdline=slab_nomerge
 . /src/tests/kmod/vm-lib.sh
 LOG=/tmp/daemon.log
-TMO=10       # daemon_timeout of the hostile tables (s)
-FAST_MS=4000 # "at once": well under daemon_timeout, with room for TCG
-# A debug kernel (lockdep, KASAN) under TCG on a loaded host took 4.7 s for
-# one bad answer's round trip; still well under the 10 s timeout.  (Its
-# slow device is slower too, below.)
+TMO=5        # daemon_timeout of the hostile tables (s): six kinds wait it out
+FAST_MS=3000 # "at once": well under daemon_timeout, with room for TCG
+# A debug kernel (lockdep, KASAN) under TCG took up to 7 s from the start
+# of a reader to its failure with a second debug guest running: 9 s there,
+# under a 15 s timeout.  (Its slow device is slower too, below.)
 # The push flood must outgrow max_extents (1024) at least once: 20 batches
 # of 256 extents in 8 s on a normal kernel, and at least 5 (1280 extents)
 # on a debug kernel, which managed 9 in a lane run.
 FLOOD_MIN_BATCHES=20
-case $(uname -r) in *debug*) FAST_MS=7000 FLOOD_MIN_BATCHES=5 ;; esac
+case $(uname -r) in *debug*) TMO=15 FAST_MS=9000 FLOOD_MIN_BATCHES=5 ;; esac
 
 # Active objects of the module's slab caches, "name=count ...".  Shrinking
 # first moves objects parked in per-CPU slabs back, so the count is exact.
