@@ -67,6 +67,10 @@ io_bg() {
 # answer claims for it (its request's fate; the daemon logs fates=...).
 check_fate() {
   _k=$1 _b=$2
+  # open-msgs-limit's failing read waits until all 65 readers reached the
+  # daemon (seconds on a busy guest); its daemon_timeout is 120 s.
+  _fast=$FAST_MS
+  [ "$_k" != open-msgs-limit ] || _fast=60000
   read -r _rc _ms <"/tmp/io.$_b" || fail "$_k: no result for the I/O of block $_b"
   _fate=$(grep "event=hostile " $LOG | tr ' ,' '\n\n' | sed -n "s/^\(fates=\)\{0,1\}[0-9]*:$_b:\([a-z]*\)\$/\2/p" | tail -1)
   [ -n "$_fate" ] || { cat $LOG; fail "$_k: the daemon claimed no fate for block $_b"; }
@@ -77,7 +81,7 @@ check_fate() {
     fails)
       [ "$_rc" != 0 ] || fail "$_k: block $_b: a bad answer naming it, yet the I/O succeeded"
       grep -q "Input/output error" "/tmp/io.$_b.err" || { cat "/tmp/io.$_b.err"; fail "$_k: block $_b: not EIO"; }
-      [ "$_ms" -lt $FAST_MS ] || fail "$_k: block $_b failed only after $_ms ms, not at once" ;;
+      [ "$_ms" -lt "$_fast" ] || fail "$_k: block $_b failed only after $_ms ms, not at once" ;;
     pending)
       [ "$_rc" != 0 ] || fail "$_k: block $_b: bad bytes naming no request, yet the I/O succeeded"
       grep -q "Input/output error" "/tmp/io.$_b.err" || { cat "/tmp/io.$_b.err"; fail "$_k: block $_b: not EIO"; }
