@@ -48,7 +48,7 @@ int stats_main(const std::vector<std::string>& args) {
   auto state = daemon::read_state(name);
   if (!state) return report(state.error());
   if (!*state) return report(Error{ENOENT, name + ": not attached (no " + daemon::state_path(name) + ")"});
-  auto lines = dm_status(name);
+  auto lines = mapper::dm_status(name);
   if (!lines) return report(lines.error());
   nlohmann::json kernel = nlohmann::json::object();
   std::vector<daemon::StatusField> fields;

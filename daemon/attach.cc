@@ -134,7 +134,7 @@ struct StateGuard {
   bool armed = true;
   ~StateGuard() {
     if (!armed) return;
-    if (auto info = dm_device_info(name); info && info->exists) return;
+    if (auto info = mapper::dm_device_info(name); info && info->exists) return;
     remove_state_files(name, /*keep_log=*/true);
   }
 };
@@ -289,7 +289,7 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   if (o.group) st.group = *o.group;
   DMU_TRY(create_scratch_file(st.scratch, scratch_file_size(p.block)));
 
-  std::vector<LoopDevice> loops;  // declared before dm: the dm device goes first
+  std::vector<mapper::LoopDevice> loops;  // declared before dm: the dm device goes first
   std::vector<std::string> files = p.files;
   files.push_back(st.scratch);
   TableSpec spec;
@@ -299,7 +299,7 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
   spec.writable_devs = p.writable;
   spec.daemon_timeout = o.daemon_timeout;
   for (size_t i = 0; i < files.size(); ++i) {
-    LoopOptions lo;
+    mapper::LoopOptions lo;
     lo.read_only = i >= p.writable;
     // The image locks move to the loop devices (see LoopOptions::lock); the
     // scratch store is ours alone.
@@ -307,24 +307,24 @@ Result<Attached> attach_new(const AttachOptions& o, const std::string& image,
       lo.lock = lo.read_only ? LockMode::Reader : LockMode::Writer;
       lo.named_by = p.named_by[i];
     }
-    DMU_ASSIGN_OR_RETURN(LoopDevice loop, LoopDevice::attach(files[i], lo));
+    DMU_ASSIGN_OR_RETURN(mapper::LoopDevice loop, mapper::LoopDevice::attach(files[i], lo));
     st.devices.push_back({files[i], loop.path(), !lo.read_only});
     spec.devs.push_back(loop.dev_string());
     loops.push_back(std::move(loop));
   }
   // The files with no data in the table get loop devices of their own
   // only to hold their locks (metadata_loops.h).
-  std::vector<LoopDevice> metadata_loops;
+  std::vector<mapper::LoopDevice> metadata_loops;
   for (const MetadataFile& m : p.metadata) {
-    DMU_ASSIGN_OR_RETURN(LoopDevice loop, attach_metadata_loop(m));
+    DMU_ASSIGN_OR_RETURN(mapper::LoopDevice loop, attach_metadata_loop(m));
     st.metadata_loops.push_back({m.path, loop.path(), m.mode == LockMode::Writer});
     metadata_loops.push_back(std::move(loop));
   }
-  DMU_ASSIGN_OR_RETURN(DmTableLine line, table_line(spec));
-  DmCreateOptions dco;
+  DMU_ASSIGN_OR_RETURN(mapper::DmTableLine line, table_line(spec));
+  mapper::DmCreateOptions dco;
   dco.read_only = o.read_only;
   dco.uuid = dm_uuid_for(name);
-  DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::create(name, {line}, dco));
+  DMU_ASSIGN_OR_RETURN(mapper::DmDevice dm, mapper::DmDevice::create(name, {line}, dco));
   // A test seam (vm attach-errors): killed here, the attach leaves a
   // device with no record (unrecorded_device.h).
   if (std::getenv("DMU_TEST_ATTACH_KILL_AFTER_CREATE") && std::getenv("DMU_TEST_SEAMS"))
@@ -431,7 +431,7 @@ Result<Attached> attach(const AttachOptions& o) {
   };
   for (;;) {
     DMU_ASSIGN_OR_RETURN(auto existing, read_state(name));
-    DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+    DMU_ASSIGN_OR_RETURN(mapper::DmInfo info, mapper::dm_device_info(name));
     const bool locked = lock_held(name);
     if (existing && info.exists) {
       // Being detached (or withdrawn by the Xen helper): waited for, then

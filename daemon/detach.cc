@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "daemon/attach.h"
 #include "daemon/group.h"
 #include "daemon/metadata_loops.h"
@@ -25,7 +26,6 @@
 #include "formats/chain.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
-#include "mapper/unique_fd.h"
 
 namespace dmu::daemon {
 namespace {
@@ -175,7 +175,7 @@ void remove_stale_companions(const std::string& name) {
   auto lock = NameLock::try_acquire(name);
   if (!lock) return;
   auto st = read_state(name);
-  auto info = dm_device_info(name);
+  auto info = mapper::dm_device_info(name);
   if (!st || *st || !info || info->exists) return;
   remove_state_files(name, /*keep_log=*/true);
 }
@@ -192,7 +192,7 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   // second detach sees what the first one left (usually: nothing).
   DMU_ASSIGN_OR_RETURN(DetachLock serial, DetachLock::acquire(name, kDetachQueueWait));
   DMU_ASSIGN_OR_RETURN(auto st, read_state(name));
-  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  DMU_ASSIGN_OR_RETURN(mapper::DmInfo info, mapper::dm_device_info(name));
   // What it was asked to remove went while it waited (another detach); a
   // device set up since belongs to a later attach, whose own detach comes.
   if (attached_again(asked, st ? &*st : nullptr, info.exists)) return left_alone(name);
@@ -269,7 +269,7 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
     if (const char* ms = std::getenv("DMU_TEST_DETACH_DELAY_MS");
         ms && std::getenv("DMU_TEST_SEAMS"))
       std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
-    DMU_ASSIGN_OR_RETURN(DmDevice dm, DmDevice::adopt(name));
+    DMU_ASSIGN_OR_RETURN(mapper::DmDevice dm, mapper::DmDevice::adopt(name));
     if (auto r = dm.remove(); !r) {
       // Opened after the open-count check (a mount, blkid from udev):
       // the device stays, so it must be served again, or its I/O would
@@ -293,8 +293,8 @@ Result<std::string> detach_once(const DetachOptions& o, const std::string& asked
   // Autoclear usually detached them with the table; a loop still bound to
   // our file (the table never took it, or the kernel defers) goes now.
   for (const auto& d : st->devices) {
-    DMU_TRY(detach_loop_of(d.loop, d.file));
-    wait_loop_released(d.loop, d.file);
+    DMU_TRY(mapper::detach_loop_of(d.loop, d.file));
+    mapper::wait_loop_released(d.loop, d.file);
   }
   // Before the trim, which takes the writer lock these hold.
   DMU_TRY(release_metadata_loops(*st));

@@ -30,21 +30,21 @@ Result<std::vector<MetadataFile>> metadata_files(const formats::Chain& chain,
   return out;
 }
 
-Result<LoopDevice> attach_metadata_loop(const MetadataFile& file) {
-  LoopOptions lo;
+Result<mapper::LoopDevice> attach_metadata_loop(const MetadataFile& file) {
+  mapper::LoopOptions lo;
   lo.read_only = true;   // nothing is read or written through it
   lo.direct_io = false;  // a 300-byte vmdk descriptor is no multiple of a sector
   lo.autoclear = true;   // until keep_after_close(), see the header
   lo.lock = file.mode;
   lo.named_by = file.named_by;
-  return LoopDevice::attach(file.path, lo);
+  return mapper::LoopDevice::attach(file.path, lo);
 }
 
 Result<void> restore_metadata_loops(DeviceState& state) {
-  std::vector<LoopDevice> made;
+  std::vector<mapper::LoopDevice> made;
   DeviceState updated = state;
   for (MetadataLoop& m : updated.metadata_loops) {
-    if (open_loop_of(m.loop, m.file)) continue;  // still bound: its locks are in place
+    if (mapper::open_loop_of(m.loop, m.file)) continue;  // still bound: its locks are in place
     const LockMode mode = m.writer ? LockMode::Writer : LockMode::Reader;
     // Checked first: while nothing of ours held the file, QEMU may have
     // taken it, and serving under its feet would corrupt the image.
@@ -55,7 +55,7 @@ Result<void> restore_metadata_loops(DeviceState& state) {
                       " is gone and they cannot be taken again: " + held.error().message);
     MetadataFile f{m.file, mode, std::nullopt};
     if (m.file != state.image) f.named_by = state.image;
-    DMU_ASSIGN_OR_RETURN(LoopDevice loop, attach_metadata_loop(f));
+    DMU_ASSIGN_OR_RETURN(mapper::LoopDevice loop, attach_metadata_loop(f));
     m.loop = loop.path();
     made.push_back(std::move(loop));
   }
@@ -63,16 +63,16 @@ Result<void> restore_metadata_loops(DeviceState& state) {
   // Recorded before autoclear goes: dying in between leaves a record naming
   // a loop that went with us, which the next start sets up again.
   DMU_TRY(write_state(updated));
-  for (LoopDevice& l : made) DMU_TRY(l.keep_after_close());
-  for (LoopDevice& l : made) l.release();
+  for (mapper::LoopDevice& l : made) DMU_TRY(l.keep_after_close());
+  for (mapper::LoopDevice& l : made) l.release();
   state = std::move(updated);
   return {};
 }
 
 Result<void> release_metadata_loops(const DeviceState& state) {
   for (const MetadataLoop& m : state.metadata_loops) {
-    DMU_TRY(detach_loop_of(m.loop, m.file));
-    wait_loop_released(m.loop, m.file);
+    DMU_TRY(mapper::detach_loop_of(m.loop, m.file));
+    mapper::wait_loop_released(m.loop, m.file);
   }
   return {};
 }

@@ -46,7 +46,7 @@ Result<std::vector<MetadataFile>> metadata_files(const formats::Chain& chain,
 // A read-only, buffered loop device over file.path carrying its locks, with
 // autoclear still on: if this process dies before the device is recorded
 // and LoopDevice::keep_after_close() is called, the device goes with it.
-Result<LoopDevice> attach_metadata_loop(const MetadataFile& file);
+Result<mapper::LoopDevice> attach_metadata_loop(const MetadataFile& file);
 
 // For a mapping process about to serve (its name lock held): every recorded
 // metadata loop still bound to its file is left alone; one that is gone

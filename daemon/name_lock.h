@@ -10,7 +10,7 @@
 #include <string>
 
 #include "common/error.h"
-#include "mapper/unique_fd.h"
+#include "common/unique_fd.h"
 
 namespace dmu::daemon {
 

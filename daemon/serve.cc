@@ -163,7 +163,7 @@ Result<Member> set_up(const std::string& name, bool own_lock, bool supervised) {
   slow_set_up_seam();
   DMU_ASSIGN_OR_RETURN(auto state, read_state(name));
   if (!state) return fail(ENOENT, name + ": not attached (no record " + state_path(name) + ")");
-  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  DMU_ASSIGN_OR_RETURN(mapper::DmInfo info, mapper::dm_device_info(name));
   if (!info.exists)
     return fail(ENXIO, name + ": the dm device is gone; run dmu detach " + name + " to clean up");
   DMU_TRY(restore_metadata_loops(*state));

@@ -28,7 +28,7 @@ constexpr uint64_t kMaxPushedExtents = 16384;   // a quarter of the table's defa
 
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
-Result<BindInfo> bind_with_retry(ControlChannel& channel, const std::string& key) {
+Result<mapper::BindInfo> bind_with_retry(mapper::ControlChannel& channel, const std::string& key) {
   const auto deadline = std::chrono::steady_clock::now() + kBindRetry;
   for (;;) {
     auto b = channel.bind(key, DMU_FEATURE_ALL);
@@ -54,8 +54,8 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   std::set<std::string> direct;
   for (const DataDevice& d : st.devices) {
     if (!d.writable) continue;
-    DMU_ASSIGN_OR_RETURN(UniqueFd loop, open_loop_of(d.loop, d.file));
-    DMU_ASSIGN_OR_RETURN(bool dio, loop_direct_io(loop.get(), d.loop));
+    DMU_ASSIGN_OR_RETURN(UniqueFd loop, mapper::open_loop_of(d.loop, d.file));
+    DMU_ASSIGN_OR_RETURN(bool dio, mapper::loop_direct_io(loop.get(), d.loop));
     auto id = posix_env().identity(d.file);
     if (dio && id) direct.insert(*id);
   }
@@ -77,12 +77,12 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
                             "through the page cache while the kernel writes data with direct I/O "
                             "(fileio/direct_env.h)");
 
-  DMU_ASSIGN_OR_RETURN(ControlChannel channel, ControlChannel::open());
+  DMU_ASSIGN_OR_RETURN(mapper::ControlChannel channel, mapper::ControlChannel::open());
   std::unique_ptr<ServedDevice> dev(new ServedDevice(st, std::move(channel)));
   dev->env_ = std::move(env);
   dev->chain_ = std::move(chain);
   DMU_ASSIGN_OR_RETURN(dev->bind_, bind_with_retry(dev->channel_, st.key));
-  const BindInfo& b = dev->bind_;
+  const mapper::BindInfo& b = dev->bind_;
   if (b.block_sectors != st.block_sectors || b.nr_devs != st.devices.size() ||
       b.target_sectors != st.target_sectors)
     return fail(EINVAL, st.name + ": the kernel's table (" + std::to_string(b.target_sectors) +
@@ -97,7 +97,7 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   // The scratch store is rebuilt empty below; cached extents may point into
   // the old contents, so the kernel drops its cache first (only performance
   // is lost: the next misses ask us again).
-  DMU_TRY(dm_message(st.name, "invalidate"));
+  DMU_TRY(mapper::dm_message(st.name, "invalidate"));
 
   const uint64_t block = uint64_t(st.block_sectors) * 512;
   DMU_ASSIGN_OR_RETURN(auto scratch, mapper::ScratchStore::create(posix_env(), st.scratch,
@@ -134,9 +134,9 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
     g.file = d.file;
     g.loop = d.loop;
     g.chunked = st.format == "qcow2" && d.file == st.image;
-    DMU_ASSIGN_OR_RETURN(g.fd, open_loop_of(d.loop, d.file));
+    DMU_ASSIGN_OR_RETURN(g.fd, mapper::open_loop_of(d.loop, d.file));
     // Also heals a loop left short by a predecessor that died mid-growth.
-    DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
+    DMU_ASSIGN_OR_RETURN(g.capacity, mapper::refresh_loop_capacity(g.fd.get(), g.loop));
     dev->growing_[i] = std::move(g);
   }
   dev->inbox_.resize(kBatch);
@@ -167,7 +167,7 @@ Result<void> ServedDevice::grow(unsigned device, uint64_t new_size) {
     // (fileio/direct_env.h).
     if (uint64_t(st.st_size) < target) DMU_TRY(service_->devices()[device]->truncate(target));
   }
-  DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
+  DMU_ASSIGN_OR_RETURN(g.capacity, mapper::refresh_loop_capacity(g.fd.get(), g.loop));
   if (g.capacity < new_size)
     return fail(EIO, g.loop + ": grew to " + std::to_string(g.capacity) + " bytes, " +
                          std::to_string(new_size) + " needed for " + g.file);
@@ -181,7 +181,7 @@ Result<void> ServedDevice::sync_capacity() {
     GrowingLoop& g = *growing_[i];
     DMU_ASSIGN_OR_RETURN(uint64_t size, service_->devices()[i]->size());
     if (size <= g.capacity) continue;
-    DMU_ASSIGN_OR_RETURN(g.capacity, refresh_loop_capacity(g.fd.get(), g.loop));
+    DMU_ASSIGN_OR_RETURN(g.capacity, mapper::refresh_loop_capacity(g.fd.get(), g.loop));
     ++counters_.grows;
   }
   return {};
@@ -316,7 +316,7 @@ Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refuse
   size_t pos = 0;
   while (pos < batch.size()) {
     std::span<const dmu_response> rest(batch.data() + pos, batch.size() - pos);
-    DMU_ASSIGN_OR_RETURN(WriteOutcome outcome, channel_.write_responses(rest));
+    DMU_ASSIGN_OR_RETURN(mapper::WriteOutcome outcome, channel_.write_responses(rest));
     counters_.responses += outcome.accepted;
     pos += outcome.accepted;
     if (!outcome.complete()) {

@@ -50,7 +50,7 @@ class ServedDevice {
 
   const std::string& name() const { return state_.name; }
   int fd() const { return channel_.fd(); }
-  const BindInfo& bind_info() const { return bind_; }
+  const mapper::BindInfo& bind_info() const { return bind_; }
 
   // Reads the requests waiting (without blocking) and answers them; COMMITs
   // go to the commit thread.  Returns how many requests were read.
@@ -76,7 +76,8 @@ class ServedDevice {
     bool chunked = false;  // extend the file a chunk ahead (qcow2)
   };
 
-  ServedDevice(DeviceState state, ControlChannel channel) : state_(std::move(state)), channel_(std::move(channel)) {}
+  ServedDevice(DeviceState state, mapper::ControlChannel channel)
+      : state_(std::move(state)), channel_(std::move(channel)) {}
   Result<void> grow(unsigned device, uint64_t new_size);
   Result<void> sync_capacity();  // under service_mu_
   void handle_locked(const dmu_request& q, std::vector<dmu_response>& out);
@@ -88,8 +89,8 @@ class ServedDevice {
                     std::vector<uint64_t>* refused_ids = nullptr);
 
   DeviceState state_;
-  ControlChannel channel_;
-  BindInfo bind_;
+  mapper::ControlChannel channel_;
+  mapper::BindInfo bind_;
   std::unique_ptr<Env> env_;  // the chain's files: direct I/O where their loops do it
   std::unique_ptr<formats::Chain> chain_;
   std::mutex service_mu_;  // guards service_ and growing_

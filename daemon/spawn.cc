@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "mapper/unique_fd.h"
+#include "common/unique_fd.h"
 
 namespace dmu::daemon {
 

@@ -17,9 +17,9 @@
 #include <sstream>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "daemon/paths.h"
 #include "fileio/file.h"
-#include "mapper/unique_fd.h"
 
 namespace dmu::daemon {
 

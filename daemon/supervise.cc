@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "common/unique_fd.h"
 #include "daemon/log.h"
 #include "daemon/name_lock.h"
 #include "daemon/paths.h"
 #include "daemon/state_file.h"
-#include "mapper/unique_fd.h"
 
 namespace dmu::daemon {
 namespace {

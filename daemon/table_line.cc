@@ -51,9 +51,9 @@ std::string table_params(const TableSpec& spec) {
   return s.str();
 }
 
-Result<DmTableLine> table_line(const TableSpec& spec) {
+Result<mapper::DmTableLine> table_line(const TableSpec& spec) {
   DMU_TRY(check_table(spec));
-  return DmTableLine{0, spec.target_sectors, DMU_TARGET_NAME, table_params(spec)};
+  return mapper::DmTableLine{0, spec.target_sectors, DMU_TARGET_NAME, table_params(spec)};
 }
 
 Result<std::vector<StatusField>> parse_status(const std::string& line) {
@@ -81,11 +81,12 @@ uint64_t scratch_file_size(uint64_t block_size) {
 }
 
 Result<std::string> userspace_status_field(const std::string& name, const std::string& field) {
-  DMU_ASSIGN_OR_RETURN(auto lines, dm_status(name));
+  DMU_ASSIGN_OR_RETURN(auto lines, mapper::dm_status(name));
   return status_field(lines, field);
 }
 
-Result<std::string> status_field(const std::vector<DmTableLine>& status, const std::string& field) {
+Result<std::string> status_field(const std::vector<mapper::DmTableLine>& status,
+                                 const std::string& field) {
   for (const auto& l : status) {
     if (l.type != "userspace") continue;
     DMU_ASSIGN_OR_RETURN(auto fields, parse_status(l.params));

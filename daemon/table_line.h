@@ -29,7 +29,7 @@ struct TableSpec {
 Result<void> check_table(const TableSpec& spec);
 // The parameters after "userspace" (what DmTableLine::params holds).
 std::string table_params(const TableSpec& spec);
-Result<DmTableLine> table_line(const TableSpec& spec);
+Result<mapper::DmTableLine> table_line(const TableSpec& spec);
 
 // One `name=value` field of the kernel's status line, in the kernel's order.
 struct StatusField {
@@ -41,7 +41,8 @@ struct StatusField {
 Result<std::vector<StatusField>> parse_status(const std::string& line);
 // Field `field` among a device's status lines (`dmsetup status`): the
 // userspace target's, "" when it has no such field or there is none.
-Result<std::string> status_field(const std::vector<DmTableLine>& status, const std::string& field);
+Result<std::string> status_field(const std::vector<mapper::DmTableLine>& status,
+                                 const std::string& field);
 // The same for dm device NAME, read from the kernel.
 Result<std::string> userspace_status_field(const std::string& name, const std::string& field);
 

@@ -22,9 +22,9 @@ namespace {
 // The loop devices (path, backing file) among the devices of NAME's table.
 std::vector<std::pair<std::string, std::string>> table_loops(const std::string& name) {
   std::vector<std::pair<std::string, std::string>> loops;
-  auto lines = dm_table(name);
+  auto lines = mapper::dm_table(name);
   if (!lines) return loops;
-  for (const DmTableLine& line : *lines) {
+  for (const mapper::DmTableLine& line : *lines) {
     std::istringstream params(line.params);
     std::string word;
     while (params >> word) {
@@ -61,7 +61,7 @@ enum class Leftover {
 // a device ends whose daemon served it and died, so only "absent" (no
 // daemon bound since the key's state was made) allows failing its I/O.
 Result<Leftover> leftover_state(const std::string& name) {
-  DMU_ASSIGN_OR_RETURN(auto status, dm_status(name));
+  DMU_ASSIGN_OR_RETURN(auto status, mapper::dm_status(name));
   if (status.size() == 1 && status[0].type == "error") return Leftover::kErrored;
   DMU_ASSIGN_OR_RETURN(std::string daemon, status_field(status, "daemon"));
   DMU_ASSIGN_OR_RETURN(std::string unpublished, status_field(status, "unpublished"));
@@ -73,14 +73,14 @@ Result<Leftover> leftover_state(const std::string& name) {
 
 }  // namespace
 
-bool made_by_attach(const std::string& name, const DmInfo& info) {
+bool made_by_attach(const std::string& name, const mapper::DmInfo& info) {
   return info.exists && info.uuid == dm_uuid_for(name);
 }
 
 Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name) {
   DMU_ASSIGN_OR_RETURN(auto recorded, read_state(name));
   if (recorded) return UnrecordedRemoval::kRecorded;
-  DMU_ASSIGN_OR_RETURN(DmInfo info, dm_device_info(name));
+  DMU_ASSIGN_OR_RETURN(mapper::DmInfo info, mapper::dm_device_info(name));
   if (!info.exists) return UnrecordedRemoval::kAlreadyGone;
   DMU_ASSIGN_OR_RETURN(Leftover state, leftover_state(name));
   if (!made_by_attach(name, info) || state == Leftover::kNo)
@@ -89,9 +89,9 @@ Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name) {
                             "remove " + name + " if it is yours)");
   // Read before the table goes, which lets the autoclear loops go too.
   const auto loops = table_loops(name);
-  auto adopted = DmDevice::adopt(name);
+  auto adopted = mapper::DmDevice::adopt(name);
   if (!adopted && adopted.error().code == ENXIO) return UnrecordedRemoval::kAlreadyGone;
-  DMU_ASSIGN_OR_RETURN(DmDevice dm, std::move(adopted));
+  DMU_ASSIGN_OR_RETURN(mapper::DmDevice dm, std::move(adopted));
   // I/O waiting in it for a daemon keeps its opener (blkid) and so the
   // device; nothing in it is anybody's data (no daemon ever answered it).
   Result<void> removed;
@@ -106,8 +106,8 @@ Result<UnrecordedRemoval> remove_unrecorded_device(const std::string& name) {
     return fail(removed.error());
   }
   for (const auto& [loop, file] : loops) {
-    DMU_TRY(detach_loop_of(loop, file));
-    wait_loop_released(loop, file);
+    DMU_TRY(mapper::detach_loop_of(loop, file));
+    mapper::wait_loop_released(loop, file);
   }
   return UnrecordedRemoval::kRemoved;
 }

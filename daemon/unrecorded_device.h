@@ -14,7 +14,7 @@
 namespace dmu::daemon {
 
 // Whether `info` (of dm device NAME) is one dmu attach made for NAME.
-bool made_by_attach(const std::string& name, const DmInfo& info);
+bool made_by_attach(const std::string& name, const mapper::DmInfo& info);
 
 // What attach and detach say once they removed one.
 inline constexpr const char* kUnrecordedRemoved =

@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
-namespace dmu {
+namespace dmu::mapper {
 
 Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes,
                                      const std::string& what) {
@@ -194,4 +194,4 @@ Result<std::vector<dmu_allocation>> ControlChannel::list_allocations(size_t max_
       kPage, max_total, what());
 }
 
-}  // namespace dmu
+}  // namespace dmu::mapper

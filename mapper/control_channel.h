@@ -20,10 +20,10 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "mapper/protocol.h"
-#include "mapper/unique_fd.h"
 
-namespace dmu {
+namespace dmu::mapper {
 
 inline constexpr const char* kControlDevicePath = "/dev/" DMU_CONTROL_NAME;
 
@@ -120,4 +120,4 @@ class ControlChannel {
   std::string key_;
 };
 
-}  // namespace dmu
+}  // namespace dmu::mapper

@@ -19,7 +19,7 @@
 #include <mutex>
 #include <utility>
 
-namespace dmu {
+namespace dmu::mapper {
 namespace {
 
 // libdevmapper's log levels (libdevmapper.h does not export them).
@@ -316,4 +316,4 @@ Result<std::vector<DmTableLine>> dm_table(const std::string& name) {
   return target_lines(name, DM_DEVICE_TABLE, "dm device " + name + ": table");
 }
 
-}  // namespace dmu
+}  // namespace dmu::mapper

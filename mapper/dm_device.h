@@ -13,7 +13,7 @@
 
 #include "common/error.h"
 
-namespace dmu {
+namespace dmu::mapper {
 
 // One table line: <start> <length> <type> <params>, in 512-byte sectors.
 struct DmTableLine {
@@ -93,4 +93,4 @@ Result<DmInfo> dm_device_info(const std::string& name);
 Result<std::vector<DmTableLine>> dm_status(const std::string& name);
 Result<std::vector<DmTableLine>> dm_table(const std::string& name);
 
-}  // namespace dmu
+}  // namespace dmu::mapper

@@ -17,7 +17,7 @@
 #include <thread>
 #include <utility>
 
-namespace dmu {
+namespace dmu::mapper {
 namespace {
 
 constexpr int kLoopMajor = 7;
@@ -220,4 +220,4 @@ void wait_loop_released(const std::string& loop_path, const std::string& file) {
   }
 }
 
-}  // namespace dmu
+}  // namespace dmu::mapper

@@ -12,10 +12,10 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 #include "fileio/image_lock.h"
-#include "mapper/unique_fd.h"
 
-namespace dmu {
+namespace dmu::mapper {
 
 struct LoopOptions {
   bool read_only = false;
@@ -106,4 +106,4 @@ Result<bool> detach_loop_of(const std::string& loop_path, const std::string& fil
 // with the dm table's removal, another opener closing late).
 void wait_loop_released(const std::string& loop_path, const std::string& file);
 
-}  // namespace dmu
+}  // namespace dmu::mapper

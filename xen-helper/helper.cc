@@ -15,6 +15,7 @@
 #include <fstream>
 #include <set>
 
+#include "common/unique_fd.h"
 #include "daemon/attach.h"
 #include "daemon/log.h"
 #include "daemon/name_lock.h"
@@ -23,7 +24,6 @@
 #include "daemon/state_file.h"
 #include "daemon/table_line.h"
 #include "mapper/dm_device.h"
-#include "mapper/unique_fd.h"
 
 namespace dmu::xenhelper {
 namespace {
@@ -297,7 +297,7 @@ std::vector<std::pair<std::string, std::string>> Helper::changing_keys(BackendId
       {b + "/dmu/pid", std::to_string((*record)->pid)},
       {b + "/dmu/supervisor", std::to_string((*record)->supervisor)},
       {b + "/dmu/served", daemon::lock_held(name) ? "1" : "0"}};
-  if (auto lines = dm_status(name)) {
+  if (auto lines = mapper::dm_status(name)) {
     for (const auto& l : *lines) {
       if (l.type != "userspace") continue;
       if (auto fields = daemon::parse_status(l.params))

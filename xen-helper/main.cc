@@ -18,8 +18,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "common/unique_fd.h"
 #include "daemon/log.h"
-#include "mapper/unique_fd.h"
 #include "xen-helper/helper.h"
 
 namespace po = boost::program_options;

@@ -57,7 +57,7 @@ std::string format_counters(const Counters& c) {
   return s;
 }
 
-Daemon::Daemon(const DaemonConfig& config, const BindInfo& bind, Responder responder,
+Daemon::Daemon(const DaemonConfig& config, const mapper::BindInfo& bind, Responder responder,
                DaemonChannel& channel, std::ostream& log, Clock clock, Model* model)
     : config_(config),
       bind_(bind),
@@ -218,7 +218,7 @@ Result<void> Daemon::send(std::vector<dmu_response>& batch) {
   size_t pos = 0;
   while (pos < batch.size()) {
     std::span<const dmu_response> rest(batch.data() + pos, batch.size() - pos);
-    DMU_ASSIGN_OR_RETURN(WriteOutcome outcome, channel_.write_responses(rest));
+    DMU_ASSIGN_OR_RETURN(mapper::WriteOutcome outcome, channel_.write_responses(rest));
     counters_.responses += outcome.accepted;
     if (config_.verbose)
       for (size_t i = pos; i < pos + outcome.accepted; ++i)

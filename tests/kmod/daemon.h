@@ -61,7 +61,7 @@ class Daemon {
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
 
   // `model` (model mode only) must outlive the daemon.
-  Daemon(const DaemonConfig& config, const BindInfo& bind, Responder responder,
+  Daemon(const DaemonConfig& config, const mapper::BindInfo& bind, Responder responder,
          DaemonChannel& channel, std::ostream& log, Clock clock, Model* model = nullptr);
 
   // Model mode, before anything is answered: adopts the kernel's unpublished
@@ -126,7 +126,7 @@ class Daemon {
   void report_model();
 
   DaemonConfig config_;
-  BindInfo bind_;
+  mapper::BindInfo bind_;
   Responder responder_;
   DaemonChannel& channel_;
   std::ostream& log_;

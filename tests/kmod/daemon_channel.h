@@ -19,7 +19,7 @@ class DaemonChannel {
   virtual ~DaemonChannel() = default;
   virtual Result<size_t> read_requests(std::span<dmu_request> out,
                                        std::chrono::milliseconds timeout) = 0;
-  virtual Result<WriteOutcome> write_responses(std::span<const dmu_response> batch) = 0;
+  virtual Result<mapper::WriteOutcome> write_responses(std::span<const dmu_response> batch) = 0;
   // write() of raw bytes; returns bytes written or -errno.
   virtual long write_raw(std::span<const uint8_t> bytes) = 0;
   virtual Result<std::vector<dmu_extent_info>> list_extents() = 0;
@@ -29,12 +29,12 @@ class DaemonChannel {
 
 class KernelChannel final : public DaemonChannel {
  public:
-  explicit KernelChannel(ControlChannel& channel) : channel_(channel) {}
+  explicit KernelChannel(mapper::ControlChannel& channel) : channel_(channel) {}
   Result<size_t> read_requests(std::span<dmu_request> out,
                                std::chrono::milliseconds timeout) override {
     return channel_.read_requests(out, timeout);
   }
-  Result<WriteOutcome> write_responses(std::span<const dmu_response> batch) override {
+  Result<mapper::WriteOutcome> write_responses(std::span<const dmu_response> batch) override {
     return channel_.write_responses(batch);
   }
   long write_raw(std::span<const uint8_t> bytes) override { return channel_.write_raw(bytes); }
@@ -44,7 +44,7 @@ class KernelChannel final : public DaemonChannel {
   }
 
  private:
-  ControlChannel& channel_;
+  mapper::ControlChannel& channel_;
 };
 
 }  // namespace dmu::testd

@@ -74,7 +74,7 @@ struct BlockRange {
 
 struct DaemonConfig {
   std::string key = {};
-  std::string control_path = kControlDevicePath;
+  std::string control_path = mapper::kControlDevicePath;
   Mode mode = Mode::Identity;
   uint64_t features = DMU_FEATURE_ALL;
   bool writable_reads = false;  // identity/zero: read answers are writable too

@@ -13,7 +13,7 @@
 #include <tuple>
 #include <unordered_map>
 
-#include "mapper/unique_fd.h"
+#include "common/unique_fd.h"
 #include "tests/kmod/flush_audit.h"
 #include "tests/kmod/log_writes.h"
 

@@ -15,7 +15,7 @@
 #include <random>
 #include <thread>
 
-#include "mapper/unique_fd.h"
+#include "common/unique_fd.h"
 #include "tests/kmod/flush_audit.h"
 #include "tests/kmod/log_writes.h"
 

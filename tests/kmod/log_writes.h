@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "mapper/unique_fd.h"
+#include "common/unique_fd.h"
 
 namespace dmu::testd::log_writes {
 

@@ -159,7 +159,8 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
   return 0;
 }
 
-Result<BindInfo> bind_with_retry(ControlChannel& ch, const DaemonConfig& c, unsigned wait_ms) {
+Result<mapper::BindInfo> bind_with_retry(mapper::ControlChannel& ch, const DaemonConfig& c,
+                                         unsigned wait_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   for (;;) {
     auto b = ch.bind(c.key, c.features);
@@ -169,7 +170,7 @@ Result<BindInfo> bind_with_retry(ControlChannel& ch, const DaemonConfig& c, unsi
 }
 
 int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_device) {
-  auto channel = ControlChannel::open(c.control_path);
+  auto channel = mapper::ControlChannel::open(c.control_path);
   if (!channel) {
     std::cerr << "dmu-test-daemon: " << channel.error().message << "\n";
     return 1;
@@ -220,7 +221,7 @@ int run(const DaemonConfig& c, unsigned bind_wait_ms, const std::string& mark_de
   }
   if (!mark_device.empty()) {
     daemon.set_marker([&mark_device](const std::string& text) {
-      if (auto r = dm_message(mark_device, "mark " + text); !r)
+      if (auto r = mapper::dm_message(mark_device, "mark " + text); !r)
         std::cerr << "dmu-test-daemon: event=mark_failed " << r.error().message << "\n";
     });
   }

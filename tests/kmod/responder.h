@@ -25,7 +25,7 @@ struct Geometry {
   uint64_t features = 0;                // granted by BIND
   uint32_t writable_devs = UINT32_MAX;  // devices 0..n-1 may be written (BIND)
   uint64_t blocks() const { return (target_sectors + block_sectors - 1) / block_sectors; }
-  static Geometry from(const BindInfo& b) {
+  static Geometry from(const mapper::BindInfo& b) {
     return {b.target_sectors, b.block_sectors, b.nr_devs, b.features, b.writable_devs};
   }
 };

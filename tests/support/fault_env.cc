@@ -6,7 +6,7 @@
 #include "common/checked.h"
 #include "fileio/path.h"
 
-namespace dmu {
+namespace dmu::test {
 namespace {
 
 void apply(std::vector<uint8_t>& bytes, uint64_t offset, uint64_t length, const uint8_t* src,
@@ -229,4 +229,4 @@ void FaultEnv::set_contents(const std::string& path, std::vector<uint8_t> bytes)
   st->unsynced.clear();
 }
 
-}  // namespace dmu
+}  // namespace dmu::test

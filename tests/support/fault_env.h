@@ -18,7 +18,7 @@
 
 #include "fileio/file.h"
 
-namespace dmu {
+namespace dmu::test {
 
 enum class CrashKeeps { Nothing, Everything, RandomSubset };
 
@@ -68,4 +68,4 @@ class FaultEnv : public Env {
   uint64_t cut_at_ = UINT64_MAX;
 };
 
-}  // namespace dmu
+}  // namespace dmu::test

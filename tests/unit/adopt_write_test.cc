@@ -15,7 +15,7 @@
 #include "formats/image.h"
 #include "tests/unit/qcow2_test_helpers.h"
 
-namespace dmu {
+namespace dmu::formats::qcow2 {
 namespace {
 
 using formats::Access;
@@ -480,4 +480,4 @@ TEST(AdoptWriteRaw, RefusesAnythingButTheIdentityMapping) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::qcow2

@@ -24,7 +24,7 @@
 #include "mapper/protocol.h"
 #include "tests/support/test_support.h"
 
-namespace dmu {
+namespace dmu::mapper {
 namespace {
 
 constexpr uint64_t kSectors = 8192;  // 4 MiB
@@ -324,4 +324,4 @@ TEST_F(ControlChannelKernelTest, Close_HandsUnansweredRequestsToTheNextDaemon) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::mapper

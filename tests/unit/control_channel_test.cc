@@ -8,7 +8,7 @@
 
 #include <functional>
 
-namespace dmu {
+namespace dmu::mapper {
 namespace {
 
 TEST(ControlChannel, InterpretWrite_FullCountMeansEverythingAccepted) {
@@ -211,4 +211,4 @@ TEST(ControlChannel, ReadRequests_PartialMessageIsAProtocolError) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::mapper

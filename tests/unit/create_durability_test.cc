@@ -7,8 +7,11 @@
 #include "formats/image.h"
 #include "tests/support/fault_env.h"
 
-namespace dmu {
+namespace dmu::formats {
 namespace {
+
+using test::CrashKeeps;
+using test::FaultEnv;
 
 struct Case {
   const char* name;
@@ -73,4 +76,4 @@ INSTANTIATE_TEST_SUITE_P(Formats, CreateDurability, ::testing::ValuesIn(kCases),
                          [](const auto& p) { return std::string(p.param.name); });
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats

@@ -143,7 +143,7 @@ TEST_F(MetadataLoops, LocksHoldAfterTheLastCloseUntilReleased) {
   auto released = release_metadata_loops(st);
   ASSERT_TRUE(released) << released.error().message;
   EXPECT_EQ(qemu_write("m.qcow2"), "");
-  EXPECT_FALSE(open_loop_of(st.metadata_loops[0].loop, st.metadata_loops[0].file));
+  EXPECT_FALSE(mapper::open_loop_of(st.metadata_loops[0].loop, st.metadata_loops[0].file));
   // Twice is harmless: a loop no longer bound to the file is left alone.
   EXPECT_TRUE(release_metadata_loops(st));
 }
@@ -159,7 +159,7 @@ TEST_F(MetadataLoops, ALostLoopIsRestored) {
   ASSERT_TRUE(restored) << restored.error().message;
   const MetadataLoop& m = st.metadata_loops[0];
   EXPECT_NE(m.loop, "/dev/loop-gone");
-  EXPECT_TRUE(open_loop_of(m.loop, m.file));
+  EXPECT_TRUE(mapper::open_loop_of(m.loop, m.file));
   auto on_disk = read_state("ml");
   ASSERT_TRUE(on_disk && *on_disk);
   EXPECT_EQ((*on_disk)->metadata_loops, st.metadata_loops);

@@ -10,7 +10,7 @@
 #include "mapper/loop_device.h"
 #include "tests/support/test_support.h"
 
-namespace dmu {
+namespace dmu::mapper {
 namespace {
 
 TEST(DmDevice, Create_RefusesBadNamesAndEmptyTables) {
@@ -102,4 +102,4 @@ TEST_F(DmDeviceTest, Destruction_RemovesUnlessReleased) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::mapper

@@ -44,8 +44,8 @@ class FakeKernel final : public DaemonChannel {
         writable_devs_(static_cast<uint32_t>(dev_sectors_.size())) {}
 
   // What BIND reports; `resent` overrides the count of requests handed again.
-  BindInfo bind_info(std::optional<uint64_t> resent = std::nullopt) const {
-    BindInfo b;
+  mapper::BindInfo bind_info(std::optional<uint64_t> resent = std::nullopt) const {
+    mapper::BindInfo b;
     b.version_major = DMU_VERSION_MAJOR;
     b.version_minor = DMU_VERSION_MINOR;
     b.version_patch = DMU_VERSION_PATCH;
@@ -140,10 +140,10 @@ class FakeKernel final : public DaemonChannel {
     return n;
   }
 
-  Result<WriteOutcome> write_responses(std::span<const dmu_response> batch) override {
+  Result<mapper::WriteOutcome> write_responses(std::span<const dmu_response> batch) override {
     long r = write_raw({reinterpret_cast<const uint8_t*>(batch.data()), batch.size_bytes()});
-    return interpret_write(r < 0 ? -1 : r, r < 0 ? static_cast<int>(-r) : 0, batch.size_bytes(),
-                           "fake");
+    return mapper::interpret_write(r < 0 ? -1 : r, r < 0 ? static_cast<int>(-r) : 0,
+                                   batch.size_bytes(), "fake");
   }
 
   long write_raw(std::span<const uint8_t> bytes) override {

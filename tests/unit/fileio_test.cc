@@ -8,6 +8,9 @@
 namespace dmu {
 namespace {
 
+using test::CrashKeeps;
+using test::FaultEnv;
+
 std::vector<uint8_t> bytes(std::initializer_list<uint8_t> b) { return b; }
 
 TEST(Path, ParentDirectoryIsSomethingToOpen) {

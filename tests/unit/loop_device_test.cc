@@ -15,7 +15,7 @@
 
 #include "tests/support/test_support.h"
 
-namespace dmu {
+namespace dmu::mapper {
 namespace {
 
 bool loop_usable() {
@@ -167,4 +167,4 @@ TEST(LoopDevice, Attach_MissingFileNamesIt) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::mapper

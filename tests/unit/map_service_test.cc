@@ -14,6 +14,9 @@
 namespace dmu::mapper {
 namespace {
 
+using test::CrashKeeps;
+using test::FaultEnv;
+
 using test::FakeImage;
 
 constexpr uint64_t K = 1024;

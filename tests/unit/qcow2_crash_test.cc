@@ -15,6 +15,9 @@
 namespace dmu::qcow2_test {
 namespace {
 
+using test::CrashKeeps;
+using test::FaultEnv;
+
 using formats::Access;
 using formats::Repair;
 

@@ -7,7 +7,7 @@
 #include "formats/image.h"
 #include "tests/unit/crash_harness.h"
 
-namespace dmu {
+namespace dmu::formats::qcow {
 namespace {
 
 std::vector<uint8_t> made(uint64_t size, const std::string& backing = "") {
@@ -44,4 +44,4 @@ TEST(QcowCrash, OverlayWithBackingFileSurvivesEveryCut) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::qcow

@@ -9,7 +9,7 @@
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::qcow {
 namespace {
 
 using formats::Access;
@@ -180,4 +180,4 @@ TEST(QcowCheck, ReportsTablesAndClustersOutsideTheFileOrUsedTwice) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::qcow

@@ -8,7 +8,7 @@
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::qcow {
 namespace {
 
 using formats::Access;
@@ -183,4 +183,4 @@ TEST(QcowProbe, RecognisesQcowAndOnlyQcow) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::qcow

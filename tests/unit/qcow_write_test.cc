@@ -11,7 +11,7 @@
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::qcow {
 namespace {
 
 using formats::Access;
@@ -271,4 +271,4 @@ TEST(QcowWrite, NewL2TablesForFarApartWrites) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::qcow

@@ -10,7 +10,7 @@
 #include "tests/unit/crash_harness.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::raw {
 namespace {
 
 using formats::Access;
@@ -161,4 +161,4 @@ TEST(RawCrash, EveryCutKeepsCommittedWrites) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::raw

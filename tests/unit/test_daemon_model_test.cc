@@ -19,6 +19,9 @@
 namespace dmu::testd {
 namespace {
 
+using test::CrashKeeps;
+using test::FaultEnv;
+
 using model::Entry;
 using model::kDataStart;
 using proto::map_request;

@@ -73,7 +73,7 @@ struct World {
     auto m = Model::open(*dev, kSectors, kBs);
     ASSERT_TRUE(m) << m.error().message;
     model = std::move(*m);
-    const BindInfo bind = kernel.bind_info();
+    const mapper::BindInfo bind = kernel.bind_info();
     auto r = Responder::create(config, Geometry::from(bind));
     ASSERT_TRUE(r) << r.error().message;
     daemon = std::make_unique<Daemon>(

@@ -10,7 +10,7 @@
 #include "formats/image.h"
 #include "tests/unit/crash_harness.h"
 
-namespace dmu {
+namespace dmu::formats::vmdk {
 namespace {
 
 void create_in(MemEnv& env, const std::string& path, uint64_t size,
@@ -97,4 +97,4 @@ TEST(VmdkCrash, ChildOverParentSurvivesEveryCut) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::vmdk

@@ -11,7 +11,7 @@
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::vmdk {
 namespace {
 
 using formats::Access;
@@ -220,4 +220,4 @@ TEST(VmdkCheck, CleanOnQemuImagesAndMatchesQemuExitClasses) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::vmdk

@@ -13,7 +13,7 @@
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::vmdk {
 namespace {
 
 using formats::Access;
@@ -334,4 +334,4 @@ TEST(VmdkProbe, RecognisesSparseFilesAndDescriptors) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::vmdk

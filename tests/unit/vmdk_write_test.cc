@@ -14,7 +14,7 @@
 #include "tests/support/test_support.h"
 #include "tests/unit/engine_harness.h"
 
-namespace dmu {
+namespace dmu::formats::vmdk {
 namespace {
 
 using formats::Access;
@@ -331,4 +331,4 @@ TEST(VmdkCreate, EmptyStreamOptimizedReadsZerosAndOpensReadOnly) {
 }
 
 }  // namespace
-}  // namespace dmu
+}  // namespace dmu::formats::vmdk
