@@ -3,7 +3,10 @@
 // mapping daemon runs for the kernel.  Supported: read [-P pattern] OFF LEN,
 // write [-P pattern | -z] OFF LEN, discard OFF LEN, flush.  The first failing
 // command ends the run (exit 1); the image is committed at the end, as
-// qemu-io does when it closes it.
+// qemu-io does when it closes it.  QEMU also refuses a write to sector 0 of
+// a probed raw image whose data would probe as another format; every write
+// here is one byte value, which no format's probe accepts (unit test
+// RawProbe.NoSectorOfOneByteValueProbesAsAnotherFormat), so none is needed.
 #include <chrono>
 #include <cstdio>
 #include <sstream>
