@@ -244,6 +244,13 @@ Result<void> Daemon::send_hostile(std::span<const dmu_request> qs) {
   const long got = channel_.write_raw(a.bytes);
   bool ok = got == a.expected_return;
   std::string cleanup;
+  if (config_.die_open && !a.cleanup.empty()) {
+    // The open answers stay open: the kernel must give their room back
+    // when this daemon is gone, or the next one's answers find none.
+    killed_ = true;
+    a.cleanup.clear();
+    cleanup = " died_open=1";
+  }
   if (!a.cleanup.empty()) {
     const long want = static_cast<long>(a.cleanup.size() * sizeof(dmu_response));
     const long cgot = channel_.write_raw(as_bytes(a.cleanup));

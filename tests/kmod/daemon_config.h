@@ -93,6 +93,7 @@ struct DaemonConfig {
   uint64_t kill_after_requests = 0;  // die (SIGKILL) right after handling the N-th request
   uint32_t flood_ms = 10000;         // hostile push-flood: how long to push
   std::string gate_file = {};        // hostile push-across-reload: FINAL once this file exists
+  bool die_open = false;             // hostile open-msgs-limit: SIGKILL instead of the FINALs
   std::string model_device = {};     // model: device 0 (the table's first data device)
   bool verbose = false;              // log every request and response
 };

@@ -89,6 +89,8 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
        "hostile push-flood: push for N ms after start, then serve as identity")
       ("gate", po::value(&c.gate_file),
        "hostile push-across-reload: send the push's FINAL once this file exists")
+      ("die-open", po::bool_switch(&c.die_open),
+       "hostile open-msgs-limit: die by SIGKILL instead of sending the open answers' FINALs")
       ("copy-half", po::bool_switch(&c.copy_half),
        "copy mode: COPY only the first half of each block (the kernel zeroes the rest)")
       ("features", po::value(&c.features)->default_value(c.features), "feature bits to ask for")
@@ -130,6 +132,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       return 2;
     }
     c.hostile = *k;
+    if (c.die_open && c.hostile != HostileKind::OpenMsgsLimit) {
+      std::cerr << "dmu-test-daemon: --die-open is for --hostile open-msgs-limit\n";
+      return 2;
+    }
     if (c.hostile == HostileKind::PushAcrossReload && c.gate_file.empty()) {
       std::cerr << "dmu-test-daemon: --hostile push-across-reload needs --gate FILE\n";
       return 2;

@@ -206,6 +206,40 @@ push-new-over-busy succeeds,succeeds          slow 2,daemon_timeout,$TMO  r1,w3
 open-msgs-limit    $OPEN_WANT fast 2,daemon_timeout,120 $OPEN_IO
 EOF
 
+# A daemon that dies with answers open: the kernel drops them and gives
+# their room back, so the next daemon's answers to the same requests (sent
+# to it again) find room.  Were the room kept, all 64 would be refused.
+step "a daemon dying with 64 open answers leaves their room to the next"
+: >$LOG
+rm -f /tmp/io.*
+dmu_create h hk-open-die 8 "2 daemon_timeout 120" "$LOOP"
+daemon_start $LOG --key hk-open-die --mode hostile --hostile open-msgs-limit --die-open \
+  --blocks 0:65
+for x in $(echo "$OPEN_IO" | tr , ' '); do io_bg r "${x#r}"; done
+wait_until 120 "open-die: the daemon never sent its open answers" grep -q "event=hostile " $LOG
+grep "event=hostile " $LOG | grep -q "died_open=1" || fail "open-die: the daemon did not die open"
+wait "$DAEMON_PID" 2>/dev/null
+bad0=$(dmu_stat h bad)
+daemon_start /tmp/daemon2.log --key hk-open-die --bind-wait-ms 5000
+t0=$(now_ms)
+i=0
+while [ $i -le 64 ]; do
+  wait_until 180 "open-die: the read of block $i hangs" test -s "/tmp/io.$i"
+  i=$((i + 1))
+done
+echo "open-die: the 64 answered again after $(($(now_ms) - t0)) ms"
+FATES=
+i=0
+while [ $i -le 64 ]; do
+  check_fate open-msgs-limit $i
+  i=$((i + 1))
+done
+expect_eq "open-die: fates" "$OPEN_WANT" "$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')"
+expect_eq "open-die: bad messages after the death" "$bad0" "$(dmu_stat h bad)"
+expect_ge "open-die: requests sent again" 64 "$(dmu_stat h resent)"
+daemon_stop /tmp/daemon2.log
+timeout 60 dmsetup remove h || fail "open-die: dmsetup remove"
+
 # A push opened before a reload and closed after it: each message was
 # valid against the table it met, but the NEW extent on the last block is
 # not against the new one (read-only; or shorter, without that block).  The
