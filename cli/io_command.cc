@@ -3,10 +3,10 @@
 // mapping daemon runs for the kernel.  Supported: read [-P pattern] OFF LEN,
 // write [-P pattern | -z] OFF LEN, discard OFF LEN, flush.  The first failing
 // command ends the run (exit 1); the image is committed at the end, as
-// qemu-io does when it closes it.  QEMU also refuses a write to sector 0 of
-// a probed raw image whose data would probe as another format; every write
-// here is one byte value, which no format's probe accepts (unit test
-// RawProbe.NoSectorOfOneByteValueProbesAsAnotherFormat), so none is needed.
+// qemu-io does when it closes it.  As QEMU does, a write to a raw image
+// whose format was probed fails with EPERM when the image's first bytes
+// would then probe as another format (a guest's write must not turn its
+// disk into, say, a qcow2 image naming a host file as its backing file).
 #include <chrono>
 #include <cstdio>
 #include <sstream>
@@ -84,6 +84,26 @@ void print_done(const IoCommand& c, double secs) {
               secs > 0 ? 1 / secs : 0.0);
 }
 
+// QEMU's rule for a probed raw image (block/raw-format.c): the write may not
+// make the image probe as another format.  QEMU looks at the first 512
+// bytes of an aligned write; ours can be unaligned and our probe reads
+// kProbeBytes, so the check is on that window as the write would leave it.
+// Discards and zero writes are checked too: cheap, and never a loss.
+Result<void> check_probed_raw(mapper::InprocessTransport& io, const std::string& image,
+                              uint64_t image_size, const IoCommand& c) {
+  if (c.verb == "read" || c.verb == "flush" || c.offset >= formats::kProbeBytes) return {};
+  std::vector<uint8_t> head(std::min<uint64_t>(formats::kProbeBytes, image_size));
+  DMU_TRY(io.read(0, head));
+  const uint8_t value = c.verb == "discard" || c.zero ? 0 : c.pattern.value_or(0xcd);
+  const uint64_t end = std::min<uint64_t>(head.size(), c.offset + c.length);
+  for (uint64_t i = c.offset; i < end; ++i) head[i] = value;
+  DMU_ASSIGN_OR_RETURN(const formats::Driver* d, formats::probe_head(head, image));
+  if (std::string(d->name) != "raw")
+    return fail(EPERM, "the write would make this probed raw image probe as " +
+                           std::string(d->name) + " (name the format: -f raw)");
+  return {};
+}
+
 Result<void> run(mapper::InprocessTransport& io, const IoCommand& c) {
   if (c.verb == "flush") return io.flush();
   if (c.verb == "discard") return io.discard(c.offset, c.length);
@@ -146,10 +166,14 @@ int io_main(const std::vector<std::string>& args) {
   auto service = mapper::MapService::create(**chain, std::move(*scratch), {});
   if (!service) return report(service.error());
   mapper::InprocessTransport io(**service);
+  const bool probed_raw = !format && (*chain)->top().info().format == "raw";
+  const uint64_t size = (*chain)->top().info().virtual_size;
 
   for (const IoCommand& c : commands) {
     auto start = std::chrono::steady_clock::now();
-    if (auto r = run(io, c); !r) {
+    auto r = probed_raw ? check_probed_raw(io, image, size, c) : Result<void>{};
+    if (r) r = run(io, c);
+    if (!r) {
       (void)io.flush();  // keep what earlier commands wrote, as qemu-io would
       return report(std::move(r.error()).context(image + ": " + c.text));
     }

@@ -261,7 +261,11 @@ struct Driver {
 // All drivers, raw last.
 std::span<const Driver> drivers();
 const Driver* find_driver(const std::string& name);
+// How much of a file's start the probe looks at.
+inline constexpr size_t kProbeBytes = 4096;
 // The best driver for a file by probing its first bytes.
 Result<const Driver*> probe(Env& env, const std::string& path);
+// The same for a file whose first bytes are these (up to kProbeBytes).
+Result<const Driver*> probe_head(std::span<const uint8_t> head, const std::string& path);
 
 }  // namespace dmu::formats

@@ -30,11 +30,17 @@ const Driver* find_driver(const std::string& name) {
 
 Result<const Driver*> probe(Env& env, const std::string& path) {
   DMU_ASSIGN_OR_RETURN(auto file, env.open(path, OpenMode::ReadOnly));
-  std::vector<uint8_t> head(4096);
+  std::vector<uint8_t> head(kProbeBytes);
   DMU_ASSIGN_OR_RETURN(size_t n, file->read_some(0, head));
+  head.resize(n);
+  return probe_head(head, path);
+}
+
+Result<const Driver*> probe_head(std::span<const uint8_t> bytes, const std::string& path) {
   // QEMU probes a zero-padded 512-byte buffer: a file cut inside a qcow or
   // qcow2 header is still that format (and refused), never raw.
-  head.resize(std::max<size_t>(n, 512));
+  std::vector<uint8_t> head(bytes.begin(), bytes.begin() + std::min(bytes.size(), kProbeBytes));
+  head.resize(std::max<size_t>(head.size(), 512));
   const Driver* best = nullptr;
   int best_score = 0;
   for (const Driver& d : kDrivers) {

@@ -183,6 +183,49 @@ TEST_P(OracleIo, DmuIoLeavesTheSameImageAsQemuIo) {
   }
 }
 
+// QEMU's rule for a raw image it probed: no write may make the image
+// probe as another format (EPERM), whatever the write's alignment; with
+// -f raw anything goes.  Each command is run by both on copies of a raw
+// image whose first bytes are one byte short of a qcow2 header.
+TEST(OracleIoProbedRaw, AWriteThatWouldMakeAFormatIsRefusedLikeQemu) {
+  TempDir dir;
+  auto built = run_split(
+      "set -e; truncate -s 1M img; printf 'XFI\\373\\000\\000\\000\\003' |"
+      " dd of=img conv=notrunc status=none",
+      dir.path());
+  ASSERT_EQ(built.exit_code, 0) << built.err;
+  struct Step {
+    const char* cmd;
+    const char* format;  // "" = probed
+    bool refused;
+  };
+  const Step steps[] = {
+      {"write -P 0x51 0 1", "", true},    // 'QFI\xfb': the qcow2 magic
+      {"write -P 0x41 1 1", "", false},   // 'XAI\xfb': still raw
+      {"write -P 0x46 1 1", "", false},   // 'XFI\xfb'
+      {"write -P 0x51 0 1", "", true},    // refused again
+      {"write -z 0 4", "", false},        // zeros: raw
+      {"write -P 0x51 0 1", "raw", false},  // named: no rule
+  };
+  for (const Step& st : steps) {
+    ASSERT_EQ(run_split("cp img dmu.img; cp img qemu.img", dir.path()).exit_code, 0);
+    const std::string f = *st.format ? std::string("-f ") + st.format + " " : "";
+    auto ours = run_split(dmu("io " + f + "dmu.img -c " + shell_quote(st.cmd)), dir.path());
+    auto ref = run_split("qemu-io " + f + "qemu.img -c " + shell_quote(st.cmd), dir.path());
+    EXPECT_EQ(ours.exit_code != 0, st.refused) << st.cmd << ": " << ours.err;
+    EXPECT_EQ(ref.exit_code != 0, st.refused) << st.cmd << " (qemu-io): " << ref.out << ref.err;
+    if (st.refused) {
+      EXPECT_NE(ours.err.find("would make this probed raw image probe as qcow2"), std::string::npos)
+          << ours.err;
+      EXPECT_NE((ref.out + ref.err).find("Operation not permitted"), std::string::npos) << ref.out;
+    }
+    auto cmp = run_split("cmp dmu.img qemu.img", dir.path());
+    EXPECT_EQ(cmp.exit_code, 0) << st.cmd << ": " << cmp.out;
+    // The next step starts from what this one left.
+    ASSERT_EQ(run_split("cp dmu.img img", dir.path()).exit_code, 0);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Formats, OracleIo, ::testing::ValuesIn(kCases),
                          [](const auto& p) { return std::string(p.param.name); });
 

@@ -141,21 +141,6 @@ TEST(RawProbe, AcceptsAnythingWithTheLowestScore) {
   EXPECT_EQ(probe(qcow, "x"), 1);
 }
 
-// QEMU refuses a write to sector 0 of a probed raw image whose data would
-// probe as another format.  `dmu io` writes one byte value per command
-// (-P, -z), and no such sector looks like any format: that is why it has
-// no such check (cli/io_command.cc).
-TEST(RawProbe, NoSectorOfOneByteValueProbesAsAnotherFormat) {
-  for (size_t size : {512u, 4096u})
-    for (int v = 0; v < 256; ++v) {
-      const std::vector<uint8_t> head(size, uint8_t(v));
-      for (const formats::Driver& d : formats::drivers()) {
-        if (std::string(d.name) == "raw") continue;
-        EXPECT_EQ(d.probe(head, "x.img"), 0) << d.name << " byte " << v << " size " << size;
-      }
-    }
-}
-
 TEST(RawWrite, ReadOnlyImageRefuses) {
   test::TempDir dir;
   std::string img = dir.file("r.raw");
