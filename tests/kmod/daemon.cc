@@ -170,9 +170,12 @@ void Daemon::retry_deferred(std::vector<dmu_response>& out) {
 }
 
 void Daemon::event(const std::string& name, const std::string& fields) {
-  log_ << "dmu-test-daemon: event=" << name;
-  if (!fields.empty()) log_ << ' ' << fields;
-  log_ << '\n' << std::flush;
+  // One write per line: the cases poll the log while it is written, and
+  // std::cerr would write each piece on its own.
+  std::string line = "dmu-test-daemon: event=" + name;
+  if (!fields.empty()) line += ' ' + fields;
+  line += '\n';
+  log_ << line << std::flush;
 }
 
 void Daemon::report_counters() {

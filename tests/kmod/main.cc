@@ -125,6 +125,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
     return 2;
   }
   c.mode = *m;
+  if (c.die_open && (c.mode != Mode::Hostile || hostile != "open-msgs-limit")) {
+    std::cerr << "dmu-test-daemon: --die-open is for --mode hostile --hostile open-msgs-limit\n";
+    return 2;
+  }
   if (c.mode == Mode::Hostile) {
     auto k = parse_hostile(hostile);
     if (!k) {
@@ -132,10 +136,6 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       return 2;
     }
     c.hostile = *k;
-    if (c.die_open && c.hostile != HostileKind::OpenMsgsLimit) {
-      std::cerr << "dmu-test-daemon: --die-open is for --hostile open-msgs-limit\n";
-      return 2;
-    }
     if (c.hostile == HostileKind::PushAcrossReload && c.gate_file.empty()) {
       std::cerr << "dmu-test-daemon: --hostile push-across-reload needs --gate FILE\n";
       return 2;

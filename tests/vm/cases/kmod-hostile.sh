@@ -154,6 +154,8 @@ while read -r kind want devs opts io; do
     done
   done
   echo "$kind: hostile I/O done after $(($(now_ms) - t0)) ms"
+  # A daemon that sends FINALs after its hostile bytes logs the fates after them.
+  wait_until 60 "$kind: the daemon logged no fates" grep -q "event=hostile " $LOG
   FATES=
   for b in $blocks; do check_fate "$kind" "$b"; done
   got=$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')
@@ -207,37 +209,65 @@ open-msgs-limit    $OPEN_WANT fast 2,daemon_timeout,120 $OPEN_IO
 EOF
 
 # A daemon that dies with answers open: the kernel drops them and gives
-# their room back, so the next daemon's answers to the same requests (sent
-# to it again) find room.  Were the room kept, all 64 would be refused.
+# their room back.  The first daemon leaves 64 answers of 255 messages open
+# (the whole room; the 65th read is refused) and dies.  The second answers
+# the 64 reads sent to it again, then fills the whole room again with 64
+# new open answers (blocks 65-129): one message's room kept from the first
+# would have it refuse one of those 64.
 step "a daemon dying with 64 open answers leaves their room to the next"
+DLOG=/tmp/daemon-die.log
+: >$DLOG
 : >$LOG
 rm -f /tmp/io.*
 dmu_create h hk-open-die 8 "2 daemon_timeout 120" "$LOOP"
-daemon_start $LOG --key hk-open-die --mode hostile --hostile open-msgs-limit --die-open \
+daemon_start $DLOG --key hk-open-die --mode hostile --hostile open-msgs-limit --die-open \
   --blocks 0:65
 for x in $(echo "$OPEN_IO" | tr , ' '); do io_bg r "${x#r}"; done
-wait_until 120 "open-die: the daemon never sent its open answers" grep -q "event=hostile " $LOG
-grep "event=hostile " $LOG | grep -q "died_open=1" || fail "open-die: the daemon did not die open"
+wait_until 120 "open-die: the daemon never sent its open answers" \
+  grep -q "event=hostile .*died_open=1.* ok=1\$" $DLOG
 wait "$DAEMON_PID" 2>/dev/null
+expect_eq "open-die: the first daemon's end" 137 $?
+# The last of the 65 requests to arrive found no room; its read failed.
+refused=$(grep "event=hostile " $DLOG | tr ' ,' '\n\n' |
+  sed -n 's/^\(fates=\)\{0,1\}[0-9]*:\([0-9]*\):fails$/\2/p')
+[ -n "$refused" ] || { cat $DLOG; fail "open-die: the first daemon named no refused request"; }
+wait_until 60 "open-die: the refused read of block $refused" test -s "/tmp/io.$refused"
+read -r rc ms <"/tmp/io.$refused"
+[ "$rc" != 0 ] || { cat $DLOG; fail "open-die: block $refused, refused for want of room, was read"; }
 bad0=$(dmu_stat h bad)
-daemon_start /tmp/daemon2.log --key hk-open-die --bind-wait-ms 5000
+daemon_start $LOG --key hk-open-die --mode hostile --hostile open-msgs-limit --blocks 65:65 \
+  --bind-wait-ms 5000
 t0=$(now_ms)
 i=0
 while [ $i -le 64 ]; do
-  wait_until 180 "open-die: the read of block $i hangs" test -s "/tmp/io.$i"
+  if [ $i != "$refused" ]; then
+    wait_until 180 "open-die: the read of block $i hangs" test -s "/tmp/io.$i"
+    read -r rc ms <"/tmp/io.$i"
+    [ "$rc" = 0 ] || { cat "/tmp/io.$i.err" $LOG; fail "open-die: block $i, answered by the next daemon, failed"; }
+  fi
   i=$((i + 1))
 done
 echo "open-die: the 64 answered again after $(($(now_ms) - t0)) ms"
+expect_eq "open-die: bad messages for the 64 answered again" "$bad0" "$(dmu_stat h bad)"
+expect_ge "open-die: requests sent again" 64 "$(dmu_stat h resent)"
+for x in $(echo "$OPEN_IO" | tr , ' '); do io_bg r $((${x#r} + 65)); done
+i=65
+while [ $i -le 129 ]; do
+  wait_until 180 "open-die: the read of block $i hangs" test -s "/tmp/io.$i"
+  i=$((i + 1))
+done
+# The daemon logs the fates after its FINALs, which end the reads.
+wait_until 60 "open-die: the next daemon logged no fates" grep -q "event=hostile .* ok=[01]\$" $LOG
 FATES=
-i=0
-while [ $i -le 64 ]; do
+i=65
+while [ $i -le 129 ]; do
   check_fate open-msgs-limit $i
   i=$((i + 1))
 done
-expect_eq "open-die: fates" "$OPEN_WANT" "$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')"
-expect_eq "open-die: bad messages after the death" "$bad0" "$(dmu_stat h bad)"
-expect_ge "open-die: requests sent again" 64 "$(dmu_stat h resent)"
-daemon_stop /tmp/daemon2.log
+expect_eq "open-die: fates in the room given back" "$OPEN_WANT" \
+  "$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')"
+daemon_stop $LOG
+expect_eq "open-die: broken promises" 0 "$(daemon_value $LOG counters hostile_broken)"
 timeout 60 dmsetup remove h || fail "open-die: dmsetup remove"
 
 # A push opened before a reload and closed after it: each message was
