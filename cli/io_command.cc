@@ -93,9 +93,11 @@ Result<void> check_probed_raw(mapper::InprocessTransport& io, const std::string&
                               uint64_t image_size, const IoCommand& c) {
   if (c.verb == "read" || c.verb == "flush" || c.offset >= formats::kProbeBytes) return {};
   std::vector<uint8_t> head(std::min<uint64_t>(formats::kProbeBytes, image_size));
+  if (c.offset >= head.size()) return {};
   DMU_TRY(io.read(0, head));
   const uint8_t value = c.verb == "discard" || c.zero ? 0 : c.pattern.value_or(0xcd);
-  const uint64_t end = std::min<uint64_t>(head.size(), c.offset + c.length);
+  // No c.offset + c.length: a huge length would wrap past the window.
+  const uint64_t end = c.offset + std::min<uint64_t>(c.length, head.size() - c.offset);
   for (uint64_t i = c.offset; i < end; ++i) head[i] = value;
   DMU_ASSIGN_OR_RETURN(const formats::Driver* d, formats::probe_head(head, image));
   if (std::string(d->name) != "raw")

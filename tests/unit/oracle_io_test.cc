@@ -226,6 +226,23 @@ TEST(OracleIoProbedRaw, AWriteThatWouldMakeAFormatIsRefusedLikeQemu) {
   }
 }
 
+// A length so large that offset + length wraps must not skip the check:
+// the first 4 MiB piece would land before the write fails at the end of
+// the image, and a failing run keeps what it wrote.  (qemu-io refuses such
+// a length outright.)
+TEST(OracleIoProbedRaw, AHugeLengthCannotSkipTheCheck) {
+  TempDir dir;
+  auto built = run_split(
+      "set -e; truncate -s 8M img; printf 'QFIX' | dd of=img conv=notrunc status=none", dir.path());
+  ASSERT_EQ(built.exit_code, 0) << built.err;
+  auto ours = run_split(dmu("io img -c 'write -P 0xfb 3 18446744073709551614'"), dir.path());
+  EXPECT_NE(ours.exit_code, 0);
+  EXPECT_NE(ours.err.find("would make this probed raw image probe as qcow2"), std::string::npos)
+      << ours.err;
+  auto head = run_split("head -c 4 img | od -An -c", dir.path());
+  EXPECT_EQ(head.out, "   Q   F   I   X\n");
+}
+
 INSTANTIATE_TEST_SUITE_P(Formats, OracleIo, ::testing::ValuesIn(kCases),
                          [](const auto& p) { return std::string(p.param.name); });
 
