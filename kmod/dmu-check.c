@@ -40,8 +40,16 @@ static const char *dmu_check_extent(struct dmu_target *dt,
 		return "EXTENT past the end of its device";
 	if ((r->ext_flags & DMU_EXT_NEW) && !(r->ext_flags & DMU_EXT_WRITABLE))
 		return "NEW extent that is not writable";
-	if ((r->ext_flags & DMU_EXT_WRITABLE) && r->dev >= dmu_writable_devs(dt))
+	if ((r->ext_flags & DMU_EXT_WRITABLE) &&
+	    r->dev >= dt->opt.writable_devs)
 		return "writable extent on a read-only device";
+	/*
+	 * A daemon bound before a reload --readonly still answers reads with
+	 * writable extents: they are cached read-only (dmu_insert_piece), but
+	 * a NEW one would be filled, which writes its device.
+	 */
+	if ((r->ext_flags & DMU_EXT_NEW) && r->dev >= dmu_writable_devs(dt))
+		return "NEW extent while the table is read-only";
 	if ((r->ext_flags & DMU_EXT_NEW) && !(dt->features & DMU_FEATURE_COPY))
 		return "NEW extent without DMU_FEATURE_COPY";
 	return NULL;

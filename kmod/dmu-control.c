@@ -598,6 +598,10 @@ static ssize_t dmu_control_write(struct file *file, const char __user *buf,
 				       DMU_IO_MSGS);
 		unsigned int ok;
 
+		/* One write() may carry millions of messages. */
+		if (done && fatal_signal_pending(current))
+			break;
+		cond_resched();
 		if (copy_from_user(ch->wbuf, buf + done, n * DMU_MSG_SIZE)) {
 			r = -EFAULT;
 			break;

@@ -46,11 +46,15 @@ static void dmu_discard_passdown(struct work_struct *work)
 	 */
 	for (i = 0; i < tk->nr_passdown; i++) {
 		struct block_device *bdev = dt->bdev[tk->passdown[i].dev];
-		sector_t unit = dmu_zero_unit(bdev);
-		sector_t start = round_up(tk->passdown[i].sector, unit);
-		sector_t end = round_down(tk->passdown[i].sector +
-					  tk->passdown[i].nr_sectors, unit);
+		sector_t unit, start, end;
 
+		/* Planned before a reload --readonly: write nothing now. */
+		if (tk->passdown[i].dev >= dmu_writable_devs(dt))
+			continue;
+		unit = dmu_zero_unit(bdev);
+		start = round_up(tk->passdown[i].sector, unit);
+		end = round_down(tk->passdown[i].sector +
+				 tk->passdown[i].nr_sectors, unit);
 		if (start < end)
 			blkdev_issue_discard(bdev, start, end - start,
 					     GFP_NOIO);

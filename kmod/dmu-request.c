@@ -42,6 +42,28 @@ u64 dmu_new_id(void)
 	return (u64)atomic64_inc_return(&dmu_last_id) & ~DMU_PUSH_ID;
 }
 
+/*
+ * The errno a bio ends with when the daemon failed its request with
+ * status.  Some errnos mean something to the block layer beyond "this I/O
+ * failed" (-EAGAIN reissues a REQ_NOWAIT bio, -EREMCHG is dm core's own
+ * requeue, -EREMOTEIO makes dm core turn discards off, -ETIMEDOUT and
+ * -ENOLINK are path errors to dm-mpath): a daemon passes only plain
+ * failures; anything else fails as -EIO.
+ */
+int dmu_guest_errno(int status)
+{
+	switch (status) {
+	case 0:
+	case -EIO:
+	case -ENOSPC:
+	case -ENODATA:
+	case -EOPNOTSUPP:
+		return status;
+	default:
+		return -EIO;
+	}
+}
+
 void dmu_end_bio(struct bio *bio, int error)
 {
 	bio->bi_status = error ? errno_to_blk_status(error) : BLK_STS_OK;
@@ -184,9 +206,13 @@ void dmu_wake_daemon(struct dmu_target *dt)
 		dmu_channel_wake(dt->channel);
 }
 
-/* A pending MAP covering block, one not held if there is such. */
+/*
+ * A pending MAP covering block, one not held if there is such.  A read
+ * joins a write's MAP too, unless alone is set: a read re-driven after a
+ * write's MAP failed must not ride on the next write's MAP to that block.
+ */
 static struct dmu_req *dmu_find_pending(struct dmu_target *dt, u64 block,
-					 bool write)
+					 bool write, bool alone)
 {
 	struct dmu_req *req, *held = NULL;
 
@@ -196,6 +222,8 @@ static struct dmu_req *dmu_find_pending(struct dmu_target *dt, u64 block,
 		if (req->map_flags & DMU_MAP_DISCARD)
 			continue;
 		if (write && !(req->map_flags & DMU_MAP_WRITE))
+			continue;
+		if (alone && !write && (req->map_flags & DMU_MAP_WRITE))
 			continue;
 		if (req->state != DMU_RS_HELD)
 			return req;
@@ -240,7 +268,8 @@ int dmu_queue_request(struct dmu_target *dt, struct bio *bio, u64 block,
 		}
 		if (!(map_flags & DMU_MAP_DISCARD))
 			req = dmu_find_pending(dt, block,
-					       map_flags & DMU_MAP_WRITE);
+					       map_flags & DMU_MAP_WRITE,
+					       how == DMU_ROUTE_RETRY);
 		if (req || fresh)
 			break;
 		spin_unlock_irqrestore(&dt->lock, flags);

@@ -72,8 +72,9 @@ static void dmu_end_bios(struct bio_list *bios, int error)
 }
 
 /*
- * An answered (already unlinked) MAP failed with error: its bios fail; a
- * write or discard still reports DONE with the error.  If even that cannot
+ * An answered (already unlinked) MAP failed with error: its bios fail (with
+ * EIO unless error is a plain failure, dmu_guest_errno); a write or discard
+ * still reports DONE with the error itself.  If even that cannot
  * be allocated the DONE is lost, which is safe: nothing of the answer was
  * applied, and an answer with NEW extents only fails here after write()
  * refused it (a bad answer, or no memory to apply it), so the daemon knows.
@@ -83,7 +84,7 @@ static void dmu_answer_failed(struct dmu_target *dt, struct dmu_req *req,
 {
 	struct dmu_tracker *tk = NULL;
 
-	dmu_end_bios(&req->bios, error);
+	dmu_end_bios(&req->bios, dmu_guest_errno(error));
 	if (req->map_flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD))
 		tk = dmu_tracker_alloc(dt, req->map_flags & DMU_MAP_DISCARD ?
 				       DMU_TK_DISCARD : DMU_TK_WRITE,
@@ -226,7 +227,9 @@ static struct dmu_extent *dmu_insert_piece(struct dmu_target *dt,
 		    m->sector + ((from - m->block) << dt->block_shift) : 0;
 	e->dev = m->dev;
 	e->kind = m->kind;
-	e->ext_flags = m->ext_flags & DMU_EXT_WRITABLE;
+	/* A read-only table caches nothing writable (dmu_check_extent). */
+	e->ext_flags = m->dev < dmu_writable_devs(dt) ?
+		       m->ext_flags & DMU_EXT_WRITABLE : 0;
 	if (req->push)
 		e->state |= DMU_EXTENT_PUSHED;
 	if (m->ext_flags & DMU_EXT_NEW) {
@@ -473,9 +476,24 @@ static const char *dmu_finish_answer(struct dmu_target *dt, struct dmu_req *req,
 			return why;
 	}
 	if (status) {
+		struct bio_list reads = BIO_EMPTY_LIST;
+
 		dmu_unlink_answered(dt, req, &bios);
-		bio_list_merge(&req->bios, &bios);
+		/*
+		 * A read that joined a write's request is not what the daemon
+		 * refused (a full image fails the write, not the read): it
+		 * asks again on its own.
+		 */
+		while ((bio = bio_list_pop(&bios))) {
+			if ((req->map_flags & DMU_MAP_WRITE) &&
+			    !op_is_write(bio_op(bio)))
+				bio_list_add(&reads, bio);
+			else
+				bio_list_add(&req->bios, bio);
+		}
 		dmu_answer_failed(dt, req, status);
+		while ((bio = bio_list_pop(&reads)))
+			dmu_map_bio(dt, bio, DMU_ROUTE_RETRY, NULL, NULL);
 		return NULL;
 	}
 
@@ -540,7 +558,12 @@ int dmu_invalidate(struct dmu_target *dt, u64 block, u64 nr_blocks)
 	struct dmu_extent *spare = dmu_extent_alloc(&dt->cache);
 	unsigned long n;
 
-	if (!spare)
+	/*
+	 * Only an extent sticking out on both sides needs the spare: none
+	 * does of a range up to U64_MAX, which a shorter table's resume
+	 * drops, and which must not fail for want of memory.
+	 */
+	if (!spare && nr_blocks != U64_MAX - block)
 		return -ENOMEM;
 	dmu_cache_write_lock(&dt->cache);
 	n = dmu_cache_invalidate(dt, block, nr_blocks, &spare);

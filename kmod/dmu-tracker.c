@@ -376,6 +376,9 @@ unsigned int dmu_list_allocations(struct dmu_target *dt, u64 start,
 	*next = start;
 	list_for_each_entry(tk, &dt->records, record) {
 		nr = tk->kind == DMU_TK_DISCARD ? 1 : tk->nr_allocs;
+		/* Listed by an earlier chunk: skip it whole. */
+		if (!nr || dmu_cursor(tk->seq, nr - 1) < start)
+			continue;
 		for (i = 0; i < nr; i++) {
 			struct dmu_allocation *a;
 

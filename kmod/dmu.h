@@ -581,7 +581,7 @@ int dmu_drain_wait(struct dmu_drain *d);
 enum dmu_route {
 	DMU_ROUTE_MAP,		/* from map(): may shorten the bio */
 	DMU_ROUTE_ANSWER,	/* re-driven by origin's answer */
-	DMU_ROUTE_RETRY,	/* re-driven after a fill */
+	DMU_ROUTE_RETRY,	/* re-driven after a fill or a refused write */
 	DMU_ROUTE_DEFERRED,	/* retried by the worker: may sleep */
 };
 
@@ -601,6 +601,7 @@ bool dmu_must_fail_now(struct dmu_target *dt);
 bool dmu_handing_back(struct dmu_target *dt);
 bool dmu_must_requeue(struct dmu_target *dt);
 void dmu_wake_daemon(struct dmu_target *dt);
+int dmu_guest_errno(int status);
 void dmu_end_bio(struct bio *bio, int error);
 void dmu_end_bio_list(struct bio_list *bios, int error);
 void dmu_requeue_bio(struct dmu_target *dt, struct bio *bio);

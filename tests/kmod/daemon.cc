@@ -358,6 +358,13 @@ void Daemon::handle(const dmu_request& q, std::vector<dmu_response>& out) {
         out.insert(out.end(), answer->begin(), answer->end());
         break;
       }
+      const bool gated = config_.mode == Mode::Error || config_.mode == Mode::Identity;
+      if (gated && !config_.gate_file.empty() && config_.blocks.overlaps(q.block, q.nr_blocks)) {
+        // The kernel parks what arrives for these blocks meanwhile on
+        // this request (a read joining a write's MAP).
+        event("gate_wait", "file=" + config_.gate_file + " " + proto::describe(q));
+        if (!wait_for_gate()) event("gate_timeout", "file=" + config_.gate_file);
+      }
       auto answer = responder_.answer_map(q);
       out.insert(out.end(), answer.begin(), answer.end());
       break;

@@ -108,7 +108,8 @@ class Daemon {
   Result<void> send(std::vector<dmu_response>& batch);
   // One hostile answer for qs (Responder::hostile_requests() of them).
   Result<void> send_hostile(std::span<const dmu_request> qs);
-  // push-across-reload: true once config_.gate_file exists, false after
+  // push-across-reload, and MAPs touching --blocks in error/identity mode:
+  // true once config_.gate_file exists, false after
   // kGateWaitMs without it.
   bool wait_for_gate() const;
   static constexpr int kGateWaitMs = 120000;

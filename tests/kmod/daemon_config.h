@@ -86,13 +86,15 @@ struct DaemonConfig {
   std::string commit_errno_while = {};  // ... only while this file exists
   BlockRange blocks = {};        // error/hostile: the blocks the mode applies to
   int error_errno = EIO;         // error mode
+  bool error_writes_only = false;  // error mode: only write MAPs fail; reads are served
   HostileKind hostile = HostileKind::BadDevice;
   bool copy_half = false;            // copy: COPY only the first half of each block
   size_t batch = 64;                 // requests read per read()
   uint64_t hang_after_requests = 0;  // stop answering once this many MAPs were read (restart tests)
   uint64_t kill_after_requests = 0;  // die (SIGKILL) right after handling the N-th request
   uint32_t flood_ms = 10000;         // hostile push-flood: how long to push
-  std::string gate_file = {};        // hostile push-across-reload: FINAL once this file exists
+  std::string gate_file = {};        // hostile push-across-reload: FINAL once this file exists;
+                                     // error/identity: MAPs touching `blocks` wait for it
   bool die_open = false;             // hostile open-msgs-limit: SIGKILL instead of the FINALs
   std::string model_device = {};     // model: device 0 (the table's first data device)
   bool verbose = false;              // log every request and response

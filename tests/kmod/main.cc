@@ -80,15 +80,18 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
        "answer every COMMIT with this errno (positive; not in model mode)")
       ("commit-errno-while", po::value(&c.commit_errno_while),
        "fail COMMITs (--commit-errno) only while this file exists")
-      ("blocks", po::value(&blocks), "error/hostile: START:COUNT blocks the mode applies to")
+      ("blocks", po::value(&blocks), "error/hostile/identity: START:COUNT blocks the mode (or --gate) applies to")
       ("errno", po::value(&c.error_errno)->default_value(c.error_errno),
        "error mode: the errno (positive) requests fail with")
+      ("error-writes-only", po::bool_switch(&c.error_writes_only),
+       "error mode: only write MAPs in --blocks fail; reads there are answered")
       ("hostile", po::value(&hostile), ("hostile mode: the kind of bad answer: " +
                                         hostile_kinds()).c_str())
       ("flood-ms", po::value(&c.flood_ms)->default_value(c.flood_ms),
        "hostile push-flood: push for N ms after start, then serve as identity")
       ("gate", po::value(&c.gate_file),
-       "hostile push-across-reload: send the push's FINAL once this file exists")
+       "hostile push-across-reload: send the push's FINAL once this file exists; "
+       "error/identity: answer MAPs touching --blocks only once it exists")
       ("die-open", po::bool_switch(&c.die_open),
        "hostile open-msgs-limit: die by SIGKILL instead of sending the open answers' FINALs")
       ("copy-half", po::bool_switch(&c.copy_half),
@@ -129,6 +132,10 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
     std::cerr << "dmu-test-daemon: --die-open is for --mode hostile --hostile open-msgs-limit\n";
     return 2;
   }
+  if (c.error_writes_only && c.mode != Mode::Error) {
+    std::cerr << "dmu-test-daemon: --error-writes-only is for --mode error\n";
+    return 2;
+  }
   if (c.mode == Mode::Hostile) {
     auto k = parse_hostile(hostile);
     if (!k) {
@@ -145,6 +152,15 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
     auto r = parse_block_range(blocks);
     if (!r) {
       std::cerr << "dmu-test-daemon: " << mode << " mode needs --blocks START:COUNT\n";
+      return 2;
+    }
+    c.blocks = *r;
+  } else if (!blocks.empty()) {
+    // Identity: the blocks --gate holds (read-ahead stops short of them).
+    auto r = parse_block_range(blocks);
+    if (!r || c.mode != Mode::Identity) {
+      std::cerr
+          << "dmu-test-daemon: --blocks START:COUNT is for error, hostile and identity modes\n";
       return 2;
     }
     c.blocks = *r;

@@ -125,7 +125,8 @@ std::vector<dmu_response> Responder::answer_map(const dmu_request& q) {
     return {complete(q.id, -EIO)};  // the kernel asked for nothing sensible
   switch (config_.mode) {
     case Mode::Error:
-      if (config_.blocks.overlaps(q.block, q.nr_blocks))
+      if (config_.blocks.overlaps(q.block, q.nr_blocks) &&
+          (!config_.error_writes_only || is_write(q)))
         return {complete(q.id, -config_.error_errno)};
       return identity(q);
     case Mode::Zero:

@@ -11,7 +11,8 @@
 #   succeeds  the request was answered validly before the bad message
 # No COMPLETE follows a hostile answer: the answer alone decides.  I/O
 # outside the hostile range succeeds, errno values from COMPLETE reach the
-# caller, a flood of valid pushes keeps the kernel's memory bounded, dmesg
+# caller (and a read that joined a write's MAP is not failed with the
+# write's), a flood of valid pushes keeps the kernel's memory bounded, dmesg
 # stays free of oops/warnings, the module's slab caches return to their
 # baseline after removal and the module unloads.  slab_nomerge keeps the
 # module's caches visible by name.
@@ -300,7 +301,7 @@ for how in readonly shorter; do
   grep "event=hostile " $LOG
   expect_eq "$how: bad messages counted for the FINAL" $((bad0 + 1)) "$(dmu_stat h bad)"
   case $how in
-    readonly) why="writable extent on a read-only device" ;;
+    readonly) why="NEW extent while the table is read-only" ;;
     shorter) why="EXTENT beyond the end of the target" ;;
   esac
   dmesg | tail -5 | grep -q "message 0 of the answer to id .*checked again at its FINAL: $why" ||
@@ -370,6 +371,49 @@ cat /tmp/dd.err
 grep -q "No space left on device" /tmp/dd.err || fail "the daemon's errno (ENOSPC) did not reach the reader"
 read_block /dev/mapper/e 4096 20 || fail "read outside the error range failed"
 read_block /dev/mapper/e 4096 9 || fail "read right before the error range failed"
+daemon_stop $LOG
+dmsetup remove e || fail "dmsetup remove e"
+
+step "a read that joined a write's MAP asks again when the daemon fails the write"
+# The daemon fails write MAPs of block 40 with ENOSPC (a full image) and
+# serves reads; it answers only once /tmp/gate40 exists, so a read of block
+# 40 sent meanwhile joins the write's pending MAP.  The write's error is not
+# the read's: the read must ask on its own and get the block's data.
+: >$LOG
+rm -f /tmp/gate40
+dmu_create e err2 8 "" "$LOOP"
+daemon_start $LOG --key err2 --mode error --blocks 40:1 --errno 28 --error-writes-only --gate /tmp/gate40
+dd if=/dev/urandom of=/tmp/w40 bs=4096 count=1 status=none
+dd if=/tmp/w40 of=/dev/mapper/e bs=4096 seek=40 count=1 oflag=direct conv=notrunc status=none \
+  2>/tmp/w40.err &
+wpid=$!
+wait_until 60 "join: the write's MAP never reached the daemon" grep -q "event=gate_wait" $LOG
+r0=$(dmu_stat e requests)
+dd if=/dev/mapper/e of=/tmp/r40 bs=4096 skip=40 count=1 iflag=direct status=none 2>/tmp/r40.err &
+rpid=$!
+# dm calls map() in the submitter's context: once dd sleeps waiting for
+# its read (state D, twice in a row), map() has parked the bio.
+waits_for_io() { [ "$(awk '{print $3}' /proc/$rpid/stat 2>/dev/null)" = D ]; }
+read_parked() { waits_for_io && sleep 0.3 && waits_for_io; }
+wait_until 60 "join: the read never reached the target" read_parked
+expect_eq "join: requests after the read (it joined the write's MAP)" "$r0" "$(dmu_stat e requests)"
+touch /tmp/gate40
+if wait $wpid; then fail "join: the write the daemon failed succeeded"; fi
+grep -q "No space left on device" /tmp/w40.err || { cat /tmp/w40.err; fail "join: the write did not fail with ENOSPC"; }
+wait $rpid || { cat /tmp/r40.err; fail "join: the read failed with the write's error"; }
+expect_eq "join: the read's data" "$(block_md5 "$LOOP" 40)" "$(md5sum </tmp/r40)"
+expect_eq "join: requests after (the read asked once on its own)" $((r0 + 1)) "$(dmu_stat e requests)"
+daemon_stop $LOG
+dmsetup remove e || fail "dmsetup remove e"
+
+step "an errno that means more to the block layer (EREMOTEIO) reaches the reader as EIO"
+# -EREMOTEIO is BLK_STS_TARGET, on which dm core turns discards off; a
+# daemon's COMPLETE may only fail the I/O.
+: >$LOG
+dmu_create e err3 8 "" "$LOOP"
+daemon_start $LOG --key err3 --mode error --blocks 10:5 --errno 121
+if read_block /dev/mapper/e 4096 12 2>/tmp/dd.err; then fail "EREMOTEIO: read in the error range succeeded"; fi
+grep -q "Input/output error" /tmp/dd.err || { cat /tmp/dd.err; fail "EREMOTEIO: the reader did not get EIO"; }
 daemon_stop $LOG
 dmsetup remove e || fail "dmsetup remove e"
 

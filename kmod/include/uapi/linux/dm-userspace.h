@@ -53,7 +53,10 @@
  *             first block of the request, or the request's I/O fails with
  *             EIO.  Or the daemon ends the request with DMU_RSP_COMPLETE:
  *             status 0 completes a discard without I/O; a negative errno
- *             fails the request's I/O with it.  A request left unanswered
+ *             fails the request's I/O with it (-EIO, -ENOSPC, -ENODATA
+ *             and -EOPNOTSUPP as they are, any other as -EIO), except
+ *             reads that joined a write's request: they ask again with a
+ *             read MAP of their own.  A request left unanswered
  *             for daemon_timeout seconds fails with EIO.  A discard MAP
  *             names whole blocks only (the kernel rounds inward and drops
  *             its cached extents for them); a daemon without
@@ -146,7 +149,10 @@
  * While the live table is read-only no device is writable (BIND reports
  * writable_devs 0), whatever the table's writable_devs, and every write
  * and discard fails with EIO, also one from a writer that opened the
- * device before a reload --readonly, on a block cached writable.
+ * device before a reload --readonly, on a block cached writable.  A daemon
+ * bound before such a reload may still answer with WRITABLE extents on
+ * devices below the table's writable_devs: they are cached read-only; a
+ * NEW extent is a bad answer, and no discard is passed down.
  *
  * Pushes: the daemon may send EXTENT/COPY messages nobody asked for, under an
  * id of its own choosing with DMU_PUSH_ID set, the batch ending in
@@ -299,14 +305,15 @@ struct dmu_extent_info {
 /*
  * DMU_IOC_LIST_EXTENTS: copy up to max cached extents that end after
  * start_block, in block order, to the array at buf.  Repeat with
- * start_block = next_block until count < max.
+ * start_block = next_block (and count and next_block zero again, as on
+ * every call: -EINVAL otherwise) until count < max.
  */
 struct dmu_list_extents {
 	__u64 start_block;	/* in */
 	__u64 buf;		/* in: user pointer to struct dmu_extent_info[] */
 	__u32 max;		/* in */
-	__u32 count;		/* out */
-	__u64 next_block;	/* out */
+	__u32 count;		/* out; 0 on input */
+	__u64 next_block;	/* out; 0 on input */
 	__u64 reserved[2];	/* zero */
 };
 
@@ -333,15 +340,16 @@ struct dmu_allocation {
 /*
  * DMU_IOC_LIST_ALLOCATIONS: copy up to max records, in the order their
  * answers were applied, starting at the opaque cursor start (0 for the
- * first), to the array at buf.  Repeat with start = next until count < max.
- * Records published between two calls are simply no longer listed.
+ * first), to the array at buf.  Repeat with start = next (count and next
+ * zero again) until count < max.  Records published between two calls are
+ * simply no longer listed.
  */
 struct dmu_list_allocations {
 	__u64 start;		/* in */
 	__u64 buf;		/* in: user pointer to struct dmu_allocation[] */
 	__u32 max;		/* in */
-	__u32 count;		/* out */
-	__u64 next;		/* out */
+	__u32 count;		/* out; 0 on input */
+	__u64 next;		/* out; 0 on input */
 	__u64 reserved[2];	/* zero */
 };
 
