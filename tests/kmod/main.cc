@@ -148,19 +148,20 @@ int parse(int argc, char** argv, DaemonConfig& c, unsigned& bind_wait_ms,
       return 2;
     }
   }
-  if (c.mode == Mode::Error || c.mode == Mode::Hostile) {
+  // Error and hostile modes act on --blocks; identity mode may name the
+  // blocks --gate holds (read-ahead stops short of them).
+  bool needs_blocks = c.mode == Mode::Error || c.mode == Mode::Hostile;
+  if (needs_blocks || !blocks.empty()) {
     auto r = parse_block_range(blocks);
     if (!r) {
-      std::cerr << "dmu-test-daemon: " << mode << " mode needs --blocks START:COUNT\n";
+      std::cerr << "dmu-test-daemon: " << mode << " mode: "
+                << (blocks.empty() ? "needs --blocks START:COUNT"
+                                   : "--blocks must be START:COUNT, not '" + blocks + "'")
+                << "\n";
       return 2;
     }
-    c.blocks = *r;
-  } else if (!blocks.empty()) {
-    // Identity: the blocks --gate holds (read-ahead stops short of them).
-    auto r = parse_block_range(blocks);
-    if (!r || c.mode != Mode::Identity) {
-      std::cerr
-          << "dmu-test-daemon: --blocks START:COUNT is for error, hostile and identity modes\n";
+    if (!needs_blocks && c.mode != Mode::Identity) {
+      std::cerr << "dmu-test-daemon: --blocks is for error, hostile and identity modes\n";
       return 2;
     }
     c.blocks = *r;

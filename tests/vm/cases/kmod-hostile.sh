@@ -64,6 +64,18 @@ io_bg() {
   ) &
 }
 
+# logged_fates LOG: "block:fate" for every request the daemon logging to LOG
+# claimed a fate for.
+logged_fates() {
+  grep "event=hostile " "$1" | tr ' ,' '\n\n' |
+    sed -n 's/^\(fates=\)\{0,1\}[0-9]*:\([0-9]*:[a-z]*\)$/\2/p'
+}
+
+# fates_sorted: $FATES sorted, comma-separated (as the expected lists are).
+fates_sorted() {
+  echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//'
+}
+
 # check_fate KIND BLOCK: the I/O of BLOCK met the fate the daemon's hostile
 # answer claims for it (its request's fate; the daemon logs fates=...).
 check_fate() {
@@ -73,7 +85,7 @@ check_fate() {
   _fast=$FAST_MS
   [ "$_k" != open-msgs-limit ] || _fast=60000
   read -r _rc _ms <"/tmp/io.$_b" || fail "$_k: no result for the I/O of block $_b"
-  _fate=$(grep "event=hostile " $LOG | tr ' ,' '\n\n' | sed -n "s/^\(fates=\)\{0,1\}[0-9]*:$_b:\([a-z]*\)\$/\2/p" | tail -1)
+  _fate=$(logged_fates $LOG | sed -n "s/^$_b://p" | tail -1)
   [ -n "$_fate" ] || { cat $LOG; fail "$_k: the daemon claimed no fate for block $_b"; }
   echo "$_k: block $_b rc=$_rc ms=$_ms fate=$_fate"
   case $_fate in
@@ -159,8 +171,7 @@ while read -r kind want devs opts io; do
   wait_until 60 "$kind: the daemon logged no fates" grep -q "event=hostile " $LOG
   FATES=
   for b in $blocks; do check_fate "$kind" "$b"; done
-  got=$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')
-  expect_eq "$kind: fates of its requests" "$want" "$got"
+  expect_eq "$kind: fates of its requests" "$want" "$(fates_sorted)"
   read_block /dev/mapper/h 4096 100 || fail "$kind: read outside the hostile range failed"
   dd if=/dev/zero of=/dev/mapper/h bs=4096 seek=101 count=1 oflag=direct conv=notrunc status=none ||
     fail "$kind: write outside the hostile range failed"
@@ -229,8 +240,7 @@ wait_until 120 "open-die: the daemon never sent its open answers" \
 wait "$DAEMON_PID" 2>/dev/null
 expect_eq "open-die: the first daemon's end" 137 $?
 # The last of the 65 requests to arrive found no room; its read failed.
-refused=$(grep "event=hostile " $DLOG | tr ' ,' '\n\n' |
-  sed -n 's/^\(fates=\)\{0,1\}[0-9]*:\([0-9]*\):fails$/\2/p')
+refused=$(logged_fates $DLOG | sed -n 's/:fails$//p')
 [ -n "$refused" ] || { cat $DLOG; fail "open-die: the first daemon named no refused request"; }
 wait_until 60 "open-die: the refused read of block $refused" test -s "/tmp/io.$refused"
 read -r rc ms <"/tmp/io.$refused"
@@ -265,8 +275,7 @@ while [ $i -le 129 ]; do
   check_fate open-msgs-limit $i
   i=$((i + 1))
 done
-expect_eq "open-die: fates in the room given back" "$OPEN_WANT" \
-  "$(echo $FATES | tr ' ' '\n' | sort | tr '\n' ',' | sed 's/,$//')"
+expect_eq "open-die: fates in the room given back" "$OPEN_WANT" "$(fates_sorted)"
 daemon_stop $LOG
 expect_eq "open-die: broken promises" 0 "$(daemon_value $LOG counters hostile_broken)"
 timeout 60 dmsetup remove h || fail "open-die: dmsetup remove"
@@ -362,27 +371,36 @@ daemon_stop $LOG
 expect_eq "flood: bad messages" 0 "$(dmu_stat f bad)"
 timeout 60 dmsetup remove f || fail "dmsetup remove f"
 
+# error_device KEY ARGS...: device "e" over $LOOP, served by an error-mode
+# daemon with ARGS; error_device_remove undoes it.
+error_device() {
+  _key=$1
+  shift
+  : >$LOG
+  dmu_create e "$_key" 8 "" "$LOOP"
+  daemon_start $LOG --key "$_key" --mode error "$@"
+}
+error_device_remove() {
+  daemon_stop $LOG
+  dmsetup remove e || fail "dmsetup remove e"
+}
+
 step "error mode: COMPLETE with ENOSPC reaches the reader, only in the range"
-: >$LOG
-dmu_create e err1 8 "" "$LOOP"
-daemon_start $LOG --key err1 --mode error --blocks 10:5 --errno 28
+error_device err1 --blocks 10:5 --errno 28
 if read_block /dev/mapper/e 4096 12 2>/tmp/dd.err; then fail "read in the error range succeeded"; fi
 cat /tmp/dd.err
 grep -q "No space left on device" /tmp/dd.err || fail "the daemon's errno (ENOSPC) did not reach the reader"
 read_block /dev/mapper/e 4096 20 || fail "read outside the error range failed"
 read_block /dev/mapper/e 4096 9 || fail "read right before the error range failed"
-daemon_stop $LOG
-dmsetup remove e || fail "dmsetup remove e"
+error_device_remove
 
 step "a read that joined a write's MAP asks again when the daemon fails the write"
 # The daemon fails write MAPs of block 40 with ENOSPC (a full image) and
 # serves reads; it answers only once /tmp/gate40 exists, so a read of block
 # 40 sent meanwhile joins the write's pending MAP.  The write's error is not
 # the read's: the read must ask on its own and get the block's data.
-: >$LOG
 rm -f /tmp/gate40
-dmu_create e err2 8 "" "$LOOP"
-daemon_start $LOG --key err2 --mode error --blocks 40:1 --errno 28 --error-writes-only --gate /tmp/gate40
+error_device err2 --blocks 40:1 --errno 28 --error-writes-only --gate /tmp/gate40
 dd if=/dev/urandom of=/tmp/w40 bs=4096 count=1 status=none
 dd if=/tmp/w40 of=/dev/mapper/e bs=4096 seek=40 count=1 oflag=direct conv=notrunc status=none \
   2>/tmp/w40.err &
@@ -403,19 +421,15 @@ grep -q "No space left on device" /tmp/w40.err || { cat /tmp/w40.err; fail "join
 wait $rpid || { cat /tmp/r40.err; fail "join: the read failed with the write's error"; }
 expect_eq "join: the read's data" "$(block_md5 "$LOOP" 40)" "$(md5sum </tmp/r40)"
 expect_eq "join: requests after (the read asked once on its own)" $((r0 + 1)) "$(dmu_stat e requests)"
-daemon_stop $LOG
-dmsetup remove e || fail "dmsetup remove e"
+error_device_remove
 
 step "an errno that means more to the block layer (EREMOTEIO) reaches the reader as EIO"
 # -EREMOTEIO is BLK_STS_TARGET, on which dm core turns discards off; a
 # daemon's COMPLETE may only fail the I/O.
-: >$LOG
-dmu_create e err3 8 "" "$LOOP"
-daemon_start $LOG --key err3 --mode error --blocks 10:5 --errno 121
+error_device err3 --blocks 10:5 --errno 121
 if read_block /dev/mapper/e 4096 12 2>/tmp/dd.err; then fail "EREMOTEIO: read in the error range succeeded"; fi
 grep -q "Input/output error" /tmp/dd.err || { cat /tmp/dd.err; fail "EREMOTEIO: the reader did not get EIO"; }
-daemon_stop $LOG
-dmsetup remove e || fail "dmsetup remove e"
+error_device_remove
 
 step "no oops or warning, slabs back to baseline, module unloads"
 check_dmesg
