@@ -168,12 +168,17 @@ refused() {
   echo "refused $2 in $_ms ms"
 }
 
-step "xl create fails with one line naming the image: corrupt, missing, unknown prefix, in use"
+step "xl create fails with one line naming the image: corrupt, missing, unknown prefix, probed raw, in use"
 cp base.qcow2 bad.qcow2
 printf '\377\377\377\377' | dd of=bad.qcow2 bs=1 seek=20 conv=notrunc 2>/dev/null   # cluster_bits
 refused bad1 qcow2:/vm/bad.qcow2 'block-dmu: /vm/bad.qcow2'
 refused bad2 qcow2:/vm/missing.qcow2 '/vm/missing.qcow2: no such image file'
 refused bad3 qed:/vm/ovA.qcow2 'qed:/vm/ovA.qcow2: target is not'
+# dmu: probes; a writable disk that probes as raw must name its format (the
+# guest could write a header a later probe takes for qcow2).
+truncate -s 16M plain.img
+refused bad6 dmu:/vm/plain.img '/vm/plain.img: probed as raw'
+rm -f plain.img
 dmu attach --name elsewhere /vm/ovA.qcow2 >/dev/null || fail "dmu attach ovA.qcow2 in dom0"
 keep_attached=1
 refused bad4 qcow2:/vm/ovA.qcow2 '/vm/ovA.qcow2: Failed to get "write" lock'
