@@ -88,6 +88,26 @@ bool request_claimable(const std::string& value, pid_t self,
   return pid != self && !helper_alive(pid);
 }
 
+std::optional<int64_t> parse_deadline(const std::string& value) {
+  int64_t v = 0;
+  if (value.empty() || value.size() > 12 || value[0] == '0') return std::nullopt;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (ec != std::errc() || end != value.data() + value.size() || v <= 0) return std::nullopt;
+  return v;
+}
+
+std::chrono::milliseconds attach_budget(std::optional<int64_t> deadline_s, int64_t now_ms,
+                                        std::chrono::seconds attach_timeout) {
+  const std::chrono::milliseconds whole(attach_timeout);
+  if (!deadline_s) return whole;
+  // parse_deadline's at most 12 digits keep this far from overflowing;
+  // now_ms is compared before it is subtracted, whatever the clock says.
+  const int64_t end_ms = *deadline_s * 1000 - kAnswerMargin.count();
+  if (now_ms >= end_ms || end_ms - now_ms < kShortestAttach.count())
+    return std::chrono::milliseconds(0);
+  return std::min(whole, std::chrono::milliseconds(end_ms - now_ms));
+}
+
 std::chrono::seconds gone_detach_retry_delay(unsigned failures) {
   constexpr std::chrono::seconds first{5}, most{300};
   auto delay = first;

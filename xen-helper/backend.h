@@ -9,6 +9,10 @@
 //                             the helper claims it ("claimed <pid>") before it
 //                             works, and writes its answer only while its claim
 //                             stands (block-dmu removes the key when it gives up)
+//   B/dmu/deadline            block-dmu, with the request (one transaction): the
+//                             Unix time (s) it stops waiting; absent from an
+//                             older block-dmu.  A key of its own, so a helper
+//                             that predates it still reads "add".
 //   B/physical-device         ours: hex major:minor of /dev/mapper/xen-vbd-<domid>-<devid>
 //   B/physical-device-path    ours: that node
 //   B/hotplug-status          ours: connected | error (with B/hotplug-error)
@@ -68,6 +72,24 @@ std::string request_claim(pid_t self);
 // block-dmu still waits.  Never another live helper's claim, nor our own.
 bool request_claimable(const std::string& value, pid_t self,
                        const std::function<bool(pid_t)>& helper_alive);
+
+// B/dmu/deadline's value, or nullopt for anything but a positive decimal.
+std::optional<int64_t> parse_deadline(const std::string& value);
+
+// How long the helper may spend attaching a request whose block-dmu stops
+// waiting at Unix time `deadline_s` (from parse_deadline), at Unix time
+// `now_ms` (milliseconds):
+// its own `attach_timeout`, cut so that the answer lands while block-dmu
+// still waits (kAnswerMargin before the deadline): a request that queued
+// behind other slow disks of one `xl create` gets only what is left.  Zero
+// when less than kShortestAttach would be left: too late to start.
+inline constexpr std::chrono::milliseconds kAnswerMargin{2000};
+// (3 s: an attach can end a second or two past its join_timeout -- the
+// bind and the clean-up each get at least a second -- and the margin must
+// still hold.)
+inline constexpr std::chrono::milliseconds kShortestAttach{3000};
+std::chrono::milliseconds attach_budget(std::optional<int64_t> deadline_s, int64_t now_ms,
+                                        std::chrono::seconds attach_timeout);
 
 // How long to wait before the next `dmu detach` of a gone domain's device
 // after `failures` (>= 1) of them failed: 5 s, doubling, at most 5 min.  A

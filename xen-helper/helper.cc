@@ -72,6 +72,14 @@ bool helper_alive(pid_t pid) {
   return true;
 }
 
+// The wall clock in milliseconds: block-dmu's deadline is wall-clock time
+// (date +%s), and so is its wait (bash's SECONDS).
+int64_t wall_clock_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 Result<void> Helper::start() {
@@ -115,6 +123,7 @@ Result<bool> Helper::answer(BackendId id,
   const std::string b = backend_path(id);
   const std::string claim = request_claim(::getpid());
   removes.push_back(b + "/dmu/request");
+  removes.push_back(b + "/dmu/deadline");
   return xs_.write_if(b + "/dmu/request",
                       [&](const std::optional<std::string>& v) { return v == claim; }, keys, removes);
 }
@@ -131,7 +140,12 @@ void Helper::handle_add(BackendId id) {
   const std::string b = backend_path(id);
   // Claimed first, in one transaction with the check: block-dmu may have
   // given up on a request that waited behind others (or another helper,
-  // started meanwhile, took it).
+  // started meanwhile, took it).  Its deadline is read first: block-dmu
+  // writes both keys in one transaction and removes the request before the
+  // deadline, so a claim that succeeds had the deadline read here (read
+  // after it, a block-dmu giving up meanwhile could leave a claimed request
+  // with no deadline, and the whole --attach-timeout spent on it).
+  const auto deadline = xs_.read(b + "/dmu/deadline");
   auto claimed = xs_.write_if(
       b + "/dmu/request",
       [](const std::optional<std::string>& v) { return v && request_claimable(*v, ::getpid(), helper_alive); },
@@ -149,6 +163,21 @@ void Helper::handle_add(BackendId id) {
   if (::stat(target->path.c_str(), &st) != 0)
     return refuse(id, target->path + ": no such image file");
   if (!S_ISREG(st.st_mode)) return refuse(id, target->path + ": not a regular file");
+  // The disks of one `xl create` come one after another, each attach up to
+  // attach_timeout: one that waited behind slow ones gets what is left of
+  // its block-dmu's wait, so our answer comes while block-dmu still waits.
+  // Too little left: refused now, unless the disk is attached already (libxl
+  // running add twice, a helper taking over), which attach answers at once.
+  auto budget = attach_budget(deadline ? parse_deadline(*deadline) : std::nullopt, wall_clock_ms(),
+                              o_.attach_timeout);
+  if (budget < std::chrono::seconds(1)) {
+    auto recorded = daemon::read_state(dm_name(id));
+    if (!recorded || !*recorded)
+      return refuse(id, target->path + ": block-dmu stops waiting in under " +
+                            std::to_string((kAnswerMargin + kShortestAttach).count() / 1000) +
+                            " s; not attached");
+    budget = std::chrono::seconds(1);
+  }
 
   daemon::AttachOptions ao;
   ao.image = target->path;
@@ -157,7 +186,7 @@ void Helper::handle_add(BackendId id) {
   ao.read_only = mode == "r";
   ao.group = group_name(id.domid);
   ao.program = o_.dmu_program;
-  ao.join_timeout = o_.attach_timeout;
+  ao.join_timeout = std::chrono::duration_cast<std::chrono::seconds>(budget);
   // add again (libxl retries, a helper restarted mid-add, block-dmu falling
   // back at the same time): attach succeeds on the device served as asked.
   auto attached = daemon::attach(ao);

@@ -1,8 +1,9 @@
 // dmu-xen-helper's work, event by event (main.cc runs the loop):
 //
-//  - add: block-dmu wrote B/dmu/request=add.  We claim it (backend.h), attach the target as
-//    xen-vbd-<domid>-<devid> into group xen-dom<domid> (one mapping process
-//    per domain, daemon/group.h), write block-dmu's own state (so its
+//  - add: block-dmu wrote B/dmu/request=add (and B/dmu/deadline).  We claim
+//    it (backend.h), attach the target as xen-vbd-<domid>-<devid> into group
+//    xen-dom<domid> (one mapping process per domain, daemon/group.h) within
+//    what is left of block-dmu's wait, write block-dmu's own state (so its
 //    `remove`, which runs `dmu detach`, works as if it had attached), the
 //    keys blkback and libxl wait for, our debugging keys, and last
 //    hotplug-status.  A failure is hotplug-error + hotplug-status=error.

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
        "seconds between ticks (counter refreshes, withdrawals retried)")
       ("attach-timeout", po::value<unsigned>()->default_value(20),
        "seconds an attach waits for the domain's mapping process to bind a disk before it is "
-       "refused (block-dmu waits 29 s for the answer)")
+       "refused; less when block-dmu's wait (29 s, its dmu/deadline key) ends sooner")
       ("hotplug-state", po::value<std::string>()->default_value("/run/dmu/hotplug"),
        "block-dmu's state directory (DMU_HOTPLUG_STATE of block-dmu)");
   // clang-format on

@@ -75,6 +75,27 @@ TEST(XenHelperRequest, AFreshAddOrADeadHelpersClaimIsClaimable) {
     EXPECT_FALSE(request_claimable(bad, 42, none_alive)) << bad;
 }
 
+TEST(XenHelperRequest, DeadlineIsAPositiveDecimal) {
+  EXPECT_EQ(parse_deadline("1764000029"), 1764000029);
+  for (const char* bad : {"", "0", "012", "-5", "x", "12x", " 12", "12 ", "1234567890123"})
+    EXPECT_FALSE(parse_deadline(bad)) << bad;
+}
+
+// Three slow disks of one xl create: the third must not start a 20 s attach
+// 25 s into block-dmu's 29 s wait.
+TEST(XenHelperRequest, AttachBudgetIsWhatIsLeftOfBlockDmusWait) {
+  using std::chrono::milliseconds;
+  using std::chrono::seconds;
+  const int64_t deadline = 1000;                                              // s
+  EXPECT_EQ(attach_budget(std::nullopt, 990'000, seconds(20)), seconds(20));  // an older block-dmu
+  EXPECT_EQ(attach_budget(deadline, 971'000, seconds(20)), seconds(20));      // 29 s left
+  EXPECT_EQ(attach_budget(deadline, 980'500, seconds(20)), milliseconds(17'500));  // 2 s to answer
+  EXPECT_EQ(attach_budget(deadline, 995'000, seconds(20)), seconds(3));
+  EXPECT_EQ(attach_budget(deadline, 995'001, seconds(20)), seconds(0));  // too little to start
+  EXPECT_EQ(attach_budget(deadline, 1'200'000, seconds(20)), seconds(0));
+  EXPECT_EQ(attach_budget(deadline, -5, seconds(20)), seconds(20));  // a clock before 1970
+}
+
 // A gone domain's device whose detach keeps failing (held open in dom0)
 // is tried again later and later, not at every tick.
 TEST(XenHelperGoneDetach, RetriesBackOffTo5Minutes) {

@@ -11,8 +11,10 @@
 # into the same group process and out of it, an access=r disk read-only;
 # an attach the group's process
 # does not bind within the helper's --attach-timeout is refused with that
-# reason while block-dmu still waits; a helper whose answer comes after
-# block-dmu gave up detaches the device at once; xl destroy leaves no dm device,
+# reason while block-dmu still waits, also two at once with a longer
+# --attach-timeout (the request carries block-dmu's deadline); a helper
+# whose answer comes after an older block-dmu (no deadline) gave up
+# detaches the device at once; xl destroy leaves no dm device,
 # loop device, dmu process or dmu key, and qemu-img check is clean; a missing
 # image fails xl create through the helper with a line naming the file.
 # Then without a helper: block-dmu attaches by itself, into the domain's
@@ -287,13 +289,14 @@ step "an attach the group's process does not bind in time is refused by the help
 # xvdb.  (Without the timeout block-dmu gives up first: "did not answer".)
 sup=$(sed -n 's/.*"supervisor": \([0-9][0-9]*\).*/\1/p' "/run/dmu/xen-vbd-$domid-51712.json")
 [ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded for xvda"
-# late_refused VDEV LOG: xl block-attach of VDEV fails (into LOG) while the
-# group's supervisor is stopped.  (libxl keeps a failed backend until the
-# domain ends, so each try takes a new vdev.)
+# late_refused VDEV LOG [SCRIPT]: xl block-attach of VDEV (through SCRIPT,
+# block-dmu by default) fails (into LOG) while the group's supervisor is
+# stopped.  (libxl keeps a failed backend until the domain ends, so each try
+# takes a new vdev.)
 late_refused() {
   kill -STOP "$sup" || fail "kill -STOP $sup"
   _t0=$(now_ms)
-  if xl block-attach hg "vdev=$1,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2" \
+  if xl block-attach hg "vdev=$1,access=w,backendtype=phy,script=${3:-block-dmu},target=qcow2:/vm/extra.qcow2" \
     >"$2" 2>&1; then
     kill -CONT "$sup"
     fail "xl block-attach succeeded while the group's supervisor was stopped"
@@ -318,15 +321,50 @@ grep -q "mapping process did not bind it in time" /tmp/refused.log ||
   { cat /tmp/refused.log; fail "xl block-attach did not report the helper's attach timeout"; }
 late_gone xvdd 51760
 
-step "a helper answering after block-dmu gave up detaches what it attached"
-# Now the helper waits longer than block-dmu: block-dmu gives up (removing
-# the request) and xl block-attach fails.  The helper's late answer must find
-# its claim gone, never connect xvdd (no physical-device for blkback), and
-# detach its device at once, not at the domain's end.
+step "two disks at once, the helper allowed 60 s each: both answered inside block-dmu's wait"
+# block-dmu writes the time it stops waiting beside its request; the helper
+# takes one request after another and gives each only what is left of its
+# wait, less 2 s to answer: the first is refused when its bind times out,
+# the second (queued behind it) with what little is left, or at once.
+# Counted from the helper's own start, 60 s would end after block-dmu's 29 s
+# ("did not answer within").
 kill "$(helper_pid)" || fail "stop the helper"
 i=0
 while [ -n "$(helper_pid)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
 start_helper --attach-timeout 60 --interval 2
+qemu-img create -q -f qcow2 extra2.qcow2 16M || fail "make extra2.qcow2"
+kill -STOP "$sup" || fail "kill -STOP $sup"
+t0=$(now_ms)
+xl block-attach hg 'vdev=xvdg,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2' \
+  >/tmp/queued-g.log 2>&1 &
+g=$!
+xl block-attach hg 'vdev=xvdh,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra2.qcow2' \
+  >/tmp/queued-h.log 2>&1 &
+h=$!
+wait $g && { kill -CONT "$sup"; fail "xl block-attach of xvdg succeeded while the supervisor was stopped"; }
+echo "xvdg refused after $(( $(now_ms) - t0 )) ms"
+wait $h && { kill -CONT "$sup"; fail "xl block-attach of xvdh succeeded while the supervisor was stopped"; }
+echo "xvdh refused after $(( $(now_ms) - t0 )) ms"
+kill -CONT "$sup" || fail "kill -CONT $sup"
+for v in g h; do
+  grep -Eq "block-dmu: /vm/extra2?\.qcow2: .*(did not bind it in time|stops waiting in under)" \
+    "/tmp/queued-$v.log" || { cat "/tmp/queued-$v.log"; fail "xvd$v: not the helper's refusal inside block-dmu's wait"; }
+done
+late_gone xvdg 51808
+late_gone xvdh 51824
+check_clean extra2.qcow2
+
+step "a helper answering after an older block-dmu gave up detaches what it attached"
+# A block-dmu older than the deadline key: the helper then takes its whole
+# 60 s, block-dmu gives up (removing the request) and xl block-attach
+# fails.  The helper's late answer must find its claim gone, never connect
+# the disk (no physical-device for blkback), and detach its device at once,
+# not at the domain's end.
+sed 's/^  xenstore-write "\$backend\/dmu\/deadline" .* \\$/  xenstore-write \\/' \
+  /etc/xen/scripts/block-dmu >/tmp/block-dmu-old
+chmod +x /tmp/block-dmu-old
+! grep -q "dmu/deadline\" [$]" /tmp/block-dmu-old || fail "the older block-dmu still writes a deadline"
+grep -q 'dmu/request" add' /tmp/block-dmu-old || fail "the older block-dmu writes no request"
 # Something in dom0 holds the new device open (as udev's blkid may) until
 # after the late answer: the helper's detach is refused, retried at its
 # ticks without holding up its event loop, and done once the holder closes.
@@ -337,7 +375,7 @@ rm -f /tmp/late-release
   exec 3<"$late"
   i=0; until [ -e /tmp/late-release ]; do i=$((i + 1)); [ $i -lt 900 ] || exit 0; sleep 0.1; done ) &
 holder=$!
-late_refused xvde /tmp/late.log
+late_refused xvde /tmp/late.log /tmp/block-dmu-old
 grep -q "did not answer within" /tmp/late.log || { cat /tmp/late.log; fail "xl block-attach did not report block-dmu's timeout"; }
 i=0
 until grep -q "xen-vbd-$domid-51776: .*in use.*withdrawal retried at the next tick" "$helper_log"; do
