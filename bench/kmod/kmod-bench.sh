@@ -6,6 +6,12 @@
 # /results/bench.csv: rep,job,device,start_s,end_s,iops,bw_kib,requests.
 # A task blocked for 60 s panics the guest, so a stall ends the run at once
 # with its stack on the console instead of waiting for the timeout.
+# GRAIN=S (unset by default): instead of one fio process per run, each job
+# is one fio process running REPS pairs of S-second runs back to back
+# (stonewalled, 0.5 s ramp each, order alternating per pair), so the two runs
+# of a pair are seconds apart; start_s/end_s are then the process's span
+# split evenly over its runs, and requests the process's total, on its last
+# userspace row.
 # BACKING=disk (default): the loop file is on ext4 on the virtio disk, with
 # direct I/O.  BACKING=memory: the loop file is on tmpfs in guest memory
 # (buffered; tmpfs has no direct I/O on 6.1), so no host disk or host page
@@ -31,22 +37,61 @@ run_fio() {  # job device -> "iops bw_kib" (reads for randread, writes otherwise
   fi
 }
 
-echo "rep,job,device,start_s,end_s,iops,bw_kib,requests" >/results/bench.csv
-for rep in $(seq 1 "$REPS"); do
-  for job in randread randwrite seqwrite; do
-    # Alternate which device goes first so drift does not favour one.
-    if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
-    for dev in $order; do
-      r0=$(dmu_stat u requests)
-      t0=$(cut -d' ' -f1 /proc/uptime)
-      # shellcheck disable=SC2046  # split on purpose: "iops bw_kib"
-      set -- $(run_fio $job /dev/mapper/$dev)
-      t1=$(cut -d' ' -f1 /proc/uptime)
-      r1=$(dmu_stat u requests)
-      echo "$rep,$job,$dev,$t0,$t1,$1,$2,$((r1 - r0))" | tee -a /results/bench.csv
+# run_grained JOB: REPS pairs of GRAIN-second runs of JOB in one fio process.
+run_grained() {
+  _jobs=''
+  for _rep in $(seq 1 "$REPS"); do
+    if [ $((_rep % 2)) = 1 ]; then _order="lin u"; else _order="u lin"; fi
+    for _dev in $_order; do
+      _jobs="$_jobs --name=$_dev-$_rep --filename=/dev/mapper/$_dev --stonewall"
     done
   done
-done
+  r0=$(dmu_stat u requests)
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  # shellcheck disable=SC2046,SC2086  # split on purpose: one word per option
+  fio $(fio_job_args "$1") --direct=1 --ioengine=libaio --size=256M --time_based \
+    --runtime="$GRAIN" --ramp_time=500ms --minimal $_jobs >/tmp/fio.out 2>&1 ||
+    { cat /tmp/fio.out; fail "fio $1 (grained)"; }
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  r1=$(dmu_stat u requests)
+  awk -F';' -v job="$1" -v t0="$t0" -v t1="$t1" -v req=$((r1 - r0)) -v n=$((2 * REPS)) '
+    NF > 50 {
+      i++; split($3, name, "-"); rep[i] = name[2]; dev[i] = name[1]
+      iops[i] = job == "randread" ? $8 : $49; bw[i] = job == "randread" ? $7 : $48
+      if (dev[i] == "u") lastu = i
+    }
+    END {
+      for (k = 1; k <= i; k++)
+        printf "%s,%s,%s,%.2f,%.2f,%s,%s,%d\n", rep[k], job, dev[k], t0 + (t1 - t0) * (k - 1) / n,
+          t0 + (t1 - t0) * k / n, iops[k], bw[k], k == lastu ? req : 0
+    }' /tmp/fio.out | tee -a /results/bench.csv
+}
+
+# run_separate: REPS repetitions of every job, one fio process per run.
+run_separate() {
+  for rep in $(seq 1 "$REPS"); do
+    for job in randread randwrite seqwrite; do
+      # Alternate which device goes first so drift does not favour one.
+      if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
+      for dev in $order; do
+        r0=$(dmu_stat u requests)
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        # shellcheck disable=SC2046  # split on purpose: "iops bw_kib"
+        set -- $(run_fio $job /dev/mapper/$dev)
+        t1=$(cut -d' ' -f1 /proc/uptime)
+        r1=$(dmu_stat u requests)
+        echo "$rep,$job,$dev,$t0,$t1,$1,$2,$((r1 - r0))" | tee -a /results/bench.csv
+      done
+    done
+  done
+}
+
+echo "rep,job,device,start_s,end_s,iops,bw_kib,requests" >/results/bench.csv
+if [ -n "${GRAIN:-}" ]; then
+  for job in randread randwrite seqwrite; do run_grained $job; done
+else
+  run_separate
+fi
 daemon_report $LOG
 dmsetup status u
 bench_devices_remove $LOG
