@@ -8,12 +8,19 @@
 namespace dmu::xenhelper {
 namespace {
 
-std::optional<uint32_t> number(std::string_view s) {
-  uint32_t v = 0;
-  if (s.empty() || (s.size() > 1 && s[0] == '0')) return std::nullopt;
+// A decimal that is the whole of `s`: no sign, no leading zero (so one
+// value has one spelling), nothing after it, and it fits in T.
+template <typename T>
+std::optional<T> decimal(std::string_view s) {
+  T v = 0;
+  if (s.empty() || s[0] == '-' || (s.size() > 1 && s[0] == '0')) return std::nullopt;
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
   return v;
+}
+
+std::optional<uint32_t> number(std::string_view s) {
+  return decimal<uint32_t>(s);
 }
 
 }  // namespace
@@ -80,19 +87,15 @@ bool request_claimable(const std::string& value, pid_t self,
   if (value == "add") return true;
   const std::string_view prefix = "claimed ";
   if (!value.starts_with(prefix)) return false;
-  const char* first = value.data() + prefix.size();
-  const char* last = value.data() + value.size();
-  pid_t pid = 0;
-  auto [end, ec] = std::from_chars(first, last, pid);
-  if (ec != std::errc() || end != last || first == last || *first == '-' || pid <= 0) return false;
-  return pid != self && !helper_alive(pid);
+  const auto pid = decimal<pid_t>(std::string_view(value).substr(prefix.size()));
+  if (!pid || *pid <= 0) return false;
+  return *pid != self && !helper_alive(*pid);
 }
 
 std::optional<int64_t> parse_deadline(const std::string& value) {
-  int64_t v = 0;
-  if (value.empty() || value.size() > 12 || value[0] == '0') return std::nullopt;
-  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (ec != std::errc() || end != value.data() + value.size() || v <= 0) return std::nullopt;
+  if (value.size() > 12) return std::nullopt;
+  const auto v = decimal<int64_t>(value);
+  if (!v || *v <= 0) return std::nullopt;
   return v;
 }
 

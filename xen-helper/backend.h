@@ -78,11 +78,11 @@ std::optional<int64_t> parse_deadline(const std::string& value);
 
 // How long the helper may spend attaching a request whose block-dmu stops
 // waiting at Unix time `deadline_s` (from parse_deadline), at Unix time
-// `now_ms` (milliseconds):
-// its own `attach_timeout`, cut so that the answer lands while block-dmu
-// still waits (kAnswerMargin before the deadline): a request that queued
-// behind other slow disks of one `xl create` gets only what is left.  Zero
-// when less than kShortestAttach would be left: too late to start.
+// `now_ms` (milliseconds): its own `attach_timeout`, cut so that the answer
+// lands while block-dmu still waits (kAnswerMargin before the deadline): a
+// request that queued behind other slow disks of one `xl create` gets only
+// what is left.  Zero when less than kShortestAttach would be left: too late
+// to start.
 inline constexpr std::chrono::milliseconds kAnswerMargin{2000};
 // (3 s: an attach can end a second or two past its join_timeout -- the
 // bind and the clean-up each get at least a second -- and the margin must

@@ -170,12 +170,12 @@ void Helper::handle_add(BackendId id) {
   // running add twice, a helper taking over), which attach answers at once.
   auto budget = attach_budget(deadline ? parse_deadline(*deadline) : std::nullopt, wall_clock_ms(),
                               o_.attach_timeout);
-  if (budget < std::chrono::seconds(1)) {
+  if (budget.count() == 0) {
     auto recorded = daemon::read_state(dm_name(id));
     if (!recorded || !*recorded)
-      return refuse(id, target->path + ": block-dmu stops waiting in under " +
+      return refuse(id, target->path + ": too little of block-dmu's wait is left (under " +
                             std::to_string((kAnswerMargin + kShortestAttach).count() / 1000) +
-                            " s; not attached");
+                            " s); not attached");
     budget = std::chrono::seconds(1);
   }
 

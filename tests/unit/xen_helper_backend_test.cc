@@ -71,7 +71,7 @@ TEST(XenHelperRequest, AFreshAddOrADeadHelpersClaimIsClaimable) {
   EXPECT_FALSE(request_claimable("claimed 7", 42, all_alive));  // it works on it
   EXPECT_FALSE(request_claimable("claimed 42", 42, none_alive));  // ours already
   for (const char* bad : {"", "ad", "add ", "claimed", "claimed ", "claimed x", "claimed 7x",
-                          "claimed -7", "claimed 12345678901", "busy 7"})
+                          "claimed -7", "claimed 07", "claimed 0", "claimed 12345678901", "busy 7"})
     EXPECT_FALSE(request_claimable(bad, 42, none_alive)) << bad;
 }
 

@@ -347,7 +347,7 @@ wait $h && { kill -CONT "$sup"; fail "xl block-attach of xvdh succeeded while th
 echo "xvdh refused after $(( $(now_ms) - t0 )) ms"
 kill -CONT "$sup" || fail "kill -CONT $sup"
 for v in g h; do
-  grep -Eq "block-dmu: /vm/extra2?\.qcow2: .*(did not bind it in time|stops waiting in under)" \
+  grep -Eq "block-dmu: /vm/extra2?\.qcow2: .*(did not bind it in time|too little of block-dmu's wait is left)" \
     "/tmp/queued-$v.log" || { cat "/tmp/queued-$v.log"; fail "xvd$v: not the helper's refusal inside block-dmu's wait"; }
 done
 late_gone xvdg 51808
