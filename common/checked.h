@@ -24,6 +24,11 @@ inline bool range_within(uint64_t offset, uint64_t length, uint64_t limit) {
   return offset <= limit && length <= limit - offset;
 }
 
+// ceil(a / b) for b > 0, without the overflow of (a + b - 1) / b.
+inline constexpr uint64_t ceil_div(uint64_t a, uint64_t b) {
+  return a / b + (a % b != 0);
+}
+
 inline constexpr uint64_t align_down(uint64_t v, uint64_t a) { return v - v % a; }
 inline std::optional<uint64_t> align_up(uint64_t v, uint64_t a) {
   auto r = checked_add(v, a - 1);

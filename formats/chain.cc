@@ -121,7 +121,7 @@ Result<std::unique_ptr<Chain>> Chain::assemble(std::vector<std::unique_ptr<Image
 }
 
 unsigned Chain::device_index(unsigned depth, unsigned file) const {
-  return first_device_.at(depth) + file;
+  return first_device_[depth] + file;
 }
 
 unsigned Chain::device_depth(unsigned device) const {

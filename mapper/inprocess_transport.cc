@@ -10,12 +10,6 @@
 
 namespace dmu::mapper {
 
-namespace {
-uint64_t ceil_div(uint64_t a, uint64_t b) {
-  return a / b + (a % b != 0);
-}
-}  // namespace
-
 InprocessTransport::InprocessTransport(MapService& service)
     : service_(service), block_size_(service.block_size()), virtual_size_(service.virtual_size()) {}
 

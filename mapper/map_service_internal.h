@@ -6,11 +6,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace dmu::mapper {
+#include "common/checked.h"  // ceil_div, used by the service's files
 
-inline uint64_t ceil_div(uint64_t a, uint64_t b) {
-  return a / b + (a % b != 0);
-}
+namespace dmu::mapper {
 
 // Appends extent e, merging it into the previous one when it continues it
 // (same kind and flags, adjacent blocks, and for REMAP adjacent sectors).
