@@ -27,11 +27,24 @@ struct Counters {
   std::atomic<uint64_t> adopted{0};       // allocation records adopted at bind
   std::atomic<uint64_t> pushed{0};        // extents pushed unasked (after bind)
   std::atomic<uint64_t> waited{0};        // MAPs that waited for an earlier answer's DONE
+  std::atomic<uint64_t> allocations{0};   // NEW extents answered: runs of fresh host space
+  std::atomic<uint64_t> allocated_blocks{0};  // blocks those extents cover
+  // Image commits, timed from the commit thread asking for the service to
+  // the answer being ready (a miss waits as long: served_device.h).
+  std::atomic<uint64_t> commit_us_total{0};
+  std::atomic<uint64_t> commit_us_max{0};
+  std::atomic<uint64_t> commit_us_last{0};
+
+  // One image commit took `us` microseconds.
+  void commit_took(uint64_t us);
 
   // Sum of everything, to notice a change cheaply.
   uint64_t activity() const;
 };
 
+// The counters, plus "cpu-ms": the CPU time (user + system) of the whole
+// mapping process so far -- shared by a group's devices, not split among
+// them.
 nlohmann::json to_json(const Counters& c);
 
 }  // namespace dmu::daemon

@@ -210,8 +210,14 @@ void ServedDevice::handle_locked(const dmu_request& q, std::vector<dmu_response>
   }
   const std::string before = service_->last_error();
   const size_t waiting = service_->waiting_requests();
+  const size_t first = out.size();
   service_->handle(q, out);
   if (service_->waiting_requests() > waiting) ++counters_.waited;
+  for (size_t i = first; i < out.size(); ++i)
+    if (out[i].type == DMU_RSP_EXTENT && (out[i].ext_flags & DMU_EXT_NEW)) {
+      ++counters_.allocations;
+      counters_.allocated_blocks += out[i].nr_blocks;
+    }
   if (service_->last_error() != before)
     log_event(LogLevel::Warning, state_.name,
               proto::describe(q) + ": " + service_->last_error());
@@ -286,11 +292,15 @@ bool ServedDevice::push_some() {
 void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
   std::vector<dmu_response> out;
   std::string error;
+  const auto started = std::chrono::steady_clock::now();
   {
     std::lock_guard lock(service_mu_);
     service_->handle(proto::commit_request(ids.front()), out);
     error = service_->last_error();
   }
+  counters_.commit_took(uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
+                                     std::chrono::steady_clock::now() - started)
+                                     .count()));
   int32_t status = -EIO;
   std::vector<dmu_response> answers;
   for (const auto& m : out) {

@@ -63,12 +63,6 @@ nbd_down() {
   done
 }
 
-# counter NAME KEY: a number of the mapping process's from `dmu stats NAME --output=json`.
-counter() {
-  dmu stats "$1" --output=json | tr -d '\n ' | sed -n 's/.*"daemon":{\([^}]*\)}.*/\1/p' |
-    grep -o "\"$2\":[0-9]*" | cut -d: -f2
-}
-
 # run JOB DEV FIO_ARGS...: one fio run on /dev/mapper/DEV (or DEV, a path);
 # prints "iops bw_kib".
 run() {
@@ -97,7 +91,7 @@ measure() {
   r0=0 m0=0
   if [ "$_dev" = u ]; then
     sleep 1.2 # the mapping process rewrites its counters about once a second
-    r0=$(counter u requests) m0=$(dmu_stat u misses)
+    r0=$(daemon_counter u requests) m0=$(dmu_stat u misses)
   fi
   t0=$(cut -d' ' -f1 /proc/uptime)
   # shellcheck disable=SC2046  # split on purpose: "iops bw_kib"
@@ -106,7 +100,7 @@ measure() {
   r1=0 m1=0
   if [ "$_dev" = u ]; then
     sleep 1.2
-    r1=$(counter u requests) m1=$(dmu_stat u misses)
+    r1=$(daemon_counter u requests) m1=$(dmu_stat u misses)
   fi
   echo "$_rep,$_job,$_dev,$t0,$t1,$1,$2,$((r1 - r0)),$((m1 - m0))" | tee -a /results/bench.csv
 }

@@ -8,7 +8,8 @@
 # devices), nor a qcow2 file whose data is in an external data file or a
 # vmdk descriptor whose extents are files of their own (metadata loops),
 # also after kill -9 of the mapping processes and their supervisors, until
-# detach; an image naming a host block device is refused.
+# detach; an image naming a host block device is refused.  With a syslog
+# daemon running, the mapping process logs there too.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
@@ -44,11 +45,26 @@ step "ext4 on /dev/vda for the images"
 data_fs
 cd /data || fail "cd /data"
 
+step "a syslog daemon runs (busybox syslogd): the mapping process logs there too"
+busybox syslogd -n -O /tmp/messages &
+SYSLOGD=$!
+i=0
+until [ -S /dev/log ]; do
+  i=$((i + 1)); [ $i -lt 50 ] || fail "busybox syslogd made no /dev/log"; sleep 0.1
+done
+
 step "a 256 MiB qcow2 image, attached"
 qemu-img create -q -f qcow2 disk.qcow2 256M || fail "qemu-img create"
 t0=$(now_ms)
 attach_ok d1 /data/disk.qcow2
 echo "attach took $(( $(now_ms) - t0 )) ms"
+i=0
+until grep -q "dmu\[[0-9]*\]: d1: " /tmp/messages 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 50 ] || { cat /tmp/messages; fail "nothing of d1 in syslog"; }; sleep 0.1
+done
+grep "dmu\[[0-9]*\]: d1: " /tmp/messages | tail -2
+grep -q "d1: " /run/dmu/d1.log || fail "nothing in /run/dmu/d1.log beside syslog"
+kill "$SYSLOGD" && rm -f /dev/log
 expect_eq "device size" $((256 * 1024 * 1024)) "$(blockdev --getsize64 /dev/mapper/d1)"
 expect_eq "logical block size" 512 "$(blockdev --getss /dev/mapper/d1)"
 table=$(dmsetup table d1)
@@ -97,6 +113,18 @@ dmu stats d1 || fail "dmu stats d1"
 dmu stats --output=json d1 >/tmp/stats.json || fail "dmu stats --output=json d1"
 grep -q '"daemon": "bound"' /tmp/stats.json || fail "stats: the kernel does not see a bound daemon"
 grep -q '"commits": [1-9]' /tmp/stats.json || fail "stats: no commits counted"
+allocs=$(daemon_counter d1 allocations) grows=$(daemon_counter d1 grows)
+echo "allocations=$allocs allocated-blocks=$(daemon_counter d1 allocated-blocks) grows=$grows" \
+  "commit-us max=$(daemon_counter d1 commit-us-max) total=$(daemon_counter d1 commit-us-total)" \
+  "cpu-ms=$(daemon_counter d1 cpu-ms)"
+[ "${allocs:-0}" -ge 100 ] || fail "stats: $allocs allocations after fio's random writes"
+[ "$(daemon_counter d1 allocated-blocks)" -ge "$allocs" ] || fail "stats: fewer allocated blocks than allocations"
+# The qcow2 file grows a chunk at a time, not a loop resize per allocation.
+[ $((grows * 10)) -lt "$allocs" ] || fail "stats: $grows loop device growths for $allocs allocations"
+[ "$(daemon_counter d1 commit-us-max)" -gt 0 ] || fail "stats: no commit time"
+[ "$(daemon_counter d1 commit-us-total)" -ge "$(daemon_counter d1 commit-us-max)" ] ||
+  fail "stats: commit time total below its maximum"
+[ "$(daemon_counter d1 cpu-ms)" -gt 0 ] || fail "stats: no CPU time"
 expect_eq "kernel bad answers" 0 "$(dmu_stat d1 bad)"
 expect_eq "kernel timeouts" 0 "$(dmu_stat d1 timeouts)"
 

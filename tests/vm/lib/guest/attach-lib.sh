@@ -34,6 +34,13 @@ record_field() {
   sed -n "s/.*\"$2\": \([0-9][0-9]*\).*/\1/p" "/run/dmu/$1.json"
 }
 
+# daemon_counter NAME KEY: a number of the mapping process's, from
+# `dmu stats NAME --output=json` ("daemon" holds only numbers).
+daemon_counter() {
+  dmu stats "$1" --output=json | tr -d '\n ' | sed -n 's/.*"daemon":{\([^}]*\)}.*/\1/p' |
+    grep -o "\"$2\":[0-9]*" | cut -d: -f2
+}
+
 # wait_replaced NAME PID: until a mapping process other than PID has bound
 # NAME and written its pid into the record (15 s); prints the milliseconds.
 wait_replaced() {
@@ -45,4 +52,13 @@ wait_replaced() {
     sleep 0.05
   done
   echo $(($(now_ms) - _t0))
+}
+
+# replaced_within_a_second WHAT NAME PID: wait_replaced, failing unless the
+# new mapping process bound within a second of PID's death (the promise for
+# a mapping process that dies: its supervisor starts the next at once).
+replaced_within_a_second() {
+  _ms=$(wait_replaced "$2" "$3") || fail "$1: $_ms"
+  [ "$_ms" -le 1000 ] || fail "$1: a new mapping process of $2 bound $_ms ms after pid $3 died, not within a second"
+  echo "$1: new mapping process $(record_field "$2" pid) bound $_ms ms after pid $3 died"
 }
