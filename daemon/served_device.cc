@@ -105,6 +105,7 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
                                                                   true));
   mapper::MapServiceOptions mo;
   mo.block_size = block;
+  mo.data_durable_at_commit = true;  // the kernel flushes the data devices before COMMIT
   ServedDevice* self = dev.get();
   mo.device_grown = [self](unsigned device, uint64_t size) { return self->grow(device, size); };
   DMU_ASSIGN_OR_RETURN(dev->service_,

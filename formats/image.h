@@ -17,10 +17,13 @@
 //      with stale bytes
 //   4. write the guest data at t.file / t.host_offset
 //   5. image.write_done(t.token, ok)   now metadata may point at the data
-//   6. on a guest flush: sync the data files, then image.commit()
+//   6. on a guest flush: make the data written in place durable (sync the
+//      data files, or the kernel's flush of its data devices), then
+//      image.commit()
 // commit() makes durable exactly the allocations that reached write_done, in
 // the order data -> refcounts -> L2 -> L1/header with a sync between
-// dependent steps, so a crash at any point leaves a consistent image that
+// dependent steps (the first syncs the data files before any metadata that
+// points into them), so a crash at any point leaves a consistent image that
 // holds every write acknowledged by a completed commit.
 //
 // Restart (adopt_write): a process that dies between steps 2 and 6 leaves

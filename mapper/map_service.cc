@@ -202,12 +202,11 @@ void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& 
     out.push_back(proto::committed(r.id, 0));
     return;
   }
-  // The kernel flushed the data devices already; syncing our descriptors of
-  // the top image's files is cheap when they are clean and makes the
-  // ordering data -> metadata independent of how the caller wrote the data.
+  // Data before the metadata that points at it: the kernel flushed the data
+  // devices before it sent COMMIT; other callers' data is synced here.
   std::set<File*> synced;
   for (File* f : chain_.top().data_files()) {
-    if (!synced.insert(f).second) continue;
+    if (options_.data_durable_at_commit || !synced.insert(f).second) continue;
     if (auto s = f->sync(); !s) {
       out.push_back(proto::committed(r.id, record_error(s.error())));
       return;
