@@ -27,6 +27,7 @@
 #include "daemon/table_line.h"
 #include "daemon/unrecorded_device.h"
 #include "formats/chain.h"
+#include "mapper/control_channel.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
 #include "mapper/map_service.h"
@@ -415,6 +416,7 @@ Result<Attached> attach(const AttachOptions& o) {
   const std::string name = o.name ? *o.name : default_name(image);
   DMU_TRY(check_name(name));
   if (o.group) DMU_TRY(check_name(*o.group));
+  DMU_TRY(mapper::ControlChannel::check_present());
   DMU_TRY(ensure_run_dir());
 
   const auto deadline = std::chrono::steady_clock::now() + o.join_timeout;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,8 +28,32 @@ Result<WriteOutcome> interpret_write(long ret, int err, size_t total_bytes,
   return fail(errno_error(what + ": write of " + std::to_string(total_bytes) + " bytes", err));
 }
 
+namespace {
+Error no_control_device(const std::string& path) {
+  if (::access("/sys/module/dm_userspace", F_OK) == 0)
+    return Error{ENOENT, path +
+                             ": no such control device, though the dm-userspace module is "
+                             "loaded (no device node: is devtmpfs mounted on /dev?)"};
+  return Error{ENOENT, path +
+                           ": no such control device: the dm-userspace module is not loaded "
+                           "(modprobe dm-userspace)"};
+}
+}  // namespace
+
+Result<void> ControlChannel::check_present(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return fail(no_control_device(path));
+    return fail(errno_error(path + ": control device"));
+  }
+  if (!S_ISCHR(st.st_mode))
+    return fail(ENODEV, path + ": not a character device, so not dm-userspace's control device");
+  return {};
+}
+
 Result<ControlChannel> ControlChannel::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0 && errno == ENOENT) return fail(no_control_device(path));
   if (fd < 0) return fail(errno_error(path + ": open control device"));
   return ControlChannel(UniqueFd(fd), path);
 }

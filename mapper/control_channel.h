@@ -76,6 +76,10 @@ class ControlChannel {
  public:
   // Opens the control device (non-blocking reads; poll() does the waiting).
   static Result<ControlChannel> open(const std::string& path = kControlDevicePath);
+  // Whether path is there and a character device, without opening it: an
+  // attach checks this before it sets anything up, so a missing module is
+  // one clear line, not a failed table load.
+  static Result<void> check_present(const std::string& path = kControlDevicePath);
 
   ControlChannel(ControlChannel&&) = default;
   ControlChannel& operator=(ControlChannel&&) = default;

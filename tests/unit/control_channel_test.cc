@@ -54,6 +54,23 @@ TEST(ControlChannel, Open_MissingDeviceNamesThePath) {
   EXPECT_NE(ch.error().message.find("/nonexistent/dm-userspace"), std::string::npos);
 }
 
+// attach checks this first: a missing module is one line saying so.
+TEST(ControlChannel, CheckPresent_SaysTheModuleIsNotLoadedOrTheNodeIsWrong) {
+  auto missing = ControlChannel::check_present("/nonexistent/dm-userspace");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ENOENT);
+  EXPECT_NE(missing.error().message.find("/nonexistent/dm-userspace: no such control device: the "
+                                         "dm-userspace module is not loaded"),
+            std::string::npos)
+      << missing.error().message;
+  auto regular = ControlChannel::check_present("/proc/version");
+  ASSERT_FALSE(regular);
+  EXPECT_NE(regular.error().message.find("/proc/version: not a character device"),
+            std::string::npos)
+      << regular.error().message;
+  EXPECT_TRUE(ControlChannel::check_present("/dev/null"));  // a character device
+}
+
 TEST(ControlChannel, Bind_OnNonControlDeviceFailsNamingPathAndKey) {
   auto ch = ControlChannel::open("/dev/null");
   ASSERT_TRUE(ch) << ch.error().message;

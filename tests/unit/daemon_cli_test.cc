@@ -3,6 +3,7 @@
 // a name that is not attached (without touching device-mapper when there is
 // no record and no runtime directory to find).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "tests/unit/cli_test_support.h"
 
@@ -36,6 +37,22 @@ TEST(DaemonCli, AttachRefusesABadName) {
                      dir.path());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("a/b"), std::string::npos) << r.err;
+}
+
+// This host has no dm-userspace module (vm.attach-errors checks the same in
+// a VM after rmmod, and with the module loaded but its node gone).
+TEST(DaemonCli, AttachWithoutTheModuleSaysSoInOneLine) {
+  if (::access("/dev/dm-userspace", F_OK) == 0) GTEST_SKIP() << "dm-userspace is loaded here";
+  TempDir dir;
+  auto r = run_split(dmu("create -f raw x.img 1M") + " >/dev/null && DMU_RUN_DIR=" + dir.path() +
+                         "/run " + dmu("attach -f raw x.img"),
+                     dir.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("/dev/dm-userspace: no such control device: the dm-userspace module is not "
+                       "loaded"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(line_count(r.err), 1u) << r.err;
 }
 
 TEST(DaemonCli, ListOfNothingIsEmpty) {

@@ -6,7 +6,8 @@
 # that does not exist.  Detaches of one name queue, and one queued before the
 # name was detached and attached again leaves the new device alone; a device
 # left by an attach killed before it wrote its record is removed by the next
-# attach or detach of the name.  Then the image's file system runs out of space under
+# attach or detach of the name; with no dm-userspace module, or its control
+# device gone, attach says so.  Then the image's file system runs out of space under
 # the device: the guest gets errors on the writes that need space, never a
 # corrupt image, and once space is freed writes work again.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=1G boot=attach-short
@@ -37,6 +38,25 @@ cd /data || fail "cd /data"
 
 step "a missing image"
 refused m1 /data/nope.qcow2 "nope.qcow2"
+
+step "no dm-userspace module, then the module without its control device"
+qemu-img create -q -f qcow2 /data/fine.qcow2 16M || fail "create fine.qcow2"
+if [ "${DMU_KMOD:-load}" = load ]; then
+  rmmod dm_userspace || fail "rmmod dm_userspace"
+  # Nor may the kernel load it on demand (dm core asks modprobe for a
+  # target it does not know).
+  modprobe_was=$(cat /proc/sys/kernel/modprobe)
+  echo /bin/false >/proc/sys/kernel/modprobe
+  refused m7 /data/fine.qcow2 "/dev/dm-userspace: no such control device: the dm-userspace module is not loaded"
+  echo "$modprobe_was" >/proc/sys/kernel/modprobe
+  . /usr/lib/dmu-test/init-lib.sh
+  load_dmu || fail "load dm-userspace again"
+fi
+mv /dev/dm-userspace /dev/dm-userspace.away || fail "move the control device away"
+refused m7 /data/fine.qcow2 "/dev/dm-userspace: no such control device, though the dm-userspace module is loaded"
+mv /dev/dm-userspace.away /dev/dm-userspace || fail "put the control device back"
+dmu attach --name m7 /data/fine.qcow2 >/dev/null || fail "attach once the control device is back"
+dmu detach m7 || fail "dmu detach m7"
 
 step "a corrupt image (an L1 table offset that is not cluster aligned)"
 qemu-img create -q -f qcow2 bad.qcow2 64M || fail "create bad.qcow2"
@@ -287,6 +307,14 @@ grep -q "Input/output error\|No space" /tmp/enospc.log || fail "the writes faile
 df -k /small | tail -1
 dmu stats s | tail -2
 serving s || fail "the mapping process died when space ran out"
+# Writes that need no space still work while the file system is full: the
+# first MiB was written before it ran out.
+dd if=/dev/urandom of=/tmp/over bs=1M count=1 status=none
+dd if=/tmp/over of=/dev/mapper/s bs=1M oflag=direct status=none ||
+  fail "a rewrite of allocated clusters failed while the file system was full"
+dd if=/dev/mapper/s of=/tmp/over.back bs=1M count=1 iflag=direct status=none ||
+  fail "read back the rewrite made while the file system was full"
+cmp /tmp/over /tmp/over.back || fail "the rewrite made while the file system was full reads back differently"
 
 step "space freed: writes work again and read back"
 rm -f /small/filler
@@ -294,6 +322,8 @@ dd if=/tmp/pattern of=/dev/mapper/s bs=1M seek=200 oflag=direct conv=fsync statu
   { tail -5 /run/dmu/s.log; fail "a write after space was freed"; }
 dd if=/dev/mapper/s of=/tmp/back bs=1M skip=200 count=4 iflag=direct status=none || fail "read back"
 cmp /tmp/pattern /tmp/back || fail "what was written after space was freed reads back differently"
+dd if=/dev/mapper/s of=/tmp/over.back bs=1M count=1 iflag=direct status=none || fail "read the first MiB"
+cmp /tmp/over /tmp/over.back || fail "the rewrite made while the file system was full was lost"
 dmu detach s || fail "detach s"
 qemu-img check /small/s.qcow2
 rc=$?
