@@ -33,7 +33,8 @@ done
 umount /mnt && mount /dev/mapper/disk /mnt || fail "mount again"
 (cd /mnt && sha256sum -c /tmp/sums) || fail "files differ"
 umount /mnt
-e2fsck -fn /dev/mapper/disk >/dev/null && echo "e2fsck: clean"
+e2fsck -fn /dev/mapper/disk >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "e2fsck -fn /dev/mapper/disk"; }
+echo "e2fsck: clean"
 
 step "what the mapping process and the kernel did (dmu stats disk; dmsetup status disk)"
 dmu stats disk

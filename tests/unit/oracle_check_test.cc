@@ -145,6 +145,10 @@ TEST(OracleCheckChain, BrokenBackingChainsFailToOpenLikeQemuImg) {
       {"backing file that is a directory",
        "mkdir b.qcow2 && qemu-img create -q -f qcow2 -u -b b.qcow2 -F qcow2 img.qcow2 1M",
        "b.qcow2", true},
+      {"backing file that is not a qcow2 image",
+       "printf 'not an image\\n' >b.qcow2 && "
+       "qemu-img create -q -f qcow2 -u -b b.qcow2 -F qcow2 img.qcow2 1M",
+       "b.qcow2", true},
       {"backing file that is itself",
        "qemu-img create -q -f qcow2 img.qcow2 1M && qemu-img rebase -q -u -b img.qcow2 -F qcow2 "
        "img.qcow2",

@@ -15,10 +15,7 @@
 # mapping stack that acknowledges a guest flush before the image's data and
 # metadata are durable in the host file system fails, naming the mark and
 # the block.
-# vm: kernels=6.1 timeout=720 mem=1024 disks=512M,2G,512M,64M
-# One kernel line (6.1) in the suite, to keep the suite's time: attach-oracle
-# takes 6.12; the target's own durability is kmod-* on both lines. Run it on
-# 6.12 by hand with tests/vm/lib/run-case.sh --kernel 6.12.
+# vm: kernels=6.1,6.12 timeout=720 mem=1024 disks=512M,2G,512M,64M
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 

@@ -6,7 +6,7 @@
 # to a miss (it is not decompressed ahead), where without pushes the 4 MiB
 # read-ahead of each answer would still take 16.  The data read is the
 # image's, the write lands, and the image checks clean after detach.
-# vm: kernels=6.12 timeout=300 mem=1024 disks=1G boot=attach-short
+# vm: kernels=6.1,6.12 timeout=300 mem=1024 disks=1G boot=attach-short
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 
