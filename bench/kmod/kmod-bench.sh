@@ -37,12 +37,18 @@ run_fio() {  # job device -> "iops bw_kib" (reads for randread, writes otherwise
   fi
 }
 
+# pair_order REP: which device runs first in repetition REP.  It alternates
+# so that drift favours neither, and pool.py --abba pools each lin-u pair
+# with the u-lin pair after it.
+pair_order() {
+  if [ $(($1 % 2)) = 1 ]; then echo "lin u"; else echo "u lin"; fi
+}
+
 # run_grained JOB: REPS pairs of GRAIN-second runs of JOB in one fio process.
 run_grained() {
   _jobs=''
   for _rep in $(seq 1 "$REPS"); do
-    if [ $((_rep % 2)) = 1 ]; then _order="lin u"; else _order="u lin"; fi
-    for _dev in $_order; do
+    for _dev in $(pair_order "$_rep"); do
       _jobs="$_jobs --name=$_dev-$_rep --filename=/dev/mapper/$_dev --stonewall"
     done
   done
@@ -71,9 +77,7 @@ run_grained() {
 run_separate() {
   for rep in $(seq 1 "$REPS"); do
     for job in randread randwrite seqwrite; do
-      # Alternate which device goes first so drift does not favour one.
-      if [ $((rep % 2)) = 1 ]; then order="lin u"; else order="u lin"; fi
-      for dev in $order; do
+      for dev in $(pair_order "$rep"); do
         r0=$(dmu_stat u requests)
         t0=$(cut -d' ' -f1 /proc/uptime)
         # shellcheck disable=SC2046  # split on purpose: "iops bw_kib"
