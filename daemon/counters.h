@@ -27,7 +27,9 @@ struct Counters {
   std::atomic<uint64_t> adopted{0};       // allocation records adopted at bind
   std::atomic<uint64_t> pushed{0};        // extents pushed unasked (after bind)
   std::atomic<uint64_t> waited{0};        // MAPs that waited for an earlier answer's DONE
-  std::atomic<uint64_t> allocations{0};   // NEW extents answered: runs of fresh host space
+  // NEW extents answered (runs of fresh host space; also any the kernel
+  // then refused, whose space a failed DONE gives back).
+  std::atomic<uint64_t> allocations{0};
   std::atomic<uint64_t> allocated_blocks{0};  // blocks those extents cover
   // Image commits, timed from the commit thread asking for the service to
   // the answer being ready (a miss waits as long: served_device.h).

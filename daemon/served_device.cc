@@ -8,6 +8,7 @@
 #include <span>
 #include <thread>
 
+#include "common/checked.h"
 #include "daemon/log.h"
 #include "daemon/paths.h"
 #include "daemon/table_line.h"
@@ -25,8 +26,6 @@ constexpr size_t kBatch = 256;                  // requests per read()
 constexpr uint64_t kGrowChunk = 64ull << 20;    // qcow2 files grow by this much
 constexpr auto kBindRetry = 5s;                 // a killed predecessor's file may still close
 constexpr uint64_t kMaxPushedExtents = 16384;   // a quarter of the table's default max_extents
-
-uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
 Result<mapper::BindInfo> bind_with_retry(mapper::ControlChannel& channel, const std::string& key) {
   const auto deadline = std::chrono::steady_clock::now() + kBindRetry;
@@ -105,7 +104,6 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
                                                                   true));
   mapper::MapServiceOptions mo;
   mo.block_size = block;
-  mo.data_durable_at_commit = true;  // the kernel flushes the data devices before COMMIT
   ServedDevice* self = dev.get();
   mo.device_grown = [self](unsigned device, uint64_t size) { return self->grow(device, size); };
   DMU_ASSIGN_OR_RETURN(dev->service_,
@@ -163,7 +161,7 @@ Result<void> ServedDevice::grow(unsigned device, uint64_t new_size) {
   if (g.chunked) {
     struct stat st {};
     if (::stat(g.file.c_str(), &st) != 0) return fail(errno_error(g.file + ": stat"));
-    const uint64_t target = round_up(new_size, kGrowChunk);
+    const uint64_t target = align_up(new_size, kGrowChunk).value_or(new_size);
     // Through the chain's file, which grows without dirtying the page cache
     // (fileio/direct_env.h).
     if (uint64_t(st.st_size) < target) DMU_TRY(service_->devices()[device]->truncate(target));

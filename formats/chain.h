@@ -68,8 +68,9 @@ class Chain {
   // Every data file of every image, top first: the devices a dm table lists.
   const std::vector<File*>& devices() const { return devices_; }
   // Index into devices() of image `depth`'s data file `file`; depth <
-  // size() (callers pass 0 or a depth of their own walk down the chain).  A
-  // file index an engine got wrong yields an index the kernel refuses.
+  // size() (callers pass 0 or a depth of their own walk down the chain), and
+  // file < that image's data_files().size() (callers check what the engine
+  // returned before they ask).
   unsigned device_index(unsigned depth, unsigned file) const;
   // The image whose data file devices()[device] is.
   unsigned device_depth(unsigned device) const;

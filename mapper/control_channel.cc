@@ -6,11 +6,13 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 
 namespace dmu::mapper {
 
@@ -40,7 +42,7 @@ Error no_control_device(const std::string& path) {
 }
 }  // namespace
 
-Result<void> ControlChannel::check_present(const std::string& path) {
+Result<void> ControlChannel::check_present(const std::string& path, const std::string& sysfs_dev) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return fail(no_control_device(path));
@@ -48,6 +50,18 @@ Result<void> ControlChannel::check_present(const std::string& path) {
   }
   if (!S_ISCHR(st.st_mode))
     return fail(ENODEV, path + ": not a character device, so not dm-userspace's control device");
+  std::ifstream registered(sysfs_dev);
+  std::string want;
+  if (!(registered >> want))
+    return fail(ENOENT, path +
+                            ": the dm-userspace module is not loaded (modprobe dm-userspace); "
+                            "this node is left from an earlier load");
+  const std::string have =
+      std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+  if (have != want)
+    return fail(ENODEV, path + ": device " + have +
+                            ", but the dm-userspace module's control device is " + want +
+                            " (a node left from an earlier load)");
   return {};
 }
 

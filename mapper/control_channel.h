@@ -76,10 +76,14 @@ class ControlChannel {
  public:
   // Opens the control device (non-blocking reads; poll() does the waiting).
   static Result<ControlChannel> open(const std::string& path = kControlDevicePath);
-  // Whether path is there and a character device, without opening it: an
-  // attach checks this before it sets anything up, so a missing module is
-  // one clear line, not a failed table load.
-  static Result<void> check_present(const std::string& path = kControlDevicePath);
+  // Whether path is there and is the character device whose number the
+  // loaded module registered (sysfs_dev, "MAJOR:MINOR"), without opening it:
+  // an attach checks this before it sets anything up, so a missing module
+  // or a node left on a static /dev is one clear line, not a failed table
+  // load.
+  static Result<void> check_present(
+      const std::string& path = kControlDevicePath,
+      const std::string& sysfs_dev = "/sys/class/misc/" DMU_CONTROL_NAME "/dev");
 
   ControlChannel(ControlChannel&&) = default;
   ControlChannel& operator=(ControlChannel&&) = default;

@@ -4,7 +4,6 @@
 #include "mapper/map_service.h"
 
 #include <algorithm>
-#include <set>
 #include <utility>
 
 #include "common/checked.h"
@@ -201,16 +200,6 @@ void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& 
   if (!chain_.writable()) {
     out.push_back(proto::committed(r.id, 0));
     return;
-  }
-  // Data before the metadata that points at it: the kernel flushed the data
-  // devices before it sent COMMIT; other callers' data is synced here.
-  std::set<File*> synced;
-  for (File* f : chain_.top().data_files()) {
-    if (options_.data_durable_at_commit || !synced.insert(f).second) continue;
-    if (auto s = f->sync(); !s) {
-      out.push_back(proto::committed(r.id, record_error(s.error())));
-      return;
-    }
   }
   auto c = chain_.top().commit();
   out.push_back(proto::committed(r.id, c ? 0 : record_error(c.error())));

@@ -88,14 +88,6 @@ struct MapServiceOptions {
   unsigned max_messages = 128;                // per read answer (at most kMaxAnswerMessages)
   uint64_t max_scratch_per_answer = 8 << 20;  // bytes decompressed for one read answer
   uint64_t max_write_span = 4 << 20;          // bytes of the asked range one write answer maps
-  // Data written in place is durable when a COMMIT arrives: true for the
-  // kernel, which flushes the data devices before it sends COMMIT.  Then the
-  // service syncs no data file before the engine's commit, which syncs them
-  // itself before it publishes an allocation (formats/image.h) -- covering
-  // DONEs handled after the kernel's flush too -- so a guest flush costs one
-  // fdatasync of the image file, not two.  False (`dmu io`, which writes the
-  // data itself): the service syncs the top image's data files first.
-  bool data_durable_at_commit = false;
   // Called after the service extended a data device (a freshly allocated
   // cluster past the end of the file) and before it answers with an extent
   // there: the daemon grows the loop device (LOOP_SET_CAPACITY).  An error
@@ -125,6 +117,12 @@ class MapService {
   // Answers one request: appends the response messages (possibly none, for
   // DONE) to `out`.  Never fails: engine errors become COMPLETE/COMMITTED
   // with -errno, and the last message of an answer carries DMU_RSP_FINAL.
+  // COMMIT: the caller has made the data written before it durable (the
+  // kernel flushes its data devices before it sends COMMIT;
+  // InprocessTransport::flush syncs the devices it wrote); the service adds
+  // no sync of its own to the engine's commit, which syncs the data files
+  // itself before it publishes an allocation (formats/image.h) -- that also
+  // covers DONEs handled after the caller's flush.
   void handle(const dmu_request& request, std::vector<dmu_response>& out);
 
   // Adopts a previous daemon's unpublished allocation records, in the order

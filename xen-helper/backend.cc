@@ -19,10 +19,6 @@ std::optional<T> decimal(std::string_view s) {
   return v;
 }
 
-std::optional<uint32_t> number(std::string_view s) {
-  return decimal<uint32_t>(s);
-}
-
 }  // namespace
 
 Result<Target> parse_target(const std::string& params) {
@@ -47,9 +43,9 @@ std::optional<BackendId> parse_backend_path(const std::string& path) {
   p.remove_prefix(vbd.size());
   const auto slash = p.find('/');
   if (slash == std::string_view::npos) return std::nullopt;
-  auto domid = number(p.substr(0, slash));
+  auto domid = decimal<uint32_t>(p.substr(0, slash));
   std::string_view rest = p.substr(slash + 1);
-  auto devid = number(rest.substr(0, rest.find('/')));
+  auto devid = decimal<uint32_t>(rest.substr(0, rest.find('/')));
   if (!domid || !devid) return std::nullopt;
   return BackendId{*domid, *devid};
 }
@@ -70,8 +66,8 @@ std::optional<BackendId> parse_dm_name(const std::string& name) {
   n.remove_prefix(8);
   const auto dash = n.find('-');
   if (dash == std::string_view::npos) return std::nullopt;
-  auto domid = number(n.substr(0, dash));
-  auto devid = number(n.substr(dash + 1));
+  auto domid = decimal<uint32_t>(n.substr(0, dash));
+  auto devid = decimal<uint32_t>(n.substr(dash + 1));
   if (!domid || !devid) return std::nullopt;
   return BackendId{*domid, *devid};
 }

@@ -170,7 +170,7 @@ void Helper::handle_add(BackendId id) {
   // running add twice, a helper taking over), which attach answers at once.
   auto budget = attach_budget(deadline ? parse_deadline(*deadline) : std::nullopt, wall_clock_ms(),
                               o_.attach_timeout);
-  if (budget.count() == 0) {
+  if (budget.count() == 0) {  // too late (attach_timeout is at least 1 s: main.cc)
     auto recorded = daemon::read_state(dm_name(id));
     if (!recorded || !*recorded)
       return refuse(id, target->path + ": too little of block-dmu's wait is left (under " +

@@ -68,7 +68,20 @@ TEST(ControlChannel, CheckPresent_SaysTheModuleIsNotLoadedOrTheNodeIsWrong) {
   EXPECT_NE(regular.error().message.find("/proc/version: not a character device"),
             std::string::npos)
       << regular.error().message;
-  EXPECT_TRUE(ControlChannel::check_present("/dev/null"));  // a character device
+  // A character device: checked against the number sysfs gives for it.
+  auto null = ControlChannel::check_present("/dev/null", "/sys/class/mem/null/dev");
+  EXPECT_TRUE(null) << null.error().message;
+  auto stale = ControlChannel::check_present("/dev/null", "/sys/class/mem/zero/dev");
+  ASSERT_FALSE(stale);
+  EXPECT_NE(stale.error().message.find("/dev/null: device 1:3, but the dm-userspace module's "
+                                       "control device is 1:5"),
+            std::string::npos)
+      << stale.error().message;
+  auto unloaded = ControlChannel::check_present("/dev/null", "/nonexistent/dev");
+  ASSERT_FALSE(unloaded);
+  EXPECT_NE(unloaded.error().message.find("the dm-userspace module is not loaded"),
+            std::string::npos)
+      << unloaded.error().message;
 }
 
 TEST(ControlChannel, Bind_OnNonControlDeviceFailsNamingPathAndKey) {

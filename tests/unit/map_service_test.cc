@@ -635,44 +635,38 @@ TEST_F(RealEnginePendingList, CommitAfterDoneMakesTheClusterDurable) {
   EXPECT_EQ(allocate_commit_crash(true), formats::MapKind::Data);
 }
 
-// The kernel flushed the data devices before it sent COMMIT: the service
-// then adds no fdatasync of its own to the engine's commit (one of the image
-// file per guest flush, not two).  `dmu io` writes the data itself: there
-// the service syncs the data file first.
-TEST_F(RealEnginePendingList, CommitSyncsTheDataFileOnlyWhenTheKernelDidNot) {
-  for (bool kernel_flushed : {true, false}) {
-    SCOPED_TRACE(kernel_flushed ? "kernel flushed" : "dmu io");
-    FaultEnv env;
-    env.set_contents("img.qcow2", image_);
-    formats::ChainOptions o;
-    o.access = formats::Access::ReadWrite;
-    auto chain = formats::Chain::open(env, "img.qcow2", o);
-    ASSERT_TRUE(chain) << chain.error().message;
-    MemEnv scratch_env;
-    MapServiceOptions mo;
-    mo.data_durable_at_commit = kernel_flushed;
-    auto service = *MapService::create(
-        **chain,
-        *ScratchStore::create(scratch_env, "s", 1 << 20, choose_block_size(**chain), false), mo);
+// The caller made the data durable before COMMIT (the kernel flushes its
+// data devices; InprocessTransport::flush syncs what it wrote): the service
+// adds no fdatasync of its own to the engine's commit, which syncs the
+// image file itself first.  Before, a guest flush synced the file twice.
+TEST_F(RealEnginePendingList, CommitAddsNoSyncToTheEnginesCommit) {
+  FaultEnv env;
+  env.set_contents("img.qcow2", image_);
+  formats::ChainOptions o;
+  o.access = formats::Access::ReadWrite;
+  auto chain = formats::Chain::open(env, "img.qcow2", o);
+  ASSERT_TRUE(chain) << chain.error().message;
+  MemEnv scratch_env;
+  auto service = *MapService::create(
+      **chain, *ScratchStore::create(scratch_env, "s", 1 << 20, choose_block_size(**chain), false),
+      {});
+  auto commit = [&](uint64_t id) {
+    dmu_request c{};
+    c.type = DMU_REQ_COMMIT;
+    c.id = id;
     std::vector<dmu_response> out;
-    auto commit = [&](uint64_t id) {
-      dmu_request c{};
-      c.type = DMU_REQ_COMMIT;
-      c.id = id;
-      out.clear();
-      const uint64_t before = env.mutations();
-      service->handle(c, out);
-      EXPECT_EQ(out.back().status, 0);
-      return env.mutations() - before;
-    };
-    commit(1);  // the first may prepare the header for writing
-    const uint64_t service_commit = commit(2);
     const uint64_t before = env.mutations();
-    ASSERT_TRUE((*chain)->top().commit());
-    const uint64_t engine_commit = env.mutations() - before;
-    EXPECT_GE(engine_commit, 1u);  // qcow2 syncs its file before any metadata
-    EXPECT_EQ(service_commit, engine_commit + (kernel_flushed ? 0 : 1));
-  }
+    service->handle(c, out);
+    EXPECT_EQ(out.back().status, 0);
+    return env.mutations() - before;
+  };
+  commit(1);  // the first may prepare the header for writing
+  const uint64_t service_commit = commit(2);
+  const uint64_t before = env.mutations();
+  ASSERT_TRUE((*chain)->top().commit());
+  const uint64_t engine_commit = env.mutations() - before;
+  EXPECT_GE(engine_commit, 1u);  // qcow2 syncs its file before any metadata
+  EXPECT_EQ(service_commit, engine_commit);
 }
 
 }  // namespace

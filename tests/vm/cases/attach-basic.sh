@@ -58,11 +58,12 @@ qemu-img create -q -f qcow2 disk.qcow2 256M || fail "qemu-img create"
 t0=$(now_ms)
 attach_ok d1 /data/disk.qcow2
 echo "attach took $(( $(now_ms) - t0 )) ms"
+pid=$(record_field d1 pid)
 i=0
-until grep -q "dmu\[[0-9]*\]: d1: " /tmp/messages 2>/dev/null; do
-  i=$((i + 1)); [ $i -lt 50 ] || { cat /tmp/messages; fail "nothing of d1 in syslog"; }; sleep 0.1
+until grep -q "dmu\[$pid\]: d1: " /tmp/messages 2>/dev/null; do
+  i=$((i + 1)); [ $i -lt 50 ] || { cat /tmp/messages; fail "nothing of d1's process $pid in syslog"; }; sleep 0.1
 done
-grep "dmu\[[0-9]*\]: d1: " /tmp/messages | tail -2
+grep "dmu\[$pid\]: d1: " /tmp/messages | tail -2
 grep -q "d1: " /run/dmu/d1.log || fail "nothing in /run/dmu/d1.log beside syslog"
 kill "$SYSLOGD" && rm -f /dev/log
 expect_eq "device size" $((256 * 1024 * 1024)) "$(blockdev --getsize64 /dev/mapper/d1)"

@@ -48,12 +48,15 @@ if [ "${DMU_KMOD:-load}" = load ]; then
   modprobe_was=$(cat /proc/sys/kernel/modprobe)
   echo /bin/false >/proc/sys/kernel/modprobe
   refused m7 /data/fine.qcow2 "/dev/dm-userspace: no such control device: the dm-userspace module is not loaded"
+  # Refused before anything was set up: no mapping process ever logged.
+  [ ! -e /run/dmu/m7.log ] || fail "attach set m7 up before it found the module missing"
   echo "$modprobe_was" >/proc/sys/kernel/modprobe
   . /usr/lib/dmu-test/init-lib.sh
   load_dmu || fail "load dm-userspace again"
 fi
 mv /dev/dm-userspace /dev/dm-userspace.away || fail "move the control device away"
 refused m7 /data/fine.qcow2 "/dev/dm-userspace: no such control device, though the dm-userspace module is loaded"
+[ ! -e /run/dmu/m7.log ] || fail "attach set m7 up before it found the control device missing"
 mv /dev/dm-userspace.away /dev/dm-userspace || fail "put the control device back"
 dmu attach --name m7 /data/fine.qcow2 >/dev/null || fail "attach once the control device is back"
 dmu detach m7 || fail "dmu detach m7"
@@ -82,7 +85,7 @@ dd if=/tmp/evil.qcow2 of=/dev/mapper/m5 bs=4096 count=1 oflag=direct conv=notrun
 qemu-img info -U /data/plain.img | grep -q '^file format: qcow2' || fail "plain.img does not probe as qcow2 now"
 pid=$(record_field m5 pid)
 kill -9 "$pid"
-wait_replaced m5 "$pid" >/dev/null
+ms=$(wait_replaced m5 "$pid") || fail "$ms"
 expect_eq "m5's size after the restart (sectors)" $((64 * 2048)) "$(blockdev --getsz /dev/mapper/m5)"
 cmp -n 4096 /tmp/evil.qcow2 /dev/mapper/m5 || fail "m5 no longer shows the header it was given"
 grep -q '"format": "raw"' /run/dmu/m5.json || fail "m5's record no longer says raw"

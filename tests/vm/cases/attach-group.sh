@@ -163,7 +163,7 @@ sleep 3
 pid=$(served_by ga)
 kill -9 "$pid" || fail "kill -9 $pid"
 replaced_within_a_second "group process, kill -9" ga "$pid"
-wait_replaced gb "$pid" >/dev/null
+ms=$(wait_replaced gb "$pid") || fail "$ms"
 expect_eq "still one mapping process for both" "$(served_by ga)" "$(served_by gb)"
 expect_eq "same supervisor" "$sup" "$(record_field gb supervisor)"
 
@@ -265,7 +265,7 @@ step "kill -9 of the group's supervisor: the members go over to a new supervised
 # the next attach --group started a second supervisor and process beside it.
 kill -9 "$sup" || fail "kill -9 supervisor $sup"
 wait_log g1 "supervisor pid $sup is gone; handing the members over"
-wait_replaced gb "$before" >/dev/null
+ms=$(wait_replaced gb "$before") || fail "$ms"
 kill -0 "$before" 2>/dev/null && sleep 2
 kill -0 "$before" 2>/dev/null && fail "the orphaned mapping process $before did not exit"
 before=$(served_by gb)

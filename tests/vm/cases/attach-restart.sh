@@ -105,9 +105,11 @@ cmp /tmp/new.bin /tmp/back.bin || fail "the rewrite after the discard was lost"
 sync
 
 step "SIGTERM: the mapping process commits what the kernel completed, then exits"
-# An allocating write with no flush after it: only the mapping process's
-# commit on SIGTERM can publish it; without one, the next process would
-# have to adopt it.
+# Everything published first (a flush), then an allocating write with no
+# flush after it: only the mapping process's commit on SIGTERM can publish
+# it; without one, the next process would have to adopt it.
+sync /dev/mapper/r1 || fail "flush r1"
+expect_eq "allocation records unpublished after a flush" 0 "$(dmu_stat r1 unpublished)"
 dd if=/dev/urandom of=/tmp/term.bin bs=512K count=1 status=none
 dd if=/tmp/term.bin of=/dev/mapper/r1 bs=512K seek=460 oflag=direct status=none ||
   fail "write before SIGTERM"
