@@ -575,22 +575,33 @@ class RealEnginePendingList : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     image_ = test::read_file(dir_.file("img.qcow2"));
   }
+  // The image opened read-write on env and a map service over it (its
+  // scratch store in scratch_env_); null after a failed open.
+  struct Served {
+    std::unique_ptr<formats::Chain> chain;
+    std::unique_ptr<MapService> service;
+  };
+  Served serve(FaultEnv& env) {
+    env.set_contents("img.qcow2", image_);
+    formats::ChainOptions o;
+    o.access = formats::Access::ReadWrite;
+    auto chain = formats::Chain::open(env, "img.qcow2", o);
+    EXPECT_TRUE(chain) << chain.error().message;
+    if (!chain) return {};
+    auto scratch =
+        ScratchStore::create(scratch_env_, "s", 1 << 20, choose_block_size(**chain), false);
+    auto service = *MapService::create(**chain, std::move(*scratch), {});
+    return {std::move(*chain), std::move(service)};
+  }
+
   // Opens the image on env, answers a MAP write of block 0 and optionally
   // its DONE, then COMMITs and crashes keeping everything that was written.
   // Returns how guest offset 0 maps afterwards.
   formats::MapKind allocate_commit_crash(bool send_done) {
     FaultEnv env;
-    env.set_contents("img.qcow2", image_);
     {
-      formats::ChainOptions o;
-      o.access = formats::Access::ReadWrite;
-      auto chain = formats::Chain::open(env, "img.qcow2", o);
-      EXPECT_TRUE(chain) << chain.error().message;
-      if (!chain) return formats::MapKind::Unallocated;
-      MemEnv scratch_env;
-      const uint64_t block = choose_block_size(**chain);
-      auto service = *MapService::create(
-          **chain, *ScratchStore::create(scratch_env, "s", 1 << 20, block, false), {});
+      auto [chain, service] = serve(env);
+      if (!service) return formats::MapKind::Unallocated;
       dmu_request r{};
       r.type = DMU_REQ_MAP;
       r.flags = DMU_MAP_WRITE;
@@ -625,6 +636,7 @@ class RealEnginePendingList : public ::testing::Test {
 
   test::TempDir dir_;
   std::vector<uint8_t> image_;
+  MemEnv scratch_env_;
 };
 
 TEST_F(RealEnginePendingList, CommitBeforeDoneLeavesTheClusterUnallocated) {
@@ -641,15 +653,8 @@ TEST_F(RealEnginePendingList, CommitAfterDoneMakesTheClusterDurable) {
 // image file itself first.  Before, a guest flush synced the file twice.
 TEST_F(RealEnginePendingList, CommitAddsNoSyncToTheEnginesCommit) {
   FaultEnv env;
-  env.set_contents("img.qcow2", image_);
-  formats::ChainOptions o;
-  o.access = formats::Access::ReadWrite;
-  auto chain = formats::Chain::open(env, "img.qcow2", o);
-  ASSERT_TRUE(chain) << chain.error().message;
-  MemEnv scratch_env;
-  auto service = *MapService::create(
-      **chain, *ScratchStore::create(scratch_env, "s", 1 << 20, choose_block_size(**chain), false),
-      {});
+  auto [chain, service] = serve(env);
+  ASSERT_TRUE(service);
   auto commit = [&](uint64_t id) {
     dmu_request c{};
     c.type = DMU_REQ_COMMIT;
@@ -663,7 +668,7 @@ TEST_F(RealEnginePendingList, CommitAddsNoSyncToTheEnginesCommit) {
   commit(1);  // the first may prepare the header for writing
   const uint64_t service_commit = commit(2);
   const uint64_t before = env.mutations();
-  ASSERT_TRUE((*chain)->top().commit());
+  ASSERT_TRUE(chain->top().commit());
   const uint64_t engine_commit = env.mutations() - before;
   EXPECT_GE(engine_commit, 1u);  // qcow2 syncs its file before any metadata
   EXPECT_EQ(service_commit, engine_commit);
