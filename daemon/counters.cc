@@ -43,6 +43,8 @@ nlohmann::json to_json(const Counters& c) {
           {"adopted", c.adopted.load()},
           {"pushed", c.pushed.load()},
           {"waited", c.waited.load()},
+          {"answered-during-commit", c.during_commit_answered.load()},
+          {"held-during-commit", c.during_commit_held.load()},
           {"allocations", c.allocations.load()},
           {"allocated-blocks", c.allocated_blocks.load()},
           {"commit-us-max", c.commit_us_max.load()},

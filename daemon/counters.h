@@ -27,12 +27,17 @@ struct Counters {
   std::atomic<uint64_t> adopted{0};       // allocation records adopted at bind
   std::atomic<uint64_t> pushed{0};        // extents pushed unasked (after bind)
   std::atomic<uint64_t> waited{0};        // MAPs that waited for an earlier answer's DONE
+  // Requests read while an image commit waited for the disk: reads answered
+  // in that window, and the rest, held until the commit ended.
+  std::atomic<uint64_t> during_commit_answered{0};
+  std::atomic<uint64_t> during_commit_held{0};
   // NEW extents answered (runs of fresh host space; also any the kernel
   // then refused, whose space a failed DONE gives back).
   std::atomic<uint64_t> allocations{0};
   std::atomic<uint64_t> allocated_blocks{0};  // blocks those extents cover
   // Image commits, timed from the commit thread asking for the service to
-  // the answer being ready (a miss waits as long: served_device.h).
+  // the answer being ready (reads are answered meanwhile, other requests
+  // wait as long: served_device.h).
   std::atomic<uint64_t> commit_us_total{0};
   std::atomic<uint64_t> commit_us_max{0};
   std::atomic<uint64_t> commit_us_last{0};

@@ -13,6 +13,7 @@
 #include "daemon/paths.h"
 #include "daemon/table_line.h"
 #include "fileio/direct_env.h"
+#include "fileio/sync_hook.h"
 #include "mapper/dm_device.h"
 #include "mapper/loop_device.h"
 #include "mapper/protocol.h"
@@ -222,16 +223,39 @@ void ServedDevice::handle_locked(const dmu_request& q, std::vector<dmu_response>
               proto::describe(q) + ": " + service_->last_error());
 }
 
+namespace {
+
+// What the request loop may hand the map service while an image commit
+// waits for the disk (served_device.h): a MAP that only reads.
+bool reads_only(const dmu_request& q) {
+  return q.type == DMU_REQ_MAP && !(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD));
+}
+
+}  // namespace
+
 Result<size_t> ServedDevice::serve_batch() {
   DMU_ASSIGN_OR_RETURN(size_t n, channel_.read_requests(inbox_, 0ms));
   if (n == 0) return n;
   std::vector<dmu_response> out;
   {
     std::lock_guard lock(service_mu_);
-    for (size_t i = 0; i < n; ++i) handle_locked(inbox_[i], out);
+    for (size_t i = 0; i < n; ++i) {
+      if (committing_ && !reads_only(inbox_[i])) {
+        set_aside_.push_back(inbox_[i]);
+        ++counters_.during_commit_held;
+        continue;
+      }
+      if (committing_) ++counters_.during_commit_answered;
+      handle_locked(inbox_[i], out);
+    }
     if (auto s = sync_capacity(); !s)
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
   }
+  DMU_TRY(answer(out));
+  return n;
+}
+
+Result<void> ServedDevice::answer(std::vector<dmu_response>& out) {
   // A refused write answer may never get its DONE: the service resolves
   // it, which can answer requests that waited for it, which the kernel may
   // refuse too (all timed out).  Each round resolves at least one pending
@@ -254,7 +278,7 @@ Result<size_t> ServedDevice::serve_batch() {
       return fail(sent.error());
     }
   }
-  return n;
+  return {};
 }
 
 bool ServedDevice::push_some() {
@@ -289,17 +313,33 @@ bool ServedDevice::push_some() {
 }
 
 void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
-  std::vector<dmu_response> out;
+  std::vector<dmu_response> out, held_answers;
   std::string error;
   const auto started = std::chrono::steady_clock::now();
+  uint64_t took_us = 0;
   {
-    std::lock_guard lock(service_mu_);
-    service_->handle(proto::commit_request(ids.front()), out);
+    std::unique_lock lock(service_mu_);
+    committing_ = true;
+    {
+      // The request loop answers reads while the disk syncs (see the top
+      // of served_device.h).
+      SyncHook window([&lock] { lock.unlock(); }, [&lock] { lock.lock(); });
+      service_->handle(proto::commit_request(ids.front()), out);
+    }
+    committing_ = false;
+    took_us = uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
+                           std::chrono::steady_clock::now() - started)
+                           .count());
     error = service_->last_error();
+    // What the loop set aside meanwhile, in the order it read it, before
+    // anything it reads from now on.  A COMMIT among it queues the next run.
+    std::vector<dmu_request> held = std::move(set_aside_);
+    set_aside_.clear();
+    for (const dmu_request& q : held) handle_locked(q, held_answers);
+    if (auto s = sync_capacity(); !s)
+      log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
   }
-  counters_.commit_took(uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
-                                     std::chrono::steady_clock::now() - started)
-                                     .count()));
+  counters_.commit_took(took_us);
   int32_t status = -EIO;
   std::vector<dmu_response> answers;
   for (const auto& m : out) {
@@ -318,6 +358,9 @@ void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
   }
   if (auto s = send(answers); !s)
     log_event(LogLevel::Error, state_.name, "answer COMMIT: " + s.error().message);
+  if (auto s = answer(held_answers); !s)
+    log_event(LogLevel::Error, state_.name,
+              "answer requests held during the commit: " + s.error().message);
 }
 
 Result<void> ServedDevice::send(std::vector<dmu_response>& batch, size_t* refused,

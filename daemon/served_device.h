@@ -7,10 +7,23 @@
 // to the service; the commit thread holds it for the image commit.  COMMIT
 // requests never run on the loop: the loop queues them and keeps reading,
 // so DONEs and MAPs are taken off the control device while a flush is being
-// made durable (the kernel serves cached extents without us meanwhile).  A
-// miss that arrives during a commit waits for the mutex, i.e. for the image
-// commit; splitting MapService's commit into "build under the lock" and
-// "sync outside it" would end that wait (see the report of issue 13).
+// made durable (the kernel serves cached extents without us meanwhile).
+//
+// Reads during a commit: most of an image commit is fdatasync, so the
+// commit thread lets go of the mutex while it waits in one (a SyncHook,
+// fileio/sync_hook.h) and takes it back after.  In that window the loop
+// answers read MAPs only: an engine's read path (map, read_compressed) sees
+// whole state at a sync point -- every engine syncs between the steps of
+// its commit, never inside a loop over its tables -- and changes nothing
+// the commit goes on to use (it loads and evicts clean table cache entries
+// only).  Every other request read in the window (write and discard MAPs,
+// DONEs, COMMITs) is set aside in the order read and handled by the commit
+// thread, under the mutex, right after the commit and before anything the
+// loop reads later.  A read that overtakes a set-aside DONE of its block
+// still waits for that DONE in the map service (must_wait), and a read
+// that overtakes a set-aside write MAP is one the guest issued alongside
+// that write, in either order.  The on-disk order of the commit's writes
+// and syncs is unchanged: only reads run beside it.
 //
 // Data device growth: a fresh cluster past a data file's end makes the map
 // service extend the file and call device_grown; we then grow the loop
@@ -82,6 +95,9 @@ class ServedDevice {
   Result<void> sync_capacity();  // under service_mu_
   void handle_locked(const dmu_request& q, std::vector<dmu_response>& out);
   void run_commits(const std::vector<uint64_t>& ids);
+  // Sends answers made under the mutex; a refused one is resolved in the
+  // service, and so on until nothing is left.
+  Result<void> answer(std::vector<dmu_response>& out);
   // Writes a batch; a message the kernel refuses is logged and skipped,
   // counted in *refused and its request id named in *refused_ids (pushes
   // and INVALIDATE left out) when given.
@@ -93,8 +109,10 @@ class ServedDevice {
   mapper::BindInfo bind_;
   std::unique_ptr<Env> env_;  // the chain's files: direct I/O where their loops do it
   std::unique_ptr<formats::Chain> chain_;
-  std::mutex service_mu_;  // guards service_ and growing_
+  std::mutex service_mu_;  // guards service_, growing_, committing_, set_aside_
   std::unique_ptr<mapper::MapService> service_;
+  bool committing_ = false;                          // the commit thread is inside the image commit
+  std::vector<dmu_request> set_aside_;               // read during a commit, handled after it
   std::vector<std::optional<GrowingLoop>> growing_;  // by device index; writable ones
   std::vector<dmu_request> inbox_;
   Counters counters_;

@@ -7,6 +7,7 @@
 
 #include "fileio/file.h"
 #include "fileio/path.h"
+#include "fileio/sync_hook.h"
 
 namespace dmu {
 
@@ -73,8 +74,10 @@ class PosixFile final : public File {
   }
 
   Result<void> sync() override {
-    if (::fdatasync(fd_) < 0) return fail(errno_error(path_ + ": fdatasync"));
-    return {};
+    return SyncHook::around([this]() -> Result<void> {
+      if (::fdatasync(fd_) < 0) return fail(errno_error(path_ + ": fdatasync"));
+      return {};
+    });
   }
 
   Result<void> punch_hole(uint64_t offset, uint64_t length) override {
