@@ -6,7 +6,8 @@
 namespace dmu::daemon {
 
 uint64_t Counters::activity() const {
-  return requests + responses + rejected + commits + grows + adopted + pushed + waited;
+  return requests + responses + rejected + commits + grows + adopted + pushed + waited +
+         stream_pushed;
 }
 
 void Counters::commit_took(uint64_t us) {
@@ -42,6 +43,7 @@ nlohmann::json to_json(const Counters& c) {
           {"grows", c.grows.load()},
           {"adopted", c.adopted.load()},
           {"pushed", c.pushed.load()},
+          {"stream-pushed", c.stream_pushed.load()},
           {"waited", c.waited.load()},
           {"answered-during-commit", c.during_commit_answered.load()},
           {"held-during-commit", c.during_commit_held.load()},

@@ -26,6 +26,7 @@ struct Counters {
   std::atomic<uint64_t> grows{0};         // data device growths (chunks)
   std::atomic<uint64_t> adopted{0};       // allocation records adopted at bind
   std::atomic<uint64_t> pushed{0};        // extents pushed unasked (after bind)
+  std::atomic<uint64_t> stream_pushed{0};  // extents pushed ahead of sequential reads
   std::atomic<uint64_t> waited{0};        // MAPs that waited for an earlier answer's DONE
   // Requests read while an image commit waited for the disk: reads answered
   // in that window, and the rest, held until the commit ended.
@@ -36,8 +37,8 @@ struct Counters {
   std::atomic<uint64_t> allocations{0};
   std::atomic<uint64_t> allocated_blocks{0};  // blocks those extents cover
   // Image commits, timed from the commit thread asking for the service to
-  // the answer being ready (reads are answered meanwhile, other requests
-  // wait as long: served_device.h).
+  // the engine's commit returning (reads are answered meanwhile, other
+  // requests wait as long: served_device.h).
   std::atomic<uint64_t> commit_us_total{0};
   std::atomic<uint64_t> commit_us_max{0};
   std::atomic<uint64_t> commit_us_last{0};

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <set>
 #include <span>
 #include <thread>
@@ -27,6 +29,10 @@ constexpr size_t kBatch = 256;                  // requests per read()
 constexpr uint64_t kGrowChunk = 64ull << 20;    // qcow2 files grow by this much
 constexpr auto kBindRetry = 5s;                 // a killed predecessor's file may still close
 constexpr uint64_t kMaxPushedExtents = 16384;   // a quarter of the table's default max_extents
+// Pushes ahead of a sequential read stream: the first covers this much,
+// each next one twice the last, up to the cap.
+constexpr uint64_t kFirstStreamPush = 8ull << 20;
+constexpr uint64_t kMaxStreamPush = 64ull << 20;
 
 Result<mapper::BindInfo> bind_with_retry(mapper::ControlChannel& channel, const std::string& key) {
   const auto deadline = std::chrono::steady_clock::now() + kBindRetry;
@@ -121,6 +127,11 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   // makes a clash with a predecessor's unlikely; it would not matter anyway:
   // the kernel drops a departed daemon's open pushes, and ours carry no NEW
   // extents.
+  // DMU_STREAM_PUSH=0 turns the pushes ahead of sequential reads off, to
+  // measure what they bring (bench/, daemon/README.md).
+  const char* stream_push = std::getenv("DMU_STREAM_PUSH");
+  dev->stream_push_ =
+      (b.features & DMU_FEATURE_PUSH) && !(stream_push && std::string(stream_push) == "0");
   if ((b.features & DMU_FEATURE_PUSH) && records.empty()) {
     dev->push_next_ = 0;
     dev->push_id_ = uint64_t(::getpid()) << 24;
@@ -223,39 +234,72 @@ void ServedDevice::handle_locked(const dmu_request& q, std::vector<dmu_response>
               proto::describe(q) + ": " + service_->last_error());
 }
 
-namespace {
-
-// What the request loop may hand the map service while an image commit
-// waits for the disk (served_device.h): a MAP that only reads.
-bool reads_only(const dmu_request& q) {
-  return q.type == DMU_REQ_MAP && !(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD));
+std::unique_lock<std::mutex> ServedDevice::lock_for_loop() {
+  std::unique_lock lock(service_mu_);
+  commit_cv_.wait(lock, [this] { return !commit_waiting_; });
+  return lock;
 }
-
-}  // namespace
 
 Result<size_t> ServedDevice::serve_batch() {
   DMU_ASSIGN_OR_RETURN(size_t n, channel_.read_requests(inbox_, 0ms));
   if (n == 0) return n;
   std::vector<dmu_response> out;
+  std::unique_lock send_lock(send_mu_, std::defer_lock);
   {
-    std::lock_guard lock(service_mu_);
+    auto lock = lock_for_loop();
     for (size_t i = 0; i < n; ++i) {
-      if (committing_ && !reads_only(inbox_[i])) {
-        set_aside_.push_back(inbox_[i]);
+      const dmu_request& q = inbox_[i];
+      // During a commit's sync only what reads (served_device.h).
+      if (committing_ && (q.type != DMU_REQ_MAP || (q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD)) ||
+                          service_->awaits_done(q.id))) {
+        set_aside_.push_back(q);
         ++counters_.during_commit_held;
         continue;
       }
       if (committing_) ++counters_.during_commit_answered;
-      handle_locked(inbox_[i], out);
+      const size_t first = out.size();
+      handle_locked(q, out);
+      if (q.type == DMU_REQ_MAP && !(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD)))
+        follow_stream(q, first, out);
     }
     if (auto s = sync_capacity(); !s)
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
+    send_lock.lock();
   }
-  DMU_TRY(answer(out));
+  DMU_TRY(answer(out, send_lock));
   return n;
 }
 
-Result<void> ServedDevice::answer(std::vector<dmu_response>& out) {
+void ServedDevice::follow_stream(const dmu_request& q, size_t first,
+                                 std::vector<dmu_response>& out) {
+  if (!stream_push_) return;
+  uint64_t end = 0;  // where the read answer ends
+  for (size_t i = first; i < out.size(); ++i)
+    if (out[i].id == q.id && out[i].type == DMU_RSP_EXTENT)
+      end = std::max<uint64_t>(end, out[i].block + out[i].nr_blocks);
+  if (end == 0) return;  // it waits, or failed: nothing to follow yet
+  auto s = std::find_if(streams_.begin(), streams_.end(),
+                        [&](const Stream& c) { return c.next == q.block; });
+  const bool continues = s != streams_.end();
+  if (!continues) {  // a new stream, in place of the one unused longest
+    s = std::min_element(streams_.begin(), streams_.end(),
+                         [](const Stream& a, const Stream& b) { return a.used < b.used; });
+    s->window = 0;
+  }
+  s->used = ++stream_clock_;
+  s->next = end;
+  if (!continues) return;
+  // The reader reached the end of what we answered or pushed: push on.
+  const uint64_t block = uint64_t(bind_.block_sectors) * 512;
+  s->window =
+      s->window ? std::min(2 * s->window, kMaxStreamPush / block) : kFirstStreamPush / block;
+  const size_t before = out.size();
+  s->next = service_->push(end, DMU_PUSH_ID | ++push_id_, out, end + s->window);
+  counters_.stream_pushed += out.size() - before;
+}
+
+Result<void> ServedDevice::answer(std::vector<dmu_response>& out,
+                                  std::unique_lock<std::mutex>& send_lock) {
   // A refused write answer may never get its DONE: the service resolves
   // it, which can answer requests that waited for it, which the kernel may
   // refuse too (all timed out).  Each round resolves at least one pending
@@ -264,7 +308,11 @@ Result<void> ServedDevice::answer(std::vector<dmu_response>& out) {
   while (!out.empty()) {
     refused_ids.clear();
     auto sent = send(out, nullptr, &refused_ids);
-    std::lock_guard lock(service_mu_);
+    send_lock.unlock();
+    if (sent && refused_ids.empty()) break;
+    // Resolving changes the engine: not while a commit waits in a sync.
+    std::unique_lock lock(service_mu_);
+    commit_cv_.wait(lock, [this] { return !committing_ && !commit_waiting_; });
     for (uint64_t id : refused_ids) service_->refused(id, out);
     if (!sent) {
       // Nothing more reaches this binding: what the service answers now
@@ -277,15 +325,18 @@ Result<void> ServedDevice::answer(std::vector<dmu_response>& out) {
       }
       return fail(sent.error());
     }
+    send_lock.lock();
   }
+  if (send_lock.owns_lock()) send_lock.unlock();
   return {};
 }
 
 bool ServedDevice::push_some() {
   if (push_next_ == ~uint64_t(0)) return false;
   std::vector<dmu_response> out;
+  std::unique_lock send_lock(send_mu_, std::defer_lock);
   {
-    std::lock_guard lock(service_mu_);
+    auto lock = lock_for_loop();
     if (push_next_ >= service_->target_blocks() || counters_.pushed >= kMaxPushedExtents) {
       log_event(LogLevel::Info, state_.name,
                 "pushed " + std::to_string(counters_.pushed) + " extents up to block " +
@@ -299,12 +350,16 @@ bool ServedDevice::push_some() {
       log_event(LogLevel::Warning, state_.name, "push ends early: " + service_->last_error());
     if (auto s = sync_capacity(); !s)
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
+    send_lock.lock();  // answers leave in the order made (served_device.h)
   }
   const uint64_t n = out.size();
   size_t refused = 0;
-  if (auto s = send(out, &refused); !s || refused) {
+  auto sent = send(out, &refused);
+  send_lock.unlock();
+  if (!sent || refused) {
     log_event(LogLevel::Warning, state_.name,
-              "push stopped: " + (s ? std::string("the kernel refused an extent") : s.error().message));
+              "push stopped: " +
+                  (sent ? std::string("the kernel refused an extent") : sent.error().message));
     push_next_ = ~uint64_t(0);
     return false;
   }
@@ -313,33 +368,26 @@ bool ServedDevice::push_some() {
 }
 
 void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
-  std::vector<dmu_response> out, held_answers;
-  std::string error;
+  std::vector<dmu_response> out;
   const auto started = std::chrono::steady_clock::now();
-  uint64_t took_us = 0;
+  std::unique_lock lock(service_mu_);
+  committing_ = true;
   {
-    std::unique_lock lock(service_mu_);
-    committing_ = true;
-    {
-      // The request loop answers reads while the disk syncs (see the top
-      // of served_device.h).
-      SyncHook window([&lock] { lock.unlock(); }, [&lock] { lock.lock(); });
-      service_->handle(proto::commit_request(ids.front()), out);
-    }
-    committing_ = false;
-    took_us = uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
-                           std::chrono::steady_clock::now() - started)
-                           .count());
-    error = service_->last_error();
-    // What the loop set aside meanwhile, in the order it read it, before
-    // anything it reads from now on.  A COMMIT among it queues the next run.
-    std::vector<dmu_request> held = std::move(set_aside_);
-    set_aside_.clear();
-    for (const dmu_request& q : held) handle_locked(q, held_answers);
-    if (auto s = sync_capacity(); !s)
-      log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
+    // The request loop answers reads while the disk syncs; coming back,
+    // this thread goes first (served_device.h).
+    SyncHook window([&lock] { lock.unlock(); },
+                    [this, &lock] {
+                      commit_waiting_ = true;
+                      lock.lock();
+                      commit_waiting_ = false;
+                      commit_cv_.notify_all();
+                    });
+    service_->handle(proto::commit_request(ids.front()), out);
   }
-  counters_.commit_took(took_us);
+  counters_.commit_took(uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
+                                     std::chrono::steady_clock::now() - started)
+                                     .count()));
+  const std::string error = service_->last_error();
   int32_t status = -EIO;
   std::vector<dmu_response> answers;
   for (const auto& m : out) {
@@ -356,9 +404,29 @@ void ServedDevice::run_commits(const std::vector<uint64_t>& ids) {
     log_event(LogLevel::Error, state_.name,
               "commit of " + state_.image + " failed (" + std::to_string(status) + "): " + error);
   }
+
+  // COMMITTED first: it covers only DONEs handled before the commit, none
+  // of those set aside.  The loop keeps setting requests aside meanwhile.
+  std::unique_lock send_lock(send_mu_);
+  lock.unlock();
   if (auto s = send(answers); !s)
     log_event(LogLevel::Error, state_.name, "answer COMMIT: " + s.error().message);
-  if (auto s = answer(held_answers); !s)
+  send_lock.unlock();
+
+  // Then what the loop set aside, in the order it read it, before anything
+  // it reads from now on.  A COMMIT among it queues the next run.
+  lock.lock();
+  std::vector<dmu_response> held_answers;
+  std::vector<dmu_request> held = std::move(set_aside_);
+  set_aside_.clear();
+  for (const dmu_request& q : held) handle_locked(q, held_answers);
+  if (auto s = sync_capacity(); !s)
+    log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);
+  committing_ = false;
+  commit_cv_.notify_all();
+  send_lock.lock();
+  lock.unlock();
+  if (auto s = answer(held_answers, send_lock); !s)
     log_event(LogLevel::Error, state_.name,
               "answer requests held during the commit: " + s.error().message);
 }

@@ -1,8 +1,6 @@
 // SyncHook: see sync_hook.h.
 #include "fileio/sync_hook.h"
 
-#include <cassert>
-
 namespace dmu {
 namespace {
 
@@ -11,13 +9,12 @@ thread_local SyncHook* current = nullptr;
 }  // namespace
 
 SyncHook::SyncHook(std::function<void()> before, std::function<void()> after)
-    : before_(std::move(before)), after_(std::move(after)) {
-  assert(!current);
+    : before_(std::move(before)), after_(std::move(after)), outer_(current) {
   current = this;
 }
 
 SyncHook::~SyncHook() {
-  current = nullptr;
+  current = outer_;
 }
 
 Result<void> SyncHook::around(const std::function<Result<void>()>& sync) {
@@ -26,11 +23,17 @@ Result<void> SyncHook::around(const std::function<Result<void>()>& sync) {
   // Off while its own code runs: a sync made by before() or after() runs
   // plain instead of recursing.
   current = nullptr;
+  struct Restore {
+    SyncHook* hook;
+    bool armed = false;  // before() ran: after() must
+    ~Restore() {
+      if (armed) hook->after_();
+      current = hook;
+    }
+  } restore{hook};
   hook->before_();
-  Result<void> r = sync();
-  hook->after_();
-  current = hook;
-  return r;
+  restore.armed = true;
+  return sync();
 }
 
 }  // namespace dmu

@@ -20,19 +20,20 @@ namespace dmu {
 
 class SyncHook {
  public:
-  // Installs before/after for this thread until the hook is destroyed.  At
-  // most one per thread (a nested one is a programming error).
+  // Installs before/after for this thread until the hook is destroyed (an
+  // outer hook of the thread is back then).
   SyncHook(std::function<void()> before, std::function<void()> after);
   ~SyncHook();
   SyncHook(const SyncHook&) = delete;
   SyncHook& operator=(const SyncHook&) = delete;
 
   // Runs sync between this thread's before() and after(), or alone when the
-  // thread has no hook.  after() runs whatever sync returns.
+  // thread has no hook.  after() runs however sync ends (an exception too).
   static Result<void> around(const std::function<Result<void>()>& sync);
 
  private:
   std::function<void()> before_, after_;
+  SyncHook* outer_;
 };
 
 }  // namespace dmu

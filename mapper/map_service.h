@@ -147,14 +147,17 @@ class MapService {
   const AdoptCounts& adopt_counts() const { return adopt_counts_; }
 
   // A push (protocol 2, "Pushes"): appends to `out` the extents a read of
-  // the disk from first_block on would be answered with, under push id
-  // `id` (DMU_PUSH_ID set), at most kMaxAnswerMessages, the last one FINAL;
+  // the disk from first_block on (up to end_block) would be answered with,
+  // under push id `id` (DMU_PUSH_ID set), at most kMaxAnswerMessages, the
+  // last one FINAL;
   // blocks that need the scratch store (compressed clusters, blocks whose
   // parts lie apart) are skipped.  Returns the block to continue from
-  // (target_blocks() when the disk is covered or mapping failed); `out` may
-  // stay empty (only skipped blocks so far).  Blocks of write answers whose
-  // DONE is not handled yet are skipped too (see map_for_reading).
-  uint64_t push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out);
+  // (target_blocks() when the disk is covered or mapping failed, end_block
+  // when that is reached); `out` may stay empty (only skipped blocks so
+  // far).  Blocks of write answers whose DONE is not handled yet are
+  // skipped too (see map_for_reading).
+  uint64_t push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out,
+                uint64_t end_block = ~uint64_t(0));
 
   // The kernel refused (part of) the answer to request `id`: if it was a
   // write answer, no DONE may ever come (a late answer is refused whole; a
@@ -164,6 +167,9 @@ class MapService {
 
   // Writes prepared (or adopted) but not yet reported DONE, by request id.
   size_t pending_writes() const { return pending_.size(); }
+  // Whether a write answer with this request id awaits its DONE (a MAP
+  // with that id again abandons it: see handle()).
+  bool awaits_done(uint64_t id) const { return pending_.count(id) != 0; }
   // MAP requests waiting for the DONE of an earlier answer on their blocks.
   size_t waiting_requests() const { return waiting_.size(); }
   // The last engine error, for logs ("" if none).

@@ -43,11 +43,14 @@ void MapService::answer_map_read(const dmu_request& r, std::vector<dmu_response>
                   false, out);
 }
 
-uint64_t MapService::push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out) {
+uint64_t MapService::push(uint64_t first_block, uint64_t id, std::vector<dmu_response>& out,
+                          uint64_t end_block) {
   const uint64_t vsize = chain_.virtual_size();
   const uint64_t start = first_block * block_size_;
   if (start >= vsize) return target_blocks();
-  return map_for_reading(id, start, vsize, kMaxAnswerMessages, true, out);
+  const uint64_t limit = std::min(vsize, checked_mul(end_block, block_size_).value_or(vsize));
+  if (limit <= start) return first_block;
+  return map_for_reading(id, start, limit, kMaxAnswerMessages, true, out);
 }
 
 uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit,
