@@ -205,7 +205,11 @@ int supervise(const ServeOptions& options) {
       return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
     }
 
-    const bool quick = Clock::now() - child.started < kQuick;
+    // A crash soon after starting may well happen again: back off.  SIGKILL
+    // comes from outside (an administrator, the OOM killer) and says nothing
+    // about the next start, so it neither counts nor delays the restart.
+    const bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    const bool quick = !killed && Clock::now() - child.started < kQuick;
     quick_failures = quick ? quick_failures + 1 : 0;
     if (quick_failures >= kMaxQuickFailures) {
       log_event(LogLevel::Error, group,

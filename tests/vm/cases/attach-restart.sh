@@ -1,15 +1,16 @@
 #!/bin/sh
-# The mapping process of an attached qcow2 dies while fio writes and verifies:
-# round 1, kill -9 of the mapping process -- its supervisor starts a new one
-# at once; round 2, kill -9 of the supervisor and the mapping process -- the
-# image stays locked (the loop devices hold QEMU's locks) and
-# `dmu attach --name` rebinds; round 3, both again and `dmu serve --name` by
-# hand.  Each new process adopts the kernel's uncommitted allocations and fio
-# finishes without an error or a verify failure; each restart takes at most a
-# second.  SIGTERM commits before the process exits: nothing is left
-# unpublished and the next process adopts nothing.  After detach, qemu-img
-# check finds no corruption (leaked clusters are allowed after a crash) and
-# the image holds what the device showed.
+# The mapping process of an attached qcow2 dies every second while fio
+# writes and verifies: mostly kill -9 of the mapping process -- its
+# supervisor starts a new one at once; once kill -9 of the supervisor and
+# the mapping process -- the image stays locked (the loop devices hold
+# QEMU's locks) and `dmu attach --name` rebinds; once both again,
+# `dmu serve --name` by hand, then SIGTERM and a rebind.  Each new process
+# adopts the kernel's uncommitted allocations and fio finishes without an
+# error or a verify failure; each supervised restart takes at most a second.
+# SIGTERM commits before the process exits: nothing is left unpublished and
+# the next process adopts nothing.  After detach, qemu-img check finds no
+# corruption (leaked clusters are allowed after a crash) and the image holds
+# what the device showed.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
@@ -31,25 +32,29 @@ qemu-img create -q -f qcow2 disk.qcow2 256M || fail "qemu-img create"
 out=$(dmu attach --name r1 /data/disk.qcow2) || fail "dmu attach"
 expect_eq "attach output" /dev/mapper/r1 "$out"
 
-step "fio randwrite + verify while the mapping process dies three times"
-fio --name=restart --filename=/dev/mapper/r1 --rw=randwrite --bsrange=4k-64k --size=160M \
+step "fio randwrite + verify while the mapping process is killed again and again"
+fio --name=restart --filename=/dev/mapper/r1 --rw=randwrite --bsrange=4k-64k --size=240M \
   --direct=1 --ioengine=libaio --iodepth=8 --verify=crc32c --verify_fatal=1 --do_verify=1 \
   --fsync=128 >/tmp/fio.log 2>&1 &
 FIO=$!
-killed=0
-for round in 1 2 3; do
-  sleep 2
-  kill -0 $FIO 2>/dev/null || break
+# Round 2 kills the supervisor too and `dmu attach --name` rebinds; round 3
+# kills both again, `dmu serve --name` by hand rebinds, and a SIGTERM hands
+# over to a supervised process again; every other round is a kill -9 of
+# the mapping process alone, restarted by its supervisor.
+round=0
+while [ $round -lt 16 ] && sleep 1 && kill -0 $FIO 2>/dev/null; do
+  round=$((round + 1))
   pid=$(record_field r1 pid)
   sup=$(record_field r1 supervisor)
   [ -n "$pid" ] || fail "round $round: no pid in /run/dmu/r1.json"
   echo "round $round: pid $pid supervisor ${sup:-none}, unpublished=$(dmu_stat r1 unpublished)"
-  if [ $round = 1 ]; then
-    [ -n "$sup" ] && [ "$sup" != 0 ] || fail "dmu attach started no supervisor"
+  if [ $round != 2 ] && [ $round != 3 ]; then
+    [ -n "$sup" ] && [ "$sup" != 0 ] || fail "round $round: no supervisor"
     kill -9 "$pid"
-    replaced_within_a_second "round 1 (kill -9)" r1 "$pid"
-    kill -0 "$sup" || fail "round 1: the supervisor died"
-    grep -q "starting a new one" /run/dmu/r1.log || fail "round 1: the supervisor did not log the restart"
+    replaced_within_a_second "round $round (kill -9)" r1 "$pid"
+    kill -0 "$sup" || fail "round $round: the supervisor died"
+    grep -q "starting a new one" /run/dmu/r1.log ||
+      fail "round $round: the supervisor did not log the restart"
   else
     kill -9 "$sup" "$pid"
     wait_gone r1
@@ -63,12 +68,18 @@ for round in 1 2 3; do
     else
       dmu serve --name r1 2>>/tmp/serve.log &
       wait_bound r1
+      ms=$(wait_replaced r1 "$pid") || fail "$ms"  # its pid in the record
+      # No supervisor restarts a process started by hand: SIGTERM (which
+      # commits) and a rebind under one, still during fio.
+      kill -TERM "$(record_field r1 pid)"
+      wait_gone r1
+      dmu attach --name r1 /data/disk.qcow2 >/dev/null || fail "round 3: rebind after SIGTERM"
     fi
   fi
-  killed=$((killed + 1))
   grep "adopted" /run/dmu/r1.log /tmp/serve.log 2>/dev/null | tail -1
 done
-[ $killed -ge 2 ] || fail "fio finished before the mapping process was killed twice ($killed)"
+echo "fio ran through $round rounds"
+[ $round -ge 6 ] || fail "fio finished after $round rounds, before the mapping process died six times"
 wait $FIO || { cat /tmp/fio.log; fail "fio failed across restarts"; }
 grep -q "err= 0" /tmp/fio.log || { cat /tmp/fio.log; fail "fio saw I/O errors"; }
 dmu stats r1 || fail "dmu stats r1"
@@ -76,13 +87,6 @@ expect_eq "kernel timeouts" 0 "$(dmu_stat r1 timeouts)"
 expect_eq "kernel bad answers" 0 "$(dmu_stat r1 bad)"
 
 step "discard and rewrite of committed clusters, then kill -9 before any flush"
-if [ "$(record_field r1 supervisor)" = 0 ]; then
-  # Round 3 left a process started by hand, with no supervisor to restart
-  # it: stop it (SIGTERM commits) and rebind r1 under one.
-  kill -TERM "$(record_field r1 pid)"
-  wait_gone r1
-  dmu attach --name r1 /data/disk.qcow2 >/dev/null || fail "rebind r1 under a supervisor"
-fi
 # Committed first: 1 MiB at 200 MiB, flushed.
 dd if=/dev/urandom of=/tmp/old.bin bs=1M count=1 status=none
 dd if=/tmp/old.bin of=/dev/mapper/r1 bs=1M seek=200 oflag=direct conv=fsync status=none ||
@@ -105,13 +109,13 @@ cmp /tmp/new.bin /tmp/back.bin || fail "the rewrite after the discard was lost"
 sync
 
 step "SIGTERM: the mapping process commits what the kernel completed, then exits"
-# Everything published first (a flush), then an allocating write with no
-# flush after it: only the mapping process's commit on SIGTERM can publish
+# Everything published first (a flush), then an allocating write (past
+# the 240 MiB fio wrote) with no flush after it: only the mapping process's commit on SIGTERM can publish
 # it; without one, the next process would have to adopt it.
 sync /dev/mapper/r1 || fail "flush r1"
 expect_eq "allocation records unpublished after a flush" 0 "$(dmu_stat r1 unpublished)"
 dd if=/dev/urandom of=/tmp/term.bin bs=512K count=1 status=none
-dd if=/tmp/term.bin of=/dev/mapper/r1 bs=512K seek=460 oflag=direct status=none ||
+dd if=/tmp/term.bin of=/dev/mapper/r1 bs=512K seek=490 oflag=direct status=none ||
   fail "write before SIGTERM"
 before=$(dmu_stat r1 unpublished)
 [ "$before" -gt 0 ] || fail "nothing unpublished before SIGTERM ($before): the step would prove nothing"
@@ -123,7 +127,7 @@ expect_eq "allocation records unpublished after SIGTERM (before: $before)" 0 \
 grep -q "did not finish" /run/dmu/r1.log && fail "SIGTERM: the flush before exit did not finish"
 dmu attach --name r1 /data/disk.qcow2 >/dev/null || fail "rebind r1 after SIGTERM"
 expect_eq "allocation records adopted after SIGTERM" 0 "$(daemon_counter r1 adopted)"
-dd if=/dev/mapper/r1 of=/tmp/term.back bs=512K skip=460 count=1 iflag=direct status=none ||
+dd if=/dev/mapper/r1 of=/tmp/term.back bs=512K skip=490 count=1 iflag=direct status=none ||
   fail "read back the write made before SIGTERM"
 cmp /tmp/term.bin /tmp/term.back || fail "the write made before SIGTERM was lost"
 
