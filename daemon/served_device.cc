@@ -120,6 +120,12 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
     dev->counters_.adopted = records.size();
   }
 
+  // DMU_STREAM_PUSH=0 turns the pushes ahead of sequential reads off, to
+  // measure what they bring (daemon/README.md).  They are made after an
+  // adoption too: adopted blocks are in flight, which a push skips.
+  const char* stream_push = std::getenv("DMU_STREAM_PUSH");
+  dev->stream_push_ =
+      (b.features & DMU_FEATURE_PUSH) && !(stream_push && std::string(stream_push) == "0");
   // Push the disk's mappings only over a kernel cache nobody else filled
   // since the invalidation above, and only from a service whose view is the
   // image's committed one (nothing adopted): then a push says exactly what a
@@ -127,15 +133,8 @@ Result<std::unique_ptr<ServedDevice>> ServedDevice::open(const DeviceState& st) 
   // makes a clash with a predecessor's unlikely; it would not matter anyway:
   // the kernel drops a departed daemon's open pushes, and ours carry no NEW
   // extents.
-  // DMU_STREAM_PUSH=0 turns the pushes ahead of sequential reads off, to
-  // measure what they bring (bench/, daemon/README.md).
-  const char* stream_push = std::getenv("DMU_STREAM_PUSH");
-  dev->stream_push_ =
-      (b.features & DMU_FEATURE_PUSH) && !(stream_push && std::string(stream_push) == "0");
-  if ((b.features & DMU_FEATURE_PUSH) && records.empty()) {
-    dev->push_next_ = 0;
-    dev->push_id_ = uint64_t(::getpid()) << 24;
-  }
+  if ((b.features & DMU_FEATURE_PUSH) && records.empty()) dev->push_next_ = 0;
+  dev->push_id_ = uint64_t(::getpid()) << 24;
 
   dev->growing_.resize(st.devices.size());
   for (size_t i = 0; i < st.devices.size(); ++i) {
@@ -281,12 +280,24 @@ void ServedDevice::follow_stream(const dmu_request& q, size_t first,
   auto s = std::find_if(streams_.begin(), streams_.end(),
                         [&](const Stream& c) { return c.next == q.block; });
   const bool continues = s != streams_.end();
-  if (!continues) {  // a new stream, in place of the one unused longest
+  if (!continues) {
+    // A miss inside a stream's last stretch: a piece of the same reader's
+    // request (a kernel that splits reads sends them at once), not a new
+    // stream to follow.
+    auto inside = std::find_if(streams_.begin(), streams_.end(), [&](const Stream& c) {
+      return c.next != ~uint64_t(0) && q.block >= c.from && q.block < c.next;
+    });
+    if (inside != streams_.end()) {
+      inside->used = ++stream_clock_;
+      return;
+    }
+    // A new stream, in place of the one unused longest.
     s = std::min_element(streams_.begin(), streams_.end(),
                          [](const Stream& a, const Stream& b) { return a.used < b.used; });
     s->window = 0;
   }
   s->used = ++stream_clock_;
+  s->from = q.block;
   s->next = end;
   if (!continues) return;
   // The reader reached the end of what we answered or pushed: push on.
@@ -310,9 +321,13 @@ Result<void> ServedDevice::answer(std::vector<dmu_response>& out,
     auto sent = send(out, nullptr, &refused_ids);
     send_lock.unlock();
     if (sent && refused_ids.empty()) break;
-    // Resolving changes the engine: not while a commit waits in a sync.
     std::unique_lock lock(service_mu_);
-    commit_cv_.wait(lock, [this] { return !committing_ && !commit_waiting_; });
+    // Resolving a write answer changes the engine: not while a commit
+    // waits in a sync.  A refused read answer changes nothing.
+    const bool writes =
+        !sent || std::any_of(refused_ids.begin(), refused_ids.end(),
+                             [&](uint64_t id) { return service_->awaits_done(id); });
+    if (writes) commit_cv_.wait(lock, [this] { return !committing_ && !commit_waiting_; });
     for (uint64_t id : refused_ids) service_->refused(id, out);
     if (!sent) {
       // Nothing more reaches this binding: what the service answers now

@@ -139,6 +139,7 @@ class ServedDevice {
   std::atomic<bool> commit_waiting_{false};  // it waits to take service_mu_ back
   std::vector<dmu_request> set_aside_;       // read during a commit, handled after it
   struct Stream {
+    uint64_t from = 0;             // the first block of its last answer
     uint64_t next = ~uint64_t(0);  // the block where its last answer or push ended
     uint64_t window = 0;           // blocks its last push covered
     uint64_t used = 0;             // stream_clock_ when it last moved

@@ -205,12 +205,15 @@ int supervise(const ServeOptions& options) {
       return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
     }
 
-    // A crash soon after starting may well happen again: back off.  SIGKILL
-    // comes from outside (an administrator, the OOM killer) and says nothing
-    // about the next start, so it neither counts nor delays the restart.
-    const bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-    const bool quick = !killed && Clock::now() - child.started < kQuick;
-    quick_failures = quick ? quick_failures + 1 : 0;
+    // A crash soon after starting may well happen again: back off.  A
+    // SIGKILL after the process was bound comes from outside (an
+    // administrator, the OOM killer under load) and says nothing about the
+    // next start: it neither counts, nor delays the restart, nor clears the
+    // count.  Killed before it was bound, it counts (an OOM kill at every
+    // start would otherwise restart it in a tight loop).
+    const bool killed_serving = child.bound && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    const bool quick = Clock::now() - child.started < kQuick;
+    if (!killed_serving) quick_failures = quick ? quick_failures + 1 : 0;
     if (quick_failures >= kMaxQuickFailures) {
       log_event(LogLevel::Error, group,
                 "the mapping process died " + std::to_string(quick_failures) +

@@ -11,9 +11,9 @@
 // supervisor then exits 0 too.  A mapping process that exits 0 on its own
 // (someone sent it SIGTERM: detach, an upgrade) ends the supervisor as well.
 // Restarts that keep failing back off (up to kMaxBackoff) and stop after
-// kMaxQuickFailures in a row, each logged; a process killed by SIGKILL is
-// restarted at once however often that happens (vm.attach-restart kills
-// one every second).
+// kMaxQuickFailures in a row, each logged; a bound process killed by
+// SIGKILL is restarted at once however often that happens
+// (vm.attach-restart kills one every second).
 #pragma once
 
 #include "daemon/serve.h"

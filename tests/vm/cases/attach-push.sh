@@ -6,9 +6,10 @@
 # to a miss (it is not decompressed ahead), where without pushes the 4 MiB
 # read-ahead of each answer would still take 16.  The data read is the
 # image's, the write lands, and the image checks clean after detach.  Then
-# a sequential reader of an empty 1 GiB image, whose cache the kernel has
-# dropped: pushes ahead of it cut its misses more than fivefold against a
-# run without them (DMU_STREAM_PUSH=0), where every 4 MiB costs a miss.
+# a sequential reader of a 256 MiB image (data and holes), whose cache the
+# kernel has dropped: it reads the image's bytes, and pushes ahead of it
+# cut the MAPs the kernel sends more than fivefold against a run without
+# them (DMU_STREAM_PUSH=0), where every 4 MiB costs one.
 # vm: kernels=6.1,6.12 timeout=300 mem=1024 disks=1G boot=attach-short
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
@@ -55,43 +56,57 @@ qemu-img check -q full.qcow2 || fail "qemu-img check"
 qemu-io -c "read -P 0x77 8M 1M" -c "read -P 0x33 1M 64k" -c "read -P 0x6e 9M 55M" full.qcow2 \
   >/tmp/io.log || { cat /tmp/io.log; fail "the image does not hold what was written"; }
 
-# seq_read NAME: reads all of /dev/mapper/NAME once the kernel has dropped
-# what the push at attach gave it; prints "MISSES MS".
+# seq_read NAME: once the push at attach is over, drops the kernel's cache
+# and reads all of /dev/mapper/NAME into /data/NAME.read; prints
+# "REQUESTS MS": the MAPs the kernel sent (its misses count every bio that
+# missed, and 6.12 splits each 1 MiB read into pieces that miss together).
 seq_read() {
+  wait_until 20 "the push at attach of $1" grep -q "pushed [0-9]* extents" "/run/dmu/$1.log"
   dmsetup message "$1" 0 invalidate || fail "invalidate $1"
-  _m0=$(dmu_stat "$1" misses)
+  _m0=$(dmu_stat "$1" requests)
   _t0=$(now_ms)
-  dd if="/dev/mapper/$1" of=/dev/null bs=1M iflag=direct status=none || fail "read $1"
-  echo "$(($(dmu_stat "$1" misses) - _m0)) $(($(now_ms) - _t0))"
+  dd if="/dev/mapper/$1" of="/data/$1.read" bs=1M iflag=direct status=none || fail "read $1"
+  echo "$(($(dmu_stat "$1" requests) - _m0)) $(($(now_ms) - _t0))"
 }
 
 step "a sequential reader: pushes ahead of it (the RFC's prefetch after a sequential miss)"
-# 1 GiB, nothing allocated: each read answer maps the asked 1 MiB and 4 MiB
-# beyond; a reader that keeps coming back where the last answer or push
-# ended gets pushes of 8, 16, 32 and then 64 MiB ahead of it.
-qemu-img create -q -f qcow2 seq.qcow2 1G || fail "qemu-img create seq"
-dmu attach --name sq /data/seq.qcow2 >/dev/null || fail "dmu attach seq"
-set -- $(seq_read sq)
-with_misses=$1 with_ms=$2
-sleep 1.5  # the mapping process rewrites its counters about once a second
-stream_pushed=$(daemon_counter sq stream-pushed)
-dmu detach sq || fail "dmu detach sq"
-DMU_STREAM_PUSH=0 dmu attach --name sq /data/seq.qcow2 >/dev/null || fail "dmu attach seq"
-set -- $(seq_read sq)
-without_misses=$1 without_ms=$2
-sleep 1.5
-expect_eq "extents pushed ahead with DMU_STREAM_PUSH=0" 0 "$(daemon_counter sq stream-pushed)"
-dmu detach sq || fail "dmu detach sq"
-echo "1 GiB read sequentially: $with_misses misses in $with_ms ms with pushes ahead" \
-  "($stream_pushed extents pushed), $without_misses misses in $without_ms ms without"
-expect_gt "extents pushed ahead of the reader" 0 "$stream_pushed"
-# A kernel that splits the 1 MiB reads sends one miss per piece (6.12: about
-# four), so the two runs are compared, not counted against a fixed number.
-[ $((with_misses * 5)) -le "$without_misses" ] ||
-  fail "$with_misses misses reading 1 GiB, $without_misses without pushes: the pushes did not keep ahead"
-[ "$without_misses" -ge 150 ] ||
-  fail "only $without_misses misses without pushes: the comparison measures nothing"
-rm -f seq.qcow2
+# 256 MiB, 4 MiB of data every 8 MiB, holes between: each read answer maps
+# the asked 1 MiB and 4 MiB beyond; a reader that keeps coming back where
+# the last answer or push ended gets pushes of 8, 16, 32 and then 64 MiB
+# ahead of it.  What it reads must be the image's.
+truncate -s 256M seq.raw || fail "truncate seq.raw"
+i=0
+while [ $i -lt 32 ]; do
+  dd if=/dev/urandom of=seq.raw bs=1M seek=$((i * 8)) count=4 conv=notrunc status=none ||
+    fail "fill seq.raw"
+  i=$((i + 1))
+done
+qemu-img convert -O qcow2 seq.raw seq.qcow2 || fail "qemu-img convert seq"
+for mode in with without; do
+  rm -f /run/dmu/sq.log
+  if [ $mode = with ]; then
+    dmu attach --name sq /data/seq.qcow2 >/dev/null || fail "dmu attach seq"
+  else
+    DMU_STREAM_PUSH=0 dmu attach --name sq /data/seq.qcow2 >/dev/null || fail "dmu attach seq"
+  fi
+  set -- $(seq_read sq)
+  eval "${mode}_asked=$1 ${mode}_ms=$2"
+  cmp sq.read seq.raw || fail "$mode pushes ahead: the device did not read as the image"
+  sleep 1.5  # the mapping process rewrites its counters about once a second
+  eval "${mode}_pushed=$(daemon_counter sq stream-pushed)"
+  echo "$mode pushes ahead: $(dmsetup status sq | cut -d' ' -f4-9), map-reads" \
+    "$(daemon_counter sq map-reads), pushed ahead $(daemon_counter sq stream-pushed)"
+  dmu detach sq || fail "dmu detach sq"
+done
+echo "256 MiB read sequentially: $with_asked MAPs in $with_ms ms with pushes ahead" \
+  "($with_pushed extents pushed), $without_asked MAPs in $without_ms ms without"
+expect_gt "extents pushed ahead of the reader" 0 "$with_pushed"
+expect_eq "extents pushed ahead with DMU_STREAM_PUSH=0" 0 "$without_pushed"
+[ $((with_asked * 5)) -le "$without_asked" ] ||
+  fail "$with_asked MAPs, $without_asked without pushes: the pushes did not keep ahead"
+[ "$without_asked" -ge 50 ] ||
+  fail "only $without_asked MAPs without pushes: the comparison measures nothing"
+rm -f seq.raw seq.qcow2 sq.read
 
 check_dmesg
 echo "attach-push: OK"
