@@ -249,8 +249,7 @@ Result<size_t> ServedDevice::serve_batch() {
     for (size_t i = 0; i < n; ++i) {
       const dmu_request& q = inbox_[i];
       // During a commit's sync only what reads (served_device.h).
-      if (committing_ && (q.type != DMU_REQ_MAP || (q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD)) ||
-                          service_->awaits_done(q.id))) {
+      if (committing_ && (!proto::is_read_map(q) || service_->awaits_done(q.id))) {
         set_aside_.push_back(q);
         ++counters_.during_commit_held;
         continue;
@@ -258,8 +257,7 @@ Result<size_t> ServedDevice::serve_batch() {
       if (committing_) ++counters_.during_commit_answered;
       const size_t first = out.size();
       handle_locked(q, out);
-      if (q.type == DMU_REQ_MAP && !(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD)))
-        follow_stream(q, first, out);
+      if (proto::is_read_map(q)) follow_stream(q, first, out);
     }
     if (auto s = sync_capacity(); !s)
       log_event(LogLevel::Error, state_.name, "grow loop device: " + s.error().message);

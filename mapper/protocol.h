@@ -95,6 +95,11 @@ static_assert(DMU_IOC_LIST_ALLOCATIONS == 0xc030dc02u);
 
 namespace dmu::proto {
 
+// A MAP that only reads (neither write nor discard).
+inline constexpr bool is_read_map(const dmu_request& q) {
+  return q.type == DMU_REQ_MAP && !(q.flags & (DMU_MAP_WRITE | DMU_MAP_DISCARD));
+}
+
 inline constexpr bool is_push_id(uint64_t id) {
   return (id & DMU_PUSH_ID) != 0;
 }
