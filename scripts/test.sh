@@ -5,7 +5,8 @@
 # tests on Debian's 6.1 and 6.12 kernels, Xen tests, kmod W=1/sparse checks,
 # and any test without a label) except the debug label: the debug-kernel lane
 # (lockdep/KASAN/kmemleak, its own kernel build) runs with
-# tests/vm/debug-lane.sh. Kernels and Xen are downloaded once into
+# tests/vm/debug-lane.sh; and the bench label: the benchmarks' quick runs
+# (bench/CMakeLists.txt), run by hand before a benchmark. Kernels and Xen are downloaded once into
 # /var/cache/dmu.
 # Idempotent; exit status 0 only if every test passed.
 # Environment: DMU_BUILD_DIR (default ./build), DMU_JOBS (default: nproc),
@@ -92,7 +93,7 @@ say "4/4 VM, Xen and other tests (both kernels; this takes a while), and the san
 setsid sh -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec nice -n 19 "$@"' sanitized \
   ctest --test-dir "$build" --output-on-failure -j "$jobs" -L sanitized >"$logs/sanitized.log" 2>&1 &
 sanitized=$!
-run_ctest rest -LE '^(unit|debug|sanitized)$'
+run_ctest rest -LE '^(unit|debug|sanitized|bench)$'
 if kill -0 "$sanitized" 2>/dev/null; then say "waiting for the sanitized hostile tests"; fi
 rc=0
 wait "$sanitized" || rc=$?

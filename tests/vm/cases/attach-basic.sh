@@ -10,7 +10,7 @@
 # also after kill -9 of the mapping processes and their supervisors, until
 # detach; an image naming a host block device is refused.  With a syslog
 # daemon running, the mapping process logs there too.
-# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
+# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G boot=attach-long
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 

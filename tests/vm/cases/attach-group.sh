@@ -13,7 +13,7 @@
 # processes exit.
 # qemu-img check finds every image clean afterwards and the images hold
 # what the devices showed.
-# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
+# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G boot=attach-long
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 export DMU_TEST_SEAMS=1   # inherited by the group processes: see ge's step

@@ -14,7 +14,7 @@
 # -O raw gives, and refuse writes.  (qemu-img's qcow has 512-byte clusters:
 # metadata and data share pages, where any page cache use beside the loop
 # devices' direct I/O shows as EIO on fsync; fileio/direct_env.h.)
-# vm: kernels=6.1,6.12 timeout=600 mem=1024 disks=2G
+# vm: kernels=6.1,6.12 timeout=600 mem=1024 disks=2G boot=attach-long
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 

@@ -11,7 +11,7 @@
 # the next process adopts nothing.  After detach, qemu-img check finds no
 # corruption (leaked clusters are allowed after a crash) and the image holds
 # what the device showed.
-# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G
+# vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G boot=attach-long
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
 
