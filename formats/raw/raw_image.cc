@@ -66,6 +66,21 @@ Result<void> RawImage::require_writable(const char* what) const {
 
 Result<Mapping> RawImage::map(uint64_t offset, uint64_t length) {
   DMU_TRY(check_range(offset, length, "map"));
+  if (access_ == Access::ReadWrite) {
+    // Opened for writing (only ever as the top of the chain): holes read as
+    // zeros through the file too, and a write there allocates in the file
+    // system, not in any metadata of ours, so the whole disk is one run of
+    // writable data.  The daemon then hands a hole out writable, and a guest
+    // write to it needs no miss; nor is a block part data, part hole, which
+    // the daemon would have to copy into its scratch store.  (qemu-img map's
+    // view, holes as zeros, is for read-only opens: dmu map, backing images.)
+    Mapping m;
+    m.length = length;
+    m.kind = MapKind::Data;
+    m.host_offset = offset;
+    m.writable = true;
+    return m;
+  }
   DMU_ASSIGN_OR_RETURN(Run run, run_at(*file_, offset, info_.virtual_size));
   // Holes and data runs come in file-system blocks; keep answers on sector
   // boundaries so the granularity promise holds.
@@ -80,7 +95,6 @@ Result<Mapping> RawImage::map(uint64_t offset, uint64_t length) {
   if (run.data) {
     m.kind = MapKind::Data;
     m.host_offset = offset;
-    m.writable = access_ == Access::ReadWrite;
   } else {
     m.kind = MapKind::Zero;
   }
@@ -97,8 +111,12 @@ Result<WriteTarget> RawImage::prepare_write(uint64_t offset, uint64_t length) {
   DMU_TRY(check_range(offset, length, "write"));
   WriteTarget t;
   t.offset = align_down(offset, kSector);
-  uint64_t end = std::min(*align_up(offset + length, kSector), info_.virtual_size);
-  t.length = end - t.offset;
+  // The rest of the disk maps to itself: the map service hands out as much
+  // of it as it wants in one write answer (after a discard dropped the
+  // kernel's extents, a sequential writer misses once per answer, not once
+  // per request).
+  (void)length;
+  t.length = info_.virtual_size - t.offset;
   t.file = 0;
   t.host_offset = t.offset;
   t.fresh = false;

@@ -55,8 +55,9 @@ struct Write {
   bool ok;  // what the restarted process reports for it
 };
 
-// The dead process's side: prepares each write, fills the whole target
-// (old contents from `expected`, the new value where the write lands) and
+// The dead process's side: prepares each write, fills the whole of a fresh
+// target (old contents from `expected`, the new value where the write
+// lands; an in-place target gets only the write, as the protocol says) and
 // stops there.  Returns the targets, in order.
 std::vector<WriteTarget> prepare_and_fill(Image& im, const std::vector<Write>& writes,
                                           const std::vector<uint8_t>& expected) {
@@ -67,6 +68,13 @@ std::vector<WriteTarget> prepare_and_fill(Image& im, const std::vector<Write>& w
     if (!t) return targets;
     EXPECT_LE(t->offset, w.offset);
     EXPECT_GE(t->offset + t->length, w.offset + w.length);
+    if (!t->fresh) {
+      std::vector<uint8_t> bytes(w.length, w.value);
+      EXPECT_TRUE(
+          im.data_files().at(t->file)->write(t->host_offset + (w.offset - t->offset), bytes));
+      targets.push_back(*t);
+      continue;
+    }
     std::vector<uint8_t> bytes(expected.begin() + long(t->offset),
                                expected.begin() + long(t->offset + t->length));
     std::memset(bytes.data() + (w.offset - t->offset), w.value, w.length);

@@ -5,7 +5,9 @@
 
 #include "fileio/file.h"
 #include "fileio/mem_env.h"
+#include "formats/chain.h"
 #include "formats/image.h"
+#include "mapper/map_service.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/crash_harness.h"
 #include "tests/unit/engine_harness.h"
@@ -42,6 +44,86 @@ TEST(RawMap, AgreesWithQemuImgMapOnDataAndHoles) {
   EXPECT_EQ(data->host_offset, 64u * 1024);
   EXPECT_EQ(data->length, 64u * 1024);
   EXPECT_FALSE(data->writable);
+}
+
+// Opened read-write, the whole disk is one run of writable data, holes
+// included (the file reads as zeros there, and a write needs no metadata);
+// read-only, holes stay zeros, as qemu-img map shows them.
+TEST(RawMap, OpenedReadWriteTheWholeDiskIsWritableData) {
+  test::TempDir dir;
+  std::string img = dir.file("a.raw");
+  run_ok("qemu-img create -f raw " + img + " 8M");
+  run_ok("qemu-io -f raw -c 'write -P 1 64k 64k' " + img);
+  auto ro = open_raw(img, Access::ReadOnly);
+  ASSERT_TRUE(ro);
+  auto ro_hole = ro->map(128 * 1024, 4096);
+  ASSERT_TRUE(ro_hole);
+  ASSERT_EQ(ro_hole->kind, MapKind::Zero);  // a hole, on this file system
+  auto rw = open_raw(img, Access::ReadWrite);
+  ASSERT_TRUE(rw);
+  auto all = rw->map(0, 8 << 20);
+  ASSERT_TRUE(all);
+  EXPECT_EQ(all->kind, MapKind::Data);
+  EXPECT_EQ(all->length, 8u << 20);
+  EXPECT_EQ(all->host_offset, 0u);
+  EXPECT_TRUE(all->writable);
+  auto hole = rw->map(128 * 1024, 4096);
+  ASSERT_TRUE(hole);
+  EXPECT_EQ(hole->kind, MapKind::Data);
+  EXPECT_EQ(hole->host_offset, 128u * 1024);
+}
+
+// The map service over a raw image opened read-write: a read miss in a hole
+// is answered with the file, writable (read-only: zeros), and a write miss
+// with a writable in-place extent reaching well past the asked block, so a
+// sequential writer after a discard (which drops the kernel's extents)
+// misses once per answer, not once per request.
+TEST(RawMap, TheMapServiceHandsOutHolesAndLongRunsWritable) {
+  test::TempDir dir;
+  std::string img = dir.file("a.raw");
+  run_ok("qemu-img create -f raw " + img + " 32M");
+  run_ok("qemu-io -f raw -c 'write -P 1 0 64k' " + img);
+  for (Access access : {Access::ReadWrite, Access::ReadOnly}) {
+    formats::ChainOptions o;
+    o.access = access;
+    auto chain = formats::Chain::open(posix_env(), img, o);
+    ASSERT_TRUE(chain) << chain.error().message;
+    MemEnv scratch_env;
+    const uint64_t block = mapper::choose_block_size(**chain);
+    auto scratch = mapper::ScratchStore::create(scratch_env, "s", 1 << 20, block, false);
+    ASSERT_TRUE(scratch);
+    auto service = mapper::MapService::create(**chain, std::move(*scratch), {});
+    ASSERT_TRUE(service);
+    dmu_request r{};
+    r.type = DMU_REQ_MAP;
+    r.id = 1;
+    r.block = (1 << 20) / block;  // a hole
+    r.nr_blocks = 1;
+    std::vector<dmu_response> out;
+    (*service)->handle(r, out);
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_EXTENT));
+    EXPECT_EQ(out[0].block, r.block);
+    if (access == Access::ReadOnly) {
+      EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_ZERO));
+      continue;
+    }
+    EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_REMAP));
+    EXPECT_EQ(out[0].ext_flags, uint32_t(DMU_EXT_WRITABLE));
+    EXPECT_EQ(out[0].sector, r.block * (block / 512));
+    r.id = 2;
+    r.flags = DMU_MAP_WRITE;
+    r.block = (4 << 20) / block;
+    out.clear();
+    (*service)->handle(r, out);
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_EXTENT));
+    EXPECT_EQ(out[0].kind, uint32_t(DMU_EXT_REMAP));
+    EXPECT_EQ(out[0].ext_flags, uint32_t(DMU_EXT_WRITABLE));  // in place: not NEW
+    EXPECT_EQ(out[0].block, r.block);
+    EXPECT_EQ(out[0].sector, r.block * (block / 512));
+    EXPECT_GE(out[0].nr_blocks * block, 16u << 20);
+  }
 }
 
 TEST(RawRead, EveryByteIsTheFile) {
@@ -90,14 +172,17 @@ TEST(RawWriteZeroes, PunchesHolesThatMapAsZero) {
   ASSERT_TRUE(image->write_zeroes(256 * 1024, 256 * 1024, true));
   ASSERT_TRUE(image->discard(768 * 1024, 64 * 1024));
   ASSERT_TRUE(image->commit());
-  auto m = image->map(256 * 1024, 256 * 1024);
+  // Read-only, holes map as zeros (read-write, everything is writable data).
+  auto ro = open_raw(img, Access::ReadOnly);
+  ASSERT_TRUE(ro);
+  auto m = ro->map(256 * 1024, 256 * 1024);
   ASSERT_TRUE(m);
   EXPECT_EQ(m->kind, MapKind::Zero);
   auto expect = std::vector<uint8_t>(1 << 20, 0x55);
   std::fill(expect.begin() + 256 * 1024, expect.begin() + 512 * 1024, 0);
   std::fill(expect.begin() + 768 * 1024, expect.begin() + 832 * 1024, 0);
   EXPECT_EQ(test::qemu_export(img, "raw", dir), expect);
-  test::expect_map_agrees(*image, "raw");
+  test::expect_map_agrees(*ro, "raw");
 }
 
 TEST(RawCreate, LikeQemuImgCreate) {
