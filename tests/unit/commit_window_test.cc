@@ -28,31 +28,17 @@ struct Windows {
 };
 
 // One guest write through the write protocol, as the daemon's kernel does
-// it: a fresh target is filled with the model's old bytes (engine_harness's
-// write_chain reads them through the image, which qcow2 already maps to the
-// fresh cluster, past the end of a real file).
+// it, a fresh target filled from the model (which already holds the write:
+// syncs, where the windows read, come only from the explicit commits).
 Result<void> write_guest(formats::Image& top, std::vector<uint8_t>& model, uint64_t offset,
                          const std::vector<uint8_t>& data) {
-  uint64_t done = 0;
-  while (done < data.size()) {
-    const uint64_t pos = offset + done;
-    DMU_ASSIGN_OR_RETURN(formats::WriteTarget t, top.prepare_write(pos, data.size() - done));
-    if (t.offset > pos || t.offset + t.length <= pos) return fail(EIO, "target misses the write");
-    const uint64_t n = std::min<uint64_t>(t.offset + t.length - pos, data.size() - done);
-    std::copy_n(data.begin() + done, n, model.begin() + pos);
-    File* f = top.data_files().at(t.file);
-    Result<void> w;
-    if (t.fresh) {
-      const uint64_t len = std::min<uint64_t>(t.length, model.size() - t.offset);
-      w = f->write(t.host_offset, std::span(model).subspan(t.offset, len));
-    } else {
-      w = f->write(t.host_offset + (pos - t.offset), std::span(data).subspan(done, n));
-    }
-    DMU_TRY(top.write_done(t.token, bool(w)));
-    DMU_TRY(w);
-    done += n;
-  }
-  return {};
+  std::copy(data.begin(), data.end(), model.begin() + offset);
+  return write_chain({&top}, offset, data, [&model](uint64_t at, std::span<uint8_t> buf) {
+    const uint64_t n = at < model.size() ? std::min<uint64_t>(buf.size(), model.size() - at) : 0;
+    std::copy_n(model.begin() + at, n, buf.begin());
+    std::fill(buf.begin() + n, buf.end(), 0);  // past the disk's end, in its last cluster
+    return Result<void>{};
+  });
 }
 
 // Zeros the granularity-aligned part of [offset, offset + length) with

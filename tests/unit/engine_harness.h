@@ -68,10 +68,15 @@ inline Result<std::vector<uint8_t>> read_all(const std::vector<formats::Image*>&
   return out;
 }
 
+// Fills buf with the guest's bytes at offset, as they were before a write.
+using OldContents = std::function<Result<void>(uint64_t offset, std::span<uint8_t> buf)>;
+
 // One guest write through the protocol: prepare, fill fresh targets with the
-// old contents, write, write_done.  Does not commit.
+// old contents (read through the chain, or from `old`: a fresh qcow2
+// cluster is mapped at once, so reading it through the image on a real file
+// reads past the file's end), write, write_done.  Does not commit.
 inline Result<void> write_chain(const std::vector<formats::Image*>& chain, uint64_t offset,
-                                std::span<const uint8_t> data) {
+                                std::span<const uint8_t> data, const OldContents& old = {}) {
   formats::Image& top = *chain.front();
   size_t done = 0;
   while (done < data.size()) {
@@ -83,7 +88,10 @@ inline Result<void> write_chain(const std::vector<formats::Image*>& chain, uint6
     Result<void> w;
     if (t.fresh) {
       std::vector<uint8_t> buf(t.length);
-      DMU_TRY(read_chain(chain, 0, t.offset, buf));
+      if (old)
+        DMU_TRY(old(t.offset, buf));
+      else
+        DMU_TRY(read_chain(chain, 0, t.offset, buf));
       std::memcpy(buf.data() + (pos - t.offset), data.data() + done, n);
       w = f->write(t.host_offset, buf);
     } else {
