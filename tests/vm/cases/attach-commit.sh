@@ -27,8 +27,11 @@ SZ=$(blockdev --getsz "$L")
 # under the mounted file system).  Not while it is made, mounted and torn
 # down, which flush many times.
 hold_flushes() {
-  dmsetup suspend slow && echo "0 $SZ delay $L 0 0 $L 0 0 $L 0 $1" | dmsetup load slow &&
-    dmsetup resume slow || fail "hold /slow's flushes $1 ms"
+  dmsetup suspend slow || fail "suspend /slow"
+  echo "0 $SZ delay $L 0 0 $L 0 0 $L 0 $1" | dmsetup load slow
+  _rc=$?
+  dmsetup resume slow || fail "resume /slow"  # also after a failed load
+  [ $_rc = 0 ] || fail "hold /slow's flushes $1 ms"
 }
 echo "0 $SZ delay $L 0 0 $L 0 0 $L 0 0" | dmsetup create slow || fail "create delay"
 mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 /dev/mapper/slow ||
@@ -54,11 +57,15 @@ dd if=/dev/zero of="$dev" bs=4k count=1 seek=1 oflag=direct conv=notrunc,fsync s
 flusher=$!
 
 step "reads of uncached blocks while the commit runs"
+# What the device shows goes into a sparse raw file, compared with the
+# image at the end: these reads, and the written regions.
+truncate -s 1G /data/shown.raw
 sleep 0.5
 n=0 worst=0 block=4
 while kill -0 $flusher 2>/dev/null && [ $n -lt 40 ]; do
   t=$(now_ms)
-  read_block "$dev" 4096 $((block * MIB / 4096)) || fail "read at $block MiB"
+  dd if="$dev" of=/data/shown.raw bs=4096 count=1 skip=$((block * MIB / 4096)) \
+    seek=$((block * MIB / 4096)) iflag=direct conv=notrunc status=none || fail "read at $block MiB"
   took=$(($(now_ms) - t))
   [ "$took" -gt "$worst" ] && worst=$took
   n=$((n + 1)) block=$((block + 16))
@@ -90,9 +97,8 @@ step "the write landed; after detach the image checks clean and reads as the dev
 dd if="$dev" of=/data/back.bin bs=64k count=1 skip=$((512 * 16)) iflag=direct status=none
 head -c 65536 /data/w.bin | cmp - /data/back.bin || fail "the write held during the commit is not there"
 hold_flushes 0
-# What the device shows where it was written (the first 2 MiB, the 64 KiB at
-# 512 MiB), with some unwritten blocks around each, in a sparse raw file.
-truncate -s 1G /data/shown.raw
+# Where it was written (the first 2 MiB, the 64 KiB at 512 MiB), with some
+# unwritten blocks around each.
 for at in 0 512; do
   dd if="$dev" of=/data/shown.raw bs=1M count=4 skip=$at seek=$at iflag=direct conv=notrunc,sparse \
     status=none || fail "read cw at $at MiB"
