@@ -7,8 +7,9 @@ COPY_CSV: rep,device,mkfs_ms,rfc_ms,requests, one line per run.  Prints a
 markdown table: per device, the median time of mkfs and of mount-copy-sync-
 umount (the RFC's measure), and that time over the loop device's in the
 same repetition (the runs of one repetition follow each other, so their ratio
-is immune to drift across the boot), its median with bench/kmod/pool.py's
-bootstrap interval.  The RFC's figures: loop 1 s, dm-userspace/qcow 10 s.
+is little touched by drift across the boot), its median with
+bench/kmod/pool.py's bootstrap interval (which runs narrow for few
+repetitions; a single one shows a zero-width interval).  The RFC's figures: loop 1 s, dm-userspace/qcow 10 s.
 """
 import argparse
 import csv
@@ -69,14 +70,18 @@ def main():
         mine = [runs[(r, dev)] for r in reps if (r, dev) in runs]
         mkfs = statistics.median(int(r["mkfs_ms"]) for r in mine)
         rfc = statistics.median(int(r["rfc_ms"]) for r in mine)
-        requests = statistics.median(int(r["requests"]) for r in mine)
+        counted = [int(r["requests"]) for r in mine if r["requests"] != "-"]
+        requests = f"{statistics.median(counted):.0f}" if counted else "-"
         pairs = [(runs[(r, dev)], runs[(r, "loop")]) for r in reps if (r, dev) in runs and (r, "loop") in runs]
         ratio = [int(a["rfc_ms"]) / int(b["rfc_ms"]) for a, b in pairs]
         total = [(int(a["rfc_ms"]) + int(a["mkfs_ms"])) / (int(b["rfc_ms"]) + int(b["mkfs_ms"]))
                  for a, b in pairs]
+        if not ratio:
+            print(f"| {dev} | {len(mine)} | {mkfs:.0f} | {rfc:.0f} | - | - | - | {requests} |")
+            continue
         low, high = median_interval(ratio) if len(ratio) > 1 else (ratio[0], ratio[0])
         print(f"| {dev} | {len(mine)} | {mkfs:.0f} | {rfc:.0f} | {statistics.median(ratio):.2f} | "
-              f"{low:.2f}-{high:.2f} | {statistics.median(total):.2f} | {requests:.0f} |")
+              f"{low:.2f}-{high:.2f} | {statistics.median(total):.2f} | {requests} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # The RFC's first experiment (bench/rfc/copy-bench.sh): mkfs, mount, copy a
 # 20 MiB tree, sync and umount on a fresh empty image, on the loop device
 # (the RFC's control) and on dmu with each format, and qemu-nbd; N
-# repetitions (default 10) in one VM, the order rotating.  Samples the
+# repetitions (default 12: each of the 6 devices in each position twice) in one VM, the order rotating.  Samples the
 # host's other CPU use meanwhile (bench/lib/host-load.sh) and prints the
 # report (bench/rfc/copy-report.py): median times, and each device's time
 # over the loop device's in the same repetition, pooled with bench/kmod's
@@ -11,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-build=$src/build line=6.12 reps=10 devices="loop qcow2 qcow vmdk raw nbd"
+build=$src/build line=6.12 reps=12 devices="loop qcow2 qcow vmdk raw nbd"
 while [ $# -gt 0 ]; do
   case $1 in
     --build) build=$2; shift 2 ;;
