@@ -27,6 +27,7 @@
 # plus misses (the kernel's).
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
+. /src/bench/lib/guest-lib.sh
 REPS=${REPS:-3}
 RUNTIME=${RUNTIME:-8}
 RAMP=${RAMP:-1}
@@ -44,24 +45,6 @@ modprobe nbd nbds_max=1 || fail "modprobe nbd"
 # qemu-nbd -c puts its socket in /var/lock (in the guest a link to /run/lock).
 mkdir -p /run/lock /var/lock 2>/dev/null
 [ -d /var/lock ] || fail "no /var/lock for qemu-nbd"
-
-# nbd_up IMAGE: the qcow2 IMAGE on /dev/nbd0 through qemu-nbd.
-nbd_up() {
-  qemu-nbd --fork --pid-file=/tmp/qemu-nbd.pid --cache=none --aio=native -f qcow2 -c /dev/nbd0 "$1" ||
-    fail "qemu-nbd -c /dev/nbd0 $1"
-  _i=0
-  until [ "$(cat /sys/block/nbd0/size)" -gt 0 ]; do
-    _i=$((_i + 1)); [ $_i -lt 300 ] || fail "/dev/nbd0 never got a size"; sleep 0.1
-  done
-}
-# nbd_down: /dev/nbd0 disconnected and its qemu-nbd gone (the image unlocked).
-nbd_down() {
-  qemu-nbd -d /dev/nbd0 >/dev/null || fail "qemu-nbd -d /dev/nbd0"
-  _i=0
-  while kill -0 "$(cat /tmp/qemu-nbd.pid)" 2>/dev/null; do
-    _i=$((_i + 1)); [ $_i -lt 300 ] || fail "qemu-nbd did not exit"; sleep 0.1
-  done
-}
 
 # run JOB DEV FIO_ARGS...: one fio run on /dev/mapper/DEV (or DEV, a path);
 # prints "iops bw_kib".
@@ -123,16 +106,6 @@ attach_u() {
   until grep -q "pushed [0-9]* extents" /run/dmu/u.log 2>/dev/null; do
     _i=$((_i + 1)); [ $_i -lt 600 ] || fail "no end of push for $1"; sleep 0.1
   done
-}
-
-# rotate N WORD...: the words, the first N moved to the end (each
-# repetition starts with another device).
-rotate() {
-  _n=$(($1 % ($# - 1)))
-  shift
-  _head=
-  while [ "$_n" -gt 0 ]; do _head="$_head $1"; shift; _n=$((_n - 1)); done
-  echo "$@" $_head
 }
 
 # fresh_loop FILE [MIB]: a direct-I/O loop device over a new sparse FILE of

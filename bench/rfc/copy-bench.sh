@@ -27,6 +27,7 @@
 # check for qcow, which qemu-img cannot check).
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
+. /src/bench/lib/guest-lib.sh
 REPS=${REPS:-12}  # a multiple of the devices: each runs in each position
 DEVICES="loop qcow2 qcow vmdk raw nbd"
 [ -f /src/bench/rfc/settings ] && . /src/bench/rfc/settings
@@ -50,32 +51,13 @@ rm -f /tmp/blob
 echo "source: $(find /tmp/tree -type f | wc -l) files, $(du -sk /tmp/tree | cut -f1) KiB"
 data_fs
 modprobe nbd nbds_max=1 || fail "modprobe nbd"
-mkdir -p /run/lock /var/lock /mnt/copy 2>/dev/null
+mkdir -p /mnt/copy
 
 # attach_u IMAGE FORMAT: IMAGE as /dev/mapper/u, its push finished.
 attach_u() {
   dmu attach --name u -f "$2" "$1" >/dev/null || fail "dmu attach $1"
   wait_until 60 "the end of $1's push" grep -q "pushed [0-9]* extents" /run/dmu/u.log
 }
-# nbd_up IMAGE / nbd_down: as bench/attach/io-bench.sh.
-nbd_up() {
-  qemu-nbd --fork --pid-file=/tmp/qemu-nbd.pid --cache=none --aio=native -f qcow2 -c /dev/nbd0 "$1" ||
-    fail "qemu-nbd -c /dev/nbd0 $1"
-  wait_until 30 "a size for /dev/nbd0" sh -c '[ "$(cat /sys/block/nbd0/size)" -gt 0 ]'
-}
-nbd_down() {
-  qemu-nbd -d /dev/nbd0 >/dev/null || fail "qemu-nbd -d /dev/nbd0"
-  wait_until 30 "qemu-nbd's exit" sh -c '! kill -0 "$(cat /tmp/qemu-nbd.pid)" 2>/dev/null'
-}
-# rotate N WORD...: the words, the first N moved to the end.
-rotate() {
-  _n=$(($1 % ($# - 1)))
-  shift
-  _head=
-  while [ "$_n" -gt 0 ]; do _head="$_head $1"; shift; _n=$((_n - 1)); done
-  echo "$@" $_head
-}
-
 # up DEVICE: a fresh empty image for DEVICE, its block device in $dev.
 up() {
   rm -f /data/img
