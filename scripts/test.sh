@@ -6,8 +6,8 @@
 # and any test without a label) except the debug label: the debug-kernel lane
 # (lockdep/KASAN/kmemleak, its own kernel build) runs with
 # tests/vm/debug-lane.sh; and the bench label: the benchmarks' quick runs
-# (bench/CMakeLists.txt), run by hand before a benchmark. Kernels and Xen are downloaded once into
-# /var/cache/dmu.
+# (bench/CMakeLists.txt), run by hand before a benchmark. Kernels and Xen
+# are downloaded once into /var/cache/dmu.
 # Idempotent; exit status 0 only if every test passed.
 # Environment: DMU_BUILD_DIR (default ./build), DMU_JOBS (default: nproc),
 # DMU_CACHE_DIR (default /var/cache/dmu), CI=true (progress every minute).

@@ -115,7 +115,6 @@ Result<WriteTarget> RawImage::prepare_write(uint64_t offset, uint64_t length) {
   // of it as it wants in one write answer (after a discard dropped the
   // kernel's extents, a sequential writer misses once per answer, not once
   // per request).
-  (void)length;
   t.length = info_.virtual_size - t.offset;
   t.file = 0;
   t.host_offset = t.offset;
