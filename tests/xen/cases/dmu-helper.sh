@@ -43,6 +43,13 @@ start_helper() {
   done
   echo "dmu-xen-helper runs as pid $(helper_pid)"
 }
+# restart_helper [OPTION...]: stops dmu-xen-helper, starts it with OPTIONs.
+restart_helper() {
+  kill "$(helper_pid)" || fail "stop the helper"
+  _i=0
+  while [ -n "$(helper_pid)" ]; do _i=$((_i + 1)); [ $_i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
+  start_helper "$@"
+}
 # block_detach VDEV DEVID: xl block-detach of hg's VDEV, then (20 s) its dm
 # device and record are gone.
 block_detach() {
@@ -281,12 +288,20 @@ expect_eq "base.qcow2 untouched" "$(pattern_sum 132)" "$(image_sum base.qcow2 0)
 guest_alive hg
 
 step "an attach the group's process does not bind in time is refused by the helper inside block-dmu's wait"
+# The steps from here to the guest's stop wait for timeouts to run out. They
+# use block-dmu with its 29 s wait cut to 12 s (nothing else changed) and the
+# helper restarted with shorter --attach-timeouts, so that the suite does not
+# sit out libxl-sized waits three times over.
+sed 's/^\(  local file=\$1\) limit=29 /\1 limit=12 /' /etc/xen/scripts/block-dmu >/tmp/block-dmu-short
+chmod +x /tmp/block-dmu-short
+grep -q '^  local file=$1 limit=12 ' /tmp/block-dmu-short || fail "block-dmu's wait was not shortened"
 # With the group's supervisor stopped, the helper's attach of xvdd waits for
 # the SIGHUP the supervisor forwards.  The helper gives up after its
-# --attach-timeout (20 s) and answers with an error while block-dmu (29 s)
+# --attach-timeout (4 s) and answers with an error while block-dmu (12 s)
 # still waits, so xl block-attach fails with the helper's reason, and its
 # attach leaves nothing behind; the mapping process keeps serving xvda and
 # xvdb.  (Without the timeout block-dmu gives up first: "did not answer".)
+restart_helper --attach-timeout 4
 sup=$(sed -n 's/.*"supervisor": \([0-9][0-9]*\).*/\1/p' "/run/dmu/xen-vbd-$domid-51712.json")
 [ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded for xvda"
 # late_refused VDEV LOG [SCRIPT]: xl block-attach of VDEV (through SCRIPT,
@@ -316,7 +331,7 @@ late_gone() {
   expect_eq "a and b still served by the same process" "$pid2" "$(record_pid "xen-vbd-$domid-51712")"
   guest_alive hg
 }
-late_refused xvdd /tmp/refused.log
+late_refused xvdd /tmp/refused.log /tmp/block-dmu-short
 grep -q "mapping process did not bind it in time" /tmp/refused.log ||
   { cat /tmp/refused.log; fail "xl block-attach did not report the helper's attach timeout"; }
 late_gone xvdd 51760
@@ -326,19 +341,16 @@ step "two disks at once, the helper allowed 60 s each: both answered inside bloc
 # takes one request after another and gives each only what is left of its
 # wait, less 2 s to answer: the first is refused when its bind times out,
 # the second (queued behind it) with what little is left, or at once.
-# Counted from the helper's own start, 60 s would end after block-dmu's 29 s
+# Counted from the helper's own start, 60 s would end after block-dmu's 12 s
 # ("did not answer within").
-kill "$(helper_pid)" || fail "stop the helper"
-i=0
-while [ -n "$(helper_pid)" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "helper did not stop"; sleep 0.1; done
-start_helper --attach-timeout 60 --interval 2
+restart_helper --attach-timeout 60 --interval 2
 qemu-img create -q -f qcow2 extra2.qcow2 16M || fail "make extra2.qcow2"
 kill -STOP "$sup" || fail "kill -STOP $sup"
 t0=$(now_ms)
-xl block-attach hg 'vdev=xvdg,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra.qcow2' \
+xl block-attach hg 'vdev=xvdg,access=w,backendtype=phy,script=/tmp/block-dmu-short,target=qcow2:/vm/extra.qcow2' \
   >/tmp/queued-g.log 2>&1 &
 g=$!
-xl block-attach hg 'vdev=xvdh,access=w,backendtype=phy,script=block-dmu,target=qcow2:/vm/extra2.qcow2' \
+xl block-attach hg 'vdev=xvdh,access=w,backendtype=phy,script=/tmp/block-dmu-short,target=qcow2:/vm/extra2.qcow2' \
   >/tmp/queued-h.log 2>&1 &
 h=$!
 wait $g && { kill -CONT "$sup"; fail "xl block-attach of xvdg succeeded while the supervisor was stopped"; }
@@ -361,7 +373,7 @@ step "a helper answering after an older block-dmu gave up detaches what it attac
 # the disk (no physical-device for blkback), and detach its device at once,
 # not at the domain's end.
 sed 's/^  xenstore-write "\$backend\/dmu\/deadline" .* \\$/  xenstore-write \\/' \
-  /etc/xen/scripts/block-dmu >/tmp/block-dmu-old
+  /tmp/block-dmu-short >/tmp/block-dmu-old
 chmod +x /tmp/block-dmu-old
 ! grep -q "dmu/deadline\" [$]" /tmp/block-dmu-old || fail "the older block-dmu still writes a deadline"
 grep -q 'dmu/request" add' /tmp/block-dmu-old || fail "the older block-dmu writes no request"
