@@ -4,7 +4,8 @@
 // contiguous, moving a block whose clusters QEMU scattered (or that are not
 // all allocated) to a fresh run.  Writes must land as qemu-io's would, the
 // image stay clean for qemu-img check, and a restarted daemon must adopt a
-// moved block.
+// moved block.  Extended-L2 subclusters (2 KiB in 64 KiB clusters) are the
+// other unit below the block.
 #include <gtest/gtest.h>
 
 #include "formats/chain.h"
@@ -169,6 +170,75 @@ TEST(MapServiceSmallClustersAdopt, AMovedBlockIsAdoptedAfterARestart) {
                          test::shell_quote(top)));
   EXPECT_EQ(got.find("fail"), std::string::npos) << got;
 }
+
+// A block whose parts map to different places is read from the scratch store
+// (read-only).  The kernel replaces a cached extent with whatever an answer
+// says, without waiting for writes in flight through it (kmod/dmu-cache.c),
+// so the service must never bounce a block the kernel may hold writable:
+// from its write answer until DONE the block is in flight (a read waits, a
+// push skips it), and after DONE it maps as one writable run of the image.
+class MapServiceUnitsBelowTheBlock : public testing::TestWithParam<const char*> {};
+
+TEST_P(MapServiceUnitsBelowTheBlock, AWrittenBlockIsNeverServedFromScratchAgain) {
+  test::TempDir dir;
+  test::run_ok("cd " + test::shell_quote(dir.path()) + " && " + GetParam());
+  Daemon d;
+  ASSERT_NO_FATAL_FAILURE(d.start(dir.file("img.qcow2"), dir.file("scratch")));
+  MapService& service = *d.service;
+  auto send = [&](uint32_t type, uint32_t flags, uint64_t id) {
+    dmu_request q{};
+    q.type = type;
+    q.flags = flags;
+    q.id = id;
+    q.block = 0;
+    q.nr_blocks = 1;
+    std::vector<dmu_response> out;
+    service.handle(q, out);
+    return out;
+  };
+  // The extent of block 0 in a batch (kind DMU_EXT_ZERO + 1 if none).
+  auto block0 = [](const std::vector<dmu_response>& v) {
+    for (const auto& m : v)
+      if (m.type == DMU_RSP_EXTENT && m.block == 0) return m;
+    dmu_response none{};
+    none.kind = DMU_EXT_ZERO + 1;
+    return none;
+  };
+  ASSERT_EQ(block0(send(DMU_REQ_MAP, 0, 1)).dev, service.scratch_device())
+      << "block 0 should be read from the scratch store before the write";
+
+  const dmu_response w = block0(send(DMU_REQ_MAP, DMU_MAP_WRITE, 2));
+  ASSERT_EQ(w.ext_flags, uint32_t(DMU_EXT_WRITABLE | DMU_EXT_NEW)) << service.last_error();
+  EXPECT_TRUE(send(DMU_REQ_MAP, 0, 3).empty()) << "a read of a block in flight waits";
+  std::vector<dmu_response> pushed;
+  service.push(0, DMU_PUSH_ID | 1, pushed);
+  for (const auto& m : pushed) EXPECT_NE(m.block, 0u) << "a push skips a block in flight";
+
+  const auto done = send(DMU_REQ_DONE, DMU_MAP_WRITE, 2);
+  const dmu_response waited = block0(done);
+  EXPECT_EQ(waited.id, 3u) << "DONE answers the read that waited";
+  pushed.clear();
+  service.push(0, DMU_PUSH_ID | 2, pushed);
+  for (const dmu_response& e : {waited, block0(send(DMU_REQ_MAP, 0, 4)), block0(pushed)}) {
+    EXPECT_EQ(e.kind, uint32_t(DMU_EXT_REMAP));
+    EXPECT_EQ(e.dev, w.dev);
+    EXPECT_EQ(e.sector, w.sector);
+    EXPECT_EQ(e.ext_flags, uint32_t(DMU_EXT_WRITABLE));
+  }
+  d.service.reset();
+  d.chain.reset();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    MixedBlocks, MapServiceUnitsBelowTheBlock,
+    testing::Values(
+        // Block 0: subcluster 0 written, subcluster 1 unallocated.
+        "qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k img.qcow2 1M && "
+        "qemu-io -c 'write -q -P 0x11 0 2k' img.qcow2 >/dev/null",
+        // Block 0: its first two clusters allocated in reverse order, the rest not.
+        "qemu-img create -q -f qcow2 -o cluster_size=512 img.qcow2 1M && "
+        "qemu-io -c 'write -q -P 0x22 512 512' -c 'write -q -P 0x11 0 512' img.qcow2 "
+        ">/dev/null"));
 
 }  // namespace
 }  // namespace dmu::mapper
