@@ -111,6 +111,13 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
 
 void MapService::answer_map(const dmu_request& r, std::vector<dmu_response>& out) {
   if (r.flags & DMU_MAP_DISCARD) return answer_discard(r, out);
+  // A read needs its first block only (its answer ends before lost ones).
+  if (lost_.overlaps(r.block, (r.flags & DMU_MAP_WRITE) ? r.nr_blocks : 1)) {
+    last_error_ = "block " + std::to_string(r.block) +
+                  ": a completed write to it could not be recorded in the image";
+    out.push_back(proto::complete(r.id, -EIO));
+    return;
+  }
   if (r.flags & DMU_MAP_WRITE) return answer_map_write(r, out);
   return answer_map_read(r, out);
 }
@@ -151,8 +158,13 @@ std::pair<uint64_t, uint64_t> MapService::resolve_pending(std::map<uint64_t, Pen
   Pending p = std::move(it->second);
   pending_.erase(it);
   in_flight_.remove(p.first_block, p.nr_blocks);
+  bool kept = true;
   for (uint64_t token : p.tokens)
-    if (auto done = chain_.top().write_done(token, ok); !done) record_error(done.error());
+    if (auto done = chain_.top().write_done(token, ok); !done) {
+      record_error(done.error());
+      kept = false;
+    }
+  if (ok && !kept) lost_.add(p.first_block, p.nr_blocks);
   for (size_t slot : p.pinned_slots) scratch_->unpin(slot);
   return {p.first_block, p.nr_blocks};
 }
@@ -167,9 +179,10 @@ void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& ou
   if (it == pending_.end()) return;  // a MAP we failed, or one a previous daemon answered
   const bool ok = r.status == 0;
   auto [first, n] = resolve_pending(it, ok);
-  // A failed write leaves its allocation abandoned: the kernel must not keep
-  // extents pointing at it.
-  if (!ok && n) out.push_back(proto::invalidate(first, n));
+  // A failed write leaves its allocation abandoned, and a lost one (see
+  // lost_) points where the image does not: the kernel must not keep
+  // extents pointing at either.
+  if (n && (!ok || lost_.overlaps(first, n))) out.push_back(proto::invalidate(first, n));
   answer_waiting(out);
 }
 

@@ -202,7 +202,9 @@ class MapService {
   // pending_ and in_flight_ change together.
   void add_pending(uint64_t id, Pending p);
   // Resolves a pending answer with write_done(ok) for each token; returns
-  // the blocks of its NEW extents.
+  // the blocks of its NEW extents.  Where the engine cannot take in a
+  // completed write (write_done(true) fails: qcow2 after a failed metadata
+  // update), the blocks go to lost_.
   std::pair<uint64_t, uint64_t> resolve_pending(std::map<uint64_t, Pending>::iterator it, bool ok);
   void answer_map_write(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
@@ -235,6 +237,11 @@ class MapService {
   BlockRanges in_flight_;                // the NEW blocks of pending_
   std::deque<dmu_request> waiting_;      // MAPs waiting for DONEs, in arrival order
   BlockRanges waiting_blocks_;           // their blocks
+  // Blocks whose completed write the engine could not take in.  The image
+  // still shows their old contents, so no answer is right for them any
+  // more: MAPs that need them fail with EIO (pushes and read-ahead skip
+  // them) for the life of this service.
+  BlockRanges lost_;
   std::string last_error_;
   AdoptCounts adopt_counts_;
 };

@@ -97,13 +97,19 @@ uint64_t MapService::map_for_reading(uint64_t id, uint64_t start, uint64_t limit
   unsigned lookups = 0;
   while (pos < limit && extents.size() < max_extents && !(push && ++lookups > kMaxPushLookups)) {
     const uint64_t block = pos / B;
-    if (const uint64_t busy_end = in_flight_.covered_until(block); busy_end > block) {
+    // Blocks in flight (see above) and lost ones (see lost_) end a read
+    // answer and are skipped by a push.
+    if (const uint64_t busy_end =
+            std::max(in_flight_.covered_until(block), lost_.covered_until(block));
+        busy_end > block) {
       if (!push) break;
       pos = busy_end * B;
       continue;
     }
     uint64_t run_end = limit;
-    if (const uint64_t next = in_flight_.next_start_after(block); next < target_blocks())
+    if (const uint64_t next =
+            std::min(in_flight_.next_start_after(block), lost_.next_start_after(block));
+        next < target_blocks())
       run_end = std::min(limit, next * B);
     auto m = chain_.map(pos, run_end - pos);
     if (!m) {

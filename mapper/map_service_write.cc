@@ -322,9 +322,11 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
   const uint64_t span =
       std::max(B_, std::min(s_.options_.max_write_span, s_.scratch_->slot_count() / 4 * B_));
   // Blocks of other answers in flight (or asked for before us) end this
-  // answer; the kernel asks again for the blocks after them.
-  const uint64_t busy_from = std::min(s_.in_flight_.next_start_after(r_.block),
-                                      s_.waiting_blocks_.next_start_after(r_.block));
+  // answer, and so do lost ones; the kernel asks again for the blocks after
+  // them.
+  const uint64_t busy_from = std::min({s_.in_flight_.next_start_after(r_.block),
+                                       s_.waiting_blocks_.next_start_after(r_.block),
+                                       s_.lost_.next_start_after(r_.block)});
   const uint64_t end = std::min<uint64_t>({vsize_, (r_.block + r_.nr_blocks) * B_, start + span,
                                            checked_mul(busy_from, B_).value_or(vsize_)});
   // Any allocation for [start, end) lies within the clusters around it.

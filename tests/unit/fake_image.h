@@ -70,6 +70,9 @@ class FakeImage final : public formats::Image {
   void set_backing(const std::string& name) { info_.backing_file = name; }
   void fail_next_prepare(int code) { fail_prepare_ = code; }
   void fail_commit(int code) { fail_commit_ = code; }
+  // write_done(token, true) fails from now on, the write not applied (as
+  // qcow2's does after a failed metadata update).
+  void fail_write_done(int code) { fail_write_done_ = code; }
 
   // --- observations ---
   size_t prepares() const { return prepares_; }
@@ -144,6 +147,8 @@ class FakeImage final : public formats::Image {
     const uint64_t start = it->second;
     pending_.erase(it);
     if (!ok) return {};
+    if (fail_write_done_)
+      return fail(fail_write_done_, info_.filename + ": injected write_done failure");
     const uint64_t g = info_.granularity;
     const uint64_t unit = g == info_.cluster_size ? info_.cluster_size : g;
     for (uint64_t pos = start; pos < std::min(info_.virtual_size, start + unit); pos += g)
@@ -219,6 +224,7 @@ class FakeImage final : public formats::Image {
   size_t prepares_ = 0;
   int fail_prepare_ = 0;
   int fail_commit_ = 0;
+  int fail_write_done_ = 0;
   bool writable_;
 };
 

@@ -534,6 +534,43 @@ TEST(Discard, ItsDoneIsHarmless) {
   EXPECT_EQ(s.top->done_tokens.size(), 1u);
 }
 
+// The guest's write landed but the engine cannot record it: the image still
+// shows the old contents, so the kernel must drop its extent and nothing may
+// serve the block again (read-ahead and pushes would show stale data).
+TEST(Done, AWriteTheEngineCannotRecordIsLostLoudly) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.map(8, 3, 1, DMU_MAP_WRITE);  // allocates block 3's cluster
+  s.top->fail_write_done(EIO);
+  auto out = s.send(DMU_REQ_DONE, DMU_MAP_WRITE, 8, 3, 1);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_INVALIDATE));
+  EXPECT_EQ(out[0].block, 3u);
+  EXPECT_EQ(out[0].nr_blocks, 1u);
+
+  for (uint32_t flags : {0u, uint32_t(DMU_MAP_WRITE)}) {
+    out = s.map(9, 3, 1, flags);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMPLETE));
+    EXPECT_EQ(out[0].status, -EIO);
+  }
+  out = s.map(10, 2, 3, DMU_MAP_WRITE);  // blocks 2-4: 3 is lost
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].status, -EIO);
+  // A read from block 1 ends before block 3, and read-ahead resumes after it.
+  auto extents = of_type(s.map(11, 1, 1), DMU_RSP_EXTENT);
+  ASSERT_FALSE(extents.empty());
+  EXPECT_EQ(extents.back().block + extents.back().nr_blocks, 3u);
+  extents = of_type(s.map(12, 4, 1), DMU_RSP_EXTENT);
+  ASSERT_FALSE(extents.empty());
+  EXPECT_EQ(extents.front().block, 4u);
+  std::vector<dmu_response> pushed;
+  s.service->push(0, DMU_PUSH_ID | 1, pushed);
+  ASSERT_FALSE(pushed.empty());
+  for (const auto& e : of_type(pushed, DMU_RSP_EXTENT))
+    EXPECT_TRUE(e.block + e.nr_blocks <= 3 || e.block > 3) << "a push covers block 3";
+}
+
 TEST(Done, ForAnUnknownIdIsIgnoredWhateverItsFields) {
   Rig s;
   s.build(1 << 20, 64 * K);
@@ -638,6 +675,40 @@ class RealEnginePendingList : public ::testing::Test {
   std::vector<uint8_t> image_;
   MemEnv scratch_env_;
 };
+
+// qcow2 after a failed commit refuses to record completed writes: their
+// DONE drops the kernel's extent and the block fails with EIO instead of
+// showing its old contents.
+TEST_F(RealEnginePendingList, DoneAfterAFailedCommitLosesTheBlockLoudly) {
+  FaultEnv env;
+  auto [chain, service] = serve(env);
+  ASSERT_TRUE(service);
+  auto send = [&](uint32_t type, uint32_t flags, uint64_t id, uint64_t block) {
+    dmu_request r{};
+    r.type = type;
+    r.flags = flags;
+    r.id = id;
+    r.block = block;
+    r.nr_blocks = type == DMU_REQ_COMMIT ? 0 : 1;
+    std::vector<dmu_response> out;
+    service->handle(r, out);
+    return out;
+  };
+  ASSERT_TRUE(send(DMU_REQ_MAP, DMU_MAP_WRITE, 5, 0).front().ext_flags & DMU_EXT_NEW);
+  ASSERT_TRUE(send(DMU_REQ_MAP, DMU_MAP_WRITE, 7, 8).front().ext_flags & DMU_EXT_NEW);
+  send(DMU_REQ_DONE, DMU_MAP_WRITE, 7, 8);
+  env.power_cut_after(0);  // the commit's first write fails
+  ASSERT_LT(send(DMU_REQ_COMMIT, 0, 8, 0).back().status, 0);
+
+  auto out = send(DMU_REQ_DONE, DMU_MAP_WRITE, 5, 0);
+  ASSERT_EQ(out.size(), 1u) << service->last_error();
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_INVALIDATE));
+  EXPECT_EQ(out[0].block, 0u);
+  out = send(DMU_REQ_MAP, 0, 9, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMPLETE));
+  EXPECT_EQ(out[0].status, -EIO);
+}
 
 TEST_F(RealEnginePendingList, CommitBeforeDoneLeavesTheClusterUnallocated) {
   EXPECT_EQ(allocate_commit_crash(false), formats::MapKind::Unallocated);
