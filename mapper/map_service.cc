@@ -87,8 +87,8 @@ void MapService::handle(const dmu_request& r, std::vector<dmu_response>& out) {
       // not applied (the kernel asks once per id), so it is abandoned.
       const bool stale = pending_.count(r.id);
       if (stale) {
-        auto [first, n] = resolve_pending(pending_.find(r.id), false);
-        if (n) out.push_back(proto::invalidate(first, n));
+        const Resolved gone = resolve_pending(pending_.find(r.id), false);
+        if (gone.nr_blocks) out.push_back(proto::invalidate(gone.first_block, gone.nr_blocks));
       }
       if (must_wait(r)) {
         waiting_.push_back(r);
@@ -153,8 +153,8 @@ void MapService::add_pending(uint64_t id, Pending p) {
   pending_[id] = std::move(p);
 }
 
-std::pair<uint64_t, uint64_t> MapService::resolve_pending(std::map<uint64_t, Pending>::iterator it,
-                                                          bool ok) {
+MapService::Resolved MapService::resolve_pending(std::map<uint64_t, Pending>::iterator it,
+                                                 bool ok) {
   Pending p = std::move(it->second);
   pending_.erase(it);
   in_flight_.remove(p.first_block, p.nr_blocks);
@@ -164,9 +164,13 @@ std::pair<uint64_t, uint64_t> MapService::resolve_pending(std::map<uint64_t, Pen
       record_error(done.error());
       kept = false;
     }
-  if (ok && !kept) lost_.add(p.first_block, p.nr_blocks);
+  const bool lost = ok && !kept;
+  if (lost) {
+    lost_.add(p.first_block, p.nr_blocks);
+    forget_scratch(p.first_block, p.nr_blocks);
+  }
   for (size_t slot : p.pinned_slots) scratch_->unpin(slot);
-  return {p.first_block, p.nr_blocks};
+  return {p.first_block, p.nr_blocks, lost};
 }
 
 void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& out) {
@@ -178,11 +182,11 @@ void MapService::handle_done(const dmu_request& r, std::vector<dmu_response>& ou
   auto it = pending_.find(r.id);
   if (it == pending_.end()) return;  // a MAP we failed, or one a previous daemon answered
   const bool ok = r.status == 0;
-  auto [first, n] = resolve_pending(it, ok);
+  const Resolved w = resolve_pending(it, ok);
   // A failed write leaves its allocation abandoned, and a lost one (see
   // lost_) points where the image does not: the kernel must not keep
   // extents pointing at either.
-  if (n && (!ok || lost_.overlaps(first, n))) out.push_back(proto::invalidate(first, n));
+  if (w.nr_blocks && (!ok || w.lost)) out.push_back(proto::invalidate(w.first_block, w.nr_blocks));
   answer_waiting(out);
 }
 
@@ -215,7 +219,14 @@ void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& 
     return;
   }
   auto c = chain_.top().commit();
-  out.push_back(proto::committed(r.id, c ? 0 : record_error(c.error())));
+  int status = c ? 0 : record_error(c.error());
+  if (!status && !lost_.empty()) {
+    last_error_ =
+        "completed writes could not be recorded in the image; a new mapping process "
+        "adopts them";
+    status = -EIO;
+  }
+  out.push_back(proto::committed(r.id, status));
 }
 
 void MapService::forget_scratch(uint64_t first_block, uint64_t nr_blocks) {

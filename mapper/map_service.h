@@ -201,11 +201,14 @@ class MapService {
   void answer_waiting(std::vector<dmu_response>& out);
   // pending_ and in_flight_ change together.
   void add_pending(uint64_t id, Pending p);
-  // Resolves a pending answer with write_done(ok) for each token; returns
-  // the blocks of its NEW extents.  Where the engine cannot take in a
-  // completed write (write_done(true) fails: qcow2 after a failed metadata
-  // update), the blocks go to lost_.
-  std::pair<uint64_t, uint64_t> resolve_pending(std::map<uint64_t, Pending>::iterator it, bool ok);
+  // Resolves a pending answer with write_done(ok) for each token.  Where
+  // the engine cannot take in a completed write (write_done(true) fails:
+  // qcow2 after a failed metadata update), its blocks go to lost_.
+  struct Resolved {
+    uint64_t first_block, nr_blocks;  // the blocks of its NEW extents
+    bool lost;
+  };
+  Resolved resolve_pending(std::map<uint64_t, Pending>::iterator it, bool ok);
   void answer_map_write(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_discard(const dmu_request& r, std::vector<dmu_response>& out);
   void answer_commit(const dmu_request& r, std::vector<dmu_response>& out);
@@ -214,7 +217,7 @@ class MapService {
   Result<void> adopt_discard_record(const dmu_allocation& a,
                                     std::span<const dmu_allocation* const> in_flight);
   Result<void> adopt_record(const dmu_allocation& a);
-  void resolve_adopted(uint64_t id, bool ok);
+  Result<void> resolve_adopted(uint64_t id, bool ok);
 
   // Fills a scratch slot with the guest contents of `block` (or finds the
   // one that has them); evicted blocks get INVALIDATE messages in `out`.
@@ -240,7 +243,9 @@ class MapService {
   // Blocks whose completed write the engine could not take in.  The image
   // still shows their old contents, so no answer is right for them any
   // more: MAPs that need them fail with EIO (pushes and read-ahead skip
-  // them) for the life of this service.
+  // them) for the life of this service, and so does every COMMIT, so that
+  // the kernel keeps its records of those writes for a new mapping process
+  // to adopt.
   BlockRanges lost_;
   std::string last_error_;
   AdoptCounts adopt_counts_;

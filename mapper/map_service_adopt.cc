@@ -70,8 +70,14 @@ Result<void> MapService::adopt_discard_record(const dmu_allocation& a,
 
 // A record whose DONE the kernel queued already: as that DONE would.  The
 // kernel dropped the extents of a failed one, so no INVALIDATE is needed.
-void MapService::resolve_adopted(uint64_t id, bool ok) {
-  if (auto it = pending_.find(id); it != pending_.end()) resolve_pending(it, ok);
+// The records stay in the kernel until a COMMITTED 0, so a write the engine
+// cannot record fails the bind (the next try adopts it again) rather than
+// leaving the blocks lost.
+Result<void> MapService::resolve_adopted(uint64_t id, bool ok) {
+  if (auto it = pending_.find(id); it != pending_.end() && resolve_pending(it, ok).lost)
+    return fail(EIO, chain_.top().info().filename + ": adopting allocation id " +
+                         std::to_string(id) + ": " + last_error_);
+  return {};
 }
 
 Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
@@ -110,7 +116,7 @@ Result<void> MapService::adopt(std::span<const dmu_allocation> records) {
   for (const auto& [id, ok] : finished) {
     if (auto p = pending_.find(id); p != pending_.end())
       adopt_counts_.resolved += p->second.tokens.size();
-    resolve_adopted(id, ok);
+    DMU_TRY(resolve_adopted(id, ok));
   }
   return {};
 }

@@ -322,11 +322,9 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
   const uint64_t span =
       std::max(B_, std::min(s_.options_.max_write_span, s_.scratch_->slot_count() / 4 * B_));
   // Blocks of other answers in flight (or asked for before us) end this
-  // answer, and so do lost ones; the kernel asks again for the blocks after
-  // them.
-  const uint64_t busy_from = std::min({s_.in_flight_.next_start_after(r_.block),
-                                       s_.waiting_blocks_.next_start_after(r_.block),
-                                       s_.lost_.next_start_after(r_.block)});
+  // answer; the kernel asks again for the blocks after them.
+  const uint64_t busy_from = std::min(s_.in_flight_.next_start_after(r_.block),
+                                      s_.waiting_blocks_.next_start_after(r_.block));
   const uint64_t end = std::min<uint64_t>({vsize_, (r_.block + r_.nr_blocks) * B_, start + span,
                                            checked_mul(busy_from, B_).value_or(vsize_)});
   // Any allocation for [start, end) lies within the clusters around it.
@@ -339,6 +337,11 @@ void MapService::WriteAnswer::run(std::vector<dmu_response>& out) {
     DMU_TRY(prepare_all(start, end));
     DMU_TRY(assemble());
     DMU_TRY(fit(start));
+    // answer_map refused asked blocks that are lost (see lost_); the blocks
+    // answered around them (a fresh range is answered whole) must not be
+    // lost either: they would be filled from the mapping the image shows.
+    if (s_.lost_.overlaps(lo_ / B_, ceil_div(cov_end_, B_) - lo_ / B_))
+      return fail(EIO, "the answer would cover a block whose completed write was lost");
     // The kernel writes into these ranges through a loop device that cannot
     // grow: the files must already reach them.
     for (const dmu_response& e : extents_) {

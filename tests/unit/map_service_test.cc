@@ -541,12 +541,16 @@ TEST(Done, AWriteTheEngineCannotRecordIsLostLoudly) {
   Rig s;
   s.build(1 << 20, 64 * K);
   s.map(8, 3, 1, DMU_MAP_WRITE);  // allocates block 3's cluster
+  EXPECT_TRUE(s.map(7, 3, 1).empty()) << "a read of block 3 waits for the DONE";
   s.top->fail_write_done(EIO);
   auto out = s.send(DMU_REQ_DONE, DMU_MAP_WRITE, 8, 3, 1);
-  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_INVALIDATE));
   EXPECT_EQ(out[0].block, 3u);
   EXPECT_EQ(out[0].nr_blocks, 1u);
+  EXPECT_EQ(out[1].type, uint32_t(DMU_RSP_COMPLETE)) << "the waiting read fails";
+  EXPECT_EQ(out[1].id, 7u);
+  EXPECT_EQ(out[1].status, -EIO);
 
   for (uint32_t flags : {0u, uint32_t(DMU_MAP_WRITE)}) {
     out = s.map(9, 3, 1, flags);
@@ -569,6 +573,12 @@ TEST(Done, AWriteTheEngineCannotRecordIsLostLoudly) {
   ASSERT_FALSE(pushed.empty());
   for (const auto& e : of_type(pushed, DMU_RSP_EXTENT))
     EXPECT_TRUE(e.block + e.nr_blocks <= 3 || e.block > 3) << "a push covers block 3";
+  // No COMMIT succeeds any more: the kernel keeps its record of the write
+  // for a new mapping process to adopt.
+  out = s.send(DMU_REQ_COMMIT, 0, 13, 0, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMMITTED));
+  EXPECT_EQ(out[0].status, -EIO);
 }
 
 TEST(Done, ForAnUnknownIdIsIgnoredWhateverItsFields) {
