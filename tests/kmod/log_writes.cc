@@ -36,7 +36,9 @@ Result<void> read_exact(int fd, uint64_t offset, void* buf, size_t len, const st
 std::string flag_names(uint64_t f) {
   std::string s;
   auto add = [&](uint64_t bit, const char* name) {
-    if (f & bit) s += (s.empty() ? "" : ",") + std::string(name);
+    if (!(f & bit)) return;
+    if (!s.empty()) s += ',';
+    s += name;  // not `"," + std::string(name)`: g++ 12 -O3 warns -Wrestrict there
   };
   add(kFlush, "FLUSH");
   add(kFua, "FUA");
