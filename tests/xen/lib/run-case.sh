@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Usage: run-case.sh [--build DIR] [--verbose] CASE.sh
+# Usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] CASE.sh
 # Runs one Xen test case: boots Xen 4.17 under QEMU with the Debian 6.12
-# kernel as dom0, whose initramfs is the VM harness's pieces + the Xen piece +
+# kernel (or LINE, e.g. 6.1, by hand) as dom0 and domU kernel, whose initramfs is the VM harness's pieces + the Xen piece +
 # the case; the case runs in dom0 once xenstored and xenconsoled are up.
 # Exits with the case's status (124 timeout, 125 no result).
 # Results: BUILD/tests/xen/results/<case>/ (console.log + dom0's /results).
@@ -12,13 +12,16 @@ build=$src_root/build verbose=${DMU_VM_VERBOSE:-0} line=6.12
 while [ $# -gt 1 ]; do
   case $1 in
     --build) build=$2; shift 2 ;;
+    --kernel) line=$2; shift 2 ;;
     --verbose) verbose=1; shift ;;
     *) die "unknown option $1" ;;
   esac
 done
-case_file=$(realpath "${1:?usage: run-case.sh [--build DIR] [--verbose] CASE.sh}")
+case_file=$(realpath "${1:?usage: run-case.sh [--build DIR] [--kernel LINE] [--verbose] CASE.sh}")
 build=$(realpath -m "$build")
 name=$(basename "$case_file" .sh)
+# The suite's dom0 is 6.12; a run on another line keeps its own results.
+[ "$line" = 6.12 ] || name=$name.$line
 h_timeout=600 h_mem=1024 h_kmod=load
 read_header "$case_file" xen
 log_prefix="xen.$name"
@@ -38,7 +41,7 @@ else
 fi
 with_lock "$pieces/tools-dom0.lock" "$vm_lib/make-tools-piece.sh" "$pieces/tools-dom0.list" "$pieces/tools-dom0.cpio.zst"
 with_lock "$pieces/progs.lock" "$vm_lib/make-progs-piece.sh" "$build/tests/guest-programs.txt" "$pieces/progs.cpio.zst"
-with_lock "$pieces/xen.lock" "$here/make-xen-piece.sh" "$xen_dir" "$build/tests/vm/kernels/$line.env" "$pieces/xen.cpio.zst"
+with_lock "$pieces/xen.lock" "$here/make-xen-piece.sh" "$xen_dir" "$build/tests/vm/kernels/$line.env" "$pieces/xen-$line.cpio.zst"
 
 run=$build/tests/xen/runs/$name
 results=$build/tests/xen/results/$name
@@ -56,7 +59,7 @@ DMU_INIT_DEBUG=${DMU_VM_DEBUG:-}
 DMU_CASE_TIMEOUT=$h_timeout
 EOT
 pack_cpio "$run/case" "$run/case.cpio.zst"
-cat "$pieces/tools-dom0.cpio.zst" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$pieces/xen.cpio.zst" \
+cat "$pieces/tools-dom0.cpio.zst" "$MODULES_PIECE" "$pieces/progs.cpio.zst" "$pieces/xen-$line.cpio.zst" \
   "$run/case.cpio.zst" >"$run/initrd"
 
 # QEMU splits -initrd at commas (module list) and the first space (cmdline).
