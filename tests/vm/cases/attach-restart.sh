@@ -8,9 +8,10 @@
 # adopts the kernel's uncommitted allocations and fio finishes without an
 # error or a verify failure; each supervised restart takes at most a second.
 # SIGTERM commits before the process exits: nothing is left unpublished and
-# the next process adopts nothing.  After detach, qemu-img check finds no
-# corruption (leaked clusters are allowed after a crash) and the image holds
-# what the device showed.
+# the next process adopts nothing.  Crashes (SIGSEGV) right after each
+# start are restarted after a growing backoff.  After detach, qemu-img
+# check finds no corruption (leaked clusters are allowed after a crash) and
+# the image holds what the device showed.
 # vm: kernels=6.1,6.12 timeout=900 mem=1024 disks=2G boot=attach-long
 . /src/tests/kmod/vm-lib.sh
 . /src/tests/vm/lib/guest/attach-lib.sh
@@ -132,6 +133,24 @@ expect_eq "allocation records adopted after SIGTERM" 0 "$(daemon_counter r1 adop
 dd if=/dev/mapper/r1 of=/tmp/term.back bs=512K skip=490 count=1 iflag=direct status=none ||
   fail "read back the write made before SIGTERM"
 cmp /tmp/term.bin /tmp/term.back || fail "the write made before SIGTERM was lost"
+
+step "crashes soon after starting: the supervisor backs off, and does not give up at five"
+# Five SIGSEGVs in a row, each as soon as the new process is bound.  A kill
+# -9 says nothing about the next start (above: never backed off), a crash
+# right after starting may well happen again: from the second quick one on,
+# the supervisor waits 100 ms, doubling, before the next start; it gives up
+# only after ten in a row (daemon/supervise.cc).
+for n in 1 2 3 4 5; do
+  pid=$(record_field r1 pid)
+  kill -SEGV "$pid" || fail "kill -SEGV $pid"
+  ms=$(wait_replaced r1 "$pid") || fail "crash $n: $ms"
+  echo "crash $n: pid $pid replaced in $ms ms"
+done
+for b in 100 200 400; do
+  grep -q "killed by signal 11; starting a new one in $b ms" /run/dmu/r1.log ||
+    { tail -n 12 /run/dmu/r1.log; fail "no $b ms backoff after the crashes"; }
+done
+grep -q "giving up" /run/dmu/r1.log && fail "the supervisor gave up after five crashes"
 
 step "detach, qemu-img check, compare"
 dd if=/dev/mapper/r1 of=/data/r1.raw bs=1M iflag=direct status=none || fail "read the device"
