@@ -114,7 +114,7 @@ void MapService::answer_map(const dmu_request& r, std::vector<dmu_response>& out
   // A read needs its first block only (its answer ends before lost ones).
   if (lost_.overlaps(r.block, (r.flags & DMU_MAP_WRITE) ? r.nr_blocks : 1)) {
     last_error_ = "block " + std::to_string(r.block) +
-                  ": a completed write to it could not be recorded in the image";
+                  ": the image could not take in a completed write to it";
     out.push_back(proto::complete(r.id, -EIO));
     return;
   }
@@ -222,8 +222,8 @@ void MapService::answer_commit(const dmu_request& r, std::vector<dmu_response>& 
   int status = c ? 0 : record_error(c.error());
   if (!status && !lost_.empty()) {
     last_error_ =
-        "completed writes could not be recorded in the image; a new mapping process "
-        "adopts them";
+        "the image could not take in completed writes; every commit fails until a new "
+        "mapping process adopts them (restart this one)";
     status = -EIO;
   }
   out.push_back(proto::committed(r.id, status));

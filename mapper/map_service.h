@@ -134,8 +134,10 @@ class MapService {
   // every adopted range.  Discard records are counted and not replayed:
   // their clusters stay allocated with their old contents.  An error (a
   // record the image refuses, EINVAL with the record and the engine's
-  // reason) leaves the records adopted until then pending: the daemon must
-  // not serve the device then; the kernel keeps the records for the next.
+  // reason; EIO for a DONE record the engine cannot take in, see lost_)
+  // leaves the records adopted until then pending, some perhaps resolved:
+  // the daemon must not serve the device then; the kernel keeps the records
+  // for the next.
   Result<void> adopt(std::span<const dmu_allocation> records);
   // What the last adopt() did.
   struct AdoptCounts {
@@ -203,7 +205,8 @@ class MapService {
   void add_pending(uint64_t id, Pending p);
   // Resolves a pending answer with write_done(ok) for each token.  Where
   // the engine cannot take in a completed write (write_done(true) fails:
-  // qcow2 after a failed metadata update), its blocks go to lost_.
+  // qcow2 after a failed metadata update, or one that recorded it and then
+  // failed an early commit), its blocks go to lost_.
   struct Resolved {
     uint64_t first_block, nr_blocks;  // the blocks of its NEW extents
     bool lost;

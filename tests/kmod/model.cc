@@ -65,8 +65,10 @@ Model::Model(File& dev, uint64_t blocks, uint64_t block_bytes, uint64_t clusters
 // moved out of a Result, for uninitialized after the check that it holds
 // one (-Wmaybe-uninitialized, a false positive that fails Release builds
 // with warnings as errors).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 Result<std::unique_ptr<Model>> Model::open(File& dev, uint64_t target_sectors,
                                            uint32_t block_sectors) {
   const std::string& name = dev.path();
@@ -104,7 +106,9 @@ Result<std::unique_ptr<Model>> Model::open(File& dev, uint64_t target_sectors,
   m->committable_ = m->live_;
   return m;
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 // Rebuilding the old daemon's state.  The newest slot M reflects, for every
 // block, a prefix of that block's decisions at least as long as the

@@ -70,9 +70,13 @@ class FakeImage final : public formats::Image {
   void set_backing(const std::string& name) { info_.backing_file = name; }
   void fail_next_prepare(int code) { fail_prepare_ = code; }
   void fail_commit(int code) { fail_commit_ = code; }
-  // write_done(token, true) fails from now on, the write not applied (as
-  // qcow2's does after a failed metadata update).
-  void fail_write_done(int code) { fail_write_done_ = code; }
+  // write_done(token, true) fails from now on: the write not applied (as
+  // qcow2's does after a failed metadata update), or applied (as qcow2's
+  // does when an early commit after it fails).
+  void fail_write_done(int code, bool applied = false) {
+    fail_write_done_ = code;
+    fail_write_done_applied_ = applied;
+  }
 
   // --- observations ---
   size_t prepares() const { return prepares_; }
@@ -147,13 +151,15 @@ class FakeImage final : public formats::Image {
     const uint64_t start = it->second;
     pending_.erase(it);
     if (!ok) return {};
-    if (fail_write_done_)
+    if (fail_write_done_ && !fail_write_done_applied_)
       return fail(fail_write_done_, info_.filename + ": injected write_done failure");
     const uint64_t g = info_.granularity;
     const uint64_t unit = g == info_.cluster_size ? info_.cluster_size : g;
     for (uint64_t pos = start; pos < std::min(info_.virtual_size, start + unit); pos += g)
       granules_[pos / g] = Granule{Kind::Data, host_for(pos), {}};
     uncommitted_.insert(start / g);
+    if (fail_write_done_)
+      return fail(fail_write_done_, info_.filename + ": injected failure after the write_done");
     return {};
   }
 
@@ -225,6 +231,7 @@ class FakeImage final : public formats::Image {
   int fail_prepare_ = 0;
   int fail_commit_ = 0;
   int fail_write_done_ = 0;
+  bool fail_write_done_applied_ = false;
   bool writable_;
 };
 

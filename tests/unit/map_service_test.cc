@@ -561,7 +561,7 @@ TEST(Done, AWriteTheEngineCannotRecordIsLostLoudly) {
   out = s.map(10, 2, 3, DMU_MAP_WRITE);  // blocks 2-4: 3 is lost
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].status, -EIO);
-  // A read from block 1 ends before block 3, and read-ahead resumes after it.
+  // A read from block 1 ends before block 3; block 4 is served.
   auto extents = of_type(s.map(11, 1, 1), DMU_RSP_EXTENT);
   ASSERT_FALSE(extents.empty());
   EXPECT_EQ(extents.back().block + extents.back().nr_blocks, 3u);
@@ -579,6 +579,45 @@ TEST(Done, AWriteTheEngineCannotRecordIsLostLoudly) {
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].type, uint32_t(DMU_RSP_COMMITTED));
   EXPECT_EQ(out[0].status, -EIO);
+}
+
+// An engine may record a write and still report a failure (qcow2 when the
+// early commit after it fails): the block is lost all the same, though the
+// image now shows it allocated, and a write answer for its neighbour must
+// not hand the kernel a writable extent over it.  (This fake's in-place
+// answers never run past the asked blocks; the guard for engines whose do,
+// after fit() in map_service_write.cc, has no test of its own.)
+TEST(Done, AWriteRecordedButReportedFailedIsLostToo) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->put_data(0, test::random_bytes(64 * K, 3));  // block 0, in place
+  s.map(8, 1, 1, DMU_MAP_WRITE);                      // block 1, fresh
+  s.top->fail_write_done(EIO, /*applied=*/true);
+  ASSERT_EQ(of_type(s.send(DMU_REQ_DONE, DMU_MAP_WRITE, 8, 1, 1), DMU_RSP_INVALIDATE).size(), 1u);
+  ASSERT_EQ(s.top->map(64 * K, 512)->kind, formats::MapKind::Data) << "the write was recorded";
+  for (uint32_t flags : {0u, uint32_t(DMU_MAP_WRITE)}) {
+    auto out = s.map(9, 1, 1, flags);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].status, -EIO);
+  }
+  for (uint32_t flags : {0u, uint32_t(DMU_MAP_WRITE)})
+    for (const auto& e : of_type(s.map(10, 0, 1, flags), DMU_RSP_EXTENT))
+      EXPECT_LE(e.block + e.nr_blocks, 1u) << "an answer for block 0 covers block 1";
+}
+
+// Adopting a DONE record the engine cannot take in fails the bind: serving
+// on would leave the block lost, and the kernel keeps the record for the
+// next try.
+TEST(Adopt, ADoneRecordTheEngineCannotTakeInFailsTheAdoption) {
+  Rig s;
+  s.build(1 << 20, 64 * K);
+  s.top->fail_write_done(EIO);
+  const dmu_allocation records[] = {{1, 3, 1, 3 * 128, 0, DMU_ALLOC_DONE}};
+  auto adopted = s.service->adopt(records);
+  ASSERT_FALSE(adopted);
+  EXPECT_EQ(adopted.error().code, EIO);
+  EXPECT_NE(adopted.error().message.find("allocation id 1"), std::string::npos)
+      << adopted.error().message;
 }
 
 TEST(Done, ForAnUnknownIdIsIgnoredWhateverItsFields) {
@@ -704,8 +743,11 @@ TEST_F(RealEnginePendingList, DoneAfterAFailedCommitLosesTheBlockLoudly) {
     service->handle(r, out);
     return out;
   };
-  ASSERT_TRUE(send(DMU_REQ_MAP, DMU_MAP_WRITE, 5, 0).front().ext_flags & DMU_EXT_NEW);
-  ASSERT_TRUE(send(DMU_REQ_MAP, DMU_MAP_WRITE, 7, 8).front().ext_flags & DMU_EXT_NEW);
+  for (auto [id, block] : {std::pair<uint64_t, uint64_t>{5, 0}, {7, 8}}) {
+    const auto answer = send(DMU_REQ_MAP, DMU_MAP_WRITE, id, block);
+    ASSERT_FALSE(answer.empty());
+    ASSERT_TRUE(answer.front().ext_flags & DMU_EXT_NEW) << "block " << block;
+  }
   send(DMU_REQ_DONE, DMU_MAP_WRITE, 7, 8);
   env.power_cut_after(0);  // the commit's first write fails
   ASSERT_LT(send(DMU_REQ_COMMIT, 0, 8, 0).back().status, 0);

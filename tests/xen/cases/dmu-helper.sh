@@ -300,13 +300,14 @@ grep -q '^  local file=$1 limit=12 ' /tmp/block-dmu-short || fail "block-dmu's w
 # --attach-timeout (4 s) and answers with an error while block-dmu (12 s)
 # still waits, so xl block-attach fails with the helper's reason, and its
 # attach leaves nothing behind; the mapping process keeps serving xvda and
-# xvdb.  (Without the timeout block-dmu gives up first: "did not answer".)
+# xvdb.  (The deadline block-dmu sends would also stop the helper, at 10 s:
+# the time taken shows it was the --attach-timeout.)
 restart_helper --attach-timeout 4
 sup=$(sed -n 's/.*"supervisor": \([0-9][0-9]*\).*/\1/p' "/run/dmu/xen-vbd-$domid-51712.json")
 [ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded for xvda"
 # late_refused VDEV LOG [SCRIPT]: xl block-attach of VDEV (through SCRIPT,
 # block-dmu by default) fails (into LOG) while the group's supervisor is
-# stopped.  (libxl keeps a failed backend until the domain ends, so each try
+# stopped; LATE_MS is how long it took.  (libxl keeps a failed backend until the domain ends, so each try
 # takes a new vdev.)
 late_refused() {
   kill -STOP "$sup" || fail "kill -STOP $sup"
@@ -317,7 +318,8 @@ late_refused() {
     fail "xl block-attach succeeded while the group's supervisor was stopped"
   fi
   kill -CONT "$sup" || fail "kill -CONT $sup"
-  echo "xl block-attach of $1 failed after $(( $(now_ms) - _t0 )) ms"
+  LATE_MS=$(( $(now_ms) - _t0 ))
+  echo "xl block-attach of $1 failed after $LATE_MS ms"
 }
 # late_gone VDEV DEVID: nothing of VDEV's attach is left; xvda and xvdb keep
 # their process.
@@ -332,6 +334,7 @@ late_gone() {
   guest_alive hg
 }
 late_refused xvdd /tmp/refused.log /tmp/block-dmu-short
+[ "$LATE_MS" -lt 9000 ] || fail "xvdd was refused after $LATE_MS ms, not at the helper's 4 s --attach-timeout"
 grep -q "mapping process did not bind it in time" /tmp/refused.log ||
   { cat /tmp/refused.log; fail "xl block-attach did not report the helper's attach timeout"; }
 late_gone xvdd 51760
