@@ -605,9 +605,8 @@ TEST(Done, AWriteRecordedButReportedFailedIsLostToo) {
       EXPECT_LE(e.block + e.nr_blocks, 1u) << "an answer for block 0 covers block 1";
 }
 
-// Adopting a DONE record the engine cannot take in fails the bind: serving
-// on would leave the block lost, and the kernel keeps the record for the
-// next try.
+// Adopting a DONE record the engine cannot take in fails the bind (served,
+// the block would be lost); the kernel keeps the record for the next try.
 TEST(Adopt, ADoneRecordTheEngineCannotTakeInFailsTheAdoption) {
   Rig s;
   s.build(1 << 20, 64 * K);
