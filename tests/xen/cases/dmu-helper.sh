@@ -307,8 +307,8 @@ sup=$(sed -n 's/.*"supervisor": \([0-9][0-9]*\).*/\1/p' "/run/dmu/xen-vbd-$domid
 [ -n "$sup" ] && [ "$sup" != 0 ] || fail "no supervisor recorded for xvda"
 # late_refused VDEV LOG [SCRIPT]: xl block-attach of VDEV (through SCRIPT,
 # block-dmu by default) fails (into LOG) while the group's supervisor is
-# stopped; LATE_MS is how long it took.  (libxl keeps a failed backend until the domain ends, so each try
-# takes a new vdev.)
+# stopped; LATE_MS is how long it took.  (libxl keeps a failed backend
+# until the domain ends, so each try takes a new vdev.)
 late_refused() {
   kill -STOP "$sup" || fail "kill -STOP $sup"
   _t0=$(now_ms)
